@@ -1,0 +1,336 @@
+"""The `beast` command. Every refusal is one line on stderr and exit 1; usage errors exit 2.
+
+Reading commands take `--json` and then print one JSON document on stdout. The seed's
+spellings (`beast deploy --status`, `--rollback [V]`, `--promote NAME`) are accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine import render
+from engine.errors import BeastError
+from engine.facade import Engine
+from engine.records import Change, Expect
+from engine.workspace import ENV_VAR, Workspace
+
+Handler = Callable[[Engine, argparse.Namespace], int]
+
+
+def _print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted before or after the subcommand; SUPPRESS keeps the top-level value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        "-w",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help=f"workspace directory (default: ${ENV_VAR} or ./.beast-mode)",
+    )
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    return common
+
+
+def _mutation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--note", help="why (kept in history)")
+    parser.add_argument(
+        "--expect",
+        metavar="VERSION",
+        help="refuse unless production is still VERSION (what you saw)",
+    )
+    parser.add_argument(
+        "--expect-revision",
+        type=int,
+        metavar="N",
+        help="refuse unless the line's state revision is still N",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _expect(args: argparse.Namespace) -> Expect | None:
+    if args.expect is None and args.expect_revision is None:
+        return None
+    return Expect(production=args.expect, revision=args.expect_revision)
+
+
+def _report(change: Change, args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(change.to_json())
+    else:
+        print(change.message)
+    return 0
+
+
+def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
+    _, created = Engine.init(engine.workspace)
+    if args.json:
+        _print_json({"workspace": str(engine.workspace.root), "created": [str(p) for p in created]})
+    elif created:
+        print(f"initialised {engine.workspace.root}")
+        for path in created:
+            print(f"  created {path}")
+    else:
+        print(f"{engine.workspace.root} is already initialised")
+    return 0
+
+
+def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
+    report = engine.status()
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(render.status(report))
+    return 0
+
+
+def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
+    seed_forms = [args.status, args.rollback is not None, args.promote is not None]
+    if sum(seed_forms) > 1 or (any(seed_forms) and args.path):
+        raise _Usage("use one of PATH, --status, --rollback [V] or --promote NAME")
+    if args.status:
+        return cmd_status(engine, args)
+    if args.rollback is not None:
+        args.version_target = args.rollback or None
+        return cmd_rollback(engine, args)
+    if args.promote is not None:
+        args.name = args.promote
+        return cmd_promote(engine, args)
+    if args.path is None and args.version is None:
+        raise _Usage("deploy needs a model file PATH (or --version V of a registered one)")
+    change = engine.deploy(
+        args.path,
+        version=args.version,
+        model=args.model,
+        traffic=args.traffic,
+        ab_test=args.ab_test,
+        note=args.note,
+        expect=_expect(args),
+    )
+    return _report(change, args)
+
+
+def cmd_rollback(engine: Engine, args: argparse.Namespace) -> int:
+    change = engine.rollback(
+        args.version_target, model=args.model, note=args.note, expect=_expect(args)
+    )
+    return _report(change, args)
+
+
+def cmd_promote(engine: Engine, args: argparse.Namespace) -> int:
+    change = engine.promote(args.name, force=args.force, note=args.note, expect=_expect(args))
+    return _report(change, args)
+
+
+def cmd_abort(engine: Engine, args: argparse.Namespace) -> int:
+    return _report(engine.abort(args.name, note=args.note, expect=_expect(args)), args)
+
+
+def cmd_history(engine: Engine, args: argparse.Namespace) -> int:
+    entries = engine.history(args.model)
+    if args.limit:
+        entries = entries[-args.limit :]
+    if args.json:
+        _print_json([e.to_json() for e in entries])
+    else:
+        print(render.history_rows(entries))
+    return 0
+
+
+def cmd_models(engine: Engine, args: argparse.Namespace) -> int:
+    report = engine.models()
+    if args.json:
+        _print_json(
+            {
+                "models": [
+                    dict(
+                        a.to_json(),
+                        serving=[
+                            report.serving[f"{a.line}/{v}"]
+                            for v in a.versions
+                            if f"{a.line}/{v}" in report.serving
+                        ],
+                    )
+                    for a in report.artifacts
+                ],
+                "unregistered": [{"path": p, "problem": r} for p, r in report.unregistered],
+            }
+        )
+    else:
+        print(render.models(report))
+    return 0
+
+
+def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
+    paths = args.paths or [
+        str(engine.workspace.models_dir / p) for p, _ in engine.models().unregistered
+    ]
+    if (args.version or args.model) and len(paths) != 1:
+        raise _Usage("--version and --model name one file")
+    results, failures = [], 0
+    for path in paths:
+        try:
+            reg = engine.register(path, version=args.version, model=args.model)
+        except BeastError as exc:
+            failures += 1
+            results.append({"path": path, "registered": False, "reason": str(exc)})
+            if not args.json:
+                print(f"beast: {exc}", file=sys.stderr)
+            continue
+        name = reg.version.name if reg.version else "-"
+        results.append(
+            {
+                "path": path,
+                "registered": True,
+                "new": reg.new,
+                "version": name,
+                "line": reg.artifact.line,
+                "sha256": reg.artifact.sha256,
+            }
+        )
+        if not args.json:
+            state = "registered" if reg.new else "already registered"
+            print(f"{state}: {reg.artifact.line}/{name} ({reg.artifact.sha256[:12]}) {path}")
+    if args.json:
+        _print_json(results)
+    elif not paths:
+        print("nothing to register")
+    return 1 if failures else 0
+
+
+def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
+    report = engine.doctor(repair=args.repair)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(render.doctor(report))
+    if not report.ok:
+        print(f"beast: {report.problems[0]}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (exit 2, like argparse's own)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="beast",
+        parents=[common],
+        description="Deploy, A/B test, monitor and retrain XGBoost score models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("init", cmd_init, "create the workspace (config.toml, models/, deployments/, data/)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("deploy", cmd_deploy, "deploy a model: production at 100%, or an A/B candidate")
+    p.add_argument("path", nargs="?", help="model file in the workspace's models/ (.json/.ubj)")
+    p.add_argument("--version", help="version name (default: from the file name)")
+    p.add_argument("--model", help="model line (default: from the file name, or the only one)")
+    p.add_argument("--traffic", type=float, metavar="N", help="candidate share in percent, 1–99")
+    p.add_argument("--ab-test", metavar="NAME", help="start A/B test NAME with this candidate")
+    p.add_argument("--status", action="store_true", help="seed spelling of `beast status`")
+    p.add_argument(
+        "--rollback", nargs="?", const="", metavar="V", help="seed spelling of `beast rollback [V]`"
+    )
+    p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
+    p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
+    _mutation_options(p)
+
+    p = add("status", cmd_status, "what serves: versions, roles, traffic, tests, since, by whom")
+    p.add_argument("--json", action="store_true")
+
+    p = add("rollback", cmd_rollback, "back to the production before the last change, or to V")
+    p.add_argument("version_target", nargs="?", metavar="V", help="a registered version")
+    p.add_argument("--model", help="model line")
+    _mutation_options(p)
+
+    p = add(
+        "promote", cmd_promote, "make an A/B test's candidate production (alias ab-winner-NAME)"
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="promote without a winning verdict")
+    _mutation_options(p)
+
+    p = add("abort", cmd_abort, "end an A/B test: candidate to 0%, production back to 100%")
+    p.add_argument("name", metavar="NAME")
+    _mutation_options(p)
+
+    p = add("history", cmd_history, "who changed what, when, from → to, why")
+    p.add_argument("--model", help="only this model line")
+    p.add_argument("--limit", type=int, metavar="N", help="only the last N rows")
+    p.add_argument("--json", action="store_true")
+
+    p = add("models", cmd_models, "artifacts: valid or rejected and why, and which serve")
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "register", cmd_register, "validate and register model files (default: all new in models/)"
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    p.add_argument("--version")
+    p.add_argument("--model")
+    p.add_argument("--json", action="store_true")
+
+    p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
+    p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    workspace = Workspace.locate(getattr(args, "workspace", None))
+    engine = Engine(workspace)
+    try:
+        if args.command != "init":
+            workspace.require()
+        return int(args.handler(engine, args))
+    except _Usage as exc:
+        parser.print_usage(sys.stderr)
+        print(f"beast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BeastError as exc:
+        if debug:
+            raise
+        print(f"beast: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        sys.stderr.close()  # `beast history | head` is not an error
+        return 0
+    except KeyboardInterrupt:
+        print("beast: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(
+            f"beast: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        engine.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,203 @@
+"""config.toml: the seed's thresholds and retraining settings, validated at load.
+
+Every value is checked against a rule; a bad one is refused naming the key and the
+value, so an operator never runs on a typo. Unknown keys are refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError
+
+DEFAULT_CONFIG_TOML = """\
+# beast-mode workspace configuration. Defaults are the seed guide's
+# (lib/mlops/modelMonitoring.js and scripts/auto-retrain.js).
+
+[thresholds]
+# accuracy: fraction of predictions within ±tolerance_points of the actual value
+accuracy = { min = 0.80, alert = 0.75 }
+latency_ms = { max = 100, alert = 200 }
+error_rate = { max = 0.01, alert = 0.05 }
+drift = { threshold = 0.10 }
+tolerance_points = 5
+
+[retrain]
+min_new_samples = 100
+interval_days = 7
+min_accuracy_improvement = 0.01
+auto_deploy = false
+
+[registry]
+# files larger than this are refused before they are parsed
+max_artifact_mb = 512
+# a model file is validated in a child process; it is killed after this long
+validation_timeout_s = 60
+"""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    accuracy_min: float = 0.80
+    accuracy_alert: float = 0.75
+    latency_max_ms: float = 100.0
+    latency_alert_ms: float = 200.0
+    error_rate_max: float = 0.01
+    error_rate_alert: float = 0.05
+    drift_threshold: float = 0.10
+    tolerance_points: float = 5.0
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    min_new_samples: int = 100
+    interval_days: float = 7.0
+    min_accuracy_improvement: float = 0.01
+    auto_deploy: bool = False
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_artifact_mb: float = 512.0
+    validation_timeout_s: float = 60.0
+
+    @property
+    def max_artifact_bytes(self) -> int:
+        return int(self.max_artifact_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Config:
+    thresholds: Thresholds = Thresholds()
+    retrain: RetrainSettings = RetrainSettings()
+    registry: RegistrySettings = RegistrySettings()
+
+
+Check = Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0.0 <= value <= 1.0
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+# dotted key -> (dataclass field, rule, what the rule means)
+_RULES: dict[str, tuple[str, Check, str]] = {
+    "thresholds.accuracy.min": ("accuracy_min", _fraction, "a fraction between 0 and 1"),
+    "thresholds.accuracy.alert": ("accuracy_alert", _fraction, "a fraction between 0 and 1"),
+    "thresholds.latency_ms.max": ("latency_max_ms", _positive, "a positive number of ms"),
+    "thresholds.latency_ms.alert": ("latency_alert_ms", _positive, "a positive number of ms"),
+    "thresholds.error_rate.max": ("error_rate_max", _fraction, "a fraction between 0 and 1"),
+    "thresholds.error_rate.alert": ("error_rate_alert", _fraction, "a fraction between 0 and 1"),
+    "thresholds.drift.threshold": ("drift_threshold", _positive, "a positive fraction"),
+    "thresholds.tolerance_points": ("tolerance_points", _positive, "a positive number"),
+    "retrain.min_new_samples": ("min_new_samples", _count, "a whole number ≥ 1"),
+    "retrain.interval_days": ("interval_days", _positive, "a positive number of days"),
+    "retrain.min_accuracy_improvement": (
+        "min_accuracy_improvement",
+        _fraction,
+        "a fraction between 0 and 1",
+    ),
+    "retrain.auto_deploy": ("auto_deploy", _boolean, "true or false"),
+    "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
+    "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
+}
+
+# Pairs whose order matters: the alert level must be at least as bad as the target level.
+_ORDER: list[tuple[str, str, str]] = [
+    ("thresholds.accuracy.alert", "thresholds.accuracy.min", "≤"),
+    ("thresholds.latency_ms.max", "thresholds.latency_ms.alert", "≤"),
+    ("thresholds.error_rate.max", "thresholds.error_rate.alert", "≤"),
+]
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_config(text: str, source: str = "config.toml") -> Config:
+    """Parse and validate config text; raise ConfigError naming the bad key and value."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    flat = _flatten(raw)
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        rule = _RULES.get(key)
+        if rule is None:
+            raise ConfigError(f"{source}: unknown key {key} (known: {', '.join(_RULES)})")
+        _field, check, meaning = rule
+        if not check(value):
+            raise ConfigError(f"{source}: {key} = {value!r} is invalid: must be {meaning}")
+        values[key] = value
+    defaults = _defaults()
+    merged = {**defaults, **values}
+    for low, high, sign in _ORDER:
+        if not merged[low] <= merged[high]:
+            raise ConfigError(
+                f"{source}: {low} = {merged[low]!r} must be {sign} {high} = {merged[high]!r}"
+            )
+    by_field = {_RULES[key][0]: value for key, value in merged.items()}
+    return Config(
+        thresholds=Thresholds(**{k: v for k, v in by_field.items() if k in _fields(Thresholds)}),
+        retrain=RetrainSettings(
+            **{k: v for k, v in by_field.items() if k in _fields(RetrainSettings)}
+        ),
+        registry=RegistrySettings(
+            **{k: v for k, v in by_field.items() if k in _fields(RegistrySettings)}
+        ),
+    )
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _defaults() -> dict[str, Any]:
+    instances = (Thresholds(), RetrainSettings(), RegistrySettings())
+    out: dict[str, Any] = {}
+    for key, (field, _check, _meaning) in _RULES.items():
+        for instance in instances:
+            if hasattr(instance, field):
+                out[key] = getattr(instance, field)
+    return out
+
+
+def load_config(path: Path) -> Config:
+    """Load config.toml; a missing file means the seed's defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, source=str(path))

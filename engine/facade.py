@@ -1,0 +1,600 @@
+"""`Engine`: the one facade the CLI, the HTTP API, the daemon and the console call.
+
+Every mutation is one `BEGIN IMMEDIATE` transaction that reads the state, applies a pure rule
+from `deployments`, and writes the new state together with its history row. The history
+export (`deployments/history.json`) is rewritten after the commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import artifacts, deployments, history, invariants, registry
+from engine.clock import utc_now
+from engine.config import Config, load_config
+from engine.errors import ArtifactRejected, BeastError, NotFound, StateChanged
+from engine.identity import current_actor
+from engine.naming import check_name, winner_alias
+from engine.records import (
+    BASIS_POINTS,
+    Artifact,
+    Change,
+    Deployment,
+    Expect,
+    Experiment,
+    HistoryEntry,
+    LineState,
+    Snapshot,
+    Status,
+    VersionRef,
+)
+from engine.store import Store
+from engine.workspace import Workspace
+
+NO_VERDICT_YET = (
+    "A/B statistics are not available in this version of beast-mode, so there is no verdict "
+    "to follow"
+)
+
+
+@dataclass(frozen=True)
+class ModelsReport:
+    artifacts: tuple[Artifact, ...]
+    unregistered: tuple[tuple[str, str | None], ...]
+    serving: dict[str, str]  # version name -> role
+
+
+class Engine:
+    """Everything beast-mode does to a workspace. Opening it touches nothing until first use."""
+
+    def __init__(self, workspace: Workspace, *, actor: str | None = None) -> None:
+        self.workspace = workspace
+        self.actor = actor or current_actor()
+        self._config: Config | None = None
+        self._store: Store | None = None
+
+    # -- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, workspace: Workspace) -> tuple[Engine, list[Path]]:
+        """Create the workspace (idempotent): directories, config.toml, the database."""
+        created = workspace.create()
+        engine = cls(workspace)
+        engine.config  # noqa: B018 - refuse a bad existing config now, not later
+        engine.store  # noqa: B018 - creates and migrates the database
+        if not workspace.history_export_path.exists():
+            engine.export_history()
+            created.append(workspace.history_export_path)
+        return engine, created
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.workspace.config_path)
+        return self._config
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.workspace.require()
+            store = Store(self.workspace.db_path)
+            store.migrate()
+            self._store = store
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- reading --------------------------------------------------------------------------
+
+    def lines(self) -> list[str]:
+        with self.store.read() as conn:
+            return registry.line_names(conn)
+
+    def status(self) -> Status:
+        with self.store.read() as conn:
+            lines = registry.line_names(conn)
+            states = [s for s in (self._state(conn, line) for line in lines) if s is not None]
+            experiments = self._experiments(conn)
+            paths = {
+                row["id"]: self.workspace.models_dir / row["path"]
+                for row in conn.execute("SELECT id, path FROM artifacts WHERE status = 'valid'")
+            }
+        rows: list[Deployment] = []
+        for state in states:
+            rows.append(
+                Deployment(
+                    state.line,
+                    state.production.name,
+                    "production",
+                    BASIS_POINTS - state.candidate_bp,
+                    state.experiment,
+                    state.production_since,
+                    state.production_by,
+                    state.production.sha256,
+                    paths[state.production.artifact_id].is_file(),
+                )
+            )
+            if state.candidate is not None:
+                rows.append(
+                    Deployment(
+                        state.line,
+                        state.candidate.name,
+                        "candidate",
+                        state.candidate_bp,
+                        state.experiment,
+                        state.candidate_since or "",
+                        state.candidate_by or "",
+                        state.candidate.sha256,
+                        paths[state.candidate.artifact_id].is_file(),
+                    )
+                )
+        return Status(
+            deployments=tuple(rows),
+            experiments=tuple(experiments),
+            lines=tuple(lines),
+            revisions={s.line: s.revision for s in states},
+        )
+
+    def models(self) -> ModelsReport:
+        with self.store.read() as conn:
+            found = registry.list_artifacts(conn, self.workspace.models_dir)
+            loose = registry.unregistered_files(
+                conn, self.workspace.models_dir, self.config.registry
+            )
+            serving: dict[str, str] = {}
+            for line in registry.line_names(conn):
+                state = self._state(conn, line)
+                if state is not None:
+                    serving[f"{line}/{state.production.name}"] = "production"
+                    if state.candidate is not None:
+                        serving[f"{line}/{state.candidate.name}"] = "candidate"
+        return ModelsReport(tuple(found), tuple(loose), serving)
+
+    def history(self, line: str | None = None) -> list[HistoryEntry]:
+        with self.store.read() as conn:
+            return history.entries(conn, line)
+
+    def experiment(self, name: str) -> Experiment:
+        with self.store.read() as conn:
+            found = self._experiment(conn, name)
+        if found is None:
+            raise NotFound(f"no A/B test named {name}")
+        return found
+
+    def doctor(self, *, repair: bool = False) -> invariants.DoctorReport:
+        """Check every invariant; with repair, rewrite a stale history export first."""
+        if repair:
+            self.export_history()
+        with self.store.read() as conn:
+            report = invariants.check(conn, self.workspace)
+        integrity = self.store.integrity_errors()
+        if integrity:
+            report = invariants.DoctorReport(
+                tuple(f"database integrity: {line}" for line in integrity) + report.problems,
+                report.warnings,
+            )
+        return report
+
+    # -- registry -------------------------------------------------------------------------
+
+    def register(
+        self, path: str | Path, *, version: str | None = None, model: str | None = None
+    ) -> registry.Registration:
+        """Validate a model file in models/ (in a child process) and register it by sha256."""
+        models_dir = self.workspace.models_dir
+        resolved = artifacts.resolve_in_models(path, models_dir)
+        checked = artifacts.check_file(
+            resolved, models_dir, self.config.registry.max_artifact_bytes
+        )
+        sha = artifacts.sha256_of(resolved)
+        with self.store.read() as conn:
+            lines = registry.line_names(conn)
+            known = conn.execute(
+                "SELECT * FROM artifacts WHERE sha256 = ? AND status = 'valid'", (sha,)
+            ).fetchone()
+            known_names = (
+                [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT name FROM versions WHERE artifact_id = ?", (known["id"],)
+                    )
+                ]
+                if known
+                else []
+            )
+        naming = registry.naming_for(
+            resolved,
+            version=version,
+            model=model or (known["line"] if known else None),
+            lines=lines,
+        )
+        if naming.line is None:
+            raise BeastError(f"cannot tell the model line from {resolved.name}: pass --model NAME")
+        if naming.version is None and not known_names:
+            raise BeastError(
+                f"cannot derive a version from {resolved.name} (expected NAME-vX.json): "
+                "pass --version V"
+            )
+        if known is not None:
+            validation = artifacts.Validation(
+                True,
+                n_features=known["n_features"],
+                feature_names=registry.artifact_from_row(known, models_dir, ()).feature_names,
+                xgboost_version=known["xgboost_version"],
+            )
+        else:
+            validation = artifacts.validate_in_child(
+                resolved, checked.format, self.config.registry.validation_timeout_s
+            )
+        reason = validation.reason
+        with self.store.write() as conn:
+            if validation.ok and known is None:
+                assert validation.n_features is not None
+                reason = registry.schema_mismatch(
+                    conn, naming.line, validation.n_features, validation.feature_names
+                )
+            if reason is not None:
+                registry.record_rejection(conn, checked, sha, reason, self.actor)
+                outcome = None
+            else:
+                outcome = registry.store_valid(
+                    conn, checked, sha, validation, naming=naming, actor=self.actor
+                )
+        if outcome is None:
+            raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
+        artifact_id, ref, new = outcome
+        with self.store.read() as conn:
+            artifact = next(
+                a for a in registry.list_artifacts(conn, models_dir) if a.id == artifact_id
+            )
+        return registry.Registration(artifact, ref, new)
+
+    # -- deployments ----------------------------------------------------------------------
+
+    def deploy(
+        self,
+        path: str | Path | None = None,
+        *,
+        version: str | None = None,
+        model: str | None = None,
+        traffic: float | None = None,
+        ab_test: str | None = None,
+        note: str | None = None,
+        expect: Expect | None = None,
+    ) -> Change:
+        """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate."""
+        if ab_test is not None:
+            check_name("A/B test", ab_test)
+        if ab_test is not None and traffic is None:
+            raise BeastError("--ab-test needs --traffic N (the candidate's share, 1–99%)")
+        if traffic is not None and ab_test is None and traffic != 100:
+            raise BeastError(
+                f"--traffic {traffic:g} needs --ab-test NAME (a candidate below 100% is a test)"
+            )
+        bp = deployments.traffic_bp(traffic) if ab_test is not None and traffic is not None else 0
+        if path is not None:
+            ref = self.register(path, version=version, model=model).version
+            if ref is None:  # pragma: no cover - register refuses unnamed artifacts
+                raise BeastError("the file has no version name: pass --version V")
+            line = ref.line
+        else:
+            if version is None:
+                raise BeastError(
+                    "deploy needs a model file PATH or --version V of a registered one"
+                )
+            line = self._line(model)
+            with self.store.read() as conn:
+                ref = registry.get_version(conn, line, version)
+        target = ref
+
+        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
+            if ab_test is None:
+                return deployments.plan_deploy(state, target)
+            return deployments.plan_ab_start(
+                state, target, bp, ab_test, self._experiment(conn, ab_test)
+            )
+
+        return self._mutate(line, expect, note, planner)
+
+    def promote(
+        self,
+        test: str,
+        *,
+        force: bool = False,
+        note: str | None = None,
+        expect: Expect | None = None,
+    ) -> Change:
+        """The candidate of a running test becomes production at 100%, aliased ab-winner-TEST."""
+        found = self.experiment(test)
+        if not force and found.status == "running":
+            raise BeastError(
+                f"cannot promote {test}: {NO_VERDICT_YET}; pass --force to promote anyway "
+                "(recorded as forced)"
+            )
+
+        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
+            current = self._experiment(conn, test)
+            assert current is not None
+            if state is None:
+                raise BeastError(f"nothing is deployed on {current.line}")
+            return deployments.plan_promote(state, current, forced=force)
+
+        return self._mutate(found.line, expect, note, planner)
+
+    def abort(
+        self,
+        test: str,
+        *,
+        note: str | None = None,
+        expect: Expect | None = None,
+        reason: str = "aborted",
+    ) -> Change:
+        """End a running test: the candidate goes to 0%, production back to 100%."""
+        found = self.experiment(test)
+
+        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
+            current = self._experiment(conn, test)
+            assert current is not None
+            if state is None:
+                raise BeastError(f"nothing is deployed on {current.line}")
+            return deployments.plan_abort(state, current, reason)
+
+        return self._mutate(found.line, expect, note, planner)
+
+    def rollback(
+        self,
+        version: str | None = None,
+        *,
+        model: str | None = None,
+        note: str | None = None,
+        expect: Expect | None = None,
+    ) -> Change:
+        """Back to the production before the newest change, or to a named version."""
+        line = self._line(model)
+        if expect is not None and expect.production is not None:
+            done = self._already_rolled_back(line, expect.production)
+            if done is not None:
+                return done
+
+        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
+            if state is None:
+                raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
+            stack = deployments.undo_stack(history.entries(conn, line))
+            where = deployments.rollback_target(state, stack, version)
+            target = registry.get_version(conn, line, where.production)
+            return deployments.plan_rollback(state, target, where.undoes)
+
+        return self._mutate(line, expect, note, planner)
+
+    def _already_rolled_back(self, line: str, seen: str) -> Change | None:
+        """Re-running a rollback that already happened (say, after a crash) does nothing."""
+        with self.store.read() as conn:
+            state = self._state(conn, line)
+            last = history.last(conn, line)
+        if state is None or last is None or state.production.name == seen:
+            return None
+        if last.action == "rollback" and last.from_state.production == seen:
+            return Change(
+                last,
+                f"already rolled back: production {seen} → {state.production.name} "
+                f"(history #{last.id}, {last.at}); nothing done",
+                changed=False,
+            )
+        return None
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _line(self, model: str | None) -> str:
+        lines = self.lines()
+        if model is not None:
+            if model not in lines:
+                known = ", ".join(lines) or "none"
+                raise NotFound(f"no model line {model} (known: {known})")
+            return model
+        if len(lines) == 1:
+            return lines[0]
+        if not lines:
+            raise BeastError(
+                "no model registered yet: deploy one with `beast deploy PATH --version V`"
+            )
+        raise BeastError(f"several model lines ({', '.join(lines)}): pass --model NAME")
+
+    def _mutate(
+        self,
+        line: str,
+        expect: Expect | None,
+        note: str | None,
+        planner: Callable[[sqlite3.Connection, LineState | None], deployments.Plan],
+    ) -> Change:
+        with self.store.write() as conn:
+            state = self._state(conn, line)
+            _check_expect(state, expect)
+            plan = planner(conn, state)
+            entry = self._apply(conn, line, state, plan, note)
+        self.export_history()
+        return Change(entry, plan.message)
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        line: str,
+        state: LineState | None,
+        plan: deployments.Plan,
+        note: str | None,
+    ) -> HistoryEntry:
+        now, actor = utc_now(), self.actor
+        if plan.end_test is not None:
+            name, status, reason = plan.end_test
+            conn.execute(
+                "UPDATE experiments SET status = ?, ended_at = ?, ended_by = ?, end_reason = ?,"
+                " forced = ? WHERE name = ? AND status = 'running'",
+                (status, now, actor, reason, int(plan.forced), name),
+            )
+        if plan.action == "promote" and plan.history_experiment:
+            registry.add_alias(
+                conn, line, winner_alias(plan.history_experiment), plan.production, actor
+            )
+        experiment_id = None
+        if plan.start_test is not None:
+            assert plan.candidate is not None
+            experiment_id = conn.execute(
+                "INSERT INTO experiments (name, line, control_id, candidate_id, traffic_bp,"
+                " status, started_at, started_by) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (
+                    plan.start_test,
+                    line,
+                    plan.production.id,
+                    plan.candidate.id,
+                    plan.candidate_bp,
+                    now,
+                    actor,
+                ),
+            ).lastrowid
+        to_state = Snapshot(
+            plan.production.name,
+            plan.candidate.name if plan.candidate else None,
+            plan.candidate_bp,
+            plan.experiment,
+        )
+        entry = history.append(
+            conn,
+            {
+                "line": line,
+                "at": now,
+                "actor": actor,
+                "action": plan.action,
+                "version": plan.version,
+                "experiment": plan.history_experiment,
+                "from_state": state.snapshot() if state else Snapshot(),
+                "to_state": to_state,
+                "undoes": plan.undoes,
+                "note": note,
+                "forced": plan.forced,
+            },
+        )
+        same_production = state is not None and state.production.id == plan.production.id
+        same_candidate = (
+            state is not None
+            and state.candidate is not None
+            and plan.candidate is not None
+            and state.candidate.id == plan.candidate.id
+        )
+        conn.execute(
+            """
+            INSERT INTO line_state (line, production_id, production_since, production_by,
+                candidate_id, candidate_bp, candidate_since, candidate_by, experiment_id, revision)
+            VALUES (:line, :pid, :psince, :pby, :cid, :cbp, :csince, :cby, :eid, :rev)
+            ON CONFLICT(line) DO UPDATE SET production_id = :pid, production_since = :psince,
+                production_by = :pby, candidate_id = :cid, candidate_bp = :cbp,
+                candidate_since = :csince, candidate_by = :cby, experiment_id = :eid,
+                revision = :rev
+            """,
+            {
+                "line": line,
+                "pid": plan.production.id,
+                "psince": state.production_since if same_production and state else now,
+                "pby": state.production_by if same_production and state else actor,
+                "cid": plan.candidate.id if plan.candidate else None,
+                "cbp": plan.candidate_bp,
+                "csince": (state.candidate_since if same_candidate and state else now)
+                if plan.candidate
+                else None,
+                "cby": (state.candidate_by if same_candidate and state else actor)
+                if plan.candidate
+                else None,
+                "eid": experiment_id,
+                "rev": entry.id,
+            },
+        )
+        return entry
+
+    def export_history(self) -> None:
+        """Rewrite deployments/history.json from the history table (atomic, never stale)."""
+
+        def read() -> list[HistoryEntry]:
+            with self.store.read() as conn:
+                return history.entries(conn)
+
+        history.write_export(self.workspace.history_export_path, read)
+
+    @staticmethod
+    def _state(conn: sqlite3.Connection, line: str) -> LineState | None:
+        row = conn.execute("SELECT * FROM line_state WHERE line = ?", (line,)).fetchone()
+        if row is None:
+            return None
+        candidate = (
+            registry.version_by_id(conn, row["candidate_id"]) if row["candidate_id"] else None
+        )
+        experiment = None
+        if row["experiment_id"] is not None:
+            experiment = conn.execute(
+                "SELECT name FROM experiments WHERE id = ?", (row["experiment_id"],)
+            ).fetchone()[0]
+        return LineState(
+            line=line,
+            production=registry.version_by_id(conn, row["production_id"]),
+            production_since=row["production_since"],
+            production_by=row["production_by"],
+            revision=row["revision"],
+            candidate=candidate,
+            candidate_bp=row["candidate_bp"],
+            candidate_since=row["candidate_since"],
+            candidate_by=row["candidate_by"],
+            experiment=experiment,
+        )
+
+    _EXPERIMENT_SQL = """
+        SELECT e.*, c.name AS control_name, k.name AS candidate_name
+        FROM experiments e JOIN versions c ON c.id = e.control_id
+        JOIN versions k ON k.id = e.candidate_id
+    """
+
+    @classmethod
+    def _experiments(cls, conn: sqlite3.Connection) -> list[Experiment]:
+        rows = conn.execute(cls._EXPERIMENT_SQL + " ORDER BY e.id").fetchall()
+        return [_experiment_from_row(row) for row in rows]
+
+    @classmethod
+    def _experiment(cls, conn: sqlite3.Connection, name: str) -> Experiment | None:
+        row = conn.execute(cls._EXPERIMENT_SQL + " WHERE e.name = ?", (name,)).fetchone()
+        return _experiment_from_row(row) if row else None
+
+
+def _experiment_from_row(row: sqlite3.Row) -> Experiment:
+    return Experiment(
+        id=row["id"],
+        name=row["name"],
+        line=row["line"],
+        control=row["control_name"],
+        candidate=row["candidate_name"],
+        traffic_bp=row["traffic_bp"],
+        status=row["status"],
+        started_at=row["started_at"],
+        started_by=row["started_by"],
+        ended_at=row["ended_at"],
+        ended_by=row["ended_by"],
+        end_reason=row["end_reason"],
+        forced=bool(row["forced"]),
+    )
+
+
+def _check_expect(state: LineState | None, expect: Expect | None) -> None:
+    if expect is None:
+        return
+    revision = state.revision if state else 0
+    if expect.revision is not None and expect.revision != revision:
+        raise StateChanged(f"revision is {revision} now, you saw {expect.revision}")
+    production = state.production.name if state else None
+    if expect.production is not None and expect.production != production:
+        raise StateChanged(
+            f"production is {production or 'nothing'} now, you saw {expect.production}"
+        )
+
+
+__all__ = ["Engine", "ModelsReport", "VersionRef"]

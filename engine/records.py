@@ -1,0 +1,207 @@
+"""Frozen records that cross the engine's boundary (CLI, HTTP, console all read these)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Role = Literal["production", "candidate"]
+ExperimentStatus = Literal["running", "promoted", "aborted"]
+Action = Literal["deploy", "ab_start", "promote", "abort", "rollback"]
+
+BASIS_POINTS = 10_000
+
+
+def percent(bp: int) -> float:
+    """Basis points as a percentage (store integers, show percents)."""
+    return bp / 100
+
+
+@dataclass(frozen=True)
+class Artifact:
+    id: int
+    sha256: str
+    path: str
+    size: int
+    format: str | None
+    status: Literal["valid", "rejected"]
+    reason: str | None
+    line: str | None
+    n_features: int | None
+    feature_names: tuple[str, ...] | None
+    xgboost_version: str | None
+    registered_at: str
+    registered_by: str
+    versions: tuple[str, ...] = ()
+    present: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["version"] = self.versions[0] if self.versions else None
+        out["feature_names"] = list(self.feature_names) if self.feature_names else None
+        out["versions"] = list(self.versions)
+        return out
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    id: int
+    line: str
+    name: str
+    artifact_id: int
+    sha256: str
+    kind: Literal["version", "alias"] = "version"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The deployment state of one line, as history records it (names, not ids)."""
+
+    production: str | None = None
+    candidate: str | None = None
+    candidate_bp: int = 0
+    experiment: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(
+            production=data.get("production"),
+            candidate=data.get("candidate"),
+            candidate_bp=int(data.get("candidate_bp", 0)),
+            experiment=data.get("experiment"),
+        )
+
+
+@dataclass(frozen=True)
+class LineState:
+    """What serves for one model line right now."""
+
+    line: str
+    production: VersionRef
+    production_since: str
+    production_by: str
+    revision: int
+    candidate: VersionRef | None = None
+    candidate_bp: int = 0
+    candidate_since: str | None = None
+    candidate_by: str | None = None
+    experiment: str | None = None
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            production=self.production.name,
+            candidate=self.candidate.name if self.candidate else None,
+            candidate_bp=self.candidate_bp,
+            experiment=self.experiment,
+        )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: int
+    name: str
+    line: str
+    control: str
+    candidate: str
+    traffic_bp: int
+    status: ExperimentStatus
+    started_at: str
+    started_by: str
+    ended_at: str | None = None
+    ended_by: str | None = None
+    end_reason: str | None = None
+    forced: bool = False
+    verdict: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["traffic"] = percent(self.traffic_bp)
+        return out
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    line: str
+    at: str
+    actor: str
+    action: Action
+    version: str | None
+    experiment: str | None
+    from_state: Snapshot
+    to_state: Snapshot
+    undoes: tuple[int, ...] = ()
+    note: str | None = None
+    forced: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["from_state"] = self.from_state.to_json()
+        out["to_state"] = self.to_state.to_json()
+        out["undoes"] = list(self.undoes)
+        return out
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One row of `beast status`: a version that takes traffic."""
+
+    line: str
+    version: str
+    role: Role
+    traffic_bp: int
+    experiment: str | None
+    since: str
+    by: str
+    sha256: str
+    artifact_present: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["traffic"] = percent(self.traffic_bp)
+        return out
+
+
+@dataclass(frozen=True)
+class Status:
+    deployments: tuple[Deployment, ...]
+    experiments: tuple[Experiment, ...]
+    lines: tuple[str, ...]
+    revisions: dict[str, int] = field(default_factory=dict)
+    health: str = "no data"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lines": list(self.lines),
+            "deployments": [d.to_json() for d in self.deployments],
+            "experiments": [e.to_json() for e in self.experiments],
+            "revisions": dict(self.revisions),
+            "health": self.health,
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """The result of a mutation: the history row it wrote and a sentence for humans."""
+
+    entry: HistoryEntry | None
+    message: str
+    changed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            "message": self.message,
+            "history": self.entry.to_json() if self.entry else None,
+        }
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the caller saw; a mutation is refused when the state moved on since."""
+
+    production: str | None = None
+    revision: int | None = None

@@ -1,0 +1,181 @@
+"""Numbered schema migrations. Applied by `store.migrate` through sqlite-utils' Migrations.
+
+Each entry is (name, SQL). Names are numbered so that order is visible in the file that records
+them (`_sqlite_migrations`). Never edit a released migration: add the next number.
+
+Invariants (DESIGN.md §5) that SQLite can enforce live here:
+- one row of `line_state` per model line holds the production version NOT NULL and at most one
+  candidate; production traffic is derived (10000 − candidate_bp), so weights sum to 100% by
+  construction;
+- a partial UNIQUE index allows one running test per line;
+- history is append-only (triggers refuse UPDATE and DELETE);
+- a version can only name a valid artifact; a valid artifact cannot be demoted while named.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_initial",
+        """
+CREATE TABLE model_lines (
+    name TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 100),
+    n_features INTEGER NOT NULL CHECK (n_features >= 1),
+    feature_names TEXT,
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE artifacts (
+    id INTEGER PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE CHECK (length(sha256) = 64),
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL CHECK (size >= 0),
+    format TEXT CHECK (format IS NULL OR format IN ('json', 'ubj')),
+    status TEXT NOT NULL CHECK (status IN ('valid', 'rejected')),
+    reason TEXT,
+    line TEXT REFERENCES model_lines(name),
+    n_features INTEGER,
+    feature_names TEXT,
+    xgboost_version TEXT,
+    registered_at TEXT NOT NULL,
+    registered_by TEXT NOT NULL,
+    CHECK ((status = 'valid') = (reason IS NULL)),
+    CHECK (status = 'rejected' OR (line IS NOT NULL AND n_features IS NOT NULL))
+);
+
+CREATE TABLE versions (
+    id INTEGER PRIMARY KEY,
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    name TEXT NOT NULL CHECK (length(name) BETWEEN 1 AND 100),
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(id),
+    kind TEXT NOT NULL CHECK (kind IN ('version', 'alias')),
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    UNIQUE (line, name)
+);
+
+CREATE TRIGGER versions_name_valid_artifact BEFORE INSERT ON versions
+WHEN (SELECT status FROM artifacts WHERE id = NEW.artifact_id) IS NOT 'valid'
+  OR (SELECT line FROM artifacts WHERE id = NEW.artifact_id) IS NOT NEW.line
+BEGIN
+    SELECT RAISE(ABORT, 'a version must name a valid artifact of its own line');
+END;
+
+CREATE TRIGGER versions_immutable BEFORE UPDATE ON versions
+BEGIN
+    SELECT RAISE(ABORT, 'versions are immutable');
+END;
+
+CREATE TRIGGER artifacts_keep_named_valid BEFORE UPDATE OF status, line ON artifacts
+WHEN OLD.status = 'valid' AND (NEW.status IS NOT 'valid' OR NEW.line IS NOT OLD.line)
+  AND EXISTS (SELECT 1 FROM versions WHERE artifact_id = OLD.id)
+BEGIN
+    SELECT RAISE(ABORT, 'a named artifact cannot be rejected or moved');
+END;
+
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 100),
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    control_id INTEGER NOT NULL REFERENCES versions(id),
+    candidate_id INTEGER NOT NULL REFERENCES versions(id),
+    traffic_bp INTEGER NOT NULL CHECK (traffic_bp BETWEEN 100 AND 9900),
+    status TEXT NOT NULL CHECK (status IN ('running', 'promoted', 'aborted')),
+    started_at TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    ended_at TEXT,
+    ended_by TEXT,
+    end_reason TEXT,
+    forced INTEGER NOT NULL DEFAULT 0 CHECK (forced IN (0, 1)),
+    CHECK ((status = 'running') = (ended_at IS NULL)),
+    CHECK (control_id != candidate_id)
+);
+
+CREATE UNIQUE INDEX experiments_one_running_per_line ON experiments(line)
+WHERE status = 'running';
+
+CREATE TRIGGER experiments_end_once BEFORE UPDATE ON experiments
+WHEN OLD.status != 'running'
+BEGIN
+    SELECT RAISE(ABORT, 'an ended test cannot change');
+END;
+
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ('deploy', 'ab_start', 'promote', 'abort', 'rollback')),
+    version TEXT,
+    experiment TEXT,
+    from_state TEXT NOT NULL CHECK (json_valid(from_state)),
+    to_state TEXT NOT NULL CHECK (json_valid(to_state)),
+    undoes TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(undoes)),
+    note TEXT,
+    forced INTEGER NOT NULL DEFAULT 0 CHECK (forced IN (0, 1))
+);
+
+CREATE INDEX history_line ON history(line, id);
+
+CREATE TRIGGER history_append_only_update BEFORE UPDATE ON history
+BEGIN
+    SELECT RAISE(ABORT, 'history is append-only');
+END;
+
+CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+BEGIN
+    SELECT RAISE(ABORT, 'history is append-only');
+END;
+
+CREATE TABLE line_state (
+    line TEXT PRIMARY KEY REFERENCES model_lines(name),
+    production_id INTEGER NOT NULL REFERENCES versions(id),
+    production_since TEXT NOT NULL,
+    production_by TEXT NOT NULL,
+    candidate_id INTEGER REFERENCES versions(id),
+    candidate_bp INTEGER NOT NULL DEFAULT 0,
+    candidate_since TEXT,
+    candidate_by TEXT,
+    experiment_id INTEGER REFERENCES experiments(id),
+    revision INTEGER NOT NULL REFERENCES history(id),
+    CHECK (candidate_id IS NULL OR candidate_bp BETWEEN 100 AND 9900),
+    CHECK (candidate_id IS NOT NULL OR candidate_bp = 0),
+    CHECK ((candidate_id IS NULL) = (experiment_id IS NULL)),
+    CHECK ((candidate_id IS NULL) = (candidate_since IS NULL)),
+    CHECK (candidate_id IS NULL OR candidate_id != production_id)
+);
+
+CREATE TRIGGER line_state_arms_insert BEFORE INSERT ON line_state
+WHEN (SELECT line FROM versions WHERE id = NEW.production_id) IS NOT NEW.line
+  OR (NEW.candidate_id IS NOT NULL
+      AND (SELECT line FROM versions WHERE id = NEW.candidate_id) IS NOT NEW.line)
+  OR (NEW.experiment_id IS NOT NULL AND NOT EXISTS (
+      SELECT 1 FROM experiments WHERE id = NEW.experiment_id AND status = 'running'
+        AND line = NEW.line AND control_id = NEW.production_id
+        AND candidate_id = NEW.candidate_id AND traffic_bp = NEW.candidate_bp))
+BEGIN
+    SELECT RAISE(ABORT, 'deployed versions must belong to the line and match its running test');
+END;
+
+CREATE TRIGGER line_state_arms_update BEFORE UPDATE ON line_state
+WHEN (SELECT line FROM versions WHERE id = NEW.production_id) IS NOT NEW.line
+  OR (NEW.candidate_id IS NOT NULL
+      AND (SELECT line FROM versions WHERE id = NEW.candidate_id) IS NOT NEW.line)
+  OR (NEW.experiment_id IS NOT NULL AND NOT EXISTS (
+      SELECT 1 FROM experiments WHERE id = NEW.experiment_id AND status = 'running'
+        AND line = NEW.line AND control_id = NEW.production_id
+        AND candidate_id = NEW.candidate_id AND traffic_bp = NEW.candidate_bp))
+  OR NEW.revision <= OLD.revision
+BEGIN
+    SELECT RAISE(ABORT, 'deployed versions must belong to the line and match its running test');
+END;
+
+CREATE TRIGGER line_state_no_delete BEFORE DELETE ON line_state
+BEGIN
+    SELECT RAISE(ABORT, 'a deployed line cannot be deleted');
+END;
+""",
+    ),
+]
+
+MIGRATION_SET = "beast"
