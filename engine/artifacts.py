@@ -41,6 +41,7 @@ class Validation:
     n_features: int | None = None
     feature_names: tuple[str, ...] | None = None
     xgboost_version: str | None = None
+    sha256: str | None = None  # of the bytes the child judged, when it got as far as reading
 
 
 def resolve_in_models(raw: str | os.PathLike[str], models_dir: Path) -> Path:
@@ -96,8 +97,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def validate_in_child(path: Path, fmt: str, timeout_s: float) -> Validation:
-    """Load the model and predict two rows in a child process; never raises for bad files."""
+def validate_in_child(
+    path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+) -> Validation:
+    """Load the model and predict two rows in a child process; never raises for bad files.
+
+    With `expected_sha256` (the digest the caller recorded), a file whose bytes changed
+    between hashing and validation is refused: the verdict must be about the hashed bytes.
+    """
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
     project_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
@@ -115,24 +122,44 @@ def validate_in_child(path: Path, fmt: str, timeout_s: float) -> Validation:
         _kill_group(proc)
         return Validation(False, f"validation timed out after {timeout_s:g}s")
     if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return Validation(False, f"the model crashed XGBoost ({name}) while loading or predicting")
+        return Validation(
+            False,
+            f"the model crashed XGBoost ({_signal_name(-proc.returncode)}) "
+            "while loading or predicting",
+        )
     if proc.returncode != 0:
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
         return Validation(False, f"validator failed (exit {proc.returncode}): {last[:300]}")
     try:
         result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
+        if not isinstance(result, dict):
+            raise ValueError(result)
     except (ValueError, IndexError):
         return Validation(False, "validator gave no readable answer")
+    judged = result.get("sha256")
+    if expected_sha256 is not None and judged != expected_sha256:
+        return Validation(
+            False,
+            "the file changed while it was being validated; register it again once it is complete",
+            sha256=judged,
+        )
     if not result.get("ok"):
-        return Validation(False, str(result.get("reason") or "invalid model"))
+        return Validation(False, str(result.get("reason") or "invalid model"), sha256=judged)
     names = result.get("feature_names")
     return Validation(
         ok=True,
         n_features=int(result["n_features"]),
         feature_names=tuple(names) if names else None,
         xgboost_version=result.get("xgboost_version"),
+        sha256=judged,
     )
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # real-time and other unnamed signals
+        return f"signal {number}"
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine import render
@@ -72,6 +73,25 @@ def _report(change: Change, args: argparse.Namespace) -> int:
 
 
 def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
+    if args.demo:
+        from engine import demo
+
+        result = demo.build(engine.workspace)
+        if args.json:
+            _print_json(
+                {
+                    "workspace": str(result.workspace),
+                    "data": str(result.data),
+                    "models": [str(p) for p in result.models],
+                }
+            )
+        else:
+            print(f"demo workspace {result.workspace} (generated data, labelled demo):")
+            print(f"  data   {result.data}")
+            for path in result.models:
+                print(f"  model  {path}")
+            print(f"  production v1-enhanced, A/B test {demo.DEMO_TEST}: v3-advanced at 10%")
+        return 0
     _, created = Engine.init(engine.workspace)
     if args.json:
         _print_json({"workspace": str(engine.workspace.root), "created": [str(p) for p in created]})
@@ -207,6 +227,18 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
+    from engine.backup import backup
+
+    source = engine.workspace.db_path
+    dest = backup(source, Path(args.dest).expanduser().absolute())
+    if args.json:
+        _print_json({"database": str(source), "backup": str(dest)})
+    else:
+        print(f"backed up {source} to {dest} (SQLite backup API, integrity checked)")
+    return 0
+
+
 def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     report = engine.doctor(repair=args.repair)
     if args.json:
@@ -237,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("init", cmd_init, "create the workspace (config.toml, models/, deployments/, data/)")
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="also generate demo data, train three versions, deploy and start a test",
+    )
     p.add_argument("--json", action="store_true")
 
     p = add("deploy", cmd_deploy, "deploy a model: production at 100%, or an A/B candidate")
@@ -286,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--version")
     p.add_argument("--model")
+    p.add_argument("--json", action="store_true")
+
+    p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
+    p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
     p.add_argument("--json", action="store_true")
 
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")

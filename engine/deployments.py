@@ -168,6 +168,7 @@ def undo_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
         elif entry.action == "abort":
             drop_test_start(entry.experiment)
         elif entry.action == "rollback":
+            drop_test_start(entry.experiment)  # the test it aborted, if one was running
             if entry.undoes:
                 undone = set(entry.undoes)
                 stack[:] = [e for e in stack if e.id not in undone]

@@ -66,7 +66,9 @@ class Engine:
         engine.config  # noqa: B018 - refuse a bad existing config now, not later
         engine.store  # noqa: B018 - creates and migrates the database
         if not workspace.history_export_path.exists():
-            engine.export_history()
+            warning = engine._export_after_commit()
+            if warning:
+                raise BeastError(warning.strip(" ()"))
             created.append(workspace.history_export_path)
         return engine, created
 
@@ -80,6 +82,7 @@ class Engine:
     def store(self) -> Store:
         if self._store is None:
             self.workspace.require()
+            self.config  # noqa: B018 - a bad config.toml is refused by every command
             store = Store(self.workspace.db_path)
             store.migrate()
             self._store = store
@@ -230,7 +233,10 @@ class Engine:
             )
         else:
             validation = artifacts.validate_in_child(
-                resolved, checked.format, self.config.registry.validation_timeout_s
+                resolved,
+                checked.format,
+                self.config.registry.validation_timeout_s,
+                expected_sha256=sha,
             )
         reason = validation.reason
         with self.store.write() as conn:
@@ -357,10 +363,6 @@ class Engine:
     ) -> Change:
         """Back to the production before the newest change, or to a named version."""
         line = self._line(model)
-        if expect is not None and expect.production is not None:
-            done = self._already_rolled_back(line, expect.production)
-            if done is not None:
-                return done
 
         def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
             if state is None:
@@ -370,23 +372,7 @@ class Engine:
             target = registry.get_version(conn, line, where.production)
             return deployments.plan_rollback(state, target, where.undoes)
 
-        return self._mutate(line, expect, note, planner)
-
-    def _already_rolled_back(self, line: str, seen: str) -> Change | None:
-        """Re-running a rollback that already happened (say, after a crash) does nothing."""
-        with self.store.read() as conn:
-            state = self._state(conn, line)
-            last = history.last(conn, line)
-        if state is None or last is None or state.production.name == seen:
-            return None
-        if last.action == "rollback" and last.from_state.production == seen:
-            return Change(
-                last,
-                f"already rolled back: production {seen} → {state.production.name} "
-                f"(history #{last.id}, {last.at}); nothing done",
-                changed=False,
-            )
-        return None
+        return self._mutate(line, expect, note, planner, rerun=_rollback_rerun)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -411,14 +397,30 @@ class Engine:
         expect: Expect | None,
         note: str | None,
         planner: Callable[[sqlite3.Connection, LineState | None], deployments.Plan],
+        rerun: Callable[[HistoryEntry | None, Expect | None], str | None] | None = None,
     ) -> Change:
         with self.store.write() as conn:
             state = self._state(conn, line)
+            if rerun is not None:
+                last = history.last(conn, line)
+                done = rerun(last, expect)
+                if done is not None:
+                    return Change(last, done, changed=False)
             _check_expect(state, expect)
             plan = planner(conn, state)
             entry = self._apply(conn, line, state, plan, note)
-        self.export_history()
-        return Change(entry, plan.message)
+        return Change(entry, plan.message + self._export_after_commit())
+
+    def _export_after_commit(self) -> str:
+        """Rewrite history.json; the change is committed already, so a failure only warns."""
+        try:
+            self.export_history()
+        except OSError as exc:
+            return (
+                f" (warning: {self.workspace.history_export_path} was not rewritten: "
+                f"{exc.strerror or exc}; run `beast doctor --repair`)"
+            )
+        return ""
 
     def _apply(
         self,
@@ -517,9 +519,9 @@ class Engine:
     def export_history(self) -> None:
         """Rewrite deployments/history.json from the history table (atomic, never stale)."""
 
-        def read() -> list[HistoryEntry]:
+        def read() -> str:
             with self.store.read() as conn:
-                return history.entries(conn)
+                return history.export_text(conn)
 
         history.write_export(self.workspace.history_export_path, read)
 
@@ -582,6 +584,22 @@ def _experiment_from_row(row: sqlite3.Row) -> Experiment:
         end_reason=row["end_reason"],
         forced=bool(row["forced"]),
     )
+
+
+def _rollback_rerun(last: HistoryEntry | None, expect: Expect | None) -> str | None:
+    """A rollback re-run with the state it was first run against (say, after a crash).
+
+    With `--expect V`, a rollback right after a rollback from V is taken as the same command
+    again and does nothing; `--expect-revision N` is the unambiguous way to roll back again.
+    """
+    if expect is None or expect.production is None or last is None:
+        return None
+    if last.action == "rollback" and last.from_state.production == expect.production:
+        return (
+            f"already rolled back from {expect.production} to {last.to_state.production} "
+            f"(history #{last.id}, {last.at}); nothing done"
+        )
+    return None
 
 
 def _check_expect(state: LineState | None, expect: Expect | None) -> None:

@@ -46,7 +46,7 @@ def check(
     for line in sorted(set(states) | set(by_line)):
         problems += _history_replays(conn, line, states.get(line), by_line.get(line, []))
     problems += _artifacts(conn, workspace.models_dir, states, hash_files)
-    warnings += _export(workspace.history_export_path, all_entries)
+    warnings += _export(workspace.history_export_path, history.export_text(conn), all_entries)
     return DoctorReport(tuple(problems), tuple(warnings))
 
 
@@ -195,13 +195,13 @@ def _artifacts(
     return out
 
 
-def _export(path: Path, entries: list[HistoryEntry]) -> list[str]:
+def _export(path: Path, expected: str, entries: list[HistoryEntry]) -> list[str]:
     try:
         on_disk = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return [f"{path} is missing (run `beast doctor --repair` to rewrite it)"] if entries else []
     except (OSError, ValueError) as exc:
         return [f"{path} is unreadable ({exc}); run `beast doctor --repair`"]
-    if on_disk != json.loads(history.export_document(entries)):
+    if on_disk != json.loads(expected):
         return [f"{path} is behind the history table (run `beast doctor --repair`)"]
     return []

@@ -99,8 +99,15 @@ def list_artifacts(conn: sqlite3.Connection, models_dir: Path) -> list[Artifact]
 def unregistered_files(
     conn: sqlite3.Connection, models_dir: Path, settings: RegistrySettings
 ) -> list[tuple[str, str | None]]:
-    """Files in models/ with no registry row: (relative path, reason a cheap check refuses)."""
+    """Files in models/ with no registry row: (relative path, reason a cheap check refuses).
+
+    A byte-for-byte copy of a valid artifact is registered already (registration is by
+    content), so it is not listed; only files whose size matches an artifact's are hashed.
+    """
     known = {row[0] for row in conn.execute("SELECT path FROM artifacts")}
+    valid_by_size: dict[int, set[str]] = {}
+    for row in conn.execute("SELECT size, sha256 FROM artifacts WHERE status = 'valid'"):
+        valid_by_size.setdefault(row[0], set()).add(row[1])
     found: list[tuple[str, str | None]] = []
     if not models_dir.is_dir():
         return found
@@ -112,7 +119,10 @@ def unregistered_files(
             continue
         try:
             resolved = artifacts.resolve_in_models(path, models_dir)
-            artifacts.check_file(resolved, models_dir, settings.max_artifact_bytes)
+            checked = artifacts.check_file(resolved, models_dir, settings.max_artifact_bytes)
+            same_size = valid_by_size.get(checked.size)
+            if same_size and artifacts.sha256_of(resolved) in same_size:
+                continue
             found.append((relative, None))
         except (BeastError, OSError) as exc:
             found.append((relative, str(exc)))

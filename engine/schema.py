@@ -9,7 +9,10 @@ Invariants (DESIGN.md §5) that SQLite can enforce live here:
   construction;
 - a partial UNIQUE index allows one running test per line;
 - history is append-only (triggers refuse UPDATE and DELETE);
-- a version can only name a valid artifact; a valid artifact cannot be demoted while named.
+- a version can only name a valid artifact; a valid artifact cannot be demoted while named;
+- (0002) versions and A/B test records are never deleted (history names them: a rollback to a
+  deleted version would be impossible), and traffic is stored as whole basis points (an INTEGER
+  column takes 2000.5 as REAL, and a CHECK on NULL passes).
 """
 
 from __future__ import annotations
@@ -173,6 +176,44 @@ END;
 CREATE TRIGGER line_state_no_delete BEFORE DELETE ON line_state
 BEGIN
     SELECT RAISE(ABORT, 'a deployed line cannot be deleted');
+END;
+""",
+    ),
+    (
+        "0002_keep_versions_and_tests_whole_bp",
+        """
+CREATE TRIGGER versions_no_delete BEFORE DELETE ON versions
+BEGIN
+    SELECT RAISE(ABORT, 'versions are immutable');
+END;
+
+CREATE TRIGGER experiments_no_delete BEFORE DELETE ON experiments
+BEGIN
+    SELECT RAISE(ABORT, 'A/B test records are kept');
+END;
+
+CREATE TRIGGER experiments_bp_integer_insert BEFORE INSERT ON experiments
+WHEN typeof(NEW.traffic_bp) IS NOT 'integer'
+BEGIN
+    SELECT RAISE(ABORT, 'traffic is stored in whole basis points');
+END;
+
+CREATE TRIGGER experiments_bp_integer_update BEFORE UPDATE ON experiments
+WHEN typeof(NEW.traffic_bp) IS NOT 'integer'
+BEGIN
+    SELECT RAISE(ABORT, 'traffic is stored in whole basis points');
+END;
+
+CREATE TRIGGER line_state_bp_integer_insert BEFORE INSERT ON line_state
+WHEN typeof(NEW.candidate_bp) IS NOT 'integer'
+BEGIN
+    SELECT RAISE(ABORT, 'traffic is stored in whole basis points');
+END;
+
+CREATE TRIGGER line_state_bp_integer_update BEFORE UPDATE ON line_state
+WHEN typeof(NEW.candidate_bp) IS NOT 'integer'
+BEGIN
+    SELECT RAISE(ABORT, 'traffic is stored in whole basis points');
 END;
 """,
     ),

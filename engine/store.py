@@ -3,7 +3,11 @@
 Every connection gets `foreign_keys=ON` and a busy timeout. Every write runs inside
 `BEGIN IMMEDIATE` (a deferred read-then-write fails at once with SQLITE_BUSY when another
 process committed in between, whatever the timeout). SQLite errors are turned into one-line
-refusals here, so no raw "database is locked" reaches a user.
+refusals here, so no raw "database is locked" reaches a user: by SQLite's error code, not by
+the wording of the message (a CHECK or trigger text may contain any word).
+
+A file that does not start with SQLite's header is refused before SQLite sees it: SQLite takes
+a file of a few bytes for an empty database and writes a new one over it.
 
 sqlite-utils runs the migrations and is imported only when the schema is behind: importing it
 pulls in pandas, which would cost `beast status` most of its 0.4 s budget.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -36,28 +41,134 @@ def _busy_timeout() -> float:
     return value if value >= 0 else DEFAULT_BUSY_TIMEOUT_S
 
 
-def translate(exc: sqlite3.Error, path: Path, busy_s: float) -> StoreError | StateBusy:
-    """Turn a SQLite error into the refusal a user can act on."""
-    text = str(exc).lower()
+SQLITE_HEADER = b"SQLite format 3\x00"
+_MIN_PAGE_BYTES = 512  # SQLite's smallest page size: a database file is whole pages
+
+# Primary result codes (the low byte of `sqlite3.Error.sqlite_errorcode`).
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN = 5, 6, 8, 10, 11, 13, 14
+_CONSTRAINT, _NOTADB = 19, 26
+_READONLY_DIRECTORY = _READONLY | (6 << 8)
+# Below this much free space an I/O error is taken for a full disk (the -shm file alone
+# needs 32 KiB, each WAL frame a page).
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _code_from_text(text: str) -> int | None:
+    """For errors raised without a SQLite code (built by hand, or by the sqlite3 module)."""
     if "locked" in text or "busy" in text:
+        return _BUSY
+    if "full" in text:
+        return _FULL
+    if "readonly" in text or "read-only" in text:
+        return _READONLY
+    if "not a database" in text:
+        return _NOTADB
+    if "malformed" in text or "corrupt" in text:
+        return _CORRUPT
+    if "unable to open" in text:
+        return _CANTOPEN
+    return None
+
+
+def _disk_nearly_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
+
+
+def _read_only(path: Path) -> str:
+    """Which file is read-only: the database, or the -wal/-shm a read-only reader left."""
+    companions = [
+        p
+        for p in (path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm"))
+        if p.exists() and not os.access(p, os.W_OK)
+    ]
+    if companions and os.access(path, os.W_OK):
+        names = " and ".join(p.name for p in companions)
+        return (
+            f"{names} beside {path} {'is' if len(companions) == 1 else 'are'} read-only (left by "
+            f"a process that could only read it): make {'it' if len(companions) == 1 else 'them'} "
+            f"writable like {path.name}; nothing was changed"
+        )
+    return f"{path} is read-only: this command needs to write state"
+
+
+def _not_a_database(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"{path} is not a usable beast-mode database ({detail}); it was left untouched: "
+        "move it aside and restore a backup (or run `beast init` for a new one)"
+    )
+
+
+def translate(exc: sqlite3.Error, path: Path, busy_s: float) -> StoreError | StateBusy:
+    """Turn a SQLite error into the refusal a user can act on (always one line)."""
+    detail = " ".join(str(exc).split())
+    extended = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(extended, int):
+        code: int | None = extended & 0xFF
+    elif isinstance(exc, sqlite3.IntegrityError):
+        code = _CONSTRAINT
+    else:
+        code = _code_from_text(detail.lower())
+    if code in (_BUSY, _LOCKED):
         return StateBusy(
             f"state busy: another beast process held {path.name} for over {busy_s:g}s; "
             "nothing was changed, retry"
         )
-    if "full" in text:
+    if code == _FULL or (code == _IOERR and _disk_nearly_full(path)):
         return StoreError(f"disk full writing {path}: nothing was changed; free space and retry")
-    if "readonly" in text or "read-only" in text:
-        return StoreError(f"{path} is read-only: this command needs to write state")
-    if "not a database" in text or "malformed" in text or "corrupt" in text:
+    if extended == _READONLY_DIRECTORY:
         return StoreError(
-            f"{path} is not a usable beast-mode database ({exc}); it was left untouched: "
-            "move it aside and restore a backup (or run `beast init` for a new one)"
+            f"{path.parent} is read-only: SQLite must create {path.name}-wal and "
+            f"{path.name}-shm there, even to read {path.name}; make the directory writable "
+            "(nothing was changed)"
         )
-    if "unable to open" in text:
-        return StoreError(f"cannot open {path}: {exc}")
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreError(f"refused by the state store's invariants: {exc}")
-    return StoreError(f"state store error on {path}: {exc}")
+    if code == _READONLY:
+        return StoreError(_read_only(path))
+    if code in (_NOTADB, _CORRUPT):
+        return _not_a_database(path, detail)
+    if code == _CANTOPEN:
+        return StoreError(f"cannot open {path}: {detail}")
+    if code == _CONSTRAINT:
+        return StoreError(f"refused by the state store's invariants: {detail}")
+    return StoreError(f"state store error on {path}: {detail}")
+
+
+def check_header(path: Path) -> None:
+    """Refuse a non-empty file that is not a SQLite database, before SQLite can touch it.
+
+    SQLite reports "file is not a database" for most garbage, but takes a file shorter than
+    its header for an empty database and overwrites it on the first write. An empty file is
+    accepted: that is what a database looks like the instant its creator opened it.
+
+    Only a file smaller than SQLite's smallest page (512 bytes) is opened here; anything
+    larger SQLite checks itself. Opening the live database from Python would be dangerous:
+    closing ANY descriptor of a file drops every POSIX lock this process holds on it, so
+    reading the header while another Store of this process is connected silently released
+    that connection's locks; a second process closing its connection then took itself for the
+    last one and deleted the -wal and -shm files under the live connection (the next open
+    failed with SQLITE_IOERR_SHORT_READ; see sqlite.org/howtocorrupt.html, section 2.2).
+    A real database is whole pages, so it is never read here.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if size == 0 or size >= _MIN_PAGE_BYTES:
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot open {path}: {exc.strerror or exc}") from None
+    if head and head != SQLITE_HEADER:
+        raise _not_a_database(path, "file is not a database")
 
 
 class Store:
@@ -78,6 +189,8 @@ class Store:
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
+        check_header(self.path)
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(
                 self.path,
@@ -88,14 +201,40 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                conn.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(conn)
             # Deployment state changes are rare and precious: sync each commit.
             conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.Error as exc:
+            # Close at once: a half-opened connection left to the garbage collector keeps
+            # its locks, and a later open of the same file in this process waits on them.
+            if conn is not None:
+                with suppress(sqlite3.Error):
+                    conn.close()
             raise translate(exc, self.path, self.busy_s) from None
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the database in WAL mode (a no-op once it is: the mode is kept in the file).
+
+        Switching needs an exclusive lock, and SQLite does not call its busy handler for it
+        when another connection holds a write lock (waiting could deadlock): it answers
+        SQLITE_BUSY at once. That happens when processes race to open a fresh database, so
+        retry here, within the same busy timeout.
+        """
+        deadline = time.monotonic() + self.busy_s
+        pause = 0.002
+        while True:
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                code = getattr(exc, "sqlite_errorcode", None)
+                busy = isinstance(code, int) and code & 0xFF in (_BUSY, _LOCKED)
+                if not busy or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     def close(self) -> None:
         if self._conn is not None and self._pid == os.getpid():

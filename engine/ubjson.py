@@ -20,6 +20,7 @@ _SCALARS: dict[bytes, tuple[str, int]] = {
     b"D": (">d", 8),
 }
 _MAX_DEPTH = 64
+_EMPTY_KINDS = (b"T", b"F", b"Z")  # typed-container element types with no payload
 
 
 class UBJError(ValueError):
@@ -30,6 +31,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.empty_budget = len(data)  # typed T/F/Z elements left to allow, see bound()
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -91,6 +93,21 @@ class _Reader:
             raise UBJError("typed container without a count")
         return kind, count
 
+    def bound(self, kind: bytes | None, count: int) -> None:
+        """Refuse a count the remaining bytes cannot hold, before looping over it.
+
+        Elements of type T, F or Z take no bytes at all, so `[$Z#L<2**62>` would otherwise
+        make a 13-byte input loop (and allocate) for ever; all such elements of a document
+        together are held to the input's size, which no XGBoost model comes near.
+        """
+        remaining = len(self.data) - self.pos
+        if kind in _EMPTY_KINDS:
+            self.empty_budget -= count
+            if self.empty_budget < 0:
+                raise UBJError(f"more empty elements than the input's {len(self.data)} bytes")
+        elif count > remaining:
+            raise UBJError(f"count {count} is more than the {remaining} bytes left")
+
     def array(self, depth: int) -> list[Any]:
         kind, count = self.container_header()
         if kind in _SCALARS and count is not None:
@@ -99,6 +116,7 @@ class _Reader:
             return list(struct.unpack(f">{count}{fmt[1]}", raw))
         items: list[Any] = []
         if count is not None:
+            self.bound(kind, count)
             for _ in range(count):
                 items.append(self.value(kind or self.marker(), depth + 1))
             return items
@@ -112,6 +130,7 @@ class _Reader:
         kind, count = self.container_header()
         out: dict[str, Any] = {}
         if count is not None:
+            self.bound(None, count)  # every key takes at least two bytes
             for _ in range(count):
                 key = self.take(self.length()).decode("utf-8")
                 out[key] = self.value(kind or self.marker(), depth + 1)

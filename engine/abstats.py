@@ -1,0 +1,125 @@
+"""A/B statistics from sufficient statistics, so a verdict needs rollups, not a scan.
+
+Accuracy (within ±tolerance) is a proportion: a two-proportion z-test. Absolute error is a
+mean: Welch's t-test from each arm's n, mean and variance. The verdict also needs a minimum
+sample per arm and the configured minimum improvement in accuracy; otherwise it is
+"not enough data" or "inconclusive" — never a promotion on noise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What one arm of a test has seen: labelled predictions and their errors."""
+
+    n: int  # labelled predictions
+    within: int  # of those, |prediction − actual| ≤ tolerance
+    abs_err_sum: float
+    abs_err_sq_sum: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.within / self.n if self.n else math.nan
+
+    @property
+    def mae(self) -> float:
+        return self.abs_err_sum / self.n if self.n else math.nan
+
+    @property
+    def err_var(self) -> float:
+        if self.n < 2:
+            return math.nan
+        mean = self.mae
+        return max(0.0, (self.abs_err_sq_sum - self.n * mean * mean) / (self.n - 1))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: str  # "candidate wins" | "control wins" | "inconclusive" | "not enough data"
+    accuracy_diff: float  # candidate − control
+    accuracy_p: float
+    mae_diff: float  # candidate − control (negative is better)
+    mae_p: float
+    reason: str
+
+
+def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:
+    """Two-sided p-value of the pooled two-proportion z-test."""
+    if n1 == 0 or n2 == 0:
+        return math.nan
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:
+        return 1.0 if x1 / n1 == x2 / n2 else 0.0
+    z = (x1 / n1 - x2 / n2) / se
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def welch_p(a: Arm, b: Arm) -> float:
+    """Two-sided p-value of Welch's t-test on absolute error, from each arm's moments."""
+    from scipy import stats
+
+    m1, v1, n1, m2, v2, n2 = a.mae, a.err_var, a.n, b.mae, b.err_var, b.n
+    if n1 < 2 or n2 < 2:
+        return math.nan
+    se2 = v1 / n1 + v2 / n2
+    if se2 == 0:
+        return 1.0 if m1 == m2 else 0.0
+    t = (m1 - m2) / math.sqrt(se2)
+    df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
+    return float(2 * stats.t.sf(abs(t), df))
+
+
+def verdict(
+    control: Arm, candidate: Arm, *, min_samples: int, min_improvement: float, alpha: float = 0.05
+) -> Verdict:
+    """Decide a test. Accuracy decides; MAE must not be significantly worse for a win."""
+    acc_diff = candidate.accuracy - control.accuracy if control.n and candidate.n else math.nan
+    mae_diff = candidate.mae - control.mae if control.n and candidate.n else math.nan
+    if min(control.n, candidate.n) < min_samples:
+        return Verdict(
+            "not enough data",
+            acc_diff,
+            math.nan,
+            mae_diff,
+            math.nan,
+            f"need {min_samples} labelled predictions per arm "
+            f"(control {control.n}, candidate {candidate.n})",
+        )
+    acc_p = two_proportion_p(candidate.within, candidate.n, control.within, control.n)
+    mae_p = welch_p(candidate, control)
+    mae_worse = mae_diff > 0 and mae_p < alpha
+    mae_better = mae_diff < 0 and mae_p < alpha
+    if acc_p < alpha and acc_diff >= min_improvement and not mae_worse:
+        return Verdict(
+            "candidate wins",
+            acc_diff,
+            acc_p,
+            mae_diff,
+            mae_p,
+            f"accuracy +{acc_diff:.3f} (p={acc_p:.3g}) ≥ +{min_improvement:g}",
+        )
+    if (acc_p < alpha and acc_diff < 0) or (mae_worse and not acc_diff > 0):
+        return Verdict(
+            "control wins",
+            acc_diff,
+            acc_p,
+            mae_diff,
+            mae_p,
+            f"candidate worse: accuracy {acc_diff:+.3f} (p={acc_p:.3g}), "
+            f"MAE {mae_diff:+.2f} (p={mae_p:.3g})",
+        )
+    detail = "MAE better" if mae_better else "no significant difference"
+    return Verdict(
+        "inconclusive",
+        acc_diff,
+        acc_p,
+        mae_diff,
+        mae_p,
+        f"{detail}: accuracy {acc_diff:+.3f} (p={acc_p:.3g}), "
+        f"needs ≥ +{min_improvement:g} at p<{alpha:g}",
+    )

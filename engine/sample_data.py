@@ -1,0 +1,108 @@
+"""Demo data for the code-quality predictor: labelled, generated, and labelled as generated.
+
+Each row describes one repository snapshot with twelve measurable features; the target is the
+documented function `quality_score` of those features plus Gaussian noise (σ = 3 points),
+clipped to 0–100. `drift` shifts the feature distributions the way a codebase ageing would
+(coverage down, churn and lint up), for demos and tests of drift detection.
+
+CSV schema (`data/*.csv`): one column per name in FEATURES (floats), then `score` (the label,
+0–100) and `observed_at` (UTC ISO-8601; the time order used for holdouts).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+FEATURES: tuple[str, ...] = (
+    "test_coverage",  # fraction of lines covered by tests, 0–1
+    "cyclomatic_complexity",  # mean per function, 1–40
+    "lint_density",  # lint warnings per 100 lines, 0–25
+    "duplication",  # fraction of duplicated lines, 0–0.6
+    "churn",  # lines changed in 30 days / total lines, 0–3
+    "doc_coverage",  # fraction of public symbols documented, 0–1
+    "function_length",  # mean lines per function, 3–150
+    "dependency_count",  # direct dependencies, 0–120
+    "open_issues",  # open bug reports, 0–80
+    "age_days",  # repository age, 1–4000
+    "contributors",  # active contributors in 90 days, 1–50
+    "test_to_code_ratio",  # test lines / code lines, 0–3
+)
+NOISE_POINTS = 3.0
+LABEL = "score"
+TIME = "observed_at"
+
+
+@dataclass(frozen=True)
+class Samples:
+    features: np.ndarray  # float32, shape (n, len(FEATURES))
+    scores: np.ndarray  # float32, shape (n,)
+    observed_at: tuple[str, ...]
+
+
+def quality_score(x: np.ndarray) -> np.ndarray:
+    """The documented ground truth: a code-quality score 0–100 before noise."""
+    f = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    raw = (
+        55.0
+        + 28.0 * (f["test_coverage"] - 0.6)
+        + 9.0 * (f["doc_coverage"] - 0.5)
+        - 1.1 * (f["cyclomatic_complexity"] - 8.0)
+        - 1.3 * (f["lint_density"] - 4.0)
+        - 35.0 * (f["duplication"] - 0.08)
+        - 6.0 * np.tanh(f["churn"] - 0.4)
+        - 0.12 * (f["function_length"] - 25.0)
+        - 0.05 * (f["dependency_count"] - 20.0)
+        - 0.2 * (f["open_issues"] - 8.0)
+        + 4.0 * np.tanh(f["test_to_code_ratio"] - 0.5)
+        + 1.5 * np.log1p(f["contributors"]) * (f["test_coverage"] > 0.5)
+        - 2.0 * (f["age_days"] > 2500) * (f["doc_coverage"] < 0.3)
+    )
+    clipped: np.ndarray = np.clip(raw, 0.0, 100.0)
+    return clipped
+
+
+def generate(
+    n: int, *, seed: int = 0, drift: float = 0.0, start: datetime | None = None
+) -> Samples:
+    """n labelled rows; `drift` in 0–1 ages the codebase (0 = the training distribution)."""
+    rng = np.random.default_rng(seed)
+    cols = [
+        np.clip(rng.beta(5, 3, n) - 0.25 * drift, 0, 1),
+        np.clip(rng.gamma(3.0, 2.7, n) + 1 + 4 * drift, 1, 40),
+        np.clip(rng.gamma(2.0, 2.0, n) * (1 + drift), 0, 25),
+        np.clip(rng.beta(1.5, 15, n) + 0.08 * drift, 0, 0.6),
+        np.clip(rng.lognormal(-1.2, 0.8, n) * (1 + 1.5 * drift), 0, 3),
+        np.clip(rng.beta(3, 3, n), 0, 1),
+        np.clip(rng.lognormal(3.1, 0.5, n), 3, 150),
+        np.clip(rng.poisson(20, n).astype(float), 0, 120),
+        np.clip(rng.poisson(8 + 6 * drift, n).astype(float), 0, 80),
+        np.clip(rng.uniform(1, 4000, n), 1, 4000),
+        np.clip(rng.geometric(0.15, n).astype(float), 1, 50),
+        np.clip(rng.gamma(2.0, 0.3, n), 0, 3),
+    ]
+    x = np.column_stack(cols).astype(np.float32)
+    y = np.clip(quality_score(x) + rng.normal(0, NOISE_POINTS, n), 0, 100).astype(np.float32)
+    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
+    step = timedelta(minutes=7)
+    times = tuple((t0 + i * step).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n))
+    return Samples(x, y, times)
+
+
+def write_csv(path: Path, samples: Samples) -> Path:
+    """Write samples with the documented schema (atomically: temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*FEATURES, LABEL, TIME])
+        for row, score, when in zip(
+            samples.features, samples.scores, samples.observed_at, strict=True
+        ):
+            writer.writerow([f"{v:.6g}" for v in row] + [f"{score:.3f}", when])
+    tmp.replace(path)
+    return path

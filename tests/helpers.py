@@ -1,0 +1,95 @@
+"""Shared test helpers: real XGBoost models, real workspaces, the real `beast` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+
+from engine import Engine, Workspace
+
+FEATURES = ("coverage", "complexity", "lint_density", "duplication", "churn")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def train_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    n_features: int = len(FEATURES),
+    rounds: int = 5,
+    names: tuple[str, ...] | None = FEATURES,
+) -> Path:
+    """Train a small real XGBoost regressor and save it (.json or .ubj by suffix)."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((200, n_features)).astype(np.float32)
+    y = x @ rng.random(n_features) * 100
+    feature_names = list(names) if names and len(names) == n_features else None
+    dtrain = xgb.DMatrix(x, label=y, feature_names=feature_names)
+    booster = xgb.train(
+        {"max_depth": 3, "nthread": 1, "seed": seed}, dtrain, num_boost_round=rounds
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    booster.save_model(str(path))
+    return path
+
+
+def model_path(ws: Workspace, version: str, suffix: str = ".json") -> Path:
+    return ws.models_dir / f"quality-predictor-{version}{suffix}"
+
+
+def copy_workspace(src: Workspace, dst_root: Path) -> Workspace:
+    """Copy a workspace that no process is using; the database through SQLite's backup API."""
+    shutil.copytree(
+        src.root, dst_root, ignore=shutil.ignore_patterns("beast.db", "beast.db-*", ".*.lock")
+    )
+    with sqlite3.connect(src.db_path) as source, sqlite3.connect(dst_root / "beast.db") as target:
+        source.backup(target)
+    source.close()
+    target.close()
+    return Workspace(dst_root)
+
+
+def beast(
+    ws: Workspace | None,
+    *args: str,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `beast` command (the installed console script) in a subprocess."""
+    full_env = dict(os.environ)
+    full_env.pop("BEAST_HOME", None)
+    if env:
+        full_env.update(env)
+    cmd = [sys.executable, "-m", "engine.cli"]
+    if ws is not None:
+        cmd += ["--workspace", str(ws.root)]
+    return subprocess.run(
+        [*cmd, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        input=input,
+        cwd=str(REPO),
+        check=False,
+    )
+
+
+def assert_invariants(ws: Workspace) -> None:
+    """The invariants of DESIGN.md §5 (doctor, integrity_check, foreign_key_check)."""
+    if not ws.db_path.exists():
+        return
+    engine = Engine(ws)
+    try:
+        report = engine.doctor()
+    finally:
+        engine.close()
+    assert report.ok, "invariants broken:\n" + "\n".join(report.problems)
