@@ -34,6 +34,17 @@ interval_days = 7
 min_accuracy_improvement = 0.01
 auto_deploy = false
 
+[serving]
+# features for which NaN ("missing", as XGBoost reads it) is accepted; all others refuse NaN
+nullable_features = []
+
+[monitoring]
+# below this many labelled predictions a version's health is "not enough data", never an alarm
+min_samples = 30
+# an A/B verdict needs this many labelled predictions per arm, at this significance level
+ab_min_samples = 100
+ab_alpha = 0.05
+
 [registry]
 # files larger than this are refused before they are parsed
 max_artifact_mb = 512
@@ -73,10 +84,24 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    nullable_features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    min_samples: int = 30
+    ab_min_samples: int = 100
+    ab_alpha: float = 0.05
+
+
+@dataclass(frozen=True)
 class Config:
     thresholds: Thresholds = Thresholds()
     retrain: RetrainSettings = RetrainSettings()
     registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
 
 Check = Callable[[Any], bool]
@@ -102,6 +127,14 @@ def _boolean(value: Any) -> bool:
     return isinstance(value, bool)
 
 
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _significance(value: Any) -> bool:
+    return _number(value) and 0.0 < value < 0.5
+
+
 # dotted key -> (dataclass field, rule, what the rule means)
 _RULES: dict[str, tuple[str, Check, str]] = {
     "thresholds.accuracy.min": ("accuracy_min", _fraction, "a fraction between 0 and 1"),
@@ -120,6 +153,10 @@ _RULES: dict[str, tuple[str, Check, str]] = {
         "a fraction between 0 and 1",
     ),
     "retrain.auto_deploy": ("auto_deploy", _boolean, "true or false"),
+    "serving.nullable_features": ("nullable_features", _names, "a list of feature names"),
+    "monitoring.min_samples": ("min_samples", _count, "a whole number ≥ 1"),
+    "monitoring.ab_min_samples": ("ab_min_samples", _count, "a whole number ≥ 1"),
+    "monitoring.ab_alpha": ("ab_alpha", _significance, "a significance level between 0 and 0.5"),
     "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
     "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
 }
@@ -167,14 +204,18 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
                 f"{source}: {low} = {merged[low]!r} must be {sign} {high} = {merged[high]!r}"
             )
     by_field = {_RULES[key][0]: value for key, value in merged.items()}
+    if isinstance(by_field.get("nullable_features"), list):
+        by_field["nullable_features"] = tuple(by_field["nullable_features"])
+
+    def section(cls: type[Any]) -> Any:
+        return cls(**{k: v for k, v in by_field.items() if k in _fields(cls)})
+
     return Config(
-        thresholds=Thresholds(**{k: v for k, v in by_field.items() if k in _fields(Thresholds)}),
-        retrain=RetrainSettings(
-            **{k: v for k, v in by_field.items() if k in _fields(RetrainSettings)}
-        ),
-        registry=RegistrySettings(
-            **{k: v for k, v in by_field.items() if k in _fields(RegistrySettings)}
-        ),
+        thresholds=section(Thresholds),
+        retrain=section(RetrainSettings),
+        registry=section(RegistrySettings),
+        serving=section(ServingSettings),
+        monitoring=section(MonitoringSettings),
     )
 
 
@@ -183,7 +224,13 @@ def _fields(cls: type) -> set[str]:
 
 
 def _defaults() -> dict[str, Any]:
-    instances = (Thresholds(), RetrainSettings(), RegistrySettings())
+    instances = (
+        Thresholds(),
+        RetrainSettings(),
+        RegistrySettings(),
+        ServingSettings(),
+        MonitoringSettings(),
+    )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():
         for instance in instances:

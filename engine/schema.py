@@ -217,6 +217,90 @@ BEGIN
 END;
 """,
     ),
+    (
+        "0003_serving_and_monitoring",
+        """
+-- Every prediction, one row, written by the batched prediction-log writer.
+CREATE TABLE predictions (
+    id INTEGER PRIMARY KEY,
+    pid TEXT NOT NULL UNIQUE CHECK (length(pid) = 32),
+    at_ms INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    arm TEXT NOT NULL CHECK (arm IN ('production', 'candidate')),
+    experiment TEXT NOT NULL DEFAULT '',
+    key TEXT,
+    features BLOB,
+    score REAL,
+    latency_us INTEGER NOT NULL CHECK (latency_us >= 0),
+    error TEXT,
+    actual REAL,
+    labelled_at_ms INTEGER,
+    CHECK ((score IS NULL) = (error IS NOT NULL)),
+    CHECK ((actual IS NULL) = (labelled_at_ms IS NULL))
+);
+
+CREATE INDEX predictions_version_time ON predictions(version_id, at_ms);
+
+-- Per version, test and minute: what metrics are read from (never a scan of predictions).
+-- Histograms are little-endian int64 arrays: latency buckets (engine.latency), and the
+-- features and score binned on the version's drift reference.
+CREATE TABLE rollups (
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    experiment TEXT NOT NULL DEFAULT '',
+    minute INTEGER NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0 CHECK (n >= 0),
+    errors INTEGER NOT NULL DEFAULT 0 CHECK (errors BETWEEN 0 AND n),
+    score_sum REAL NOT NULL DEFAULT 0,
+    latency_hist BLOB NOT NULL,
+    labelled INTEGER NOT NULL DEFAULT 0 CHECK (labelled >= 0),
+    within INTEGER NOT NULL DEFAULT 0 CHECK (within BETWEEN 0 AND labelled),
+    abs_err_sum REAL NOT NULL DEFAULT 0,
+    abs_err_sq_sum REAL NOT NULL DEFAULT 0,
+    drift_n INTEGER NOT NULL DEFAULT 0,
+    feature_hist BLOB,
+    score_hist BLOB,
+    PRIMARY KEY (version_id, experiment, minute)
+) WITHOUT ROWID;
+
+CREATE INDEX rollups_minute ON rollups(minute);
+
+-- Feedback that arrived before its prediction's row was flushed; matched by the writer.
+CREATE TABLE pending_feedback (
+    pid TEXT PRIMARY KEY CHECK (length(pid) = 32),
+    actual REAL NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+
+-- What "normal" looks like for an artifact: the drift reference (feature and score bins)
+-- and the baseline accuracy / MAE that model drift is measured against.
+CREATE TABLE baselines (
+    artifact_id INTEGER PRIMARY KEY REFERENCES artifacts(id),
+    source TEXT NOT NULL CHECK (source IN ('training', 'first_predictions')),
+    reference TEXT CHECK (reference IS NULL OR json_valid(reference)),
+    accuracy REAL CHECK (accuracy IS NULL OR accuracy BETWEEN 0 AND 1),
+    mae REAL CHECK (mae IS NULL OR mae >= 0),
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    line TEXT NOT NULL,
+    version TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    severity TEXT NOT NULL CHECK (severity IN ('warning', 'critical')),
+    value REAL,
+    threshold REAL,
+    message TEXT NOT NULL,
+    first_seen TEXT NOT NULL,
+    last_seen TEXT NOT NULL,
+    resolved_at TEXT
+);
+
+CREATE UNIQUE INDEX alerts_one_firing ON alerts(line, version, metric)
+WHERE resolved_at IS NULL;
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

@@ -13,6 +13,7 @@ import numpy as np
 import xgboost as xgb
 
 from engine import Engine, Workspace
+from engine.records import HistoryEntry
 
 FEATURES = ("coverage", "complexity", "lint_density", "duplication", "churn")
 REPO = Path(__file__).resolve().parent.parent
@@ -93,3 +94,25 @@ def assert_invariants(ws: Workspace) -> None:
     finally:
         engine.close()
     assert report.ok, "invariants broken:\n" + "\n".join(report.problems)
+
+
+def production(engine: Engine) -> str | None:
+    """The production version's name (of the only line), or None."""
+    rows = [d for d in engine.status().deployments if d.role == "production"]
+    return rows[0].version if rows else None
+
+
+def history_of(ws: Workspace) -> list[HistoryEntry]:
+    engine = Engine(ws)
+    try:
+        return engine.history()
+    finally:
+        engine.close()
+
+
+def production_of(ws: Workspace) -> str | None:
+    engine = Engine(ws)
+    try:
+        return production(engine)
+    finally:
+        engine.close()

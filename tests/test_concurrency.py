@@ -22,7 +22,7 @@ import pytest
 from engine import Engine, Workspace
 from engine.records import HistoryEntry, Snapshot
 from engine.schema import MIGRATION_SET, MIGRATIONS
-from tests.helpers import assert_invariants, beast
+from tests.helpers import assert_invariants, beast, history_of, production_of
 from tests.workers import race_worker
 
 CTX = mp.get_context("spawn")
@@ -50,23 +50,6 @@ def _run_workers(
     crashes = [r["crash"] for r in reports if r["crash"]]
     assert not crashes, "a worker crashed:\n" + "\n".join(crashes)
     return sorted(reports, key=lambda r: int(r["worker"]))
-
-
-def _history(ws: Workspace) -> list[HistoryEntry]:
-    engine = Engine(ws)
-    try:
-        return engine.history()
-    finally:
-        engine.close()
-
-
-def _production(ws: Workspace) -> str | None:
-    engine = Engine(ws)
-    try:
-        rows = [d for d in engine.status().deployments if d.role == "production"]
-    finally:
-        engine.close()
-    return rows[0].version if rows else None
 
 
 def _assert_clean_refusal(outcome: dict[str, Any]) -> None:
@@ -106,7 +89,7 @@ def test_racing_mutations_keep_the_invariants_and_one_history_row_per_change(
     registered: Workspace, procs: int, rounds: int
 ) -> None:
     root = str(registered.root)
-    assert _history(registered) == []
+    assert history_of(registered) == []
     barrier = CTX.Barrier(procs)
     queue = CTX.Queue()
     reports = _run_workers(
@@ -131,7 +114,7 @@ def test_racing_mutations_keep_the_invariants_and_one_history_row_per_change(
 
     # Every change reported by a worker has exactly one history row, and vice versa.
     successes = [o for o in outcomes if o["result"] == "ok"]
-    entries = _history(registered)
+    entries = history_of(registered)
     assert len(entries) == len(successes)
     by_id = {e.id: e for e in entries}
     assert sorted(o["history_id"] for o in successes) == sorted(by_id)
@@ -218,7 +201,7 @@ def test_promote_and_abort_of_the_same_test_at_the_same_instant_one_wins(
     def setup(engine: Engine, n: int) -> list[dict[str, Any]]:
         if n == 0:
             engine.deploy(version="v1.0")
-        production = _production(registered)
+        production = production_of(registered)
         engine.deploy(version=_other_version(production, n), traffic=10, ab_test=f"duel-{n}")
         actions = [rng.choice(("promote", "abort")) for _ in range(2)]
         return [
@@ -245,7 +228,7 @@ def test_promote_and_abort_of_the_same_test_at_the_same_instant_one_wins(
         want = "promoted" if winners[0]["action"] == "promote" else "aborted"
         assert experiments[f"duel-{n}"].status == want, (n, pair)
         expected_status.append(want)
-    entries = _history(registered)
+    entries = history_of(registered)
     assert len(entries) == 1 + 2 * rounds  # the first deploy, then a start and an end per round
     _assert_history_chain(entries)
     assert_invariants(registered)
@@ -262,7 +245,7 @@ def test_the_same_rollback_from_two_processes_at_once_rolls_back_once(
     def setup(engine: Engine, n: int) -> list[dict[str, Any]]:
         if n == 0:
             engine.deploy(version="v1.0")
-        before = _production(registered)
+        before = production_of(registered)
         assert before is not None
         target = _other_version(before, n)
         engine.deploy(version=target)
@@ -282,8 +265,8 @@ def test_the_same_rollback_from_two_processes_at_once_rolls_back_once(
                 _assert_clean_refusal(outcome)
             else:
                 assert outcome["result"] in ("ok", "unchanged"), (n, outcome)
-    assert _production(registered) == previous[-1]
-    entries = _history(registered)
+    assert production_of(registered) == previous[-1]
+    entries = history_of(registered)
     assert [e.action for e in entries].count("rollback") == rounds
     _assert_history_chain(entries)
     assert_invariants(registered)
@@ -334,12 +317,12 @@ def test_cli_reports_state_busy_when_a_writer_holds_the_lock(
     assert proc.stdout == ""
     assert elapsed >= 0.5  # it did wait for the timeout, not fail at once
     # Nothing was changed, nothing half-done.
-    assert _history(registered) == history_before
-    assert _production(registered) == "v2.0"
+    assert history_of(registered) == history_before
+    assert production_of(registered) == "v2.0"
     assert registered.history_export_path.read_bytes() == export_before
     # And once the lock is released, the same command goes through.
     assert beast(registered, *args).returncode == 0
-    assert len(_history(registered)) == len(history_before) + 1
+    assert len(history_of(registered)) == len(history_before) + 1
     assert_invariants(registered)
 
 

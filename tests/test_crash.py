@@ -19,7 +19,7 @@ import pytest
 
 from engine import Engine, Expect, Workspace
 from engine.records import HistoryEntry
-from tests.helpers import REPO, assert_invariants, beast
+from tests.helpers import REPO, assert_invariants, beast, history_of, production_of
 
 KILLS = 150
 CLI_KILLS = 20
@@ -39,24 +39,7 @@ def _worker(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _history(ws: Workspace) -> list[HistoryEntry]:
-    engine = Engine(ws)
-    try:
-        return engine.history()
-    finally:
-        engine.close()
-
-
-def _production(ws: Workspace) -> str | None:
-    engine = Engine(ws)
-    try:
-        rows = [d for d in engine.status().deployments if d.role == "production"]
-    finally:
-        engine.close()
-    return rows[0].version if rows else None
-
-
-def _doctor_warnings_and_history(ws: Workspace) -> tuple[tuple[str, ...], list[HistoryEntry]]:
+def _doctor_warnings_andhistory_of(ws: Workspace) -> tuple[tuple[str, ...], list[HistoryEntry]]:
     """Check the invariants; return the (repairable) warnings, which may only be a stale
     export, and the history rows."""
     engine = Engine(ws)
@@ -72,7 +55,7 @@ def _doctor_warnings_and_history(ws: Workspace) -> tuple[tuple[str, ...], list[H
 
 
 def _doctor_warnings(ws: Workspace) -> tuple[str, ...]:
-    return _doctor_warnings_and_history(ws)[0]
+    return _doctor_warnings_andhistory_of(ws)[0]
 
 
 def _assert_repair_clears_warnings(ws: Workspace) -> None:
@@ -96,7 +79,7 @@ def test_kill_9_at_random_moments_keeps_the_invariants(registered: Workspace) ->
     rng = random.Random(20240611)
     root = str(registered.root)
     stale_seen = during_startup = changes = in_flight = 0
-    known = {e.id for e in _history(registered)}
+    known = {e.id for e in history_of(registered)}
     for kill in range(KILLS):
         proc = _worker("chaos", root, str(kill))
         assert proc.stdout is not None
@@ -125,7 +108,7 @@ def test_kill_9_at_random_moments_keeps_the_invariants(registered: Workspace) ->
         reported = [int(line.split()[1]) for line in lines if line.startswith("ok ")]
 
         # Invariants hold after every kill (doctor replays the history to the state).
-        warnings, entries = _doctor_warnings_and_history(registered)
+        warnings, entries = _doctor_warnings_andhistory_of(registered)
         stale_seen += bool(warnings)
 
         # A history row exists exactly for each change: the ones the worker reported, plus at
@@ -136,7 +119,7 @@ def test_kill_9_at_random_moments_keeps_the_invariants(registered: Workspace) ->
         assert set(reported) <= new, (reported, sorted(new))
         unreported = new - set(reported)
         assert len(unreported) <= 1, "\n".join(
-            [repr(e) for e in _history(registered) if e.id in unreported] + lines
+            [repr(e) for e in history_of(registered) if e.id in unreported] + lines
         )
         if unreported:
             assert unreported == {max(new)}
@@ -180,14 +163,14 @@ def _die(ws: Workspace, point: str, action: str, arg: str | None) -> None:
 @pytest.mark.parametrize("action", ["deploy", "promote", "abort", "rollback"])
 def test_kill_9_inside_the_transaction_changes_nothing(registered: Workspace, action: str) -> None:
     action, arg = _prepare(registered, action)
-    history_before = _history(registered)
-    production_before = _production(registered)
+    history_before = history_of(registered)
+    production_before = production_of(registered)
     export_before = registered.history_export_path.read_bytes()
 
     _die(registered, "in-transaction", action, arg)
 
-    assert _history(registered) == history_before
-    assert _production(registered) == production_before
+    assert history_of(registered) == history_before
+    assert production_of(registered) == production_before
     assert registered.history_export_path.read_bytes() == export_before
     assert _doctor_warnings(registered) == ()
     # The dead writer's lock went with it: the same change goes through at once.
@@ -204,7 +187,7 @@ def test_kill_9_inside_the_transaction_changes_nothing(registered: Workspace, ac
     finally:
         engine.close()
     assert change.changed
-    assert len(_history(registered)) == len(history_before) + 1
+    assert len(history_of(registered)) == len(history_before) + 1
     assert_invariants(registered)
 
 
@@ -213,11 +196,11 @@ def test_kill_9_between_commit_and_export_leaves_a_repairable_warning(
     registered: Workspace, action: str
 ) -> None:
     action, arg = _prepare(registered, action)
-    history_before = _history(registered)
+    history_before = history_of(registered)
 
     _die(registered, "after-commit", action, arg)
 
-    after = _history(registered)
+    after = history_of(registered)
     assert after[:-1] == history_before
     assert len(after) == len(history_before) + 1
     assert after[-1].action == action
@@ -252,25 +235,25 @@ def test_rerunning_a_rollback_that_already_happened_is_a_no_op(registered: Works
     cli = beast(registered, "rollback", "--expect", "v2.0")
     assert cli.returncode == 0, cli.stderr
     assert "already rolled back" in cli.stdout
-    assert len(_history(registered)) == rows
-    assert _production(registered) == "v1.0"
+    assert len(history_of(registered)) == rows
+    assert production_of(registered) == "v1.0"
 
 
 def test_rerunning_a_rollback_killed_after_its_commit_is_a_no_op(registered: Workspace) -> None:
     _prepare(registered, "rollback")
-    rows = len(_history(registered))
+    rows = len(history_of(registered))
 
     _die(registered, "after-commit", "rollback", "v2.0")  # Expect(production="v2.0")
 
-    assert len(_history(registered)) == rows + 1
+    assert len(history_of(registered)) == rows + 1
     engine = Engine(registered)
     try:
         again = engine.rollback(expect=Expect(production="v2.0"))
     finally:
         engine.close()
     assert again.changed is False
-    assert len(_history(registered)) == rows + 1
-    assert _production(registered) == "v1.0"
+    assert len(history_of(registered)) == rows + 1
+    assert production_of(registered) == "v1.0"
     _assert_repair_clears_warnings(registered)
 
 

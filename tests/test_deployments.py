@@ -8,11 +8,7 @@ import pytest
 
 from engine import BeastError, Conflict, Engine, Expect, NotFound, StateChanged
 from engine.records import Snapshot
-
-
-def production(engine: Engine) -> str | None:
-    rows = [d for d in engine.status().deployments if d.role == "production"]
-    return rows[0].version if rows else None
+from tests.helpers import production
 
 
 def roles(engine: Engine) -> dict[str, tuple[str, float]]:
