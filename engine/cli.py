@@ -254,6 +254,22 @@ class _Usage(Exception):
     """A usage error found after parsing (exit 2, like argparse's own)."""
 
 
+def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("deploy", cmd_deploy, "deploy a model: production at 100%, or an A/B candidate")
+    p.add_argument("path", nargs="?", help="model file in the workspace's models/ (.json/.ubj)")
+    p.add_argument("--version", help="version name (default: from the file name)")
+    p.add_argument("--model", help="model line (default: from the file name, or the only one)")
+    p.add_argument("--traffic", type=float, metavar="N", help="candidate share in percent, 1–99")
+    p.add_argument("--ab-test", metavar="NAME", help="start A/B test NAME with this candidate")
+    p.add_argument("--status", action="store_true", help="seed spelling of `beast status`")
+    p.add_argument(
+        "--rollback", nargs="?", const="", metavar="V", help="seed spelling of `beast rollback [V]`"
+    )
+    p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
+    p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
+    _mutation_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -276,19 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    p = add("deploy", cmd_deploy, "deploy a model: production at 100%, or an A/B candidate")
-    p.add_argument("path", nargs="?", help="model file in the workspace's models/ (.json/.ubj)")
-    p.add_argument("--version", help="version name (default: from the file name)")
-    p.add_argument("--model", help="model line (default: from the file name, or the only one)")
-    p.add_argument("--traffic", type=float, metavar="N", help="candidate share in percent, 1–99")
-    p.add_argument("--ab-test", metavar="NAME", help="start A/B test NAME with this candidate")
-    p.add_argument("--status", action="store_true", help="seed spelling of `beast status`")
-    p.add_argument(
-        "--rollback", nargs="?", const="", metavar="V", help="seed spelling of `beast rollback [V]`"
-    )
-    p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
-    p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
-    _mutation_options(p)
+    _add_deploy_parser(add)
 
     p = add("status", cmd_status, "what serves: versions, roles, traffic, tests, since, by whom")
     p.add_argument("--json", action="store_true")
@@ -328,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
     p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
     p.add_argument("--json", action="store_true")
+
+    from engine import cli_serving
+
+    cli_serving.add_parsers(add)
 
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
     p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")

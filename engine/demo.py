@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.facade import Engine
 from engine.workspace import Workspace
@@ -59,12 +60,36 @@ def train_versions(
             verbose_eval=False,
         )
         final = ws.models_dir / f"{LINE}-{version}.json"
+        _write_lineage(final, booster, samples, cut, names)
         # XGBoost picks the format from the extension, so the temp name keeps `.json`.
         tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
         booster.save_model(str(tmp))
         tmp.replace(final)
         paths.append(final)
     return data, tuple(paths)
+
+
+def _write_lineage(model: Path, booster: Any, samples: Any, cut: int, names: list[str]) -> None:
+    """The sidecar registration reads: drift reference (training rows and scores) and the
+    validation accuracy (within ±5 points) and MAE that model drift is measured against."""
+    import numpy as np
+    import xgboost as xgb
+
+    from engine import baselines
+
+    train_scores = booster.inplace_predict(samples.features[:cut])
+    valid = booster.predict(xgb.DMatrix(samples.features[cut:], feature_names=names))
+    errors = np.abs(valid - samples.scores[cut:])
+    reference = baselines.VersionReference.build(
+        samples.features[:cut], np.asarray(train_scores), tuple(names)
+    )
+    baselines.write_sidecar(
+        model,
+        reference,
+        accuracy=float(np.mean(errors <= 5.0)),
+        mae=float(np.mean(errors)),
+        extra={"demo": True, "rows": int(cut), "generator": "engine.sample_data"},
+    )
 
 
 def build(ws: Workspace) -> DemoResult:

@@ -116,7 +116,7 @@ def plan_promote(state: LineState, test: Experiment, *, forced: bool) -> Plan:
     message = (
         f"{state.candidate.name} promoted: production {state.production.name} → "
         f"{state.candidate.name} (100%); test {test.name} closed as promoted"
-        + ("; forced without a verdict" if forced else "")
+        + ("; forced without a winning verdict" if forced else "")
     )
     return Plan(
         "promote",

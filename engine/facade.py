@@ -7,6 +7,7 @@ export (`deployments/history.json`) is rewritten after the commit.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +34,6 @@ from engine.records import (
 )
 from engine.store import Store
 from engine.workspace import Workspace
-
-NO_VERDICT_YET = (
-    "A/B statistics are not available in this version of beast-mode, so there is no verdict "
-    "to follow"
-)
 
 
 @dataclass(frozen=True)
@@ -108,6 +104,7 @@ class Engine:
                 row["id"]: self.workspace.models_dir / row["path"]
                 for row in conn.execute("SELECT id, path FROM artifacts WHERE status = 'valid'")
             }
+            health = _health(conn, states)
         rows: list[Deployment] = []
         for state in states:
             rows.append(
@@ -142,6 +139,7 @@ class Engine:
             experiments=tuple(experiments),
             lines=tuple(lines),
             revisions={s.line: s.revision for s in states},
+            health=health,
         )
 
     def models(self) -> ModelsReport:
@@ -158,6 +156,17 @@ class Engine:
                     if state.candidate is not None:
                         serving[f"{line}/{state.candidate.name}"] = "candidate"
         return ModelsReport(tuple(found), tuple(loose), serving)
+
+    # Reads inside a caller's transaction (monitoring reads many things from one snapshot).
+    @staticmethod
+    def lines_in(conn: sqlite3.Connection) -> list[str]:
+        return registry.line_names(conn)
+
+    def line_state(self, conn: sqlite3.Connection, line: str) -> LineState | None:
+        return self._state(conn, line)
+
+    def experiments_in(self, conn: sqlite3.Connection) -> list[Experiment]:
+        return self._experiments(conn)
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
         with self.store.read() as conn:
@@ -252,6 +261,8 @@ class Engine:
                 outcome = registry.store_valid(
                     conn, checked, sha, validation, naming=naming, actor=self.actor
                 )
+                if outcome[2]:  # new: keep what training said normal looks like, if it did
+                    _store_sidecar_baseline(conn, resolved, outcome[0], validation)
         if outcome is None:
             raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
         artifact_id, ref, new = outcome
@@ -316,20 +327,35 @@ class Engine:
         note: str | None = None,
         expect: Expect | None = None,
     ) -> Change:
-        """The candidate of a running test becomes production at 100%, aliased ab-winner-TEST."""
+        """The candidate of a running test becomes production at 100%, aliased ab-winner-TEST.
+
+        It follows the test's verdict: only "candidate wins" promotes; `force` overrides any
+        other verdict and is recorded as forced.
+        """
         found = self.experiment(test)
-        if not force and found.status == "running":
-            raise BeastError(
-                f"cannot promote {test}: {NO_VERDICT_YET}; pass --force to promote anyway "
-                "(recorded as forced)"
-            )
+        verdict_text = "forced"
+        if found.status == "running":
+            from engine import monitoring  # numpy and scipy: only on this path
+
+            with self.store.read() as conn:
+                judged = monitoring.experiment_report(conn, self.config, found).verdict
+            verdict_text = f"verdict: {judged.outcome} ({judged.reason})"
+            if judged.outcome != "candidate wins" and not force:
+                raise BeastError(
+                    f"cannot promote {test}: the verdict is {judged.outcome} ({judged.reason}); "
+                    "pass --force to promote anyway (recorded as forced)"
+                )
+            force = force and judged.outcome != "candidate wins"
 
         def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
             current = self._experiment(conn, test)
             assert current is not None
             if state is None:
                 raise BeastError(f"nothing is deployed on {current.line}")
-            return deployments.plan_promote(state, current, forced=force)
+            plan = deployments.plan_promote(state, current, forced=force)
+            return dataclasses.replace(
+                plan, end_test=(test, "promoted", verdict_text if not force else "forced")
+            )
 
         return self._mutate(found.line, expect, note, planner)
 
@@ -340,8 +366,18 @@ class Engine:
         note: str | None = None,
         expect: Expect | None = None,
         reason: str = "aborted",
+        actor: str | None = None,
     ) -> Change:
-        """End a running test: the candidate goes to 0%, production back to 100%."""
+        """End a running test: the candidate goes to 0%, production back to 100%.
+
+        `actor` names an automatic caller (the monitor's auto-pull) instead of the OS user.
+        """
+        if actor is not None:
+            acting = Engine(self.workspace, actor=actor)
+            try:
+                return acting.abort(test, note=note, expect=expect, reason=reason)
+            finally:
+                acting.close()
         found = self.experiment(test)
 
         def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
@@ -584,6 +620,46 @@ def _experiment_from_row(row: sqlite3.Row) -> Experiment:
         end_reason=row["end_reason"],
         forced=bool(row["forced"]),
     )
+
+
+def _store_sidecar_baseline(
+    conn: sqlite3.Connection, model: Path, artifact_id: int, validation: artifacts.Validation
+) -> None:
+    """Store the drift reference and validation figures of a `<model>.lineage` sidecar."""
+    from engine import baselines  # numpy: only when a sidecar is there to read
+
+    if not baselines.sidecar_path(model).is_file():
+        return
+    reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
+    if reference is not None or accuracy is not None or mae is not None:
+        baselines.store(
+            conn, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
+        )
+
+
+def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
+    """Worst firing alert of what serves; "no data" before any prediction was logged.
+
+    Plain SQL, so `beast status` answers without importing numpy (monitoring keeps the
+    alerts current; `beast monitor` shows the figures behind them).
+    """
+    serving = [(s.line, v.name) for s in states for v in (s.production, s.candidate) if v]
+    if not serving:
+        return "no data"
+    marks = ", ".join("(?, ?)" for _ in serving)
+    flat = [part for pair in serving for part in pair]
+    worst = conn.execute(
+        f"SELECT max(CASE severity WHEN 'critical' THEN 2 ELSE 1 END) FROM alerts"
+        f" WHERE resolved_at IS NULL AND (line, version) IN (VALUES {marks})",
+        flat,
+    ).fetchone()[0]
+    if worst:
+        return "critical" if worst == 2 else "warning"
+    ids = [v.id for s in states for v in (s.production, s.candidate) if v]
+    seen = conn.execute(
+        f"SELECT 1 FROM rollups WHERE version_id IN ({', '.join('?' for _ in ids)}) LIMIT 1", ids
+    ).fetchone()
+    return "healthy" if seen else "no data"
 
 
 def _rollback_rerun(last: HistoryEntry | None, expect: Expect | None) -> str | None:

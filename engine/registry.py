@@ -115,7 +115,8 @@ def unregistered_files(
         relative = path.relative_to(models_dir).as_posix()
         if relative in known or any(part.startswith(".") for part in path.parts[-1:]):
             continue
-        if path.is_dir() or path.name.endswith((".tmp", ".part", "~")):
+        # Temp files are not models yet; `.lineage` sidecars describe a model (training).
+        if path.is_dir() or path.name.endswith((".tmp", ".part", "~", ".lineage")):
             continue
         try:
             resolved = artifacts.resolve_in_models(path, models_dir)

@@ -1,0 +1,207 @@
+"""Health, alerts, verdicts and the auto-pull, on rollups built from controlled predictions."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from engine import BeastError, Engine, baselines, ids, labels, monitoring, registry
+from engine.predlog import PredictionLog, Record
+from tests.helpers import beast
+
+LINE = "quality-predictor"
+
+
+def feed(
+    engine: Engine,
+    version: str,
+    n: int,
+    *,
+    within: float,
+    errors: float = 0.0,
+    latency_us: int = 500,
+    experiment: str = "",
+    arm: str = "production",
+    minutes_ago: int = 0,
+) -> None:
+    """n predictions of `version` scored 50; a `within` share labelled within ±5 points."""
+    with engine.store.read() as conn:
+        version_id = registry.get_version(conn, LINE, version).id
+    at_ms = int((time.time() - minutes_ago * 60) * 1000)
+    log = PredictionLog(engine.workspace.db_path, tolerance=5.0)
+    log.store.migrate()
+    records, n_err = [], round(n * errors)
+    for i in range(n):
+        failed = i < n_err
+        records.append(
+            Record(
+                ids.new_id(at_ms),
+                at_ms,
+                LINE,
+                version_id,
+                arm,
+                experiment,
+                None,
+                np.zeros(5, np.float32).tobytes(),
+                None if failed else 50.0,
+                latency_us,
+                "model error" if failed else None,
+            )
+        )
+    for r in records:
+        log.submit(r)
+    log.close()
+    scored = [r for r in records if r.score is not None]
+    good = round(len(scored) * within)
+    with engine.store.write() as conn:
+        for i, r in enumerate(scored):
+            labels.label(conn, r.pid, 52.0 if i < good else 60.0, 5.0)
+
+
+def version_report(report: monitoring.MonitorReport, version: str) -> monitoring.VersionReport:
+    return next(v for v in report.versions if v.version == version)
+
+
+@pytest.fixture
+def deployed(engine: Engine) -> Engine:
+    engine.deploy(version="v1.0")
+    return engine
+
+
+def test_too_few_samples_is_no_data_never_an_alarm(deployed: Engine) -> None:
+    feed(deployed, "v1.0", 10, within=0.0)
+    report = monitoring.evaluate(deployed)
+    assert version_report(report, "v1.0").health == "no data"
+    assert report.alerts == ()
+    assert deployed.status().health == "healthy"  # predictions exist, nothing fires
+
+
+@pytest.mark.parametrize(
+    ("within", "health"), [(0.9, "healthy"), (0.78, "warning"), (0.7, "critical")]
+)
+def test_accuracy_thresholds(deployed: Engine, within: float, health: str) -> None:
+    feed(deployed, "v1.0", 200, within=within)
+    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    assert v.health == health
+    assert v.window.accuracy == pytest.approx(within, abs=0.005)
+    assert v.window.mae == pytest.approx(within * 2 + (1 - within) * 10, rel=1e-6)
+    assert deployed.status().health == health
+
+
+@pytest.mark.parametrize(("errors", "health"), [(0.03, "warning"), (0.1, "critical")])
+def test_error_rate_thresholds(deployed: Engine, errors: float, health: str) -> None:
+    feed(deployed, "v1.0", 300, within=1.0, errors=errors)
+    v = version_report(monitoring.report(deployed), "v1.0")
+    assert v.health == health and v.window.error_rate == pytest.approx(errors, abs=0.004)
+    assert {f.metric for f in v.findings} == {"error_rate"}
+
+
+def test_latency_above_max_warns(deployed: Engine) -> None:
+    feed(deployed, "v1.0", 100, within=1.0, latency_us=150_000)
+    v = version_report(monitoring.report(deployed), "v1.0")
+    assert v.health == "warning" and v.findings[0].metric == "latency_p95"
+    p95 = v.window.latency_ms()["p95"]
+    assert p95 is not None and 150 <= p95 <= 150 * 1.1
+
+
+def test_model_drift_against_the_baseline(deployed: Engine) -> None:
+    with deployed.store.write() as conn:
+        artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
+        baselines.store(conn, artifact_id, "training", reference=None, accuracy=0.95, mae=None)
+    feed(deployed, "v1.0", 200, within=0.82)
+    v = version_report(monitoring.report(deployed), "v1.0")
+    assert v.drift.model == pytest.approx((0.95 - 0.82) / 0.95, abs=0.01)
+    assert [f.metric for f in v.findings] == ["model_drift"] and v.health == "warning"
+
+
+def test_alerts_deduplicate_while_firing_and_resolve_when_clear(deployed: Engine) -> None:
+    feed(deployed, "v1.0", 200, within=0.7)
+    first = monitoring.evaluate(deployed).alerts
+    again = monitoring.evaluate(deployed).alerts
+    assert [a["id"] for a in first] == [a["id"] for a in again]
+    assert again[0]["status"] == "firing" and again[0]["last_seen"] >= first[0]["last_seen"]
+    feed(deployed, "v1.0", 2000, within=1.0)  # the window recovers
+    cleared = monitoring.evaluate(deployed).alerts
+    assert [(a["id"], a["status"]) for a in cleared] == [(first[0]["id"], "resolved")]
+    assert deployed.status().health == "healthy"
+
+
+def test_windows_start_at_the_current_deployment(deployed: Engine) -> None:
+    # Minutes before this deployment of the version (an earlier stint) count in no window:
+    # health describes what serves now.
+    feed(deployed, "v1.0", 100, within=1.0, minutes_ago=120)
+    feed(deployed, "v1.0", 50, within=1.0)
+    v = version_report(monitoring.report(deployed), "v1.0")
+    assert {name: w.predictions for name, w in v.windows.items()} == {
+        "1h": 50, "24h": 50, "deploy": 50,
+    }
+    assert [p.predictions for p in v.series] == [50]
+
+
+def test_critical_candidate_is_pulled_once_and_recorded(deployed: Engine) -> None:
+    deployed.deploy(version="v2.0", traffic=10, ab_test="t")
+    feed(deployed, "v2.0", 200, within=0.5, experiment="t", arm="candidate")
+    report = monitoring.evaluate(deployed)
+    assert report.actions and "aborted" in report.actions[0]
+    assert deployed.experiment("t").status == "aborted"
+    last = deployed.history()[-1]
+    assert last.action == "abort" and last.actor == monitoring.AUTO_PULL_ACTOR
+    assert last.note is not None and "auto-pulled" in last.note
+    assert monitoring.evaluate(deployed).actions == ()
+    assert len(deployed.history()) == 3  # deploy, start, one abort
+    assert all(
+        a["status"] == "resolved"
+        for a in monitoring.evaluate(deployed).alerts
+        if a["version"] == "v2.0"
+    )
+
+
+def test_promote_follows_the_verdict(deployed: Engine) -> None:
+    deployed.deploy(version="v2.0", traffic=50, ab_test="t")
+    feed(deployed, "v1.0", 300, within=0.80, experiment="t")
+    feed(deployed, "v2.0", 300, within=0.95, experiment="t", arm="candidate")
+    report = monitoring.report(deployed)
+    assert report.experiments[0].verdict.outcome == "candidate wins"
+    change = deployed.promote("t")
+    assert change.entry is not None and not change.entry.forced
+    assert (deployed.experiment("t").end_reason or "").startswith("verdict: candidate wins")
+
+
+def test_promote_refuses_an_undecided_test_unless_forced(deployed: Engine) -> None:
+    deployed.deploy(version="v2.0", traffic=50, ab_test="t")
+    feed(deployed, "v1.0", 50, within=0.9, experiment="t")
+    feed(deployed, "v2.0", 50, within=0.9, experiment="t", arm="candidate")
+    with pytest.raises(BeastError, match="not enough data"):
+        deployed.promote("t")
+    change = deployed.promote("t", force=True)
+    assert change.entry is not None and change.entry.forced
+
+
+def test_monitor_json_contract(deployed: Engine) -> None:
+    deployed.deploy(version="v2.0", traffic=10, ab_test="t")
+    feed(deployed, "v1.0", 100, within=0.9, experiment="t")
+    out = beast(deployed.workspace, "monitor", "--json", "--readonly")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    v = next(x for x in doc["versions"] if x["version"] == "v1.0")
+    for key in (
+        "version",
+        "role",
+        "traffic",
+        "predictions",
+        "labelled",
+        "accuracy",
+        "mae",
+        "latency_ms",
+        "error_rate",
+        "drift",
+        "health",
+    ):
+        assert key in v, key
+    assert set(v["latency_ms"]) == {"p50", "p95", "p99"}
+    assert v["predictions"] == 100 and v["traffic"] == 90
+    assert doc["experiments"][0]["verdict"] == "not enough data"
+    assert "alerts" in doc
