@@ -61,7 +61,8 @@ def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:
 
 def welch_p(a: Arm, b: Arm) -> float:
     """Two-sided p-value of Welch's t-test on absolute error, from each arm's moments."""
-    from scipy import stats
+    # scipy.special, not scipy.stats: the same Student t tail, without 1.5 s of import.
+    from scipy.special import stdtr
 
     m1, v1, n1, m2, v2, n2 = a.mae, a.err_var, a.n, b.mae, b.err_var, b.n
     if n1 < 2 or n2 < 2:
@@ -71,7 +72,7 @@ def welch_p(a: Arm, b: Arm) -> float:
         return 1.0 if m1 == m2 else 0.0
     t = (m1 - m2) / math.sqrt(se2)
     df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
-    return float(2 * stats.t.sf(abs(t), df))
+    return float(2 * stdtr(df, -abs(t)))
 
 
 def verdict(

@@ -38,15 +38,17 @@ class VersionReference:
         return len(self.features.names)
 
     def feature_counts(self, rows: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [
-                drift.bin_counts(rows[:, j].astype(np.float64), self.features.edges[j])
-                for j in range(self.width)
-            ]
-        ).astype(np.int64)
+        """Per-feature bin counts, concatenated; missing values (NaN) are not counted, as
+        the reference's bins were built without them."""
+        counts = []
+        for j in range(self.width):
+            column = rows[:, j].astype(np.float64)
+            counts.append(drift.bin_counts(column[~np.isnan(column)], self.features.edges[j]))
+        return np.concatenate(counts).astype(np.int64)
 
     def score_counts(self, scores: np.ndarray) -> np.ndarray:
-        return drift.bin_counts(scores.astype(np.float64), self.score.edges[0]).astype(np.int64)
+        values = scores.astype(np.float64)
+        return drift.bin_counts(values[~np.isnan(values)], self.score.edges[0]).astype(np.int64)
 
     def split(self, flat: np.ndarray) -> list[np.ndarray]:
         """Per-feature counts out of the flat histogram `feature_counts` builds."""
@@ -161,7 +163,11 @@ def for_version(
 
 
 def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int]) -> None:
-    """Build a reference from the first predictions of versions that have none yet."""
+    """Build a reference from the first predictions of versions that have none yet.
+
+    Runs inside the prediction writer's transaction; rows that are not a whole float32 row
+    of the line's width (never written by the router) are skipped, not trusted.
+    """
     for version_id in version_ids:
         known = conn.execute(
             "SELECT 1 FROM baselines b JOIN versions v ON v.artifact_id = b.artifact_id"
@@ -170,20 +176,22 @@ def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int
         ).fetchone()
         if known:
             continue
-        rows = conn.execute(
-            "SELECT features, score FROM predictions WHERE version_id = ? AND error IS NULL"
-            " ORDER BY id LIMIT ?",
-            (version_id, FIRST_PREDICTIONS),
-        ).fetchall()
-        if len(rows) < FIRST_PREDICTIONS:
-            continue
         names_row = conn.execute(
             "SELECT a.id, m.feature_names, m.n_features FROM versions v"
             " JOIN artifacts a ON a.id = v.artifact_id JOIN model_lines m ON m.name = v.line"
             " WHERE v.id = ?",
             (version_id,),
         ).fetchone()
+        if names_row is None:
+            continue
         artifact_id, names_json, width = names_row
+        rows = conn.execute(
+            "SELECT features, score FROM predictions WHERE version_id = ? AND error IS NULL"
+            " AND length(features) = ? ORDER BY id LIMIT ?",
+            (version_id, 4 * width, FIRST_PREDICTIONS),
+        ).fetchall()
+        if len(rows) < FIRST_PREDICTIONS:
+            continue
         names = (
             tuple(json.loads(names_json)) if names_json else tuple(f"f{i}" for i in range(width))
         )

@@ -250,6 +250,22 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
+    """The headless engine: the HTTP API on uvicorn until SIGTERM (engine/daemon.py)."""
+    from engine import daemon
+
+    engine.close()  # the daemon opens its own connections, one per thread that needs one
+    options = daemon.EngineOptions(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
+        log_level=args.log_level,
+        evaluate_every_s=args.evaluate_every,
+    )
+    return daemon.serve(engine.workspace, options)
+
+
 class _Usage(Exception):
     """A usage error found after parsing (exit 2, like argparse's own)."""
 
@@ -280,7 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Handler, help_text: str, **kw: Any) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, **kw)
+        # argparse %-formats help strings (not descriptions): "100%" must be escaped there.
+        p = sub.add_parser(
+            name, parents=[common], help=help_text.replace("%", "%%"), description=help_text, **kw
+        )
         p.set_defaults(handler=handler)
         return p
 
@@ -336,6 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
     from engine import cli_serving
 
     cli_serving.add_parsers(add)
+
+    p = add("engine", cmd_engine, "headless engine: the HTTP API on uvicorn (127.0.0.1:8787)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; beyond loopback needs a token"
+    )
+    p.add_argument("--port", type=int, default=8787, help="TCP port (default 8787)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument(
+        "--evaluate-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="run the monitoring evaluation (alerts, auto-pull) every S seconds; 0: never",
+    )
 
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
     p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")

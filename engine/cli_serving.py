@@ -195,8 +195,6 @@ def _feedback_items(path: Path) -> list[tuple[str, Any]]:
 
 
 def cmd_feedback(engine: Engine, args: argparse.Namespace) -> int:
-    from engine import labels
-
     if args.file is not None:
         if args.prediction_id is not None:
             raise BeastError("give PREDICTION_ID ACTUAL or --file, not both")
@@ -205,16 +203,13 @@ def cmd_feedback(engine: Engine, args: argparse.Namespace) -> int:
         items = [(args.prediction_id, args.actual)]
     else:
         raise BeastError("give PREDICTION_ID ACTUAL, or --file FILE (CSV or JSONL)")
-    tolerance = engine.config.thresholds.tolerance_points
-    results: list[dict[str, Any]] = []
-    with engine.store.write() as conn:
-        for pid, raw in items:
-            try:
-                status = labels.label(conn, pid, labels.check_actual(raw), tolerance)
-                results.append({"prediction_id": pid, "status": status})
-            except BeastError as exc:
-                results.append({"prediction_id": pid, "status": "refused", "reason": str(exc)})
-    refused = [r for r in results if r["status"] == "refused"]
+    outcomes = engine.feedback_many(items)
+    results = [
+        {"prediction_id": o.prediction_id, "status": o.status}
+        | ({"reason": o.message} if o.message else {})
+        for o in outcomes
+    ]
+    refused = [r for r in results if r["status"] in ("conflict", "not found", "invalid")]
     if args.json:
         _print_json(results if args.file else results[0])
     else:

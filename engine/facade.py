@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine import artifacts, deployments, history, invariants, registry
 from engine.clock import utc_now
@@ -34,6 +35,9 @@ from engine.records import (
 )
 from engine.store import Store
 from engine.workspace import Workspace
+
+if TYPE_CHECKING:
+    from engine import labels
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,22 @@ class Engine:
                 report.warnings,
             )
         return report
+
+    # -- feedback -------------------------------------------------------------------------
+
+    def feedback(self, prediction_id: str, actual: object) -> str:
+        """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
+        from engine import labels
+
+        return labels.record(
+            self.store, prediction_id, actual, self.config.thresholds.tolerance_points
+        )
+
+    def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
+        """Many (prediction id, actual) pairs in one transaction, an answer for each."""
+        from engine import labels
+
+        return labels.record_many(self.store, items, self.config.thresholds.tolerance_points)
 
     # -- registry -------------------------------------------------------------------------
 

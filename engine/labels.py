@@ -1,28 +1,49 @@
 """Ground truth that arrives later: attach an actual value to a logged prediction.
 
-Answers (documented for the CLI and HTTP): `recorded`; `duplicate` (the same value again:
-idempotent, nothing changes); `pending` (the id is seconds old and its row is still in a
-writer's buffer: kept and matched when the row is flushed); an unknown old id is NotFound; a
-different value for an already labelled prediction is a Conflict. Nothing is dropped silently.
+Answers (documented for the CLI and HTTP):
+- `recorded` — the actual is attached, and the prediction's minute rollup counts it;
+- `duplicate` — the same value again: idempotent, nothing changes;
+- `pending` — the id is recent (issued within `PENDING_WINDOW_MS`) and its row is not in the
+  log yet (still in a writer's buffer): the value is kept and attached when the row is flushed,
+  exactly once; the same value again is still `pending`;
+- Conflict (409) — a different value for a prediction that already has one (or has one
+  pending): the first value stays;
+- NotFound (404) — an id that is not a prediction id, or an old id with no logged prediction.
+Nothing is dropped silently. Every call runs in one `BEGIN IMMEDIATE` transaction, so two
+processes sending feedback for the same id at once serialize: one records, the other sees it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sqlite3
 import time
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from engine import ids
 from engine.errors import BeastError, Conflict, NotFound
+from engine.store import Store
 
 PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
+
+
+class Outcome(NamedTuple):
+    """One feedback item's answer: a status, or the refusal's HTTP status and message."""
+
+    prediction_id: str
+    status: str  # "recorded" | "duplicate" | "pending" | "conflict" | "not found" | "invalid"
+    http_status: int
+    message: str | None = None
 
 
 def check_actual(actual: object) -> float:
     if isinstance(actual, bool) or not isinstance(actual, int | float):
         raise BeastError(f"actual must be a number, got {type(actual).__name__}")
-    value = float(actual)
+    try:
+        value = float(actual)
+    except OverflowError:
+        raise BeastError(f"actual must be finite, got {actual!r}") from None
     if not math.isfinite(value):
         raise BeastError(f"actual must be finite, got {actual!r}")
     return value
@@ -32,23 +53,29 @@ def label(
     conn: sqlite3.Connection, pid: str, actual: float, tolerance: float, now_ms: int | None = None
 ) -> str:
     """Attach `actual` to prediction `pid` inside the caller's write transaction."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     if not ids.is_valid(pid):
-        raise NotFound(f"no prediction {pid[:40]!r} (not a prediction id)")
+        shown = pid[:40] if isinstance(pid, str) else type(pid).__name__
+        raise NotFound(f"no prediction {shown!r} (not a prediction id)")
     row = conn.execute(
         "SELECT version_id, experiment, at_ms, score, actual FROM predictions WHERE pid = ?",
         (pid,),
     ).fetchone()
     if row is None:
-        if now - ids.issued_ms(pid) <= PENDING_WINDOW_MS:
+        # Recent either way: a wall clock stepped back must not turn early feedback away.
+        if abs(now - ids.issued_ms(pid)) <= PENDING_WINDOW_MS:
             existing = conn.execute(
                 "SELECT actual FROM pending_feedback WHERE pid = ?", (pid,)
             ).fetchone()
-            if existing is not None and existing[0] != actual:
-                raise Conflict(f"prediction {pid} already has pending feedback {existing[0]:g}")
+            if existing is not None:
+                if existing[0] != actual:
+                    raise Conflict(
+                        f"prediction {pid} already has feedback {existing[0]:g} waiting; "
+                        f"not replaced by {actual:g}"
+                    )
+                return "pending"
             conn.execute(
-                "INSERT OR IGNORE INTO pending_feedback (pid, actual, received_ms)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO pending_feedback (pid, actual, received_ms) VALUES (?, ?, ?)",
                 (pid, actual, now),
             )
             return "pending"
@@ -81,15 +108,51 @@ def label(
     return "recorded"
 
 
-def match_pending(conn: sqlite3.Connection, pids: set[str], tolerance: float) -> int:
-    """Apply feedback that waited for these freshly flushed predictions; return how many."""
-    waiting = [
-        (pid, actual)
-        for pid, actual in conn.execute("SELECT pid, actual FROM pending_feedback")
-        if pid in pids
-    ]
+def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
+    """Attach waiting feedback whose prediction is now logged; return how many were applied.
+
+    Runs in the writer's transaction right after it inserted its rows, so feedback that waited
+    for them is applied exactly once (its pending row is deleted in the same transaction).
+    """
+    waiting = conn.execute(
+        "SELECT f.pid, f.actual FROM pending_feedback f JOIN predictions p ON p.pid = f.pid"
+    ).fetchall()
     for pid, actual in waiting:
         conn.execute("DELETE FROM pending_feedback WHERE pid = ?", (pid,))
-        with contextlib.suppress(Conflict, NotFound):  # a different second value loses
+        try:
             label(conn, pid, actual, tolerance)
+        except (Conflict, NotFound):  # pragma: no cover - the row is fresh and unlabelled
+            continue
     return len(waiting)
+
+
+def record(store: Store, pid: str, actual: object, tolerance: float) -> str:
+    """One piece of feedback in its own write transaction; the answer, or a refusal."""
+    value = check_actual(actual)
+    with store.write() as conn:
+        return label(conn, pid, value, tolerance)
+
+
+def record_many(
+    store: Store, items: Iterable[tuple[str, object]], tolerance: float
+) -> list[Outcome]:
+    """Many (prediction id, actual) pairs in one transaction, each with its own answer.
+
+    A refused item does not stop the others (a file of feedback with one bad line still
+    records the rest); every item gets an answer, so nothing is dropped silently.
+    """
+    answers: list[Outcome] = []
+    with store.write() as conn:
+        for pid, actual in items:
+            shown = pid if isinstance(pid, str) else repr(pid)
+            try:
+                status = label(conn, pid, check_actual(actual), tolerance)
+            except Conflict as exc:
+                answers.append(Outcome(shown, "conflict", exc.http_status, str(exc)))
+            except NotFound as exc:
+                answers.append(Outcome(shown, "not found", exc.http_status, str(exc)))
+            except BeastError as exc:
+                answers.append(Outcome(shown, "invalid", 422, str(exc)))
+            else:
+                answers.append(Outcome(shown, status, 200 if status != "pending" else 202))
+    return answers

@@ -402,6 +402,7 @@ def sync_alerts(conn: sqlite3.Connection, versions: tuple[VersionReport, ...]) -
         for r in conn.execute(
             "SELECT id, line, version, metric FROM alerts WHERE resolved_at IS NULL"
         )
+        if (r[1], r[2], r[3]) != LOG_ALERT_KEY  # the writer's alert has its own life
     }
     seen: set[tuple[str, str, str]] = set()
     for report_ in versions:
@@ -462,3 +463,39 @@ def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
         sync_alerts(conn, current.versions)
         alerts = tuple(_alerts(conn))
     return dataclasses.replace(current, alerts=alerts)
+
+
+LOG_ALERT_KEY = ("*", "*", "prediction_log")
+
+
+def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) -> None:
+    """Fire (or resolve) the alert for prediction-log rows dropped by this process's writer.
+
+    Serving goes on when the log cannot be written (disk full); the loss must still be seen.
+    The daemon calls this on its evaluation timer with what its writer dropped meanwhile.
+    """
+    now = utc_now()
+    with engine.store.write() as conn:
+        firing = conn.execute(
+            "SELECT id FROM alerts WHERE line = ? AND version = ? AND metric = ?"
+            " AND resolved_at IS NULL",
+            LOG_ALERT_KEY,
+        ).fetchone()
+        if dropped_since_last > 0:
+            message = (
+                f"prediction log dropped {dropped_since_last} rows since the last check "
+                f"({total_dropped} in all): serving goes on, the rows are lost"
+            )
+            if firing is None:
+                conn.execute(
+                    "INSERT INTO alerts (line, version, metric, severity, value, threshold,"
+                    " message, first_seen, last_seen) VALUES (?, ?, ?, 'critical', ?, 0, ?, ?, ?)",
+                    (*LOG_ALERT_KEY, float(total_dropped), message, now, now),
+                )
+            else:
+                conn.execute(
+                    "UPDATE alerts SET value = ?, message = ?, last_seen = ? WHERE id = ?",
+                    (float(total_dropped), message, now, firing[0]),
+                )
+        elif firing is not None:
+            conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, firing[0]))

@@ -7,6 +7,10 @@ whose revision moved: a deploy, promote or rollback by any process is picked up 
 second, without a restart. Models load from their artifact's bytes after a sha256 check and
 stay in memory, so a deleted file keeps serving (and status says the artifact is missing).
 
+A line whose new deployment cannot be loaded (artifact missing or changed on disk) keeps
+serving the last routes that loaded, and says so in `problems()`; the load is retried on every
+refresh until it works. A line that never loaded answers Unavailable with the reason.
+
 With a `key` the arm is sticky: a hash of test and key into 10,000 buckets, the candidate
 taking the buckets below its share — the same key lands on the same arm across restarts, and
 raising the share never moves a key back to production. Without a key the arm is random.
@@ -15,15 +19,18 @@ raising the share never moves a key back to production. Without a key the arm is
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import hashlib
 import json
 import math
+import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from itertools import repeat
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,6 +42,7 @@ from engine.records import BASIS_POINTS, VersionRef
 from engine.store import Store
 
 FeatureInput = Mapping[str, Any] | Sequence[Any]
+MAX_KEY_CHARS = 1024  # as the HTTP API's limit
 
 
 class Unavailable(BeastError):
@@ -43,8 +51,9 @@ class Unavailable(BeastError):
     http_status = 503
 
 
-@dataclass(frozen=True)
-class Prediction:
+class Prediction(NamedTuple):
+    """One served prediction (a tuple: cheap to build a thousand of for a batch)."""
+
     prediction_id: str
     score: float | None
     version: str
@@ -67,15 +76,14 @@ class Prediction:
         }
 
 
-@dataclass(frozen=True)
-class Arm:
+class Arm(NamedTuple):
     name: str  # "production" | "candidate"
     ref: VersionRef
     booster: Any  # xgboost.Booster (imported lazily)
+    score: Callable[[np.ndarray], np.ndarray]  # float32 rows -> float32 scores
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     line: str
     schema: features.Schema
     production: Arm
@@ -102,12 +110,40 @@ def bucket(experiment: str, key: str | None) -> int:
     return int.from_bytes(digest, "big") % BASIS_POINTS
 
 
+def buckets(experiment: str, keys: Sequence[str | None] | None, count: int) -> np.ndarray:
+    """`bucket` for a batch: keyed rows hashed, the others random (64-bit draws mod 10,000)."""
+    drawn = np.frombuffer(os.urandom(8 * count), dtype=np.uint64) % BASIS_POINTS
+    if keys is None:
+        return drawn.astype(np.int64)
+    return np.fromiter(
+        (
+            bucket(experiment, k) if k is not None else int(d)
+            for k, d in zip(keys, drawn, strict=True)
+        ),
+        dtype=np.int64,
+        count=count,
+    )
+
+
+def check_key(key: object) -> str | None:
+    if key is None or (type(key) is str and len(key) <= MAX_KEY_CHARS):
+        return key  # the common case, first
+    if not isinstance(key, str):
+        raise features.InvalidFeatures(f"key must be a string, got {type(key).__name__}")
+    if len(key) > MAX_KEY_CHARS:
+        raise features.InvalidFeatures(f"key is longer than {MAX_KEY_CHARS} characters")
+    return str(key)  # a str subclass (numpy's str_, say), as a plain str
+
+
 class Router:
     """Serve predictions for a workspace. Thread-safe for concurrent predict calls."""
 
     def __init__(
         self, engine: Engine, *, log: PredictionLog | None = None, refresh_s: float = 0.5
     ) -> None:
+        import xgboost
+
+        self._xgboost_error: type[Exception] = xgboost.core.XGBoostError
         self.engine = engine
         self.workspace = engine.workspace
         self.refresh_s = refresh_s
@@ -115,7 +151,8 @@ class Router:
         engine.store.migrate()  # routes are read from the current schema
         self._store = Store(engine.workspace.db_path)
         self._routes: dict[str, Route] = {}
-        self._boosters: dict[int, Any] = {}  # artifact id -> Booster
+        self._broken: dict[str, str] = {}  # line -> why its deployment could not be loaded
+        self._boosters: dict[int, tuple[Any, Callable[[np.ndarray], np.ndarray]]] = {}
         self._checked = -math.inf
         self._data_version: int | None = None
         self._refreshing = threading.Lock()
@@ -123,12 +160,17 @@ class Router:
         self.refresh(force=True)
 
     def close(self) -> None:
-        self._store.close()
+        with self._refreshing:
+            self._store.close()
 
     # -- routes ----------------------------------------------------------------------------
 
     def routes(self) -> dict[str, Route]:
         return dict(self._routes)
+
+    def problems(self) -> dict[str, str]:
+        """Lines whose current deployment could not be loaded, and why."""
+        return dict(self._broken)
 
     def refresh(self, *, force: bool = False) -> None:
         """Reload routes whose state revision changed (cheap when nothing changed)."""
@@ -137,15 +179,17 @@ class Router:
         try:
             self._checked = time.monotonic()
             version = self._store.query("PRAGMA data_version")[0][0]
-            if not force and version == self._data_version:
+            if not force and version == self._data_version and not self._broken:
                 return
+            self._routes, self._broken = self._load_routes()
+            # Only now: a failed load is retried at the next refresh, commit or not.
             self._data_version = version
-            self._routes = self._load_routes()
         finally:
             self._refreshing.release()
 
-    def _load_routes(self) -> dict[str, Route]:
+    def _load_routes(self) -> tuple[dict[str, Route], dict[str, str]]:
         routes: dict[str, Route] = {}
+        broken: dict[str, str] = {}
         with self._store.read() as conn:
             rows = conn.execute(
                 "SELECT s.line, s.production_id, s.candidate_id, s.candidate_bp, s.revision,"
@@ -163,8 +207,16 @@ class Router:
                     if names_json
                     else tuple(f"f{i}" for i in range(width))
                 )
-                production = self._arm(conn, "production", prod_id)
-                candidate = self._arm(conn, "candidate", cand_id) if cand_id else None
+                try:
+                    production = self._arm(conn, "production", prod_id, len(names))
+                    candidate = (
+                        self._arm(conn, "candidate", cand_id, len(names)) if cand_id else None
+                    )
+                except Unavailable as exc:
+                    broken[line] = str(exc)
+                    if current is not None:
+                        routes[line] = current  # keep serving what loaded last
+                    continue
                 routes[line] = Route(
                     line,
                     features.Schema(names, self.nullable & set(names)),
@@ -174,16 +226,24 @@ class Router:
                     experiment,
                     revision,
                 )
-        return routes
+        in_use = {
+            arm.ref.artifact_id
+            for route in routes.values()
+            for arm in (route.production, route.candidate)
+            if arm is not None
+        }
+        self._boosters = {k: v for k, v in self._boosters.items() if k in in_use}
+        return routes, broken
 
-    def _arm(self, conn: Any, role: str, version_id: int) -> Arm:
+    def _arm(self, conn: Any, role: str, version_id: int, width: int) -> Arm:
         ref = registry.version_by_id(conn, version_id)
-        booster = self._boosters.get(ref.artifact_id)
-        if booster is None:
+        loaded = self._boosters.get(ref.artifact_id)
+        if loaded is None:
             path = registry.artifact_path(conn, self.workspace.models_dir, ref.artifact_id)
             booster = load_booster(path, ref.sha256)
-            self._boosters[ref.artifact_id] = booster
-        return Arm(role, ref, booster)
+            loaded = (booster, scorer(booster, width))
+            self._boosters[ref.artifact_id] = loaded
+        return Arm(role, ref, *loaded)
 
     def _route(self, model: str | None) -> Route:
         if time.monotonic() - self._checked >= self.refresh_s:
@@ -191,15 +251,24 @@ class Router:
                 self.refresh()
         routes = self._routes
         if model is not None:
-            try:
-                return routes[model]
-            except KeyError:
-                raise NotFound(f"nothing deployed for model line {model}") from None
-        if len(routes) == 1:
-            return next(iter(routes.values()))
-        if not routes:
+            found = routes.get(model)
+            if found is not None:
+                return found
+            if model in self._broken:
+                raise Unavailable(f"model line {model} cannot serve: {self._broken[model]}")
+            raise NotFound(f"nothing deployed for model line {model}")
+        if len(routes) == 1 and not self._broken:
+            return next(iter(routes.values()))  # the common case, first
+        lines = {*routes, *self._broken}
+        if not lines:
             raise Unavailable("nothing is deployed: deploy a model first")
-        raise BeastError(f"several model lines are deployed ({', '.join(routes)}): name one")
+        if len(lines) == 1:
+            line = lines.pop()
+            if line in routes:
+                return routes[line]
+            raise Unavailable(f"model line {line} cannot serve: {self._broken[line]}")
+        names = sorted(lines)
+        raise BeastError(f"several model lines are deployed ({', '.join(names)}): name one")
 
     # -- predictions -----------------------------------------------------------------------
 
@@ -209,14 +278,47 @@ class Router:
         """One prediction: validated, routed, scored, logged."""
         start = time.perf_counter_ns()
         route = self._route(model)
-        row = features.row(route.schema, values)
+        x = np.array((features.row(route.schema, values),), dtype=np.float32)
+        if key is not None:
+            key = check_key(key)
         arm = route.pick(key)
-        x = np.asarray([row], dtype=np.float32)
-        score, error = _score(arm.booster, x)
+        score: float | None
+        error: str | None = None
+        try:
+            out = arm.score(x)
+        except self._xgboost_error as exc:
+            score, error = None, _model_error(exc)
+        else:
+            score = out.item(0) if out.size == 1 else None
+            if score is None:
+                error = f"model returned {out.size} values for one row, expected 1"
+            elif not math.isfinite(score):
+                score, error = None, "model returned a non-finite score"
         latency_us = (time.perf_counter_ns() - start) // 1000
-        first = score[0] if score is not None else None
-        return self._record(
-            route, arm, x[0], key=key, score=first, error=error, latency_us=latency_us
+        ms = time.time_ns() // 1_000_000
+        pid = ids.new_id(ms)
+        experiment = route.experiment
+        ref = arm.ref
+        if self.log is not None:
+            self.log.submit(
+                _new_record(
+                    (
+                        pid,
+                        ms,
+                        route.line,
+                        ref.id,
+                        arm.name,
+                        experiment or "",
+                        key,
+                        x.tobytes(),
+                        score,
+                        latency_us,
+                        error,
+                    )
+                )
+            )
+        return _new_prediction(
+            (pid, score, ref.name, route.line, experiment, arm.name, latency_us / 1000, error)
         )
 
     def predict_batch(
@@ -230,81 +332,209 @@ class Router:
         start = time.perf_counter_ns()
         route = self._route(model)
         x = features.matrix(route.schema, rows)
-        if keys is not None and len(keys) != len(rows):
-            raise features.InvalidFeatures(f"{len(keys)} keys for {len(rows)} rows")
-        chosen = [route.pick(keys[i] if keys else None) for i in range(len(rows))]
-        scores: list[float | None] = [None] * len(rows)
-        errors: list[str | None] = [None] * len(rows)
-        for arm in {id(a): a for a in chosen}.values():
-            idx = [i for i, a in enumerate(chosen) if a is arm]
-            got, error = _score(arm.booster, x[idx])
-            for j, i in enumerate(idx):
-                scores[i] = got[j] if got is not None else None
-                errors[i] = error
-        per_row_us = (time.perf_counter_ns() - start) // 1000 // len(rows)
-        return [
-            self._record(
-                route,
-                chosen[i],
-                x[i],
-                key=keys[i] if keys else None,
-                score=scores[i],
-                error=errors[i],
-                latency_us=per_row_us,
-            )
-            for i in range(len(rows))
-        ]
-
-    def _record(
-        self,
-        route: Route,
-        arm: Arm,
-        x: np.ndarray,
-        *,
-        key: str | None,
-        score: float | None,
-        error: str | None,
-        latency_us: int,
-    ) -> Prediction:
-        pid = ids.new_id()
+        count = x.shape[0]
+        if keys is not None:
+            if isinstance(keys, str) or len(keys) != count:
+                raise features.InvalidFeatures(
+                    f"keys must be a list of one key (or null) per row: {count} rows"
+                )
+            keys = [check_key(k) for k in keys]
+        production, candidate = route.production, route.candidate
+        arms: list[tuple[Arm, np.ndarray | None]]
+        if candidate is None:
+            on_candidate = None
+            arms = [(production, None)]
+        else:
+            chosen = buckets(route.experiment or "", keys, count) < route.candidate_bp
+            on_candidate = chosen.tolist()
+            arms = [(production, np.flatnonzero(~chosen)), (candidate, np.flatnonzero(chosen))]
+        score_list, errors = self._score_arms(x, arms)
+        arm_col: Any
+        version_col: Any
+        name_col: Any
+        if on_candidate is None or candidate is None:
+            arm_col = repeat(production.name)
+            version_col = repeat(production.ref.id)
+            name_col = repeat(production.ref.name)
+        else:
+            per_row = [candidate if c else production for c in on_candidate]
+            arm_col = [a.name for a in per_row]
+            version_col = [a.ref.id for a in per_row]
+            name_col = [a.ref.name for a in per_row]
+        per_row_us = (time.perf_counter_ns() - start) // 1000 // count
+        ms = time.time_ns() // 1_000_000
+        pids = ids.new_ids(count, ms)
+        experiment = route.experiment
         if self.log is not None:
-            self.log.submit(
-                Record(
-                    pid,
-                    int(time.time() * 1000),
-                    route.line,
-                    arm.ref.id,
-                    arm.name,
-                    route.experiment or "",
-                    key,
-                    x.tobytes(),
-                    score,
-                    latency_us,
-                    error,
+            width = 4 * route.schema.width
+            blob = x.tobytes()
+            self.log.submit_many(
+                list(
+                    map(
+                        _new_record,
+                        zip(
+                            pids,
+                            repeat(ms),
+                            repeat(route.line),
+                            version_col,
+                            arm_col,
+                            repeat(experiment or ""),
+                            keys if keys is not None else repeat(None),
+                            [blob[i : i + width] for i in range(0, count * width, width)],
+                            score_list,
+                            repeat(per_row_us),
+                            errors,
+                        ),
+                    )
                 )
             )
-        return Prediction(
-            pid,
-            score,
-            arm.ref.name,
-            route.line,
-            route.experiment,
-            arm.name,
-            latency_us / 1000,
-            error,
+        return list(
+            map(
+                _new_prediction,
+                zip(
+                    pids,
+                    score_list,
+                    name_col,
+                    repeat(route.line),
+                    repeat(experiment),
+                    arm_col,
+                    repeat(per_row_us / 1000),
+                    errors,
+                ),
+            )
         )
 
+    def _score_arms(
+        self, x: np.ndarray, arms: list[tuple[Arm, np.ndarray | None]]
+    ) -> tuple[list[float | None], list[str | None]]:
+        """Scores per row (None where the model failed) and the error of each failed row."""
+        count = x.shape[0]
+        scores = np.full(count, np.nan)
+        errors: list[str | None] = [None] * count
+        for arm, idx in arms:
+            n = count if idx is None else idx.size
+            if n == 0:
+                continue
+            message = None
+            try:
+                out = arm.score(x if idx is None else x[idx])
+            except self._xgboost_error as exc:
+                message = _model_error(exc)
+            else:
+                if out.size != n:
+                    message = f"model returned {out.size} values for {n} rows"
+                elif idx is None:
+                    scores[:] = out.ravel()
+                else:
+                    scores[idx] = out.ravel()
+            if message is not None:
+                for i in range(count) if idx is None else idx.tolist():
+                    errors[i] = message
+        score_list: list[float | None] = scores.tolist()
+        bad = ~np.isfinite(scores)
+        if bad.any():
+            for i in np.flatnonzero(bad).tolist():
+                score_list[i] = None
+                errors[i] = errors[i] or "model returned a non-finite score"
+        return score_list, errors
 
-def _score(booster: Any, x: np.ndarray) -> tuple[list[float] | None, str | None]:
-    import xgboost
+
+# tuple.__new__ bound to the class: builds a row's named tuple without a Python-level call.
+_new_record = functools.partial(tuple.__new__, Record)
+_new_prediction = functools.partial(tuple.__new__, Prediction)
+
+
+def _model_error(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    return f"model error: {lines[0][:200]}"
+
+
+def scorer(booster: Any, width: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The fastest way to score float32 rows with `booster` that gives its exact answers.
+
+    `Booster.inplace_predict` spends most of a one-row call in Python (it builds a JSON
+    array interface with `json.dumps`, a ctypes array type for the output, and checks the
+    input against a dozen data-frame kinds). `_DirectScorer` calls the same C function,
+    `XGBoosterPredictFromDense` (XGBoost's C API), with the same arguments and nothing
+    else. It is used only when it matches `inplace_predict` bit for bit on probe rows
+    (missing values included); otherwise, or on any other XGBoost, `inplace_predict` it is.
+    """
+
+    def standard(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = booster.inplace_predict(x, validate_features=False)
+        return out
 
     try:
-        out = np.asarray(booster.inplace_predict(x, validate_features=False), dtype=np.float64)
-    except xgboost.core.XGBoostError as exc:
-        return None, f"model error: {str(exc).strip().splitlines()[0][:200]}"
-    if not np.all(np.isfinite(out)):
-        return None, "model returned a non-finite score"
-    return [float(v) for v in out.ravel()], None
+        direct = _DirectScorer(booster)
+        probe = np.random.default_rng(0).normal(0, 100, (64, width)).astype(np.float32)
+        probe[::7, :] = np.nan
+        for i in range(min(width, 64)):
+            probe[i, i] = np.nan
+        probe = np.ascontiguousarray(probe)
+        if all(
+            np.array_equal(direct(rows).ravel(), standard(rows).ravel(), equal_nan=True)
+            for rows in (probe, probe[:1].copy())
+        ):
+            return direct
+    except Exception:  # an XGBoost without this C function or helpers: the public path
+        return standard
+    return standard
+
+
+class _DirectScorer:
+    """`XGBoosterPredictFromDense` on a C-contiguous float32 matrix (see `scorer`)."""
+
+    def __init__(self, booster: Any) -> None:
+        from xgboost import core
+
+        self._booster = booster  # keeps the handle alive
+        self._handle = booster.handle
+        self._predict = core._LIB.XGBoosterPredictFromDense
+        self._check = core._check_call
+        self._ulong = ctypes.c_uint64  # bst_ulong in XGBoost's C API
+        # What inplace_predict sends for predict_type="value" and no iteration range.
+        self._args = core.make_jcargs(
+            type=0,
+            training=False,
+            iteration_begin=0,
+            iteration_end=0,
+            missing=math.nan,
+            strict_shape=False,
+            cache_id=0,
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.float32 or not x.flags.c_contiguous or x.ndim != 2:
+            x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
+        rows, cols = x.shape
+        interface = (
+            b'{"data": [%d, true], "shape": [%d, %d], "strides": null, '
+            % (
+                x.ctypes.data,
+                rows,
+                cols,
+            )
+            + b'"typestr": "<f4", "version": 3}'
+        )
+        shape = ctypes.POINTER(self._ulong)()
+        dims = self._ulong()
+        preds = ctypes.POINTER(ctypes.c_float)()
+        self._check(
+            self._predict(
+                self._handle,
+                interface,
+                self._args,
+                None,
+                ctypes.byref(shape),
+                ctypes.byref(dims),
+                ctypes.byref(preds),
+            )
+        )
+        size = 1
+        for i in range(dims.value):
+            size *= shape[i]
+        # The output buffer belongs to XGBoost (per thread): copy it out at once.
+        return np.frombuffer(ctypes.string_at(preds, 4 * size), dtype=np.float32)
 
 
 def load_booster(path: Any, sha256: str) -> Any:
@@ -318,7 +548,11 @@ def load_booster(path: Any, sha256: str) -> Any:
     if hashlib.sha256(raw).hexdigest() != sha256:
         raise Unavailable(f"{path} no longer matches its registered sha256 {sha256[:12]}…")
     booster = xgboost.Booster(params={"nthread": 1})
-    booster.load_model(bytearray(raw))
+    try:
+        booster.load_model(bytearray(raw))
+    except xgboost.core.XGBoostError as exc:
+        raise Unavailable(f"cannot load {path}: {_model_error(exc)}") from None
+    booster.set_param({"nthread": 1})  # serve on one thread (DESIGN.md §8)
     return booster
 
 

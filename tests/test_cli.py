@@ -180,3 +180,43 @@ def test_backup_copies_and_never_overwrites(registered: Workspace, tmp_path: Pat
     assert dest.is_file()
     again = beast(registered, "backup", str(dest))
     assert again.returncode == 1 and "already exists" in one_line(again.stderr)
+
+
+def test_every_help_page_renders(registered: Workspace) -> None:
+    top = beast(registered, "--help")
+    assert top.returncode == 0, top.stderr
+    commands = [
+        "init",
+        "deploy",
+        "status",
+        "rollback",
+        "promote",
+        "abort",
+        "history",
+        "models",
+        "register",
+        "backup",
+        "doctor",
+        "monitor",
+        "predict",
+        "feedback",
+    ]
+    for command in commands:
+        out = beast(registered, command, "--help")
+        assert out.returncode == 0 and "usage: beast" in out.stdout, (command, out.stderr)
+        assert "%%" not in out.stdout
+
+
+def test_feedback_file_answers_each_line(registered: Workspace, tmp_path: Path) -> None:
+    beast(registered, "deploy", "--version", "v1.0")
+    out = beast(registered, "predict", "[0.5, 3, 1, 0.1, 0.2]", "--json")
+    assert out.returncode == 0, out.stderr
+    pid = json.loads(out.stdout)["prediction_id"]
+    feedback = tmp_path / "actuals.csv"
+    feedback.write_text(f"prediction_id,actual\n{pid},70\n{pid},70\n{'0' * 32},5\n")
+    done = beast(registered, "feedback", "--file", str(feedback), "--json")
+    assert done.returncode == 1  # the unknown id is refused, the others answered
+    statuses = [r["status"] for r in json.loads(done.stdout)]
+    assert statuses == ["recorded", "duplicate", "not found"]
+    again = beast(registered, "feedback", pid, "71")
+    assert again.returncode == 1 and "already has actual" in again.stderr

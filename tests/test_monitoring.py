@@ -136,7 +136,9 @@ def test_windows_start_at_the_current_deployment(deployed: Engine) -> None:
     feed(deployed, "v1.0", 50, within=1.0)
     v = version_report(monitoring.report(deployed), "v1.0")
     assert {name: w.predictions for name, w in v.windows.items()} == {
-        "1h": 50, "24h": 50, "deploy": 50,
+        "1h": 50,
+        "24h": 50,
+        "deploy": 50,
     }
     assert [p.predictions for p in v.series] == [50]
 
@@ -205,3 +207,17 @@ def test_monitor_json_contract(deployed: Engine) -> None:
     assert v["predictions"] == 100 and v["traffic"] == 90
     assert doc["experiments"][0]["verdict"] == "not enough data"
     assert "alerts" in doc
+
+
+def test_dropped_log_rows_fire_an_alert_until_logging_recovers(deployed: Engine) -> None:
+    monitoring.note_log_drops(deployed, 120, 120)
+    firing = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    assert len(firing) == 1 and firing[0]["severity"] == "critical"
+    assert "dropped 120 rows" in firing[0]["message"]
+    monitoring.evaluate(deployed)  # version alerts syncing must not resolve it
+    monitoring.note_log_drops(deployed, 5, 125)
+    again = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    assert [a["id"] for a in again] == [firing[0]["id"]] and again[0]["status"] == "firing"
+    monitoring.note_log_drops(deployed, 0, 125)
+    done = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    assert done[0]["status"] == "resolved"

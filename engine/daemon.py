@@ -1,0 +1,396 @@
+"""`beast engine`: the headless daemon. Serves the HTTP API (engine.http_api) on uvicorn.
+
+What it takes care of, in order:
+- OpenMP: `OMP_NUM_THREADS=1` and `OMP_WAIT_POLICY=passive` before XGBoost is loaded in any
+  server process (spinning OpenMP threads make one-row predictions 40× slower as soon as
+  another process wants the core; DESIGN.md §8).
+- The token: listening beyond loopback is refused unless a token is configured
+  (`$BEAST_API_TOKEN` or `<workspace>/api-token`); on loopback the file is created (0600) on
+  the first start. The token is never logged.
+- One engine per workspace: an `flock` on `<workspace>/.engine.lock`, released by the kernel
+  when the process dies, so a `kill -9` never leaves a stale lock. A second engine exits 1
+  naming the first one's pid.
+- The listening socket is bound here, with `IPPROTO_TCP` as its protocol. uvicorn's own bind
+  (used for `--workers N`) creates `socket(AF_INET)` with protocol 0; asyncio only sets
+  TCP_NODELAY on accepted sockets whose protocol is `IPPROTO_TCP`, so uvicorn's workers answer
+  keep-alive requests with Nagle's algorithm on (≈40 ms stalls with delayed ACKs). Binding
+  the socket ourselves fixes it for one worker and for many, and turns "address in use" into
+  a one-line refusal.
+- SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, then runs the
+  lifespan shutdown, which flushes the prediction log; the process exits 0. (uvicorn raises
+  the signal again once it is done; the no-op handler installed here makes that harmless.)
+- Every `evaluate_every_s` it runs `monitoring.evaluate` (alerts fire and resolve; a
+  candidate whose health turns critical is pulled to 0%), in this one process whatever the
+  number of workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import logging.config
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import BeastError
+from engine.facade import Engine
+from engine.workspace import ENV_VAR, Workspace
+
+if TYPE_CHECKING:
+    from engine.http_api import ApiSettings
+
+log = logging.getLogger("beast.engine")
+
+LOCK_FILE = ".engine.lock"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+BACKLOG = 2048
+STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """`beast engine`'s command-line options."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    workers: int = 1
+    access_log: bool = False
+    log_level: str = "info"
+    evaluate_every_s: float = 30.0
+    graceful_timeout_s: float = 30.0
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; any other name or address counts as exposed."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def configure_process() -> None:
+    """OpenMP settings for a serving process; must run before XGBoost is first imported."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """One conventional line per record (time level logger message) for uvicorn and beast."""
+    upper = level.upper()
+    handler = {
+        "class": "logging.StreamHandler",
+        "formatter": "plain",
+        "stream": "ext://sys.stderr",
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "uvicorn.error": {"level": upper},
+            "uvicorn.access": {"handlers": ["stderr"], "level": upper, "propagate": False},
+            "beast": {"handlers": ["stderr"], "level": upper, "propagate": False},
+        },
+    }
+
+
+class EngineLock:
+    """An exclusive `flock` on `<workspace>/.engine.lock`, holding the owner's pid."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.path = workspace.root / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> EngineLock:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise BeastError(f"cannot open {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise BeastError(
+                f"another beast engine (pid {owner}) is serving {self.path.parent}; stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket whose protocol is IPPROTO_TCP (see the module's note on NODELAY)."""
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]"),
+            port,
+            type=socket.SOCK_STREAM,
+            proto=socket.IPPROTO_TCP,
+            flags=socket.AI_PASSIVE,
+        )
+    except socket.gaierror as exc:
+        raise BeastError(f"cannot listen on {where}: {exc.strerror}") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise BeastError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class Evaluator:
+    """Runs `monitoring.evaluate` on a timer in a thread with its own engine connection."""
+
+    def __init__(self, workspace: Workspace, every_s: float) -> None:
+        self.workspace = workspace
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Evaluator:
+        if self.every_s > 0:
+            self._thread = threading.Thread(target=self._run, name="beast-monitor", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        from engine import monitoring
+
+        engine = Engine(self.workspace, actor="beast-engine (monitor)")
+        try:
+            while not self._stop.wait(self.every_s):
+                try:
+                    report = monitoring.evaluate(engine)
+                except BeastError as exc:
+                    log.warning("monitoring evaluation skipped: %s", exc)
+                    continue
+                except Exception:  # the next round may well succeed; never stop evaluating
+                    log.exception("monitoring evaluation failed")
+                    continue
+                for action in report.actions:
+                    log.warning("monitoring: %s", action)
+        finally:
+            engine.close()
+
+
+def _preflight(workspace: Workspace) -> None:
+    """Refuse a missing workspace, a bad config or an unusable database in one line, now."""
+    engine = Engine(workspace)
+    try:
+        workspace.require()
+        engine.config  # noqa: B018 - refuse a bad config.toml before binding anything
+        engine.store  # noqa: B018 - opens and migrates the database
+    finally:
+        engine.close()
+
+
+class _StopSignals:
+    """SIGTERM/SIGINT outside uvicorn's own handling: remember them, never die of them.
+
+    Before the server runs (models loading) a signal means "do not start serving"; after it
+    ran, uvicorn raises the signal that stopped it once more, when everything is flushed.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = signum
+
+
+def _check(options: EngineOptions) -> None:
+    if not 0 <= options.port <= 65535:
+        raise BeastError(f"--port {options.port} is not a TCP port (0–65535)")
+    if options.workers < 1:
+        raise BeastError(f"--workers {options.workers} must be at least 1")
+    if options.log_level not in LOG_LEVELS:
+        raise BeastError(f"--log-level {options.log_level} is not one of {', '.join(LOG_LEVELS)}")
+
+
+def _token(workspace: Workspace, exposed: bool, host: str) -> tuple[str, bool]:
+    """The API token and whether it was created now; refused beyond loopback without one."""
+    from engine import http_api
+
+    if not exposed:
+        return http_api.ensure_token(workspace)
+    token = http_api.configured_token(workspace)
+    if token is None:
+        raise BeastError(
+            f"refusing to listen on {host}, beyond loopback, without an API token: "
+            f"set {http_api.TOKEN_ENV} or create {http_api.token_path(workspace)} (mode "
+            "0600), or listen on 127.0.0.1"
+        )
+    return token, False
+
+
+def serve(workspace: Workspace, options: EngineOptions) -> int:
+    """Run the engine until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it never started."""
+    from engine import http_api
+
+    _check(options)
+    configure_process()
+    _preflight(workspace)
+    exposed = not is_loopback(options.host)
+    token, created = _token(workspace, exposed, options.host)
+    settings = http_api.ApiSettings(token_everywhere=exposed)
+    logging.config.dictConfig(log_config(options.log_level))
+    lock = EngineLock(workspace).acquire()
+    sock: socket.socket | None = None
+    evaluator = Evaluator(workspace, options.evaluate_every_s)
+    try:
+        sock = bind(options.host, options.port)
+        if created:
+            log.info("created the API token file %s (mode 0600)", http_api.token_path(workspace))
+        from_env = os.environ.get(http_api.TOKEN_ENV)
+        log.info(
+            "beast engine on http://%s:%d (pid %d, %d worker%s) for %s; bearer token for %s "
+            "from %s",
+            options.host,
+            sock.getsockname()[1],
+            os.getpid(),
+            options.workers,
+            "" if options.workers == 1 else "s",
+            workspace.root,
+            "every request" if exposed else "mutations",
+            f"${http_api.TOKEN_ENV}" if from_env else http_api.token_path(workspace),
+        )
+        if options.workers == 1:
+            _run_one(
+                workspace, options, settings=settings, token=token, sock=sock, evaluator=evaluator
+            )
+        else:
+            _run_workers(workspace, options, settings=settings, sock=sock, evaluator=evaluator)
+        log.info("beast engine stopped")
+        return 0
+    finally:
+        evaluator.stop()
+        if sock is not None:
+            sock.close()
+        lock.release()
+
+
+def _uvicorn_options(options: EngineOptions) -> dict[str, Any]:
+    return {
+        "lifespan": "on",
+        "log_config": log_config(options.log_level),
+        "access_log": options.access_log,
+        "timeout_graceful_shutdown": options.graceful_timeout_s,
+        "server_header": False,
+    }
+
+
+def _run_one(
+    workspace: Workspace,
+    options: EngineOptions,
+    *,
+    settings: ApiSettings,
+    token: str,
+    sock: socket.socket,
+    evaluator: Evaluator,
+) -> None:
+    """One process: the app object is built here, so a refusal at startup is one line."""
+    import uvicorn
+
+    from engine import http_api
+
+    with _StopSignals() as signals:
+        api = http_api.Api(workspace, settings, token)
+        api.start()  # loads the deployed models; the lifespan's start is then a no-op
+        if signals.received is not None:
+            api.stop()
+            return
+        server = uvicorn.Server(
+            uvicorn.Config(http_api.create_app(workspace, api=api), **_uvicorn_options(options))
+        )
+        evaluator.start()
+        try:
+            server.run(sockets=[sock])
+        except SystemExit as exc:
+            api.stop()
+            raise BeastError(
+                f"the HTTP server stopped at startup (exit {exc.code}); see the log above"
+            ) from None
+        if not server.started:
+            api.stop()  # the lifespan never ran, so neither did its shutdown
+            raise BeastError("the HTTP server did not start; see the log above")
+
+
+def _run_workers(
+    workspace: Workspace,
+    options: EngineOptions,
+    *,
+    settings: ApiSettings,
+    sock: socket.socket,
+    evaluator: Evaluator,
+) -> None:
+    """N processes sharing the socket (uvicorn's supervisor); Prometheus in multiprocess mode."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from engine import http_api, prom
+
+    metrics_dir = tempfile.mkdtemp(prefix="beast-prometheus-")
+    os.environ[ENV_VAR] = str(workspace.root)
+    os.environ[http_api.SETTINGS_ENV] = settings.to_env()
+    os.environ[prom.MULTIPROC_ENV] = metrics_dir
+    try:
+        config = uvicorn.Config(
+            "engine.http_api:app_from_env",
+            factory=True,
+            workers=options.workers,
+            **_uvicorn_options(options),
+        )
+        with _StopSignals():
+            supervisor = Multiprocess(config, sockets=[sock])  # installs its own handlers
+            evaluator.start()
+            supervisor.run()
+        failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
+        if failed:
+            raise BeastError(f"worker(s) {failed} could not start; see the log above")
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,282 @@
+"""Routed in-process predictions with logging, against bare `inplace_predict` (DESIGN.md §8).
+
+Targets: one routed row, validation and logging included, p50 ≤ 1.25× bare `inplace_predict` of
+the same row; routed batches with logging ≥ 150,000 rows/s, the writer's flush included.
+
+The workspace is real: two 200-tree, depth-6 models on 20 features (v1.0 in production, v2.0 in
+an A/B test at 10%, so the router picks an arm on every call), a running PredictionLog whose
+writer thread flushes every 50 ms into SQLite (rows, per-minute rollups, drift histograms).
+The floor is the same model loaded with the router's settings (nthread=1), called on the same
+rows already as float32 arrays. The router does not go through `Booster.inplace_predict` (it
+calls the same XGBoost C function directly, see `serving.scorer`), so that call alone is printed
+too: the ratio to it is the router's own overhead (validation, routing, ids, logging). For
+batches, two floors: bare `inplace_predict`, and SQLite's `executemany` of the same rows into
+the same table alone (what the writer cannot go below). A "no log" router shows serving alone.
+Variants run interleaved in rounds so that load from other processes on this 2-core machine
+falls on all of them alike.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import ids, serving
+from engine.predlog import _INSERT, PredictionLog, Record
+from engine.serving import Router
+from tests.bench import workload
+from tests.bench.conftest import machine
+
+ONE_TARGET_RATIO = 1.25
+BATCH_TARGET_ROWS_S = 150_000
+WARMUP = 500
+ROUNDS = 10
+PER_ROUND = 600  # ROUNDS × PER_ROUND = 6,000 timed calls per variant
+BATCH_ROWS = 1000
+BATCH_ROUNDS = 7
+BATCHES_PER_ROUND = 20  # 20,000 rows per round
+WRITER_BATCH = 5000  # PredictionLog's default rows per transaction
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def line(name: str, samples_ns: list[float], floor_p50: float | None = None) -> str:
+    p50 = statistics.median(samples_ns)
+    text = (
+        f"  {name}: p50 {p50 / 1e3:.1f} µs, p90 {pct(samples_ns, 90) / 1e3:.1f} µs, "
+        f"p99 {pct(samples_ns, 99) / 1e3:.1f} µs, n={len(samples_ns)}"
+    )
+    if floor_p50 is not None:
+        text += f"  → {p50 / floor_p50:.2f}× bare"
+    return text
+
+
+def _timed(call: Callable[[int], Any], start: int, count: int, out: list[float]) -> None:
+    clock = time.perf_counter_ns
+    for i in range(start, start + count):
+        t0 = clock()
+        call(i)
+        out.append(clock() - t0)
+
+
+def _setup(tmp_path: Path) -> tuple[Router, PredictionLog]:
+    engine = workload.workspace(tmp_path, candidate_traffic=10)
+    log = PredictionLog(
+        engine.workspace.db_path, tolerance=engine.config.thresholds.tolerance_points
+    ).start()
+    return Router(engine, log=log), log
+
+
+def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]:
+    """The writer's floor: executemany of the same rows into the same table and indexes
+    (DDL copied from the workspace), WAL and synchronous=FULL as the store opens it, in
+    transactions of the writer's batch size. Returns a round's function (its wall time)."""
+    with sqlite3.connect(db) as source:
+        ddl = [
+            sql
+            for (sql,) in source.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = 'predictions' AND sql IS NOT NULL"
+            )
+        ]
+    source.close()
+    conn = sqlite3.connect(scratch, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    for sql in ddl:
+        conn.execute(sql)
+    blobs = [row.tobytes() for row in x]
+
+    def run() -> float:
+        at = time.time_ns() // 1_000_000
+        rows = [
+            Record(
+                ids.new_id(at),
+                at,
+                workload.LINE,
+                1,
+                "production",
+                "bench",
+                None,
+                blobs[i % len(blobs)],
+                50.0,
+                300,
+                None,
+            )
+            for i in range(BATCHES_PER_ROUND * BATCH_ROWS)
+        ]
+        start = time.perf_counter()
+        for lo in range(0, len(rows), WRITER_BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(_INSERT, rows[lo : lo + WRITER_BATCH])
+            conn.execute("COMMIT")
+        return time.perf_counter() - start
+
+    return run
+
+
+def test_one_routed_row_vs_bare_inplace_predict(tmp_path: Path) -> None:
+    router, log = _setup(tmp_path)
+    unlogged = Router(router.engine)  # the same routes, validation and models; no log
+    bare = workload.booster(seed=1)
+    direct = serving.scorer(workload.booster(seed=1), len(workload.FEATURES))
+    data = workload.generate(2048, seed=5)
+    n = len(data.x)
+    arrays = [np.ascontiguousarray(data.x[i : i + 1]) for i in range(n)]
+    as_lists = [[float(v) for v in row] for row in data.x]
+    as_dicts = [dict(zip(workload.FEATURES, row, strict=True)) for row in as_lists]
+    keys = [f"user-{i}" for i in range(n)]
+
+    variants: dict[str, Callable[[int], Any]] = {
+        "bare inplace_predict (floor)": lambda i: bare.inplace_predict(
+            arrays[i % n], validate_features=False
+        ),
+        "the router's own scoring call alone (serving.scorer: XGBoost's C API)": lambda i: direct(
+            arrays[i % n]
+        ),
+        "Router.predict, features by name (dict)": lambda i: router.predict(as_dicts[i % n]),
+        "Router.predict, features as a list": lambda i: router.predict(as_lists[i % n]),
+        "Router.predict, dict + sticky key": lambda i: router.predict(
+            as_dicts[i % n], key=keys[i % n]
+        ),
+        "Router.predict, dict, no log (validation + routing only)": lambda i: unlogged.predict(
+            as_dicts[i % n]
+        ),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for call in variants.values():
+        _timed(call, 0, WARMUP, [])
+    for r in range(ROUNDS):
+        for name, call in variants.items():
+            _timed(call, r * PER_ROUND, PER_ROUND, samples[name])
+    log.flush()
+    stats = log.stats()
+    router.close()
+    unlogged.close()
+    log.close()
+    routed_calls = 3 * (WARMUP + ROUNDS * PER_ROUND)  # the three logged variants
+
+    floor_name = next(iter(variants))
+    floor = statistics.median(samples[floor_name])
+    dict_ratio = statistics.median(samples["Router.predict, features by name (dict)"]) / floor
+    list_ratio = statistics.median(samples["Router.predict, features as a list"]) / floor
+    print(f"\n[bench serving: one row] {machine()} · {workload.load_average()}")
+    print(
+        f"  model: {workload.TREES} trees of depth {workload.DEPTH}, "
+        f"{len(workload.FEATURES)} features, nthread=1; A/B test at 10%; writer every 50 ms"
+    )
+    for name, got in samples.items():
+        print(line(name, got, None if name == floor_name else floor))
+    scoring = statistics.median(samples[list(variants)[1]])
+    print(
+        "  router overhead over its own scoring call (dict): "
+        f"{statistics.median(samples['Router.predict, features by name (dict)']) / scoring:.2f}×"
+        " — the router does not call Booster.inplace_predict, whose Python wrapper is part "
+        "of the bare floor"
+    )
+    print(
+        f"  logged {stats.written:,} of {routed_calls:,} routed predictions, "
+        f"dropped {stats.dropped}"
+    )
+    for label, ratio in (("dict", dict_ratio), ("list", list_ratio)):
+        verdict = "met" if ratio <= ONE_TARGET_RATIO else "MISSED"
+        print(f"  target p50 ≤ {ONE_TARGET_RATIO}× bare ({label}): {ratio:.2f}× → {verdict}")
+    assert stats.written + stats.dropped == routed_calls  # every prediction reached the log
+
+
+def test_batches_with_logging_rows_per_second(tmp_path: Path) -> None:
+    router, log = _setup(tmp_path)
+    unlogged = Router(router.engine)
+    bare = workload.booster(seed=1)
+    data = workload.generate(BATCH_ROWS * 10, seed=6)
+    arrays = [data.x[i : i + BATCH_ROWS] for i in range(0, len(data.x), BATCH_ROWS)]
+    as_lists = [[[float(v) for v in row] for row in batch] for batch in arrays]
+    as_dicts = [
+        [dict(zip(workload.FEATURES, row, strict=True)) for row in batch] for batch in as_lists
+    ]
+    rows_per_round = BATCHES_PER_ROUND * BATCH_ROWS
+    sqlite_round = _sqlite_floor(router.workspace.db_path, tmp_path / "floor.db", data.x)
+
+    def bare_round() -> tuple[float, float]:
+        start = time.perf_counter()
+        for b in range(BATCHES_PER_ROUND):
+            bare.inplace_predict(arrays[b % len(arrays)], validate_features=False)
+        return time.perf_counter() - start, 0.0
+
+    def routed_round(
+        batches: list[list[Any]], serving: Router = router
+    ) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            start = time.perf_counter()
+            for b in range(BATCHES_PER_ROUND):
+                serving.predict_batch(batches[b % len(batches)])
+            served = time.perf_counter()
+            log.flush()  # until every row of the round is in SQLite
+            end = time.perf_counter()
+            return end - start, end - served
+
+        return run
+
+    floors: dict[str, Callable[[], tuple[float, float]]] = {
+        "floor: bare inplace_predict": bare_round,
+        "floor: SQLite executemany alone (same table, 5000-row txns)": lambda: (
+            sqlite_round(),
+            0.0,
+        ),
+    }
+    routed: dict[str, Callable[[], tuple[float, float]]] = {
+        "Router.predict_batch + log, rows as lists": routed_round(as_lists),
+        "Router.predict_batch + log, rows as dicts": routed_round(as_dicts),
+        "Router.predict_batch, lists, no log (serving only)": routed_round(as_lists, unlogged),
+    }
+    variants = {**floors, **routed}
+    for run in variants.values():
+        run()  # warm-up round
+    walls: dict[str, list[float]] = {name: [] for name in variants}
+    flushes: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(BATCH_ROUNDS):
+        for name, run in variants.items():
+            wall, flush = run()
+            walls[name].append(wall)
+            flushes[name].append(flush)
+    stats = log.stats()
+    router.close()
+    unlogged.close()
+    log.close()
+
+    def rate(name: str) -> float:
+        return rows_per_round / statistics.median(walls[name])
+
+    floor = rate("floor: bare inplace_predict")
+    print(f"\n[bench serving: batches] {machine()} · {workload.load_average()}")
+    print(
+        f"  {BATCH_ROWS}-row batches, {rows_per_round:,} rows per round, median of "
+        f"{BATCH_ROUNDS} rounds; wall time until PredictionLog.flush() returns"
+    )
+    for name, samples in walls.items():
+        per_round = statistics.median(samples)
+        text = (
+            f"  {name}: {rate(name):,.0f} rows/s (median {per_round * 1e3:.0f} ms "
+            f"per round, {per_round / BATCHES_PER_ROUND * 1e3:.2f} ms per batch"
+        )
+        if name in routed:
+            text += f"; final flush {statistics.median(flushes[name]) * 1e3:.0f} ms"
+            text += f") → {rate(name) / floor:.2f}× bare inplace_predict's rate"
+        else:
+            text += ")"
+        print(text)
+    print(
+        f"  logged {stats.written:,} rows in {stats.batches:,} transactions, "
+        f"dropped {stats.dropped}"
+    )
+    for name in list(routed)[:2]:
+        verdict = "met" if rate(name) >= BATCH_TARGET_ROWS_S else "MISSED"
+        print(f"  target ≥ {BATCH_TARGET_ROWS_S:,} rows/s ({name.split(', ')[-1]}): {verdict}")

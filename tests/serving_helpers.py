@@ -1,0 +1,68 @@
+"""Helpers for the serving, prediction-log and feedback tests (real models, real SQLite)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from engine import Engine, Workspace
+from engine.predlog import PredictionLog
+from engine.serving import Router
+
+LINE = "quality-predictor"
+
+
+def set_nullable(ws: Workspace, names: list[str]) -> None:
+    """Declare nullable features in config.toml (before an Engine reads it)."""
+    text = ws.config_path.read_text(encoding="utf-8")
+    assert "nullable_features = []" in text
+    quoted = ", ".join(f'"{n}"' for n in names)
+    ws.config_path.write_text(
+        text.replace("nullable_features = []", f"nullable_features = [{quoted}]"),
+        encoding="utf-8",
+    )
+
+
+def start_log(ws: Workspace, **kw: float) -> PredictionLog:
+    engine = Engine(ws)
+    try:
+        tolerance = engine.config.thresholds.tolerance_points
+    finally:
+        engine.close()
+    return PredictionLog(ws.db_path, tolerance=tolerance, **kw).start()  # type: ignore[arg-type]
+
+
+@contextmanager
+def serving(
+    ws: Workspace, *, log: bool = True, refresh_s: float = 0.5, **log_kw: float
+) -> Iterator[tuple[Router, PredictionLog | None]]:
+    """A Router (and a started PredictionLog) on a workspace, closed afterwards."""
+    engine = Engine(ws, actor="tester")
+    plog = start_log(ws, **log_kw) if log else None
+    router = Router(engine, log=plog, refresh_s=refresh_s)
+    try:
+        yield router, plog
+    finally:
+        if plog is not None:
+            plog.close()
+        router.close()
+        engine.close()
+
+
+def db(ws: Workspace) -> sqlite3.Connection:
+    conn = sqlite3.connect(ws.db_path, timeout=30)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def count(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> int:
+    conn = db(ws)
+    try:
+        return int(conn.execute(sql, params).fetchone()[0] or 0)
+    finally:
+        conn.close()
+
+
+def version_id(ws: Workspace, name: str) -> int:
+    return count(ws, "SELECT id FROM versions WHERE line = ? AND name = ?", (LINE, name))

@@ -1,0 +1,249 @@
+"""Feedback (RELIABILITY.md "Predictions and feedback"): the documented answers — recorded,
+duplicate, conflict, pending (then matched once the row is flushed), not found — and two
+processes answering the same prediction at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine import Engine, Workspace, ids, labels
+from engine.errors import BeastError, Conflict, NotFound
+from engine.store import Store
+from tests.helpers import REPO
+from tests.serving_helpers import count, db, serving
+
+TOLERANCE = 5.0
+ROW = [0.8, 12.0, 0.3, 0.05, 40.0]
+
+
+@pytest.fixture
+def live(registered: Workspace) -> Workspace:
+    engine = Engine(registered, actor="tester")
+    try:
+        engine.deploy(version="v1.0")
+    finally:
+        engine.close()
+    return registered
+
+
+def _labelled(ws: Workspace) -> int:
+    return count(ws, "SELECT sum(labelled) FROM rollups")
+
+
+def _actual_of(ws: Workspace, pid: str) -> Any:
+    conn = db(ws)
+    try:
+        return conn.execute("SELECT actual FROM predictions WHERE pid = ?", (pid,)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
+    with serving(live, interval=3600) as (router, log):
+        assert log is not None
+        prediction = router.predict(ROW)
+        log.flush()
+    store = Store(live.db_path)
+    try:
+        assert prediction.score is not None
+        actual = prediction.score + 2.0
+        assert labels.record(store, prediction.prediction_id, actual, TOLERANCE) == "recorded"
+        assert labels.record(store, prediction.prediction_id, actual, TOLERANCE) == "duplicate"
+        with pytest.raises(Conflict, match="already has actual") as caught:
+            labels.record(store, prediction.prediction_id, actual + 10, TOLERANCE)
+        assert caught.value.http_status == 409
+    finally:
+        store.close()
+    assert _actual_of(live, prediction.prediction_id) == actual  # the first value stays
+    assert _labelled(live) == 1
+    assert count(live, "SELECT sum(within) FROM rollups") == 1  # |error| = 2 ≤ 5
+
+
+def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
+    live: Workspace,
+) -> None:
+    with serving(live, interval=3600) as (router, log):
+        assert log is not None
+        early, other = router.predict(ROW), router.predict(ROW)
+        store = Store(live.db_path)
+        try:
+            assert early.score is not None
+            far = early.score + 50.0
+            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "pending"
+            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "pending"
+            with pytest.raises(Conflict, match="waiting"):
+                labels.record(store, early.prediction_id, far + 1, TOLERANCE)
+            assert count(live, "SELECT count(*) FROM pending_feedback") == 1
+            assert count(live, "SELECT count(*) FROM predictions") == 0  # still buffered
+            log.flush()
+            assert count(live, "SELECT count(*) FROM pending_feedback") == 0
+            assert _actual_of(live, early.prediction_id) == far
+            assert _labelled(live) == 1
+            assert count(live, "SELECT sum(within) FROM rollups") == 0  # 50 points off
+            # Later flushes do not count it again; a repeat is now a duplicate.
+            router.predict(ROW)
+            log.flush()
+            assert _labelled(live) == 1
+            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "duplicate"
+            assert _actual_of(live, other.prediction_id) is None
+        finally:
+            store.close()
+
+
+def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
+    store = Store(live.db_path)
+    try:
+        old = ids.new_id(time.time_ns() // 1_000_000 - 10 * 60_000)  # ten minutes old
+        with pytest.raises(NotFound, match=f"no prediction {old}") as caught:
+            labels.record(store, old, 50.0, TOLERANCE)
+        assert caught.value.http_status == 404
+        for bad in ("hello", "", "0" * 32, old.upper(), old[:-1], old + "0", 12345, None):
+            with pytest.raises(NotFound, match="not a prediction id"):
+                labels.record(store, bad, 50.0, TOLERANCE)  # type: ignore[arg-type]
+    finally:
+        store.close()
+    assert count(live, "SELECT count(*) FROM pending_feedback") == 0
+
+
+@pytest.mark.parametrize("actual", [math.nan, math.inf, -math.inf, True, "70", None, 10**400])
+def test_the_actual_must_be_a_finite_number(live: Workspace, actual: Any) -> None:
+    store = Store(live.db_path)
+    try:
+        with pytest.raises(BeastError, match="actual must be"):
+            labels.record(store, ids.new_id(), actual, TOLERANCE)
+    finally:
+        store.close()
+
+
+def test_a_batch_of_feedback_answers_every_item(live: Workspace) -> None:
+    with serving(live, interval=3600) as (router, log):
+        assert log is not None
+        done = router.predict_batch(np.random.default_rng(1).random((3, 5)))
+        log.flush()
+        buffered = router.predict(ROW)
+        store = Store(live.db_path)
+        try:
+            a, b, c = (p.prediction_id for p in done)
+            old = ids.new_id(time.time_ns() // 1_000_000 - 3_600_000)
+            answers = labels.record_many(
+                store,
+                [
+                    (a, 70.0),
+                    (a, 70.0),
+                    (b, 60.0),
+                    (b, 61.0),
+                    (buffered.prediction_id, 80.0),
+                    (old, 1.0),
+                    ("nope", 1.0),
+                    (c, math.nan),
+                ],
+                TOLERANCE,
+            )
+        finally:
+            store.close()
+    assert [(o.status, o.http_status) for o in answers] == [
+        ("recorded", 200),
+        ("duplicate", 200),
+        ("recorded", 200),
+        ("conflict", 409),
+        ("pending", 202),
+        ("not found", 404),
+        ("not found", 404),
+        ("invalid", 422),
+    ]
+    assert all(o.message for o in answers if o.http_status >= 400)
+    assert _labelled(live) == 3  # a, b, and the buffered one matched at close
+
+
+def test_feedback_from_two_processes_at_once_records_exactly_one(
+    live: Workspace, tmp_path: Path
+) -> None:
+    with serving(live) as (router, _log):
+        predictions = router.predict_batch(np.random.default_rng(2).random((300, 5)))
+    pids = [p.prediction_id for p in predictions]
+    (tmp_path / "pids.json").write_text(json.dumps(pids))
+    start_at = time.time() + 1.5
+    code = (
+        "import json, sys, time\n"
+        "from engine import labels\n"
+        "from engine.errors import Conflict\n"
+        "from engine.store import Store\n"
+        "pids = json.load(open(sys.argv[1])); value = float(sys.argv[3])\n"
+        "store = Store(__import__('pathlib').Path(sys.argv[2]))\n"
+        "store.conn\n"
+        "time.sleep(max(0, float(sys.argv[4]) - time.time()))\n"
+        "out = []\n"
+        "for pid in pids:\n"
+        "    try:\n"
+        "        out.append(labels.record(store, pid, value, 5.0))\n"
+        "    except Conflict:\n"
+        "        out.append('conflict')\n"
+        "print(json.dumps(out))\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(tmp_path / "pids.json"),
+                str(live.db_path),
+                value,
+                str(start_at),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for value in ("10", "20")
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        results.append(json.loads(out))
+    for i, pid in enumerate(pids):
+        answers = sorted([results[0][i], results[1][i]])
+        assert answers == ["conflict", "recorded"], (pid, answers)
+        winner = 10.0 if results[0][i] == "recorded" else 20.0
+        assert _actual_of(live, pid) == winner
+    assert _labelled(live) == len(pids)  # each counted once
+
+
+def test_prediction_ids_are_uuid7_unique_time_ordered_and_fork_safe() -> None:
+    import os
+    import uuid
+
+    now = time.time_ns() // 1_000_000
+    singles = [ids.new_id() for _ in range(5000)]
+    batch = ids.new_ids(5000)
+    for pid in (*singles[:100], *batch[:100]):
+        parsed = uuid.UUID(pid)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert ids.is_valid(pid) and abs(ids.issued_ms(pid) - now) < 60_000
+    assert len({*singles, *batch}) == 10_000
+    assert ids.issued_ms(ids.new_id(1234)) == 1234
+    assert ids.new_ids(1, 1234)[0][:12] == ids.new_id(1234)[:12]
+    # A forked child must not replay the parent's buffered randomness.
+    ids.new_id()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.write(write, ids.new_id(7).encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert from_child != ids.new_id(7)

@@ -1,0 +1,439 @@
+"""The prediction log (DESIGN.md §6, RELIABILITY.md "Predictions and feedback", "Disk and
+files"): one batched writer, nothing lost on close, rollups that agree with the raw log, disk
+full counted and survived, references from the first predictions, and several processes
+logging at once.
+
+Real models, real SQLite, real processes; time is chosen by building Records directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from engine import Engine, Workspace, ids, labels, latency
+from engine.baselines import FIRST_PREDICTIONS
+from engine.errors import Conflict
+from engine.predlog import PredictionLog, Record
+from engine.store import Store
+from tests.helpers import FEATURES, REPO
+from tests.serving_helpers import LINE, count, db, serving, version_id
+
+TOLERANCE = 5.0
+
+
+def _deploy(ws: Workspace, *changes: dict[str, Any]) -> None:
+    engine = Engine(ws, actor="tester")
+    try:
+        for change in changes:
+            engine.deploy(**change)
+    finally:
+        engine.close()
+
+
+@pytest.fixture
+def ab_ws(registered: Workspace) -> Workspace:
+    """v1.0 in production, v2.0 a 50% candidate of test `t`."""
+    _deploy(registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "t"})
+    return registered
+
+
+def test_every_prediction_goes_through_the_batched_writer(ab_ws: Workspace) -> None:
+    statements: list[str] = []
+    with serving(ab_ws, interval=0.02) as (router, log):
+        assert log is not None
+        log.store.conn.set_trace_callback(statements.append)
+        rng = np.random.default_rng(1)
+        served = 0
+        for i in range(3000):
+            router.predict(rng.random(5).tolist(), key=f"u{i}" if i % 2 else None)
+            served += 1
+        for _ in range(10):
+            served += len(router.predict_batch(rng.random((500, 5))))
+    stats = log.stats()
+    begins = [s for s in statements if s.startswith("BEGIN")]
+    commits = [s for s in statements if s == "COMMIT"]
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == served == stats.written
+    assert stats.dropped == 0 and stats.queued == 0
+    assert len(commits) == stats.batches == len(begins)
+    assert all(s == "BEGIN IMMEDIATE" for s in begins)
+    assert stats.batches <= served / 20, (stats.batches, served)  # never one per request
+
+
+def test_close_flushes_everything_still_queued(ab_ws: Workspace) -> None:
+    with serving(ab_ws, interval=3600, batch=10**6) as (router, log):
+        assert log is not None
+        for i in range(2000):
+            router.predict([0.5, 1.0, 0.1, 0.0, float(i)])
+        router.predict_batch(np.random.default_rng(2).random((3000, 5)))
+        assert log.stats().written == 0 and log.stats().queued == 5000
+    assert log.stats().written == 5000 and log.stats().queued == 0
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == 5000
+    assert count(ab_ws, "SELECT sum(n) FROM rollups") == 5000
+    # After close nothing is taken silently: a late submit is counted as dropped.
+    router.predict([0.5] * 5)  # the router outlives its log here on purpose
+    assert log.stats().dropped == 1
+
+
+def _records(ws: Workspace, now: int, n: int, seed: int) -> list[Record]:
+    rng = np.random.default_rng(seed)
+    v1, v2 = version_id(ws, "v1.0"), version_id(ws, "v2.0")
+    groups = [(v1, "production", ""), (v1, "production", "t"), (v2, "candidate", "t")]
+    out = []
+    for i in range(n):
+        at = now - int(rng.integers(0, 5)) * 60_000 - int(rng.integers(0, 60_000))
+        vid, arm, experiment = groups[int(rng.integers(0, 3))]
+        failed = rng.random() < 0.05
+        out.append(
+            Record(
+                ids.new_id(at),
+                at,
+                LINE,
+                vid,
+                arm,
+                experiment,
+                f"k{i}" if i % 3 else None,
+                rng.random(5).astype(np.float32).tobytes(),
+                None if failed else float(rng.normal(70, 15)),
+                int(rng.lognormal(5, 1.5)),
+                "model error: boom" if failed else None,
+            )
+        )
+    return out
+
+
+def test_rollups_equal_metrics_recomputed_from_the_raw_log(ab_ws: Workspace) -> None:
+    now = time.time_ns() // 1_000_000
+    records = _records(ab_ws, now, 6000, seed=5)
+    rng = np.random.default_rng(6)
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=700)  # flushed by hand
+    log.store.migrate()
+    store = Store(ab_ws.db_path)
+    answers: dict[str, int] = defaultdict(int)
+    try:
+        flushed: list[Record] = []
+        for start in range(0, len(records), 1500):
+            chunk = records[start : start + 1500]
+            for r in chunk:
+                log.submit(r)
+            # Early feedback for rows still in the buffer (recent ones: "pending").
+            for r in chunk[::11]:
+                if now - r.at_ms < 60_000:
+                    answers[labels.record(store, r.pid, _actual(r, rng), TOLERANCE)] += 1
+            log.flush()
+            flushed.extend(chunk)
+            for r in rng.choice(len(flushed), size=400, replace=False):
+                rec = flushed[int(r)]
+                try:
+                    answers[labels.record(store, rec.pid, _actual(rec, rng), TOLERANCE)] += 1
+                except Conflict:
+                    answers["conflict"] += 1
+    finally:
+        log.close()
+        store.close()
+    assert answers["pending"] > 0 and answers["recorded"] > 0 and answers["conflict"] > 0
+    assert count(ab_ws, "SELECT count(*) FROM pending_feedback") == 0
+    _assert_rollups_match_raw(ab_ws, min_groups=10)  # several minutes, versions and tests
+
+
+def _actual(record: Record, rng: np.random.Generator) -> float:
+    base = record.score if record.score is not None else 70.0
+    return round(base + float(rng.normal(0, 6)), 1)
+
+
+def _assert_rollups_match_raw(ws: Workspace, min_groups: int = 1) -> None:
+    conn = db(ws)
+    try:
+        raw: dict[tuple[int, str, int], list[sqlite3.Row]] = defaultdict(list)
+        for row in conn.execute("SELECT * FROM predictions"):
+            raw[(row["version_id"], row["experiment"], row["at_ms"] // 60_000)].append(row)
+        rollups = {
+            (r["version_id"], r["experiment"], r["minute"]): r
+            for r in conn.execute("SELECT * FROM rollups")
+        }
+    finally:
+        conn.close()
+    assert set(rollups) == set(raw)
+    assert len(raw) >= min_groups
+    for group, rows in raw.items():
+        got = rollups[group]
+        labelled = [r for r in rows if r["actual"] is not None and r["score"] is not None]
+        errors = [abs(r["score"] - r["actual"]) for r in labelled]
+        assert got["n"] == len(rows), group
+        assert got["errors"] == sum(r["error"] is not None for r in rows), group
+        assert got["labelled"] == len(labelled), group
+        assert got["within"] == sum(e <= TOLERANCE for e in errors), group
+        assert got["abs_err_sum"] == pytest.approx(sum(errors), abs=1e-6)
+        assert got["abs_err_sq_sum"] == pytest.approx(sum(e * e for e in errors), abs=1e-6)
+        scores = [r["score"] for r in rows if r["score"] is not None]
+        assert got["score_sum"] == pytest.approx(sum(scores), abs=1e-6)
+        hist = np.frombuffer(got["latency_hist"], dtype="<i8")
+        expected = latency.histogram(np.array([r["latency_us"] for r in rows], dtype=float))
+        np.testing.assert_array_equal(hist, expected)
+
+
+def test_disk_full_serving_goes_on_drops_are_counted_and_logging_resumes(
+    ab_ws: Workspace,
+) -> None:
+    rng = np.random.default_rng(9)
+    with serving(ab_ws, interval=3600) as (router, log):
+        assert log is not None
+        served = len(router.predict_batch(rng.random((500, 5))))
+        log.flush()
+        conn = log.store.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
+        for _ in range(4):
+            got = router.predict_batch(rng.random((1500, 5)))  # serving goes on
+            assert all(p.score is not None for p in got)
+            served += len(got)
+        single = router.predict([0.2] * 5)
+        assert single.score is not None
+        served += 1
+        log.flush()
+        full = log.stats()
+        assert full.dropped > 0 and full.written + full.dropped == served
+        assert full.last_drop is not None and "disk full" in full.last_drop
+        conn.execute("PRAGMA max_page_count = 1073741823")  # space returns
+        served += len(router.predict_batch(rng.random((800, 5))))
+        log.flush()
+        after = log.stats()
+    assert after.written == full.written + 800
+    assert after.dropped == full.dropped
+    assert after.last_error is None and after.last_drop == full.last_drop
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == after.written
+    assert count(ab_ws, "SELECT sum(n) FROM rollups") == after.written
+    _assert_rollups_match_raw(ab_ws)
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+def test_disk_full_for_real_on_a_small_tmpfs(ab_ws: Workspace, tmp_path: Path) -> None:
+    if not _unshare_works():
+        pytest.skip("unshare -rm with a tmpfs is not available here")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = (
+        f"mount -t tmpfs -o size=3m tmpfs {mount} && "
+        f"exec {sys.executable} -m tests.workers.diskfull_worker {mount} {ab_ws.root}"
+    )
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    served, rows = report["served"], report["rows"]
+    before_written, before_dropped = report["before"]
+    full_written, full_dropped, full_error = report["full"]
+    after_written, after_dropped, after_error = report["after"]
+    assert before_dropped == 0 and before_written == 1200
+    assert full_dropped > 0 and "disk full" in full_error  # counted, not raised
+    assert after_written > full_written and after_error is None  # resumed
+    assert after_written + after_dropped == served
+    assert rows == report["rollup_n"] == after_written
+    assert report["integrity"] == "ok"
+
+
+def test_a_busy_database_loses_nothing(ab_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BEAST_BUSY_TIMEOUT_S", "0.2")
+    with serving(ab_ws, interval=3600) as (router, log):
+        assert log is not None
+        router.predict_batch(np.random.default_rng(3).random((300, 5)))
+        holder = sqlite3.connect(ab_ws.db_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            assert log.flush() == 0
+            stats = log.stats()
+            assert stats.queued == 300 and stats.dropped == 0 and "busy" in str(stats.last_error)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert log.flush() == 300
+    assert log.stats().dropped == 0
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == 300
+
+
+def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar(
+    registered: Workspace,
+) -> None:
+    _deploy(registered, {"version": "v1.0"})
+    artifact = count(
+        registered,
+        "SELECT artifact_id FROM versions WHERE id = ?",
+        (version_id(registered, "v1.0"),),
+    )
+    assert count(registered, "SELECT count(*) FROM baselines") == 0  # no sidecar
+    rng = np.random.default_rng(4)
+    with serving(registered, interval=3600) as (router, log):
+        assert log is not None
+        router.predict_batch(rng.random((FIRST_PREDICTIONS - 1, 5)))
+        log.flush()
+        assert count(registered, "SELECT count(*) FROM baselines") == 0  # not enough yet
+        router.predict_batch(rng.random((100, 5)))
+        log.flush()
+    conn = db(registered)
+    try:
+        row = conn.execute("SELECT * FROM baselines WHERE artifact_id = ?", (artifact,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None and row["source"] == "first_predictions"
+    reference = json.loads(row["reference"])
+    assert reference["features"]["names"] == list(FEATURES)
+    assert reference["features"]["n"] == FIRST_PREDICTIONS
+    # A writer that knows the reference bins every new row into the rollup's histograms.
+    with serving(registered, interval=3600) as (router, log):
+        router.predict_batch(rng.random((200, 5)))
+    assert count(registered, "SELECT sum(drift_n) FROM rollups") == 200
+
+
+def test_two_processes_log_at_once_and_nothing_is_lost(ab_ws: Workspace, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.workers.serve_worker",
+                str(ab_ws.root),
+                "4000",
+                str(gate),
+                seed,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_WAIT_POLICY": "passive"},
+        )
+        for seed in ("1", "2")
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        while len(list(gate.glob("ready-*"))) < 2:
+            assert time.monotonic() < deadline, "workers did not get ready"
+            assert all(w.poll() is None for w in workers), [w.communicate() for w in workers]
+            time.sleep(0.02)
+        (gate / "go").touch()
+        outputs = [w.communicate(timeout=120) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:  # pragma: no cover - only when a worker hangs
+                w.kill()
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    served = sum(r["served"] for r in reports)
+    assert served == 8000
+    assert all(r["stats"]["dropped"] == 0 for r in reports)
+    assert sum(r["stats"]["written"] for r in reports) == served
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == served
+    assert count(ab_ws, "SELECT count(DISTINCT pid) FROM predictions") == served
+    assert count(ab_ws, "SELECT sum(n) FROM rollups") == served
+    per_version = count(
+        ab_ws,
+        "SELECT count(*) FROM (SELECT version_id, sum(n) AS n FROM rollups GROUP BY version_id)"
+        " r JOIN (SELECT version_id, count(*) AS n FROM predictions GROUP BY version_id) p"
+        " USING (version_id) WHERE r.n = p.n",
+    )
+    assert per_version == 2  # both arms served, and each version's rollups add up
+    _assert_rollups_match_raw(ab_ws)
+
+
+def test_a_writer_failure_of_any_kind_is_counted_never_silent(ab_ws: Workspace) -> None:
+    now = time.time_ns() // 1_000_000
+    good = _records(ab_ws, now, 50, seed=8)
+    broken = good[0]._replace(pid=ids.new_id(now), score="not a number")  # a bug, say
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE)
+    log.store.migrate()
+    try:
+        for r in [*good[1:20], broken]:
+            log.submit(r)
+        assert log.flush() == 0
+        stats = log.stats()
+        assert stats.dropped == 20 and stats.queued == 0 and stats.last_drop
+        for r in good[20:]:
+            log.submit(r)
+        assert log.flush() == 30  # and the writer goes on
+    finally:
+        log.close()
+    assert log.stats().written == 30
+    assert count(ab_ws, "SELECT count(*) FROM predictions") == 30
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 1023, 1024, 1025, 2500])
+def test_multi_row_inserts_write_every_row_once(ab_ws: Workspace, size: int) -> None:
+    records = _records(ab_ws, time.time_ns() // 1_000_000, size, seed=size)
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=5000)
+    log.store.migrate()
+    try:
+        for r in records:
+            log.submit(r)
+        assert log.flush() == size
+    finally:
+        log.close()
+    conn = db(ab_ws)
+    try:
+        stored = {
+            r["pid"]: tuple(r)
+            for r in conn.execute(
+                "SELECT pid, at_ms, line, version_id, arm, experiment, key, features, score,"
+                " latency_us, error FROM predictions"
+            )
+        }
+    finally:
+        conn.close()
+    assert stored == {r.pid: tuple(r) for r in records}
+
+
+def test_latency_percentiles_from_the_histogram_are_within_one_bucket() -> None:
+    values = np.random.default_rng(3).lognormal(6, 1.2, 50_000)
+    hist = latency.histogram(values)
+    assert int(hist.sum()) == values.size
+    for q in (50, 95, 99):
+        true_ms = float(np.percentile(values, q, method="inverted_cdf")) / 1000
+        got = latency.percentile(hist, q)
+        assert got is not None
+        assert true_ms <= got <= true_ms * latency.RATIO * 1.0001, (q, true_ms, got)
+    assert latency.percentile(np.zeros(latency.BUCKETS, np.int64), 50) is None
+    assert all(latency.bucket(v) == latency.buckets(np.array([v]))[0] for v in values[:2000])
+
+
+def test_missing_values_are_not_counted_into_a_drift_bin() -> None:
+    from engine.baselines import VersionReference
+
+    rng = np.random.default_rng(13)
+    train = rng.random((1000, 2))
+    reference = VersionReference.build(train, train[:, 0] * 100, ("a", "b"))
+    live = rng.random((200, 2)).astype(np.float32)
+    live[:50, 0] = np.nan  # a nullable feature, missing in a quarter of the rows
+    a, b = reference.split(reference.feature_counts(live))
+    assert a.sum() == 150 and b.sum() == 200
+    above_last_edge = int(np.sum(live[50:, 0] > reference.features.edges[0][-1]))
+    assert a[-1] == above_last_edge
+    scores = np.array([10.0, np.nan, 90.0])
+    assert reference.score_counts(scores).sum() == 2
