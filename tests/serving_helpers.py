@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from engine import Engine, Workspace
 from engine.predlog import PredictionLog
@@ -66,3 +67,13 @@ def count(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> int:
 
 def version_id(ws: Workspace, name: str) -> int:
     return count(ws, "SELECT id FROM versions WHERE line = ? AND name = ?", (LINE, name))
+
+
+def deploy_changes(ws: Workspace, *changes: dict[str, Any]) -> None:
+    """Apply Engine.deploy(**change) for each change, as a tester."""
+    engine = Engine(ws, actor="tester")
+    try:
+        for change in changes:
+            engine.deploy(**change)
+    finally:
+        engine.close()

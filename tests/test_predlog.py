@@ -17,35 +17,27 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from engine import Engine, Workspace, ids, labels, latency
+from engine import Workspace, ids, labels, latency
 from engine.baselines import FIRST_PREDICTIONS
 from engine.errors import Conflict
 from engine.predlog import PredictionLog, Record
 from engine.store import Store
 from tests.helpers import FEATURES, REPO
-from tests.serving_helpers import LINE, count, db, serving, version_id
+from tests.serving_helpers import LINE, count, db, deploy_changes, serving, version_id
 
 TOLERANCE = 5.0
-
-
-def _deploy(ws: Workspace, *changes: dict[str, Any]) -> None:
-    engine = Engine(ws, actor="tester")
-    try:
-        for change in changes:
-            engine.deploy(**change)
-    finally:
-        engine.close()
 
 
 @pytest.fixture
 def ab_ws(registered: Workspace) -> Workspace:
     """v1.0 in production, v2.0 a 50% candidate of test `t`."""
-    _deploy(registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "t"})
+    deploy_changes(
+        registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "t"}
+    )
     return registered
 
 
@@ -281,7 +273,7 @@ def test_a_busy_database_loses_nothing(ab_ws: Workspace, monkeypatch: pytest.Mon
 def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar(
     registered: Workspace,
 ) -> None:
-    _deploy(registered, {"version": "v1.0"})
+    deploy_changes(registered, {"version": "v1.0"})
     artifact = count(
         registered,
         "SELECT artifact_id FROM versions WHERE id = ?",

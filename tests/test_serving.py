@@ -21,23 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from engine import Engine, Workspace, features
+from engine import Workspace, features
 from engine.errors import NotFound
 from engine.serving import Router, Unavailable, bucket, buckets
 from tests.helpers import FEATURES, REPO, beast, model_path
-from tests.serving_helpers import serving, set_nullable
+from tests.serving_helpers import deploy_changes, serving, set_nullable
 
 ROW = [0.8, 12.0, 0.3, 0.05, 40.0]
 N_SPLIT = 100_000
-
-
-def _deploy(ws: Workspace, *changes: dict[str, Any]) -> None:
-    engine = Engine(ws, actor="tester")
-    try:
-        for change in changes:
-            engine.deploy(**change)
-    finally:
-        engine.close()
 
 
 def _interval(n: int, share: float) -> tuple[float, float]:
@@ -51,7 +42,9 @@ def _interval(n: int, share: float) -> tuple[float, float]:
 def test_keyed_split_is_within_binomial_interval_and_sticky_across_restarts(
     registered: Workspace,
 ) -> None:
-    _deploy(registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 30, "ab_test": "s"})
+    deploy_changes(
+        registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 30, "ab_test": "s"}
+    )
     keys = [f"user-{i}" for i in range(N_SPLIT)]
     rows = np.random.default_rng(7).random((N_SPLIT, len(FEATURES)))
 
@@ -84,7 +77,9 @@ def test_keyed_split_is_within_binomial_interval_and_sticky_across_restarts(
 
 
 def test_unkeyed_split_is_random_but_near_the_share(registered: Workspace) -> None:
-    _deploy(registered, {"version": "v1.0"}, {"version": "v3.0", "traffic": 10, "ab_test": "r"})
+    deploy_changes(
+        registered, {"version": "v1.0"}, {"version": "v3.0", "traffic": 10, "ab_test": "r"}
+    )
     rows = np.random.default_rng(3).random((N_SPLIT, len(FEATURES)))
     with serving(registered, log=False) as (router, _):
         one = np.array([p.arm == "candidate" for p in router.predict_batch(rows)])
@@ -161,7 +156,7 @@ def _wait_for(router: Router, check: Any, limit_s: float) -> float:
 def test_a_deployment_change_by_another_process_is_picked_up_within_a_second(
     registered: Workspace,
 ) -> None:
-    _deploy(registered, {"version": "v1.0"}, {"version": "v2.0"})
+    deploy_changes(registered, {"version": "v1.0"}, {"version": "v2.0"})
     refresh = 0.5
     with serving(registered, log=False, refresh_s=refresh) as (router, _):
         assert router.predict(ROW).version == "v2.0"
@@ -188,7 +183,7 @@ def test_a_deployment_change_by_another_process_is_picked_up_within_a_second(
 @pytest.fixture
 def nullable_ws(registered: Workspace) -> Workspace:
     set_nullable(registered, ["coverage"])
-    _deploy(registered, {"version": "v1.0"})
+    deploy_changes(registered, {"version": "v1.0"})
     return registered
 
 
@@ -352,7 +347,7 @@ def test_matrix_returns_a_finite_float32_batch_or_refuses(rows: Any) -> None:
 
 
 def test_a_deleted_artifact_keeps_serving_from_memory(registered: Workspace) -> None:
-    _deploy(registered, {"version": "v1.0"})
+    deploy_changes(registered, {"version": "v1.0"})
     artifact = model_path(registered, "v1.0")
     original = artifact.read_bytes()
     try:
@@ -361,7 +356,7 @@ def test_a_deleted_artifact_keeps_serving_from_memory(registered: Workspace) -> 
             artifact.unlink()
             assert router.predict(ROW).score == before
             # A deployment change that keeps v1.0 serving reloads the routes: from memory.
-            _deploy(registered, {"version": "v2.0", "traffic": 50, "ab_test": "mem"})
+            deploy_changes(registered, {"version": "v2.0", "traffic": 50, "ab_test": "mem"})
             router.refresh(force=True)
             assert router.problems() == {}
             scores = {p.version: p.score for p in (router.predict(ROW) for _ in range(200))}
@@ -381,7 +376,7 @@ def _tamper(path: Path) -> bytes:
 
 
 def test_a_tampered_artifact_is_not_loaded_by_a_new_router(registered: Workspace) -> None:
-    _deploy(registered, {"version": "v1.0"})
+    deploy_changes(registered, {"version": "v1.0"})
     artifact = model_path(registered, "v1.0")
     original = _tamper(artifact)
     try:
@@ -400,13 +395,13 @@ def test_a_tampered_artifact_is_not_loaded_by_a_new_router(registered: Workspace
 def test_a_live_router_keeps_serving_when_a_new_deployment_cannot_load(
     registered: Workspace,
 ) -> None:
-    _deploy(registered, {"version": "v1.0"})
+    deploy_changes(registered, {"version": "v1.0"})
     candidate = model_path(registered, "v2.0")
     with serving(registered, log=False, refresh_s=0.05) as (router, _):
         assert router.predict(ROW).version == "v1.0"
         original = _tamper(candidate)
         try:
-            _deploy(registered, {"version": "v2.0"})
+            deploy_changes(registered, {"version": "v2.0"})
             time.sleep(0.06)
             assert router.predict(ROW).version == "v1.0"  # the last routes that loaded
             assert "sha256" in router.problems()["quality-predictor"]
@@ -468,7 +463,9 @@ def test_concurrent_threads_get_their_own_scores_and_every_row_is_logged(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    _deploy(registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "c"})
+    deploy_changes(
+        registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "c"}
+    )
     rows = np.random.default_rng(5).random((4000, len(FEATURES))).tolist()
     keys = [f"user-{i}" for i in range(len(rows))]
     with serving(registered, interval=0.01) as (router, log):
