@@ -287,9 +287,7 @@ class Engine:
             raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
         artifact_id, ref, new = outcome
         with self.store.read() as conn:
-            artifact = next(
-                a for a in registry.list_artifacts(conn, models_dir) if a.id == artifact_id
-            )
+            (artifact,) = registry.list_artifacts(conn, models_dir, only_id=artifact_id)
         return registry.Registration(artifact, ref, new)
 
     # -- deployments ----------------------------------------------------------------------

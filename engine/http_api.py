@@ -953,6 +953,12 @@ def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _json_request(*schemas: str) -> dict[str, Any]:
+    """A required JSON request body: one schema, or any of several (one row or a batch)."""
+    schema = _ref(schemas[0]) if len(schemas) == 1 else {"oneOf": [_ref(n) for n in schemas]}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     meaning = {
         400: "Malformed request (not JSON, empty body, bad Content-Length).",
@@ -1164,10 +1170,7 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": summary,
                 "security": [{"bearer": []}],
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": _ref(request)}},
-                },
+                "requestBody": _json_request(request),
                 "responses": {
                     "200": _json_body(_ref("Change"), "Done (or nothing to do: changed=false)."),
                     **_errors(400, 401, 403, 404, 409, 413, 422, 503),
@@ -1179,16 +1182,7 @@ def openapi_document() -> dict[str, Any]:
         "/v1/predict": {
             "post": {
                 "summary": "Score one row (features) or a batch (rows), routed by the A/B split.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "oneOf": [_ref("PredictRequest"), _ref("BatchPredictRequest")]
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_request("PredictRequest", "BatchPredictRequest"),
                 "responses": {
                     "200": _json_body(
                         {"oneOf": [_ref("Prediction"), _ref("BatchPredictResponse")]},
@@ -1211,16 +1205,7 @@ def openapi_document() -> dict[str, Any]:
                 "kept and matched when it is written (202); unknown id (404); a different "
                 "value for a labelled prediction (409, not replaced). A batch is one "
                 "transaction and answers 200 with a status per item.",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "oneOf": [_ref("FeedbackRequest"), _ref("BatchFeedbackRequest")]
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_request("FeedbackRequest", "BatchFeedbackRequest"),
                 "responses": {
                     "200": _json_body(
                         {"oneOf": [_ref("FeedbackResult"), _ref("BatchFeedbackResponse")]},

@@ -86,13 +86,22 @@ def artifact_from_row(row: sqlite3.Row, models_dir: Path, names: tuple[str, ...]
     )
 
 
-def list_artifacts(conn: sqlite3.Connection, models_dir: Path) -> list[Artifact]:
+def list_artifacts(
+    conn: sqlite3.Connection, models_dir: Path, only_id: int | None = None
+) -> list[Artifact]:
+    """Every artifact with its version names, oldest first (or just `only_id`)."""
+    where, params = ("WHERE id = ?", (only_id,)) if only_id is not None else ("", ())
     names: dict[int, list[str]] = {}
-    for row in conn.execute("SELECT artifact_id, name FROM versions ORDER BY id"):
+    for row in conn.execute(
+        "SELECT artifact_id, name FROM versions"
+        + (" WHERE artifact_id = ?" if only_id is not None else "")
+        + " ORDER BY id",
+        params,
+    ):
         names.setdefault(row[0], []).append(row[1])
     return [
         artifact_from_row(row, models_dir, tuple(names.get(row["id"], [])))
-        for row in conn.execute("SELECT * FROM artifacts ORDER BY id")
+        for row in conn.execute(f"SELECT * FROM artifacts {where} ORDER BY id", params)
     ]
 
 

@@ -57,6 +57,15 @@ def db(ws: Workspace) -> sqlite3.Connection:
     return conn
 
 
+def rows(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+    """Rows of a read query on the workspace's database, from a connection of its own."""
+    conn = db(ws)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
 def count(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> int:
     conn = db(ws)
     try:

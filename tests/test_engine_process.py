@@ -28,6 +28,7 @@ import pytest
 
 from engine import Engine, Workspace
 from tests.helpers import REPO, model_path
+from tests.serving_helpers import rows
 
 ROW = {"coverage": 0.8, "complexity": 0.3, "lint_density": 0.1, "duplication": 0.05, "churn": 0.4}
 pytestmark = pytest.mark.slow
@@ -203,15 +204,24 @@ def wait_for(tally: Tally, count: int, proc: subprocess.Popen[bytes], seconds: f
 
 
 def logged(ws: Workspace) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(ws.db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(
-            "SELECT p.pid, v.name AS version, p.actual FROM predictions p"
-            " JOIN versions v ON v.id = p.version_id"
-        ).fetchall()
-    finally:
-        conn.close()
+    return rows(
+        ws,
+        "SELECT p.pid, v.name AS version, p.actual FROM predictions p"
+        " JOIN versions v ON v.id = p.version_id",
+    )
+
+
+def run_engine_once(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    """`beast engine ARGS` expected to exit on its own (a refusal), with its output."""
+    return subprocess.run(
+        engine_command(ws, *args),
+        capture_output=True,
+        text=True,
+        cwd=str(REPO),
+        env=engine_env(),
+        timeout=60,
+        check=False,
+    )
 
 
 def metric_value(text: str, name: str, labels: str) -> float:
@@ -255,15 +265,7 @@ def test_sigterm_under_load_loses_no_acknowledged_prediction(
     ws = serving_ws
     with running_engine(ws, tmp_path) as (proc, port, log):
         # One engine per workspace: a second one is refused, naming the first one's pid.
-        second = subprocess.run(
-            engine_command(ws, "--port", str(free_port())),
-            capture_output=True,
-            text=True,
-            cwd=str(REPO),
-            env=engine_env(),
-            timeout=60,
-            check=False,
-        )
+        second = run_engine_once(ws, "--port", str(free_port()))
         assert second.returncode == 1
         assert f"pid {proc.pid}" in second.stderr and len(second.stderr.splitlines()) == 1
 
@@ -361,15 +363,7 @@ def test_listening_beyond_loopback_without_a_token_is_refused(
     registered: Workspace, tmp_path: Path
 ) -> None:
     port = free_port()
-    result = subprocess.run(
-        engine_command(registered, "--host", "0.0.0.0", "--port", str(port)),
-        capture_output=True,
-        text=True,
-        cwd=str(REPO),
-        env=engine_env(),
-        timeout=60,
-        check=False,
-    )
+    result = run_engine_once(registered, "--host", "0.0.0.0", "--port", str(port))
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

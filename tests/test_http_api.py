@@ -36,6 +36,7 @@ from engine.http_api import (
     token_path,
 )
 from tests.helpers import FEATURES, history_of, model_path
+from tests.serving_helpers import rows
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -131,15 +132,11 @@ def flush(client: ApiClient) -> None:
 
 
 def rows_in_log(ws: Workspace) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(ws.db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(
-            "SELECT p.pid, v.name AS version, p.arm, p.actual, p.key FROM predictions p"
-            " JOIN versions v ON v.id = p.version_id ORDER BY p.id"
-        ).fetchall()
-    finally:
-        conn.close()
+    return rows(
+        ws,
+        "SELECT p.pid, v.name AS version, p.arm, p.actual, p.key FROM predictions p"
+        " JOIN versions v ON v.id = p.version_id ORDER BY p.id",
+    )
 
 
 def assert_error(response: Any, status: int, *words: str) -> None:
