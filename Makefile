@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mlflow]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -29,12 +29,10 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/bench -p no:randomly -s -q --no-header -o addopts= -o testpaths=tests/bench
 
-# The demo workspace: generated data, three trained versions, production and an A/B test.
-# The console that opens on it (`beast console --demo`) is issue 5; until then this prints status.
+# The console on the demo workspace, with a live engine and simulated traffic. `--demo` builds
+# the workspace first if it is empty (generated data, three trained versions, an A/B test).
 demo: $(STAMP)
-	@test -f demo/.beast-mode/beast.db || $(BIN)/beast --workspace demo/.beast-mode init --demo
-	@$(BIN)/beast --workspace demo/.beast-mode status
-	@$(BIN)/beast --workspace demo/.beast-mode history
+	$(BIN)/beast --workspace demo/.beast-mode console --demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

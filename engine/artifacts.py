@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from engine.errors import ArtifactRejected, BeastError
 
@@ -97,6 +98,37 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+class Validator(Protocol):
+    """How `Engine.register` judges a file: `validate_in_child`, or a warm child's pool."""
+
+    def __call__(
+        self, path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+    ) -> Validation: ...
+
+
+def child_command(*args: str) -> tuple[list[str], dict[str, str]]:
+    """The validator child's argv and environment (one OpenMP thread, this project importable)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
+    project_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
+    return [sys.executable, "-m", "engine.validator_child", *args], env
+
+
+def start_child(
+    *args: str, stdin: int = subprocess.DEVNULL, stderr: int = subprocess.PIPE
+) -> subprocess.Popen[bytes]:
+    """Start a validator child in its own process group (a timeout kills all of it)."""
+    command, env = child_command(*args)
+    return subprocess.Popen(
+        command,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+        start_new_session=True,
+    )
+
+
 def validate_in_child(
     path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
 ) -> Validation:
@@ -105,37 +137,44 @@ def validate_in_child(
     With `expected_sha256` (the digest the caller recorded), a file whose bytes changed
     between hashing and validation is refused: the verdict must be about the hashed bytes.
     """
-    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="passive")
-    project_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.validator_child", str(path), fmt],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,  # its own process group, so a timeout kills all of it
-    )
+    proc = start_child(str(path), fmt)
+    return judge_child(proc, timeout_s, expected_sha256=expected_sha256)
+
+
+def judge_child(
+    proc: subprocess.Popen[bytes], timeout_s: float, *, expected_sha256: str | None = None
+) -> Validation:
+    """Wait for a one-shot validator child's verdict (its exit, then its one JSON line)."""
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
         return Validation(False, f"validation timed out after {timeout_s:g}s")
     if proc.returncode < 0:
-        return Validation(
-            False,
-            f"the model crashed XGBoost ({_signal_name(-proc.returncode)}) "
-            "while loading or predicting",
-        )
+        return verdict({"signal": -proc.returncode}, expected_sha256)
     if proc.returncode != 0:
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["no output"])[-1]
-        return Validation(False, f"validator failed (exit {proc.returncode}): {last[:300]}")
+        return verdict({"exit": proc.returncode, "error": last}, expected_sha256)
     try:
         result = json.loads(out.decode("utf-8").strip().splitlines()[-1])
-        if not isinstance(result, dict):
-            raise ValueError(result)
     except (ValueError, IndexError):
+        result = None
+    return verdict(result, expected_sha256)
+
+
+def verdict(result: object, expected_sha256: str | None) -> Validation:
+    """A validator's JSON answer as a Validation (it may be a crash or failure report)."""
+    if not isinstance(result, dict):
         return Validation(False, "validator gave no readable answer")
+    if "signal" in result:
+        return Validation(
+            False,
+            f"the model crashed XGBoost ({_signal_name(int(result['signal']))}) "
+            "while loading or predicting",
+        )
+    if "exit" in result:
+        last = str(result.get("error") or "no output")
+        return Validation(False, f"validator failed (exit {result['exit']}): {last[:300]}")
     judged = result.get("sha256")
     if expected_sha256 is not None and judged != expected_sha256:
         return Validation(
@@ -162,7 +201,8 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child's whole process group and reap it."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()

@@ -40,10 +40,11 @@ class VersionReference:
     def feature_counts(self, rows: np.ndarray) -> np.ndarray:
         """Per-feature bin counts, concatenated; missing values (NaN) are not counted, as
         the reference's bins were built without them."""
+        columns = np.asarray(rows, dtype=np.float64).T.copy()  # one contiguous row per feature
         counts = []
-        for j in range(self.width):
-            column = rows[:, j].astype(np.float64)
-            counts.append(drift.bin_counts(column[~np.isnan(column)], self.features.edges[j]))
+        for column, edges in zip(columns, self.features.edges, strict=True):
+            present = column[~np.isnan(column)] if np.isnan(column).any() else column
+            counts.append(drift.bin_counts(present, edges))
         return np.concatenate(counts).astype(np.int64)
 
     def score_counts(self, scores: np.ndarray) -> np.ndarray:
@@ -185,10 +186,15 @@ def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int
         if names_row is None:
             continue
         artifact_id, names_json, width = names_row
+        if _logged_successes(conn, version_id) < FIRST_PREDICTIONS:
+            continue  # not enough yet: no scan of the log
+        # From the version's first logged row on (recorded by the writer), by rowid: the
+        # log keeps no index on the version.
         rows = conn.execute(
-            "SELECT features, score FROM predictions WHERE version_id = ? AND error IS NULL"
+            "SELECT features, score FROM predictions WHERE id >= (SELECT from_id FROM"
+            " first_predictions WHERE version_id = ?) AND version_id = ? AND error IS NULL"
             " AND length(features) = ? ORDER BY id LIMIT ?",
-            (version_id, 4 * width, FIRST_PREDICTIONS),
+            (version_id, version_id, 4 * width, FIRST_PREDICTIONS),
         ).fetchall()
         if len(rows) < FIRST_PREDICTIONS:
             continue
@@ -203,6 +209,16 @@ def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int
             " SET reference = excluded.reference WHERE reference IS NULL",
             (artifact_id, json.dumps(reference.to_json()), utc_now()),
         )
+
+
+def _logged_successes(conn: sqlite3.Connection, version_id: int) -> int:
+    """Successful predictions of a version, from its rollups (minutes and hours)."""
+    found = conn.execute(
+        "SELECT coalesce(sum(n - errors), 0) FROM rollups WHERE version_id = ?"
+        " UNION ALL SELECT coalesce(sum(n - errors), 0) FROM rollups_hourly WHERE version_id = ?",
+        (version_id, version_id),
+    ).fetchall()
+    return int(sum(row[0] for row in found))
 
 
 class ReferenceCache:

@@ -262,6 +262,9 @@ def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
         access_log=args.access_log,
         log_level=args.log_level,
         evaluate_every_s=args.evaluate_every,
+        watch=args.watch,
+        rescan_every_s=args.rescan_every,
+        retrain_check_every_s=args.retrain_check_every,
     )
     return daemon.serve(engine.workspace, options)
 
@@ -284,6 +287,50 @@ def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
     p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
     _mutation_options(p)
+
+
+def _add_engine_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        "engine",
+        cmd_engine,
+        "headless engine: HTTP API (127.0.0.1:8787), model watcher, alerts, retraining checks",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; beyond loopback needs a token"
+    )
+    p.add_argument("--port", type=int, default=8787, help="TCP port (default 8787)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    p.add_argument(
+        "--evaluate-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="run the monitoring evaluation (alerts, auto-pull) every S seconds; 0: never",
+    )
+    p.add_argument(
+        "--watch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="register model files that appear in models/ (default: on)",
+    )
+    p.add_argument(
+        "--rescan-every",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="rescan models/ in full every S seconds (file events are only hints)",
+    )
+    p.add_argument(
+        "--retrain-check-every",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="check the retraining triggers every S seconds; 0: never",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,27 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
     p.add_argument("--json", action="store_true")
 
-    from engine import cli_serving
+    from engine import cli_retrain, cli_serving
 
     cli_serving.add_parsers(add)
+    cli_retrain.add_parsers(add)
 
-    p = add("engine", cmd_engine, "headless engine: the HTTP API on uvicorn (127.0.0.1:8787)")
-    p.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; beyond loopback needs a token"
-    )
-    p.add_argument("--port", type=int, default=8787, help="TCP port (default 8787)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="server processes")
-    p.add_argument("--access-log", action="store_true", help="log every request")
-    p.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    p.add_argument(
-        "--evaluate-every",
-        type=float,
-        default=30.0,
-        metavar="S",
-        help="run the monitoring evaluation (alerts, auto-pull) every S seconds; 0: never",
-    )
+    from engine import cli_simulate
+
+    cli_simulate.add_parsers(add)
+
+    from engine import cli_mlflow
+
+    cli_mlflow.add_parsers(add)
+
+    from engine import cli_console
+
+    cli_console.add_parsers(add)
+
+    _add_engine_parser(add)
 
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
     p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")
@@ -387,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = Workspace.locate(getattr(args, "workspace", None))
     engine = Engine(workspace)
     try:
-        if args.command != "init":
+        if args.command != "init" and not getattr(args, "demo", False):  # both build one
             workspace.require()
         return int(args.handler(engine, args))
     except _Usage as exc:

@@ -85,6 +85,11 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
                 print(f"  drift    {v.version}: most drifted features: {worst}")
     else:
         print("nothing deployed")
+    if report.feedback_unmatched or report.feedback_pending:
+        print(
+            f"feedback: {report.feedback_pending} waiting for their prediction, "
+            f"{report.feedback_unmatched} never matched a logged prediction"
+        )
     for e in report.experiments:
         c, k, verdict = e.control, e.candidate, e.verdict
         print(

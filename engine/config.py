@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ min_new_samples = 100
 interval_days = 7
 min_accuracy_improvement = 0.01
 auto_deploy = false
+# a retrained model is deployed as an A/B candidate at this share (percent, 1–99)
+candidate_traffic = 10
+# a training job is killed (its whole process group) after this many seconds
+timeout_s = 900
+# a worker renews its lease every few seconds; a job whose lease expired is failed
+lease_s = 15
+# the scheduler starts no new job on a line within this many minutes of the last one
+cooldown_minutes = 60
 
 [serving]
 # features for which NaN ("missing", as XGBoost reads it) is accepted; all others refuse NaN
@@ -50,6 +59,14 @@ ab_alpha = 0.05
 max_artifact_mb = 512
 # a model file is validated in a child process; it is killed after this long
 validation_timeout_s = 60
+
+[mlflow]
+# with the mlflow extra installed (pip install 'beast-mode[mlflow]'), log each training run
+enabled = true
+# "" is the workspace's own store (sqlite:///<workspace>/mlflow.db); a relative sqlite path is
+# taken from the workspace; or a tracking server, e.g. "http://mlflow.internal:5000"
+tracking_uri = ""
+experiment = "beast-mode"
 """
 
 
@@ -71,6 +88,10 @@ class RetrainSettings:
     interval_days: float = 7.0
     min_accuracy_improvement: float = 0.01
     auto_deploy: bool = False
+    candidate_traffic: float = 10.0
+    timeout_s: float = 900.0
+    lease_s: float = 15.0
+    cooldown_minutes: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -96,12 +117,22 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class MlflowSettings:
+    """[mlflow]: field names are distinct from other sections' (fields are merged by name)."""
+
+    tracking_enabled: bool = True
+    tracking_uri: str = ""
+    experiment_name: str = "beast-mode"
+
+
+@dataclass(frozen=True)
 class Config:
     thresholds: Thresholds = Thresholds()
     retrain: RetrainSettings = RetrainSettings()
     registry: RegistrySettings = RegistrySettings()
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    mlflow: MlflowSettings = MlflowSettings()
 
 
 Check = Callable[[Any], bool]
@@ -131,6 +162,30 @@ def _names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
 
 
+def _share(value: Any) -> bool:
+    return _number(value) and 1.0 <= value <= 99.0
+
+
+def _lease(value: Any) -> bool:
+    # Renewed at least every lease/3 s; under 2 s a busy machine would expire live workers.
+    return _number(value) and 2.0 <= value <= 3600.0
+
+
+def _non_negative(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _tracking_uri(value: Any) -> bool:
+    # A bare path would select MLflow's file store, which 3.x refuses by default.
+    return isinstance(value, str) and (
+        value in ("", "databricks") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+    )
+
+
+def _label(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and value == value.strip()
+
+
 def _significance(value: Any) -> bool:
     return _number(value) and 0.0 < value < 0.5
 
@@ -153,12 +208,23 @@ _RULES: dict[str, tuple[str, Check, str]] = {
         "a fraction between 0 and 1",
     ),
     "retrain.auto_deploy": ("auto_deploy", _boolean, "true or false"),
+    "retrain.candidate_traffic": ("candidate_traffic", _share, "a percentage between 1 and 99"),
+    "retrain.timeout_s": ("timeout_s", _positive, "a positive number of seconds"),
+    "retrain.lease_s": ("lease_s", _lease, "a number of seconds between 2 and 3600"),
+    "retrain.cooldown_minutes": ("cooldown_minutes", _non_negative, "a number of minutes ≥ 0"),
     "serving.nullable_features": ("nullable_features", _names, "a list of feature names"),
     "monitoring.min_samples": ("min_samples", _count, "a whole number ≥ 1"),
     "monitoring.ab_min_samples": ("ab_min_samples", _count, "a whole number ≥ 1"),
     "monitoring.ab_alpha": ("ab_alpha", _significance, "a significance level between 0 and 0.5"),
     "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
     "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
+    "mlflow.enabled": ("tracking_enabled", _boolean, "true or false"),
+    "mlflow.tracking_uri": (
+        "tracking_uri",
+        _tracking_uri,
+        'a URI such as "sqlite:///mlflow.db" or "http://host:5000", or "" for the workspace store',
+    ),
+    "mlflow.experiment": ("experiment_name", _label, "a non-empty name"),
 }
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.
@@ -216,6 +282,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         registry=section(RegistrySettings),
         serving=section(ServingSettings),
         monitoring=section(MonitoringSettings),
+        mlflow=section(MlflowSettings),
     )
 
 
@@ -230,6 +297,7 @@ def _defaults() -> dict[str, Any]:
         RegistrySettings(),
         ServingSettings(),
         MonitoringSettings(),
+        MlflowSettings(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

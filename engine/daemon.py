@@ -19,9 +19,15 @@ What it takes care of, in order:
 - SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, then runs the
   lifespan shutdown, which flushes the prediction log; the process exits 0. (uvicorn raises
   the signal again once it is done; the no-op handler installed here makes that harmless.)
-- Every `evaluate_every_s` it runs `monitoring.evaluate` (alerts fire and resolve; a
-  candidate whose health turns critical is pulled to 0%), in this one process whatever the
-  number of workers.
+- Every `evaluate_every_s` it runs `monitoring.evaluate` (alerts fire and resolve, the
+  `artifact` alert among them; a candidate whose health turns critical is pulled to 0%), in
+  this one process whatever the number of workers.
+- The watcher (engine.watcher) registers what settles in models/, in a thread.
+- Every `retrain_check_every_s` the scheduler reaps lost retraining jobs and starts one on a
+  line whose trigger fires (`Engine.reap_jobs`, `Engine.retrain_if_due`); the training runs
+  in its own worker process, never here.
+- `running_pid(workspace)` tells another process (the console) which engine serves a
+  workspace, probing the flock without keeping it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +61,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 BACKLOG = 2048
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
+PROBE_GRACE_S = 0.2  # a `running_pid` probe holds the lock for microseconds
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,9 @@ class EngineOptions:
     log_level: str = "info"
     evaluate_every_s: float = 30.0
     graceful_timeout_s: float = 30.0
+    watch: bool = True
+    rescan_every_s: float = 30.0
+    retrain_check_every_s: float = 300.0
 
 
 def is_loopback(host: str) -> bool:
@@ -119,10 +130,8 @@ class EngineLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         except OSError as exc:
             raise BeastError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        if not _flock_within(fd, fcntl.LOCK_EX, PROBE_GRACE_S):
+            owner = _read_pid(fd) or "unknown"
             os.close(fd)
             raise BeastError(
                 f"another beast engine (pid {owner}) is serving {self.path.parent}; stop it first"
@@ -138,6 +147,51 @@ class EngineLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+def running_pid(workspace: Workspace) -> int | None:
+    """The pid of the engine holding the workspace's lock, or None when no engine runs.
+
+    It probes with a shared flock on a descriptor of its own, released at once. flock locks
+    belong to the open file description, so opening and closing this separate descriptor
+    never drops a lock this process holds (unlike POSIX fcntl locks, which any close of the
+    file drops). The probe holds the lock for microseconds; an engine starting at that very
+    moment retries for `PROBE_GRACE_S` before it concludes another engine runs.
+    """
+    path = workspace.root / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None  # never started here (or not readable: nothing to say)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            deadline = time.monotonic() + PROBE_GRACE_S
+            while (pid := _read_pid(fd)) is None and time.monotonic() < deadline:
+                time.sleep(0.005)  # locked but the pid not written yet: it is starting
+            return pid
+        return None
+    finally:
+        os.close(fd)  # drops the probe's shared lock, if it got one
+
+
+def _flock_within(fd: int, operation: int, grace_s: float) -> bool:
+    """Take a flock, retrying for `grace_s` (a `running_pid` probe may hold it briefly)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _read_pid(fd: int) -> int | None:
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(text) if text.isdigit() else None
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -207,6 +261,91 @@ class Evaluator:
             engine.close()
 
 
+class Scheduler:
+    """Checks the retraining triggers every `every_s` seconds: reap lost jobs, start due ones.
+
+    The training itself runs in a worker process (engine.workers); this thread only decides.
+    """
+
+    def __init__(self, workspace: Workspace, every_s: float) -> None:
+        self.workspace = workspace
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Scheduler:
+        if self.every_s > 0:
+            self._thread = threading.Thread(target=self._run, name="beast-retrain", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        engine = Engine(self.workspace, actor="beast-engine (scheduler)")
+        try:
+            while not self._stop.wait(self.every_s):
+                self.tick(engine)
+        finally:
+            engine.close()
+
+    @staticmethod
+    def tick(engine: Engine) -> None:
+        """One check: a log line per job reaped and per job started; never raises."""
+        try:
+            for job in engine.reap_jobs():
+                log.warning("retraining job #%d on %s failed: %s", job.id, job.line, job.error)
+            if not engine.lines():
+                return  # nothing registered yet, so nothing to retrain
+            started = engine.retrain_if_due()
+        except BeastError as exc:
+            log.warning("retraining check skipped: %s", exc)
+            return
+        except Exception:  # the next check may well succeed; never stop checking
+            log.exception("retraining check failed")
+            return
+        if started is not None:
+            log.info(
+                "retraining job #%d started on %s (trigger %s)",
+                started.id,
+                started.line,
+                started.trigger,
+            )
+
+
+class Background:
+    """The daemon's threads beside the HTTP server: evaluation, watcher, retrain scheduler."""
+
+    def __init__(self, workspace: Workspace, options: EngineOptions) -> None:
+        from engine.watcher import ModelWatcher, WatchOptions
+
+        self.evaluator = Evaluator(workspace, options.evaluate_every_s)
+        self.scheduler = Scheduler(workspace, options.retrain_check_every_s)
+        self.watcher = (
+            ModelWatcher(workspace, WatchOptions(rescan_every_s=options.rescan_every_s))
+            if options.watch
+            else None
+        )
+        self._started = False
+
+    def start(self) -> None:
+        self._started = True
+        if self.watcher is not None:
+            self.watcher.start()
+        self.evaluator.start()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+        self.evaluator.stop()
+        if self.watcher is not None and self._started:
+            self.watcher.stop()
+
+
 def _preflight(workspace: Workspace) -> None:
     """Refuse a missing workspace, a bad config or an unusable database in one line, now."""
     engine = Engine(workspace)
@@ -250,6 +389,12 @@ def _check(options: EngineOptions) -> None:
         raise BeastError(f"--workers {options.workers} must be at least 1")
     if options.log_level not in LOG_LEVELS:
         raise BeastError(f"--log-level {options.log_level} is not one of {', '.join(LOG_LEVELS)}")
+    if not options.rescan_every_s > 0:
+        raise BeastError(f"--rescan-every {options.rescan_every_s:g} must be above 0 seconds")
+    if not options.retrain_check_every_s >= 0:
+        raise BeastError(
+            f"--retrain-check-every {options.retrain_check_every_s:g} must be 0 (never) or more"
+        )
 
 
 def _token(workspace: Workspace, exposed: bool, host: str) -> tuple[str, bool]:
@@ -281,7 +426,7 @@ def serve(workspace: Workspace, options: EngineOptions) -> int:
     logging.config.dictConfig(log_config(options.log_level))
     lock = EngineLock(workspace).acquire()
     sock: socket.socket | None = None
-    evaluator = Evaluator(workspace, options.evaluate_every_s)
+    background = Background(workspace, options)
     try:
         sock = bind(options.host, options.port)
         if created:
@@ -301,14 +446,19 @@ def serve(workspace: Workspace, options: EngineOptions) -> int:
         )
         if options.workers == 1:
             _run_one(
-                workspace, options, settings=settings, token=token, sock=sock, evaluator=evaluator
+                workspace,
+                options,
+                settings=settings,
+                token=token,
+                sock=sock,
+                background=background,
             )
         else:
-            _run_workers(workspace, options, settings=settings, sock=sock, evaluator=evaluator)
+            _run_workers(workspace, options, settings=settings, sock=sock, background=background)
         log.info("beast engine stopped")
         return 0
     finally:
-        evaluator.stop()
+        background.stop()
         if sock is not None:
             sock.close()
         lock.release()
@@ -331,7 +481,7 @@ def _run_one(
     settings: ApiSettings,
     token: str,
     sock: socket.socket,
-    evaluator: Evaluator,
+    background: Background,
 ) -> None:
     """One process: the app object is built here, so a refusal at startup is one line."""
     import uvicorn
@@ -347,7 +497,7 @@ def _run_one(
         server = uvicorn.Server(
             uvicorn.Config(http_api.create_app(workspace, api=api), **_uvicorn_options(options))
         )
-        evaluator.start()
+        background.start()
         try:
             server.run(sockets=[sock])
         except SystemExit as exc:
@@ -366,7 +516,7 @@ def _run_workers(
     *,
     settings: ApiSettings,
     sock: socket.socket,
-    evaluator: Evaluator,
+    background: Background,
 ) -> None:
     """N processes sharing the socket (uvicorn's supervisor); Prometheus in multiprocess mode."""
     import uvicorn
@@ -387,7 +537,7 @@ def _run_workers(
         )
         with _StopSignals():
             supervisor = Multiprocess(config, sockets=[sock])  # installs its own handlers
-            evaluator.start()
+            background.start()
             supervisor.run()
         failed = [p.pid for p in supervisor.processes if p.exitcode == STARTUP_FAILURE]
         if failed:

@@ -28,6 +28,7 @@ from engine.records import (
     Expect,
     Experiment,
     HistoryEntry,
+    Lineage,
     LineState,
     Snapshot,
     Status,
@@ -38,6 +39,8 @@ from engine.workspace import Workspace
 
 if TYPE_CHECKING:
     from engine import labels
+    from engine.jobs import Job
+    from engine.triggers import TriggerReport
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,28 @@ class Engine:
             )
         return report
 
+    # -- console reads --------------------------------------------------------------------
+
+    def rollback_target(self, version: str | None = None, *, model: str | None = None) -> str:
+        """The production a rollback would go to now (shown before asking), or refuse why not."""
+        line = self._line(model)
+        with self.store.read() as conn:
+            state = self._state(conn, line)
+            if state is None:
+                raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
+            stack = deployments.undo_stack(history.entries(conn, line))
+            return deployments.rollback_target(state, stack, version).production
+
+    def lineage(self, version: str, *, model: str | None = None) -> Lineage:
+        """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""
+        line = self._line(model)
+        with self.store.read() as conn:
+            ref = registry.get_version(conn, line, version)
+            (artifact,) = registry.list_artifacts(
+                conn, self.workspace.models_dir, only_id=ref.artifact_id
+            )
+        return Lineage(line, version, artifact, _sidecar_facts(Path(artifact.path)))
+
     # -- feedback -------------------------------------------------------------------------
 
     def feedback(self, prediction_id: str, actual: object) -> str:
@@ -216,9 +241,17 @@ class Engine:
     # -- registry -------------------------------------------------------------------------
 
     def register(
-        self, path: str | Path, *, version: str | None = None, model: str | None = None
+        self,
+        path: str | Path,
+        *,
+        version: str | None = None,
+        model: str | None = None,
+        validator: artifacts.Validator | None = None,
     ) -> registry.Registration:
-        """Validate a model file in models/ (in a child process) and register it by sha256."""
+        """Validate a model file in models/ (in a child process) and register it by sha256.
+
+        `validator` replaces the cold child (the daemon's watcher keeps a warm one).
+        """
         models_dir = self.workspace.models_dir
         resolved = artifacts.resolve_in_models(path, models_dir)
         checked = artifacts.check_file(
@@ -261,7 +294,7 @@ class Engine:
                 xgboost_version=known["xgboost_version"],
             )
         else:
-            validation = artifacts.validate_in_child(
+            validation = (validator or artifacts.validate_in_child)(
                 resolved,
                 checked.format,
                 self.config.registry.validation_timeout_s,
@@ -428,6 +461,167 @@ class Engine:
 
         return self._mutate(line, expect, note, planner, rerun=_rollback_rerun)
 
+    # -- retraining -----------------------------------------------------------------------
+
+    def retrain_check(self, model: str | None = None) -> TriggerReport:
+        """Each retraining trigger of a line with its figure, and whether any fires."""
+        from engine import triggers
+
+        line = self._line(model)
+        with self.store.read() as conn:
+            return triggers.evaluate(conn, line, self.config.retrain)
+
+    def start_retrain(
+        self,
+        model: str | None = None,
+        *,
+        force: bool = False,
+        deploy: bool = False,
+        trigger: str = "manual",
+    ) -> Job:
+        """Queue a retraining job and start its worker process; return at once.
+
+        A line has one job at a time: while one is queued or running, this joins it (adding
+        the trigger, and the deploy wish). Without `force`, a trigger must fire.
+        """
+        from engine import jobs, triggers, workers
+
+        line = self._line(model)
+        settings = self.config.retrain
+        with self.store.write() as conn:
+            workers.reap(conn, self.workspace.models_dir, line)
+            report = triggers.evaluate(conn, line, settings)
+            if not force and not report.fires and report.active_job is None:
+                raise BeastError(f"no retraining trigger fires for {line}: pass --force to train")
+            job_id, joined = jobs.create_or_join(
+                conn,
+                line,
+                trigger=trigger,
+                force=force,
+                deploy=deploy,
+                actor=self.actor,
+                timeout_s=settings.timeout_s,
+                lease_s=settings.lease_s,
+            )
+            if not joined:
+                firing = ", ".join(f"{t.name} ({t.detail})" for t in report.triggers if t.fires)
+                jobs.append_log(conn, job_id, f"triggers firing: {firing or 'none (forced)'}")
+        if not joined:
+            try:
+                workers.launch(self.workspace.root, job_id)
+            except OSError as exc:
+                with self.store.write() as conn:
+                    jobs.finish(
+                        conn,
+                        job_id,
+                        status="failed",
+                        error=f"cannot start the worker process: {exc}",
+                        expect_running=False,
+                    )
+        return self.job(job_id)
+
+    def retrain_if_due(self, model: str | None = None) -> Job | None:
+        """The scheduler's tick: reap lost jobs, then start a job on a line whose trigger
+        fires, unless one runs or the last one ended within `cooldown_minutes`.
+
+        Reads one snapshot per line and writes only when it starts something. With several
+        lines and no `model`, every due line gets a job; the first one started is returned.
+        """
+        from engine import jobs, triggers
+
+        self.reap_jobs()
+        settings = self.config.retrain
+        started: Job | None = None
+        for line in [self._line(model)] if model is not None else self.lines():
+            with self.store.read() as conn:
+                if jobs.active(conn, line) is not None:
+                    continue
+                if jobs.finished_within(conn, line, settings.cooldown_minutes * 60):
+                    continue
+                report = triggers.evaluate(conn, line, settings)
+            if not report.fires:
+                continue
+            names = "+".join(t.name for t in report.triggers if t.fires)
+            try:
+                job = self.start_retrain(line, trigger=names)
+            except BeastError:  # the state moved between the snapshot and the write
+                continue
+            started = started or job
+        return started
+
+    def reap_jobs(self) -> list[Job]:
+        """Fail jobs whose worker was lost (lease expired) or overran its timeout."""
+        from engine import jobs, workers
+
+        with self.store.read() as conn:
+            if not jobs.lost(conn) and not jobs.overdue(conn, workers.DEADLINE_GRACE_S):
+                return []
+        with self.store.write() as conn:
+            failed = workers.reap(conn, self.workspace.models_dir)
+            return [jobs.get(conn, job_id) for job_id in failed]
+
+    def jobs(self, limit: int = 20, model: str | None = None) -> list[Job]:
+        """The newest jobs first (of one line with `model`)."""
+        from engine import jobs
+
+        line = self._line(model) if model is not None else None
+        with self.store.read() as conn:
+            return jobs.recent(conn, limit, line)
+
+    def job(self, job_id: int) -> Job:
+        from engine import jobs
+
+        with self.store.read() as conn:
+            return jobs.get(conn, job_id)
+
+    def job_log(self, job_id: int, *, times: bool = False) -> list[str]:
+        """A job's log lines, oldest first (with `times`, each prefixed with its UTC time)."""
+        from engine import jobs
+
+        with self.store.read() as conn:
+            return jobs.log_lines(conn, job_id, times=times)
+
+    def wait_job(
+        self,
+        job_id: int,
+        timeout_s: float,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll a job until it finishes or `timeout_s` passes; report each change.
+
+        Reaps on the way, so a worker that died is reported failed once its lease expires
+        rather than waited for until the timeout.
+        """
+        import time
+
+        from engine import jobs
+
+        poll_s = 0.2  # a progress bar's pace; each poll is one indexed read
+        deadline = jobs.monotonic() + timeout_s
+        seen: tuple[str, float, str] | None = None
+        next_reap = 0.0
+        while True:
+            job = self.job(job_id)
+            state = (job.status, job.progress, job.message)
+            if state != seen and on_progress is not None:
+                on_progress(job)
+            seen = state
+            now = jobs.monotonic()
+            if job.finished or now >= deadline:
+                return job
+            if now >= next_reap:
+                self.reap_jobs()
+                next_reap = now + 1.0
+            time.sleep(min(poll_s, max(0.0, deadline - now)))
+
+    # -- daemon ---------------------------------------------------------------------------
+
+    def engine_pid(self) -> int | None:
+        """The pid of the `beast engine` serving this workspace, or None when none runs."""
+        from engine import daemon
+
+        return daemon.running_pid(self.workspace)
+
     # -- internals ------------------------------------------------------------------------
 
     def _line(self, model: str | None) -> str:
@@ -462,6 +656,7 @@ class Engine:
                     return Change(last, done, changed=False)
             _check_expect(state, expect)
             plan = planner(conn, state)
+            _require_newly_deployed_intact(conn, self.workspace.models_dir, state, plan)
             entry = self._apply(conn, line, state, plan, note)
         return Change(entry, plan.message + self._export_after_commit())
 
@@ -655,6 +850,27 @@ def _store_sidecar_baseline(
         )
 
 
+def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:
+    """The sidecar's scalar facts, flattened one level; the bulky drift reference is skipped."""
+    import json
+
+    from engine import baselines
+
+    try:
+        doc = json.loads(baselines.sidecar_path(model).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(doc, dict):
+        return ()
+    facts: list[tuple[str, str]] = []
+    for key, value in doc.items():
+        if key == "reference":
+            continue
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        facts.extend((f"{key}.{sub}" if sub else key, str(v)) for sub, v in items)
+    return tuple(facts)
+
+
 def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
     """Worst firing alert of what serves; "no data" before any prediction was logged.
 
@@ -674,8 +890,11 @@ def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
     if worst:
         return "critical" if worst == 2 else "warning"
     ids = [v.id for s in states for v in (s.production, s.candidate) if v]
-    seen = conn.execute(
-        f"SELECT 1 FROM rollups WHERE version_id IN ({', '.join('?' for _ in ids)}) LIMIT 1", ids
+    marks = ", ".join("?" for _ in ids)
+    seen = conn.execute(  # minutes, or hours once compacted (engine.metrics)
+        f"SELECT 1 FROM rollups WHERE version_id IN ({marks})"
+        f" UNION ALL SELECT 1 FROM rollups_hourly WHERE version_id IN ({marks}) LIMIT 1",
+        ids + ids,
     ).fetchone()
     return "healthy" if seen else "no data"
 
@@ -694,6 +913,20 @@ def _rollback_rerun(last: HistoryEntry | None, expect: Expect | None) -> str | N
             f"(history #{last.id}, {last.at}); nothing done"
         )
     return None
+
+
+def _require_newly_deployed_intact(
+    conn: sqlite3.Connection, models_dir: Path, state: LineState | None, plan: deployments.Plan
+) -> None:
+    """Refuse a change that puts a version with a missing or altered artifact into service.
+
+    What already serves is loaded in memory and keeps serving (its alert says the file is
+    gone); only versions this change starts serving are checked.
+    """
+    serving = {v.id for v in (state.production, state.candidate) if v} if state else set()
+    for ref in (plan.production, plan.candidate):
+        if ref is not None and ref.id not in serving:
+            registry.require_intact(conn, models_dir, ref)
 
 
 def _check_expect(state: LineState | None, expect: Expect | None) -> None:

@@ -5,7 +5,10 @@ Answers (documented for the CLI and HTTP):
 - `duplicate` — the same value again: idempotent, nothing changes;
 - `pending` — the id is recent (issued within `PENDING_WINDOW_MS`) and its row is not in the
   log yet (still in a writer's buffer): the value is kept and attached when the row is flushed,
-  exactly once; the same value again is still `pending`;
+  exactly once; the same value again is still `pending`. If no row arrives within
+  `PENDING_EXPIRY_MS` (its row was dropped — disk full — or the id was never served), the
+  value moves to `unmatched_feedback`: counted by `beast monitor` ("feedback": "unmatched"),
+  no longer waited for, and the id answers NotFound from then on;
 - Conflict (409) — a different value for a prediction that already has one (or has one
   pending): the first value stays;
 - NotFound (404) — an id that is not a prediction id, or an old id with no logged prediction.
@@ -26,6 +29,12 @@ from engine.errors import BeastError, Conflict, NotFound
 from engine.store import Store
 
 PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
+PENDING_EXPIRY_MS = 600_000  # waiting feedback whose row has not come by then never will
+_ADD_LABEL = (
+    "UPDATE {table} SET labelled = labelled + 1, within = within + ?,"
+    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
+    " WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+)
 
 
 class Outcome(NamedTuple):
@@ -62,6 +71,11 @@ def label(
         (pid,),
     ).fetchone()
     if row is None:
+        if conn.execute("SELECT 1 FROM unmatched_feedback WHERE pid = ?", (pid,)).fetchone():
+            raise NotFound(
+                f"no prediction {pid}: its feedback waited {PENDING_EXPIRY_MS // 60_000} minutes"
+                " and no logged prediction came (counted as unmatched)"
+            )
         # Recent either way: a wall clock stepped back must not turn early feedback away.
         if abs(now - ids.issued_ms(pid)) <= PENDING_WINDOW_MS:
             existing = conn.execute(
@@ -92,19 +106,15 @@ def label(
     )
     if score is not None:
         error = abs(score - actual)
-        conn.execute(
-            "UPDATE rollups SET labelled = labelled + 1, within = within + ?,"
-            " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
-            " WHERE version_id = ? AND experiment = ? AND minute = ?",
-            (
-                int(error <= tolerance),
-                error,
-                error * error,
-                version_id,
-                experiment,
-                at_ms // 60_000,
-            ),
-        )
+        delta = (int(error <= tolerance), error, error * error, version_id, experiment)
+        minute = at_ms // 60_000
+        # Its minute's row, or the hour's once that minute was compacted (never both).
+        if not conn.execute(
+            _ADD_LABEL.format(table="rollups", unit="minute"), (*delta, minute)
+        ).rowcount:
+            conn.execute(
+                _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
+            )
     return "recorded"
 
 
@@ -126,10 +136,41 @@ def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
     return len(waiting)
 
 
+def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
+    """Move feedback that waited longer than `PENDING_EXPIRY_MS` for its prediction to
+    `unmatched_feedback` (inside the caller's write transaction); return how many moved.
+
+    A writer flushes within seconds, and writes a row or counts it as dropped: a row that
+    has not come after ten minutes is not coming.
+    """
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    cutoff = now - PENDING_EXPIRY_MS
+    moved = conn.execute(
+        "INSERT OR IGNORE INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
+        " SELECT f.pid, f.actual, f.received_ms, ? FROM pending_feedback f"
+        " WHERE f.received_ms < ? AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.pid = f.pid)",
+        (now, cutoff),
+    ).rowcount
+    conn.execute(
+        "DELETE FROM pending_feedback WHERE received_ms < ? AND pid IN"
+        " (SELECT pid FROM unmatched_feedback)",
+        (cutoff,),
+    )
+    return moved
+
+
+def counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(feedback waiting for its prediction, feedback that never matched one)."""
+    pending = conn.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
+    unmatched = conn.execute("SELECT count(*) FROM unmatched_feedback").fetchone()[0]
+    return int(pending), int(unmatched)
+
+
 def record(store: Store, pid: str, actual: object, tolerance: float) -> str:
     """One piece of feedback in its own write transaction; the answer, or a refusal."""
     value = check_actual(actual)
     with store.write() as conn:
+        expire_pending(conn)
         return label(conn, pid, value, tolerance)
 
 
@@ -143,6 +184,7 @@ def record_many(
     """
     answers: list[Outcome] = []
     with store.write() as conn:
+        expire_pending(conn)
         for pid, actual in items:
             shown = pid if isinstance(pid, str) else repr(pid)
             try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine import abstats, baselines, drift, metrics
+from engine import abstats, artifact_alerts, baselines, drift, labels, metrics
 from engine.clock import utc_now
 from engine.config import Config
 from engine.facade import Engine
@@ -118,6 +118,8 @@ class MonitorReport:
     alerts: tuple[dict[str, Any], ...]
     experiments: tuple[ExperimentReport, ...]
     actions: tuple[str, ...] = ()
+    feedback_pending: int = 0  # early feedback waiting for its prediction's row
+    feedback_unmatched: int = 0  # feedback whose prediction never reached the log (labels)
 
     @property
     def health(self) -> str:
@@ -136,6 +138,7 @@ class MonitorReport:
             "alerts": list(self.alerts),
             "experiments": [e.to_json() for e in self.experiments],
             "actions": list(self.actions),
+            "feedback": {"pending": self.feedback_pending, "unmatched": self.feedback_unmatched},
         }
 
 
@@ -156,9 +159,9 @@ def _since(window: str, deployed_since: str) -> int | None:
         raise ValueError(f"unknown window {window!r} (use {', '.join(metrics.WINDOWS)})")
     span = metrics.WINDOWS[window]
     deployed = minute_of(deployed_since) if deployed_since else None
-    if span is None:
+    start = metrics.window_start(span, now_minute())  # 24h: whole hours (metrics' docstring)
+    if start is None:
         return deployed
-    start = now_minute() - span + 1
     return max(start, deployed) if deployed is not None else start
 
 
@@ -376,7 +379,10 @@ def report(engine: Engine, *, window: str = "1h", model: str | None = None) -> M
             if e.status == "running" and (model is None or e.line == model)
         )
         alerts = tuple(_alerts(conn))
-    return MonitorReport(window, utc_now(), tuple(versions), alerts, experiments)
+        pending, unmatched = labels.counts(conn)
+    return MonitorReport(
+        window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched
+    )
 
 
 def _alerts(conn: sqlite3.Connection, recent: int = 20) -> list[dict[str, Any]]:
@@ -402,7 +408,8 @@ def sync_alerts(conn: sqlite3.Connection, versions: tuple[VersionReport, ...]) -
         for r in conn.execute(
             "SELECT id, line, version, metric FROM alerts WHERE resolved_at IS NULL"
         )
-        if (r[1], r[2], r[3]) != LOG_ALERT_KEY  # the writer's alert has its own life
+        # The writer's alert and the artifact alert have lives of their own.
+        if (r[1], r[2], r[3]) != LOG_ALERT_KEY and r[3] != artifact_alerts.METRIC
     }
     seen: set[tuple[str, str, str]] = set()
     for report_ in versions:
@@ -461,6 +468,7 @@ def evaluate(engine: Engine, *, window: str = "1h", pull: bool = True) -> Monito
 def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
     with engine.store.write() as conn:
         sync_alerts(conn, current.versions)
+        artifact_alerts.sync(conn, engine.workspace.models_dir)
         alerts = tuple(_alerts(conn))
     return dataclasses.replace(current, alerts=alerts)
 

@@ -1,9 +1,19 @@
 """The prediction log: every prediction goes through one batched writer per process.
 
-Serving threads append a tuple to a deque (no lock, no I/O); a writer thread flushes every
-`interval` seconds or when `batch` rows wait, in one `BEGIN IMMEDIATE` transaction that
-inserts the rows, updates the per-minute rollups and matches early feedback. Never a
-transaction per request. On close everything queued is flushed.
+Serving threads append to a deque (no lock, no I/O): a `Record` per single prediction, a
+`Chunk` (the batch's columns: one id list, one float32 matrix, one score array) per batch.
+A writer thread flushes every `interval` seconds or when `batch` rows wait, in one
+`BEGIN IMMEDIATE` transaction that inserts the rows, updates the per-minute rollups and
+matches early feedback. Never a transaction per request. On close everything queued is
+flushed. About once a minute the same transaction compacts minutes older than two hours into
+hours (`metrics.compact`).
+
+What a logged row costs is what bounds batch throughput, so the hot path is lean: rows are
+bound straight from the batch's columns into multi-row INSERTs, the table has one index
+(the prediction id's), rollups and drift bins are computed with numpy once per group of a
+flush, and the writer's connection commits with `synchronous = NORMAL` (WAL: a committed
+batch survives a crash of this process; an OS crash or power cut may lose the last batches,
+as it would lose the rows still queued in memory).
 
 Losses are counted, never silent: if the disk is full (or any other write failure) the batch
 is dropped and counted in `stats().dropped`, serving goes on, and logging resumes as soon as
@@ -16,24 +26,26 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from engine import baselines, labels, latency
+from engine import baselines, labels, latency, metrics
 from engine.errors import StateBusy
 from engine.store import Store
 
 log = logging.getLogger("beast.predlog")
 
 CLOSE_ATTEMPTS = 3  # busy retries at close before what is left is counted as dropped
+COMPACT_EVERY_S = 60.0
 
 
 class Record(NamedTuple):
@@ -52,6 +64,51 @@ class Record(NamedTuple):
     error: str | None
 
 
+class Chunk(NamedTuple):
+    """A served batch's predictions, column by column (one time, one line, one test)."""
+
+    pids: list[str]
+    at_ms: int
+    line: str
+    version_ids: np.ndarray  # int64, one per row
+    arms: list[str]
+    experiment: str
+    keys: list[str | None] | None
+    features: np.ndarray  # float32 (rows, width), C-contiguous
+    scores: np.ndarray  # float64, NaN where the row failed
+    latency_us: int  # per row (the batch's time shared out)
+    errors: list[str | None] | None  # None: no row failed
+
+    @property
+    def rows(self) -> int:
+        return len(self.pids)
+
+    def params(self) -> list[object]:
+        """The INSERT parameters of every row, flat, in `Record` order."""
+        n, width = len(self.pids), len(Record._fields)
+        blob = self.features.tobytes()
+        step = len(blob) // n if n else 0
+        out: list[object] = [None] * (n * width)
+        out[0::width] = self.pids
+        out[1::width] = repeat(self.at_ms, n)
+        out[2::width] = repeat(self.line, n)
+        out[3::width] = self.version_ids.tolist()
+        out[4::width] = self.arms
+        out[5::width] = repeat(self.experiment, n)
+        if self.keys is not None:
+            out[6::width] = self.keys
+        out[7::width] = [blob[i : i + step] for i in range(0, n * step, step)]
+        scores: list[float | None] = self.scores.tolist()
+        if self.errors is not None:
+            scores = [
+                None if e is not None else s for s, e in zip(scores, self.errors, strict=True)
+            ]
+            out[10::width] = self.errors
+        out[8::width] = scores
+        out[9::width] = repeat(self.latency_us, n)
+        return out
+
+
 _INSERT_INTO = (
     "INSERT INTO predictions (pid, at_ms, line, version_id, arm, experiment, key, features,"
     " score, latency_us, error) VALUES "
@@ -68,7 +125,12 @@ def _statement(rows: int) -> str:
 
 
 def insert(conn: sqlite3.Connection, rows: list[Record]) -> None:
-    """Insert rows with multi-row INSERT statements of power-of-two sizes.
+    """Insert rows with multi-row INSERT statements of power-of-two sizes."""
+    insert_flat(conn, list(chain.from_iterable(rows)), len(rows))
+
+
+def insert_flat(conn: sqlite3.Connection, params: list[object], count: int) -> None:
+    """Insert `count` rows whose parameters are `params`, flat, in `Record` order.
 
     One statement inserts up to 1024 rows in a single `sqlite3_step`, during which Python's
     sqlite3 module releases the GIL: the B-tree work of a whole chunk runs beside the serving
@@ -80,13 +142,12 @@ def insert(conn: sqlite3.Connection, rows: list[Record]) -> None:
     chunk = _MAX_ROWS_PER_STATEMENT
     while chunk > max(1, limit):
         chunk //= 2
-    start, total = 0, len(rows)
-    while start < total:
+    start = 0
+    while start < count:
         size = chunk
-        while size > total - start:
+        while size > count - start:
             size //= 2
-        params = list(chain.from_iterable(rows[start : start + size]))
-        conn.execute(_statement(size), params)
+        conn.execute(_statement(size), params[start * _COLUMNS : (start + size) * _COLUMNS])
         start += size
 
 
@@ -98,6 +159,15 @@ class LogStats:
     last_error: str | None  # why the last write attempt failed; None once one succeeds
     batches: int = 0  # write transactions committed
     last_drop: str | None = None  # why rows were last dropped (kept after writes resume)
+
+
+class _LogStore(Store):
+    """The writer's connection: commits in WAL without an fsync each (module docstring)."""
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
 
 
 class PredictionLog:
@@ -112,12 +182,14 @@ class PredictionLog:
         batch: int = 5000,
         max_queue: int = 500_000,
     ) -> None:
-        self.store = Store(db_path)
+        self.store: Store = _LogStore(db_path)
         self.tolerance = tolerance
         self.interval = interval
         self.batch = batch
         self.max_queue = max_queue
-        self._queue: deque[Record] = deque()
+        self._queue: deque[Record] = deque()  # single predictions: appended without a lock
+        self._chunks: deque[Chunk] = deque()  # batches: counted under _count_lock
+        self._chunk_rows = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._closed = False
@@ -125,6 +197,7 @@ class PredictionLog:
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._references = baselines.ReferenceCache()
+        self._next_compaction = -math.inf
         self.written = 0
         self.dropped = 0
         self.batches = 0
@@ -138,9 +211,13 @@ class PredictionLog:
             self._thread.start()
         return self
 
+    @property
+    def _queued(self) -> int:
+        return len(self._queue) + self._chunk_rows
+
     def submit(self, record: Record) -> None:
         queue = self._queue
-        if len(queue) >= self.max_queue or self._closed:
+        if len(queue) + self._chunk_rows >= self.max_queue or self._closed:
             self._lose(1, "the prediction log is closed" if self._closed else "queue full")
             return
         queue.append(record)
@@ -149,13 +226,28 @@ class PredictionLog:
 
     def submit_many(self, records: list[Record]) -> None:
         """A batch's records, queued in one step (all or, if the queue is full, none)."""
-        if len(self._queue) + len(records) > self.max_queue or self._closed:
+        if self._queued + len(records) > self.max_queue or self._closed:
             self._lose(
                 len(records), "the prediction log is closed" if self._closed else "queue full"
             )
             return
         self._queue.extend(records)
-        if len(self._queue) >= self.batch:
+        if self._queued >= self.batch:
+            self._wake.set()
+
+    def submit_chunk(self, chunk: Chunk) -> None:
+        """A served batch, as columns (all rows or, if the queue is full, none)."""
+        rows = chunk.rows
+        with self._count_lock:
+            if self._closed or self._queued + rows > self.max_queue:
+                self.dropped += rows
+                self.last_error = self.last_drop = (
+                    "the prediction log is closed" if self._closed else "queue full"
+                )
+                return
+            self._chunks.append(chunk)
+            self._chunk_rows += rows
+        if self._queued >= self.batch:
             self._wake.set()
 
     def _lose(self, count: int, why: str) -> None:
@@ -166,7 +258,7 @@ class PredictionLog:
     def stats(self) -> LogStats:
         with self._count_lock:
             return LogStats(
-                len(self._queue),
+                self._queued,
                 self.written,
                 self.dropped,
                 self.last_error,
@@ -185,14 +277,29 @@ class PredictionLog:
             self._thread = None
         for _ in range(CLOSE_ATTEMPTS):
             self.flush()
-            if not self._queue:
+            if not self._queued:
                 break
-        self._closed = True
-        left = len(self._queue)
+        with self._count_lock:
+            self._closed = True
+        left = self._queued
         if left:
             self._queue.clear()
+            self._chunks.clear()
+            self._chunk_rows = 0
             self._lose(left, f"{left} rows could not be written before close")
+        self.compact()
         self.store.close()
+
+    def compact(self) -> int:
+        """Compact old rollup minutes into hours now (the writer does it once a minute)."""
+        try:
+            if not metrics.compactable(self.store.conn, now_ms() // 60_000):
+                return 0
+            with self.store.write() as conn:
+                return metrics.compact(conn, now_ms() // 60_000)
+        except Exception:  # compaction is upkeep: the log never fails because of it
+            log.exception("compacting rollups failed")
+            return 0
 
     def flush(self) -> int:
         """Write everything queued now; return the number of rows written.
@@ -201,15 +308,31 @@ class PredictionLog:
         """
         total = 0
         with self._flush_lock:
-            queue = self._queue
-            while queue:
-                rows = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
-                written = self._write(rows)
+            while self._queue or self._chunks:
+                chunks, records = self._take()
+                written = self._write(chunks, records)
                 if written is None:
-                    queue.extendleft(reversed(rows))
+                    self._queue.extendleft(reversed(records))
+                    with self._count_lock:
+                        self._chunks.extendleft(reversed(chunks))
+                        self._chunk_rows += sum(c.rows for c in chunks)
                     break
                 total += written
         return total
+
+    def _take(self) -> tuple[list[Chunk], list[Record]]:
+        """Up to about `batch` rows: whole chunks first, then single records."""
+        chunks: list[Chunk] = []
+        rows = 0
+        with self._count_lock:
+            while self._chunks and rows < self.batch:
+                chunk = self._chunks.popleft()
+                chunks.append(chunk)
+                rows += chunk.rows
+            self._chunk_rows -= rows
+        queue = self._queue
+        records = [queue.popleft() for _ in range(min(max(0, self.batch - rows), len(queue)))]
+        return chunks, records
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -220,104 +343,146 @@ class PredictionLog:
             except Exception:  # never let the writer die: serving depends on it
                 log.exception("prediction log flush failed")
 
-    def _write(self, rows: list[Record]) -> int | None:
+    def _write(self, chunks: list[Chunk], records: list[Record]) -> int | None:
         """One transaction; the number of rows written, or None when busy (retry later)."""
+        rows = sum(c.rows for c in chunks) + len(records)
         try:
             with self.store.write() as conn:
-                insert(conn, rows)
-                self._rollup(conn, rows)
+                versions = {int(v) for c in chunks for v in np.unique(c.version_ids)}
+                versions.update(r.version_id for r in records)
+                unbinned = {v for v in versions if self._references.get(conn, v) is None}
+                for version_id in unbinned:  # where a reference scan will start
+                    conn.execute(
+                        "INSERT OR IGNORE INTO first_predictions (version_id, from_id)"
+                        " SELECT ?, coalesce(max(id), 0) + 1 FROM predictions",
+                        (version_id,),
+                    )
+                for chunk in chunks:
+                    insert_flat(conn, chunk.params(), chunk.rows)
+                if records:
+                    insert(conn, records)
+                self._rollup(conn, chunks, records)
                 labels.match_pending(conn, self.tolerance)
-                try:
-                    with _savepoint(conn):
-                        baselines.ensure_from_first_predictions(conn, {r.version_id for r in rows})
-                except Exception:  # a reference is a nicety; the log must not depend on it
-                    log.exception("building a drift reference from first predictions failed")
+                self._upkeep(conn, unbinned)
         except StateBusy as exc:
             with self._count_lock:
                 self.last_error = str(exc)
-            log.warning("prediction log busy, %d rows kept for the next attempt", len(rows))
+            log.warning("prediction log busy, %d rows kept for the next attempt", rows)
             return None
         except Exception as exc:  # disk full, read-only, a bug: counted, serving goes on
-            self._lose(len(rows), str(exc) or type(exc).__name__)
-            log.warning("dropped %d prediction log rows: %s", len(rows), exc)
+            self._lose(rows, str(exc) or type(exc).__name__)
+            log.warning("dropped %d prediction log rows: %s", rows, exc)
             return 0
         with self._count_lock:
-            self.written += len(rows)
+            self.written += rows
             self.batches += 1
             self.last_error = None
-        return len(rows)
+        return rows
 
-    def _rollup(self, conn: sqlite3.Connection, rows: list[Record]) -> None:
-        columns = list(zip(*rows, strict=True))
+    def _upkeep(self, conn: sqlite3.Connection, unbinned: set[int]) -> None:
+        """References from first predictions, rollup compaction and the expiry of feedback
+        that waited too long: upkeep the log must not depend on, each in a savepoint that a
+        failure rolls back alone."""
+        if unbinned:
+            try:
+                with _savepoint(conn):
+                    baselines.ensure_from_first_predictions(conn, unbinned)
+            except Exception:
+                log.exception("building a drift reference from first predictions failed")
+        if time.monotonic() >= self._next_compaction:
+            self._next_compaction = time.monotonic() + COMPACT_EVERY_S
+            try:
+                with _savepoint(conn):
+                    metrics.compact(conn, now_ms() // 60_000)
+                    labels.expire_pending(conn)
+            except Exception:
+                log.exception("compacting rollups or expiring feedback failed")
+
+    def _rollup(self, conn: sqlite3.Connection, chunks: list[Chunk], records: list[Record]) -> None:
+        """Add this flush's rows to their minutes' rollups: one row update per group."""
+        groups: dict[tuple[int, str, int], _Group] = {}
+        for chunk in chunks:
+            minute = chunk.at_ms // 60_000
+            ids = np.unique(chunk.version_ids)
+            for version_id in ids.tolist():
+                mask = None if ids.size == 1 else chunk.version_ids == version_id
+                key = (version_id, chunk.experiment, minute)
+                group = groups.setdefault(key, _Group())
+                scores = chunk.scores if mask is None else chunk.scores[mask]
+                x = chunk.features if mask is None else chunk.features[mask]
+                hist = np.zeros(latency.BUCKETS, np.int64)
+                hist[latency.bucket(chunk.latency_us)] = scores.size
+                group.add(scores, hist, x)
+        if records:
+            self._rollup_records(records, groups)
+        for key, group in groups.items():
+            metrics.add_to_row(conn, "minute", key, group.delta(self._references.get(conn, key[0])))
+
+    def _rollup_records(
+        self, records: list[Record], groups: dict[tuple[int, str, int], _Group]
+    ) -> None:
+        columns = list(zip(*records, strict=True))
         version_ids, experiments, at_ms = columns[3], columns[5], columns[1]
         feats, lat_us = columns[7], columns[9]
         scores = np.array(columns[8], dtype=np.float64)  # None (an error) becomes NaN
         lat_all = np.array(lat_us, dtype=np.float64)
-        groups: dict[tuple[int, str, int], list[int]] = {}
+        members: dict[tuple[int, str, int], list[int]] = {}
         for i, group_key in enumerate(
             zip(version_ids, experiments, [t // 60_000 for t in at_ms], strict=True)
         ):
-            found = groups.get(group_key)
+            found = members.get(group_key)
             if found is None:
-                groups[group_key] = [i]
+                members[group_key] = [i]
             else:
                 found.append(i)
-        for (version_id, experiment, minute), members in groups.items():
-            idx = np.array(members, dtype=np.int64)
-            group_scores = scores[idx]
-            ok = ~np.isnan(group_scores)
-            n, scored = idx.size, int(ok.sum())
-            lat = latency.histogram(lat_all[idx])
-            score_sum = float(group_scores[ok].sum())
-            feat_hist = score_hist = None
-            drift_n = 0
-            ref = self._references.get(conn, version_id)
-            if ref is not None and scored:
-                width = 4 * ref.width
-                blobs = [feats[i] for i in idx[ok].tolist()]
-                if all(b is not None and len(b) == width for b in blobs):
-                    x = np.frombuffer(b"".join(blobs), dtype=np.float32)
-                    feat_hist = ref.feature_counts(x.reshape(scored, ref.width))
-                    score_hist = ref.score_counts(group_scores[ok])
-                    drift_n = scored
-            old = conn.execute(
-                "SELECT n, errors, score_sum, latency_hist, drift_n, feature_hist, score_hist,"
-                " labelled, within, abs_err_sum, abs_err_sq_sum"
-                " FROM rollups WHERE version_id = ? AND experiment = ? AND minute = ?",
-                (version_id, experiment, minute),
-            ).fetchone()
-            errors = n - scored
-            labelled = within = 0
-            abs_sum = abs_sq = 0.0
-            if old is not None:
-                n += old[0]
-                errors += old[1]
-                score_sum += old[2]
-                lat = _add(lat, old[3])
-                feat_hist, drift_n = _merge(feat_hist, drift_n, old[5], old[4])
-                score_hist, _ = _merge(score_hist, 0, old[6], 0)
-                labelled, within, abs_sum, abs_sq = old[7], old[8], old[9], old[10]
-            conn.execute(
-                "INSERT OR REPLACE INTO rollups (version_id, experiment, minute, n, errors,"
-                " score_sum, latency_hist, drift_n, feature_hist, score_hist, labelled, within,"
-                " abs_err_sum, abs_err_sq_sum) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    version_id,
-                    experiment,
-                    minute,
-                    n,
-                    errors,
-                    score_sum,
-                    _blob(lat),
-                    drift_n,
-                    _blob(feat_hist),
-                    _blob(score_hist),
-                    labelled,
-                    within,
-                    abs_sum,
-                    abs_sq,
-                ),
-            )
+        for key, rows in members.items():
+            idx = np.array(rows, dtype=np.int64)
+            blobs = [feats[i] for i in rows]
+            widths = {len(b) if b is not None else -1 for b in blobs}
+            x = None
+            if len(widths) == 1 and (width := widths.pop()) > 0 and width % 4 == 0:
+                x = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), -1)
+            groups.setdefault(key, _Group()).add(scores[idx], latency.histogram(lat_all[idx]), x)
+
+
+class _Group:
+    """One rollup group's share of a flush, gathered before its one row update."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.latency = np.zeros(latency.BUCKETS, np.int64)
+        self.features: list[np.ndarray | None] = []
+
+    def add(self, scores: np.ndarray, latency_hist: np.ndarray, x: np.ndarray | None) -> None:
+        self.scores.append(scores)
+        self.latency = self.latency + latency_hist
+        self.features.append(x)
+
+    def delta(self, ref: baselines.VersionReference | None) -> metrics.Delta:
+        scores = np.concatenate(self.scores)
+        ok = ~np.isnan(scores)
+        scored = int(ok.sum())
+        out = metrics.Delta(
+            n=scores.size,
+            errors=scores.size - scored,
+            score_sum=float(scores[ok].sum()),
+            latency_hist=self.latency,
+        )
+        # Drift bins only from rows of the reference's width (the router's; never others).
+        if ref is not None and scored:
+            parts = [
+                (s, x)
+                for s, x in zip(self.scores, self.features, strict=True)
+                if x is not None and x.shape[1] == ref.width
+            ]
+            good_scores = np.concatenate([s for s, _ in parts]) if parts else np.zeros(0)
+            good_ok = ~np.isnan(good_scores)
+            if good_ok.any():
+                rows = np.concatenate([x for _, x in parts])[good_ok]
+                out.feature_hist = ref.feature_counts(rows)
+                out.score_hist = ref.score_counts(good_scores[good_ok])
+                out.drift_n = int(good_ok.sum())
+        return out
 
 
 class _savepoint:
@@ -335,35 +500,24 @@ class _savepoint:
         self.conn.execute("RELEASE beast_optional")
 
 
-def _array(blob: bytes | None) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<i8").astype(np.int64) if blob else np.zeros(0, np.int64)
+def labelled_rows(
+    conn: sqlite3.Connection, line: str, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A line's labelled, successful predictions: (features, actuals, at_ms), oldest first.
 
-
-def _add(new: np.ndarray, old_blob: bytes | None) -> np.ndarray:
-    old = _array(old_blob)
-    if old.size == new.size:
-        total: np.ndarray = new + old
-        return total
-    size = max(old.size, new.size)  # a histogram written with other bucket count
-    out = np.zeros(size, np.int64)
-    out[: new.size] += new
-    out[: old.size] += old
-    return out
-
-
-def _blob(values: np.ndarray | None) -> bytes | None:
-    return None if values is None else np.asarray(values, dtype="<i8").tobytes()
-
-
-def _merge(
-    new: np.ndarray | None, new_n: int, old_blob: bytes | None, old_n: int
-) -> tuple[np.ndarray | None, int]:
-    old = _array(old_blob) if old_blob else None
-    if new is None:
-        return old, old_n
-    if old is None or old.size != new.size:
-        return new, new_n
-    return new + old, new_n + old_n
+    Features come back as a float32 (n, width) matrix in the line's feature order; this is
+    the one reader outside the writer that knows how a logged row stores them (retraining
+    uses it). Rows of another width (never written by the router) are skipped.
+    """
+    found = conn.execute(
+        "SELECT features, actual, at_ms FROM predictions WHERE line = ? AND actual IS NOT NULL"
+        " AND error IS NULL AND length(features) = ? ORDER BY id",
+        (line, 4 * width),
+    ).fetchall()
+    x = np.frombuffer(b"".join(r[0] for r in found), dtype=np.float32).reshape(-1, width)
+    y = np.array([r[1] for r in found], dtype=np.float32)
+    at = np.array([r[2] for r in found], dtype=np.int64)
+    return x, y, at
 
 
 def now_ms() -> int:

@@ -205,3 +205,13 @@ class Expect:
 
     production: str | None = None
     revision: int | None = None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a version comes from: its artifact and what its training sidecar says."""
+
+    line: str
+    version: str
+    artifact: Artifact
+    facts: tuple[tuple[str, str], ...] = ()  # sidecar keys and values (drift reference left out)

@@ -133,10 +133,31 @@ def unregistered_files(
             same_size = valid_by_size.get(checked.size)
             if same_size and artifacts.sha256_of(resolved) in same_size:
                 continue
-            found.append((relative, None))
+            found.append((relative, _naming_problem(conn, resolved, relative)))
         except (BeastError, OSError) as exc:
             found.append((relative, str(exc)))
     return found
+
+
+def _naming_problem(conn: sqlite3.Connection, path: Path, relative: str) -> str | None:
+    """Why the watcher (or a plain `beast register`) cannot name this file, if it cannot."""
+    try:
+        naming = naming_for(path, version=None, model=None, lines=line_names(conn))
+    except BeastError as exc:
+        return f"{exc}: `beast register {relative} --model M --version V`"
+    if naming.version is None or naming.line is None:
+        return (
+            "no model line and version in the file name (expected LINE-vN.json): "
+            f"`beast register {relative} --model M --version V`"
+        )
+    taken = find_version(conn, naming.line, naming.version)
+    if taken is not None:
+        return (
+            f"version {naming.version} of {naming.line} is already registered for another "
+            f"file (sha256 {taken.sha256[:12]}…): rename it or `beast register {relative} "
+            "--version V`"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -304,3 +325,21 @@ def add_alias(
 def artifact_path(conn: sqlite3.Connection, models_dir: Path, artifact_id: int) -> Path:
     row = conn.execute("SELECT path FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
     return models_dir / str(row["path"])
+
+
+def require_intact(conn: sqlite3.Connection, models_dir: Path, ref: VersionRef) -> None:
+    """Refuse to deploy a version whose artifact file is gone or no longer has its sha256.
+
+    DESIGN.md §5 invariant 4: what is deployed must be what was validated and registered.
+    """
+    path = artifact_path(conn, models_dir, ref.artifact_id)
+    if not path.is_file():
+        raise BeastError(
+            f"cannot deploy {ref.line}/{ref.name}: its artifact {path} is missing "
+            "(put the file back, or register and deploy another version)"
+        )
+    if artifacts.sha256_of(path) != ref.sha256:
+        raise BeastError(
+            f"cannot deploy {ref.line}/{ref.name}: {path} no longer has its registered sha256 "
+            f"{ref.sha256[:12]}… (the file was changed after it was validated)"
+        )

@@ -301,6 +301,108 @@ CREATE UNIQUE INDEX alerts_one_firing ON alerts(line, version, metric)
 WHERE resolved_at IS NULL;
 """,
     ),
+    (
+        "0004_jobs",
+        """
+-- Background retraining jobs (engine.jobs). A worker process claims a queued job, renews its
+-- lease on CLOCK_MONOTONIC (system-wide on Linux; boot_id says which boot the clock belongs
+-- to, so a reboot expires every lease) and finishes it; a job whose lease expired is failed
+-- by whoever reaps. One queued or running job per line (partial UNIQUE index).
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    kind TEXT NOT NULL DEFAULT 'retrain' CHECK (kind IN ('retrain')),
+    trigger TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+    progress REAL NOT NULL DEFAULT 0 CHECK (progress BETWEEN 0 AND 1),
+    message TEXT NOT NULL DEFAULT '',
+    force INTEGER NOT NULL DEFAULT 0 CHECK (force IN (0, 1)),
+    deploy INTEGER NOT NULL DEFAULT 0 CHECK (deploy IN (0, 1)),
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT,
+    pid INTEGER,
+    pgid INTEGER,
+    boot_id TEXT NOT NULL,
+    lease_expires REAL NOT NULL,
+    deadline REAL,
+    timeout_s REAL NOT NULL CHECK (timeout_s > 0),
+    version TEXT,
+    deployed INTEGER NOT NULL DEFAULT 0 CHECK (deployed IN (0, 1)),
+    reason TEXT,
+    error TEXT,
+    CHECK ((status IN ('succeeded', 'failed')) = (finished_at IS NOT NULL)),
+    CHECK (status != 'failed' OR error IS NOT NULL),
+    CHECK (deployed = 0 OR version IS NOT NULL)
+);
+
+CREATE UNIQUE INDEX jobs_one_active_per_line ON jobs(line)
+WHERE status IN ('queued', 'running');
+
+CREATE INDEX jobs_line_id ON jobs(line, id);
+
+CREATE TRIGGER jobs_finish_once BEFORE UPDATE ON jobs
+WHEN OLD.status IN ('succeeded', 'failed')
+BEGIN
+    SELECT RAISE(ABORT, 'a finished job cannot change');
+END;
+
+CREATE TABLE job_log (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+) WITHOUT ROWID;
+""",
+    ),
+    (
+        "0005_lean_prediction_log_hourly_rollups",
+        """
+-- The prediction log is the hot table: every index is paid on every logged row. The
+-- (version_id, at_ms) index only served the first-predictions reference scan, which now
+-- starts at the version's first logged row (below) and walks the rowid instead.
+DROP INDEX IF EXISTS predictions_version_time;
+
+-- Where each version's logged rows begin (a lower bound of the rowid of its first row),
+-- recorded by the writer while a version has no drift reference.
+CREATE TABLE first_predictions (
+    version_id INTEGER PRIMARY KEY REFERENCES versions(id),
+    from_id INTEGER NOT NULL
+);
+
+-- Minutes older than about two hours are compacted into hours (engine.metrics.compact):
+-- the same columns as rollups, per hour. A minute lives in exactly one of the two tables.
+CREATE TABLE rollups_hourly (
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    experiment TEXT NOT NULL DEFAULT '',
+    hour INTEGER NOT NULL,
+    n INTEGER NOT NULL DEFAULT 0 CHECK (n >= 0),
+    errors INTEGER NOT NULL DEFAULT 0 CHECK (errors BETWEEN 0 AND n),
+    score_sum REAL NOT NULL DEFAULT 0,
+    latency_hist BLOB NOT NULL,
+    labelled INTEGER NOT NULL DEFAULT 0 CHECK (labelled >= 0),
+    within INTEGER NOT NULL DEFAULT 0 CHECK (within BETWEEN 0 AND labelled),
+    abs_err_sum REAL NOT NULL DEFAULT 0,
+    abs_err_sq_sum REAL NOT NULL DEFAULT 0,
+    drift_n INTEGER NOT NULL DEFAULT 0,
+    feature_hist BLOB,
+    score_hist BLOB,
+    PRIMARY KEY (version_id, experiment, hour)
+) WITHOUT ROWID;
+
+-- Early feedback whose prediction never reached the log (its row was dropped, say, or the id
+-- was never served): moved here from pending_feedback after engine.labels.PENDING_EXPIRY_MS,
+-- counted by `beast monitor`, never silently kept or thrown away.
+CREATE TABLE unmatched_feedback (
+    pid TEXT PRIMARY KEY CHECK (length(pid) = 32),
+    actual REAL NOT NULL,
+    received_ms INTEGER NOT NULL,
+    expired_ms INTEGER NOT NULL
+);
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

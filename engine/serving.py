@@ -37,7 +37,7 @@ import numpy as np
 from engine import artifacts, features, ids, registry
 from engine.errors import BeastError, NotFound, StoreError
 from engine.facade import Engine
-from engine.predlog import PredictionLog, Record
+from engine.predlog import Chunk, PredictionLog, Record
 from engine.records import BASIS_POINTS, VersionRef
 from engine.store import Store
 
@@ -342,50 +342,36 @@ class Router:
         production, candidate = route.production, route.candidate
         arms: list[tuple[Arm, np.ndarray | None]]
         if candidate is None:
-            on_candidate = None
             arms = [(production, None)]
+            version_ids = np.full(count, production.ref.id, dtype=np.int64)
+            arm_col: list[str] = [production.name] * count
+            name_col: Any = repeat(production.ref.name)
         else:
             chosen = buckets(route.experiment or "", keys, count) < route.candidate_bp
-            on_candidate = chosen.tolist()
             arms = [(production, np.flatnonzero(~chosen)), (candidate, np.flatnonzero(chosen))]
-        score_list, errors = self._score_arms(x, arms)
-        arm_col: Any
-        version_col: Any
-        name_col: Any
-        if on_candidate is None or candidate is None:
-            arm_col = repeat(production.name)
-            version_col = repeat(production.ref.id)
-            name_col = repeat(production.ref.name)
-        else:
-            per_row = [candidate if c else production for c in on_candidate]
+            version_ids = np.where(chosen, candidate.ref.id, production.ref.id)
+            per_row = [candidate if c else production for c in chosen.tolist()]
             arm_col = [a.name for a in per_row]
-            version_col = [a.ref.id for a in per_row]
             name_col = [a.ref.name for a in per_row]
+        scores, score_list, errors = self._score_arms(x, arms)
         per_row_us = (time.perf_counter_ns() - start) // 1000 // count
         ms = time.time_ns() // 1_000_000
         pids = ids.new_ids(count, ms)
         experiment = route.experiment
         if self.log is not None:
-            width = 4 * route.schema.width
-            blob = x.tobytes()
-            self.log.submit_many(
-                list(
-                    map(
-                        _new_record,
-                        zip(
-                            pids,
-                            repeat(ms),
-                            repeat(route.line),
-                            version_col,
-                            arm_col,
-                            repeat(experiment or ""),
-                            keys if keys is not None else repeat(None),
-                            [blob[i : i + width] for i in range(0, count * width, width)],
-                            score_list,
-                            repeat(per_row_us),
-                            errors,
-                        ),
-                    )
+            self.log.submit_chunk(
+                Chunk(
+                    pids,
+                    ms,
+                    route.line,
+                    version_ids,
+                    arm_col,
+                    experiment or "",
+                    keys if keys is None else list(keys),
+                    np.ascontiguousarray(x),
+                    scores,
+                    per_row_us,
+                    errors if any(e is not None for e in errors) else None,
                 )
             )
         return list(
@@ -406,8 +392,8 @@ class Router:
 
     def _score_arms(
         self, x: np.ndarray, arms: list[tuple[Arm, np.ndarray | None]]
-    ) -> tuple[list[float | None], list[str | None]]:
-        """Scores per row (None where the model failed) and the error of each failed row."""
+    ) -> tuple[np.ndarray, list[float | None], list[str | None]]:
+        """Scores per row (NaN / None where the model failed) and each failed row's error."""
         count = x.shape[0]
         scores = np.full(count, np.nan)
         errors: list[str | None] = [None] * count
@@ -433,10 +419,11 @@ class Router:
         score_list: list[float | None] = scores.tolist()
         bad = ~np.isfinite(scores)
         if bad.any():
+            scores[bad] = np.nan  # ±inf from a model is a failed row too
             for i in np.flatnonzero(bad).tolist():
                 score_list[i] = None
                 errors[i] = errors[i] or "model returned a non-finite score"
-        return score_list, errors
+        return scores, score_list, errors
 
 
 # tuple.__new__ bound to the class: builds a row's named tuple without a Python-level call.

@@ -1,4 +1,4 @@
-"""The validator's child process: `python -m engine.validator_child PATH`.
+"""The validator's child process: `python -m engine.validator_child PATH FORMAT` (or `--serve`).
 
 Untrusted model bytes are parsed and run here, never in the engine's or console's process:
 XGBoost can crash the process on a hand-edited model. The parent reads one JSON line from
@@ -13,6 +13,7 @@ import importlib.util
 import itertools
 import json
 import math
+import os
 import resource
 import sys
 from pathlib import Path
@@ -311,8 +312,8 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    path, fmt = Path(argv[0]), argv[1]
+def judge(path: Path, fmt: str) -> dict[str, Any]:
+    """The verdict on one file, with the sha256 of the bytes judged."""
     raw = path.read_bytes()
     try:
         result = validate(raw, fmt)
@@ -322,7 +323,58 @@ def main(argv: list[str]) -> int:
         result = {"ok": False, "reason": "out of memory while loading"}
     # The bytes judged here, so the parent can tell whether they are the bytes it hashed.
     result["sha256"] = hashlib.sha256(raw).hexdigest()
-    sys.stdout.write(json.dumps(result) + "\n")
+    return result
+
+
+def serve() -> int:
+    """A fork server: import what validation needs once, then fork a child per request.
+
+    Requests are `PATH\tFORMAT` lines on stdin; each answer is one JSON line on stdout. The
+    forked child judges one file and exits, so a model that crashes XGBoost or corrupts
+    memory takes only that child with it (reported as `{"signal": N}`); this process never
+    parses a model. End of input (the parent closed or died) ends it.
+    """
+    import numpy  # noqa: F401 - warm: the point of this mode
+    import xgboost  # noqa: F401
+
+    while line := sys.stdin.buffer.readline():
+        path, _, fmt = line.decode("utf-8", "surrogateescape").rstrip("\n").rpartition("\t")
+        sys.stdout.write(json.dumps(_forked(Path(path), fmt)) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _forked(path: Path, fmt: str) -> dict[str, Any]:
+    """Judge in a forked child; its answer comes back through a pipe of its own."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: judge, answer, exit without running any cleanup
+        os.close(read_end)
+        code = 0
+        try:
+            answer = judge(path, fmt)
+        except BaseException as exc:  # reported to the parent, then exit 1
+            answer, code = {"ok": False, "exit": 1, "error": f"{type(exc).__name__}: {exc}"}, 1
+        with os.fdopen(write_end, "wb") as out:
+            out.write(json.dumps(answer).encode())
+        os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer_pipe:
+        data = answer_pipe.read()  # until the child exits (or dies)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return {"ok": False, "signal": os.WTERMSIG(status)}
+    try:
+        result: dict[str, Any] = json.loads(data)
+    except ValueError:
+        return {"ok": False, "exit": os.waitstatus_to_exitcode(status), "error": "no answer"}
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--serve"]:
+        return serve()
+    sys.stdout.write(json.dumps(judge(Path(argv[0]), argv[1])) + "\n")
     sys.stdout.flush()
     return 0
 

@@ -57,3 +57,45 @@ def test_reference_round_trips_and_handles_constant_columns() -> None:
     assert len(reference.edges[0]) == 1 and len(reference.edges[1]) == 9
     assert drift.Reference.from_json(reference.to_json()) == reference
     assert drift.compare(reference, None, rows)[0].psi == pytest.approx(0.0, abs=1e-9)
+
+
+def test_exact_ks_matches_scipy_with_ties_missing_values_and_float32_data() -> None:
+    """The sorted-column KS against `scipy.stats.ks_2samp` where shortcuts could go wrong:
+    heavy ties (counts), NaN and ±inf (left out, as before), and float32-exact data (sorted
+    as float32) beside float64 data that float32 cannot hold."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    ref = np.column_stack(
+        [
+            rng.poisson(3, n).astype(float),
+            rng.normal(size=n).astype(np.float32).astype(float),
+            rng.normal(size=n) * 1e-9 + 1.0,  # distinct only in float64
+            rng.integers(0, 2, n).astype(float),
+        ]
+    )
+    cur = np.column_stack(
+        [
+            rng.poisson(3.4, n).astype(float),
+            rng.normal(0.2, size=n).astype(np.float32).astype(float),
+            rng.normal(size=n) * 1e-9 + 1.0 + 3e-10,
+            rng.integers(0, 2, n).astype(float),
+        ]
+    )
+    cur[::17, 1] = np.nan
+    cur[::29, 0] = np.inf
+    names = ("counts", "f32", "fine", "binary")
+    reference = drift.build_reference(ref, names)
+    result = {d.name: d for d in drift.compare(reference, ref, cur)}
+    for j, name in enumerate(names):
+        finite = cur[:, j][np.isfinite(cur[:, j])]
+        expected = stats.ks_2samp(ref[:, j], finite).statistic
+        assert result[name].ks == pytest.approx(expected, rel=1e-12, abs=1e-15), name
+        assert result[name].psi == pytest.approx(
+            independent_psi(ref[:, j], finite, reference.edges[j]), rel=1e-9, abs=1e-12
+        )
+        assert drift.ks_exact(ref[:, j], finite) == result[name].ks
+    sorted_once = drift.Sample.of(ref)
+    assert drift.build_reference(sorted_once, names) == reference
+    assert drift.compare(reference, sorted_once, drift.Sample.of(cur)) == list(result.values())
+    quantiles = np.quantile(ref[:, 2], np.linspace(0, 1, drift.DEFAULT_BINS + 1)[1:-1])
+    assert reference.edges[2] == tuple(float(v) for v in np.unique(quantiles))

@@ -100,6 +100,60 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
             store.close()
 
 
+def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
+    live: Workspace,
+) -> None:
+    """Feedback for a prediction whose row never reaches the log (dropped, or never served)
+    is not kept waiting forever: after PENDING_EXPIRY_MS it moves to unmatched_feedback,
+    `beast monitor` counts it, and the id answers NotFound from then on."""
+    with serving(live, interval=3600) as (router, log):
+        assert log is not None
+        served = router.predict(ROW)  # logged below: its feedback must not expire
+        now = ids.issued_ms(served.prediction_id)
+        lost = ids.new_id(now)  # an id whose row never arrives
+        store = Store(live.db_path)
+        try:
+            with store.write() as conn:
+                assert labels.label(conn, lost, 70.0, TOLERANCE, now_ms=now) == "pending"
+                assert labels.label(conn, served.prediction_id, 70.0, TOLERANCE, now) == "pending"
+            log.flush()  # the served row arrives and its feedback is matched
+            later = now + labels.PENDING_EXPIRY_MS + 1
+            with store.write() as conn:
+                assert labels.expire_pending(conn, now_ms=now + labels.PENDING_EXPIRY_MS) == 0
+                assert labels.expire_pending(conn, now_ms=later) == 1
+                assert labels.expire_pending(conn, now_ms=later) == 0  # once
+                assert labels.counts(conn) == (0, 1)
+            with pytest.raises(NotFound):
+                labels.record(store, lost, 70.0, TOLERANCE)
+        finally:
+            store.close()
+    assert _actual_of(live, served.prediction_id) == 70.0
+    engine = Engine(live)
+    try:
+        from engine import monitoring
+
+        doc = monitoring.report(engine).to_json()
+    finally:
+        engine.close()
+    assert doc["feedback"] == {"pending": 0, "unmatched": 1}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "--workspace",
+            str(live.root),
+            "monitor",
+            "--readonly",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert "1 never matched a logged prediction" in done.stdout
+
+
 def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
     store = Store(live.db_path)
     try:

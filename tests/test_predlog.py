@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Workspace, ids, labels, latency
+from engine import Workspace, ids, labels, latency, metrics
 from engine.baselines import FIRST_PREDICTIONS
 from engine.errors import Conflict
-from engine.predlog import PredictionLog, Record
+from engine.predlog import Chunk, PredictionLog, Record
 from engine.store import Store
 from tests.helpers import FEATURES, REPO
 from tests.serving_helpers import LINE, count, db, deploy_changes, serving, version_id
@@ -144,16 +144,24 @@ def _actual(record: Record, rng: np.random.Generator) -> float:
     return round(base + float(rng.normal(0, 6)), 1)
 
 
-def _assert_rollups_match_raw(ws: Workspace, min_groups: int = 1) -> None:
+def _assert_rollups_match_raw(ws: Workspace, min_groups: int = 1, cutoff: int = 0) -> None:
+    """Every rollup row equals its group of raw rows: minutes from `cutoff` on, and the
+    hours they were compacted into before it (hour keys are negative here, to tell apart)."""
     conn = db(ws)
     try:
         raw: dict[tuple[int, str, int], list[sqlite3.Row]] = defaultdict(list)
         for row in conn.execute("SELECT * FROM predictions"):
-            raw[(row["version_id"], row["experiment"], row["at_ms"] // 60_000)].append(row)
+            minute = row["at_ms"] // 60_000
+            unit = minute if minute >= cutoff else -1 - minute // 60
+            raw[(row["version_id"], row["experiment"], unit)].append(row)
         rollups = {
             (r["version_id"], r["experiment"], r["minute"]): r
             for r in conn.execute("SELECT * FROM rollups")
         }
+        rollups.update(
+            ((r["version_id"], r["experiment"], -1 - r["hour"]), r)
+            for r in conn.execute("SELECT * FROM rollups_hourly")
+        )
     finally:
         conn.close()
     assert set(rollups) == set(raw)
@@ -173,6 +181,108 @@ def _assert_rollups_match_raw(ws: Workspace, min_groups: int = 1) -> None:
         hist = np.frombuffer(got["latency_hist"], dtype="<i8")
         expected = latency.histogram(np.array([r["latency_us"] for r in rows], dtype=float))
         np.testing.assert_array_equal(hist, expected)
+
+
+def _chunks(ws: Workspace, now: int, n_chunks: int, seed: int) -> list[Chunk]:
+    """Batches as the router submits them, at chosen times over the last five hours."""
+    rng = np.random.default_rng(seed)
+    v1, v2 = version_id(ws, "v1.0"), version_id(ws, "v2.0")
+    out = []
+    for i in range(n_chunks):
+        rows = int(rng.integers(1, 60))
+        on_candidate = rng.random(rows) < 0.5
+        scores = rng.normal(70, 15, rows)
+        failed = rng.random(rows) < 0.05
+        scores[failed] = np.nan
+        out.append(
+            Chunk(
+                [ids.new_id(now) for _ in range(rows)],
+                now - int(rng.integers(0, 5 * 60)) * 60_000 - int(rng.integers(0, 60_000)),
+                LINE,
+                np.where(on_candidate, v2, v1),
+                ["candidate" if c else "production" for c in on_candidate],
+                "t",
+                [f"c{i}-{j}" for j in range(rows)] if i % 2 else None,
+                rng.random((rows, 5)).astype(np.float32),
+                scores,
+                int(rng.lognormal(5, 1.5)),
+                ["model error: boom" if f else None for f in failed] if failed.any() else None,
+            )
+        )
+    return out
+
+
+def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> None:
+    """Minutes older than two hours fold into hours; every window still equals the raw log,
+    and feedback for a compacted minute lands in its hour."""
+    now = time.time_ns() // 1_000_000
+    records = [
+        r._replace(at_ms=r.at_ms - 60_000 * int(i % 300))
+        for i, r in enumerate(_records(ab_ws, now, 3000, seed=9))
+    ]
+    chunks = _chunks(ab_ws, now, 120, seed=10)
+    rng = np.random.default_rng(11)
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=900)  # flushed by hand
+    log.store.migrate()
+    store = Store(ab_ws.db_path)
+    pids = [r.pid for r in records] + [p for c in chunks for p in c.pids]
+    try:
+        for r in records:
+            log.submit(r)
+        for c in chunks:
+            log.submit_chunk(c)
+        log.flush()
+
+        def some_feedback() -> list[tuple[str, object]]:
+            chosen = rng.choice(len(pids), size=800, replace=False)
+            return [(pids[int(i)], float(rng.normal(70, 10))) for i in chosen]
+
+        labels.record_many(store, some_feedback(), TOLERANCE)  # labelled as minutes
+        folded = log.compact()
+        answers = labels.record_many(store, some_feedback(), TOLERANCE)  # some land in hours
+        assert {a.status for a in answers} >= {"recorded", "conflict"}
+    finally:
+        log.close()
+        store.close()
+    cutoff = metrics.compaction_cutoff(now // 60_000)
+    assert folded > 0
+    assert count(ab_ws, "SELECT count(*) FROM rollups WHERE minute < ?", (cutoff,)) == 0
+    assert count(ab_ws, "SELECT count(*) FROM rollups_hourly") > 0
+    _assert_rollups_match_raw(ab_ws, min_groups=10, cutoff=cutoff)
+    now_minute = now // 60_000
+    starts = [None, now_minute - 59, metrics.window_start(1440, now_minute), cutoff - 60, cutoff]
+    conn = db(ab_ws)
+    try:
+        for version in ("v1.0", "v2.0"):
+            vid = version_id(ab_ws, version)
+            loaded = metrics.load(conn, vid)
+            raw = conn.execute(
+                "SELECT at_ms, score, actual, error, latency_us FROM predictions"
+                " WHERE version_id = ?",
+                (vid,),
+            ).fetchall()
+            for since in starts:
+                chosen = [r for r in raw if since is None or r["at_ms"] // 60_000 >= since]
+                got = loaded.window(since)
+                labelled = [r for r in chosen if r["actual"] is not None and r["score"] is not None]
+                errors = [abs(r["score"] - r["actual"]) for r in labelled]
+                assert got.predictions == len(chosen), (version, since)
+                assert got.errors == sum(r["error"] is not None for r in chosen)
+                assert got.labelled == len(labelled)
+                assert got.within == sum(e <= TOLERANCE for e in errors)
+                assert got.abs_err_sum == pytest.approx(sum(errors), abs=1e-6)
+                np.testing.assert_array_equal(
+                    got.latency_hist,
+                    latency.histogram(np.array([r["latency_us"] for r in chosen], dtype=float)),
+                )
+            series = {p.minute: p.predictions for p in loaded.series(now_minute - 59)}
+            per_minute: dict[int, int] = defaultdict(int)
+            for r in raw:
+                if r["at_ms"] // 60_000 >= now_minute - 59:
+                    per_minute[r["at_ms"] // 60_000] += 1
+            assert series == per_minute
+    finally:
+        conn.close()
 
 
 def test_disk_full_serving_goes_on_drops_are_counted_and_logging_resumes(

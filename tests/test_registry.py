@@ -631,7 +631,8 @@ def test_unnamed_file_without_version_is_refused_asking_for_it(
         with pytest.raises(BeastError, match=r"pass --version V"):
             engine.register(path)
         assert engine.models().artifacts == before
-        assert ("model.json", None) in engine.models().unregistered
+        problem = dict(engine.models().unregistered)["model.json"]
+        assert problem is not None and "no model line and version in the file name" in problem
 
 
 @pytest.mark.parametrize(

@@ -399,9 +399,11 @@ def test_a_live_router_keeps_serving_when_a_new_deployment_cannot_load(
     candidate = model_path(registered, "v2.0")
     with serving(registered, log=False, refresh_s=0.05) as (router, _):
         assert router.predict(ROW).version == "v1.0"
+        # Deploy refuses an altered artifact, so the file changes after the commit, before
+        # this router (which refreshes only when asked to predict) loads it.
+        deploy_changes(registered, {"version": "v2.0"})
         original = _tamper(candidate)
         try:
-            deploy_changes(registered, {"version": "v2.0"})
             time.sleep(0.06)
             assert router.predict(ROW).version == "v1.0"  # the last routes that loaded
             assert "sha256" in router.problems()["quality-predictor"]

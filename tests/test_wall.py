@@ -27,7 +27,17 @@ def test_no_engine_module_imports_textual_or_console() -> None:
     offenders = []
     for path in sorted((REPO / "engine").rglob("*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
+        # The one door: `beast console`'s handler imports the console inside a function.
+        door = {
+            id(inner)
+            for fn in ast.walk(tree)
+            if path.name == "cli_console.py" and isinstance(fn, ast.FunctionDef)
+            for inner in ast.walk(fn)
+        }
         for node in ast.walk(tree):
+            in_door = id(node) in door and isinstance(node, ast.ImportFrom)
+            if in_door and str(node.module).split(".")[0] == "console":
+                continue
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]

@@ -4,6 +4,10 @@ Target (DESIGN.md §8): ≤ 30 ms, ≥ 50× Evidently and ≥ 5× NannyML on the
 
 Ours: `drift.build_reference` (quantile edges and shares) + `drift.compare` with the reference
 rows (exact two-sample KS) and binned-only (KS from the binned CDFs, as the rollups give it).
+Each matrix is sorted once (one `np.sort` over all columns, as float32 when that is exact;
+the reference's sort shared by building and comparing, a `drift.Sample`);
+quantiles, bin counts and the exact KS are read off the sorted columns with `searchsorted`
+(checked against `scipy.stats.ks_2samp` below and in tests/test_drift.py).
 Floors in the same process: PSI with numpy alone (`np.quantile` edges, `np.histogram` counts)
 and `scipy.stats.ks_2samp` per feature.
 
@@ -124,6 +128,14 @@ def scipy_ks(ref: np.ndarray, cur: np.ndarray) -> list[float]:
     return [float(stats.ks_2samp(ref[:, j], cur[:, j]).statistic) for j in range(ref.shape[1])]
 
 
+def _reference_and_compare(
+    ref: np.ndarray, names: tuple[str, ...], cur: np.ndarray
+) -> list[drift.FeatureDrift]:
+    """What a drift check does: build the reference and compare a window with it."""
+    reference_rows = drift.Sample.of(ref)
+    return drift.compare(drift.build_reference(reference_rows, names), reference_rows, cur)
+
+
 def _median_of(run: Callable[[], Any], runs: int = RUNS) -> list[float]:
     run()
     samples = []
@@ -179,7 +191,10 @@ def test_psi_ks_drift_20_features_10k_rows(tmp_path: Path) -> None:
     reference = drift.build_reference(ref, names)
 
     timings = {
-        "build_reference + compare, exact KS (target)": _median_of(
+        "build_reference + compare, exact KS (target; the reference sorted once)": _median_of(
+            lambda: _reference_and_compare(ref, names, cur)
+        ),
+        "build_reference + compare, exact KS, the reference sorted twice": _median_of(
             lambda: drift.compare(drift.build_reference(ref, names), ref, cur)
         ),
         "build_reference + compare, binned KS": _median_of(
@@ -198,7 +213,9 @@ def test_psi_ks_drift_20_features_10k_rows(tmp_path: Path) -> None:
             lambda: (numpy_psi(ref, cur), scipy_ks(ref, cur))
         ),
     }
-    ours = statistics.median(timings["build_reference + compare, exact KS (target)"])
+    ours = statistics.median(
+        timings["build_reference + compare, exact KS (target; the reference sorted once)"]
+    )
     floor = statistics.median(timings["floor: numpy PSI + scipy KS"])
 
     found = {d.name: d for d in drift.compare(reference, ref, cur)}

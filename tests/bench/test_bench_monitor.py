@@ -5,7 +5,8 @@ both deployed 25 hours ago (the facade's clock is set back while deploying: stat
 written through the engine). A million predictions spread over the last 24 hours of minutes —
 real 200-tree models' scores on generated rows, ≈ 90% production and 10% candidate — go
 through the real PredictionLog (submitted in big batches with chosen times, so the writer
-builds its rollups and drift histograms as it would live), and a quarter of them are labelled
+builds its rollups and drift histograms as it would live, and compacts minutes older than two
+hours into hours as it does once a minute and at close), and a quarter of them are labelled
 with their true value through `labels.label` in one write transaction. Building takes a
 minute or two on a busy 2-core machine; the figures say how long.
 
@@ -177,6 +178,7 @@ def test_monitor_over_a_million_logged_predictions(
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         logged_rows = conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
         rollup_rows = conn.execute("SELECT COUNT(*) FROM rollups").fetchone()[0]
+        hour_rows = conn.execute("SELECT COUNT(*) FROM rollups_hourly").fetchone()[0]
     conn.close()
     built = time.perf_counter() - started
     db_mb = ws.db_path.stat().st_size / 1e6
@@ -210,7 +212,8 @@ def test_monitor_over_a_million_logged_predictions(
         f"  built in {built:.0f} s: {logged_rows:,} predictions logged through PredictionLog in "
         f"{log_s:.0f} s ({logged_rows / log_s:,.0f} rows/s, {stats.batches} transactions), "
         f"{n_labelled:,} labelled in one transaction in {label_s:.0f} s; "
-        f"{rollup_rows:,} rollup rows; beast.db {db_mb:.0f} MB"
+        f"{rollup_rows:,} minute and {hour_rows:,} hour rollup rows (minutes older than two "
+        f"hours compacted by the writer); beast.db {db_mb:.0f} MB"
     )
     for v in doc["versions"]:
         w = v["windows"]["24h"]

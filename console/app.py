@@ -1,0 +1,530 @@
+"""`BeastConsole`: the full-screen ops console. Draws `ConsoleData`, asks before it changes.
+
+Live without harm: one poll at a time in a thread worker, the next scheduled when it ends;
+tables updated by row key; every engine call (reads and mutations) off the event loop.
+Safety: mutations are capitals behind a confirm dialog with Cancel focused; read-only mode
+is one check (`mutation_allowed`) for keys, footer and palette, and the gateway refuses too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, ParamSpec
+
+from rich.text import Text
+from textual import events, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input, Log, Static
+
+from console import format as fmt
+from console import proposals, styles
+from console.commands import ConsoleCommands
+from console.data import ConsoleData, fetch
+from console.dialogs import ConfirmScreen, DeployForm
+from console.gateway import Gateway
+from console.panes import (
+    ABPane,
+    AlertsPane,
+    DeploymentsPane,
+    DeploymentTable,
+    JobsPane,
+    MetricsPane,
+    Pane,
+)
+from console.proposals import DeployRequest, Proposal, Refused
+from console.screens import DetailsScreen, HelpScreen
+from console.series import SeriesBook
+from engine.errors import BeastError, StateChanged
+
+MUTATIONS = ("rollback", "promote", "abort", "retrain", "deploy")
+Clock = Callable[[], float]
+P = ParamSpec("P")
+
+
+def _while_mounted(draw: Callable[P, None]) -> Callable[P, None]:
+    """Skip a draw when the panes are gone: a clock tick or a poll's result can land while
+    the app is tearing its screen down at exit. A draw never raises into the event loop."""
+
+    @functools.wraps(draw)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        with contextlib.suppress(NoMatches):
+            draw(*args, **kwargs)
+
+    return guarded
+
+
+class BeastConsole(App[None]):
+    """The console over one workspace."""
+
+    CSS = styles.CSS
+    TITLE = "beast console"
+    # Textual declares this an instance attribute; a class-level list is how it is meant to be set.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help", id="help"),
+        *(
+            Binding(str(n), f"focus_pane({n})", f"Pane {n}", show=False, id=f"pane-{n}")
+            for n in range(1, 6)
+        ),
+        Binding("slash", "filter", "Filter", id="filter"),
+        Binding("z", "maximize_pane", "Zoom", id="maximize"),
+        Binding("p", "pause", "Pause", id="pause"),
+        Binding("ctrl+r", "refresh", "Refresh", id="refresh"),
+        Binding("R", "mutate('rollback')", "Rollback", id="rollback"),
+        Binding("P", "mutate('promote')", "Promote", id="promote"),
+        Binding("A", "mutate('abort')", "Abort", id="abort"),
+        Binding("T", "mutate('retrain')", "Retrain", id="retrain"),
+        Binding("D", "mutate('deploy')", "Deploy", id="deploy"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        clock: Clock = time.time,
+        host: str | None = None,
+        workspace_label: str | None = None,
+        interval_s: float = 2.0,
+        window: str = "1h",
+        keymap: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.gateway = gateway
+        self.clock = clock
+        self.host = host or socket.gethostname()
+        self.workspace_label = workspace_label or _label(gateway.workspace.root)
+        self.interval_s = interval_s
+        self.window = window
+        self.data: ConsoleData | None = None
+        self.paused = False
+        self.needle = ""
+        self.selected: str | None = None
+        self.series = SeriesBook()
+        self.ascii_only = False
+        self._keymap = keymap or {}
+        self._polling = False
+        self._poll_again = False
+        self._timer: Timer | None = None
+        self._applicable: tuple[bool, ...] = ()
+        self._problems: set[str] = set()
+        self._config = gateway.config
+
+    # -- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with Container(id="grid"):
+            yield DeploymentsPane(1, "Deployments", id="pane-1")
+            yield MetricsPane(2, "Metrics", id="pane-2")
+            yield AlertsPane(3, "Alerts", id="pane-3")
+            yield ABPane(4, "A/B", id="pane-4")
+            yield JobsPane(5, "Jobs", id="pane-5")
+            yield Log(max_lines=200, id="actions", auto_scroll=True)
+        yield Input(placeholder="filter rows (enter keeps it, escape clears)", id="filter")
+        yield Footer()
+
+    @property
+    def main_screen(self) -> Screen[Any]:
+        """The panes' screen. `App.query_one` searches the screen on top (a dialog, the help)
+        and would not find the panes while one is open; timers and polls go on meanwhile."""
+        return self.screen_stack[0]
+
+    def on_mount(self) -> None:
+        self.ascii_only = self.no_color or os.environ.get("TERM", "") in ("dumb", "linux")
+        self.main_screen.query_one("#actions", Log).border_title = "action log"
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self._draw_header()
+        self.set_interval(1.0, self.on_clock_tick)
+        self.main_screen.query_one(DeploymentTable).focus()
+        self.request_poll()
+
+    # -- polling ----------------------------------------------------------------------------
+
+    def request_poll(self) -> None:
+        """Poll now, or right after the poll in flight (polls never overlap)."""
+        if self._polling:
+            self._poll_again = True
+            return
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self._polling = True
+        self._poll()
+
+    @work(thread=True, exclusive=True, group="poll", exit_on_error=False)
+    def _poll(self) -> None:
+        try:
+            data = fetch(self.gateway, self.clock(), window=self.window)
+        except Exception as exc:  # any failure is drawn and the next poll still comes
+            self._from_thread(self._poll_failed, f"{type(exc).__name__}: {exc}")
+            return
+        self._from_thread(self._apply, data)
+
+    def _from_thread(self, call: Callable[..., Any], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the app is closing: nothing to draw on
+            self.call_from_thread(call, *args)
+
+    def _apply(self, data: ConsoleData) -> None:
+        self._polling = False
+        self.data = data
+        if data.report is not None:
+            self.series.feed(data.report.versions)
+        self._draw()
+        for problem in set(data.problems) - self._problems:  # once, not on every poll
+            self.log_action(problem)
+        self._problems = set(data.problems)
+        self._schedule_next()
+
+    def _poll_failed(self, message: str) -> None:
+        self._polling = False
+        self.log_action(f"refresh failed: {message}")
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
+        if self._poll_again:
+            self._poll_again = False
+            self.request_poll()
+        elif not self.paused and self.is_running:
+            self._timer = self.set_timer(self.interval_s, self.request_poll)
+
+    # -- drawing ----------------------------------------------------------------------------
+
+    @_while_mounted
+    def _draw(self) -> None:
+        data = self.data
+        if data is None:
+            return
+        main, ascii_only, needle = self.main_screen, self.ascii_only, self.needle
+        with self.batch_update():
+            main.query_one(DeploymentsPane).draw(data, ascii_only=ascii_only, needle=needle)
+            if self.selected is None or data.row(self.selected) is None:
+                self.selected = main.query_one(DeploymentTable).cursor_key
+            self._draw_metrics()
+            main.query_one(AlertsPane).draw(data, ascii_only=ascii_only, needle=needle)
+            main.query_one(ABPane).draw(data)
+            main.query_one(JobsPane).draw(data)
+            self._draw_header()
+        applicable = tuple(self.mutation_allowed(kind) for kind in MUTATIONS)
+        if applicable != self._applicable:
+            self._applicable = applicable
+            self.refresh_bindings()
+
+    @_while_mounted
+    def _draw_metrics(self) -> None:
+        data = self.data
+        key = self.selected
+        row = data.row(key) if data is not None and key is not None else None
+        report = data.version_report(key) if data is not None and key is not None else None
+        series = self.series.get(key) if key is not None else None
+        self.main_screen.query_one(MetricsPane).draw(row, report, series, self._config)
+
+    def on_clock_tick(self) -> None:
+        """Every second: the header's "updated Ns ago" moves on (nothing is read)."""
+        self._draw_header()
+
+    @_while_mounted
+    def _draw_header(self) -> None:
+        self.main_screen.query_one("#header", Static).update(self.header_text())
+
+    def header_text(self) -> Text:
+        """RO · PAUSED · workspace · engine state · health · updated Ns ago · host.
+
+        Most important first: on a narrow terminal the header wraps to a second line and
+        the badges never fall off the edge.
+        """
+        data = self.data
+        text = Text(" beast ", style="bold")
+        if self.gateway.readonly:
+            text.append(" RO read-only ", style="bold reverse")
+            text.append(" ")
+        if self.paused:
+            text.append(" PAUSED ", style="bold reverse")
+            text.append(" ")
+        text.append(f"· ws {self.workspace_label} · ")
+        text.append_text(self._engine_state(data))
+        if data is None:
+            text.append(" · loading…")
+        else:
+            text.append(" · health ")
+            text.append_text(fmt.health_text(data.health, ascii_only=self.ascii_only))
+            text.append(f" · updated {fmt.age(self.clock() - data.fetched_at)} ago")
+        text.append(f" · {self.host}")
+        return text
+
+    def _engine_state(self, data: ConsoleData | None) -> Text:
+        pid = data.engine_pid if data is not None else "unknown"
+        if isinstance(pid, int):
+            on = "*" if self.ascii_only else "●"
+            return Text(f"engine {on} running (pid {pid})", style="green")
+        if pid is None:
+            off = "o" if self.ascii_only else "○"
+            return Text(f"engine {off} not running", style="yellow")
+        return Text("engine ? unavailable", style="dim")
+
+    @_while_mounted
+    def log_action(self, line: str) -> None:
+        """One line in the action log, stamped with the console's clock (UTC)."""
+        stamp = time.strftime("%H:%M:%S", time.gmtime(self.clock()))
+        self.main_screen.query_one("#actions", Log).write_line(f"{stamp} {line}")
+
+    # -- selection, focus, filter ------------------------------------------------------------
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "deployments-table" and event.row_key.value is not None:
+            self.selected = str(event.row_key.value)
+            self._draw_metrics()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.data_table.id == "deployments-table":
+            self.action_details()
+
+    def action_focus_pane(self, number: int) -> None:
+        pane = self.main_screen.query_one(f"#pane-{number}", Pane)
+        pane.focus_target.focus()
+
+    def action_maximize_pane(self) -> None:
+        screen = self.screen
+        if screen.maximized is not None:
+            screen.minimize()
+            return
+        focused = screen.focused
+        chain = (focused, *focused.ancestors) if focused is not None else ()
+        pane = next((a for a in chain if isinstance(a, Pane)), None)
+        if pane is not None:
+            screen.maximize(pane, container=False)
+
+    def action_filter(self) -> None:
+        box = self.main_screen.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "filter":
+            self.needle = event.value.strip().lower()
+            self._draw()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "filter":
+            self._close_filter(keep=True)
+
+    def on_key(self, event: events.Key) -> None:
+        box = self.main_screen.query_one("#filter", Input)
+        if event.key == "escape" and box.has_focus:
+            event.stop()
+            self._close_filter(keep=False)
+
+    def _close_filter(self, *, keep: bool) -> None:
+        box = self.main_screen.query_one("#filter", Input)
+        if not keep:
+            box.value = ""
+            self.needle = ""
+            self._draw()
+        box.display = bool(self.needle)
+        self.main_screen.query_one(DeploymentTable).focus()
+
+    # -- simple actions ---------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.key_rows(), self.gateway.readonly))
+
+    def key_rows(self) -> list[tuple[str, str]]:
+        """(key, what it does) of every binding, with remapped keys as they are now."""
+        rows = []
+        keymap = self._keymap
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            if binding.action.startswith("mutate(") and not self.action_applies(binding.action):
+                continue
+            key = keymap.get(binding.id or "", binding.key)
+            rows.append((key.replace("question_mark", "?").replace("slash", "/"), _what(binding)))
+        rows[1:1] = [("ctrl+p", "command palette"), ("tab", "next pane"), ("j / k", "down / up")]
+        rows.append(("enter", "details of the selected version"))
+        return rows
+
+    def action_pause(self) -> None:
+        self.paused = not self.paused
+        self.log_action("live refresh paused" if self.paused else "live refresh resumed")
+        if self.paused and self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        elif not self.paused:
+            self.request_poll()
+        self._draw_header()
+
+    def action_refresh(self) -> None:
+        self.request_poll()
+
+    def action_details(self) -> None:
+        key = self.main_screen.query_one(DeploymentTable).cursor_key or self.selected
+        if key is None:
+            self.notify("no version selected", severity="warning")
+            return
+        self._load_details(key)
+
+    @work(thread=True, group="details", exit_on_error=False)
+    def _load_details(self, key: str) -> None:
+        line, version = key.split("/", 1)
+        lineage, problem = None, None
+        try:
+            lineage = self.gateway.lineage(line, version)
+            history = [
+                e
+                for e in self.gateway.history(line)
+                if version
+                in (e.version, e.from_state.production, e.to_state.production, e.to_state.candidate)
+            ]
+        except BeastError as exc:
+            problem, history = str(exc), []
+        report = self.data.version_report(key) if self.data is not None else None
+        self._from_thread(self.push_screen, DetailsScreen(key, lineage, report, history, problem))
+
+    # -- mutations --------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "mutate":
+            return self.mutation_allowed(str(parameters[0]) if parameters else "")
+        return True
+
+    def action_applies(self, action: str) -> bool:
+        """For the palette: an action string as bound to a key, applicable now?"""
+        if action.startswith("mutate("):
+            return self.mutation_allowed(action[len("mutate('") : -2])
+        return True
+
+    def mutation_allowed(self, kind: str) -> bool:
+        """The one gate of every mutation: never in read-only mode; only when it applies."""
+        if self.gateway.readonly or kind not in MUTATIONS:
+            return False
+        if kind in ("promote", "abort") and self.data is not None:
+            line = self._line()
+            return line is not None and proposals.running_test(self.data, line) is not None
+        return True
+
+    def action_mutate(self, kind: str) -> None:
+        if not self.mutation_allowed(kind):
+            self._report(f"{kind} is not available here", "warning")
+            return
+        line = self._line()
+        if self.data is None or line is None:
+            self.notify("nothing to act on yet", severity="warning")
+            return
+        if kind == "deploy":
+            self._open_deploy_form(line)
+            return
+        try:
+            proposal = proposals.PROPOSERS[kind](self.data, line)
+        except Refused as exc:
+            self._report(f"{kind} refused: {exc}", "warning")
+            return
+        self._confirm(proposal)
+
+    def _line(self) -> str | None:
+        if self.selected is not None:
+            return self.selected.split("/", 1)[0]
+        lines = self.data.status.lines if self.data is not None else ()
+        return lines[0] if len(lines) == 1 else None
+
+    def _open_deploy_form(self, line: str) -> None:
+        assert self.data is not None
+        serving = {d.version for d in self.data.status.deployments if d.line == line}
+        versions = [
+            v.version for v in self.data.versions if v.line == line and v.version not in serving
+        ]
+        if not versions:
+            self._report(f"deploy refused: no free registered version of {line}", "warning")
+            return
+        chosen = self.selected.split("/", 1)[1] if self.selected else None
+
+        def submitted(request: DeployRequest | None) -> None:
+            if request is None or self.data is None:
+                self.log_action("deploy: cancelled")
+                return
+            try:
+                self._confirm(proposals.deploy(self.data, request))
+            except Refused as exc:
+                self._report(f"deploy refused: {exc}", "warning")
+
+        self.push_screen(DeployForm(line, versions, chosen), submitted)
+
+    def _confirm(self, proposal: Proposal) -> None:
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.log_action(f"{proposal.action}: confirmed, running…")
+                self._run(proposal)
+            else:
+                self._report(f"{proposal.action}: cancelled, nothing changed", "information")
+
+        self.push_screen(ConfirmScreen(proposal, self.workspace_label), answered)
+
+    @work(thread=True, group="act", exit_on_error=False)
+    def _run(self, proposal: Proposal) -> None:
+        try:
+            result = proposal.run(self.gateway)
+        except StateChanged as exc:
+            outcome, severity = f"{proposal.action}: state changed, retry ({exc})", "error"
+        except BeastError as exc:
+            outcome, severity = f"{proposal.action} refused: {exc}", "error"
+        else:
+            outcome, severity = _outcome(proposal.action, result), "information"
+        self._from_thread(self._finished, outcome, severity)
+
+    def _finished(self, outcome: str, severity: str) -> None:
+        self._report(outcome, severity)
+        self.request_poll()
+
+    def _report(self, line: str, severity: str) -> None:
+        self.notify(line, severity=severity)  # type: ignore[arg-type]
+        self.log_action(line)
+
+
+def _outcome(action: str, result: Any) -> str:
+    message = getattr(result, "message", None)
+    if action == "retrain":
+        job_id = getattr(result, "id", "?")
+        return f"retrain: job #{job_id} started ({getattr(result, 'status', 'queued')})"
+    changed = getattr(result, "changed", True)
+    return f"{action}: {message}" + ("" if changed else " (nothing changed)")
+
+
+def _what(binding: Binding) -> str:
+    words = {
+        "focus_pane": "focus pane " + binding.action[-2:-1],
+        "mutate('rollback')": "roll back production (asks first)",
+        "mutate('promote')": "promote the A/B candidate (asks first)",
+        "mutate('abort')": "abort the A/B test (asks first)",
+        "mutate('retrain')": "start a retraining job (asks first)",
+        "mutate('deploy')": "deploy a registered version (form, then asks)",
+        "maximize_pane": "maximize / restore the focused pane",
+        "pause": "pause / resume live refresh",
+        "refresh": "refresh now",
+        "filter": "filter rows",
+        "help": "this help",
+        "quit": "quit",
+    }
+    action = binding.action
+    head = action.split("(")[0] if action.startswith("focus_pane") else action
+    return words.get(head, binding.description)
+
+
+def _label(root: Path) -> str:
+    """The workspace as the operator would type it: relative to here, or with ~."""
+    try:
+        return str(root.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        home = str(Path.home())
+        text = str(root)
+        return "~" + text[len(home) :] if text.startswith(home) else text

@@ -1,0 +1,136 @@
+"""Modal dialogs: the confirm dialog every mutation passes, and the deploy form.
+
+Cancel is focused when a dialog opens, so a stray `enter` cancels. `y` confirms, `n` or
+`escape` cancels. The title names the workspace, so the operator knows where they act.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static
+
+from console.proposals import DeployRequest, Proposal
+from engine.errors import BeastError
+from engine.naming import check_name
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask before a mutation: what changes, from → to, traffic, verdict, last alerts."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "answer(True)", "Confirm", id="confirm-yes"),
+        Binding("n", "answer(False)", "Cancel", id="confirm-no"),
+        Binding("escape", "answer(False)", "Cancel", show=False, id="confirm-escape"),
+    ]
+
+    def __init__(self, proposal: Proposal, workspace: str) -> None:
+        super().__init__()
+        self.proposal = proposal
+        self.workspace = workspace
+
+    def compose(self) -> ComposeResult:
+        p = self.proposal
+        with Vertical(id="dialog"):
+            yield Label(Text(f"{p.title} · {self.workspace}", style="bold"), id="dialog-title")
+            yield Static("\n".join(f"  {line}" for line in p.changes), id="dialog-changes")
+            yield Static("\n".join(p.context), id="dialog-context")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Cancel (n)", id="cancel", variant="primary")
+                yield Button(f"OK: {p.action} (y)", id="ok", variant="error")
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "ok")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class DeployForm(ModalScreen[DeployRequest | None]):
+    """Which registered version, and as production or as an A/B candidate at a share."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel", id="form-cancel"),
+    ]
+
+    def __init__(self, line: str, versions: list[str], chosen: str | None) -> None:
+        super().__init__()
+        self.line = line
+        self.versions = versions
+        self.chosen = chosen if chosen in versions else (versions[0] if versions else None)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Label(Text(f"Deploy a version of {self.line}", style="bold"))
+            yield Select(
+                [(v, v) for v in self.versions],
+                value=self.chosen if self.chosen is not None else Select.BLANK,
+                allow_blank=False,
+                id="form-version",
+            )
+            yield Select(
+                [("as A/B candidate", "ab"), ("as production (100%)", "production")],
+                value="ab",
+                allow_blank=False,
+                id="form-mode",
+            )
+            yield Input("10", placeholder="candidate share, 1–99 %", id="form-share")
+            yield Input(
+                f"ab-{self.chosen}" if self.chosen else "",
+                placeholder="A/B test name",
+                id="form-test",
+            )
+            yield Label("", id="form-error")
+            with Horizontal(id="dialog-buttons"):
+                yield Button("Cancel", id="cancel", variant="primary")
+                yield Button("Next", id="next", variant="warning")
+
+    def on_mount(self) -> None:
+        self.query_one("#form-share", Input).focus()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "form-version" and isinstance(event.value, str):
+            self.query_one("#form-test", Input).value = f"ab-{event.value}"
+        ab = self.query_one("#form-mode", Select).value == "ab"
+        self.query_one("#form-share", Input).display = ab
+        self.query_one("#form-test", Input).display = ab
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._submit()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            self._submit()
+        else:
+            self.dismiss(None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    def _submit(self) -> None:
+        try:
+            request = self._request()
+        except (BeastError, ValueError) as exc:
+            self.query_one("#form-error", Label).update(Text(str(exc), style="bold red"))
+            return
+        self.dismiss(request)
+
+    def _request(self) -> DeployRequest:
+        version = self.query_one("#form-version", Select).value
+        if not isinstance(version, str):
+            raise ValueError("choose a version")
+        if self.query_one("#form-mode", Select).value == "production":
+            return DeployRequest(self.line, version)
+        share_text = self.query_one("#form-share", Input).value.strip()
+        if not share_text.isdigit() or not 1 <= int(share_text) <= 99:
+            raise ValueError(f"the share must be a whole percent 1–99, not {share_text!r}")
+        test = check_name("A/B test", self.query_one("#form-test", Input).value.strip())
+        return DeployRequest(self.line, version, int(share_text), test)

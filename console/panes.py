@@ -1,0 +1,379 @@
+"""The five panes. Each draws a `ConsoleData`; tables are updated by row key, never cleared."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import DataTable, Label, Sparkline, Static
+
+from console import format as fmt
+from console.data import ConsoleData, VersionRow
+from console.series import VersionSeries
+from engine.config import Config
+from engine.monitoring import VersionReport
+
+Cells = tuple[Any, ...]
+
+
+class SyncTable(DataTable[Any]):
+    """A DataTable kept in step with a list of keyed rows: update, add, remove, reorder.
+
+    The cursor follows its row key, so a refresh never moves what the operator points at.
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "cursor_down", "Down", show=False, id="down"),
+        Binding("k", "cursor_up", "Up", show=False, id="up"),
+    ]
+
+    def __init__(self, columns: Sequence[tuple[str, str]], **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kw)
+        self._columns = columns
+
+    def on_mount(self) -> None:
+        for key, label in self._columns:
+            self.add_column(label, key=key)
+
+    @property
+    def cursor_key(self) -> str | None:
+        if not self.row_count:
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return None if row_key.value is None else str(row_key.value)
+
+    def sync(self, rows: Sequence[tuple[str, Cells]]) -> None:
+        """Make the table show `rows` (key, cells) in that order, keeping the cursor's row."""
+        keep = self.cursor_key
+        wanted = dict(rows)
+        for gone in [k for k in list(self.rows) if k.value not in wanted]:
+            self.remove_row(gone)
+        column_keys = [key for key, _ in self._columns]
+        for key, cells in rows:
+            if key in self.rows:
+                old = self.get_row(key)
+                for column, value, before in zip(column_keys, cells, old, strict=True):
+                    if value != before:
+                        self.update_cell(key, column, value)
+            else:
+                self.add_row(*cells, key=key)
+        order = {_plain(cells[0]): i for i, (_, cells) in enumerate(rows)}
+        if [k.value for k in self._row_order()] != [key for key, _ in rows]:
+            self._sort_by(order)
+        if keep is not None and keep in self.rows:
+            index = self.get_row_index(keep)
+            if index != self.cursor_row:
+                self.move_cursor(row=index, animate=False)
+
+    def _row_order(self) -> list[Any]:
+        return sorted(self.rows, key=self.get_row_index)
+
+    def _sort_by(self, order: dict[str, int]) -> None:
+        # The first column holds each row's key text (unique), so it can carry the order.
+        first = self._columns[0][0]
+        self.sort(first, key=lambda cell: order.get(_plain(cell), len(order)))
+
+
+def _plain(cell: Any) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+class Pane(Vertical):
+    """A titled, focusable-through-its-child, maximizable pane."""
+
+    ALLOW_MAXIMIZE = True
+
+    def __init__(self, number: int, title: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.number = number
+        self.base_title = title
+        self.border_title = f"{number} {title}"
+
+    def retitle(self, suffix: str = "") -> None:
+        self.border_title = f"{self.number} {self.base_title}{suffix}"
+
+    @property
+    def focus_target(self) -> Any:
+        return self.query_one(".pane-focus")
+
+
+# -- 1 Deployments -----------------------------------------------------------------------------
+
+
+class DeploymentsPane(Pane):
+    def compose(self) -> ComposeResult:
+        yield DeploymentTable(
+            [
+                ("version", "version"),
+                ("role", "role"),
+                ("traffic", "%"),
+                ("health", "health"),
+                ("since", "since"),
+            ],
+            id="deployments-table",
+            classes="pane-focus",
+        )
+
+    def draw(self, data: ConsoleData, *, ascii_only: bool, needle: str) -> None:
+        many = len(data.status.lines) > 1
+        rows = []
+        for row in data.versions:
+            if needle and needle not in f"{row.key} {row.role} {row.experiment or ''}".lower():
+                continue
+            report = data.version_report(row.key)
+            health = (
+                fmt.health_text(report.health, ascii_only=ascii_only)
+                if report is not None
+                else Text("-" if row.role == "registered" else "?")
+            )
+            rows.append(
+                (
+                    row.key,
+                    (
+                        row.key if many else row.version,
+                        _role(row),
+                        fmt.percent(row.traffic_bp) if row.role != "registered" else "-",
+                        health,
+                        fmt.since(row.since, data.fetched_at) if row.role != "registered" else "-",
+                    ),
+                )
+            )
+        self.query_one(DeploymentTable).sync(rows)
+        self.retitle(f" (filter: {needle})" if needle else "")
+
+
+def _role(row: VersionRow) -> Text:
+    if row.role == "production":
+        return Text("production", style="bold")
+    if row.role == "candidate":
+        return Text("candidate")
+    return Text("registered", style="dim")
+
+
+class DeploymentTable(SyncTable):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "select_cursor", "Details", id="details"),
+    ]
+
+
+# -- 2 Metrics ---------------------------------------------------------------------------------
+
+_ROWS = (
+    ("accuracy", "acc"),
+    ("mae", "mae"),
+    ("p95", "p95"),
+    ("errors", "err"),
+    ("traffic", "n/m"),
+    ("drift", "drift"),
+)
+
+
+class MetricsPane(Pane):
+    can_focus = True
+
+    def compose(self) -> ComposeResult:
+        yield Static("no version selected", id="metrics-empty", classes="pane-focus-label")
+        for metric, label in _ROWS:
+            with Horizontal(classes="metric-row", id=f"metric-{metric}"):
+                yield Label(label, classes="metric-name")
+                yield Sparkline((), classes="metric-spark", id=f"spark-{metric}")
+                yield Label("-", classes="metric-value", id=f"value-{metric}")
+
+    @property
+    def focus_target(self) -> Any:
+        return self
+
+    def draw(
+        self,
+        row: VersionRow | None,
+        report: VersionReport | None,
+        series: VersionSeries | None,
+        config: Config,
+    ) -> None:
+        self.query_one("#metrics-empty", Static).display = row is None or report is None
+        if row is None:
+            self.retitle()
+            return
+        self.retitle(f": {row.version}")
+        if report is None:
+            self.query_one("#metrics-empty", Static).update(f"{row.version}: not serving")
+        values = _metric_values(report, config)
+        for metric, _ in _ROWS:
+            spark = self.query_one(f"#spark-{metric}", Sparkline)
+            data = series.values(metric) if series is not None else ()
+            if tuple(spark.data or ()) != data:
+                spark.data = data
+            self.query_one(f"#value-{metric}", Label).update(values[metric])
+
+
+def _metric_values(report: VersionReport | None, config: Config) -> dict[str, str]:
+    t = config.thresholds
+    if report is None:
+        return {metric: "-" for metric, _ in _ROWS}
+    w = report.window
+    p95 = w.latency_ms()["p95"]
+    drift = report.drift
+    psi = f" psi {fmt.num(drift.data, '{:.2f}')}" if drift.data is not None else ""
+    return {
+        "accuracy": f"{fmt.num(w.accuracy)} (min {t.accuracy_min:g})",
+        "mae": f"{fmt.num(w.mae, '{:.2f}')} pts (±{t.tolerance_points:g} ok)",
+        "p95": f"{fmt.num(p95, '{:.1f}')} ms (max {t.latency_max_ms:g})",
+        "errors": f"{fmt.num(w.error_rate, '{:.3f}')} (max {t.error_rate_max:g})",
+        "traffic": f"{w.predictions} n, {fmt.percent(report.traffic_bp)}",
+        "drift": f"{fmt.num(drift.model, '{:.1%}')} (max {t.drift_threshold:.0%}){psi}",
+    }
+
+
+# -- 3 Alerts ----------------------------------------------------------------------------------
+
+
+class AlertsPane(Pane):
+    def compose(self) -> ComposeResult:
+        yield SyncTable(
+            [
+                ("id", "#"),
+                ("severity", "sev"),
+                ("status", "status"),
+                ("version", "version"),
+                ("message", "alert"),
+                ("age", "age"),
+            ],
+            id="alerts-table",
+            classes="pane-focus",
+        )
+
+    def draw(self, data: ConsoleData, *, ascii_only: bool, needle: str) -> None:
+        alerts = data.report.alerts if data.report is not None else ()
+        rows = []
+        for alert in alerts:
+            text = f"{alert['version']} {alert['message']} {alert['status']}".lower()
+            if needle and needle not in text:
+                continue
+            resolved = alert["status"] != "firing"
+            rows.append(
+                (
+                    f"#{alert['id']}",
+                    (
+                        f"#{alert['id']}",
+                        fmt.severity_text(alert["severity"], ascii_only=ascii_only),
+                        Text(alert["status"], style="dim" if resolved else "bold"),
+                        str(alert["version"]),
+                        str(alert["message"]),
+                        fmt.since(
+                            alert["resolved_at"] if resolved else alert["first_seen"],
+                            data.fetched_at,
+                        ),
+                    ),
+                )
+            )
+        self.query_one(SyncTable).sync(rows)
+        firing = sum(1 for a in alerts if a["status"] == "firing")
+        self.retitle(f" ({firing} firing)" if firing else "")
+
+
+# -- 4 A/B -------------------------------------------------------------------------------------
+
+
+class ABPane(Pane):
+    def compose(self) -> ComposeResult:
+        yield SyncTable(
+            [
+                ("arm", "arm"),
+                ("version", "version"),
+                ("n", "n"),
+                ("accuracy", "acc"),
+                ("mae", "mae"),
+                ("p95", "p95 ms"),
+            ],
+            id="ab-table",
+            classes="pane-focus",
+        )
+        yield Static("no running A/B test", id="ab-verdict")
+
+    def draw(self, data: ConsoleData) -> None:
+        tests = data.report.experiments if data.report is not None else ()
+        rows = []
+        for test in tests:
+            exp = test.experiment
+            for arm, version, window in (
+                ("control", exp.control, test.control),
+                ("candidate", exp.candidate, test.candidate),
+            ):
+                share = exp.traffic_bp if arm == "candidate" else 10_000 - exp.traffic_bp
+                rows.append(
+                    (
+                        f"{exp.name}:{arm}",
+                        (
+                            f"{exp.name}:{arm}",
+                            f"{version} {fmt.percent(share)}",
+                            str(window.labelled),
+                            fmt.num(window.accuracy),
+                            fmt.num(window.mae, "{:.2f}"),
+                            fmt.num(window.latency_ms()["p95"], "{:.1f}"),
+                        ),
+                    )
+                )
+        self.query_one(SyncTable).sync(rows)
+        verdicts = [
+            f"{t.experiment.name}: {t.verdict.outcome} · acc p={fmt.p_value(t.verdict.accuracy_p)}"
+            f" · mae p={fmt.p_value(t.verdict.mae_p)} · {t.verdict.reason}"
+            for t in tests
+        ]
+        self.query_one("#ab-verdict", Static).update("\n".join(verdicts) or "no running A/B test")
+        self.retitle(f" {tests[0].experiment.name}" if len(tests) == 1 else "")
+
+
+# -- 5 Jobs ------------------------------------------------------------------------------------
+
+
+class JobsPane(Pane):
+    def compose(self) -> ComposeResult:
+        yield SyncTable(
+            [
+                ("id", "#"),
+                ("trigger", "trigger"),
+                ("status", "status"),
+                ("progress", "progress"),
+                ("result", "result"),
+            ],
+            id="jobs-table",
+            classes="pane-focus",
+        )
+
+    def draw(self, data: ConsoleData) -> None:
+        if data.jobs is None:
+            self.query_one(SyncTable).sync(
+                [("unavailable", ("-", "retraining jobs unavailable", "", "", ""))]
+            )
+            return
+        rows = [
+            (
+                f"#{job.id}",
+                (
+                    f"#{job.id}",
+                    job.trigger,
+                    job.status,
+                    f"{job.progress:.0%}",
+                    _job_result(job.status, job.version, job.deployed, job.reason, job.error)
+                    or job.message,
+                ),
+            )
+            for job in data.jobs
+        ]
+        self.query_one(SyncTable).sync(rows)
+
+
+def _job_result(
+    status: str, version: str | None, deployed: bool, reason: str | None, error: str | None
+) -> str:
+    if status == "failed":
+        return f"failed: {error or reason or '?'}"
+    if status == "succeeded":
+        made = f"{version} registered" if version else "no new version"
+        tail = ", deployed" if deployed else ""
+        return f"{made}{tail}" + (f" ({reason})" if reason else "")
+    return ""

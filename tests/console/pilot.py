@@ -1,0 +1,70 @@
+"""Driving the console in tests: a headless app on a real workspace, settled between keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from console.app import BeastConsole
+from console.gateway import Gateway
+from engine import Engine, Workspace
+
+Scenario = Callable[[BeastConsole, Pilot[None]], Awaitable[None]]
+
+
+def make_app(gateway: Gateway, **kw: Any) -> BeastConsole:
+    kw.setdefault("interval_s", 3600.0)  # no timer polls: tests refresh on purpose
+    kw.setdefault("host", "testhost")
+    kw.setdefault("workspace_label", "ws")
+    return BeastConsole(gateway, **kw)
+
+
+async def settle(app: BeastConsole, pilot: Pilot[None]) -> None:
+    """Wait until every worker (poll, action, details) has finished and its result drawn."""
+    for _ in range(5):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        if not any(w.is_running for w in app.workers):
+            return
+
+
+async def press(app: BeastConsole, pilot: Pilot[None], *keys: str) -> None:
+    for key in keys:
+        await pilot.press(key)
+        await settle(app, pilot)
+
+
+def drive(app: BeastConsole, scenario: Scenario, size: tuple[int, int] = (120, 40)) -> None:
+    async def run() -> None:
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            await scenario(app, pilot)
+
+    asyncio.run(run())
+
+
+def rows(app: BeastConsole, table_id: str) -> list[str]:
+    table = app.query_one(f"#{table_id}", DataTable)
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+
+
+def state(ws: Workspace) -> tuple[str | None, str | None, list[str]]:
+    """(production, candidate, history actions) as the engine says, from a fresh Engine."""
+    engine = Engine(ws)
+    try:
+        status = engine.status()
+        prod = next((d.version for d in status.deployments if d.role == "production"), None)
+        cand = next((d.version for d in status.deployments if d.role == "candidate"), None)
+        return prod, cand, [e.action for e in engine.history()]
+    finally:
+        engine.close()
+
+
+def action_log(app: BeastConsole) -> str:
+    from textual.widgets import Log
+
+    return "\n".join(app.query_one("#actions", Log).lines)

@@ -1,0 +1,112 @@
+"""A deterministic workspace for the console's snapshots: fixed times, fixed-seed traffic.
+
+Time is frozen at `FROZEN` (epoch seconds) for the engine's clocks (history, alerts, the
+monitoring window) and handed to the console as its clock; predictions carry fixed
+timestamps in the 30 minutes before it and fixed-seed scores, labels and latencies.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from engine import Engine, Workspace, ids, labels, monitoring, registry
+from engine.predlog import PredictionLog, Record
+from tests.serving_helpers import db
+
+FROZEN = datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp()
+LINE = "quality-predictor"
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def freeze_engine_time(monkeypatch: pytest.MonkeyPatch, at: float = FROZEN) -> None:
+    """The engine's clocks read `at` (mocked at the edge: the time functions only)."""
+    monkeypatch.setattr("engine.monitoring.now_minute", lambda: int(at // 60))
+    monkeypatch.setattr("engine.predlog.now_ms", lambda: int(at * 1000))  # rollup compaction
+    monkeypatch.setattr("engine.monitoring.utc_now", lambda: iso(at))
+
+
+def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 10%), 30 minutes of traffic."""
+    for hours, step in ((3, "v1.0"), (2, "v2.0"), (1, "v3.0")):
+        monkeypatch.setattr("engine.facade.utc_now", lambda h=hours: iso(FROZEN - h * 3600))
+        engine = Engine(ws, actor="ops")
+        try:
+            if step == "v3.0":
+                engine.deploy(version=step, traffic=10, ab_test="retrain-v3")
+            else:
+                engine.deploy(version=step)
+        finally:
+            engine.close()
+    freeze_engine_time(monkeypatch)
+    _traffic(ws)
+    engine = Engine(ws, actor="ops")
+    try:
+        monitoring.evaluate(engine, pull=False)  # the alerts fire, at the frozen time
+    finally:
+        engine.close()
+    _fix_registration_stamps(ws)
+
+
+def _traffic(ws: Workspace) -> None:
+    rng = np.random.default_rng(7)
+    engine = Engine(ws)
+    try:
+        with engine.store.read() as conn:
+            vid = {v: registry.get_version(conn, LINE, v).id for v in ("v2.0", "v3.0")}
+    finally:
+        engine.close()
+    log = PredictionLog(ws.db_path, tolerance=5.0)
+    log.store.migrate()
+    labelled: list[tuple[str, float]] = []
+    for minute in range(30, 0, -1):
+        at_ms = int((FROZEN - minute * 60) * 1000)
+        for version, arm, n, err in (
+            ("v2.0", "production", 36, 3.0),
+            ("v3.0", "candidate", 4, 9.0),
+        ):
+            spike = 40_000 if minute in (12, 11) and arm == "production" else 0
+            for _ in range(n):
+                score = float(rng.uniform(40, 90))
+                record = Record(
+                    ids.new_id(at_ms),
+                    at_ms,
+                    LINE,
+                    vid[version],
+                    arm,
+                    "retrain-v3",
+                    None,
+                    rng.random(5).astype(np.float32).tobytes(),
+                    score,
+                    int(rng.integers(800, 3000)) + spike,
+                    None,
+                )
+                log.submit(record)
+                drift = err * (1 + (30 - minute) / 30)
+                labelled.append((record.pid, score + float(rng.normal(0, drift))))
+    log.close()
+    conn = db(ws)
+    try:
+        with conn:
+            for pid, actual in labelled:
+                labels.label(conn, pid, actual, 5.0, now_ms=int(FROZEN * 1000))
+    finally:
+        conn.close()
+
+
+def _fix_registration_stamps(ws: Workspace) -> None:
+    """The template registered its models at real time, as the OS user: pin both."""
+    conn = db(ws)
+    try:
+        with conn:
+            conn.execute(
+                "UPDATE artifacts SET registered_at = ?, registered_by = 'ops'",
+                (iso(FROZEN - 4 * 3600),),
+            )
+    finally:
+        conn.close()
