@@ -55,8 +55,10 @@ def cmd_console(engine: Engine, args: argparse.Namespace) -> int:
     if args.demo:  # the demo workspace (built if empty), a live engine and traffic around it
         from engine import demo_live
 
-        with demo_live.running(engine.workspace):
-            return _open(engine, args, keymap)
+        # Never the user's own ./.beast-mode: without --workspace the demo lives in ./demo.
+        demo = Engine(demo_live.workspace_for(getattr(args, "workspace", None)))
+        with demo_live.running(demo.workspace):
+            return _open(demo, args, keymap)
     engine.store  # noqa: B018 - refuse a broken workspace with one line, before the screen opens
     return _open(engine, args, keymap)
 
