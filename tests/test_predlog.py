@@ -43,7 +43,10 @@ def ab_ws(registered: Workspace) -> Workspace:
 
 def test_every_prediction_goes_through_the_batched_writer(ab_ws: Workspace) -> None:
     statements: list[str] = []
-    with serving(ab_ws, interval=0.02) as (router, log):
+    # How many rows a flush carries depends on the machine's speed (measured here: ~14 rows per
+    # transaction on a quiet machine, hundreds under load); the bound only has to rule out one
+    # transaction per request, with room for a faster machine.
+    with serving(ab_ws, interval=0.05) as (router, log):
         assert log is not None
         log.store.conn.set_trace_callback(statements.append)
         rng = np.random.default_rng(1)
@@ -60,7 +63,7 @@ def test_every_prediction_goes_through_the_batched_writer(ab_ws: Workspace) -> N
     assert stats.dropped == 0 and stats.queued == 0
     assert len(commits) == stats.batches == len(begins)
     assert all(s == "BEGIN IMMEDIATE" for s in begins)
-    assert stats.batches <= served / 20, (stats.batches, served)  # never one per request
+    assert stats.batches <= served / 5, (stats.batches, served)  # never one per request
 
 
 def test_close_flushes_everything_still_queued(ab_ws: Workspace) -> None:
