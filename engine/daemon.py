@@ -32,6 +32,7 @@ What it takes care of, in order:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import ipaddress
@@ -45,7 +46,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from engine.errors import BeastError
 from engine.facade import Engine
@@ -220,8 +221,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class Evaluator:
-    """Runs `monitoring.evaluate` on a timer in a thread with its own engine connection."""
+class _Periodic(abc.ABC):
+    """A daemon thread that runs `_run` (which waits on `_stop` every `every_s`); 0 = never."""
+
+    thread_name = "beast-periodic"
 
     def __init__(self, workspace: Workspace, every_s: float) -> None:
         self.workspace = workspace
@@ -229,9 +232,9 @@ class Evaluator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> Evaluator:
+    def start(self) -> Self:
         if self.every_s > 0:
-            self._thread = threading.Thread(target=self._run, name="beast-monitor", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
             self._thread.start()
         return self
 
@@ -240,6 +243,16 @@ class Evaluator:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    @abc.abstractmethod
+    def _run(self) -> None:
+        """The loop: `while not self._stop.wait(self.every_s): …`."""
+
+
+class Evaluator(_Periodic):
+    """Runs `monitoring.evaluate` on a timer in a thread with its own engine connection."""
+
+    thread_name = "beast-monitor"
 
     def _run(self) -> None:
         from engine import monitoring
@@ -261,29 +274,13 @@ class Evaluator:
             engine.close()
 
 
-class Scheduler:
+class Scheduler(_Periodic):
     """Checks the retraining triggers every `every_s` seconds: reap lost jobs, start due ones.
 
     The training itself runs in a worker process (engine.workers); this thread only decides.
     """
 
-    def __init__(self, workspace: Workspace, every_s: float) -> None:
-        self.workspace = workspace
-        self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> Scheduler:
-        if self.every_s > 0:
-            self._thread = threading.Thread(target=self._run, name="beast-retrain", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    thread_name = "beast-retrain"
 
     def _run(self) -> None:
         engine = Engine(self.workspace, actor="beast-engine (scheduler)")
