@@ -468,6 +468,23 @@ def scorer(booster: Any, width: int) -> Callable[[np.ndarray], np.ndarray]:
     return standard
 
 
+# A few rows are scored without releasing the GIL. Releasing it for a ~0.1 ms call hands it to
+# the prediction log's writer thread, and getting it back waits for that thread's next
+# switch (up to `sys.getswitchinterval()`, 5 ms): on the HTTP server that wait was most of
+# the one-client p99. Batches still release it, so SQLite and XGBoost overlap on two cores.
+HELD_ROWS = 16
+_HELD_PROTOTYPE = ctypes.PYFUNCTYPE(
+    ctypes.c_int,  # XGBoosterPredictFromDense(handle, array interface, config, proxy,
+    ctypes.c_void_p,  # out shape, out dims, out result)
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+)
+
+
 class _DirectScorer:
     """`XGBoosterPredictFromDense` on a C-contiguous float32 matrix (see `scorer`)."""
 
@@ -477,6 +494,11 @@ class _DirectScorer:
         self._booster = booster  # keeps the handle alive
         self._handle = booster.handle
         self._predict = core._LIB.XGBoosterPredictFromDense
+        # The same C function, called without releasing the GIL (see HELD_ROWS).
+        address = ctypes.cast(self._predict, ctypes.c_void_p).value
+        if not address:
+            raise RuntimeError("XGBoosterPredictFromDense has no address")
+        self._predict_held = _HELD_PROTOTYPE(address)
         self._check = core._check_call
         self._ulong = ctypes.c_uint64  # bst_ulong in XGBoost's C API
         # What inplace_predict sends for predict_type="value" and no iteration range.
@@ -507,7 +529,7 @@ class _DirectScorer:
         dims = self._ulong()
         preds = ctypes.POINTER(ctypes.c_float)()
         self._check(
-            self._predict(
+            (self._predict_held if rows <= HELD_ROWS else self._predict)(
                 self._handle,
                 interface,
                 self._args,

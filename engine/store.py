@@ -28,6 +28,7 @@ from engine.schema import MIGRATION_SET, MIGRATIONS
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 BUSY_ENV = "BEAST_BUSY_TIMEOUT_S"
+PAGE_SIZE = 16384  # bytes, for new databases (see Store._connect)
 
 
 def _busy_timeout() -> float:
@@ -201,6 +202,10 @@ class Store:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Set before the file's first page exists, and a no-op on any existing database:
+            # 16 KiB pages make the prediction log's bulk inserts about 1.5x faster than the
+            # 4 KiB default (fewer page splits and WAL frames per row; tests/bench).
+            conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self._use_wal(conn)
             # Deployment state changes are rare and precious: sync each commit.
             conn.execute("PRAGMA synchronous = FULL")

@@ -425,7 +425,7 @@ def test_the_direct_scorer_gives_exactly_what_inplace_predict_gives(
 ) -> None:
     import xgboost as xgb
 
-    from engine.serving import _DirectScorer, scorer
+    from engine.serving import HELD_ROWS, _DirectScorer, scorer
 
     rng = np.random.default_rng(12)
     rows = rng.normal(0, 50, (300, len(FEATURES))).astype(np.float32)
@@ -439,6 +439,8 @@ def test_the_direct_scorer_gives_exactly_what_inplace_predict_gives(
         for i in range(0, 300, 37):
             np.testing.assert_array_equal(fast(rows[i : i + 1]), expected[i : i + 1])
         np.testing.assert_array_equal(fast(rows[::3]), expected[::3])  # not contiguous
+        for n in (HELD_ROWS, HELD_ROWS + 1):  # the largest scored holding the GIL, and beyond
+            np.testing.assert_array_equal(fast(rows[:n]), expected[:n])
 
     # Anything the direct call cannot serve exactly falls back to inplace_predict.
     class Wrapped:  # booster-like, without XGBoost's C handle

@@ -28,7 +28,7 @@ from engine import Engine, Workspace, invariants
 from engine.backup import backup
 from engine.errors import BeastError, StateBusy, StoreError
 from engine.schema import MIGRATION_SET, MIGRATIONS
-from engine.store import Store, translate
+from engine.store import PAGE_SIZE, Store, translate
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 
 NAMES = [name for name, _sql in MIGRATIONS]
@@ -86,6 +86,24 @@ def test_every_connection_is_wal_with_foreign_keys_and_a_busy_timeout(
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_new_database_gets_large_pages_and_an_existing_one_keeps_its_own(
+    tmp_path: Path,
+) -> None:
+    fresh = _fresh(tmp_path)
+    assert fresh.query("PRAGMA page_size")[0][0] == PAGE_SIZE
+    fresh.close()
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as plain:  # written before: 4 KiB pages
+        plain.execute("PRAGMA page_size = 4096")
+        plain.execute("CREATE TABLE t (x)")
+    plain.close()
+    store = Store(old)
+    assert store.migrate()  # opened, switched to WAL and migrated: pages untouched
+    assert store.query("PRAGMA page_size")[0][0] == 4096
+    assert store.query("PRAGMA integrity_check")[0][0] == "ok"
+    store.close()
 
 
 def test_a_busy_writer_waits_the_timeout_then_refuses_in_one_line(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from engine import ids, serving
 from engine.predlog import _INSERT, PredictionLog, Record
 from engine.serving import Router
+from engine.store import PAGE_SIZE
 from tests.bench import workload
 from tests.bench.conftest import machine
 
@@ -78,8 +79,9 @@ def _setup(tmp_path: Path) -> tuple[Router, PredictionLog]:
 
 def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]:
     """The writer's floor: executemany of the same rows into the same table and indexes
-    (DDL copied from the workspace), WAL and synchronous=NORMAL as the log writer opens it, in
-    transactions of the writer's batch size. Returns a round's function (its wall time)."""
+    (DDL copied from the workspace), page size, WAL and synchronous=NORMAL as the log writer
+    opens it, in transactions of the writer's batch size. Returns a round's function (its wall
+    time)."""
     with sqlite3.connect(db) as source:
         ddl = [
             sql
@@ -89,6 +91,7 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
         ]
     source.close()
     conn = sqlite3.connect(scratch, isolation_level=None)
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # as the workspace's database has them
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     for sql in ddl:
