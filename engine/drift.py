@@ -5,11 +5,13 @@ live data is counted into the same bins, so PSI over a window is a sum over ~10 
 needs no scan of logged predictions. `compare` works on raw rows (the reference check and the
 benchmark); `psi_from_counts` / `ks_from_counts` work on the rollup's counts.
 
-PSI bands (DESIGN.md §6): < 0.1 stable, 0.1–0.25 warning, ≥ 0.25 critical.
+PSI bands (DESIGN.md §6): < 0.1 stable, 0.1–0.25 warning, ≥ 0.25 critical, judged only
+over enough values to be more than noise (`min_samples`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +151,19 @@ def bin_counts(values: np.ndarray, inner_edges: np.ndarray | tuple[float, ...]) 
     edges = np.asarray(inner_edges, dtype=np.float64)
     idx = np.searchsorted(edges, values, side="left")
     return np.bincount(idx, minlength=edges.size + 1).astype(np.float64)
+
+
+def min_samples(reference: Reference) -> int:
+    """The fewest live values whose PSI against `reference` says more than sampling noise.
+
+    With no drift at all, PSI over n values counted into B bins is about χ²(B − 1) / n, so
+    its expectation is (B − 1) / n: 0.30 for 30 values in 10 bins, past the critical band on
+    noise alone (and one empty bin adds ~0.69 by itself). Asking for n ≥ 4 (B − 1) / 0.1
+    keeps that expectation at a quarter of the warning band (360 values for 10 bins); below
+    it the answer is "not enough data", never an alarm.
+    """
+    bins = max((len(e) + 1 for e in reference.edges), default=1)
+    return math.ceil(4 * (bins - 1) / PSI_WARNING - 1e-9)
 
 
 def psi_from_counts(ref_shares: np.ndarray | tuple[float, ...], counts: np.ndarray) -> float:

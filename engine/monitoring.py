@@ -6,7 +6,8 @@ metric, deduplicated while it fires, resolved when it clears) and pulls a runnin
 candidate to 0% when its health is critical — once, recorded in history like any abort.
 
 Below `monitoring.min_samples` predictions (labelled ones, for accuracy and MAE) a figure
-is "not enough data": never an alarm.
+is "not enough data": never an alarm. Data drift asks for more: PSI over fewer values than
+`drift.min_samples` (360 for ten bins) is mostly sampling noise.
 """
 
 from __future__ import annotations
@@ -168,7 +169,12 @@ def _since(window: str, deployed_since: str) -> int | None:
 def data_drift(
     reference: baselines.VersionReference | None, window: metrics.WindowMetrics, min_samples: int
 ) -> tuple[float | None, float | None, tuple[drift.FeatureDrift, ...]]:
-    if reference is None or window.feature_hist is None or window.drift_n < min_samples:
+    if reference is None or window.feature_hist is None:
+        return None, None, ()
+    enough = max(
+        min_samples, drift.min_samples(reference.features), drift.min_samples(reference.score)
+    )
+    if window.drift_n < enough:
         return None, None, ()
     per_feature = reference.split(window.feature_hist.astype(float))
     found = sorted(

@@ -35,6 +35,28 @@ def test_psi_and_ks_match_independent_computations(shift: float) -> None:
         assert result[name].ks == pytest.approx(stats.ks_2samp(ref[:, j], cur[:, j]).statistic)
 
 
+def test_psi_over_its_minimum_sample_is_signal_and_below_it_noise() -> None:
+    rng = np.random.default_rng(5)
+    names = tuple(f"f{i}" for i in range(20))
+    reference = drift.build_reference(rng.normal(size=(10_000, 20)), names)
+    need = drift.min_samples(reference)
+    assert need == 360  # ten bins: 4 × 9 / 0.1
+
+    def worst(n: int, seed: int, shift: float = 0.0) -> float:
+        live = np.random.default_rng(1000 + seed).normal(loc=shift, size=(n, 20))
+        return max(
+            drift.psi_from_counts(reference.shares[j], drift.bin_counts(live[:, j], edges))
+            for j, edges in enumerate(reference.edges)
+        )
+
+    # No drift at all: at the minimum, the worst of 20 features warns in ≤ 1% of samples ...
+    assert sum(worst(need, s) >= drift.PSI_WARNING for s in range(200)) <= 2
+    # ... while 30 values (monitoring.min_samples) cross the critical band most of the time.
+    assert sum(worst(30, s) >= drift.PSI_CRITICAL for s in range(200)) >= 100
+    # A real shift of half a standard deviation is seen at the minimum every time.
+    assert all(worst(need, s, shift=0.5) >= drift.PSI_WARNING for s in range(50))
+
+
 def test_levels_and_ordering() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(5000, 3))

@@ -26,8 +26,11 @@ def feed(
     experiment: str = "",
     arm: str = "production",
     minutes_ago: int = 0,
+    rows: np.ndarray | None = None,
 ) -> None:
-    """n predictions of `version` scored 50; a `within` share labelled within ±5 points."""
+    """n predictions of `version` scored 50; a `within` share labelled within ±5 points.
+
+    Their features are zeros, or the float32 `rows` (n of them) when given."""
     with engine.store.read() as conn:
         version_id = registry.get_version(conn, LINE, version).id
     at_ms = int((time.time() - minutes_ago * 60) * 1000)
@@ -45,7 +48,7 @@ def feed(
                 arm,
                 experiment,
                 None,
-                np.zeros(5, np.float32).tobytes(),
+                np.zeros(5, np.float32).tobytes() if rows is None else rows[i].tobytes(),
                 None if failed else 50.0,
                 latency_us,
                 "model error" if failed else None,
@@ -115,6 +118,32 @@ def test_model_drift_against_the_baseline(deployed: Engine) -> None:
     v = version_report(monitoring.report(deployed), "v1.0")
     assert v.drift.model == pytest.approx((0.95 - 0.82) / 0.95, abs=0.01)
     assert [f.metric for f in v.findings] == ["model_drift"] and v.health == "warning"
+
+
+def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
+    deployed: Engine,
+) -> None:
+    rng = np.random.default_rng(8)
+    names = ("coverage", "complexity", "lint_density", "duplication", "churn")
+    training = rng.normal(size=(5000, 5))
+    reference = baselines.VersionReference.build(training, rng.normal(50, 5, 5000), names)
+    with deployed.store.write() as conn:
+        artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
+        baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
+    drifted = rng.normal(size=(1000, 5)).astype(np.float32)
+    drifted[:, 3] += 1.5  # duplication moved: PSI far past the critical band
+
+    # 100 values: far above monitoring.min_samples (30), still too few for PSI to mean much.
+    feed(deployed, "v1.0", 100, within=1.0, rows=drifted[:100])
+    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    assert v.drift.data is None and v.drift.features == ()
+    assert v.health == "healthy" and "data_drift" not in {f.metric for f in v.findings}
+
+    feed(deployed, "v1.0", 900, within=1.0, rows=drifted[100:])
+    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    assert v.drift.data is not None and v.drift.data >= 0.25
+    assert v.drift.features[0].name == "duplication"
+    assert v.health == "critical" and [f.metric for f in v.findings] == ["data_drift"]
 
 
 def test_alerts_deduplicate_while_firing_and_resolve_when_clear(deployed: Engine) -> None:
