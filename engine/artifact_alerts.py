@@ -8,13 +8,47 @@ the file is back as it was registered or the version no longer serves.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from pathlib import Path
 
 from engine import artifacts, registry
 from engine.clock import utc_now
 
 METRIC = "artifact"
+SETTLED_NS = 2_000_000_000  # a ctime this old will change if the file is written again
+RECHECK_NS = 600_000_000_000  # and every ten minutes the bytes are read again regardless
+
+# path -> (its stat when hashed, its sha256, when hashed): this process's verified files.
+_verified: dict[Path, tuple[tuple[int, ...], str, int]] = {}
+
+
+def _fingerprint(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def sha256(path: Path) -> str:
+    """The file's sha256, read again only when its stat changed (or ten minutes passed).
+
+    Alerts are synced every evaluation inside a write transaction; reading a model of
+    hundreds of MB each time would hold the write lock (and the prediction log) for seconds.
+    Any write to a file moves its ctime, which no user call can set back, so the same inode,
+    size, mtime and ctime mean the same bytes — once that ctime is old enough that a later
+    write cannot land in the same clock tick.
+    """
+    now = time.time_ns()
+    before = _fingerprint(path.stat())
+    known = _verified.get(path)
+    if known is not None and known[0] == before and now - known[2] < RECHECK_NS:
+        return known[1]
+    digest = artifacts.sha256_of(path)
+    after = _fingerprint(path.stat())
+    if after == before and now - after[4] >= SETTLED_NS:
+        _verified[path] = (after, digest, now)
+    else:
+        _verified.pop(path, None)
+    return digest
 
 
 def problems(conn: sqlite3.Connection, models_dir: Path) -> dict[tuple[str, str], str]:
@@ -25,7 +59,7 @@ def problems(conn: sqlite3.Connection, models_dir: Path) -> dict[tuple[str, str]
         ref = registry.version_by_id(conn, version_id)
         path = registry.artifact_path(conn, models_dir, ref.artifact_id)
         try:
-            intact = artifacts.sha256_of(path) == ref.sha256
+            intact = sha256(path) == ref.sha256
         except FileNotFoundError:
             out[(ref.line, ref.name)] = (
                 f"artifact {path.name} is missing: serving from memory, a restart cannot load it"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import BeastError, Engine, Workspace, artifacts
+from engine import BeastError, Engine, Workspace, artifact_alerts, artifacts
 from engine.warm_validator import WarmValidator
 from tests.helpers import beast, model_path, production, train_model
 
@@ -104,3 +104,38 @@ def test_cli_deploy_of_a_missing_artifact_is_one_line(registered: Workspace) -> 
     assert result.returncode == 1
     assert result.stderr.startswith("beast: cannot deploy quality-predictor/v2.0")
     assert "Traceback" not in result.stderr
+
+
+def test_the_artifact_alert_reads_a_file_again_only_when_its_stat_changed(
+    engine: Engine, registered: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine.deploy(version="v1.0")
+    path = model_path(registered, "v1.0")
+    reads: list[Path] = []
+    real = artifacts.sha256_of
+    monkeypatch.setattr(artifacts, "sha256_of", lambda p: reads.append(p) or real(p))
+    # As if the file had been written long ago: its ctime is settled.
+    later = time.time_ns() + 2 * artifact_alerts.SETTLED_NS
+    monkeypatch.setattr(artifact_alerts.time, "time_ns", lambda: later)
+
+    def firing() -> list[str]:
+        with engine.store.write() as conn:
+            artifact_alerts.sync(conn, registered.models_dir)
+            rows = conn.execute(
+                "SELECT message FROM alerts WHERE metric = 'artifact' AND resolved_at IS NULL"
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    assert firing() == [] and firing() == [] and firing() == []
+    assert reads == [path]  # hashed once, then known by its unchanged stat
+
+    # Other bytes of the same size, the mtime put back: the ctime still moves.
+    original = path.read_bytes()
+    st = path.stat()
+    path.write_bytes(bytes(b ^ 0xFF for b in original[:64]) + original[64:])
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    alerts = firing()
+    assert len(alerts) == 1 and "no longer has its registered sha256" in alerts[0]
+    assert reads == [path, path]
+    path.write_bytes(original)
+    assert firing() == []
