@@ -512,9 +512,11 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
         peer_load = None
     if peer_load is not None:
         ratio = eight.rps / peer_load.rps
+        floor_ratio = results["floor, 8 client(s)"].rps / peer_load.rps
         print(
             f"  peer: mlflow models serve (1 worker, /invocations dataframe_split), 8 clients: "
-            f"{peer_load.describe()}  → beast (1 worker) does {ratio:.1f}× its req/s"
+            f"{peer_load.describe()}  → beast (1 worker) does {ratio:.1f}× its req/s, "
+            f"2 workers {two.rps / peer_load.rps:.1f}×; the bare floor does {floor_ratio:.1f}×"
         )
         verdicts.append((f"≥ {MLFLOW_TARGET}× mlflow models serve", ratio >= MLFLOW_TARGET))
     for label, ok in verdicts:
