@@ -100,6 +100,7 @@ class BeastConsole(App[None]):
         interval_s: float = 2.0,
         window: str = "1h",
         keymap: dict[str, str] | None = None,
+        type_to_confirm: bool = False,
     ) -> None:
         super().__init__()
         self.gateway = gateway
@@ -121,6 +122,8 @@ class BeastConsole(App[None]):
         self._applicable: tuple[bool, ...] = ()
         self._problems: set[str] = set()
         self._config = gateway.config
+        # On when asked for here or by the workspace (config.toml [console]).
+        self.type_to_confirm = type_to_confirm or self._config.console.type_to_confirm
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -468,7 +471,8 @@ class BeastConsole(App[None]):
             else:
                 self._report(f"{proposal.action}: cancelled, nothing changed", "information")
 
-        self.push_screen(ConfirmScreen(proposal, self.workspace_label), answered)
+        dialog = ConfirmScreen(proposal, self.workspace_label, type_to_confirm=self.type_to_confirm)
+        self.push_screen(dialog, answered)
 
     @work(thread=True, group="act", exit_on_error=False)
     def _run(self, proposal: Proposal) -> None:

@@ -2,6 +2,11 @@
 
 Cancel is focused when a dialog opens, so a stray `enter` cancels. `y` confirms, `n` or
 `escape` cancels. The title names the workspace, so the operator knows where they act.
+
+With type-to-confirm on (`[console] type_to_confirm`, `beast console --type-to-confirm`), a
+change of production asks for the new production version's name instead: the name field has
+the focus, so stray keys land there; only `enter` on the exact name (or OK, enabled by it)
+confirms, `escape` cancels, and `y` is just a letter.
 """
 
 from __future__ import annotations
@@ -29,10 +34,14 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("escape", "answer(False)", "Cancel", show=False, id="confirm-escape"),
     ]
 
-    def __init__(self, proposal: Proposal, workspace: str) -> None:
+    def __init__(
+        self, proposal: Proposal, workspace: str, *, type_to_confirm: bool = False
+    ) -> None:
         super().__init__()
         self.proposal = proposal
         self.workspace = workspace
+        # The name to type, when this change needs one (None: `y` is enough).
+        self.required = proposal.new_production if type_to_confirm else None
 
     def compose(self) -> ComposeResult:
         p = self.proposal
@@ -40,17 +49,45 @@ class ConfirmScreen(ModalScreen[bool]):
             yield Label(Text(f"{p.title} · {self.workspace}", style="bold"), id="dialog-title")
             yield Static("\n".join(f"  {line}" for line in p.changes), id="dialog-changes")
             yield Static("\n".join(p.context), id="dialog-context")
+            if self.required is not None:
+                yield Label(
+                    f"production changes: type {self.required} and enter to confirm",
+                    id="confirm-prompt",
+                )
+                yield Input(placeholder=self.required, id="confirm-name")
             with Horizontal(id="dialog-buttons"):
-                yield Button("Cancel (n)", id="cancel", variant="primary")
-                yield Button(f"OK: {p.action} (y)", id="ok", variant="error")
+                cancel = "Cancel (esc)" if self.required is not None else "Cancel (n)"
+                yield Button(cancel, id="cancel", variant="primary")
+                ok = f"OK: {p.action}" + ("" if self.required is not None else " (y)")
+                yield Button(ok, id="ok", variant="error", disabled=self.required is not None)
 
     def on_mount(self) -> None:
-        self.query_one("#cancel", Button).focus()
+        if self.required is not None:
+            self.query_one("#confirm-name", Input).focus()
+        else:
+            self.query_one("#cancel", Button).focus()
+
+    def _typed(self) -> bool:
+        return self.required is None or (
+            self.query_one("#confirm-name", Input).value.strip() == self.required
+        )
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.query_one("#ok", Button).disabled = not self._typed()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if self._typed():
+            self.dismiss(True)
+        else:
+            prompt = self.query_one("#confirm-prompt", Label)
+            prompt.update(Text(f"type {self.required} exactly, or esc to cancel", style="bold"))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id == "ok")
+        self.dismiss(event.button.id == "ok" and self._typed())
 
     def action_answer(self, yes: bool) -> None:
+        if yes and not self._typed():
+            return  # a `y` that reached the dialog is not the name
         self.dismiss(yes)
 
 

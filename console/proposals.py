@@ -25,6 +25,9 @@ class Proposal:
     changes: tuple[str, ...]
     context: tuple[str, ...]
     run: Callable[[Gateway], Any]
+    # The version that becomes production, when production changes: with type-to-confirm on,
+    # the dialog asks for this name to be typed (CONSOLE.md: operators ask for it).
+    new_production: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def rollback(data: ConsoleData, line: str) -> Proposal:
         tuple(changes),
         (_traffic(data, line), *_alerts(data, line)),
         lambda gw: gw.rollback(line, expect),
+        target if target != current else None,
     )
 
 
@@ -125,6 +129,7 @@ def promote(data: ConsoleData, line: str) -> Proposal:
         ),
         (*context, *_alerts(data, line)),
         lambda gw: gw.promote(test.name, force=not wins, expect=expect),
+        test.candidate,
     )
 
 
@@ -185,6 +190,7 @@ def deploy(data: ConsoleData, request: DeployRequest) -> Proposal:
         lambda gw: gw.deploy(
             line, version, traffic=request.share, ab_test=request.test, expect=expect
         ),
+        version if request.share is None and version != before else None,
     )
 
 

@@ -15,10 +15,13 @@ def run_console(
     mouse: bool = True,
     interval_s: float = 2.0,
     keymap: dict[str, str] | None = None,
+    type_to_confirm: bool = False,
 ) -> int:
     """Open the console on a workspace until `q` (0) or the terminal goes away (129)."""
     gateway = Gateway(workspace, readonly=readonly)
-    app = BeastConsole(gateway, interval_s=interval_s, keymap=keymap)
+    app = BeastConsole(
+        gateway, interval_s=interval_s, keymap=keymap, type_to_confirm=type_to_confirm
+    )
     gone: list[str] = []
 
     def on_gone(reason: str) -> None:

@@ -73,6 +73,7 @@ def _open(engine: Engine, args: argparse.Namespace, keymap: dict[str, str]) -> i
         mouse=not args.no_mouse,
         interval_s=args.interval,
         keymap=keymap,
+        type_to_confirm=args.type_to_confirm,
     )
 
 
@@ -96,4 +97,10 @@ def add_parsers(add: Any) -> None:
             "--demo",
             action="store_true",
             help="build the demo workspace and open on live simulated traffic",
+        )
+        p.add_argument(
+            "--type-to-confirm",
+            action="store_true",
+            help="a production change asks for the new version's name, typed, not just y"
+            " (also: [console] type_to_confirm in config.toml)",
         )

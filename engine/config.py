@@ -67,6 +67,11 @@ enabled = true
 # taken from the workspace; or a tracking server, e.g. "http://mlflow.internal:5000"
 tracking_uri = ""
 experiment = "beast-mode"
+
+[console]
+# production changes (rollback, promote, deploy as production) ask for the new production
+# version's name to be typed before they run, not just `y` (beast console --type-to-confirm)
+type_to_confirm = false
 """
 
 
@@ -126,6 +131,11 @@ class MlflowSettings:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    type_to_confirm: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     thresholds: Thresholds = Thresholds()
     retrain: RetrainSettings = RetrainSettings()
@@ -133,6 +143,7 @@ class Config:
     serving: ServingSettings = ServingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    console: ConsoleSettings = ConsoleSettings()
 
 
 Check = Callable[[Any], bool]
@@ -225,6 +236,7 @@ _RULES: dict[str, tuple[str, Check, str]] = {
         'a URI such as "sqlite:///mlflow.db" or "http://host:5000", or "" for the workspace store',
     ),
     "mlflow.experiment": ("experiment_name", _label, "a non-empty name"),
+    "console.type_to_confirm": ("type_to_confirm", _boolean, "true or false"),
 }
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.
@@ -283,6 +295,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         serving=section(ServingSettings),
         monitoring=section(MonitoringSettings),
         mlflow=section(MlflowSettings),
+        console=section(ConsoleSettings),
     )
 
 
@@ -298,6 +311,7 @@ def _defaults() -> dict[str, Any]:
         ServingSettings(),
         MonitoringSettings(),
         MlflowSettings(),
+        ConsoleSettings(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

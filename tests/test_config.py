@@ -25,8 +25,9 @@ def test_default_file_holds_the_seed_values() -> None:
 
 
 def test_partial_file_keeps_defaults_for_the_rest() -> None:
-    config = parse_config("[retrain]\nmin_new_samples = 500\n")
+    config = parse_config("[retrain]\nmin_new_samples = 500\n[console]\ntype_to_confirm = true\n")
     assert config.retrain.min_new_samples == 500
+    assert config.console.type_to_confirm and not Config().console.type_to_confirm
     assert config.thresholds == Config().thresholds
 
 
@@ -42,6 +43,7 @@ def test_partial_file_keeps_defaults_for_the_rest() -> None:
         ("[retrain]\nauto_deploy = 'yes'", "retrain.auto_deploy", "'yes'"),
         ("[retrain]\ninterval_days = true", "retrain.interval_days", "True"),
         ("[registry]\nmax_artifact_mb = 0", "registry.max_artifact_mb", "0"),
+        ("[console]\ntype_to_confirm = 1", "console.type_to_confirm", "1"),
     ],
 )
 def test_bad_value_is_refused_naming_key_and_value(text: str, key: str, value: str) -> None:
