@@ -33,6 +33,7 @@ from console.commands import ConsoleCommands
 from console.data import ConsoleData, fetch
 from console.dialogs import ConfirmScreen, DeployForm
 from console.gateway import Gateway
+from console.nudge import Nudge
 from console.panes import (
     ABPane,
     AlertsPane,
@@ -119,6 +120,12 @@ class BeastConsole(App[None]):
         self._polling = False
         self._poll_again = False
         self._timer: Timer | None = None
+        ws = gateway.workspace
+        self._nudge = Nudge(
+            (ws.deployments_dir, ws.models_dir),
+            lambda: self._from_thread(self._nudged),
+            lambda why: self._from_thread(self.log_action, why),
+        )
         self._applicable: tuple[bool, ...] = ()
         self._problems: set[str] = set()
         self._config = gateway.config
@@ -154,6 +161,15 @@ class BeastConsole(App[None]):
         self.set_interval(1.0, self.on_clock_tick)
         self.main_screen.query_one(DeploymentTable).focus()
         self.request_poll()
+        self._nudge.start()
+
+    def on_unmount(self) -> None:
+        self._nudge.stop()
+
+    def _nudged(self) -> None:
+        """The deployments or models changed on disk: poll now, unless paused."""
+        if not self.paused:
+            self.request_poll()
 
     # -- polling ----------------------------------------------------------------------------
 
