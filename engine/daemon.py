@@ -43,11 +43,11 @@ import shutil
 import signal
 import socket
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
+from engine.background import BackgroundThread
 from engine.errors import BeastError
 from engine.facade import Engine
 from engine.workspace import ENV_VAR, Workspace
@@ -221,57 +221,58 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Periodic(abc.ABC):
-    """A daemon thread that runs `_run` (which waits on `_stop` every `every_s`); 0 = never."""
+class _Periodic(BackgroundThread):
+    """Calls `tick` every `every_s` seconds in a thread with its own engine connection.
+
+    `every_s` 0 means never: `start` then launches no thread.
+    """
 
     thread_name = "beast-periodic"
+    actor = "beast-engine"
 
     def __init__(self, workspace: Workspace, every_s: float) -> None:
+        super().__init__()
         self.workspace = workspace
         self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
         if self.every_s > 0:
-            self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
-            self._thread.start()
+            super().start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+    def _run(self) -> None:
+        engine = Engine(self.workspace, actor=self.actor)
+        try:
+            while not self._stop.wait(self.every_s):
+                self.tick(engine)
+        finally:
+            engine.close()
 
     @abc.abstractmethod
-    def _run(self) -> None:
-        """The loop: `while not self._stop.wait(self.every_s): …`."""
+    def tick(self, engine: Engine) -> None:
+        """One round; it logs what went wrong and never raises (the next round may succeed)."""
 
 
 class Evaluator(_Periodic):
     """Runs `monitoring.evaluate` on a timer in a thread with its own engine connection."""
 
     thread_name = "beast-monitor"
+    actor = "beast-engine (monitor)"
 
-    def _run(self) -> None:
+    def tick(self, engine: Engine) -> None:
+        """One evaluation: a log line per action it took; never raises."""
         from engine import monitoring
 
-        engine = Engine(self.workspace, actor="beast-engine (monitor)")
         try:
-            while not self._stop.wait(self.every_s):
-                try:
-                    report = monitoring.evaluate(engine)
-                except BeastError as exc:
-                    log.warning("monitoring evaluation skipped: %s", exc)
-                    continue
-                except Exception:  # the next round may well succeed; never stop evaluating
-                    log.exception("monitoring evaluation failed")
-                    continue
-                for action in report.actions:
-                    log.warning("monitoring: %s", action)
-        finally:
-            engine.close()
+            report = monitoring.evaluate(engine)
+        except BeastError as exc:
+            log.warning("monitoring evaluation skipped: %s", exc)
+            return
+        except Exception:  # the next round may well succeed; never stop evaluating
+            log.exception("monitoring evaluation failed")
+            return
+        for action in report.actions:
+            log.warning("monitoring: %s", action)
 
 
 class Scheduler(_Periodic):
@@ -281,14 +282,7 @@ class Scheduler(_Periodic):
     """
 
     thread_name = "beast-retrain"
-
-    def _run(self) -> None:
-        engine = Engine(self.workspace, actor="beast-engine (scheduler)")
-        try:
-            while not self._stop.wait(self.every_s):
-                self.tick(engine)
-        finally:
-            engine.close()
+    actor = "beast-engine (scheduler)"
 
     @staticmethod
     def tick(engine: Engine) -> None:

@@ -20,15 +20,16 @@ import contextlib
 import logging
 import os
 import stat
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import watchfiles
 
 from engine import artifacts
+from engine.background import BackgroundThread
 from engine.errors import ArtifactRejected, BeastError
 from engine.facade import Engine
 from engine.warm_validator import WarmValidator
@@ -96,15 +97,16 @@ def is_ignored(path: Path) -> bool:
     return name.startswith(".") or name.endswith(TEMP_SUFFIXES + OTHER_SUFFIXES)
 
 
-class ModelWatcher:
+class ModelWatcher(BackgroundThread):
     """Watches a workspace's models/ in a thread and registers what settles there."""
 
+    thread_name = "beast-watcher"
+
     def __init__(self, workspace: Workspace, options: WatchOptions | None = None) -> None:
+        super().__init__()
         self.workspace = workspace
         self.options = options or WatchOptions()
         self.polling = self.options.force_polling
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._engine = Engine(workspace, actor=ACTOR)
         self._validator = WarmValidator()
         self._decided: dict[Path, Fingerprint] = {}  # outcome final for this content
@@ -116,21 +118,18 @@ class ModelWatcher:
 
     # -- running ----------------------------------------------------------------------------
 
-    def start(self) -> ModelWatcher:
+    def start(self) -> Self:
+        """Warm the validator child first: it starts up while the thread arms its first watch."""
         self._validator.start()
-        self._thread = threading.Thread(target=self._run, name="beast-watcher", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Join the thread, then close what it used: the validator child and the engine."""
+        super().stop()
         self._validator.close()
         self._engine.close()
 
-    def __enter__(self) -> ModelWatcher:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
