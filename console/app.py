@@ -23,6 +23,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.css.query import NoMatches
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Log, Static
@@ -67,6 +68,13 @@ def _while_mounted(draw: Callable[P, None]) -> Callable[P, None]:
 
 class BeastConsole(App[None]):
     """The console over one workspace."""
+
+    class Nudged(Message):
+        """The deployments or models changed on disk (posted from the nudge's thread)."""
+
+        def __init__(self, failure: str | None = None) -> None:
+            super().__init__()
+            self.failure = failure  # why watching stopped, or None for a change
 
     CSS = styles.CSS
     TITLE = "beast console"
@@ -123,8 +131,10 @@ class BeastConsole(App[None]):
         ws = gateway.workspace
         self._nudge = Nudge(
             (ws.deployments_dir, ws.models_dir),
-            lambda: self._from_thread(self._nudged),
-            lambda why: self._from_thread(self.log_action, why),
+            # post_message is thread-safe and never waits for the event loop, which may be
+            # tearing down and joining this very thread.
+            lambda: self.post_message(self.Nudged()),
+            lambda why: self.post_message(self.Nudged(why)),
         )
         self._applicable: tuple[bool, ...] = ()
         self._problems: set[str] = set()
@@ -166,9 +176,11 @@ class BeastConsole(App[None]):
     def on_unmount(self) -> None:
         self._nudge.stop()
 
-    def _nudged(self) -> None:
-        """The deployments or models changed on disk: poll now, unless paused."""
-        if not self.paused:
+    def on_beast_console_nudged(self, message: Nudged) -> None:
+        """Poll now, unless paused; or say once why the nudges stopped."""
+        if message.failure is not None:
+            self.log_action(message.failure)
+        elif not self.paused:
             self.request_poll()
 
     # -- polling ----------------------------------------------------------------------------

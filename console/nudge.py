@@ -6,51 +6,46 @@ files to `models/`. Watching those folders tells the console within ~50 ms, wher
 would take up to a whole interval. Events are only hints: the poll reads the store as always,
 and if watching fails the timer goes on alone.
 
-A plain daemon thread, not a Textual worker: it lives as long as the app, and a worker that
-never completes would keep `App.workers.wait_for_complete()` from ever returning.
+The engine's `BackgroundThread`, not a Textual worker: it lives as long as the app, and a
+worker that never completes would keep `App.workers.wait_for_complete()` from returning.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Self
 
 import watchfiles
 
+from engine.background import BackgroundThread
+
 log = logging.getLogger("beast.console")
 
 DEBOUNCE_MS = 50
 
 
-class Nudge:
+class Nudge(BackgroundThread):
     """Calls `on_change` (from its own thread) after files change in any of `folders`."""
+
+    thread_name = "beast-nudge"
 
     def __init__(
         self,
         folders: Sequence[Path],
-        on_change: Callable[[], None],
-        on_failure: Callable[[str], None] = lambda _why: None,
+        on_change: Callable[[], object],
+        on_failure: Callable[[str], object] = lambda _why: None,
     ) -> None:
+        super().__init__()
         self.folders = [f for f in folders if f.is_dir()]
         self.on_change = on_change
         self.on_failure = on_failure
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> Self:
-        if self.folders and self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="beast-nudge", daemon=True)
-            self._thread.start()
+        if self.folders:  # nothing to watch: the timer alone
+            super().start()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
 
     def _run(self) -> None:
         try:
