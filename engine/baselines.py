@@ -188,27 +188,64 @@ def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int
         artifact_id, names_json, width = names_row
         if _logged_successes(conn, version_id) < FIRST_PREDICTIONS:
             continue  # not enough yet: no scan of the log
-        # From the version's first logged row on (recorded by the writer), by rowid: the
-        # log keeps no index on the version.
-        rows = conn.execute(
-            "SELECT features, score FROM predictions WHERE id >= (SELECT from_id FROM"
-            " first_predictions WHERE version_id = ?) AND version_id = ? AND error IS NULL"
-            " AND length(features) = ? ORDER BY id LIMIT ?",
-            (version_id, version_id, 4 * width, FIRST_PREDICTIONS),
-        ).fetchall()
-        if len(rows) < FIRST_PREDICTIONS:
+        found = _first_rows(conn, version_id, width)
+        if found is None:
             continue
+        x, scores = found
         names = (
             tuple(json.loads(names_json)) if names_json else tuple(f"f{i}" for i in range(width))
         )
-        x = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(-1, width)
-        reference = VersionReference.build(x, np.array([r[1] for r in rows]), names)
+        reference = VersionReference.build(x, scores, names)
         conn.execute(
             "INSERT INTO baselines (artifact_id, source, reference, created_at)"
             " VALUES (?, 'first_predictions', ?, ?) ON CONFLICT(artifact_id) DO UPDATE"
             " SET reference = excluded.reference WHERE reference IS NULL",
             (artifact_id, json.dumps(reference.to_json()), utc_now()),
         )
+
+
+def _first_rows(
+    conn: sqlite3.Connection, version_id: int, width: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The version's first `FIRST_PREDICTIONS` successful rows (features, scores), single
+    predictions and batches' rows together by time; None while there are fewer.
+
+    Both scans start where the writer recorded the version's first rows, and walk the rowid:
+    the log keeps no index on the version.
+    """
+    start = conn.execute(
+        "SELECT from_id, from_batch FROM first_predictions WHERE version_id = ?", (version_id,)
+    ).fetchone()
+    if start is None:
+        return None
+    singles = conn.execute(
+        "SELECT at_ms, features, score FROM predictions WHERE id >= ? AND version_id = ?"
+        " AND error IS NULL AND length(features) = ? ORDER BY id LIMIT ?",
+        (start[0], version_id, 4 * width, FIRST_PREDICTIONS),
+    ).fetchall()
+    at = [r[0] for r in singles]
+    xs = [np.frombuffer(b"".join(r[1] for r in singles), dtype=np.float32).reshape(-1, width)]
+    scores = [np.array([r[2] for r in singles], dtype=np.float64)]
+    batch_rows = 0
+    for at_ms, ids_blob, x_blob, s_blob in conn.execute(
+        "SELECT at_ms, version_ids, features, scores FROM prediction_batches"
+        " WHERE id >= ? AND width = ? ORDER BY id",
+        (start[1], width),
+    ):
+        mine = np.frombuffer(ids_blob, dtype="<i8") == version_id
+        s = np.frombuffer(s_blob, dtype="<f8")
+        keep = mine & ~np.isnan(s)
+        if keep.any():
+            xs.append(np.frombuffer(x_blob, dtype="<f4").reshape(-1, width)[keep])
+            scores.append(s[keep])
+            at += [at_ms] * int(keep.sum())
+            batch_rows += int(keep.sum())
+        if batch_rows >= FIRST_PREDICTIONS:
+            break
+    if len(at) < FIRST_PREDICTIONS:
+        return None
+    first = np.argsort(np.array(at, dtype=np.int64), kind="stable")[:FIRST_PREDICTIONS]
+    return np.concatenate(xs)[first], np.concatenate(scores)[first]
 
 
 def _logged_successes(conn: sqlite3.Connection, version_id: int) -> int:

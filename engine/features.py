@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -44,9 +45,12 @@ class Schema:
     # Derived once, so that validating a row allocates nothing it does not return.
     name_set: frozenset[str] = field(init=False, repr=False, compare=False)
     nullable_mask: np.ndarray = field(init=False, repr=False, compare=False)
+    # An object's values in the model's order, in one C call (a tuple when width > 1).
+    values_of: Callable[[Mapping[str, Any]], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name_set", frozenset(self.names))
+        object.__setattr__(self, "values_of", operator.itemgetter(*self.names))
         mask = np.array([n in self.nullable for n in self.names], dtype=bool)
         object.__setattr__(self, "nullable_mask", mask)
 
@@ -153,7 +157,7 @@ def matrix(schema: Schema, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) ->
         values = rows  # type: ignore[assignment]  # lists: checked below, all at once
     elif kinds == {dict}:
         try:
-            values = [_ordered(schema, r) for r in rows]  # type: ignore[arg-type]
+            values = _by_name(schema, rows)  # type: ignore[arg-type]
         except InvalidFeatures:
             return _careful(schema, rows)  # names the row
     else:
@@ -167,6 +171,19 @@ def matrix(schema: Schema, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) ->
         if x.shape == (len(values), schema.width) and not _not_finite(schema, x).any():
             return x
     return _careful(schema, rows)
+
+
+def _by_name(schema: Schema, rows: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+    """Objects' values in the model's order. When every object has exactly as many keys as
+    the model has features, looking all the names up (one C call a row) proves each object
+    holds exactly those names; otherwise, or on a missing name, row by row with the names
+    checked, so that the error can say what is missing or unknown."""
+    if schema.width > 1 and set(map(len, rows)) == {schema.width}:
+        try:
+            return list(map(schema.values_of, rows))
+        except KeyError:
+            pass
+    return [_ordered(schema, r) for r in rows]
 
 
 def _careful(schema: Schema, rows: Sequence[Any]) -> np.ndarray:

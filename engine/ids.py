@@ -1,5 +1,10 @@
 """Prediction ids: UUIDv7 (48-bit millisecond time + 74 random bits), as 32 hex characters.
 
+A served batch's ids share one random 27-character prefix and count its rows in the last
+five hex digits (20 bits: RFC 9562's "counter" use of the random bits), so the log keeps the
+batch as one record (engine.predlog) and still finds any of its rows by id: the prefix names
+the batch, the suffix the row.
+
 Time-ordered, so the log's unique index grows at its end, and an id tells when it was issued:
 feedback for an unknown id that is only seconds old may still be in a writer's buffer
 ("accepted, matched later"); an old unknown id is simply unknown (404). The random bits come
@@ -59,17 +64,30 @@ def new_id(now_ms: int | None = None) -> str:
     return value.to_bytes(16, "big").hex()
 
 
-def new_ids(count: int, now_ms: int | None = None) -> list[str]:
-    """`count` ids issued at the same millisecond, built in one pass (for batches)."""
-    import numpy as np  # numpy only where batches are served, not for `beast feedback`
+PREFIX_CHARS = 27  # a batch's shared part; the remaining 5 hex digits number its rows
+MAX_BATCH_ROWS = 1 << 20
 
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    raw = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
-    raw[:, :6] = np.frombuffer((ms & _MS_MASK).to_bytes(6, "big"), dtype=np.uint8)
-    raw[:, 6] = 0x70 | (raw[:, 6] & 0x0F)
-    raw[:, 8] = 0x80 | (raw[:, 8] & 0x3F)
-    text = raw.tobytes().hex()
-    return [text[i : i + 32] for i in range(0, 32 * count, 32)]
+
+def batch_prefix(now_ms: int | None = None) -> str:
+    """A new batch's id prefix: time, version 7, variant and 54 random bits."""
+    return new_id(now_ms)[:PREFIX_CHARS]
+
+
+def batch_ids(prefix: str, count: int) -> list[str]:
+    """The ids of a batch's `count` rows (at most `MAX_BATCH_ROWS`), in row order."""
+    if not 0 < count <= MAX_BATCH_ROWS:
+        raise ValueError(f"a batch holds 1 to {MAX_BATCH_ROWS} rows, not {count}")
+    if count <= len(_SUFFIXES):  # the common size: concatenation only, no formatting
+        return [prefix + suffix for suffix in _SUFFIXES[:count]]
+    return [f"{prefix}{i:05x}" for i in range(count)]
+
+
+_SUFFIXES = tuple(f"{i:05x}" for i in range(4096))
+
+
+def batch_row(pid: str) -> tuple[str, int]:
+    """(the batch prefix, the row number) a valid id would have if it named a batch row."""
+    return pid[:PREFIX_CHARS], int(pid[PREFIX_CHARS:], 16)
 
 
 def is_valid(text: object) -> bool:

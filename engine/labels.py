@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import struct
 import time
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -70,6 +71,9 @@ def label(
         "SELECT version_id, experiment, at_ms, score, actual FROM predictions WHERE pid = ?",
         (pid,),
     ).fetchone()
+    in_batch = _batch_row(conn, pid) if row is None else None
+    if in_batch is not None:
+        row = in_batch[1:]
     if row is None:
         if conn.execute("SELECT 1 FROM unmatched_feedback WHERE pid = ?", (pid,)).fetchone():
             raise NotFound(
@@ -101,9 +105,16 @@ def label(
         raise Conflict(
             f"prediction {pid} already has actual {recorded:g}; not replaced by {actual:g}"
         )
-    conn.execute(
-        "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE pid = ?", (actual, now, pid)
-    )
+    if in_batch is None:
+        conn.execute(
+            "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE pid = ?",
+            (actual, now, pid),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO batch_labels (batch_id, row, actual, labelled_at_ms) VALUES (?, ?, ?, ?)",
+            (*in_batch[0], actual, now),
+        )
     if score is not None:
         error = abs(score - actual)
         delta = (int(error <= tolerance), error, error * error, version_id, experiment)
@@ -118,6 +129,32 @@ def label(
     return "recorded"
 
 
+def _batch_row(
+    conn: sqlite3.Connection, pid: str
+) -> tuple[tuple[int, int], int, str, int, float | None, float | None] | None:
+    """((batch id, row), version_id, experiment, at_ms, score, actual) of a batch's row."""
+    prefix, i = ids.batch_row(pid)
+    found = conn.execute(
+        "SELECT b.id, substr(b.version_ids, 8 * ? + 1, 8), b.experiment, b.at_ms,"
+        " substr(b.scores, 8 * ? + 1, 8), l.actual FROM prediction_batches b"
+        " LEFT JOIN batch_labels l ON l.batch_id = b.id AND l.row = ?"
+        " WHERE b.prefix = ? AND b.rows > ?",
+        (i, i, i, prefix, i),
+    ).fetchone()
+    if found is None:
+        return None
+    batch_id, version_id, experiment, at_ms, score, actual = found
+    (value,) = struct.unpack("<d", score)
+    return (
+        (batch_id, i),
+        struct.unpack("<q", version_id)[0],
+        experiment,
+        at_ms,
+        None if math.isnan(value) else value,
+        actual,
+    )
+
+
 def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
     """Attach waiting feedback whose prediction is now logged; return how many were applied.
 
@@ -126,14 +163,26 @@ def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
     """
     waiting = conn.execute(
         "SELECT f.pid, f.actual FROM pending_feedback f JOIN predictions p ON p.pid = f.pid"
+        " UNION ALL SELECT f.pid, f.actual FROM pending_feedback f JOIN prediction_batches b"
+        f" ON b.prefix = substr(f.pid, 1, {ids.PREFIX_CHARS})"
     ).fetchall()
+    applied = 0
     for pid, actual in waiting:
+        if not _logged(conn, pid):  # its batch, but a row number past the batch's end
+            continue
         conn.execute("DELETE FROM pending_feedback WHERE pid = ?", (pid,))
+        applied += 1
         try:
             label(conn, pid, actual, tolerance)
         except (Conflict, NotFound):  # pragma: no cover - the row is fresh and unlabelled
             continue
-    return len(waiting)
+    return applied
+
+
+def _logged(conn: sqlite3.Connection, pid: str) -> bool:
+    """Whether the prediction is in the log: a single one's row, or a row of a batch."""
+    single = conn.execute("SELECT 1 FROM predictions WHERE pid = ?", (pid,)).fetchone()
+    return single is not None or _batch_row(conn, pid) is not None
 
 
 def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
@@ -144,19 +193,18 @@ def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
     has not come after ten minutes is not coming.
     """
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    cutoff = now - PENDING_EXPIRY_MS
-    moved = conn.execute(
+    old = conn.execute(
+        "SELECT pid, actual, received_ms FROM pending_feedback WHERE received_ms < ?",
+        (now - PENDING_EXPIRY_MS,),
+    ).fetchall()
+    gone = [(pid, actual, received, now) for pid, actual, received in old if not _logged(conn, pid)]
+    conn.executemany(
         "INSERT OR IGNORE INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
-        " SELECT f.pid, f.actual, f.received_ms, ? FROM pending_feedback f"
-        " WHERE f.received_ms < ? AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.pid = f.pid)",
-        (now, cutoff),
-    ).rowcount
-    conn.execute(
-        "DELETE FROM pending_feedback WHERE received_ms < ? AND pid IN"
-        " (SELECT pid FROM unmatched_feedback)",
-        (cutoff,),
+        " VALUES (?, ?, ?, ?)",
+        gone,
     )
-    return moved
+    conn.executemany("DELETE FROM pending_feedback WHERE pid = ?", [(g[0],) for g in gone])
+    return len(gone)
 
 
 def counts(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -1,7 +1,11 @@
 """The prediction log: every prediction goes through one batched writer per process.
 
 Serving threads append to a deque (no lock, no I/O): a `Record` per single prediction, a
-`Chunk` (the batch's columns: one id list, one float32 matrix, one score array) per batch.
+`Chunk` (the batch's columns: an id prefix, one float32 matrix, one score array) per batch.
+A single prediction is a row of `predictions`; a batch is one row of `prediction_batches`,
+its columns as blobs — inserting a row per prediction (two B-tree inserts each, table and id
+index) is what bounded batch throughput, and a batch's rows are still found by id (its
+prefix, engine.ids). `logged_rows` and `labelled_rows` read both back as rows.
 A writer thread flushes every `interval` seconds or when `batch` rows wait, in one
 `BEGIN IMMEDIATE` transaction that inserts the rows, updates the per-minute rollups and
 matches early feedback. Never a transaction per request. On close everything queued is
@@ -25,20 +29,22 @@ nothing: the rows go back to the head of the queue and are written at the next a
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from engine import baselines, labels, latency, metrics
+from engine import baselines, ids, labels, latency, metrics
 from engine.errors import StateBusy
 from engine.store import Store
 
@@ -65,9 +71,12 @@ class Record(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """A served batch's predictions, column by column (one time, one line, one test)."""
+    """A served batch's predictions, column by column (one time, one line, one test).
 
-    pids: list[str]
+    Row i's prediction id is `prefix` followed by i in five hex digits (`ids.batch_ids`).
+    """
+
+    prefix: str
     at_ms: int
     line: str
     version_ids: np.ndarray  # int64, one per row
@@ -81,32 +90,29 @@ class Chunk(NamedTuple):
 
     @property
     def rows(self) -> int:
-        return len(self.pids)
+        return len(self.version_ids)
 
-    def params(self) -> list[object]:
-        """The INSERT parameters of every row, flat, in `Record` order."""
-        n, width = len(self.pids), len(Record._fields)
-        blob = self.features.tobytes()
-        step = len(blob) // n if n else 0
-        out: list[object] = [None] * (n * width)
-        out[0::width] = self.pids
-        out[1::width] = repeat(self.at_ms, n)
-        out[2::width] = repeat(self.line, n)
-        out[3::width] = self.version_ids.tolist()
-        out[4::width] = self.arms
-        out[5::width] = repeat(self.experiment, n)
-        if self.keys is not None:
-            out[6::width] = self.keys
-        out[7::width] = [blob[i : i + step] for i in range(0, n * step, step)]
-        scores: list[float | None] = self.scores.tolist()
-        if self.errors is not None:
-            scores = [
-                None if e is not None else s for s, e in zip(scores, self.errors, strict=True)
-            ]
-            out[10::width] = self.errors
-        out[8::width] = scores
-        out[9::width] = repeat(self.latency_us, n)
-        return out
+    def pids(self) -> list[str]:
+        return ids.batch_ids(self.prefix, self.rows)
+
+    def record(self) -> tuple[object, ...]:
+        """The parameters of its `prediction_batches` INSERT (`_INSERT_BATCH`)."""
+        keys = self.keys if self.keys is not None and any(self.keys) else None
+        return (
+            self.prefix,
+            self.at_ms,
+            self.line,
+            self.experiment,
+            self.rows,
+            self.features.shape[1] if self.features.ndim == 2 else 0,
+            self.version_ids.astype("<i8", copy=False).tobytes(),
+            bytes(a == "candidate" for a in self.arms),
+            np.ascontiguousarray(self.features, dtype="<f4").tobytes(),
+            self.scores.astype("<f8", copy=False).tobytes(),
+            None if keys is None else json.dumps(keys),
+            None if self.errors is None else json.dumps(self.errors),
+            self.latency_us,
+        )
 
 
 _INSERT_INTO = (
@@ -115,6 +121,11 @@ _INSERT_INTO = (
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT = _INSERT_INTO + _ROW  # one row (executemany), as the benchmarks use it
+_INSERT_BATCH = (
+    "INSERT INTO prediction_batches (prefix, at_ms, line, experiment, rows, width, version_ids,"
+    " arms, features, scores, keys, errors, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " ?, ?)"
+)
 _COLUMNS = len(Record._fields)
 _MAX_ROWS_PER_STATEMENT = 1024
 
@@ -353,12 +364,13 @@ class PredictionLog:
                 unbinned = {v for v in versions if self._references.get(conn, v) is None}
                 for version_id in unbinned:  # where a reference scan will start
                     conn.execute(
-                        "INSERT OR IGNORE INTO first_predictions (version_id, from_id)"
-                        " SELECT ?, coalesce(max(id), 0) + 1 FROM predictions",
+                        "INSERT OR IGNORE INTO first_predictions (version_id, from_id, from_batch)"
+                        " SELECT ?, (SELECT coalesce(max(id), 0) + 1 FROM predictions),"
+                        " (SELECT coalesce(max(id), 0) + 1 FROM prediction_batches)",
                         (version_id,),
                     )
-                for chunk in chunks:
-                    insert_flat(conn, chunk.params(), chunk.rows)
+                if chunks:
+                    conn.executemany(_INSERT_BATCH, [chunk.record() for chunk in chunks])
                 if records:
                     insert(conn, records)
                 self._rollup(conn, chunks, records)
@@ -505,19 +517,100 @@ def labelled_rows(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A line's labelled, successful predictions: (features, actuals, at_ms), oldest first.
 
-    Features come back as a float32 (n, width) matrix in the line's feature order; this is
-    the one reader outside the writer that knows how a logged row stores them (retraining
-    uses it). Rows of another width (never written by the router) are skipped.
+    Features come back as a float32 (n, width) matrix in the line's feature order; with
+    `logged_rows`, this is the one reader outside the writer that knows how the log stores
+    them (retraining uses it). Rows of another width (never written by the router) are
+    skipped; of a batch, only the labelled rows' slices are read.
     """
     found = conn.execute(
         "SELECT features, actual, at_ms FROM predictions WHERE line = ? AND actual IS NOT NULL"
-        " AND error IS NULL AND length(features) = ? ORDER BY id",
+        " AND error IS NULL AND length(features) = ?",
         (line, 4 * width),
     ).fetchall()
+    in_batches = conn.execute(
+        "SELECT substr(b.features, 4 * b.width * l.row + 1, 4 * b.width), l.actual, b.at_ms,"
+        " substr(b.scores, 8 * l.row + 1, 8) FROM batch_labels l"
+        " JOIN prediction_batches b ON b.id = l.batch_id WHERE b.line = ? AND b.width = ?",
+        (line, width),
+    ).fetchall()
+    if in_batches:  # a failed row (NaN score) has no prediction to learn from
+        scored = ~np.isnan(np.frombuffer(b"".join(r[3] for r in in_batches), dtype="<f8"))
+        found += [r[:3] for r, ok in zip(in_batches, scored.tolist(), strict=True) if ok]
     x = np.frombuffer(b"".join(r[0] for r in found), dtype=np.float32).reshape(-1, width)
     y = np.array([r[1] for r in found], dtype=np.float32)
     at = np.array([r[2] for r in found], dtype=np.int64)
-    return x, y, at
+    order = np.argsort(at, kind="stable")
+    return x[order], y[order], at[order]
+
+
+def count_logged(conn: sqlite3.Connection) -> int:
+    """How many predictions the log holds: single ones plus every batch's rows."""
+    found = conn.execute(
+        "SELECT (SELECT count(*) FROM predictions)"
+        " + (SELECT coalesce(sum(rows), 0) FROM prediction_batches)"
+    ).fetchone()
+    return int(found[0])
+
+
+class LoggedRow(NamedTuple):
+    """One logged prediction, single or a batch's row, as `logged_rows` reads it back."""
+
+    pid: str
+    at_ms: int
+    line: str
+    version_id: int
+    arm: str
+    experiment: str
+    key: str | None
+    features: bytes | None
+    score: float | None
+    latency_us: int
+    error: str | None
+    actual: float | None
+
+
+def logged_rows(conn: sqlite3.Connection, line: str | None = None) -> Iterator[LoggedRow]:
+    """Every logged prediction (of `line`, or all), singles first, then batches' rows."""
+    where, args = ("WHERE line = ?", (line,)) if line is not None else ("", ())
+    for row in conn.execute(
+        "SELECT pid, at_ms, line, version_id, arm, experiment, key, features, score,"
+        f" latency_us, error, actual FROM predictions {where} ORDER BY id",
+        args,
+    ):
+        yield LoggedRow(*row)
+    batches = conn.execute(
+        "SELECT id, prefix, at_ms, line, experiment, rows, width, version_ids, arms, features,"
+        f" scores, keys, errors, latency_us FROM prediction_batches {where} ORDER BY id",
+        args,
+    ).fetchall()
+    for b in batches:
+        (batch_id, prefix, at_ms, line_, experiment, rows, width) = b[:7]
+        actuals = dict(
+            conn.execute(
+                "SELECT row, actual FROM batch_labels WHERE batch_id = ?", (batch_id,)
+            ).fetchall()
+        )
+        version_ids = np.frombuffer(b[7], dtype="<i8").tolist()
+        scores = np.frombuffer(b[10], dtype="<f8").tolist()
+        keys = json.loads(b[11]) if b[11] is not None else [None] * rows
+        errors = json.loads(b[12]) if b[12] is not None else [None] * rows
+        step = 4 * width
+        for i, pid in enumerate(ids.batch_ids(prefix, rows)):
+            score = scores[i]
+            yield LoggedRow(
+                pid,
+                at_ms,
+                line_,
+                version_ids[i],
+                "candidate" if b[8][i] else "production",
+                experiment,
+                keys[i],
+                b[9][i * step : (i + 1) * step],
+                None if math.isnan(score) else score,
+                b[13],
+                errors[i],
+                actuals.get(i),
+            )
 
 
 def now_ms() -> int:

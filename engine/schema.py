@@ -403,6 +403,43 @@ CREATE TABLE unmatched_feedback (
 );
 """,
     ),
+    (
+        "0006_prediction_batches",
+        """
+-- A served batch is logged as one record, its columns side by side (engine.predlog): one row
+-- per prediction cost the writer a B-tree insert in the table and one in the pid index each,
+-- which bounded batch throughput. Its rows' ids are the prefix and a 5-hex-digit row number
+-- (engine.ids), so any row is still found by id through the prefix's index.
+CREATE TABLE prediction_batches (
+    id INTEGER PRIMARY KEY,
+    prefix TEXT NOT NULL UNIQUE CHECK (length(prefix) = 27),
+    at_ms INTEGER NOT NULL,
+    line TEXT NOT NULL,
+    experiment TEXT NOT NULL DEFAULT '',
+    rows INTEGER NOT NULL CHECK (rows > 0),
+    width INTEGER NOT NULL CHECK (width > 0),
+    version_ids BLOB NOT NULL CHECK (length(version_ids) = 8 * rows),  -- int64 LE per row
+    arms BLOB NOT NULL CHECK (length(arms) = rows),  -- 0 production, 1 candidate
+    features BLOB NOT NULL CHECK (length(features) = 4 * rows * width),  -- float32 rows
+    scores BLOB NOT NULL CHECK (length(scores) = 8 * rows),  -- float64 LE, NaN: failed
+    keys TEXT,  -- JSON array of the rows' keys (null where none); NULL when no row had one
+    errors TEXT,  -- JSON array of the rows' errors (null where none); NULL when none failed
+    latency_us INTEGER NOT NULL CHECK (latency_us >= 0)  -- per row: the batch's time shared
+);
+
+-- The actuals of batch rows, as predictions.actual holds a single prediction's.
+CREATE TABLE batch_labels (
+    batch_id INTEGER NOT NULL REFERENCES prediction_batches(id),
+    row INTEGER NOT NULL CHECK (row >= 0),
+    actual REAL NOT NULL,
+    labelled_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (batch_id, row)
+) WITHOUT ROWID;
+
+-- Where a version's first batches begin, beside the first single predictions.
+ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

@@ -356,24 +356,27 @@ class Router:
         scores, score_list, errors = self._score_arms(x, arms)
         per_row_us = (time.perf_counter_ns() - start) // 1000 // count
         ms = time.time_ns() // 1_000_000
-        pids = ids.new_ids(count, ms)
         experiment = route.experiment
-        if self.log is not None:
-            self.log.submit_chunk(
-                Chunk(
-                    pids,
-                    ms,
-                    route.line,
-                    version_ids,
-                    arm_col,
-                    experiment or "",
-                    keys if keys is None else list(keys),
-                    np.ascontiguousarray(x),
-                    scores,
-                    per_row_us,
-                    errors if any(e is not None for e in errors) else None,
-                )
+        failed = errors.count(None) != count
+        pids: list[str] = []
+        for lo in range(0, count, ids.MAX_BATCH_ROWS):  # one logged batch per id prefix
+            hi = min(count, lo + ids.MAX_BATCH_ROWS)
+            chunk = Chunk(
+                ids.batch_prefix(ms),
+                ms,
+                route.line,
+                version_ids[lo:hi],
+                arm_col[lo:hi],
+                experiment or "",
+                None if keys is None else list(keys[lo:hi]),
+                np.ascontiguousarray(x[lo:hi]),
+                scores[lo:hi],
+                per_row_us,
+                errors[lo:hi] if failed else None,
             )
+            pids += chunk.pids()
+            if self.log is not None:
+                self.log.submit_chunk(chunk)
         return list(
             map(
                 _new_prediction,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from engine import Engine, Workspace
+from engine import Engine, Workspace, predlog
 from engine.predlog import PredictionLog
 from engine.serving import Router
 
@@ -70,6 +70,27 @@ def count(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> int:
     conn = db(ws)
     try:
         return int(conn.execute(sql, params).fetchone()[0] or 0)
+    finally:
+        conn.close()
+
+
+def logged(ws: Workspace) -> list[dict[str, Any]]:
+    """Every logged prediction, single or a batch's row, as a dict of the log's columns
+    and `version`, its version's name."""
+    conn = db(ws)
+    try:
+        names = dict(conn.execute("SELECT id, name FROM versions").fetchall())
+        return [
+            {**row._asdict(), "version": names[row.version_id]} for row in predlog.logged_rows(conn)
+        ]
+    finally:
+        conn.close()
+
+
+def logged_count(ws: Workspace) -> int:
+    conn = db(ws)
+    try:
+        return predlog.count_logged(conn)
     finally:
         conn.close()
 

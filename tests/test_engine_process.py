@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 
 from engine import Engine, Workspace
 from tests.helpers import REPO, model_path
-from tests.serving_helpers import rows
+from tests.serving_helpers import logged
 
 ROW = {"coverage": 0.8, "complexity": 0.3, "lint_density": 0.1, "duplication": 0.05, "churn": 0.4}
 pytestmark = pytest.mark.slow
@@ -201,14 +200,6 @@ def wait_for(tally: Tally, count: int, proc: subprocess.Popen[bytes], seconds: f
         assert proc.poll() is None, "the engine died under load"
         assert time.monotonic() < deadline, f"only {len(tally.served)} predictions served"
         time.sleep(0.05)
-
-
-def logged(ws: Workspace) -> list[sqlite3.Row]:
-    return rows(
-        ws,
-        "SELECT p.pid, v.name AS version, p.actual FROM predictions p"
-        " JOIN versions v ON v.id = p.version_id",
-    )
 
 
 def run_engine_once(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:

@@ -20,7 +20,7 @@ from engine import Engine, Workspace, ids, labels
 from engine.errors import BeastError, Conflict, NotFound
 from engine.store import Store
 from tests.helpers import REPO
-from tests.serving_helpers import count, db, serving
+from tests.serving_helpers import count, logged, logged_count, serving
 
 TOLERANCE = 5.0
 ROW = [0.8, 12.0, 0.3, 0.05, 40.0]
@@ -40,12 +40,13 @@ def _labelled(ws: Workspace) -> int:
     return count(ws, "SELECT sum(labelled) FROM rollups")
 
 
+def _actuals(ws: Workspace) -> dict[str, Any]:
+    """Prediction id → its actual (None while unlabelled), single predictions and batches'."""
+    return {r["pid"]: r["actual"] for r in logged(ws)}
+
+
 def _actual_of(ws: Workspace, pid: str) -> Any:
-    conn = db(ws)
-    try:
-        return conn.execute("SELECT actual FROM predictions WHERE pid = ?", (pid,)).fetchone()[0]
-    finally:
-        conn.close()
+    return _actuals(ws)[pid]
 
 
 def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
@@ -84,7 +85,7 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
             with pytest.raises(Conflict, match="waiting"):
                 labels.record(store, early.prediction_id, far + 1, TOLERANCE)
             assert count(live, "SELECT count(*) FROM pending_feedback") == 1
-            assert count(live, "SELECT count(*) FROM predictions") == 0  # still buffered
+            assert logged_count(live) == 0  # still buffered
             log.flush()
             assert count(live, "SELECT count(*) FROM pending_feedback") == 0
             assert _actual_of(live, early.prediction_id) == far
@@ -98,6 +99,54 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
             assert _actual_of(live, other.prediction_id) is None
         finally:
             store.close()
+
+
+def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
+    live: Workspace,
+) -> None:
+    with serving(live, interval=3600) as (router, log):
+        assert log is not None
+        batch = router.predict_batch([ROW] * 8)
+        store = Store(live.db_path)
+        try:
+            third, fifth = batch[3], batch[5]
+            assert third.score is not None and fifth.score is not None
+            # Before the flush: pending, then matched when the batch is written.
+            assert labels.record(store, third.prediction_id, third.score, TOLERANCE) == "pending"
+            log.flush()
+            assert count(live, "SELECT count(*) FROM pending_feedback") == 0
+            assert _actual_of(live, third.prediction_id) == third.score
+            assert labels.record(store, fifth.prediction_id, fifth.score + 9, TOLERANCE) == (
+                "recorded"
+            )
+            assert labels.record(store, fifth.prediction_id, fifth.score + 9, TOLERANCE) == (
+                "duplicate"
+            )
+            with pytest.raises(Conflict, match="already has actual"):
+                labels.record(store, fifth.prediction_id, fifth.score, TOLERANCE)
+            # The batch's prefix with a row number past its end is no prediction.
+            beyond = third.prediction_id[: ids.PREFIX_CHARS] + f"{8:05x}"
+            assert labels.record(store, beyond, 1.0, TOLERANCE) == "pending"
+        finally:
+            store.close()
+    actuals = _actuals(live)
+    assert [actuals[p.prediction_id] for p in batch] == [
+        *(None, None, None, third.score, None, fifth.score + 9, None, None)
+    ]
+    assert _labelled(live) == 2
+    assert count(live, "SELECT sum(within) FROM rollups") == 1  # 0 and 9 points off
+    assert count(live, "SELECT count(*) FROM batch_labels") == 2
+    # The row past the end never comes: its feedback expires as unmatched, the rest stays.
+    store = Store(live.db_path)
+    try:
+        with store.write() as conn:
+            later = ids.issued_ms(beyond) + labels.PENDING_EXPIRY_MS + 60_000
+            assert labels.match_pending(conn, TOLERANCE) == 0
+            assert labels.expire_pending(conn, now_ms=later) == 1
+    finally:
+        store.close()
+    assert count(live, "SELECT count(*) FROM unmatched_feedback") == 1
+    assert count(live, "SELECT count(*) FROM pending_feedback") == 0
 
 
 def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
@@ -267,11 +316,12 @@ def test_feedback_from_two_processes_at_once_records_exactly_one(
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         results.append(json.loads(out))
+    actuals = _actuals(live)
     for i, pid in enumerate(pids):
         answers = sorted([results[0][i], results[1][i]])
         assert answers == ["conflict", "recorded"], (pid, answers)
         winner = 10.0 if results[0][i] == "recorded" else 20.0
-        assert _actual_of(live, pid) == winner
+        assert actuals[pid] == winner
     assert _labelled(live) == len(pids)  # each counted once
 
 
@@ -281,14 +331,20 @@ def test_prediction_ids_are_uuid7_unique_time_ordered_and_fork_safe() -> None:
 
     now = time.time_ns() // 1_000_000
     singles = [ids.new_id() for _ in range(5000)]
-    batch = ids.new_ids(5000)
+    batch = ids.batch_ids(ids.batch_prefix(), 5000)
     for pid in (*singles[:100], *batch[:100]):
         parsed = uuid.UUID(pid)
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
         assert ids.is_valid(pid) and abs(ids.issued_ms(pid) - now) < 60_000
     assert len({*singles, *batch}) == 10_000
     assert ids.issued_ms(ids.new_id(1234)) == 1234
-    assert ids.new_ids(1, 1234)[0][:12] == ids.new_id(1234)[:12]
+    assert ids.batch_prefix(1234)[:12] == ids.new_id(1234)[:12]
+    # A batch's ids: one prefix, the row number in the last five hex digits.
+    assert {ids.batch_row(pid)[0] for pid in batch} == {batch[0][: ids.PREFIX_CHARS]}
+    assert [ids.batch_row(pid)[1] for pid in batch] == list(range(5000))
+    assert ids.batch_ids(batch[0][: ids.PREFIX_CHARS], 1) == [batch[0]]
+    with pytest.raises(ValueError, match="1 to 1048576 rows"):
+        ids.batch_ids(ids.batch_prefix(), ids.MAX_BATCH_ROWS + 1)
     # A forked child must not replay the parent's buffered randomness.
     ids.new_id()
     read, write = os.pipe()

@@ -12,7 +12,6 @@ import functools
 import json
 import os
 import re
-import sqlite3
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +35,7 @@ from engine.http_api import (
     token_path,
 )
 from tests.helpers import FEATURES, history_of, model_path
-from tests.serving_helpers import rows
+from tests.serving_helpers import logged
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -131,12 +130,8 @@ def flush(client: ApiClient) -> None:
     log.flush()
 
 
-def rows_in_log(ws: Workspace) -> list[sqlite3.Row]:
-    return rows(
-        ws,
-        "SELECT p.pid, v.name AS version, p.arm, p.actual, p.key FROM predictions p"
-        " JOIN versions v ON v.id = p.version_id ORDER BY p.id",
-    )
+def rows_in_log(ws: Workspace) -> list[dict[str, Any]]:
+    return logged(ws)
 
 
 def assert_error(response: Any, status: int, *words: str) -> None:

@@ -15,19 +15,28 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from engine import Workspace, ids, labels, latency, metrics
+from engine import Workspace, ids, labels, latency, metrics, predlog
 from engine.baselines import FIRST_PREDICTIONS
 from engine.errors import Conflict
 from engine.predlog import Chunk, PredictionLog, Record
 from engine.store import Store
 from tests.helpers import FEATURES, REPO
-from tests.serving_helpers import LINE, count, db, deploy_changes, serving, version_id
+from tests.serving_helpers import (
+    LINE,
+    count,
+    db,
+    deploy_changes,
+    logged,
+    logged_count,
+    serving,
+    version_id,
+)
 
 TOLERANCE = 5.0
 
@@ -59,7 +68,7 @@ def test_every_prediction_goes_through_the_batched_writer(ab_ws: Workspace) -> N
     stats = log.stats()
     begins = [s for s in statements if s.startswith("BEGIN")]
     commits = [s for s in statements if s == "COMMIT"]
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == served == stats.written
+    assert logged_count(ab_ws) == served == stats.written
     assert stats.dropped == 0 and stats.queued == 0
     assert len(commits) == stats.batches == len(begins)
     assert all(s == "BEGIN IMMEDIATE" for s in begins)
@@ -74,7 +83,7 @@ def test_close_flushes_everything_still_queued(ab_ws: Workspace) -> None:
         router.predict_batch(np.random.default_rng(2).random((3000, 5)))
         assert log.stats().written == 0 and log.stats().queued == 5000
     assert log.stats().written == 5000 and log.stats().queued == 0
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == 5000
+    assert logged_count(ab_ws) == 5000
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == 5000
     # After close nothing is taken silently: a late submit is counted as dropped.
     router.predict([0.5] * 5)  # the router outlives its log here on purpose
@@ -153,7 +162,7 @@ def _assert_rollups_match_raw(ws: Workspace, min_groups: int = 1, cutoff: int = 
     conn = db(ws)
     try:
         raw: dict[tuple[int, str, int], list[sqlite3.Row]] = defaultdict(list)
-        for row in conn.execute("SELECT * FROM predictions"):
+        for row in logged(ws):
             minute = row["at_ms"] // 60_000
             unit = minute if minute >= cutoff else -1 - minute // 60
             raw[(row["version_id"], row["experiment"], unit)].append(row)
@@ -199,7 +208,7 @@ def _chunks(ws: Workspace, now: int, n_chunks: int, seed: int) -> list[Chunk]:
         scores[failed] = np.nan
         out.append(
             Chunk(
-                [ids.new_id(now) for _ in range(rows)],
+                ids.batch_prefix(now),
                 now - int(rng.integers(0, 5 * 60)) * 60_000 - int(rng.integers(0, 60_000)),
                 LINE,
                 np.where(on_candidate, v2, v1),
@@ -228,7 +237,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=900)  # flushed by hand
     log.store.migrate()
     store = Store(ab_ws.db_path)
-    pids = [r.pid for r in records] + [p for c in chunks for p in c.pids]
+    pids = [r.pid for r in records] + [p for c in chunks for p in c.pids()]
     try:
         for r in records:
             log.submit(r)
@@ -259,11 +268,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
         for version in ("v1.0", "v2.0"):
             vid = version_id(ab_ws, version)
             loaded = metrics.load(conn, vid)
-            raw = conn.execute(
-                "SELECT at_ms, score, actual, error, latency_us FROM predictions"
-                " WHERE version_id = ?",
-                (vid,),
-            ).fetchall()
+            raw = [r for r in logged(ab_ws) if r["version_id"] == vid]
             for since in starts:
                 chosen = [r for r in raw if since is None or r["at_ms"] // 60_000 >= since]
                 got = loaded.window(since)
@@ -317,7 +322,7 @@ def test_disk_full_serving_goes_on_drops_are_counted_and_logging_resumes(
     assert after.written == full.written + 800
     assert after.dropped == full.dropped
     assert after.last_error is None and after.last_drop == full.last_drop
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == after.written
+    assert logged_count(ab_ws) == after.written
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == after.written
     _assert_rollups_match_raw(ab_ws)
 
@@ -380,7 +385,33 @@ def test_a_busy_database_loses_nothing(ab_ws: Workspace, monkeypatch: pytest.Mon
             holder.close()
         assert log.flush() == 300
     assert log.stats().dropped == 0
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == 300
+    assert logged_count(ab_ws) == 300
+
+
+def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Workspace) -> None:
+    rng = np.random.default_rng(21)
+    x_single, x_batch = rng.random((4, 5)), rng.random((6, 5))
+    with serving(ab_ws, interval=3600) as (router, log):
+        assert log is not None
+        singles = [router.predict(row.tolist()) for row in x_single]
+        batch = router.predict_batch(x_batch)
+        log.flush()
+    wanted = {singles[1].prediction_id: 11.0, batch[0].prediction_id: 20.0}
+    wanted |= {batch[4].prediction_id: 24.0, singles[3].prediction_id: 13.0}
+    store = Store(ab_ws.db_path)
+    try:
+        for pid, actual in wanted.items():
+            assert labels.record(store, pid, actual, TOLERANCE) == "recorded"
+        with store.read() as conn:
+            x, y, at = predlog.labelled_rows(conn, LINE, 5)
+            assert predlog.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
+    finally:
+        store.close()
+    expected = {11.0: x_single[1], 13.0: x_single[3], 20.0: x_batch[0], 24.0: x_batch[4]}
+    assert sorted(y.tolist()) == sorted(expected)
+    for features, actual in zip(x, y.tolist(), strict=True):
+        np.testing.assert_array_equal(features, expected[actual].astype(np.float32))
+    assert list(at) == sorted(at)  # oldest first
 
 
 def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar(
@@ -396,7 +427,9 @@ def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar
     rng = np.random.default_rng(4)
     with serving(registered, interval=3600) as (router, log):
         assert log is not None
-        router.predict_batch(rng.random((FIRST_PREDICTIONS - 1, 5)))
+        for row in rng.random((200, 5)):  # single predictions and batches count together
+            router.predict(row.tolist())
+        router.predict_batch(rng.random((FIRST_PREDICTIONS - 201, 5)))
         log.flush()
         assert count(registered, "SELECT count(*) FROM baselines") == 0  # not enough yet
         router.predict_batch(rng.random((100, 5)))
@@ -456,16 +489,15 @@ def test_two_processes_log_at_once_and_nothing_is_lost(ab_ws: Workspace, tmp_pat
     assert served == 8000
     assert all(r["stats"]["dropped"] == 0 for r in reports)
     assert sum(r["stats"]["written"] for r in reports) == served
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == served
-    assert count(ab_ws, "SELECT count(DISTINCT pid) FROM predictions") == served
+    assert logged_count(ab_ws) == served
+    assert len({r["pid"] for r in logged(ab_ws)}) == served
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == served
-    per_version = count(
-        ab_ws,
-        "SELECT count(*) FROM (SELECT version_id, sum(n) AS n FROM rollups GROUP BY version_id)"
-        " r JOIN (SELECT version_id, count(*) AS n FROM predictions GROUP BY version_id) p"
-        " USING (version_id) WHERE r.n = p.n",
+    per_version = Counter(r["version_id"] for r in logged(ab_ws))
+    rolled = dict(
+        (r[0], r[1])
+        for r in db(ab_ws).execute("SELECT version_id, sum(n) FROM rollups GROUP BY version_id")
     )
-    assert per_version == 2  # both arms served, and each version's rollups add up
+    assert len(per_version) == 2 and per_version == rolled  # both arms, each adding up
     _assert_rollups_match_raw(ab_ws)
 
 
@@ -487,7 +519,7 @@ def test_a_writer_failure_of_any_kind_is_counted_never_silent(ab_ws: Workspace) 
     finally:
         log.close()
     assert log.stats().written == 30
-    assert count(ab_ws, "SELECT count(*) FROM predictions") == 30
+    assert logged_count(ab_ws) == 30
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 1023, 1024, 1025, 2500])

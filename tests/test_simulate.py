@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +24,11 @@ import pytest
 import xgboost as xgb
 
 from engine import Engine, Workspace, baselines, demo, demo_live, monitoring, sample_data
+from engine.predlog import count_logged
 from engine.sim_transport import InProcess
 from engine.simulate import KEY_PREFIX, SimOptions, Simulation
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
+from tests.serving_helpers import logged
 
 DEMO_ROWS = 3000
 
@@ -137,23 +140,20 @@ def test_a_simulated_minute_in_process_logs_labels_drifts_and_fires_an_alert(
     assert report.predictions == options.backlog + int(options.rate * 60) and report.failed == 0
     assert report.spikes == 1 and report.storm_reads >= options.storm_workers
     assert report.alerts_seen, "no alert fired within the first simulated minute"
+    rows = logged(demo_ws)
     with _db(demo_ws) as conn:
-        logged = conn.execute(
-            "SELECT count(*), count(DISTINCT key), sum(key LIKE ?), sum(actual IS NOT NULL)"
-            " FROM predictions",
-            (KEY_PREFIX + "%",),
-        ).fetchone()
-        arms_per_key = conn.execute(
-            "SELECT max(n) FROM (SELECT count(DISTINCT arm) AS n FROM predictions"
-            " WHERE experiment = ? GROUP BY key)",
-            (demo.DEMO_TEST,),
-        ).fetchone()[0]
         alerts = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
-    assert logged[0] == report.predictions == logged[2]  # every row keyed as demo traffic
-    assert logged[1] > 500  # many repositories …
-    assert arms_per_key == 1  # … each always on the same arm
+    keyed = [r for r in rows if (r["key"] or "").startswith(KEY_PREFIX)]
+    assert len(rows) == report.predictions == len(keyed)  # every row keyed as demo traffic
+    assert len({r["key"] for r in rows}) > 500  # many repositories …
+    arms: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r["experiment"] == demo.DEMO_TEST:
+            arms[r["key"]].add(r["arm"])
+    assert arms and max(map(len, arms.values())) == 1  # … each always on the same arm
     # Every label sent found its prediction (pending ones were matched at the flush).
-    assert logged[3] == report.labels_sent > 0.7 * report.predictions
+    labelled = sum(r["actual"] is not None for r in rows)
+    assert labelled == report.labels_sent > 0.7 * report.predictions
     assert set(report.label_answers) <= {"recorded", "pending"}
     assert alerts >= 1
     early = [psi for t, psi in production_psi if 15 <= t <= 25]
@@ -196,13 +196,10 @@ def test_cli_drives_a_real_engine_over_http(demo_ws: Workspace, tmp_path: Path) 
     assert report["demo_traffic"] is True and report["failed"] == 0
     assert report["predictions"] >= 200 + 60 and report["labels_sent"] > 0
     assert code == 0, log.read_text()  # SIGTERM: flushed and exited cleanly
-    with _db(demo_ws) as conn:
-        rows, keyed, labelled = conn.execute(
-            "SELECT count(*), sum(key LIKE ?), sum(actual IS NOT NULL) FROM predictions",
-            (KEY_PREFIX + "%",),
-        ).fetchone()
-    assert rows == keyed == report["predictions"]
-    assert labelled == report["labels_sent"]
+    rows = logged(demo_ws)
+    keyed = sum((r["key"] or "").startswith(KEY_PREFIX) for r in rows)
+    assert len(rows) == keyed == report["predictions"]
+    assert sum(r["actual"] is not None for r in rows) == report["labels_sent"]
 
 
 def test_the_command_line_defaults_are_the_simulators() -> None:
@@ -269,7 +266,7 @@ def test_demo_live_runs_engine_and_traffic_and_stops_both(demo_ws: Workspace) ->
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with _db(demo_ws) as conn:
-                if conn.execute("SELECT count(*) FROM predictions").fetchone()[0] > 0:
+                if count_logged(conn) > 0:
                     break
             time.sleep(0.2)
         else:

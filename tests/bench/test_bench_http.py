@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.predlog import count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine
 
@@ -368,7 +369,7 @@ def _scripts(tmp_path: Path) -> tuple[Path, Target, Target]:
 
 def _logged(db: Path) -> int:
     with sqlite3.connect(db) as conn:
-        count: int = conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        count = count_logged(conn)
     conn.close()
     return count
 

@@ -5,13 +5,15 @@ the same row; routed batches with logging ≥ 150,000 rows/s, the writer's flush
 
 The workspace is real: two 200-tree, depth-6 models on 20 features (v1.0 in production, v2.0 in
 an A/B test at 10%, so the router picks an arm on every call), a running PredictionLog whose
-writer thread flushes every 50 ms into SQLite (rows, per-minute rollups, drift histograms).
+writer thread flushes every 50 ms into SQLite (a batch as one record of its columns, per-minute
+rollups, drift histograms).
 The floor is the same model loaded with the router's settings (nthread=1), called on the same
 rows already as float32 arrays. The router does not go through `Booster.inplace_predict` (it
 calls the same XGBoost C function directly, see `serving.scorer`), so that call alone is printed
 too: the ratio to it is the router's own overhead (validation, routing, ids, logging). For
-batches, two floors: bare `inplace_predict`, and SQLite's `executemany` of the same rows into
-the same table alone (what the writer cannot go below). A "no log" router shows serving alone.
+batches, two floors: bare `inplace_predict`, and SQLite's `executemany` of the same rows, one
+row per prediction, into the single predictions' table alone — the bound the log had before it
+wrote a batch as one record. A "no log" router shows serving alone.
 Variants run interleaved in rounds so that load from other processes on this 2-core machine
 falls on all of them alike.
 """
@@ -230,7 +232,7 @@ def test_batches_with_logging_rows_per_second(tmp_path: Path) -> None:
 
     floors: dict[str, Callable[[], tuple[float, float]]] = {
         "floor: bare inplace_predict": bare_round,
-        "floor: SQLite executemany alone (same table, 5000-row txns)": lambda: (
+        "floor: SQLite executemany alone, a row per prediction (5000-row txns)": lambda: (
             sqlite_round(),
             0.0,
         ),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import Engine, Workspace
-from engine.predlog import PredictionLog
+from engine.predlog import PredictionLog, count_logged
 from engine.serving import Router
 
 ROWS = 400
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     router.close()
     engine.close()
     with sqlite3.connect(ws.db_path) as conn:
-        rows = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        rows = count_logged(conn)
         rollup_n = conn.execute("SELECT sum(n) FROM rollups").fetchone()[0]
         integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
     print(
