@@ -23,15 +23,19 @@ def frozen(registered: Workspace, monkeypatch: pytest.MonkeyPatch) -> Iterator[G
     gateway.close()
 
 
-def _app(gateway: Gateway) -> BeastConsole:
-    return make_app(gateway, clock=lambda: snapdata.FROZEN, workspace_label=".beast-mode")
+def _app(gateway: Gateway, **kw: bool) -> BeastConsole:
+    return make_app(gateway, clock=lambda: snapdata.FROZEN, workspace_label=".beast-mode", **kw)
 
 
 def _picture(
-    gateway: Gateway, name: str, size: tuple[int, int], keys: tuple[str, ...] = ()
+    gateway: Gateway,
+    name: str,
+    size: tuple[int, int],
+    keys: tuple[str, ...] = (),
+    **kw: bool,
 ) -> set[str]:
     """Take the picture; return the screen's classes (the layout breakpoint) at that moment."""
-    app = _app(gateway)
+    app = _app(gateway, **kw)
     classes: set[str] = set()
 
     async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
@@ -54,6 +58,11 @@ def test_main_screen_120x40(frozen: Gateway) -> None:
 
 def test_confirm_dialog(frozen: Gateway) -> None:
     _picture(frozen, "confirm-promote", (120, 40), ("P",))
+
+
+def test_type_to_confirm_dialog_half_typed(frozen: Gateway) -> None:
+    keys = ("P", "v", "3")  # the name is v3.0: OK stays disabled
+    _picture(frozen, "confirm-promote-typed", (120, 40), keys, type_to_confirm=True)
 
 
 def test_help_screen(frozen: Gateway) -> None:
