@@ -141,6 +141,8 @@ class BeastConsole(App[None]):
         self._config = gateway.config
         # On when asked for here or by the workspace (config.toml [console]).
         self.type_to_confirm = type_to_confirm or self._config.console.type_to_confirm
+        # "Which environment am I in?": the workspace's own name for itself, always shown.
+        self.environment = self._config.console.environment.strip().upper()
 
     # -- layout -----------------------------------------------------------------------------
 
@@ -279,6 +281,9 @@ class BeastConsole(App[None]):
         """
         data = self.data
         text = Text(" beast ", style="bold")
+        if self.environment:
+            text.append(f" {self.environment} ", style=_environment_style(self.environment))
+            text.append(" ")
         if self.gateway.readonly:
             text.append(" RO read-only ", style="bold reverse")
             text.append(" ")
@@ -499,7 +504,8 @@ class BeastConsole(App[None]):
             else:
                 self._report(f"{proposal.action}: cancelled, nothing changed", "information")
 
-        dialog = ConfirmScreen(proposal, self.workspace_label, type_to_confirm=self.type_to_confirm)
+        where = " · ".join(filter(None, (self.workspace_label, self.environment)))
+        dialog = ConfirmScreen(proposal, where, type_to_confirm=self.type_to_confirm)
         self.push_screen(dialog, answered)
 
     @work(thread=True, group="act", exit_on_error=False)
@@ -550,6 +556,15 @@ def _what(binding: Binding) -> str:
     action = binding.action
     head = action.split("(")[0] if action.startswith("focus_pane") else action
     return words.get(head, binding.description)
+
+
+def _environment_style(name: str) -> str:
+    """Production red, staging yellow, anything else reversed (the words stay without colour)."""
+    if "PROD" in name:
+        return "bold white on red"
+    if "STAG" in name:
+        return "bold black on yellow"
+    return "bold reverse"
 
 
 def _label(root: Path) -> str:

@@ -72,6 +72,9 @@ experiment = "beast-mode"
 # production changes (rollback, promote, deploy as production) ask for the new production
 # version's name to be typed before they run, not just `y` (beast console --type-to-confirm)
 type_to_confirm = false
+# shown as a badge in the console's header and dialog titles, e.g. "production" (red) or
+# "staging" (yellow); "" shows none
+environment = ""
 """
 
 
@@ -133,6 +136,7 @@ class MlflowSettings:
 @dataclass(frozen=True)
 class ConsoleSettings:
     type_to_confirm: bool = False
+    environment: str = ""
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,10 @@ def _label(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and value == value.strip()
 
 
+def _environment(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 24 and value.isprintable()
+
+
 def _significance(value: Any) -> bool:
     return _number(value) and 0.0 < value < 0.5
 
@@ -237,6 +245,7 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     ),
     "mlflow.experiment": ("experiment_name", _label, "a non-empty name"),
     "console.type_to_confirm": ("type_to_confirm", _boolean, "true or false"),
+    "console.environment": ("environment", _environment, "a short name, at most 24 characters"),
 }
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.

@@ -44,6 +44,7 @@ def test_partial_file_keeps_defaults_for_the_rest() -> None:
         ("[retrain]\ninterval_days = true", "retrain.interval_days", "True"),
         ("[registry]\nmax_artifact_mb = 0", "registry.max_artifact_mb", "0"),
         ("[console]\ntype_to_confirm = 1", "console.type_to_confirm", "1"),
+        ("[console]\nenvironment = 'production-eu-west-primary'", "console.environment", "eu-west"),
     ],
 )
 def test_bad_value_is_refused_naming_key_and_value(text: str, key: str, value: str) -> None:

@@ -109,3 +109,26 @@ def test_lineage_reads_the_sidecar_facts_without_the_reference(serving: Workspac
         assert engine.rollback_target() == "v1.0"
     finally:
         engine.close()
+
+
+def test_the_workspace_names_its_environment_in_the_header_and_every_dialog(
+    serving: Workspace,
+) -> None:
+    text = serving.config_path.read_text(encoding="utf-8")
+    assert 'environment = ""' in text  # as `beast init` writes it
+    serving.config_path.write_text(
+        text.replace('environment = ""', 'environment = "production"'), encoding="utf-8"
+    )
+    gateway = Gateway(serving, actor="console-test")
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        assert app.header_text().plain.startswith(" beast  PRODUCTION ")
+        await press(app, pilot, "R")
+        title = app.screen.query_one("#dialog-title").render()
+        assert "· ws · PRODUCTION" in str(title)
+        await press(app, pilot, "escape")
+
+    try:
+        drive(make_app(gateway), scenario)
+    finally:
+        gateway.close()
