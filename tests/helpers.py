@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -94,6 +95,16 @@ def assert_invariants(ws: Workspace) -> None:
     finally:
         engine.close()
     assert report.ok, "invariants broken:\n" + "\n".join(report.problems)
+
+
+def set_config(ws: Workspace, **values: str) -> None:
+    """Rewrite keys of the workspace's config.toml, each a line `beast init` wrote once
+    (values as TOML literals: `set_config(ws, environment='"production"')`)."""
+    text = ws.config_path.read_text(encoding="utf-8")
+    for key, value in values.items():
+        text, found = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+        assert found == 1, f"{key} is not a line of config.toml"
+    ws.config_path.write_text(text, encoding="utf-8")
 
 
 def production(engine: Engine) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -26,7 +25,7 @@ from engine import Engine, Workspace, mlflow_tracking
 from engine.cli import main
 from engine.config import Config, load_config, parse_config
 from engine.errors import BeastError, ConfigError
-from tests.helpers import REPO, model_path, train_model
+from tests.helpers import REPO, model_path, set_config, train_model
 
 # mlflow 3.17's own use of SQLAlchemy 2.1, not ours (matched by text: sqlalchemy is optional).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -55,11 +54,7 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _set_mlflow(ws: Workspace, **values: str) -> Config:
     """Set keys of config.toml's [mlflow] table (values as TOML literals); the new config."""
-    text = ws.config_path.read_text(encoding="utf-8")
-    for key, value in values.items():
-        text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
-        assert found == 1, key
-    ws.config_path.write_text(text, encoding="utf-8")
+    set_config(ws, **values)
     return load_config(ws.config_path)
 
 

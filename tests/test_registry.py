@@ -17,7 +17,6 @@ import os
 import pathlib
 import pickle
 import random
-import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from engine import ArtifactRejected, BeastError, Conflict, Engine, Workspace, ar
 from engine.naming import split_filename
 from engine.records import Artifact
 from engine.registry import Naming, naming_for
-from tests.helpers import FEATURES, beast, model_path, train_model
+from tests.helpers import FEATURES, beast, model_path, set_config, train_model
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -72,10 +71,7 @@ def first_tree(doc: dict[str, Any]) -> dict[str, Any]:
 
 def set_registry(ws: Workspace, key: str, value: float) -> None:
     """Rewrite one `[registry]` value of config.toml (the default file has every key)."""
-    text = ws.config_path.read_text(encoding="utf-8")
-    text, count = re.subn(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
-    assert count == 1, f"{key} not in config.toml"
-    ws.config_path.write_text(text, encoding="utf-8")
+    set_config(ws, **{key: str(value)})
 
 
 def assert_rejected(engine: Engine, path: Path, *needles: str, recorded: bool = True) -> str:

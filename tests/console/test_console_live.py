@@ -15,7 +15,7 @@ from engine import BeastError, Engine, Workspace
 from engine.cli_console import parse_keymap
 from engine.daemon import EngineLock
 from tests.console.pilot import drive, make_app, press
-from tests.helpers import beast
+from tests.helpers import beast, set_config
 
 
 def test_the_header_says_whether_the_engine_runs(serving: Workspace, gateway: Gateway) -> None:
@@ -114,11 +114,7 @@ def test_lineage_reads_the_sidecar_facts_without_the_reference(serving: Workspac
 def test_the_workspace_names_its_environment_in_the_header_and_every_dialog(
     serving: Workspace,
 ) -> None:
-    text = serving.config_path.read_text(encoding="utf-8")
-    assert 'environment = ""' in text  # as `beast init` writes it
-    serving.config_path.write_text(
-        text.replace('environment = ""', 'environment = "production"'), encoding="utf-8"
-    )
+    set_config(serving, environment='"production"')
     gateway = Gateway(serving, actor="console-test")
 
     async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:

@@ -10,6 +10,7 @@ from console.dialogs import ConfirmScreen
 from console.gateway import Gateway
 from engine import Workspace
 from tests.console.pilot import action_log, drive, make_app, press, state
+from tests.helpers import set_config
 
 
 def _dialog(app: BeastConsole) -> ConfirmScreen:
@@ -74,11 +75,7 @@ def test_promote_asks_for_the_candidate_and_abort_needs_only_y(
 
 
 def test_the_workspace_config_turns_it_on(serving: Workspace) -> None:
-    text = serving.config_path.read_text(encoding="utf-8")
-    assert "type_to_confirm = false" in text  # as `beast init` writes it
-    serving.config_path.write_text(
-        text.replace("type_to_confirm = false", "type_to_confirm = true"), encoding="utf-8"
-    )
+    set_config(serving, type_to_confirm="true")
     gateway = Gateway(serving, actor="console-test")
 
     async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
