@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 
 import numpy as np
 import xgboost as xgb
 
-from engine import Engine, Workspace, sample_data
+from engine import Engine, Workspace, jobs, sample_data
 from engine.jobs import Job
 
 LINE = "quality-predictor"
@@ -106,6 +107,28 @@ def wait_reaped(pid: int, timeout: float = 10) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def queue_job(
+    conn: sqlite3.Connection,
+    *,
+    trigger: str = "t",
+    deploy: bool = False,
+    timeout_s: float = 9,
+    lease_s: float = 9,
+) -> int:
+    """A forced job of the line queued (or joined) by a test, in the caller's transaction."""
+    job_id, _joined = jobs.create_or_join(
+        conn,
+        LINE,
+        trigger=trigger,
+        force=True,
+        deploy=deploy,
+        actor="x",
+        timeout_s=timeout_s,
+        lease_s=lease_s,
+    )
+    return job_id
 
 
 def run_job(engine: Engine, *, deploy: bool = False, timeout: float = 60) -> Job:

@@ -11,8 +11,7 @@ import pytest
 from engine import Engine, jobs
 from engine import clock as engine_clock
 from tests.helpers import assert_invariants
-
-LINE = "quality-predictor"
+from tests.retrain_helpers import queue_job
 
 
 def jump_wall_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
@@ -35,9 +34,7 @@ def test_a_wall_clock_jump_neither_expires_nor_extends_a_lease(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: int
 ) -> None:
     with engine.store.write() as conn:
-        job_id, _ = jobs.create_or_join(
-            conn, LINE, trigger="t", force=True, deploy=False, actor="x", timeout_s=60, lease_s=9
-        )
+        job_id = queue_job(conn, timeout_s=60)
     jump_wall_clock(monkeypatch, seconds)
     with engine.store.read() as conn:
         assert jobs.lost(conn) == []  # an hour of wall clock is nothing to the lease

@@ -24,6 +24,7 @@ from tests.retrain_helpers import (
     LINE,
     build_template,
     model_files,
+    queue_job,
     run_job,
     set_retrain,
     version_names,
@@ -83,9 +84,7 @@ def test_last_training_is_the_newest_finished_job(rws: Workspace) -> None:
     engine = _engine(rws, "v1.0")
     try:
         with engine.store.write() as conn:
-            job_id, _ = jobs.create_or_join(
-                conn, LINE, trigger="t", force=True, deploy=False, actor="x", timeout_s=9, lease_s=9
-            )
+            job_id = queue_job(conn)
             jobs.finish(conn, job_id, status="failed", error="e", expect_running=False)
             finished = jobs.get(conn, job_id).finished_at
             assert triggers.last_training(conn, LINE) == finished
@@ -417,30 +416,12 @@ def test_reaping_fails_lost_and_overdue_jobs_and_spares_strangers(rws: Workspace
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
         with engine.store.write() as conn:
-            old_boot, _ = jobs.create_or_join(
-                conn,
-                LINE,
-                trigger="a",
-                force=True,
-                deploy=False,
-                actor="x",
-                timeout_s=9,
-                lease_s=60,
-            )
+            old_boot = queue_job(conn, trigger="a", lease_s=60)
             conn.execute("UPDATE jobs SET boot_id = 'an-earlier-boot' WHERE id = ?", (old_boot,))
         assert [j.id for j in engine.reap_jobs()] == [old_boot]
         assert "never started" in (engine.job(old_boot).error or "")
         with engine.store.write() as conn:
-            overdue, _ = jobs.create_or_join(
-                conn,
-                LINE,
-                trigger="b",
-                force=True,
-                deploy=False,
-                actor="x",
-                timeout_s=1,
-                lease_s=60,
-            )
+            overdue = queue_job(conn, trigger="b", timeout_s=1, lease_s=60)
             jobs.claim(conn, overdue, pid=stranger.pid, pgid=stranger.pid, lease_s=60)
             conn.execute("UPDATE jobs SET deadline = deadline - 60 WHERE id = ?", (overdue,))
         assert [j.id for j in engine.reap_jobs()] == [overdue]
@@ -493,16 +474,7 @@ def test_deploy_is_wanted_by_flag_by_a_joining_trigger_or_by_auto_deploy(rws: Wo
         try:
             with engine.store.write() as conn:
                 for i, flag in enumerate(flags):
-                    job_id, _ = jobs.create_or_join(
-                        conn,
-                        LINE,
-                        trigger=f"t{i}",
-                        force=True,
-                        deploy=flag,
-                        actor="x",
-                        timeout_s=9,
-                        lease_s=9,
-                    )
+                    job_id = queue_job(conn, trigger=f"t{i}", deploy=flag)
             answer = RunningJob(engine, job_id, LINE).wants_deploy()
             with engine.store.write() as conn:
                 jobs.finish(conn, job_id, status="failed", error="done", expect_running=False)
