@@ -264,8 +264,8 @@ def test_cli_feedback_ids_are_refused_and_echoed_escaped(ab: Workspace, tmp_path
     assert [a["prediction_id"] for a in answers] == ["ok\\u202e", "\\x1b[31mred"]
 
 
-def _rewrite_history_row(ws: Workspace, *, note: str, actor: str) -> None:
-    """Make history #1 (and who deployed production) look written before the edge check
+def rewrite_history_row(ws: Workspace, *, note: str, actor: str, entry: int = 1) -> None:
+    """Make a history row (and who deployed production) look written before the edge check
     existed: history is append-only and line_state moves only forward, so their guarding
     triggers are dropped for the rewrite and put back as they were."""
     guards = ("history_append_only_update", "line_state_arms_update")
@@ -279,7 +279,9 @@ def _rewrite_history_row(ws: Workspace, *, note: str, actor: str) -> None:
         with conn:
             for name, _sql in saved:
                 conn.execute(f"DROP TRIGGER {name}")
-            conn.execute("UPDATE history SET note = ?, actor = ? WHERE id = 1", (note, actor))
+            conn.execute(
+                "UPDATE history SET note = ?, actor = ? WHERE id = ?", (note, actor, entry)
+            )
             conn.execute("UPDATE line_state SET production_by = ?", (actor,))
             for _name, sql in saved:
                 conn.execute(sql)
@@ -299,7 +301,7 @@ def test_history_and_status_print_old_rows_escaped(registered: Workspace) -> Non
     finally:
         engine.close()
     note, actor = "fine\n2  forged  root  deploy\x1b[2J", "eve\u202etoor"
-    _rewrite_history_row(registered, note=note, actor=actor)
+    rewrite_history_row(registered, note=note, actor=actor)
 
     out = beast(registered, "history")
     assert out.returncode == 0, out.stderr
