@@ -446,3 +446,34 @@ def test_the_cli_catches_a_surrogate_it_cannot_print(registered: Workspace) -> N
     out = beast(registered, "models")
     assert out.returncode == 0, out.stderr
     assert "bad\\udcff-v1.0.json" in out.stdout
+
+
+def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
+    engine: Engine,
+) -> None:
+    """The auto-pull's note quotes the drifted features, named by the model's training data:
+    the note check must not stop a critical candidate from being pulled (it is escaped)."""
+    import numpy as np
+
+    from engine import baselines, monitoring, registry
+    from tests.test_monitoring import LINE, feed
+
+    engine.deploy(version="v1.0")
+    engine.deploy(version="v2.0", traffic=10, ab_test="t")
+    rng = np.random.default_rng(8)
+    names = ("coverage", "complexity", "lint_density", "dup\nlication\x1b[2J", "churn")
+    reference = baselines.VersionReference.build(
+        rng.normal(size=(5000, 5)), rng.normal(50, 5, 5000), names
+    )
+    with engine.store.write() as conn:
+        artifact_id = registry.get_version(conn, LINE, "v2.0").artifact_id
+        baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
+    drifted = rng.normal(size=(1000, 5)).astype(np.float32)
+    drifted[:, 3] += 1.5
+    feed(engine, "v2.0", 1000, within=1.0, rows=drifted, experiment="t", arm="candidate")
+
+    report = monitoring.evaluate(engine)
+    assert report.actions and "aborted" in report.actions[0]
+    assert engine.experiment("t").status == "aborted"
+    note = engine.history()[-1].note or ""
+    assert "dup\\nlication\\x1b[2J" in note and text.escape(note) == note
