@@ -132,7 +132,7 @@ def check_key(key: object) -> str | None:
     if key is None or (
         type(key) is str and len(key) <= MAX_KEY_CHARS and _find_unsafe(key) is None
     ):
-        return key  # the common case, first: one regex search (~0.2 µs on a short key)
+        return key  # the common case, first: the search adds ~0.1 µs on a short key
     if not isinstance(key, str):
         raise features.InvalidFeatures(f"key must be a string, got {type(key).__name__}")
     return text.check("key", str(key), limit=MAX_KEY_CHARS)  # a str subclass as a plain str
