@@ -282,7 +282,9 @@ class BeastConsole(App[None]):
         data = self.data
         text = Text(" beast ", style="bold")
         if self.environment:
-            text.append(f" {self.environment} ", style=_environment_style(self.environment))
+            text.append(
+                f" {fmt.safe(self.environment)} ", style=_environment_style(self.environment)
+            )
             text.append(" ")
         if self.gateway.readonly:
             text.append(" RO read-only ", style="bold reverse")
@@ -290,7 +292,7 @@ class BeastConsole(App[None]):
         if self.paused:
             text.append(" PAUSED ", style="bold reverse")
             text.append(" ")
-        text.append(f"· ws {self.workspace_label} · ")
+        text.append(f"· ws {fmt.safe(self.workspace_label)} · ")
         text.append_text(self._engine_state(data))
         if data is None:
             text.append(" · loading…")
@@ -298,7 +300,7 @@ class BeastConsole(App[None]):
             text.append(" · health ")
             text.append_text(fmt.health_text(data.health, ascii_only=self.ascii_only))
             text.append(f" · updated {fmt.age(self.clock() - data.fetched_at)} ago")
-        text.append(f" · {self.host}")
+        text.append(f" · {fmt.safe(self.host)}")
         return text
 
     def _engine_state(self, data: ConsoleData | None) -> Text:
@@ -313,9 +315,10 @@ class BeastConsole(App[None]):
 
     @_while_mounted
     def log_action(self, line: str) -> None:
-        """One line in the action log, stamped with the console's clock (UTC)."""
+        """One line in the action log, stamped with the console's clock (UTC); escaped, as
+        it may quote an engine refusal or a poll's problem that names a file or a version."""
         stamp = time.strftime("%H:%M:%S", time.gmtime(self.clock()))
-        self.main_screen.query_one("#actions", Log).write_line(f"{stamp} {line}")
+        self.main_screen.query_one("#actions", Log).write_line(f"{stamp} {fmt.safe(line)}")
 
     # -- selection, focus, filter ------------------------------------------------------------
 
@@ -525,7 +528,7 @@ class BeastConsole(App[None]):
         self.request_poll()
 
     def _report(self, line: str, severity: str) -> None:
-        self.notify(line, severity=severity)  # type: ignore[arg-type]
+        self.notify(fmt.safe(line), severity=severity, markup=False)  # type: ignore[arg-type]
         self.log_action(line)
 
 

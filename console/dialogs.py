@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from console import format as fmt
 from console.proposals import DeployRequest, Proposal
 from engine.errors import BeastError
 from engine.naming import check_name
@@ -46,12 +47,14 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         p = self.proposal
         with Vertical(id="dialog"):
-            yield Label(Text(f"{p.title} · {self.workspace}", style="bold"), id="dialog-title")
-            yield Static("\n".join(f"  {line}" for line in p.changes), id="dialog-changes")
-            yield Static("\n".join(p.context), id="dialog-context")
+            yield Label(fmt.cell(f"{p.title} · {self.workspace}", style="bold"), id="dialog-title")
+            # Each line names versions, tests and alert messages from the store: escaped.
+            changes = "\n".join(f"  {fmt.safe(line)}" for line in p.changes)
+            yield Static(Text(changes), id="dialog-changes")
+            yield Static(Text("\n".join(fmt.safe(line) for line in p.context)), id="dialog-context")
             if self.required is not None:
                 yield Label(
-                    f"production changes: type {self.required} and enter to confirm",
+                    fmt.cell(f"production changes: type {self.required} and enter to confirm"),
                     id="confirm-prompt",
                 )
                 yield Input(placeholder=self.required, id="confirm-name")
@@ -80,7 +83,7 @@ class ConfirmScreen(ModalScreen[bool]):
             self.dismiss(True)
         else:
             prompt = self.query_one("#confirm-prompt", Label)
-            prompt.update(Text(f"type {self.required} exactly, or esc to cancel", style="bold"))
+            prompt.update(fmt.cell(f"type {self.required} exactly, or esc to cancel", style="bold"))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "ok" and self._typed())
@@ -106,9 +109,9 @@ class DeployForm(ModalScreen[DeployRequest | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Label(Text(f"Deploy a version of {self.line}", style="bold"))
+            yield Label(fmt.cell(f"Deploy a version of {self.line}", style="bold"))
             yield Select(
-                [(v, v) for v in self.versions],
+                [(fmt.cell(v), v) for v in self.versions],
                 value=self.chosen if self.chosen is not None else Select.BLANK,
                 allow_blank=False,
                 id="form-version",
@@ -156,7 +159,7 @@ class DeployForm(ModalScreen[DeployRequest | None]):
         try:
             request = self._request()
         except (BeastError, ValueError) as exc:
-            self.query_one("#form-error", Label).update(Text(str(exc), style="bold red"))
+            self.query_one("#form-error", Label).update(fmt.cell(exc, style="bold red"))
             return
         self.dismiss(request)
 

@@ -3,6 +3,11 @@
 Every status carries a word and a symbol, so it stays readable under `NO_COLOR` and over a
 terminal that drops colour; the ASCII symbols replace the Unicode ones where the terminal
 may not draw them.
+
+Text from a file name or the store (versions, notes, actors, alert messages, job words,
+feature names) goes on screen through `safe` or `cell`: escaped (`engine.text.escape`), so a
+newline or `ESC[2J` shows as `\\n`, `\\x1b[2J`, and as a `Text`, never parsed as Rich markup
+(a `[` in a file name would otherwise be taken for a style, or refused as bad markup).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from datetime import datetime
 
 from rich.text import Text
 
+from engine import text
+
 _MARKS = {
     "healthy": ("●", "+", "green"),
     "warning": ("▲", "!", "yellow"),
@@ -19,6 +26,16 @@ _MARKS = {
     "no data": ("○", "-", "dim"),
 }
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
+
+
+def safe(value: object) -> str:
+    """Any value as one printable line (what a stored or file-given text shows as)."""
+    return text.escape(str(value))
+
+
+def cell(value: object, style: str = "") -> Text:
+    """`safe`, as a Text: a table cell or a line that is never read as markup."""
+    return Text(text.escape(str(value)), style=style)
 
 
 def mark(health: str, *, ascii_only: bool) -> str:

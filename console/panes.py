@@ -94,7 +94,8 @@ class Pane(Vertical):
         self.border_title = f"{number} {title}"
 
     def retitle(self, suffix: str = "") -> None:
-        self.border_title = f"{self.number} {self.base_title}{suffix}"
+        # A Text, not a str: a title is markup otherwise, and a suffix may quote a name.
+        self.border_title = Text(f"{self.number} {self.base_title}{suffix}")
 
     @property
     def focus_target(self) -> Any:
@@ -134,7 +135,7 @@ class DeploymentsPane(Pane):
                 (
                     row.key,
                     (
-                        row.key if many else row.version,
+                        fmt.cell(row.key if many else row.version),
                         _role(row),
                         fmt.percent(row.traffic_bp) if row.role != "registered" else "-",
                         health,
@@ -198,9 +199,9 @@ class MetricsPane(Pane):
         if row is None:
             self.retitle()
             return
-        self.retitle(f": {row.version}")
+        self.retitle(f": {fmt.safe(row.version)}")
         if report is None:
-            self.query_one("#metrics-empty", Static).update(f"{row.version}: not serving")
+            self.query_one("#metrics-empty", Static).update(fmt.cell(f"{row.version}: not serving"))
         values = _metric_values(report, config)
         for metric, _ in _ROWS:
             spark = self.query_one(f"#spark-{metric}", Sparkline)
@@ -261,8 +262,8 @@ class AlertsPane(Pane):
                         f"#{alert['id']}",
                         fmt.severity_text(alert["severity"], ascii_only=ascii_only),
                         Text(alert["status"], style="dim" if resolved else "bold"),
-                        str(alert["version"]),
-                        str(alert["message"]),
+                        fmt.cell(alert["version"]),
+                        fmt.cell(alert["message"]),
                         fmt.since(
                             alert["resolved_at"] if resolved else alert["first_seen"],
                             data.fetched_at,
@@ -308,8 +309,8 @@ class ABPane(Pane):
                     (
                         f"{exp.name}:{arm}",
                         (
-                            f"{exp.name}:{arm}",
-                            f"{version} {fmt.percent(share)}",
+                            fmt.cell(f"{exp.name}:{arm}"),
+                            fmt.cell(f"{version} {fmt.percent(share)}"),
                             str(window.labelled),
                             fmt.num(window.accuracy),
                             fmt.num(window.mae, "{:.2f}"),
@@ -323,8 +324,9 @@ class ABPane(Pane):
             f" · mae p={fmt.p_value(t.verdict.mae_p)} · {t.verdict.reason}"
             for t in tests
         ]
-        self.query_one("#ab-verdict", Static).update("\n".join(verdicts) or "no running A/B test")
-        self.retitle(f" {tests[0].experiment.name}" if len(tests) == 1 else "")
+        shown = "\n".join(fmt.safe(v) for v in verdicts) or "no running A/B test"
+        self.query_one("#ab-verdict", Static).update(Text(shown))
+        self.retitle(f" {fmt.safe(tests[0].experiment.name)}" if len(tests) == 1 else "")
 
 
 # -- 5 Jobs ------------------------------------------------------------------------------------
@@ -355,11 +357,13 @@ class JobsPane(Pane):
                 f"#{job.id}",
                 (
                     f"#{job.id}",
-                    job.trigger,
+                    fmt.cell(job.trigger),
                     job.status,
                     f"{job.progress:.0%}",
-                    _job_result(job.status, job.version, job.deployed, job.reason, job.error)
-                    or job.message,
+                    fmt.cell(
+                        _job_result(job.status, job.version, job.deployed, job.reason, job.error)
+                        or job.message
+                    ),
                 ),
             )
             for job in data.jobs

@@ -74,9 +74,9 @@ class DetailsScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="details"):
-            yield Static(Text(f"{self.key}", style="bold"), id="details-title")
+            yield Static(fmt.cell(self.key, style="bold"), id="details-title")
             if self.problem:
-                yield Static(Text(self.problem, style="bold red"))
+                yield Static(fmt.cell(self.problem, style="bold red"))
             yield Static(_lineage(self.lineage), classes="details-section")
             yield Static(_metrics(self.report), classes="details-section")
             yield Static(_drift(self.report), classes="details-section")
@@ -100,13 +100,14 @@ def _lineage(lineage: Lineage | None) -> Table:
         table.add_row("-", "unavailable")
         return table
     a = lineage.artifact
-    table.add_row("file", a.path.rsplit("/", 1)[-1])
+    cell = fmt.cell  # a file's name and its sidecar's facts: anything at all
+    table.add_row("file", cell(a.path.rsplit("/", 1)[-1]))
     table.add_row("sha256", a.sha256[:16])
-    table.add_row("registered", f"{a.registered_at} by {a.registered_by}")
-    table.add_row("features", f"{a.n_features} ({', '.join(a.feature_names or ())[:60]})")
-    table.add_row("names", ", ".join(a.versions))
+    table.add_row("registered", cell(f"{a.registered_at} by {a.registered_by}"))
+    table.add_row("features", cell(f"{a.n_features} ({', '.join(a.feature_names or ())[:60]})"))
+    table.add_row("names", cell(", ".join(a.versions)))
     for key, value in lineage.facts or (("sidecar", "none"),):
-        table.add_row(key, value)
+        table.add_row(cell(key), cell(value))
     return table
 
 
@@ -145,7 +146,7 @@ def _drift(report: VersionReport | None) -> Table:
         )
         table.add_row("score", fmt.num(report.drift.score_psi, "{:.3f}"), "", "")
     for f in features:
-        table.add_row(f.name, fmt.num(f.psi, "{:.3f}"), fmt.num(f.ks, "{:.3f}"), f.level)
+        table.add_row(fmt.cell(f.name), fmt.num(f.psi, "{:.3f}"), fmt.num(f.ks, "{:.3f}"), f.level)
     if report is None or (not features and report.drift.data is None):
         table.add_row("-", "-", "-", "not enough data")
     return table
@@ -158,11 +159,13 @@ def _history(entries: list[HistoryEntry]) -> Table:
     for e in entries[-15:]:
         table.add_row(
             str(e.id),
-            e.at[:19].replace("T", " "),
-            e.actor,
+            fmt.cell(e.at[:19].replace("T", " ")),
+            fmt.cell(e.actor),
             e.action + (" (forced)" if e.forced else ""),
-            f"{e.from_state.production or '-'} → {e.to_state.production or '-'}"
-            + (f" +{e.to_state.candidate}" if e.to_state.candidate else ""),
+            fmt.cell(
+                f"{e.from_state.production or '-'} → {e.to_state.production or '-'}"
+                + (f" +{e.to_state.candidate}" if e.to_state.candidate else "")
+            ),
         )
     if not entries:
         table.add_row("-", "", "", "no history for this version", "")

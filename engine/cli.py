@@ -2,18 +2,19 @@
 
 Reading commands take `--json` and then print one JSON document on stdout. The seed's
 spellings (`beast deploy --status`, `--rollback [V]`, `--promote NAME`) are accepted too.
+Whatever quotes a name, a path or a stored text is escaped (`engine.text`): output is one
+line per line, never a terminal control.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import render
+from engine import render, text
 from engine.errors import BeastError
 from engine.facade import Engine
 from engine.records import Change, Expect
@@ -23,7 +24,7 @@ Handler = Callable[[Engine, argparse.Namespace], int]
 
 
 def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(text.dumps(document) + "\n")
 
 
 def _common() -> argparse.ArgumentParser:
@@ -68,7 +69,7 @@ def _report(change: Change, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(change.to_json())
     else:
-        print(change.message)
+        print(text.escape(change.message))
     return 0
 
 
@@ -86,21 +87,23 @@ def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
                 }
             )
         else:
-            print(f"demo workspace {result.workspace} (generated data, labelled demo):")
-            print(f"  data   {result.data}")
+            print(
+                text.escape(f"demo workspace {result.workspace} (generated data, labelled demo):")
+            )
+            print(text.escape(f"  data   {result.data}"))
             for path in result.models:
-                print(f"  model  {path}")
+                print(text.escape(f"  model  {path}"))
             print(f"  production v1-enhanced, A/B test {demo.DEMO_TEST}: v3-advanced at 10%")
         return 0
     _, created = Engine.init(engine.workspace)
     if args.json:
         _print_json({"workspace": str(engine.workspace.root), "created": [str(p) for p in created]})
     elif created:
-        print(f"initialised {engine.workspace.root}")
+        print(text.escape(f"initialised {engine.workspace.root}"))
         for path in created:
-            print(f"  created {path}")
+            print(text.escape(f"  created {path}"))
     else:
-        print(f"{engine.workspace.root} is already initialised")
+        print(text.escape(f"{engine.workspace.root} is already initialised"))
     return 0
 
 
@@ -204,7 +207,7 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
             failures += 1
             results.append({"path": path, "registered": False, "reason": str(exc)})
             if not args.json:
-                print(f"beast: {exc}", file=sys.stderr)
+                print(text.escape(f"beast: {exc}"), file=sys.stderr)
             continue
         name = reg.version.name if reg.version else "-"
         results.append(
@@ -219,7 +222,8 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
         )
         if not args.json:
             state = "registered" if reg.new else "already registered"
-            print(f"{state}: {reg.artifact.line}/{name} ({reg.artifact.sha256[:12]}) {path}")
+            shown = f"{state}: {reg.artifact.line}/{name} ({reg.artifact.sha256[:12]}) {path}"
+            print(text.escape(shown))
     if args.json:
         _print_json(results)
     elif not paths:
@@ -235,7 +239,7 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"database": str(source), "backup": str(dest)})
     else:
-        print(f"backed up {source} to {dest} (SQLite backup API, integrity checked)")
+        print(text.escape(f"backed up {source} to {dest} (SQLite backup API, integrity checked)"))
     return 0
 
 
@@ -246,7 +250,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     else:
         print(render.doctor(report))
     if not report.ok:
-        print(f"beast: {report.problems[0]}", file=sys.stderr)
+        print(text.escape(f"beast: {report.problems[0]}"), file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -436,12 +440,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(engine, args))
     except _Usage as exc:
         parser.print_usage(sys.stderr)
-        print(f"beast {args.command}: error: {exc}", file=sys.stderr)
+        print(text.escape(f"beast {args.command}: error: {exc}"), file=sys.stderr)
         return 2
     except BeastError as exc:
         if debug:
             raise
-        print(f"beast: {exc}", file=sys.stderr)
+        print(text.escape(f"beast: {exc}"), file=sys.stderr)
         return 1
     except BrokenPipeError:
         sys.stderr.close()  # `beast history | head` is not an error
@@ -453,8 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         print(
-            f"beast: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the "
-            "traceback)",
+            text.escape(
+                f"beast: internal error: {type(exc).__name__}: {exc} (rerun with --debug for "
+                "the traceback)"
+            ),
             file=sys.stderr,
         )
         return 1

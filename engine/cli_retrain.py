@@ -9,11 +9,11 @@ in a background worker process either way: interrupting the command leaves it ru
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from typing import Any, TextIO
 
+from engine import text
 from engine.facade import Engine
 from engine.jobs import Job
 from engine.triggers import TriggerReport
@@ -23,7 +23,7 @@ WAIT_MARGIN_S = 30.0
 
 
 def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(text.dumps(document) + "\n")
 
 
 def _figure(value: float | str | None) -> str:
@@ -42,7 +42,10 @@ def render_check(report: TriggerReport) -> str:
     verdict = "retraining is due" if report.fires else "no trigger fires"
     running = f"; job {report.active_job} is running" if report.active_job else ""
     return (
-        f"{report.line}: {verdict}{running} (last training {report.last_training or 'never'})\n"
+        text.escape(
+            f"{report.line}: {verdict}{running} (last training {report.last_training or 'never'})"
+        )
+        + "\n"
         + table(["TRIGGER", "FIGURE", "THRESHOLD", "FIRES", "DETAIL"], rows, indent="  ")
     )
 
@@ -55,27 +58,31 @@ class Progress:
         self.tty = stream.isatty()
 
     def __call__(self, job: Job) -> None:
+        message = text.escape(job.message)  # written by the worker: may quote a data file
         if not self.tty:
-            self.stream.write(f"job {job.id} {job.status} {job.progress:4.0%} {job.message}\n")
+            self.stream.write(f"job {job.id} {job.status} {job.progress:4.0%} {message}\n")
             self.stream.flush()
             return
         filled = round(job.progress * BAR_WIDTH)
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        text = f"[{bar}] {job.progress:4.0%} {job.message}"
+        shown = f"[{bar}] {job.progress:4.0%} {message}"
         width = shutil.get_terminal_size((80, 24)).columns - 1
-        self.stream.write("\r" + text[:width].ljust(width))
+        self.stream.write("\r" + shown[:width].ljust(width))
         if job.finished:
             self.stream.write("\n")
         self.stream.flush()
 
 
 def render_job(job: Job) -> str:
+    """One line on a job's outcome (escaped: the worker's words may quote a file)."""
     if job.status == "succeeded":
         state = "deployed" if job.deployed else "registered"
-        return f"job {job.id} succeeded: {job.line}/{job.version} {state}; {job.reason}"
-    if job.status == "failed":
-        return f"job {job.id} failed: {job.error}"
-    return f"job {job.id} {job.status} ({job.progress:.0%}: {job.message})"
+        said = f"job {job.id} succeeded: {job.line}/{job.version} {state}; {job.reason}"
+    elif job.status == "failed":
+        said = f"job {job.id} failed: {job.error}"
+    else:
+        said = f"job {job.id} {job.status} ({job.progress:.0%}: {job.message})"
+    return text.escape(said)
 
 
 def cmd_retrain(engine: Engine, args: argparse.Namespace) -> int:
@@ -100,7 +107,7 @@ def cmd_retrain(engine: Engine, args: argparse.Namespace) -> int:
     out = sys.stderr if args.json else sys.stdout
     if not args.json:
         verb = "joined the running" if joined else "started"
-        print(f"{verb} job {job.id} on {job.line} (trigger: {job.trigger})", file=out)
+        print(text.escape(f"{verb} job {job.id} on {job.line} (trigger: {job.trigger})"), file=out)
     if args.detach:
         if args.json:
             _print_json(job.to_json())
@@ -120,7 +127,7 @@ def cmd_retrain(engine: Engine, args: argparse.Namespace) -> int:
         print(render_job(job))
     if job.status == "failed":
         if args.json:
-            print(f"beast: job {job.id} failed: {job.error}", file=sys.stderr)
+            print(text.escape(f"beast: job {job.id} failed: {job.error}"), file=sys.stderr)
         return 1
     return 0
 
@@ -141,7 +148,7 @@ def cmd_jobs(engine: Engine, args: argparse.Namespace) -> int:
             _print_json(dict(job.to_json(), log=log))
         else:
             print(render_job(job))
-            print("\n".join(f"  {line}" for line in log))
+            print("\n".join(f"  {text.escape(line)}" for line in log))
         return 0
     found = engine.jobs(args.limit, args.model)
     if args.json:

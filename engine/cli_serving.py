@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine import text
 from engine.errors import BeastError
 from engine.facade import Engine
 
 
 def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(text.dumps(document) + "\n")
 
 
 def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
@@ -79,10 +80,11 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
         )
         for v in report.versions:
             for f in v.findings:
-                print(f"  {f.severity.upper():8} {v.version}: {f.message}")
+                print(text.escape(f"  {f.severity.upper():8} {v.version}: {f.message}"))
             if v.drift.features and (v.drift.data or 0) >= 0.1:
+                # Feature names come from the model file.
                 worst = ", ".join(f"{d.name} {d.psi:.2f}" for d in v.drift.features[:3])
-                print(f"  drift    {v.version}: most drifted features: {worst}")
+                print(text.escape(f"  drift    {v.version}: most drifted features: {worst}"))
     else:
         print("nothing deployed")
     if report.feedback_unmatched or report.feedback_pending:
@@ -93,20 +95,24 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     for e in report.experiments:
         c, k, verdict = e.control, e.candidate, e.verdict
         print(
-            f"A/B {e.experiment.name}: {e.experiment.control} n={c.labelled} "
-            f"acc={_fmt(c.accuracy)} mae={_fmt(c.mae, '{:.2f}')} vs {e.experiment.candidate} "
-            f"n={k.labelled} acc={_fmt(k.accuracy)} mae={_fmt(k.mae, '{:.2f}')} → "
-            f"{verdict.outcome} ({verdict.reason})"
+            text.escape(
+                f"A/B {e.experiment.name}: {e.experiment.control} n={c.labelled} "
+                f"acc={_fmt(c.accuracy)} mae={_fmt(c.mae, '{:.2f}')} vs {e.experiment.candidate} "
+                f"n={k.labelled} acc={_fmt(k.accuracy)} mae={_fmt(k.mae, '{:.2f}')} → "
+                f"{verdict.outcome} ({verdict.reason})"
+            )
         )
     firing = [a for a in report.alerts if a["status"] == "firing"]
     print(f"alerts: {len(firing)} firing")
     for a in firing:
         print(
-            f"  {a['severity'].upper():8} {a['line']}/{a['version']} {a['message']} "
-            f"(since {a['first_seen']})"
+            text.escape(
+                f"  {a['severity'].upper():8} {a['line']}/{a['version']} {a['message']} "
+                f"(since {a['first_seen']})"
+            )
         )
     for action in report.actions:
-        print(f"action: {action}")
+        print(text.escape(f"action: {action}"))
     return 0
 
 
@@ -165,7 +171,10 @@ def cmd_predict(engine: Engine, args: argparse.Namespace) -> int:
         for p in results:
             score = "error: " + (p.error or "") if p.score is None else f"{p.score:.3f}"
             test = f" {p.experiment}" if p.experiment else ""
-            print(f"{p.prediction_id}  {score}  {p.version} ({p.arm}{test})  {p.latency_ms:.2f} ms")
+            shown = (
+                f"{p.prediction_id}  {score}  {p.version} ({p.arm}{test})  {p.latency_ms:.2f} ms"
+            )
+            print(text.escape(shown))
     return 1 if any(p.error for p in results) else 0
 
 
@@ -223,7 +232,7 @@ def cmd_feedback(engine: Engine, args: argparse.Namespace) -> int:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
         for r in refused[:10]:
-            print(f"beast: {r['prediction_id']}: {r['reason']}", file=sys.stderr)
+            print(text.escape(f"beast: {r['prediction_id']}: {r['reason']}"), file=sys.stderr)
     return 1 if refused else 0
 
 

@@ -6,13 +6,13 @@ Kept apart from engine/cli.py so that `beast status` never imports numpy or XGBo
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import threading
 from types import FrameType
 from typing import Any
 
+from engine import text
 from engine.errors import BeastError
 from engine.facade import Engine
 
@@ -60,7 +60,7 @@ def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
     finally:
         transport.close()
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        sys.stdout.write(text.dumps(report.to_json()) + "\n")
     else:
         answers = ", ".join(f"{n} {k}" for k, n in sorted(report.label_answers.items()))
         print(
@@ -89,7 +89,8 @@ def _progress(args: argparse.Namespace) -> Any:
     def say(line: str) -> None:
         if not args.quiet:
             # Progress goes to stderr: with --json, stdout holds one document only.
-            print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+            # Escaped: a line may quote an alert's message or the engine's answer.
+            print(text.escape(line), file=sys.stderr if args.json else sys.stdout, flush=True)
 
     return say
 

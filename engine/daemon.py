@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
+from engine import text
 from engine.background import BackgroundThread
 from engine.errors import BeastError
 from engine.facade import Engine
@@ -97,6 +98,28 @@ def configure_process() -> None:
     os.environ["OMP_WAIT_POLICY"] = "passive"
 
 
+class EscapingFormatter(logging.Formatter):
+    """Every record on one line whatever it quotes: a file name, a key, a request path.
+
+    The message is escaped whole (`engine.text.escape`): a newline in a model file's name
+    once forged a second log line, `ESC[2J` cleared the operator's terminal. A traceback
+    keeps its lines, each escaped, so it stays readable but cannot drive the terminal.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return text.escape(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return _escape_lines(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _escape_lines(super().formatStack(stack_info))
+
+
+def _escape_lines(block: str) -> str:
+    return "\n".join(text.escape(line) for line in block.split("\n"))
+
+
 def log_config(level: str) -> dict[str, Any]:
     """One conventional line per record (time level logger message) for uvicorn and beast."""
     upper = level.upper()
@@ -108,7 +131,7 @@ def log_config(level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": LOG_FORMAT}},
+        "formatters": {"plain": {"()": EscapingFormatter, "fmt": LOG_FORMAT}},
         "handlers": {"stderr": handler},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": upper, "propagate": False},

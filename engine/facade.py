@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import artifacts, deployments, history, invariants, registry
+from engine import artifacts, deployments, history, invariants, registry, text
 from engine.clock import utc_now
 from engine.config import Config, load_config
 from engine.errors import ArtifactRejected, BeastError, NotFound, StateChanged
@@ -58,6 +58,15 @@ class Engine:
         self.actor = actor or current_actor()
         self._config: Config | None = None
         self._store: Store | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who acts: kept in history, `production_by` and jobs (checked whoever sets it)."""
+        return self._actor
+
+    @actor.setter
+    def actor(self, value: str) -> None:
+        self._actor = text.check("actor", value, limit=text.MAX_NAME_CHARS)
 
     # -- opening --------------------------------------------------------------------------
 
@@ -176,10 +185,12 @@ class Engine:
         return self._experiments(conn)
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
+        _check_names(model=line)
         with self.store.read() as conn:
             return history.entries(conn, line)
 
     def experiment(self, name: str) -> Experiment:
+        _check_names(test=name)
         with self.store.read() as conn:
             found = self._experiment(conn, name)
         if found is None:
@@ -204,6 +215,7 @@ class Engine:
 
     def rollback_target(self, version: str | None = None, *, model: str | None = None) -> str:
         """The production a rollback would go to now (shown before asking), or refuse why not."""
+        _check_names(version=version)
         line = self._line(model)
         with self.store.read() as conn:
             state = self._state(conn, line)
@@ -214,6 +226,7 @@ class Engine:
 
     def lineage(self, version: str, *, model: str | None = None) -> Lineage:
         """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""
+        _check_names(version=version)
         line = self._line(model)
         with self.store.read() as conn:
             ref = registry.get_version(conn, line, version)
@@ -228,6 +241,7 @@ class Engine:
         """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
         from engine import labels
 
+        text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
         return labels.record(
             self.store, prediction_id, actual, self.config.thresholds.tolerance_points
         )
@@ -257,6 +271,7 @@ class Engine:
         checked = artifacts.check_file(
             resolved, models_dir, self.config.registry.max_artifact_bytes
         )
+        registry.check_file_name(checked.relative)
         sha = artifacts.sha256_of(resolved)
         with self.store.read() as conn:
             lines = registry.line_names(conn)
@@ -337,6 +352,7 @@ class Engine:
         expect: Expect | None = None,
     ) -> Change:
         """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate."""
+        _check_entry(note, expect, version=version, model=model)
         if ab_test is not None:
             check_name("A/B test", ab_test)
         if ab_test is not None and traffic is None:
@@ -383,6 +399,7 @@ class Engine:
         It follows the test's verdict: only "candidate wins" promotes; `force` overrides any
         other verdict and is recorded as forced.
         """
+        _check_entry(note, expect, test=test)
         found = self.experiment(test)
         verdict_text = "forced"
         if found.status == "running":
@@ -423,6 +440,7 @@ class Engine:
 
         `actor` names an automatic caller (the monitor's auto-pull) instead of the OS user.
         """
+        _check_entry(note, expect, test=test)
         if actor is not None:
             acting = Engine(self.workspace, actor=actor)
             try:
@@ -449,6 +467,7 @@ class Engine:
         expect: Expect | None = None,
     ) -> Change:
         """Back to the production before the newest change, or to a named version."""
+        _check_entry(note, expect, version=version)
         line = self._line(model)
 
         def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
@@ -625,6 +644,7 @@ class Engine:
     # -- internals ------------------------------------------------------------------------
 
     def _line(self, model: str | None) -> str:
+        _check_names(model=model)
         lines = self.lines()
         if model is not None:
             if model not in lines:
@@ -815,6 +835,20 @@ class Engine:
     def _experiment(cls, conn: sqlite3.Connection, name: str) -> Experiment | None:
         row = conn.execute(cls._EXPERIMENT_SQL + " WHERE e.name = ?", (name,)).fetchone()
         return _experiment_from_row(row) if row else None
+
+
+def _check_entry(note: str | None, expect: Expect | None, **names: str | None) -> None:
+    """Refuse unsafe text where a mutation enters (TextRefused, 422), before any read or
+    write: a note is kept in history and printed, a name is looked up and quoted back."""
+    text.check_optional("note", note, limit=text.MAX_NOTE_CHARS)
+    _check_names(expect=expect.production if expect is not None else None, **names)
+
+
+def _check_names(**names: str | None) -> None:
+    """Names given to look something up: the safe-text rule, not the stricter name rule
+    (`naming.check_name` is for names being created; whatever is stored passes both)."""
+    for what, value in names.items():
+        text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
 
 
 def _experiment_from_row(row: sqlite3.Row) -> Experiment:

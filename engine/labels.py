@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from engine import ids
+from engine import ids, text
 from engine.errors import BeastError, Conflict, NotFound
 from engine.store import Store
 
@@ -234,8 +234,10 @@ def record_many(
     with store.write() as conn:
         expire_pending(conn)
         for pid, actual in items:
-            shown = pid if isinstance(pid, str) else repr(pid)
+            # Echoed in the answer: escaped, so it always encodes and prints on one line.
+            shown = text.escape(pid) if isinstance(pid, str) else repr(pid)
             try:
+                text.check("prediction id", pid, limit=text.MAX_ID_CHARS)
                 status = label(conn, pid, check_actual(actual), tolerance)
             except Conflict as exc:
                 answers.append(Outcome(shown, "conflict", exc.http_status, str(exc)))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from engine import abstats, artifact_alerts, baselines, drift, labels, metrics
+from engine import abstats, artifact_alerts, baselines, drift, labels, metrics, text
 from engine.clock import utc_now
 from engine.config import Config
 from engine.facade import Engine
@@ -459,9 +459,12 @@ def evaluate(engine: Engine, *, window: str = "1h", pull: bool = True) -> Monito
             if test is None:
                 continue
             why = "; ".join(f.message for f in version.findings if f.severity == "critical")
+            # Findings quote feature names (from the model's training data): escaped and capped,
+            # so the note check never stands between a critical candidate and its pull.
+            note = text.escape(f"auto-pulled: health critical ({why})")[: text.MAX_NOTE_CHARS]
             change = engine.abort(
                 test,
-                note=f"auto-pulled: health critical ({why})",
+                note=note,
                 reason="auto-pulled: health critical",
                 actor=AUTO_PULL_ACTOR,
             )

@@ -9,19 +9,25 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from engine import text
 from engine.errors import BeastError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _SPLIT = re.compile(r"^(?P<line>.+?)[-_](?P<version>v\d[A-Za-z0-9._+-]*)$")
 _BARE_VERSION = re.compile(r"^v\d[A-Za-z0-9._+-]*$")
 ALIAS_PREFIX = "ab-winner-"
 
 
 def check_name(kind: str, value: str) -> str:
-    """A version, line or test name: 1–100 of letters, digits and `._+-`, starting alnum."""
-    if not _NAME.match(value):
+    """A version, line or test name: 1–100 of letters, digits and `._+-`, starting alnum.
+
+    `fullmatch`, not `match`: the pattern's `$` also matches before a final newline, which
+    once let `--version $'v5\\n'` through.
+    """
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        shown = text.escape(str(value)[:120])
         raise BeastError(
-            f"invalid {kind} name {value!r}: use 1–100 letters, digits, '.', '_', '+' or '-', "
+            f"invalid {kind} name '{shown}': use 1–100 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit"
         )
     return value

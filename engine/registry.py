@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine import artifacts
+from engine import artifacts, text
 from engine.clock import utc_now
 from engine.config import RegistrySettings
 from engine.errors import ArtifactRejected, BeastError, Conflict, NotFound
@@ -142,6 +142,10 @@ def unregistered_files(
 def _naming_problem(conn: sqlite3.Connection, path: Path, relative: str) -> str | None:
     """Why the watcher (or a plain `beast register`) cannot name this file, if it cannot."""
     try:
+        check_file_name(relative)
+    except BeastError as exc:
+        return str(exc)
+    try:
         naming = naming_for(path, version=None, model=None, lines=line_names(conn))
     except BeastError as exc:
         return f"{exc}: `beast register {relative} --model M --version V`"
@@ -158,6 +162,19 @@ def _naming_problem(conn: sqlite3.Connection, path: Path, relative: str) -> str 
             "--version V`"
         )
     return None
+
+
+def check_file_name(relative: str) -> str:
+    """A model file's path in models/, refused when it could not be stored or shown as is.
+
+    The path is kept in the registry and printed by `beast models`, the log and the console:
+    a newline in it forged log lines, an undecodable byte (a lone surrogate once decoded)
+    could not be written to SQLite at all. Renaming the file is the way out.
+    """
+    why = text.problem(relative, limit=text.MAX_PATH_CHARS)
+    if why is not None:
+        raise text.TextRefused(f"file name: {why}; rename the file")
+    return relative
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,26 @@
-"""Plain-text rendering of engine records for the CLI (the console draws its own)."""
+"""Plain-text rendering of engine records for the CLI (the console draws its own).
+
+Every text that came from a file name or the store is escaped (`engine.text.escape`) on its
+way out: a cell or a line can neither break the table's lines nor drive the terminal, and
+rows written before the edge checks existed print as safely as new ones.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engine import text
 from engine.facade import ModelsReport
 from engine.invariants import DoctorReport
 from engine.records import HistoryEntry, Snapshot, Status, percent
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    """Left-aligned columns, one line per row whatever the cells hold (each is escaped)."""
+    escape = text.escape
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else escape(str(c)) for c in r] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = [
         indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -27,7 +37,7 @@ def status(report: Status) -> str:
         rows = [d for d in report.deployments if d.line == line]
         if not rows:
             continue
-        out.append(f"{line}  (revision {report.revisions.get(line, 0)})")
+        out.append(f"{text.escape(line)}  (revision {report.revisions.get(line, 0)})")
         out.append(
             table(
                 ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT"],
@@ -156,12 +166,13 @@ def models(report: ModelsReport) -> str:
     if report.unregistered:
         out.append("\nnot registered yet (beast register PATH):")
         for path, reason in report.unregistered:
-            out.append(f"  {path}" + (f"  — would be refused: {reason}" if reason else ""))
+            refused = f"  — would be refused: {reason}" if reason else ""
+            out.append(text.escape(f"  {path}{refused}"))
     return "\n".join(out)
 
 
 def doctor(report: DoctorReport) -> str:
-    lines = [f"PROBLEM  {p}" for p in report.problems]
-    lines += [f"warning  {w}" for w in report.warnings]
+    lines = [f"PROBLEM  {text.escape(p)}" for p in report.problems]
+    lines += [f"warning  {text.escape(w)}" for w in report.warnings]
     lines.append("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)")
     return "\n".join(lines)

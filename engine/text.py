@@ -18,7 +18,9 @@ on disk, a row written before this check existed — is printed.
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from engine.errors import BeastError
 
@@ -34,6 +36,12 @@ MAX_PATH_CHARS = 4096
 _UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
 )
+
+
+# The bare search, for a hot path that cannot afford a call: None when the text is safe.
+find_unsafe = _UNSAFE.search
+# What may still be raw in `json.dumps(ensure_ascii=False)` output: it escapes only C0.
+_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 class TextRefused(BeastError):
@@ -55,6 +63,8 @@ def problem(value: str, *, limit: int) -> str | None:
 
 def check(what: str, value: str, *, limit: int) -> str:
     """`value` itself, or TextRefused naming `what` and the first problem (one line)."""
+    if not isinstance(value, str):  # a JSON number or list where text belongs
+        raise TextRefused(f"{what}: must be text, not {type(value).__name__}")
     why = problem(value, limit=limit)
     if why is not None:
         raise TextRefused(f"{what}: {why}")
@@ -75,6 +85,17 @@ def escape(text: str) -> str:
     if _UNSAFE.search(text) is None:
         return text
     return _UNSAFE.sub(lambda m: _escape_char(m.group()), text)
+
+
+def dumps(document: Any) -> str:
+    """`document` as indented JSON that is safe on a terminal and still the same JSON.
+
+    `ensure_ascii=False` keeps names readable but leaves bidi controls, C1 controls, line
+    separators and lone surrogates raw; each is written as its `\\uXXXX` escape instead,
+    which a JSON reader turns back into the same character (nothing is lost).
+    """
+    raw = json.dumps(document, indent=2, ensure_ascii=False)
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", raw)
 
 
 def _escape_char(char: str) -> str:
