@@ -239,6 +239,31 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
+    from engine.backup import restore
+
+    done = restore(engine.workspace, Path(args.backup), force=args.force)
+    status, report = engine.status(), engine.doctor()
+    if args.json:
+        _print_json(dict(done.to_json(), status=status.to_json(), doctor=report.to_json()))
+        return 0
+    print(
+        f"restored {done.backup} as {done.database} (integrity checked; {done.changes} "
+        f"changes in its history{', adopted from another workspace' if done.adopted else ''})"
+    )
+    for path in done.kept:
+        print(f"  kept what was there as {path}")
+    if done.history_kept is not None:
+        print(
+            f"  history.json held {done.newer_changes} changes the backup lacks: "
+            f"kept as {done.history_kept}"
+        )
+    print(render.status(status))
+    for problem in report.problems:
+        print(f"beast doctor: {problem}")
+    return 0
+
+
 def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     report = engine.doctor(repair=args.repair)
     if args.json:
@@ -418,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_engine_parser(add)
 
+    p = add(
+        "restore",
+        cmd_restore,
+        "put a `beast backup` file back as the workspace's database (the engine must be stopped)",
+    )
+    p.add_argument("backup", metavar="BACKUP", help="a file `beast backup` wrote")
+    p.add_argument(
+        "--force", action="store_true", help="adopt a backup of another workspace as this one's"
+    )
+    p.add_argument("--json", action="store_true")
+
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
     p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")
     p.add_argument("--json", action="store_true")
@@ -431,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = Workspace.locate(getattr(args, "workspace", None))
     engine = Engine(workspace)
     try:
-        if args.command != "init" and not getattr(args, "demo", False):  # both build one
+        # init and the demo build a workspace; restore may be the first step of one.
+        if args.command not in ("init", "restore") and not getattr(args, "demo", False):
             workspace.require()
         return int(args.handler(engine, args))
     except _Usage as exc:
