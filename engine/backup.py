@@ -37,7 +37,13 @@ from typing import Any
 from engine import history
 from engine.errors import BeastError, StoreError
 from engine.schema import MIGRATION_SET
-from engine.store import IDENTITY_MIGRATION, SQLITE_HEADER, Store, translate
+from engine.store import (
+    IDENTITY_MIGRATION,
+    SQLITE_HEADER,
+    Store,
+    integrity_findings,
+    translate,
+)
 from engine.workspace import MARKER, Workspace
 
 
@@ -85,10 +91,10 @@ def _copy(source: Store, tmp: Path, dest: Path) -> None:
             raise translate(exc, source.path, source.busy_s) from None
         try:
             target.execute("PRAGMA journal_mode = DELETE")
-            problems = [row[0] for row in target.execute("PRAGMA integrity_check")]
+            problems = integrity_findings(target)
         except sqlite3.Error as exc:
             raise translate(exc, dest, source.busy_s) from None
-        if problems != ["ok"]:
+        if problems:
             raise StoreError(
                 f"the copy of {source.path} failed its integrity check ({problems[0]}); "
                 "nothing was written: run `beast doctor`"
@@ -264,7 +270,7 @@ def _copy_checked(source: Path, tmp: Path) -> None:
         try:
             src.backup(target)
             target.execute("PRAGMA journal_mode = DELETE")
-            found = [str(row[0]) for row in target.execute("PRAGMA integrity_check")]
+            found = integrity_findings(target)
             ours = target.execute(
                 "SELECT count(*) FROM sqlite_master m, _sqlite_migrations s"
                 " WHERE m.name = 'history' AND s.migration_set = ?",
@@ -279,7 +285,7 @@ def _copy_checked(source: Path, tmp: Path) -> None:
         raise _not_restorable(source, detail) from None
     finally:
         src.close()
-    if found != ["ok"]:
+    if found:
         raise _not_restorable(source, f"it fails its integrity check ({found[0]})")
     if not ours:
         raise _not_restorable(source, "it is not a beast-mode database")

@@ -358,6 +358,23 @@ def _add_engine_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
+def _add_backup_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
+    p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "restore",
+        cmd_restore,
+        "put a `beast backup` file back as the workspace's database (the engine must be stopped)",
+    )
+    p.add_argument("backup", metavar="BACKUP", help="a file `beast backup` wrote")
+    p.add_argument(
+        "--force", action="store_true", help="adopt a backup of another workspace as this one's"
+    )
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -420,9 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
 
-    p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
-    p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
-    p.add_argument("--json", action="store_true")
+    _add_backup_parsers(add)
 
     from engine import cli_retrain, cli_serving
 
@@ -443,17 +458,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_engine_parser(add)
 
-    p = add(
-        "restore",
-        cmd_restore,
-        "put a `beast backup` file back as the workspace's database (the engine must be stopped)",
-    )
-    p.add_argument("backup", metavar="BACKUP", help="a file `beast backup` wrote")
-    p.add_argument(
-        "--force", action="store_true", help="adopt a backup of another workspace as this one's"
-    )
-    p.add_argument("--json", action="store_true")
-
     p = add("doctor", cmd_doctor, "check the state invariants (exit 1 naming a broken one)")
     p.add_argument("--repair", action="store_true", help="rewrite a stale history.json first")
     p.add_argument("--json", action="store_true")
@@ -467,9 +471,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = Workspace.locate(getattr(args, "workspace", None))
     engine = Engine(workspace)
     try:
-        # init and the demo build a workspace; restore may be the first step of one.
-        if args.command not in ("init", "restore") and not getattr(args, "demo", False):
+        builds = args.command in ("init", "restore") or getattr(args, "demo", False)
+        if not builds:  # init and the demo build one; restore may be a workspace's first step
             workspace.require()
+        if not builds and args.command != "doctor":  # doctor examines what the store refuses
+            engine.store  # noqa: B018 - a lost or swapped database is refused by every command
         return int(args.handler(engine, args))
     except _Usage as exc:
         parser.print_usage(sys.stderr)

@@ -420,13 +420,10 @@ class Store:
 
     def integrity_check(self) -> list[str]:
         """What `PRAGMA integrity_check` finds wrong with the file ([] when it is whole)."""
-        rows = [str(row[0]) for row in self.query("PRAGMA integrity_check")]
-        if rows == ["ok"]:
-            return []
-        # SQLite heads its report with "*** in database main ***" (sometimes inside the
-        # first row, before a newline): the lines after it say what is wrong.
-        lines = [line.strip() for row in rows for line in row.splitlines() if line.strip()]
-        return [line for line in lines if not line.startswith("*** in database ")] or lines
+        try:
+            return integrity_findings(self.conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, self.busy_s) from None
 
     def foreign_key_errors(self) -> list[str]:
         """Rows whose foreign keys point nowhere (`PRAGMA foreign_key_check`)."""
@@ -434,6 +431,17 @@ class Store:
             f"foreign key broken: {row[0]} row {row[1]} → {row[2]}"
             for row in self.query("PRAGMA foreign_key_check")
         ]
+
+
+def integrity_findings(conn: sqlite3.Connection) -> list[str]:
+    """What `PRAGMA integrity_check` finds wrong, one finding a line ([] when whole)."""
+    rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    if rows == ["ok"]:
+        return []
+    # SQLite heads its report with "*** in database main ***" (sometimes inside the first
+    # row, before a newline): the lines after it say what is wrong.
+    lines = [line.strip() for row in rows for line in row.splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith("*** in database ")] or lines
 
 
 def _script(sql: str) -> Any:
