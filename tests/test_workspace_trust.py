@@ -22,6 +22,7 @@ from engine.backup import backup
 from engine.daemon import EngineLock
 from engine.errors import BeastError
 from engine.history import ExportRefused, write_export
+from engine.predlog import PredictionLog
 from engine.schema import MIGRATIONS
 from engine.store import Store
 from engine.workspace import WorkspaceLost
@@ -144,6 +145,29 @@ def test_the_engine_refuses_a_wiped_database_before_binding_or_locking(
     assert not (ws.root / ".engine.lock").exists() and not (ws.root / "api-token").exists()
     with socket.socket() as probe:  # nothing listens there: it never bound
         probe.bind(("127.0.0.1", port))
+    ok(ws, "restore", str(saved))
+
+
+def test_every_door_to_the_store_refuses_a_wiped_database(
+    used: tuple[Workspace, Path], tmp_path: Path
+) -> None:
+    from console.gateway import Gateway
+
+    ws, saved = used
+    _wipe(ws, "empty")
+    doors: dict[str, Callable[[], object]] = {
+        "the facade": lambda: Engine(ws).status(),
+        "the prediction log": lambda: PredictionLog(ws.db_path, tolerance=5).start(),
+        "a Store of its own (feedback, a job's watchdog)": lambda: Store(ws.db_path).query(
+            "SELECT 1"
+        ),
+        "backup": lambda: backup(ws.db_path, tmp_path / "copy.db"),
+        "the console's gateway": lambda: Gateway(ws, readonly=True).status(),
+    }
+    for door, call in doors.items():
+        with pytest.raises(WorkspaceLost, match="is empty \\(0 bytes\\), but this workspace"):
+            call()
+        assert ws.db_path.stat().st_size == 0, door
     ok(ws, "restore", str(saved))
 
 
