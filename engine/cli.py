@@ -243,6 +243,31 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
+    from engine.backup import restore
+
+    done = restore(engine.workspace, Path(args.backup), force=args.force)
+    status, report = engine.status(), engine.doctor()
+    if args.json:
+        _print_json(dict(done.to_json(), status=status.to_json(), doctor=report.to_json()))
+        return 0
+    print(
+        f"restored {done.backup} as {done.database} (integrity checked; {done.changes} "
+        f"changes in its history{', adopted from another workspace' if done.adopted else ''})"
+    )
+    for path in done.kept:
+        print(f"  kept what was there as {path}")
+    if done.history_kept is not None:
+        print(
+            f"  history.json held {done.newer_changes} changes the backup lacks: "
+            f"kept as {done.history_kept}"
+        )
+    print(render.status(status))
+    for problem in report.problems:
+        print(f"beast doctor: {problem}")
+    return 0
+
+
 def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
     report = engine.doctor(repair=args.repair)
     if args.json:
@@ -337,6 +362,23 @@ def _add_engine_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
 
 
+def _add_backup_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
+    p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
+    p.add_argument("--json", action="store_true")
+
+    p = add(
+        "restore",
+        cmd_restore,
+        "put a `beast backup` file back as the workspace's database (the engine must be stopped)",
+    )
+    p.add_argument("backup", metavar="BACKUP", help="a file `beast backup` wrote")
+    p.add_argument(
+        "--force", action="store_true", help="adopt a backup of another workspace as this one's"
+    )
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
@@ -399,9 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--json", action="store_true")
 
-    p = add("backup", cmd_backup, "copy the state database to DEST (SQLite backup API)")
-    p.add_argument("dest", metavar="DEST", help="a new file for the copy (never overwritten)")
-    p.add_argument("--json", action="store_true")
+    _add_backup_parsers(add)
 
     from engine import cli_retrain, cli_serving
 
@@ -435,8 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     workspace = Workspace.locate(getattr(args, "workspace", None))
     engine = Engine(workspace)
     try:
-        if args.command != "init" and not getattr(args, "demo", False):  # both build one
+        builds = args.command in ("init", "restore") or getattr(args, "demo", False)
+        if not builds:  # init and the demo build one; restore may be a workspace's first step
             workspace.require()
+        if not builds and args.command != "doctor":  # doctor examines what the store refuses
+            engine.store  # noqa: B018 - a lost or swapped database is refused by every command
         return int(args.handler(engine, args))
     except _Usage as exc:
         parser.print_usage(sys.stderr)

@@ -361,12 +361,17 @@ class Background:
 
 
 def _preflight(workspace: Workspace) -> None:
-    """Refuse a missing workspace, a bad config or an unusable database in one line, now."""
+    """Refuse a missing workspace, a bad config or an unusable database in one line, now.
+
+    Before anything is bound or locked: a used workspace whose database is missing, empty,
+    older than its history export or another workspace's (engine.workspace) would otherwise
+    serve 503s while /healthz said ok, and its watcher would register old files as new.
+    """
     engine = Engine(workspace)
     try:
         workspace.require()
         engine.config  # noqa: B018 - refuse a bad config.toml before binding anything
-        engine.store  # noqa: B018 - opens and migrates the database
+        engine.store  # noqa: B018 - opens, migrates and checks it is the workspace's own
     finally:
         engine.close()
 

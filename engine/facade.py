@@ -35,7 +35,7 @@ from engine.records import (
     VersionRef,
 )
 from engine.store import Store
-from engine.workspace import Workspace
+from engine.workspace import Workspace, WorkspaceLost
 
 if TYPE_CHECKING:
     from engine import labels
@@ -72,11 +72,17 @@ class Engine:
 
     @classmethod
     def init(cls, workspace: Workspace) -> tuple[Engine, list[Path]]:
-        """Create the workspace (idempotent): directories, config.toml, the database."""
+        """Create the workspace (idempotent): directories, config.toml, the database.
+
+        A workspace that was used and lost its database is refused, never started afresh
+        (engine.workspace): `beast restore` is the way back.
+        """
         created = workspace.create()
+        before = {p: p.exists() for p in (workspace.db_path, workspace.marker_path)}
         engine = cls(workspace)
         engine.config  # noqa: B018 - refuse a bad existing config now, not later
-        engine.store  # noqa: B018 - creates and migrates the database
+        engine.store  # noqa: B018 - creates and migrates the database, records its id
+        created += [p for p, existed in before.items() if not existed and p.exists()]
         if not workspace.history_export_path.exists():
             warning = engine._export_after_commit()
             if warning:
@@ -198,18 +204,46 @@ class Engine:
         return found
 
     def doctor(self, *, repair: bool = False) -> invariants.DoctorReport:
-        """Check every invariant; with repair, rewrite a stale history export first."""
+        """Check every invariant; with repair, rewrite a stale history export first.
+
+        The database's integrity comes first: on a damaged file the other checks would read
+        garbage (a row its index points to is gone), and a repair would export it.
+        """
+        try:
+            store = self.store
+        except WorkspaceLost:
+            # Lost changes may be damage: if so, say that, else the refusal stands.
+            report = invariants.integrity_report(self.workspace.db_path)
+            if report is None:
+                raise
+            return report
+        damaged = invariants.integrity_report(store)
+        if damaged is not None:
+            return damaged
         if repair:
             self.export_history()
-        with self.store.read() as conn:
+        with store.read() as conn:
             report = invariants.check(conn, self.workspace)
-        integrity = self.store.integrity_errors()
-        if integrity:
-            report = invariants.DoctorReport(
-                tuple(f"database integrity: {line}" for line in integrity) + report.problems,
-                report.warnings,
-            )
-        return report
+        broken = tuple(f"database integrity: {p}" for p in store.foreign_key_errors())
+        return invariants.DoctorReport(broken + report.problems, report.warnings)
+
+    def readiness(self) -> str | None:
+        """Why this engine should not be called ready, or None: for `/healthz`.
+
+        Cheap (a stat and one indexed read): the database file is still the one this
+        engine has open and its workspace's own, and something is deployed. Uses this
+        engine's connection, so call it where its other calls are made (one at a time).
+        """
+        try:
+            store = self.store
+            problem = store.file_problem()
+            if problem is not None:
+                return problem
+            with store.read() as conn:
+                deployed = conn.execute("SELECT 1 FROM line_state LIMIT 1").fetchone()
+        except BeastError as exc:
+            return str(exc)
+        return None if deployed else "nothing deployed yet"
 
     # -- console reads --------------------------------------------------------------------
 
@@ -689,6 +723,8 @@ class Engine:
                 f" (warning: {self.workspace.history_export_path} was not rewritten: "
                 f"{exc.strerror or exc}; run `beast doctor --repair`)"
             )
+        except history.ExportRefused as exc:
+            return f" (warning: {exc})"
         return ""
 
     def _apply(

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from engine import artifacts, history, registry
 from engine.records import HistoryEntry, Snapshot
-from engine.workspace import Workspace
+from engine.store import Store
+from engine.workspace import WAY_BACK, Workspace
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,37 @@ class DoctorReport:
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "problems": list(self.problems), "warnings": list(self.warnings)}
+
+
+def integrity_report(source: Store | Path) -> DoctorReport | None:
+    """A damaged database file as doctor's problems (what SQLite found), or None if whole.
+
+    A path is opened as a plain file, not as its workspace's store: the workspace refused it
+    already (engine.workspace), and the question now is only whether the file is damaged.
+    """
+    if not isinstance(source, Store) and _size(source) < 512:  # SQLite's smallest page
+        return None  # nothing to inspect, and opening it would create a database
+    store = source if isinstance(source, Store) else Store(source, check_workspace=False)
+    try:
+        found = store.integrity_check()
+    finally:
+        if store is not source:
+            store.close()
+    if not found:
+        return None
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    summary = (
+        f"database integrity: {store.path} is damaged (PRAGMA integrity_check: {found[0]}"
+        f"{more}); {WAY_BACK}"
+    )
+    return DoctorReport((summary, *(f"database integrity: {line}" for line in found)), ())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def check(

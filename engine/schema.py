@@ -440,6 +440,21 @@ CREATE TABLE batch_labels (
 ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
 """,
     ),
+    (
+        "0007_workspace_identity",
+        """
+-- Which workspace this database is: a random id made with the schema (or on upgrade), also
+-- kept in the workspace's `workspace-id` file. A database that is lost, emptied or swapped
+-- for another is then told apart from a workspace that was never used (engine.workspace).
+CREATE TABLE workspace (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    id TEXT NOT NULL CHECK (length(id) = 32 AND id NOT GLOB '*[^0-9a-f]*'),
+    created_at TEXT NOT NULL
+);
+INSERT INTO workspace (singleton, id, created_at)
+VALUES (1, lower(hex(randomblob(16))), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

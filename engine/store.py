@@ -7,7 +7,10 @@ refusals here, so no raw "database is locked" reaches a user: by SQLite's error 
 the wording of the message (a CHECK or trigger text may contain any word).
 
 A file that does not start with SQLite's header is refused before SQLite sees it: SQLite takes
-a file of a few bytes for an empty database and writes a new one over it.
+a file of a few bytes for an empty database and writes a new one over it. For the same reason
+a missing or 0-byte database is created only in a workspace that shows no sign of having had
+one, and after migrating, the database must be the workspace's own (engine.workspace): every
+door — the facade, the prediction log, the daemon, the console — opens the store here.
 
 sqlite-utils runs the migrations and is imported only when the schema is behind: importing it
 pulls in pandas, which would cost `beast status` most of its 0.4 s budget.
@@ -25,6 +28,7 @@ from typing import Any
 
 from engine.errors import StateBusy, StoreError
 from engine.schema import MIGRATION_SET, MIGRATIONS
+from engine.workspace import WAY_BACK, Workspace
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 BUSY_ENV = "BEAST_BUSY_TIMEOUT_S"
@@ -99,7 +103,7 @@ def _read_only(path: Path) -> str:
 def _not_a_database(path: Path, detail: str) -> StoreError:
     return StoreError(
         f"{path} is not a usable beast-mode database ({detail}); it was left untouched: "
-        "move it aside and restore a backup (or run `beast init` for a new one)"
+        "move it aside and restore a backup with `beast restore BACKUP`"
     )
 
 
@@ -172,14 +176,28 @@ def check_header(path: Path) -> None:
         raise _not_a_database(path, "file is not a database")
 
 
-class Store:
-    """One connection to a workspace database. Not shared across processes or threads."""
+IDENTITY_MIGRATION = "0007_workspace_identity"
 
-    def __init__(self, path: Path, *, busy_timeout_s: float | None = None) -> None:
+
+class Store:
+    """One connection to a workspace database. Not shared across processes or threads.
+
+    When `path` is a workspace's `beast.db`, the workspace around it is checked on every
+    connect and migrate (module docstring); `check_workspace=False` skips that, for a file
+    only inspected (`beast doctor` on a database its workspace refused).
+    """
+
+    def __init__(
+        self, path: Path, *, busy_timeout_s: float | None = None, check_workspace: bool = True
+    ) -> None:
         self.path = path
         self.busy_s = _busy_timeout() if busy_timeout_s is None else busy_timeout_s
+        around = Workspace(path.parent)
+        # Only a workspace's own beast.db: a backup or a copy beside it is just a file.
+        self.workspace = around if check_workspace and around.db_path == path else None
         self._conn: sqlite3.Connection | None = None
         self._pid = os.getpid()
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file connected to
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -190,6 +208,7 @@ class Store:
         return self._conn
 
     def _connect(self) -> sqlite3.Connection:
+        self._refuse_lost()
         check_header(self.path)
         conn: sqlite3.Connection | None = None
         try:
@@ -216,7 +235,44 @@ class Store:
                 with suppress(sqlite3.Error):
                     conn.close()
             raise translate(exc, self.path, self.busy_s) from None
+        with suppress(OSError):
+            stat = self.path.stat()
+            self._file = (stat.st_dev, stat.st_ino)
         return conn
+
+    def _refuse_lost(self) -> None:
+        """SQLite would create a missing or 0-byte database: not where one was lost."""
+        if self.workspace is None:
+            return
+        try:
+            if self.path.stat().st_size > 0:
+                return
+            what = "is empty (0 bytes)"
+        except FileNotFoundError:
+            what = "is missing"
+        except OSError:
+            return  # check_header names it
+        self.workspace.refuse_if_used(what)
+
+    def file_problem(self) -> str | None:
+        """Why the file at `path` is no longer the database this store has open, or None.
+
+        A connection keeps the file it opened: one deleted, emptied or replaced underneath a
+        long-running process (the engine) goes on being written, where nobody will read it.
+        """
+        if self._file is None or self._conn is None:
+            return None
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return f"{self.path} was deleted while this process had it open; {WAY_BACK}"
+        except OSError as exc:
+            return f"cannot stat {self.path}: {exc.strerror or exc}"
+        if (stat.st_dev, stat.st_ino) != self._file:
+            return f"{self.path} was replaced by another file while this process had it open"
+        if stat.st_size == 0:
+            return f"{self.path} was emptied (0 bytes) while this process had it open; {WAY_BACK}"
+        return None
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         """Put the database in WAL mode (a no-op once it is: the mode is kept in the file).
@@ -245,6 +301,7 @@ class Store:
         if self._conn is not None and self._pid == os.getpid():
             self._conn.close()
         self._conn = None
+        self._file = None
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -313,13 +370,32 @@ class Store:
         return self.applied_migrations() == [name for name, _sql in MIGRATIONS]
 
     def migrate(self) -> list[str]:
-        """Apply pending migrations; return their names. Safe when many processes race.
+        """Apply pending migrations, then check the database is the workspace's own.
 
-        The whole check-and-apply runs under one `BEGIN IMMEDIATE`, so exactly one process
-        migrates and the others find nothing pending once they get the lock.
+        Returns the names applied. Safe when many processes race: the whole check-and-apply
+        runs under one `BEGIN IMMEDIATE`, so exactly one process migrates and the others find
+        nothing pending once they get the lock.
         """
-        if self.schema_is_current():
-            return []
+        pending = [] if self.schema_is_current() else self._apply_migrations()
+        self._check_workspace()
+        return pending
+
+    def identity(self) -> tuple[str | None, int]:
+        """The workspace id this database records (None before 0007) and its newest change."""
+        if IDENTITY_MIGRATION not in self.applied_migrations():
+            return None, self.query("SELECT coalesce(max(id), 0) FROM history")[0][0]
+        row = self.query(
+            "SELECT (SELECT id FROM workspace), (SELECT coalesce(max(id), 0) FROM history)"
+        )[0]
+        return row[0], row[1]
+
+    def _check_workspace(self) -> None:
+        if self.workspace is None or not any(n == IDENTITY_MIGRATION for n, _ in MIGRATIONS):
+            return
+        workspace_id, last_change = self.identity()
+        self.workspace.check_database(workspace_id, last_change)
+
+    def _apply_migrations(self) -> list[str]:
         import sqlite_utils  # deferred: pulls in pandas
 
         migrations = sqlite_utils.Migrations(MIGRATION_SET)
@@ -340,13 +416,32 @@ class Store:
 
     def integrity_errors(self) -> list[str]:
         """`PRAGMA integrity_check` and `foreign_key_check`, as readable lines."""
-        problems: list[str] = []
-        rows = self.query("PRAGMA integrity_check")
-        if [tuple(row) for row in rows] != [("ok",)]:
-            problems.extend(str(row[0]) for row in rows)
-        for row in self.query("PRAGMA foreign_key_check"):
-            problems.append(f"foreign key broken: {row[0]} row {row[1]} → {row[2]}")
-        return problems
+        return self.integrity_check() + self.foreign_key_errors()
+
+    def integrity_check(self) -> list[str]:
+        """What `PRAGMA integrity_check` finds wrong with the file ([] when it is whole)."""
+        try:
+            return integrity_findings(self.conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, self.busy_s) from None
+
+    def foreign_key_errors(self) -> list[str]:
+        """Rows whose foreign keys point nowhere (`PRAGMA foreign_key_check`)."""
+        return [
+            f"foreign key broken: {row[0]} row {row[1]} → {row[2]}"
+            for row in self.query("PRAGMA foreign_key_check")
+        ]
+
+
+def integrity_findings(conn: sqlite3.Connection) -> list[str]:
+    """What `PRAGMA integrity_check` finds wrong, one finding a line ([] when whole)."""
+    rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    if rows == ["ok"]:
+        return []
+    # SQLite heads its report with "*** in database main ***" (sometimes inside the first
+    # row, before a newline): the lines after it say what is wrong.
+    lines = [line.strip() for row in rows for line in row.splitlines() if line.strip()]
+    return [line for line in lines if not line.startswith("*** in database ")] or lines
 
 
 def _script(sql: str) -> Any:

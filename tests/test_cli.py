@@ -196,6 +196,7 @@ def test_every_help_page_renders(registered: Workspace) -> None:
         "models",
         "register",
         "backup",
+        "restore",
         "doctor",
         "monitor",
         "predict",
