@@ -287,6 +287,9 @@ def rewrite_history_row(ws: Workspace, *, note: str, actor: str, entry: int = 1)
                 conn.execute(sql)
     finally:
         conn.close()
+    # The export never rewrites a row it already holds (history.json only grows), so the
+    # rewritten history is exported afresh, as it would have been when it was written.
+    ws.history_export_path.unlink()
     engine = Engine(ws)
     try:
         engine.export_history()
