@@ -17,6 +17,21 @@ Invariants (DESIGN.md §5) that SQLite can enforce live here:
 
 from __future__ import annotations
 
+
+def _hex_int(column: str, start: int, offset: int = 0) -> str:
+    """SQL for the integer value of 16 hex digits of `column` from `start` (1-based), less
+    `offset` × 16**15 (SQLite has no unhex before 3.41, nor a base-16 CAST)."""
+    terms = [
+        f"(instr('0123456789abcdef', lower(substr({column}, {start + i}, 1))) - 1"
+        f"{f' - {offset}' if i == 0 and offset else ''}) * {16 ** (15 - i)}"
+        for i in range(16)
+    ]
+    return "(" + " + ".join(terms) + ")"
+
+
+_PID_HI = _hex_int("pid", 1)  # engine.ids.key: the id's first 64 bits
+_PID_LO = _hex_int("pid", 17, offset=8)  # and its last 64 less the variant's top bit
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "0001_initial",
@@ -438,6 +453,79 @@ CREATE TABLE batch_labels (
 
 -- Where a version's first batches begin, beside the first single predictions.
 ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
+""",
+    ),
+    (
+        "0007_compact_prediction_rows",
+        f"""
+-- A single prediction cost ~255 B: 32 characters of id in the row and again in its unique
+-- index, the line's name and the arm's as text. The table is now keyed by the id itself, as
+-- two integers (engine.ids.key: its first 64 bits, time first, and its last 62 random bits),
+-- WITHOUT ROWID: the table is the id's index, so feedback finds a row in one B-tree descent
+-- and the log keeps no second index. The line is the version's; the arm is 0 or 1; at_ms is
+-- NULL when it is the id's own millisecond (always, for the router's rows). ~135 B a row.
+CREATE TABLE predictions_0007 (
+    hi INTEGER NOT NULL,
+    lo INTEGER NOT NULL CHECK (lo BETWEEN 0 AND 4611686018427387903),
+    at_ms INTEGER,  -- NULL: the id's time (hi >> 16)
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    arm INTEGER NOT NULL CHECK (arm IN (0, 1)),  -- 0 production, 1 candidate
+    experiment TEXT NOT NULL DEFAULT '',
+    key TEXT,
+    features BLOB,
+    score REAL,
+    latency_us INTEGER NOT NULL CHECK (latency_us >= 0),
+    error TEXT,
+    actual REAL,
+    labelled_at_ms INTEGER,
+    CHECK ((score IS NULL) = (error IS NOT NULL)),
+    CHECK ((actual IS NULL) = (labelled_at_ms IS NULL)),
+    PRIMARY KEY (hi, lo)
+) WITHOUT ROWID;
+
+INSERT INTO predictions_0007 (hi, lo, at_ms, version_id, arm, experiment, key, features, score,
+    latency_us, error, actual, labelled_at_ms)
+SELECT hi, lo, CASE WHEN at_ms = hi >> 16 THEN NULL ELSE at_ms END, version_id,
+    arm = 'candidate', experiment, key, features, score, latency_us, error, actual,
+    labelled_at_ms
+FROM (SELECT {_PID_HI} AS hi, {_PID_LO} AS lo, * FROM predictions);
+
+-- A version's first single predictions are found by key from here on (hi >= from_key): the
+-- smallest key of its rows logged after the old rowid bound, or after every row logged so far.
+ALTER TABLE first_predictions RENAME COLUMN from_id TO from_key;
+UPDATE first_predictions SET from_key = coalesce(
+    (SELECT min({_PID_HI}) FROM predictions p
+     WHERE p.id >= first_predictions.from_key AND p.version_id = first_predictions.version_id),
+    (SELECT max(hi) + 1 FROM predictions_0007),
+    0
+);
+
+DROP TABLE predictions;
+ALTER TABLE predictions_0007 RENAME TO predictions;
+
+-- Rows the log writer could not write although the rest of their flush could (engine.predlog:
+-- the failing row is isolated, never its neighbours). A single prediction's id, or a batch's
+-- prefix with its row count; feedback for them is refused with the reason.
+CREATE TABLE quarantined_predictions (
+    pid TEXT PRIMARY KEY CHECK (length(pid) IN (27, 32)),
+    rows INTEGER NOT NULL DEFAULT 1 CHECK (rows >= 1),
+    at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_ms INTEGER NOT NULL
+);
+
+-- How far retention ([log] retention_days) has pruned the log (engine.predlog.prune), so
+-- feedback for a pruned id says so, and pruning resumes where it stopped: unlabelled single
+-- rows with a key below unlabelled_key, all single rows below labelled_key, batches up to
+-- batch_id are gone (bar the rows retention keeps).
+CREATE TABLE log_retention (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    unlabelled_key INTEGER NOT NULL DEFAULT 0,
+    labelled_key INTEGER NOT NULL DEFAULT 0,
+    batch_id INTEGER NOT NULL DEFAULT 0,
+    pruned_before_ms INTEGER NOT NULL DEFAULT 0,
+    days REAL NOT NULL DEFAULT 0
+);
 """,
     ),
 ]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import ids, serving
+from engine import ids, predlog, serving
 from engine.predlog import _INSERT, PredictionLog, Record
 from engine.serving import Router
 from engine.store import PAGE_SIZE
@@ -103,18 +103,20 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
     def run() -> float:
         at = time.time_ns() // 1_000_000
         rows = [
-            Record(
-                ids.new_id(at),
-                at,
-                workload.LINE,
-                1,
-                "production",
-                "bench",
-                None,
-                blobs[i % len(blobs)],
-                50.0,
-                300,
-                None,
+            predlog.row(
+                Record(
+                    ids.new_id(at),
+                    at,
+                    workload.LINE,
+                    1,
+                    "production",
+                    "bench",
+                    None,
+                    blobs[i % len(blobs)],
+                    50.0,
+                    300,
+                    None,
+                )
             )
             for i in range(BATCHES_PER_ROUND * BATCH_ROWS)
         ]
