@@ -72,8 +72,9 @@ def label(
         raise NotFound(f"no prediction {shown!r} (not a prediction id)")
     key = ids.key(pid)
     row = conn.execute(
-        "SELECT version_id, experiment, coalesce(at_ms, hi >> 16), score, actual"
-        " FROM predictions WHERE hi = ? AND lo = ?",
+        "SELECT p.version_id, coalesce(e.name, ''), coalesce(p.at_ms, p.hi >> 16), p.score,"
+        " p.actual FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
+        " WHERE p.hi = ? AND p.lo = ?",
         key,
     ).fetchone()
     in_batch = _batch_row(conn, pid) if row is None else None

@@ -49,7 +49,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -80,7 +80,8 @@ FIRST_ROWS_MARGIN_MS = labels.PENDING_WINDOW_MS
 
 class Record(NamedTuple):
     """One logged prediction, as the router hands it over (`row` makes its INSERT's
-    parameters: the id becomes its key, the arm 0 or 1; the line is the version's)."""
+    parameters: the id becomes its key, the arm 0 or 1, the test its id; the line is the
+    version's)."""
 
     pid: str
     at_ms: int
@@ -141,7 +142,7 @@ class Chunk(NamedTuple):
 
 
 _INSERT_INTO = (
-    "INSERT INTO predictions (hi, lo, at_ms, version_id, arm, experiment, key, features,"
+    "INSERT INTO predictions (hi, lo, at_ms, version_id, arm, experiment_id, key, features,"
     " score, latency_us, error) VALUES "
 )
 _ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -162,11 +163,12 @@ def _statement(rows: int) -> str:
     return _INSERT_INTO + ", ".join([_ROW] * rows)
 
 
-def row(record: Record) -> tuple[object, ...]:
-    """The parameters of a record's `predictions` INSERT (`_INSERT`).
+def row(record: Record, experiments: Mapping[str, int | None]) -> tuple[object, ...]:
+    """The parameters of a record's `predictions` INSERT (`_INSERT`), its A/B test's id
+    taken from `experiments` (name → id; `experiment_ids` reads them).
 
-    Raises ValueError or KeyError for an id that is no prediction id or an unknown arm: a
-    fault of that row (the writer quarantines it).
+    Raises ValueError or KeyError for an id that is no prediction id, an unknown arm or
+    test: a fault of that row (the writer quarantines it).
     """
     pid = record.pid
     hi = int(pid[:16], 16)
@@ -177,7 +179,7 @@ def row(record: Record) -> tuple[object, ...]:
         None if at == hi >> 16 else at,
         record.version_id,
         ARMS[record.arm],
-        record.experiment,
+        experiments[record.experiment],
         record.key,
         record.features,
         record.score,
@@ -186,9 +188,24 @@ def row(record: Record) -> tuple[object, ...]:
     )
 
 
-def insert(conn: sqlite3.Connection, rows: list[Record]) -> None:
+def experiment_ids(conn: sqlite3.Connection, names: Iterable[str]) -> dict[str, int | None]:
+    """Name → id of the A/B tests named ('' is no test: None); unknown names are left out."""
+    wanted = sorted(set(names) - {""})
+    marks = ", ".join("?" * len(wanted))
+    found: dict[str, int | None] = {"": None}
+    if wanted:
+        found.update(
+            conn.execute(f"SELECT name, id FROM experiments WHERE name IN ({marks})", wanted)
+        )
+    return found
+
+
+def insert(
+    conn: sqlite3.Connection, rows: list[Record], experiments: Mapping[str, int | None]
+) -> None:
     """Insert rows with multi-row INSERT statements of power-of-two sizes."""
-    insert_flat(conn, list(chain.from_iterable(map(row, rows))), len(rows))
+    params = list(chain.from_iterable(row(r, experiments) for r in rows))
+    insert_flat(conn, params, len(rows))
 
 
 def insert_flat(conn: sqlite3.Connection, params: list[object], count: int) -> None:
@@ -295,6 +312,7 @@ class PredictionLog:
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._references = baselines.ReferenceCache()
+        self._experiments: dict[str, int | None] = {"": None}  # tests are never renamed
         self._next_compaction = -math.inf
         self._next_prune = -math.inf
         self.written = 0
@@ -541,7 +559,10 @@ class PredictionLog:
         if chunks:
             conn.executemany(_INSERT_BATCH, [chunk.record() for chunk in chunks])
         if records:
-            insert(conn, records)
+            names = {r.experiment for r in records}
+            if not names <= self._experiments.keys():
+                self._experiments.update(experiment_ids(conn, names))
+            insert(conn, records, self._experiments)
         self._rollup(conn, chunks, records)
         labels.match_pending(
             conn,
@@ -782,8 +803,9 @@ def logged_rows(conn: sqlite3.Connection, line: str | None = None) -> Iterator[L
     where, args = ("WHERE line = ?", (line,)) if line is not None else ("", ())
     for hi, lo, at_ms, line_, version_id, arm, *rest in conn.execute(
         "SELECT p.hi, p.lo, coalesce(p.at_ms, p.hi >> 16), v.line, p.version_id, p.arm,"
-        " p.experiment, p.key, p.features, p.score, p.latency_us, p.error, p.actual"
+        " coalesce(e.name, ''), p.key, p.features, p.score, p.latency_us, p.error, p.actual"
         " FROM predictions p JOIN versions v ON v.id = p.version_id"
+        " LEFT JOIN experiments e ON e.id = p.experiment_id"
         f" {where.replace('line', 'v.line')} ORDER BY p.hi, p.lo",
         args,
     ):
@@ -884,7 +906,7 @@ def prune(
     batch_rows = moved = 0
     if looked < budget:
         batch_rows, moved, batch_id, also = _prune_batches(
-            conn, batch_id, cutoff_ms, labelled_ms, budget - looked
+            conn, batch_id, cutoff_ms, labelled_ms, budget - looked, alone=looked == 0
         )
         more = more or also
     else:
@@ -933,11 +955,18 @@ def _prune_singles(
 
 
 def _prune_batches(
-    conn: sqlite3.Connection, after: int, cutoff_ms: int, labelled_ms: int | None, budget: int
+    conn: sqlite3.Connection,
+    after: int,
+    cutoff_ms: int,
+    labelled_ms: int | None,
+    budget: int,
+    *,
+    alone: bool,
 ) -> tuple[int, int, int, bool]:
     """Delete whole batches logged before `cutoff_ms`, in id order after batch `after`, up to
-    about `budget` rows; their labelled rows become single rows unless older than
-    `labelled_ms`. (rows deleted, rows moved, last batch looked at, more left)."""
+    `budget` rows (a larger batch only `alone`, as a step of its own); their labelled rows
+    become single rows unless older than `labelled_ms`. (rows deleted, rows moved, last
+    batch looked at, more left)."""
     candidates = conn.execute(
         "SELECT id, at_ms, rows FROM prediction_batches WHERE id > ? ORDER BY id LIMIT ?",
         (after, budget),
@@ -948,7 +977,7 @@ def _prune_batches(
     for batch_id, batch_at, batch_rows in candidates:
         if batch_at >= cutoff_ms:
             break
-        if taken and rows + batch_rows > budget:
+        if rows + batch_rows > budget and (taken or not alone):
             more = True
             break
         taken.append(batch_id)
@@ -1018,9 +1047,10 @@ def _keep_labelled_rows(conn: sqlite3.Connection, batch: sqlite3.Row) -> int:
             )
         )
     conn.executemany(
-        "INSERT OR IGNORE INTO predictions (hi, lo, at_ms, version_id, arm, experiment, key,"
+        "INSERT OR IGNORE INTO predictions (hi, lo, at_ms, version_id, arm, experiment_id, key,"
         " features, score, latency_us, error, actual, labelled_at_ms)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, (SELECT id FROM experiments WHERE name = ?), ?, ?, ?, ?, ?, ?,"
+        " ?)",
         params,
     )
     return len(params)

@@ -459,18 +459,22 @@ ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
         "0007_compact_prediction_rows",
         f"""
 -- A single prediction cost ~255 B: 32 characters of id in the row and again in its unique
--- index, the line's name and the arm's as text. The table is now keyed by the id itself, as
--- two integers (engine.ids.key: its first 64 bits, time first, and its last 62 random bits),
--- WITHOUT ROWID: the table is the id's index, so feedback finds a row in one B-tree descent
--- and the log keeps no second index. The line is the version's; the arm is 0 or 1; at_ms is
--- NULL when it is the id's own millisecond (always, for the router's rows). ~135 B a row.
+-- index, the line's, the arm's and the A/B test's names as text. The table is now keyed by the
+-- id itself, as two integers (engine.ids.key: its first 64 bits, time first, and its last 62
+-- random bits), WITHOUT ROWID: the table is the id's index, so feedback finds a row in one
+-- B-tree descent and the log keeps no second index. The line is the version's; the arm is 0
+-- or 1; the test is its id (NULL: none; tests are never deleted, names never reused); at_ms is
+-- NULL when it is the id's own millisecond (always, for the router's rows). ~145 B a row.
 CREATE TABLE predictions_0007 (
     hi INTEGER NOT NULL,
     lo INTEGER NOT NULL CHECK (lo BETWEEN 0 AND 4611686018427387903),
     at_ms INTEGER,  -- NULL: the id's time (hi >> 16)
     version_id INTEGER NOT NULL REFERENCES versions(id),
     arm INTEGER NOT NULL CHECK (arm IN (0, 1)),  -- 0 production, 1 candidate
-    experiment TEXT NOT NULL DEFAULT '',
+    -- experiments(id), NULL: none. No FOREIGN KEY: it would cost a lookup per logged row,
+    -- and A/B test records are never deleted (0002). Below, a name no test has (the router
+    -- never logged one) becomes NULL.
+    experiment_id INTEGER,
     key TEXT,
     features BLOB,
     score REAL,
@@ -483,12 +487,12 @@ CREATE TABLE predictions_0007 (
     PRIMARY KEY (hi, lo)
 ) WITHOUT ROWID;
 
-INSERT INTO predictions_0007 (hi, lo, at_ms, version_id, arm, experiment, key, features, score,
-    latency_us, error, actual, labelled_at_ms)
+INSERT INTO predictions_0007 (hi, lo, at_ms, version_id, arm, experiment_id, key, features,
+    score, latency_us, error, actual, labelled_at_ms)
 SELECT hi, lo, CASE WHEN at_ms = hi >> 16 THEN NULL ELSE at_ms END, version_id,
-    arm = 'candidate', experiment, key, features, score, latency_us, error, actual,
-    labelled_at_ms
-FROM (SELECT {_PID_HI} AS hi, {_PID_LO} AS lo, * FROM predictions);
+    arm = 'candidate', (SELECT e.id FROM experiments e WHERE e.name = old.experiment), key,
+    features, score, latency_us, error, actual, labelled_at_ms
+FROM (SELECT {_PID_HI} AS hi, {_PID_LO} AS lo, * FROM predictions) AS old;
 
 -- A version's first single predictions are found by key from here on (hi >= from_key): the
 -- smallest key of its rows logged after the old rowid bound, or after every row logged so far.

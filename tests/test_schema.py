@@ -427,6 +427,11 @@ def test_0007_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
             " VALUES (?, ?, ?, 'version', ?, 't')",
             (LINE, f"v{n}.0", n, NOW),
         )
+    conn.execute(
+        "INSERT INTO experiments (name, line, control_id, candidate_id, traffic_bp, status,"
+        " started_at, started_by) VALUES ('exp-a', ?, 1, 2, 1000, 'running', ?, 't')",
+        (LINE, NOW),
+    )
     rows = _rows_0006(conn, rng)
     shuffled = {pid: rowid for rowid, pid in conn.execute("SELECT id, pid FROM predictions")}
     bound = 120  # v1's first predictions, as the 0006 writer recorded them: a rowid bound
