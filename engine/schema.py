@@ -20,11 +20,12 @@ from __future__ import annotations
 
 def _hex_int(column: str, start: int, offset: int = 0) -> str:
     """SQL for the integer value of 16 hex digits of `column` from `start` (1-based), less
-    `offset` × 16**15 (SQLite has no unhex before 3.41, nor a base-16 CAST)."""
+    `offset` × 16**15: four lookups of four digits in `temp.hex4` (SQLite has no unhex
+    before 3.41, nor a base-16 CAST; digit by digit was 3.5x slower)."""
     terms = [
-        f"(instr('0123456789abcdef', lower(substr({column}, {start + i}, 1))) - 1"
-        f"{f' - {offset}' if i == 0 and offset else ''}) * {16 ** (15 - i)}"
-        for i in range(16)
+        f"((SELECT v FROM temp.hex4 WHERE k = substr({column}, {start + 4 * i}, 4))"
+        f"{f' - {offset << 12}' if i == 0 and offset else ''}) * {65536 ** (3 - i)}"
+        for i in range(4)
     ]
     return "(" + " + ".join(terms) + ")"
 
@@ -465,6 +466,10 @@ ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
 -- B-tree descent and the log keeps no second index. The line is the version's; the arm is 0
 -- or 1; the test is its id (NULL: none; tests are never deleted, names never reused); at_ms is
 -- NULL when it is the id's own millisecond (always, for the router's rows). ~145 B a row.
+CREATE TEMP TABLE hex4 (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)
+INSERT INTO temp.hex4 SELECT printf('%04x', i), i FROM n;
+
 CREATE TABLE predictions_0007 (
     hi INTEGER NOT NULL,
     lo INTEGER NOT NULL CHECK (lo BETWEEN 0 AND 4611686018427387903),
@@ -490,21 +495,26 @@ CREATE TABLE predictions_0007 (
 INSERT INTO predictions_0007 (hi, lo, at_ms, version_id, arm, experiment_id, key, features,
     score, latency_us, error, actual, labelled_at_ms)
 SELECT hi, lo, CASE WHEN at_ms = hi >> 16 THEN NULL ELSE at_ms END, version_id,
-    arm = 'candidate', (SELECT e.id FROM experiments e WHERE e.name = old.experiment), key,
+    arm = 'candidate',
+    CASE WHEN experiment != '' THEN (SELECT e.id FROM experiments e WHERE e.name = experiment) END,
+    key,
     features, score, latency_us, error, actual, labelled_at_ms
 FROM (SELECT {_PID_HI} AS hi, {_PID_LO} AS lo, * FROM predictions) AS old;
 
--- A version's first single predictions are found by key from here on (hi >= from_key): the
--- smallest key of its rows logged after the old rowid bound, or after every row logged so far.
+-- A version's first single predictions are found by key from here on (hi >= from_key): from
+-- the time of its first row logged after the old rowid bound (less the writer's margin for
+-- rows another writer still held: engine.predlog.FIRST_ROWS_MARGIN_MS), or after every row
+-- logged so far.
 ALTER TABLE first_predictions RENAME COLUMN from_id TO from_key;
 UPDATE first_predictions SET from_key = coalesce(
-    (SELECT min({_PID_HI}) FROM predictions p
+    (SELECT (min(p.at_ms) - 120000) << 16 FROM predictions p
      WHERE p.id >= first_predictions.from_key AND p.version_id = first_predictions.version_id),
     (SELECT max(hi) + 1 FROM predictions_0007),
     0
 );
 
 DROP TABLE predictions;
+DROP TABLE temp.hex4;
 ALTER TABLE predictions_0007 RENAME TO predictions;
 
 -- Rows the log writer could not write although the rest of their flush could (engine.predlog:

@@ -480,10 +480,12 @@ def test_0007_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
         labelled = [r for r in rows if r[11] is not None]
         assert sorted(y.tolist()) == sorted([np.float32(r[11]) for r in labelled] + [63.5])
         assert x.shape == (len(labelled) + 1, 5)
-        # Where v1's reference scan starts: the smallest key among its rows past the bound.
-        after = [pid for pid, rowid in shuffled.items() if rowid >= bound]
-        v1_rows = {r[0] for r in rows if r[3] == 1}
-        assert v1_from == min(ids.key(pid)[0] for pid in after if pid in v1_rows)
+        # Where v1's reference scan starts: at its first row past the bound, less the margin
+        # the writer leaves for rows another writer may still hold.
+        after = {pid for pid, rowid in shuffled.items() if rowid >= bound}
+        first = min(r[1] for r in rows if r[3] == 1 and r[0] in after)
+        assert v1_from == ids.key_floor(first - predlog.FIRST_ROWS_MARGIN_MS)
+        assert v1_from <= min(ids.key(r[0])[0] for r in rows if r[3] == 1 and r[0] in after)
         assert v2_from == max(ids.key(r[0])[0] for r in rows) + 1  # none past its bound
         with store.write() as write:  # feedback finds old rows by id, single or batch
             for row in labelled[:5]:
