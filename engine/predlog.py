@@ -481,7 +481,7 @@ class PredictionLog:
         if self.settings.retention_days <= 0:
             return Pruned()
         try:
-            with self.store.write() as conn:
+            with self._flush_lock, self.store.write() as conn:  # one user of the connection
                 done = prune(conn, self.settings, now_ms() if at_ms is None else at_ms)
         except StateBusy:
             done = Pruned(more=True)
