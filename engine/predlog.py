@@ -3,7 +3,7 @@
 Serving threads append to a deque (no lock, no I/O): a `Record` per single prediction, a
 `Chunk` (the batch's columns: an id prefix, one float32 matrix, one score array) per batch.
 A single prediction is a row of `predictions`, keyed by its id as two integers (`ids.key`,
-WITHOUT ROWID: the table is the id's index, ~135 B a row); a batch is one row of
+WITHOUT ROWID: the table is the id's index, ~142 B a row); a batch is one row of
 `prediction_batches`, its columns as blobs — inserting a row per prediction is what bounded
 batch throughput, and a batch's rows are still found by id (its prefix, engine.ids).
 `logged_rows` and `labelled_rows` read both back as rows.
@@ -65,9 +65,9 @@ log = logging.getLogger("beast.predlog")
 
 CLOSE_ATTEMPTS = 3  # busy retries at close before what is left is counted as dropped
 COMPACT_EVERY_S = 60.0
-# Retention steps: 5,000 rows looked at take ~15 ms of write lock (tests/bench); one step a
-# minute keeps up with a quiet log, one every half second while a backlog remains (10,000
-# rows/s, above what one writer logs one row at a time) catches up with a busy one.
+# Retention steps: 5,000 rows looked at hold the write lock ~10 ms (30 at worst: tests/bench).
+# One step a minute keeps up with a quiet log, one every half second while a backlog remains
+# (10,000 rows/s, above what one writer logs one row at a time) catches up with a busy one.
 PRUNE_CHUNK_ROWS = 5000
 PRUNE_EVERY_S = 60.0
 PRUNE_BACKLOG_S = 0.5

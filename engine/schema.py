@@ -465,7 +465,7 @@ ALTER TABLE first_predictions ADD COLUMN from_batch INTEGER NOT NULL DEFAULT 0;
 -- random bits), WITHOUT ROWID: the table is the id's index, so feedback finds a row in one
 -- B-tree descent and the log keeps no second index. The line is the version's; the arm is 0
 -- or 1; the test is its id (NULL: none; tests are never deleted, names never reused); at_ms is
--- NULL when it is the id's own millisecond (always, for the router's rows). ~145 B a row.
+-- NULL when it is the id's own millisecond (always, for the router's rows). ~142 B a row.
 CREATE TEMP TABLE hex4 (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)
 INSERT INTO temp.hex4 SELECT printf('%04x', i), i FROM n;
