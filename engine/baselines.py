@@ -210,17 +210,18 @@ def _first_rows(
     """The version's first `FIRST_PREDICTIONS` successful rows (features, scores), single
     predictions and batches' rows together by time; None while there are fewer.
 
-    Both scans start where the writer recorded the version's first rows, and walk the rowid:
-    the log keeps no index on the version.
+    Both scans start where the writer recorded the version's first rows and walk the table's
+    own key (single rows by id, which is by time; batches by rowid): the log keeps no index
+    on the version.
     """
     start = conn.execute(
-        "SELECT from_id, from_batch FROM first_predictions WHERE version_id = ?", (version_id,)
+        "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?", (version_id,)
     ).fetchone()
     if start is None:
         return None
     singles = conn.execute(
-        "SELECT at_ms, features, score FROM predictions WHERE id >= ? AND version_id = ?"
-        " AND error IS NULL AND length(features) = ? ORDER BY id LIMIT ?",
+        "SELECT coalesce(at_ms, hi >> 16), features, score FROM predictions WHERE hi >= ?"
+        " AND version_id = ? AND error IS NULL AND length(features) = ? ORDER BY hi, lo LIMIT ?",
         (start[0], version_id, 4 * width, FIRST_PREDICTIONS),
     ).fetchall()
     at = [r[0] for r in singles]

@@ -75,6 +75,16 @@ type_to_confirm = false
 # shown as a badge in the console's header and dialog titles, e.g. "production" (red) or
 # "staging" (yellow); "" shows none
 environment = ""
+
+[log]
+# raw predictions older than this many days are pruned, a chunk at a time (rollups, drift
+# references and labelled rows are kept); 0 keeps everything
+retention_days = 30
+# labelled predictions (what retraining learns from) are kept this long instead; 0: forever
+labelled_retention_days = 90
+# the critical prediction_log alert (acknowledged predictions that did not reach the log)
+# stays firing this many minutes after the last loss
+loss_alert_minutes = 10
 """
 
 
@@ -140,6 +150,15 @@ class ConsoleSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    """[log]: the prediction log's retention and its loss alert."""
+
+    retention_days: float = 30.0
+    labelled_retention_days: float = 90.0
+    loss_alert_minutes: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     thresholds: Thresholds = Thresholds()
     retrain: RetrainSettings = RetrainSettings()
@@ -148,6 +167,7 @@ class Config:
     monitoring: MonitoringSettings = MonitoringSettings()
     mlflow: MlflowSettings = MlflowSettings()
     console: ConsoleSettings = ConsoleSettings()
+    log: LogSettings = LogSettings()
 
 
 Check = Callable[[Any], bool]
@@ -246,6 +266,13 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "mlflow.experiment": ("experiment_name", _label, "a non-empty name"),
     "console.type_to_confirm": ("type_to_confirm", _boolean, "true or false"),
     "console.environment": ("environment", _environment, "a short name, at most 24 characters"),
+    "log.retention_days": ("retention_days", _non_negative, "a number of days ≥ 0 (0: keep all)"),
+    "log.labelled_retention_days": (
+        "labelled_retention_days",
+        _non_negative,
+        "a number of days ≥ 0 (0: keep all)",
+    ),
+    "log.loss_alert_minutes": ("loss_alert_minutes", _positive, "a positive number of minutes"),
 }
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.
@@ -305,6 +332,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         monitoring=section(MonitoringSettings),
         mlflow=section(MlflowSettings),
         console=section(ConsoleSettings),
+        log=section(LogSettings),
     )
 
 
@@ -321,6 +349,7 @@ def _defaults() -> dict[str, Any]:
         MonitoringSettings(),
         MlflowSettings(),
         ConsoleSettings(),
+        LogSettings(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

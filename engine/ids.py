@@ -5,7 +5,12 @@ five hex digits (20 bits: RFC 9562's "counter" use of the random bits), so the l
 batch as one record (engine.predlog) and still finds any of its rows by id: the prefix names
 the batch, the suffix the row.
 
-Time-ordered, so the log's unique index grows at its end, and an id tells when it was issued:
+The log keys a single prediction by its id as two integers (`key`): the first 64 bits (the
+48-bit millisecond time, the version and 12 random bits) and the last 64 less the fixed variant
+bit (62 random bits). Two 8-byte integers instead of 32 characters of text and a second index
+on them: the table is the index (engine.schema, 0008).
+
+Time-ordered, so the log's key grows at its end, and an id tells when it was issued:
 feedback for an unknown id that is only seconds old may still be in a writer's buffer
 ("accepted, matched later"); an old unknown id is simply unknown (404). The random bits come
 from the OS (`os.urandom`, buffered per thread and renewed after a fork): an id is hard to
@@ -88,6 +93,28 @@ _SUFFIXES = tuple(f"{i:05x}" for i in range(4096))
 def batch_row(pid: str) -> tuple[str, int]:
     """(the batch prefix, the row number) a valid id would have if it named a batch row."""
     return pid[:PREFIX_CHARS], int(pid[PREFIX_CHARS:], 16)
+
+
+_LO_OFFSET = 1 << 63  # the variant's leading 1 bit, dropped so the low half fits an INTEGER
+
+
+def key(pid: str) -> tuple[int, int]:
+    """The log's key of an id: (its first 64 bits, its last 64 less the variant's top bit).
+
+    Both fit SQLite's signed 64-bit INTEGER: the first half's top bit is the millisecond
+    time's (zero until the year 6429), the second is below 2**62 for every valid id.
+    """
+    return int(pid[:16], 16), int(pid[16:], 16) - _LO_OFFSET
+
+
+def from_key(hi: int, lo: int) -> str:
+    """The id whose `key` is (hi, lo)."""
+    return f"{hi:016x}{lo + _LO_OFFSET:016x}"
+
+
+def key_floor(ms: int) -> int:
+    """The smallest first half of a key among ids issued at or after millisecond `ms`."""
+    return max(0, ms) << 16
 
 
 def is_valid(text: object) -> bool:

@@ -11,7 +11,10 @@ Answers (documented for the CLI and HTTP):
   no longer waited for, and the id answers NotFound from then on;
 - Conflict (409) — a different value for a prediction that already has one (or has one
   pending): the first value stays;
-- NotFound (404) — an id that is not a prediction id, or an old id with no logged prediction.
+- NotFound (404) — an id that is not a prediction id, or an old id with no logged prediction;
+  the message says why when the log knows: the prediction was quarantined (served, but its
+  row could not be written: engine.predlog), or it is older than the log's retention
+  ([log] retention_days) and was pruned.
 Nothing is dropped silently. Every call runs in one `BEGIN IMMEDIATE` transaction, so two
 processes sending feedback for the same id at once serialize: one records, the other sees it.
 """
@@ -22,7 +25,7 @@ import math
 import sqlite3
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import NamedTuple
 
 from engine import ids, text
@@ -67,14 +70,18 @@ def label(
     if not ids.is_valid(pid):
         shown = pid[:40] if isinstance(pid, str) else type(pid).__name__
         raise NotFound(f"no prediction {shown!r} (not a prediction id)")
+    key = ids.key(pid)
     row = conn.execute(
-        "SELECT version_id, experiment, at_ms, score, actual FROM predictions WHERE pid = ?",
-        (pid,),
+        "SELECT p.version_id, coalesce(e.name, ''), coalesce(p.at_ms, p.hi >> 16), p.score,"
+        " p.actual FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
+        " WHERE p.hi = ? AND p.lo = ?",
+        key,
     ).fetchone()
     in_batch = _batch_row(conn, pid) if row is None else None
     if in_batch is not None:
         row = in_batch[1:]
     if row is None:
+        _why_not_logged(conn, pid)
         if conn.execute("SELECT 1 FROM unmatched_feedback WHERE pid = ?", (pid,)).fetchone():
             raise NotFound(
                 f"no prediction {pid}: its feedback waited {PENDING_EXPIRY_MS // 60_000} minutes"
@@ -107,8 +114,8 @@ def label(
         )
     if in_batch is None:
         conn.execute(
-            "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE pid = ?",
-            (actual, now, pid),
+            "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE hi = ? AND lo = ?",
+            (actual, now, *key),
         )
     else:
         conn.execute(
@@ -127,6 +134,31 @@ def label(
                 _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
             )
     return "recorded"
+
+
+def _why_not_logged(conn: sqlite3.Connection, pid: str) -> None:
+    """Refuse feedback for a prediction the log knows it does not hold: quarantined (its row
+    could not be written) or older than the retention window (pruned)."""
+    prefix, i = ids.batch_row(pid)
+    set_aside = conn.execute(
+        "SELECT reason FROM quarantined_predictions WHERE pid = ?"
+        " UNION ALL SELECT reason FROM quarantined_predictions WHERE pid = ? AND rows > ?",
+        (pid, prefix, i),
+    ).fetchone()
+    if set_aside is not None:
+        raise NotFound(
+            f"no prediction {pid} in the log: it was served, but its row could not be written"
+            f" and was quarantined ({set_aside[0]}); feedback cannot be attached to it"
+        )
+    pruned = conn.execute(
+        "SELECT pruned_before_ms, days FROM log_retention WHERE id = 1 AND pruned_before_ms > ?",
+        (ids.issued_ms(pid),),
+    ).fetchone()
+    if pruned is not None:
+        raise NotFound(
+            f"no prediction {pid}: it is older than the prediction log keeps ({pruned[1]:g} days,"
+            " [log] retention_days), so it was pruned if it was ever logged"
+        )
 
 
 def _batch_row(
@@ -155,20 +187,33 @@ def _batch_row(
     )
 
 
-def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
+def match_pending(
+    conn: sqlite3.Connection,
+    tolerance: float,
+    singles: Collection[str] | None = None,
+    batches: Mapping[str, int] | None = None,
+) -> int:
     """Attach waiting feedback whose prediction is now logged; return how many were applied.
 
     Runs in the writer's transaction right after it inserted its rows, so feedback that waited
-    for them is applied exactly once (its pending row is deleted in the same transaction).
+    for them is applied exactly once (its pending row is deleted in the same transaction). The
+    writer names what it just wrote (single ids, batch prefixes and their row counts): only
+    those can match, so nothing is looked up in the log; without them every waiting id is.
     """
-    waiting = conn.execute(
-        "SELECT f.pid, f.actual FROM pending_feedback f JOIN predictions p ON p.pid = f.pid"
-        " UNION ALL SELECT f.pid, f.actual FROM pending_feedback f JOIN prediction_batches b"
-        f" ON b.prefix = substr(f.pid, 1, {ids.PREFIX_CHARS})"
-    ).fetchall()
+    if conn.execute("SELECT 1 FROM pending_feedback LIMIT 1").fetchone() is None:
+        return 0
+    waiting = conn.execute("SELECT pid, actual FROM pending_feedback").fetchall()
+    if singles is not None or batches is not None:
+        written = set(singles or ())
+        rows = batches or {}
+        waiting = [
+            (pid, actual)
+            for pid, actual in waiting
+            if pid in written or ids.batch_row(pid)[1] < rows.get(pid[: ids.PREFIX_CHARS], 0)
+        ]
     applied = 0
     for pid, actual in waiting:
-        if not _logged(conn, pid):  # its batch, but a row number past the batch's end
+        if not _logged(conn, pid):
             continue
         conn.execute("DELETE FROM pending_feedback WHERE pid = ?", (pid,))
         applied += 1
@@ -181,7 +226,9 @@ def match_pending(conn: sqlite3.Connection, tolerance: float) -> int:
 
 def _logged(conn: sqlite3.Connection, pid: str) -> bool:
     """Whether the prediction is in the log: a single one's row, or a row of a batch."""
-    single = conn.execute("SELECT 1 FROM predictions WHERE pid = ?", (pid,)).fetchone()
+    single = conn.execute(
+        "SELECT 1 FROM predictions WHERE hi = ? AND lo = ?", ids.key(pid)
+    ).fetchone()
     return single is not None or _batch_row(conn, pid) is not None
 
 

@@ -17,7 +17,7 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import abstats, artifact_alerts, baselines, drift, labels, metrics, text
@@ -478,6 +478,7 @@ def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
     with engine.store.write() as conn:
         sync_alerts(conn, current.versions)
         artifact_alerts.sync(conn, engine.workspace.models_dir)
+        expire_log_alert(conn, engine.config.log.loss_alert_minutes)
         alerts = tuple(_alerts(conn))
     return dataclasses.replace(current, alerts=alerts)
 
@@ -486,10 +487,14 @@ LOG_ALERT_KEY = ("*", "*", "prediction_log")
 
 
 def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) -> None:
-    """Fire (or resolve) the alert for prediction-log rows dropped by this process's writer.
+    """Fire the alert for acknowledged predictions this process's writer could not log.
 
-    Serving goes on when the log cannot be written (disk full); the loss must still be seen.
-    The daemon calls this on its evaluation timer with what its writer dropped meanwhile.
+    Serving goes on when the log cannot be written (disk full) or a row cannot be (it is
+    quarantined: `LogStats.dropped` counts both); the loss must still be seen. The engine
+    calls this on its refresh timer with what its writer lost meanwhile. A loss keeps the
+    alert firing `[log] loss_alert_minutes` after the last one (`expire_log_alert`): a call
+    with no new loss resolves it only once that window has passed, as does every evaluation
+    (`evaluate`, `beast monitor`) — a burst that ends is still seen by the next look.
     """
     now = utc_now()
     with engine.store.write() as conn:
@@ -500,8 +505,9 @@ def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) 
         ).fetchone()
         if dropped_since_last > 0:
             message = (
-                f"prediction log dropped {dropped_since_last} rows since the last check "
-                f"({total_dropped} in all): serving goes on, the rows are lost"
+                f"prediction log lost {dropped_since_last} acknowledged predictions since the"
+                f" last check ({total_dropped} in all; dropped or quarantined): serving goes on,"
+                " the rows are not in the log"
             )
             if firing is None:
                 conn.execute(
@@ -515,4 +521,25 @@ def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) 
                     (float(total_dropped), message, now, firing[0]),
                 )
         elif firing is not None:
-            conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, firing[0]))
+            expire_log_alert(conn, engine.config.log.loss_alert_minutes)
+
+
+def expire_log_alert(
+    conn: sqlite3.Connection, window_minutes: float, now: datetime | None = None
+) -> bool:
+    """Resolve the `prediction_log` alert once no loss was seen for `window_minutes` (inside
+    the caller's write transaction); whether it was resolved."""
+    firing = conn.execute(
+        "SELECT id, last_seen FROM alerts WHERE line = ? AND version = ? AND metric = ?"
+        " AND resolved_at IS NULL",
+        LOG_ALERT_KEY,
+    ).fetchone()
+    if firing is None:
+        return False
+    at = datetime.now(UTC) if now is None else now
+    if at - datetime.fromisoformat(firing[1].replace("Z", "+00:00")) < timedelta(
+        minutes=window_minutes
+    ):
+        return False
+    conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (utc_now(), firing[0]))
+    return True

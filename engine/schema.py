@@ -17,6 +17,22 @@ Invariants (DESIGN.md §5) that SQLite can enforce live here:
 
 from __future__ import annotations
 
+
+def _hex_int(column: str, start: int, offset: int = 0) -> str:
+    """SQL for the integer value of 16 hex digits of `column` from `start` (1-based), less
+    `offset` × 16**15: four lookups of four digits in `temp.hex4` (SQLite has no unhex
+    before 3.41, nor a base-16 CAST; digit by digit was 3.5x slower)."""
+    terms = [
+        f"((SELECT v FROM temp.hex4 WHERE k = substr({column}, {start + 4 * i}, 4))"
+        f"{f' - {offset << 12}' if i == 0 and offset else ''}) * {65536 ** (3 - i)}"
+        for i in range(4)
+    ]
+    return "(" + " + ".join(terms) + ")"
+
+
+_PID_HI = _hex_int("pid", 1)  # engine.ids.key: the id's first 64 bits
+_PID_LO = _hex_int("pid", 17, offset=8)  # and its last 64 less the variant's top bit
+
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "0001_initial",
@@ -453,6 +469,92 @@ CREATE TABLE workspace (
 );
 INSERT INTO workspace (singleton, id, created_at)
 VALUES (1, lower(hex(randomblob(16))), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+""",
+    ),
+    (
+        "0008_compact_prediction_rows",
+        f"""
+-- A single prediction cost ~255 B: 32 characters of id in the row and again in its unique
+-- index, the line's, the arm's and the A/B test's names as text. The table is now keyed by the
+-- id itself, as two integers (engine.ids.key: its first 64 bits, time first, and its last 62
+-- random bits), WITHOUT ROWID: the table is the id's index, so feedback finds a row in one
+-- B-tree descent and the log keeps no second index. The line is the version's; the arm is 0
+-- or 1; the test is its id (NULL: none; tests are never deleted, names never reused); at_ms is
+-- NULL when it is the id's own millisecond (always, for the router's rows). ~142 B a row.
+CREATE TEMP TABLE hex4 (k TEXT PRIMARY KEY, v INTEGER NOT NULL) WITHOUT ROWID;
+WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 65535)
+INSERT INTO temp.hex4 SELECT printf('%04x', i), i FROM n;
+
+CREATE TABLE predictions_0008 (
+    hi INTEGER NOT NULL,
+    lo INTEGER NOT NULL CHECK (lo BETWEEN 0 AND 4611686018427387903),
+    at_ms INTEGER,  -- NULL: the id's time (hi >> 16)
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    arm INTEGER NOT NULL CHECK (arm IN (0, 1)),  -- 0 production, 1 candidate
+    -- experiments(id), NULL: none. No FOREIGN KEY: it would cost a lookup per logged row,
+    -- and A/B test records are never deleted (0002). Below, a name no test has (the router
+    -- never logged one) becomes NULL.
+    experiment_id INTEGER,
+    key TEXT,
+    features BLOB,
+    score REAL,
+    latency_us INTEGER NOT NULL CHECK (latency_us >= 0),
+    error TEXT,
+    actual REAL,
+    labelled_at_ms INTEGER,
+    CHECK ((score IS NULL) = (error IS NOT NULL)),
+    CHECK ((actual IS NULL) = (labelled_at_ms IS NULL)),
+    PRIMARY KEY (hi, lo)
+) WITHOUT ROWID;
+
+INSERT INTO predictions_0008 (hi, lo, at_ms, version_id, arm, experiment_id, key, features,
+    score, latency_us, error, actual, labelled_at_ms)
+SELECT hi, lo, CASE WHEN at_ms = hi >> 16 THEN NULL ELSE at_ms END, version_id,
+    arm = 'candidate',
+    CASE WHEN experiment != '' THEN (SELECT e.id FROM experiments e WHERE e.name = experiment) END,
+    key,
+    features, score, latency_us, error, actual, labelled_at_ms
+FROM (SELECT {_PID_HI} AS hi, {_PID_LO} AS lo, * FROM predictions) AS old;
+
+-- A version's first single predictions are found by key from here on (hi >= from_key): from
+-- the time of its first row logged after the old rowid bound (less the writer's margin for
+-- rows another writer still held: engine.predlog.FIRST_ROWS_MARGIN_MS), or after every row
+-- logged so far.
+ALTER TABLE first_predictions RENAME COLUMN from_id TO from_key;
+UPDATE first_predictions SET from_key = coalesce(
+    (SELECT (min(p.at_ms) - 120000) << 16 FROM predictions p
+     WHERE p.id >= first_predictions.from_key AND p.version_id = first_predictions.version_id),
+    (SELECT max(hi) + 1 FROM predictions_0008),
+    0
+);
+
+DROP TABLE predictions;
+DROP TABLE temp.hex4;
+ALTER TABLE predictions_0008 RENAME TO predictions;
+
+-- Rows the log writer could not write although the rest of their flush could (engine.predlog:
+-- the failing row is isolated, never its neighbours). A single prediction's id, or a batch's
+-- prefix with its row count; feedback for them is refused with the reason.
+CREATE TABLE quarantined_predictions (
+    pid TEXT PRIMARY KEY CHECK (length(pid) IN (27, 32)),
+    rows INTEGER NOT NULL DEFAULT 1 CHECK (rows >= 1),
+    at_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_ms INTEGER NOT NULL
+);
+
+-- How far retention ([log] retention_days) has pruned the log (engine.predlog.prune), so
+-- feedback for a pruned id says so, and pruning resumes where it stopped: unlabelled single
+-- rows with a key below unlabelled_key, all single rows below labelled_key, batches up to
+-- batch_id are gone (bar the rows retention keeps).
+CREATE TABLE log_retention (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    unlabelled_key INTEGER NOT NULL DEFAULT 0,
+    labelled_key INTEGER NOT NULL DEFAULT 0,
+    batch_id INTEGER NOT NULL DEFAULT 0,
+    pruned_before_ms INTEGER NOT NULL DEFAULT 0,
+    days REAL NOT NULL DEFAULT 0
+);
 """,
     ),
 ]

@@ -23,7 +23,7 @@ import pytest
 
 from engine import Workspace, ids, labels, latency, metrics, predlog
 from engine.baselines import FIRST_PREDICTIONS
-from engine.errors import Conflict
+from engine.errors import Conflict, NotFound
 from engine.predlog import Chunk, PredictionLog, Record
 from engine.store import Store
 from tests.helpers import FEATURES, REPO
@@ -37,6 +37,7 @@ from tests.serving_helpers import (
     serving,
     version_id,
 )
+from tests.serving_helpers import rows as query
 
 TOLERANCE = 5.0
 
@@ -501,25 +502,152 @@ def test_two_processes_log_at_once_and_nothing_is_lost(ab_ws: Workspace, tmp_pat
     _assert_rollups_match_raw(ab_ws)
 
 
-def test_a_writer_failure_of_any_kind_is_counted_never_silent(ab_ws: Workspace) -> None:
+# What a row may hold that SQLite or Python refuses to write, whichever text column it is in.
+POISONS = {
+    "a lone surrogate in the key": {"key": "\ud800"},
+    "a lone surrogate in the test's name": {"experiment": "t\udfff"},
+    "a lone surrogate in the error": {"error": "boom \ud800", "score": None},
+    "a score that is not a number (a bug)": {"score": "not a number"},
+    "a latency too large for SQLite": {"latency_us": 1 << 70},
+    "an arm that does not exist": {"arm": "both"},
+    "a broken CHECK (a score and an error)": {"error": "boom"},
+    "an id that is no prediction id": {"pid": "z" * 32},
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS.values()), ids=list(POISONS))
+def test_a_row_that_cannot_be_written_costs_its_neighbours_nothing(
+    ab_ws: Workspace, poison: dict[str, object]
+) -> None:
+    """RELIABILITY.md "Predictions and feedback": one bad row in a flush of 21 (the issue's
+    reproduction) used to drop all 21, 20 of them other clients' acknowledged predictions."""
     now = time.time_ns() // 1_000_000
-    good = _records(ab_ws, now, 50, seed=8)
-    broken = good[0]._replace(pid=ids.new_id(now), score="not a number")  # a bug, say
+    good = _records(ab_ws, now, 20, seed=8)
+    bad = good[0]._replace(**{"pid": ids.new_id(now), **poison})
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE)
     log.store.migrate()
     try:
-        for r in [*good[1:20], broken]:
+        for r in [*good[:10], bad, *good[10:]]:
             log.submit(r)
-        assert log.flush() == 0
+        assert log.flush() == 20
         stats = log.stats()
-        assert stats.dropped == 20 and stats.queued == 0 and stats.last_drop
-        for r in good[20:]:
+        assert (stats.written, stats.quarantined, stats.dropped, stats.queued) == (20, 1, 1, 0)
+        assert stats.last_drop is not None and "quarantined 1 row" in stats.last_drop
+        more = _records(ab_ws, now, 30, seed=9)
+        for r in more:
             log.submit(r)
         assert log.flush() == 30  # and the writer goes on
     finally:
         log.close()
-    assert log.stats().written == 30
-    assert logged_count(ab_ws) == 30
+    assert {r["pid"] for r in logged(ab_ws)} == {r.pid for r in [*good, *more]}
+    assert count(ab_ws, "SELECT sum(n) FROM rollups") == 50
+    _assert_rollups_match_raw(ab_ws)
+    store = Store(ab_ws.db_path)
+    try:
+        for r in good:  # feedback on the neighbours' ids records
+            assert labels.record(store, r.pid, 50.0, TOLERANCE) == "recorded"
+        if ids.is_valid(bad.pid):  # its id and reason are kept: feedback says what happened
+            with pytest.raises(NotFound, match="quarantined"):
+                labels.record(store, bad.pid, 50.0, TOLERANCE)
+            kept = query(ab_ws, "SELECT pid, rows, reason FROM quarantined_predictions")
+            assert [(k["pid"], k["rows"]) for k in kept] == [(bad.pid, 1)]
+            assert "\n" not in kept[0]["reason"] and kept[0]["reason"]
+    finally:
+        store.close()
+
+
+def test_isolating_a_bad_row_costs_no_transaction_while_every_row_is_good(
+    ab_ws: Workspace,
+) -> None:
+    now = time.time_ns() // 1_000_000
+    good = _records(ab_ws, now, 21, seed=10)
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE)
+    log.store.migrate()
+    statements: list[str] = []
+    log.store.conn.set_trace_callback(statements.append)
+    try:
+        for r in good:
+            log.submit(r)
+        assert log.flush() == 21
+        assert [s for s in statements if s.startswith("BEGIN")] == ["BEGIN IMMEDIATE"]
+        assert statements.count("COMMIT") == 1 and log.stats().batches == 1
+        statements.clear()
+        poisoned = _records(ab_ws, now, 21, seed=11)
+        poisoned[10] = poisoned[10]._replace(key="\ud800")
+        for r in poisoned:
+            log.submit(r)
+        assert log.flush() == 20
+        # Halving 21 rows down to the one that fails: a few transactions, not one per row.
+        begins = [s for s in statements if s.startswith("BEGIN")]
+        assert 2 < len(begins) <= 2 * 5 + 2, len(begins)
+    finally:
+        log.close()
+
+
+def test_a_bad_batch_is_quarantined_whole_and_the_batches_beside_it_are_logged(
+    ab_ws: Workspace,
+) -> None:
+    """A batch is one record (its rows share an id prefix): it is set aside whole, by prefix."""
+    now = time.time_ns() // 1_000_000
+    chunks = _chunks(ab_ws, now, 9, seed=12)
+    bad = chunks[4]._replace(line="quality\ud800")
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE)
+    log.store.migrate()
+    try:
+        for c in [*chunks[:4], bad, *chunks[5:]]:
+            log.submit_chunk(c)
+        good_rows = sum(c.rows for c in chunks) - bad.rows
+        assert log.flush() == good_rows
+        assert log.stats().quarantined == bad.rows == log.stats().dropped
+    finally:
+        log.close()
+    assert logged_count(ab_ws) == good_rows
+    store = Store(ab_ws.db_path)
+    try:
+        for pid in (bad.pids()[0], bad.pids()[-1]):
+            with pytest.raises(NotFound, match="quarantined"):
+                labels.record(store, pid, 50.0, TOLERANCE)
+        assert labels.record(store, chunks[3].pids()[0], 50.0, TOLERANCE) == "recorded"
+    finally:
+        store.close()
+
+
+def test_a_busy_store_while_isolating_keeps_the_rest_in_order(
+    ab_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Busy in the middle of a split: what was written stays written, the rest waits."""
+    monkeypatch.setenv("BEAST_BUSY_TIMEOUT_S", "0.2")
+    now = time.time_ns() // 1_000_000
+    records = _records(ab_ws, now, 8, seed=13)
+    records[6] = records[6]._replace(key="\ud800")
+    log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE)
+    log.store.migrate()
+    holder = sqlite3.connect(ab_ws.db_path, isolation_level=None, timeout=0)
+    begins = 0
+
+    def trace(statement: str) -> None:
+        nonlocal begins
+        if statement.startswith("BEGIN"):
+            begins += 1
+            if begins == 3:  # all 8 failed, the first half went in; the lock is taken now
+                holder.execute("BEGIN IMMEDIATE")
+
+    try:
+        for r in records:
+            log.submit(r)
+        log.store.conn.set_trace_callback(trace)
+        assert log.flush() == 4  # the first half, then busy
+        stats = log.stats()
+        assert stats.queued == 4 and stats.dropped == 0 and "busy" in str(stats.last_error)
+        holder.execute("ROLLBACK")
+        assert log.flush() == 3
+        assert log.stats().quarantined == 1 and log.stats().queued == 0
+    finally:
+        log.close()
+        holder.close()
+    assert [r["pid"] for r in logged(ab_ws)] == sorted(
+        [r.pid for i, r in enumerate(records) if i != 6]
+    )
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 1023, 1024, 1025, 2500])
@@ -533,17 +661,7 @@ def test_multi_row_inserts_write_every_row_once(ab_ws: Workspace, size: int) -> 
         assert log.flush() == size
     finally:
         log.close()
-    conn = db(ab_ws)
-    try:
-        stored = {
-            r["pid"]: tuple(r)
-            for r in conn.execute(
-                "SELECT pid, at_ms, line, version_id, arm, experiment, key, features, score,"
-                " latency_us, error FROM predictions"
-            )
-        }
-    finally:
-        conn.close()
+    stored = {r["pid"]: tuple(r.values())[: len(Record._fields)] for r in logged(ab_ws)}
     assert stored == {r.pid: tuple(r) for r in records}
 
 

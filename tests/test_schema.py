@@ -10,13 +10,17 @@ triggers that usually refuse first. The fixtures check every invariant after eac
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from engine import Engine
+from engine import Engine, ids, labels, predlog
 from engine.errors import StoreError
-from engine.schema import MIGRATIONS
+from engine.schema import MIGRATION_SET, MIGRATIONS
+from engine.store import Store
 
 LINE = "quality-predictor"
 NOW = "2026-01-01T00:00:00.000Z"
@@ -345,3 +349,157 @@ def test_versions_are_immutable_and_never_deleted(engine: Engine) -> None:
         assert refused(engine, lambda c, sql=sql: c.execute(sql)) == "versions are immutable"
     back = engine.rollback()
     assert back.entry is not None and back.entry.to_state.production == "v1.0"
+
+
+# -- 0008: the prediction log keyed by id --------------------------------------------------
+
+_INSERT_0006 = (
+    "INSERT INTO predictions (pid, at_ms, line, version_id, arm, experiment, key, features,"
+    " score, latency_us, error, actual, labelled_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+    " ?, ?, ?)"
+)
+
+
+def _database_at_0006(path: Path) -> None:
+    """A database migrated to 0006 only (released migrations never change: this is the
+    schema a workspace of the previous release has)."""
+    import sqlite_utils
+
+    migrations = sqlite_utils.Migrations(MIGRATION_SET)
+    for name, sql in MIGRATIONS[:6]:
+        assert not name.startswith("0007")
+        migrations(name=name)(lambda db, sql=sql: db.executescript(sql))
+    db = sqlite_utils.Database(path)
+    migrations.apply(db)
+    db.close()
+
+
+def _rows_0006(conn: sqlite3.Connection, rng: np.random.Generator) -> list[tuple[object, ...]]:
+    """Single predictions as the 0006 writer logged them, inserted out of time order (two
+    writers interleave), some served a moment after their id's millisecond, some failed,
+    some labelled."""
+    now = time.time_ns() // 1_000_000
+    rows = []
+    for i in range(300):
+        issued = now - int(rng.integers(0, 3_600_000))
+        failed = i % 17 == 0
+        score = None if failed else float(rng.normal(70, 10))
+        labelled = not failed and i % 5 == 0
+        rows.append(
+            (
+                ids.new_id(issued),
+                issued + (3 if i % 7 == 0 else 0),
+                LINE,
+                1 + i % 2,
+                "candidate" if i % 2 else "production",
+                "exp-a" if i % 3 == 0 else "",
+                f"user-{i}" if i % 4 == 0 else None,
+                rng.random(5).astype(np.float32).tobytes(),
+                score,
+                int(rng.integers(50, 5000)),
+                "model error: boom" if failed else None,
+                round(float(rng.normal(70, 10)), 2) if labelled else None,
+                now if labelled else None,
+            )
+        )
+    conn.executemany(_INSERT_0006, rows)
+    return rows
+
+
+def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "beast.db"
+    _database_at_0006(path)
+    rng = np.random.default_rng(7)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO model_lines (name, n_features, created_at) VALUES (?, 5, ?)", (LINE, NOW)
+    )
+    for n in (1, 2):
+        conn.execute(
+            "INSERT INTO artifacts (sha256, path, size, format, status, line, n_features,"
+            " registered_at, registered_by) VALUES (?, ?, 1, 'json', 'valid', ?, 5, ?, 't')",
+            (f"{n}" * 64, f"models/v{n}.json", LINE, NOW),
+        )
+        conn.execute(
+            "INSERT INTO versions (line, name, artifact_id, kind, created_at, created_by)"
+            " VALUES (?, ?, ?, 'version', ?, 't')",
+            (LINE, f"v{n}.0", n, NOW),
+        )
+    conn.execute(
+        "INSERT INTO experiments (name, line, control_id, candidate_id, traffic_bp, status,"
+        " started_at, started_by) VALUES ('exp-a', ?, 1, 2, 1000, 'running', ?, 't')",
+        (LINE, NOW),
+    )
+    rows = _rows_0006(conn, rng)
+    shuffled = {pid: rowid for rowid, pid in conn.execute("SELECT id, pid FROM predictions")}
+    bound = 120  # v1's first predictions, as the 0006 writer recorded them: a rowid bound
+    conn.execute("INSERT INTO first_predictions VALUES (1, ?, 1), (2, 100000, 1)", (bound,))
+    prefix = ids.batch_prefix()
+    conn.execute(
+        "INSERT INTO prediction_batches (prefix, at_ms, line, experiment, rows, width,"
+        " version_ids, arms, features, scores, keys, errors, latency_us)"
+        " VALUES (?, ?, ?, '', 3, 5, ?, ?, ?, ?, NULL, NULL, 40)",
+        (
+            prefix,
+            ids.issued_ms(prefix + "00000"),
+            LINE,
+            np.array([1, 1, 2], "<i8").tobytes(),
+            bytes([0, 0, 1]),
+            rng.random((3, 5)).astype("<f4").tobytes(),
+            np.array([60.0, 61.0, 62.0], "<f8").tobytes(),
+        ),
+    )
+    conn.execute("INSERT INTO batch_labels VALUES (1, 2, 63.5, 1)")
+    conn.close()
+
+    store = Store(path)
+    try:
+        assert store.migrate() == ["0007_workspace_identity", "0008_compact_prediction_rows"]
+        assert store.integrity_errors() == []
+        with store.read() as read:
+            logged = {r.pid: r for r in predlog.logged_rows(read)}
+            assert predlog.count_logged(read) == len(rows) + 3
+            x, y, _at = predlog.labelled_rows(read, LINE, 5)
+            v1_from = read.execute(
+                "SELECT from_key FROM first_predictions WHERE version_id = 1"
+            ).fetchone()[0]
+            v2_from = read.execute(
+                "SELECT from_key FROM first_predictions WHERE version_id = 2"
+            ).fetchone()[0]
+            assert (
+                read.execute(
+                    "SELECT count(*) FROM sqlite_master WHERE sql LIKE '%pid%'"
+                    " AND tbl_name = 'predictions'"
+                ).fetchone()[0]
+                == 0
+            )
+        for row in rows:  # every column of every row, as the 0006 schema held it
+            assert tuple(logged[row[0]])[:12] == row[:12], row[0]
+        labelled = [r for r in rows if r[11] is not None]
+        assert sorted(y.tolist()) == sorted([np.float32(r[11]) for r in labelled] + [63.5])
+        assert x.shape == (len(labelled) + 1, 5)
+        # Where v1's reference scan starts: at its first row past the bound, less the margin
+        # the writer leaves for rows another writer may still hold.
+        after = {pid for pid, rowid in shuffled.items() if rowid >= bound}
+        first = min(r[1] for r in rows if r[3] == 1 and r[0] in after)
+        assert v1_from == ids.key_floor(first - predlog.FIRST_ROWS_MARGIN_MS)
+        assert v1_from <= min(ids.key(r[0])[0] for r in rows if r[3] == 1 and r[0] in after)
+        assert v2_from == max(ids.key(r[0])[0] for r in rows) + 1  # none past its bound
+        with store.write() as write:  # feedback finds old rows by id, single or batch
+            for row in labelled[:5]:
+                assert labels.label(write, row[0], row[11], 5.0) == "duplicate"
+            unlabelled = next(r for r in rows if r[11] is None and r[8] is not None)
+            assert labels.label(write, unlabelled[0], 50.0, 5.0) == "recorded"
+            assert labels.label(write, f"{prefix}00002", 63.5, 5.0) == "duplicate"
+            assert labels.label(write, f"{prefix}00000", 60.0, 5.0) == "recorded"
+        with store.read() as read:
+            assert (
+                read.execute(
+                    "SELECT actual FROM predictions WHERE hi = ? AND lo = ?", ids.key(unlabelled[0])
+                ).fetchone()[0]
+                == 50.0
+            )
+    finally:
+        store.close()

@@ -16,10 +16,16 @@ row per prediction, into the single predictions' table alone — the bound the l
 wrote a batch as one record. A "no log" router shows serving alone.
 Variants run interleaved in rounds so that load from other processes on this 2-core machine
 falls on all of them alike.
+
+The log's size: bytes of beast.db per logged single-row prediction (SQLite's dbstat: the
+predictions table and its indexes), against the 150 B target and the 0006 layout (a text id in
+the row and in a unique index, ~255 B) holding the same rows; feedback's lookup by id in each;
+and retention's steps over those rows once they are old (the longest write lock it holds).
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import statistics
 import time
@@ -29,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from engine import ids, serving
+from engine import ids, labels, predlog, serving
+from engine.config import LogSettings
 from engine.predlog import _INSERT, PredictionLog, Record
+from engine.schema import MIGRATIONS
 from engine.serving import Router
 from engine.store import PAGE_SIZE
 from tests.bench import workload
@@ -45,6 +53,12 @@ BATCH_ROWS = 1000
 BATCH_ROUNDS = 7
 BATCHES_PER_ROUND = 20  # 20,000 rows per round
 WRITER_BATCH = 5000  # PredictionLog's default rows per transaction
+SIZE_ROWS = 40_000  # single-row predictions logged for the size figure
+KEYED_ROWS = 20_000  # then with a sticky key ("user-" and 4 digits), for its share
+SIZE_BATCHES = 40  # and 1000-row batches beside them, for retention's steps
+ROW_TARGET_BYTES = 150
+ROW_0006_BYTES = 255  # measured on the issue's workspace (issue 12 §6)
+LOOKUPS = 5000
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -103,18 +117,21 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
     def run() -> float:
         at = time.time_ns() // 1_000_000
         rows = [
-            Record(
-                ids.new_id(at),
-                at,
-                workload.LINE,
-                1,
-                "production",
-                "bench",
-                None,
-                blobs[i % len(blobs)],
-                50.0,
-                300,
-                None,
+            predlog.row(
+                Record(
+                    ids.new_id(at),
+                    at,
+                    workload.LINE,
+                    1,
+                    "production",
+                    "bench",
+                    None,
+                    blobs[i % len(blobs)],
+                    50.0,
+                    300,
+                    None,
+                ),
+                {"bench": 1},
             )
             for i in range(BATCHES_PER_ROUND * BATCH_ROWS)
         ]
@@ -285,3 +302,131 @@ def test_batches_with_logging_rows_per_second(tmp_path: Path) -> None:
     for name in list(routed)[:2]:
         verdict = "met" if rate(name) >= BATCH_TARGET_ROWS_S else "MISSED"
         print(f"  target ≥ {BATCH_TARGET_ROWS_S:,} rows/s ({name.split(', ')[-1]}): {verdict}")
+
+
+def _table_bytes(conn: sqlite3.Connection, table: str) -> int:
+    """Bytes of a table and its indexes (whole pages, as they sit in the file)."""
+    return int(
+        conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN (SELECT name FROM"
+            " sqlite_master WHERE tbl_name = ?)",
+            (table,),
+        ).fetchone()[0]
+    )
+
+
+def _layout_0006(path: Path, rows: list[predlog.LoggedRow]) -> sqlite3.Connection:
+    """The same rows in the 0006 layout, inserted as its writer did (arrival order)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+    conn.execute("PRAGMA journal_mode = WAL")
+    for name, sql in MIGRATIONS[:6]:
+        assert name < "0007"
+        conn.executescript(sql)
+    for lo in range(0, len(rows), WRITER_BATCH):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO predictions (pid, at_ms, line, version_id, arm, experiment, key,"
+            " features, score, latency_us, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [r[:11] for r in rows[lo : lo + WRITER_BATCH]],
+        )
+        conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return conn
+
+
+def _lookups(find: Callable[[str], object], pids: list[str]) -> list[float]:
+    clock = time.perf_counter_ns
+    out = []
+    for pid in pids:
+        t0 = clock()
+        assert find(pid) is not None
+        out.append(clock() - t0)
+    return out
+
+
+def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> None:
+    router, log = _setup(tmp_path)
+    data = workload.generate(2048, seed=8)
+    as_dicts = [dict(zip(workload.FEATURES, map(float, row), strict=True)) for row in data.x]
+    db = router.workspace.db_path
+    conn = sqlite3.connect(db, isolation_level=None)
+    for i in range(SIZE_ROWS):  # the router's rows: dict features, the A/B test at 10%
+        router.predict(as_dicts[i % len(as_dicts)])
+    log.flush()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    keyless = _table_bytes(conn, "predictions")
+    for i in range(KEYED_ROWS):
+        router.predict(as_dicts[i % len(as_dicts)], key=f"user-{i % 10_000:04d}")
+    log.flush()
+    for b in range(SIZE_BATCHES):
+        router.predict_batch(data.x[(b % 2) * 1000 : (b % 2) * 1000 + 1000])
+    router.close()
+    log.close()
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    singles = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    assert singles == SIZE_ROWS + KEYED_ROWS
+    now_bytes = keyless / SIZE_ROWS
+    keyed_bytes = (_table_bytes(conn, "predictions") - keyless) / KEYED_ROWS
+    logged = [r for r in predlog.logged_rows(conn) if len(r.pid) == 32][:singles]
+    old = _layout_0006(tmp_path / "layout-0006.db", logged[:singles])
+    old_bytes = _table_bytes(old, "predictions") / singles
+
+    sample = random.Random(3).sample([r.pid for r in logged[:singles]], LOOKUPS)
+    by_key = _lookups(
+        lambda pid: conn.execute(  # labels.label's lookup
+            "SELECT p.version_id, coalesce(e.name, ''), coalesce(p.at_ms, p.hi >> 16), p.score,"
+            " p.actual FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
+            " WHERE p.hi = ? AND p.lo = ?",
+            ids.key(pid),
+        ).fetchone(),
+        sample,
+    )
+    by_text = _lookups(
+        lambda pid: old.execute(
+            "SELECT version_id, experiment, at_ms, score, actual FROM predictions WHERE pid = ?",
+            (pid,),
+        ).fetchone(),
+        sample,
+    )
+    conn.execute("BEGIN IMMEDIATE")  # the whole feedback call, rolled back
+    feedback = _lookups(lambda pid: labels.label(conn, pid, 50.0, 5.0), sample)
+    conn.execute("ROLLBACK")
+    old.close()
+
+    steps: list[float] = []
+    pruned: list[predlog.Pruned] = []
+    later = predlog.now_ms() + 31 * predlog.DAY_MS  # every row is past a 30-day window
+    settings = LogSettings(retention_days=30)
+    while not pruned or pruned[-1].more:
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        pruned.append(predlog.prune(conn, settings, later))
+        conn.execute("COMMIT")
+        steps.append(time.perf_counter() - t0)
+    left = predlog.count_logged(conn)
+    conn.close()
+
+    print(f"\n[bench serving: the log's size] {machine()} · {workload.load_average()}")
+    verdict = "met" if now_bytes <= ROW_TARGET_BYTES else "MISSED"
+    print(
+        f"  {SIZE_ROWS:,} single-row predictions through Router.predict: {now_bytes:.0f} B per "
+        f"row in beast.db (table and indexes) → target ≤ {ROW_TARGET_BYTES} B: {verdict}"
+    )
+    print(f"  {KEYED_ROWS:,} more with a 9-character sticky key: {keyed_bytes:.0f} B per row")
+    print(
+        f"  the same rows in the 0006 layout (text id + its unique index): {old_bytes:.0f} B "
+        f"per row (the issue measured {ROW_0006_BYTES} B on its workspace)"
+    )
+    print(line("feedback lookup by id, 0008 key (ids.key + its primary key)", by_key))
+    print(line("feedback lookup by id, 0006 text index (same rows)", by_text))
+    print(
+        line("labels.label, the whole feedback call (lookup, label, rollup; no commit)", feedback)
+    )
+    rows = sum(p.rows for p in pruned)
+    print(
+        f"  retention: {rows:,} rows ({singles:,} single, {SIZE_BATCHES} batches) pruned in "
+        f"{len(steps)} steps of ≤ {predlog.PRUNE_CHUNK_ROWS:,} rows; write lock per step: "
+        f"median {statistics.median(steps) * 1e3:.1f} ms, longest {max(steps) * 1e3:.1f} ms"
+    )
+    assert left == 0 and rows == singles + SIZE_BATCHES * 1000

@@ -1,0 +1,35 @@
+"""The console's Alerts pane shows the prediction log's loss alert while it fires (issue 12
+§1): it reads the alerts table, like `beast monitor`, and the alert is not for any version."""
+
+from __future__ import annotations
+
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from console.app import BeastConsole
+from console.gateway import Gateway
+from engine import Engine, Workspace, monitoring
+from tests.console.pilot import drive, make_app, press
+
+
+def test_the_alerts_pane_shows_a_firing_prediction_log_alert(
+    serving: Workspace, gateway: Gateway
+) -> None:
+    engine = Engine(serving)
+    try:
+        monitoring.note_log_drops(engine, 4, 4)  # what the engine's loop records on a loss
+        monitoring.note_log_drops(engine, 0, 4)  # and its next round, with nothing new
+    finally:
+        engine.close()
+    app = make_app(gateway)
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot, "ctrl+r")
+        table = app.query_one("#alerts-table", DataTable)
+        cells = [
+            " ".join(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)
+        ]
+        lost = [c for c in cells if "prediction log lost 4 acknowledged" in c]
+        assert len(lost) == 1 and "firing" in lost[0] and "CRIT" in lost[0].upper(), cells
+
+    drive(app, scenario)
