@@ -210,7 +210,9 @@ def test_a_workspace_from_before_ids_adopts_its_databases_id(
 ) -> None:
     ws = Workspace(tmp_path / "old")
     ws.create()
-    monkeypatch.setattr("engine.store.MIGRATIONS", MIGRATIONS[:-1])
+    monkeypatch.setattr(
+        "engine.store.MIGRATIONS", [m for m in MIGRATIONS if m[0] < "0007_workspace_identity"]
+    )
     store = Store(ws.db_path)
     store.migrate()
     store.close()
