@@ -29,7 +29,8 @@ from engine.daemon import Evaluator, Scheduler
 from engine.errors import StateBusy
 from engine.store import BUSY_ENV, Store
 from engine.train_worker import RunningJob, register_model
-from tests.helpers import REPO, beast, copy_workspace
+from engine.watcher import ModelWatcher, WatchOptions
+from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import LINE, build_template, queue_job, set_retrain, train_on_samples
 from tests.serving_helpers import count, serving
 from tests.test_daemon import wait_for
@@ -323,6 +324,31 @@ def test_a_busy_store_costs_a_periodic_tick_one_warning_not_its_thread(
     busy = [r for r in caplog.records if "state busy" in r.getMessage()]
     assert len(busy) == 1 and busy[0].levelname == "WARNING", [r.getMessage() for r in busy]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_the_watcher_registers_a_file_that_settled_while_the_store_was_busy(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, holder: Callable[[Workspace], LockHolder]
+) -> None:
+    monkeypatch.setenv(BUSY_ENV, "0.3")
+    temps = [
+        train_model(workspace.models_dir / f".quality-predictor-v{i}.0.partial.json", seed=i)
+        for i in (1, 2)
+    ]
+    lock = holder(workspace)
+    with (
+        ModelWatcher(workspace, WatchOptions(rescan_every_s=3600.0)),
+        closing(Engine(workspace)) as engine,
+    ):
+
+        def valid() -> int:
+            return sum(a.status == "valid" for a in engine.models().artifacts)
+
+        temps[0].rename(model_path(workspace, "v1.0"))
+        wait_for(lambda: valid() == 1, "the first file (its validator is warm then)")
+        lock.hold(2.0)
+        temps[1].rename(model_path(workspace, "v2.0"))  # its registration meets the busy store
+        lock.released()
+        wait_for(lambda: valid() == 2, "the second file, once the store is free")
 
 
 # -- long writers commit in bounded chunks -------------------------------------------------
