@@ -161,11 +161,20 @@ def _round_under_labelling(
         stderr=subprocess.PIPE,
         text=True,
     )
+    labelled: list[float] = []  # when the labelling process ended
+
+    def wait_labelling() -> None:
+        labelling.wait()
+        labelled.append(time.perf_counter() - start)
+
+    waiter = threading.Thread(target=wait_labelling)
+    waiter.start()
     job = engine.start_retrain(force=True)
     finished = engine.wait_job(job.id, 300)
     job_s = time.perf_counter() - start
-    _out, err = labelling.communicate(timeout=300)
-    label_s = time.perf_counter() - start
+    waiter.join(timeout=300)
+    err = labelling.stderr.read() if labelling.stderr is not None else ""
+    label_s = labelled[0]
     probe.halt.set()
     probe.join()
     assert labelling.returncode == 0, err
