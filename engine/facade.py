@@ -234,7 +234,7 @@ class Engine:
         )
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
-        """Many (prediction id, actual) pairs in one transaction, an answer for each."""
+        """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
         from engine import labels
 
         return labels.record_many(self.store, items, self.config.thresholds.tolerance_points)
