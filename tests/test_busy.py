@@ -4,8 +4,9 @@ past the 5 s busy timeout and a retraining job failed at 63%").
 A real second process holds the write lock for longer than the busy timeout while a real
 retraining job runs, and while the daemon's scheduler and evaluator tick: the job succeeds and
 registers its model once, the ticks warn once and carry on. Long writers commit in bounded
-chunks: a feedback file (a failure part-way names what was recorded; sending the file again
-answers duplicate for it) and a big batch of predictions.
+chunks: a feedback file (a failure part-way names what was processed, a `kill -9` part-way
+leaves whole chunks; sending the file again answers duplicate for them) and a big batch of
+predictions. The evaluation hashes model files outside the write lock.
 """
 
 from __future__ import annotations
@@ -390,6 +391,34 @@ def test_a_feedback_file_commits_in_chunks_and_a_failure_names_what_was_recorded
     assert again.returncode == 0, again.stderr
     statuses = [r["status"] for r in json.loads(again.stdout)]
     assert statuses == ["duplicate"] * 2000 + ["recorded"] * 500
+
+
+def test_a_feedback_file_killed_part_way_leaves_whole_chunks_and_a_rerun_finishes_it(
+    live: Workspace, tmp_path: Path
+) -> None:
+    with serving(live) as (router, plog):
+        assert plog is not None
+        done = router.predict_batch([ROW] * 20_000)
+        plog.flush()
+    actuals = _feedback_file(tmp_path / "actuals.csv", [(p.prediction_id, 40.0) for p in done])
+    cli = [sys.executable, "-m", "engine.cli", "--workspace", str(live.root)]
+    labelling = subprocess.Popen(
+        [*cli, "feedback", "--file", str(actuals)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: count(live, "SELECT count(*) FROM batch_labels") > 0, "a first chunk")
+    finally:
+        labelling.kill()  # kill -9, part-way through the file
+        labelling.wait()
+    recorded = count(live, "SELECT count(*) FROM batch_labels")
+    assert recorded % 2000 == 0 and 0 < recorded < 20_000, recorded
+    assert count(live, "SELECT sum(labelled) FROM rollups") == recorded
+    again = beast(live, "feedback", "--file", str(actuals))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"{recorded} duplicate, {20_000 - recorded} recorded"
 
 
 def test_a_big_csv_of_predictions_is_logged_in_bounded_chunks(
