@@ -444,6 +444,20 @@ def test_a_big_csv_of_predictions_is_logged_in_bounded_chunks(
     assert beast(live, "feedback", last, "50").returncode == 0
 
 
+def test_predictions_the_cli_could_not_log_are_said_so(
+    live: Workspace, holder: Callable[[Workspace], LockHolder]
+) -> None:
+    lock = holder(live)
+    lock.hold(60)  # longer than the command: killed below
+    try:
+        result = beast(live, "predict", json.dumps(ROW), env={BUSY_ENV: "0.2"})
+    finally:
+        lock.proc.kill()
+    assert result.returncode == 1 and result.stdout.count("\n") == 1  # the answer, and
+    last = result.stderr.splitlines()[-1]  # after the log writer's own warnings
+    assert last.startswith("beast: 1 of 1 predictions were not logged ("), result.stderr
+
+
 def test_the_evaluation_hashes_model_files_before_it_takes_the_write_lock(
     live: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
