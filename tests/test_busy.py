@@ -29,10 +29,18 @@ from engine import Engine, Workspace, artifacts, jobs, monitoring, predlog
 from engine.daemon import Evaluator, Scheduler
 from engine.errors import StateBusy
 from engine.store import BUSY_ENV, Store
-from engine.train_worker import RunningJob, register_model
+from engine.train_worker import FAULT_ENV, RunningJob, register_model
 from engine.watcher import ModelWatcher, WatchOptions
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
-from tests.retrain_helpers import LINE, build_template, queue_job, set_retrain, train_on_samples
+from tests.retrain_helpers import (
+    LINE,
+    build_template,
+    queue_job,
+    set_retrain,
+    train_on_samples,
+    wait_dead,
+    wait_for_log,
+)
 from tests.serving_helpers import count, serving
 from tests.test_daemon import wait_for
 
@@ -163,6 +171,28 @@ def test_a_job_rides_out_a_writer_holding_the_lock_past_the_busy_timeout(
         ],
     ), log
     assert any(line.startswith("the store was busy") for line in log), log
+
+
+@pytest.mark.slow
+def test_the_timeout_kills_the_job_while_the_store_is_busy_and_a_reaper_records_it(
+    rws: Workspace, monkeypatch: pytest.MonkeyPatch, holder: Callable[[Workspace], LockHolder]
+) -> None:
+    set_retrain(rws, timeout_s=4, lease_s=6)
+    monkeypatch.setenv(FAULT_ENV, "hang")
+    monkeypatch.setenv(BUSY_ENV, f"{BUSY_S:g}")
+    lock = holder(rws)
+    with closing(Engine(rws, actor="tester")) as engine:
+        job = engine.start_retrain(force=True)
+        child = int(wait_for_log(engine, job.id, "child pid").rsplit(" ", 1)[-1].rstrip(")"))
+        with engine.store.read() as conn:
+            worker = jobs.row(conn, job.id)["pid"]
+        lock.hold(10)  # across the job's deadline, and past it
+        assert wait_dead(worker, timeout=8), "killed at its deadline, busy store or not"
+        assert wait_dead(child)
+        lock.released()
+        done = engine.wait_job(job.id, 30)
+    assert done.status == "failed" and done.error == jobs.timed_out(4), done
+    assert not [p.name for p in rws.models_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_a_registration_that_meets_a_busy_store_is_retried_and_validated_once(
