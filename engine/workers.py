@@ -166,9 +166,7 @@ def reap(conn: sqlite3.Connection, models_dir: Path, line: str | None = None) ->
 
 
 def _past_deadline(found: sqlite3.Row) -> bool:
+    """Did a running job's deadline pass (a reading of this boot's monotonic clock)?"""
     deadline = found["deadline"]
-    return (
-        deadline is not None
-        and found["boot_id"] == jobs.boot_id()
-        and (deadline < jobs.monotonic())
-    )
+    same_boot = found["boot_id"] == jobs.boot_id()
+    return deadline is not None and same_boot and deadline < jobs.monotonic()
