@@ -76,10 +76,15 @@ def problems(conn: sqlite3.Connection, models_dir: Path) -> dict[tuple[str, str]
     return out
 
 
-def sync(conn: sqlite3.Connection, models_dir: Path) -> None:
-    """Fire, refresh and resolve the artifact alerts (inside the caller's write transaction)."""
+def sync(
+    conn: sqlite3.Connection,
+    models_dir: Path,
+    found: dict[tuple[str, str], str] | None = None,
+) -> None:
+    """Fire, refresh and resolve the artifact alerts (inside the caller's write transaction),
+    from `found` (`problems`, read before the write lock was taken) or from a fresh look."""
     now = utc_now()
-    found = problems(conn, models_dir)
+    found = problems(conn, models_dir) if found is None else found
     firing = {
         (row[1], row[2]): row[0]
         for row in conn.execute(

@@ -26,6 +26,9 @@ What it takes care of, in order:
 - Every `retrain_check_every_s` the scheduler reaps lost retraining jobs and starts one on a
   line whose trigger fires (`Engine.reap_jobs`, `Engine.retrain_if_due`); the training runs
   in its own worker process, never here.
+- A round of either that meets a busy store (another process holding the write lock past the
+  busy timeout) is skipped with one warning, however many rounds it lasts, and tried again
+  next round; one info line says when a round succeeds again. The threads never die of it.
 - `running_pid(workspace)` tells another process (the console) which engine serves a
   workspace, probing the flock without keeping it.
 """
@@ -48,7 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from engine import text
-from engine.background import BackgroundThread
+from engine.background import BackgroundThread, Trouble
 from engine.errors import BeastError
 from engine.facade import Engine
 from engine.workspace import ENV_VAR, Workspace
@@ -247,11 +250,15 @@ def bind(host: str, port: int) -> socket.socket:
 class _Periodic(BackgroundThread):
     """Calls `tick` every `every_s` seconds in a thread with its own engine connection.
 
+    A round that fails with a refusal (a store kept busy by a long writer past its busy
+    timeout, a full disk) is skipped and tried again next round, logged once while it repeats
+    (`Trouble`); anything else is logged with its traceback. The thread never dies of a round.
     `every_s` 0 means never: `start` then launches no thread.
     """
 
     thread_name = "beast-periodic"
     actor = "beast-engine"
+    what = "periodic work"  # as the log names a round
 
     def __init__(self, workspace: Workspace, every_s: float) -> None:
         super().__init__()
@@ -265,15 +272,23 @@ class _Periodic(BackgroundThread):
 
     def _run(self) -> None:
         engine = Engine(self.workspace, actor=self.actor)
+        trouble = Trouble(log, self.what)
         try:
             while not self._stop.wait(self.every_s):
-                self.tick(engine)
+                try:
+                    self.tick(engine)
+                except BeastError as exc:
+                    trouble.failed(str(exc))
+                except Exception:  # the next round may well succeed; never stop
+                    log.exception("%s failed", self.what)
+                else:
+                    trouble.done()
         finally:
             engine.close()
 
     @abc.abstractmethod
     def tick(self, engine: Engine) -> None:
-        """One round; it logs what went wrong and never raises (the next round may succeed)."""
+        """One round; a log line per action it took. A refusal it raises skips the round."""
 
 
 class Evaluator(_Periodic):
@@ -281,20 +296,13 @@ class Evaluator(_Periodic):
 
     thread_name = "beast-monitor"
     actor = "beast-engine (monitor)"
+    what = "monitoring evaluation"
 
     def tick(self, engine: Engine) -> None:
-        """One evaluation: a log line per action it took; never raises."""
+        """One evaluation: a log line per action it took."""
         from engine import monitoring
 
-        try:
-            report = monitoring.evaluate(engine)
-        except BeastError as exc:
-            log.warning("monitoring evaluation skipped: %s", exc)
-            return
-        except Exception:  # the next round may well succeed; never stop evaluating
-            log.exception("monitoring evaluation failed")
-            return
-        for action in report.actions:
+        for action in monitoring.evaluate(engine).actions:
             log.warning("monitoring: %s", action)
 
 
@@ -306,22 +314,15 @@ class Scheduler(_Periodic):
 
     thread_name = "beast-retrain"
     actor = "beast-engine (scheduler)"
+    what = "retraining check"
 
-    @staticmethod
-    def tick(engine: Engine) -> None:
-        """One check: a log line per job reaped and per job started; never raises."""
-        try:
-            for job in engine.reap_jobs():
-                log.warning("retraining job #%d on %s failed: %s", job.id, job.line, job.error)
-            if not engine.lines():
-                return  # nothing registered yet, so nothing to retrain
-            started = engine.retrain_if_due()
-        except BeastError as exc:
-            log.warning("retraining check skipped: %s", exc)
-            return
-        except Exception:  # the next check may well succeed; never stop checking
-            log.exception("retraining check failed")
-            return
+    def tick(self, engine: Engine) -> None:
+        """One check: a log line per job reaped and per job started."""
+        for job in engine.reap_jobs():
+            log.warning("retraining job #%d on %s failed: %s", job.id, job.line, job.error)
+        if not engine.lines():
+            return  # nothing registered yet, so nothing to retrain
+        started = engine.retrain_if_due()
         if started is not None:
             log.info(
                 "retraining job #%d started on %s (trigger %s)",

@@ -7,6 +7,7 @@ export (`deployments/history.json`) is rewritten after the commit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sqlite3
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 from engine import artifacts, deployments, history, invariants, registry, text
 from engine.clock import utc_now
 from engine.config import Config, load_config
-from engine.errors import ArtifactRejected, BeastError, NotFound, StateChanged
+from engine.errors import ArtifactRejected, BeastError, NotFound, StateBusy, StateChanged
 from engine.identity import current_actor
 from engine.naming import check_name, winner_alias
 from engine.records import (
@@ -281,7 +282,7 @@ class Engine:
         )
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
-        """Many (prediction id, actual) pairs in one transaction, an answer for each."""
+        """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
         from engine import labels
 
         return labels.record_many(self.store, items, self.config.thresholds.tolerance_points)
@@ -663,7 +664,8 @@ class Engine:
             if job.finished or now >= deadline:
                 return job
             if now >= next_reap:
-                self.reap_jobs()
+                with contextlib.suppress(StateBusy):  # a busy moment: reap at the next poll
+                    self.reap_jobs()
                 next_reap = now + 1.0
             time.sleep(min(poll_s, max(0.0, deadline - now)))
 

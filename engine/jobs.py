@@ -222,13 +222,15 @@ def set_version(conn: sqlite3.Connection, job_id: int, version: str) -> None:
     )
 
 
-def append_log(conn: sqlite3.Connection, job_id: int, text: str) -> None:
+def append_log(conn: sqlite3.Connection, job_id: int, text: str, *, at: str | None = None) -> None:
+    """Add a line to a job's log; `at` is when it happened (a worker that met a busy store
+    writes its lines later, in their order, with their own times)."""
     seq = conn.execute(
         "SELECT coalesce(max(seq), 0) + 1 FROM job_log WHERE job_id = ?", (job_id,)
     ).fetchone()[0]
     conn.execute(
         "INSERT INTO job_log (job_id, seq, at, line) VALUES (?, ?, ?, ?)",
-        (job_id, seq, utc_now(), text[:MAX_LOG_CHARS]),
+        (job_id, seq, at or utc_now(), text[:MAX_LOG_CHARS]),
     )
 
 
@@ -267,6 +269,11 @@ def finish(
     if done:
         append_log(conn, job_id, f"{status}: {reason or error or ''}".rstrip(": "))
     return bool(done)
+
+
+def timed_out(timeout_s: float) -> str:
+    """The error of a job killed at its deadline (by its own watchdog or by a reaper)."""
+    return f"timed out after {timeout_s:g}s: worker process group killed"
 
 
 def lost(conn: sqlite3.Connection, line: str | None = None) -> list[sqlite3.Row]:

@@ -475,9 +475,15 @@ def evaluate(engine: Engine, *, window: str = "1h", pull: bool = True) -> Monito
 
 
 def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
+    models_dir = engine.workspace.models_dir
+    # The served model files are hashed before the write lock is taken: a model at the 512 MB
+    # cap takes half a second to hash from the page cache (a 105 MB one held the lock 0.1 s),
+    # longer from disk. A deployment that changes in between is judged at the next round.
+    with engine.store.read() as conn:
+        found = artifact_alerts.problems(conn, models_dir)
     with engine.store.write() as conn:
         sync_alerts(conn, current.versions)
-        artifact_alerts.sync(conn, engine.workspace.models_dir)
+        artifact_alerts.sync(conn, models_dir, found)
         expire_log_alert(conn, engine.config.log.loss_alert_minutes)
         alerts = tuple(_alerts(conn))
     return dataclasses.replace(current, alerts=alerts)

@@ -9,6 +9,12 @@ atomically into `models/` with its `.lineage` sidecar, registers it through
 `Engine.register`, logs the run to MLflow when `engine.mlflow_tracking` is there, and deploys
 the model as an A/B candidate only when asked and only if it beats production.
 
+A busy store (another process holding the write lock past the busy timeout, say a big
+feedback file) never fails the job: progress and log lines that cannot get the lock wait in
+memory and go, in order, with the next write that gets it; the claim, the version, the
+registration, the deploy and the job's end are retried with backoff until the job's deadline;
+the lease outlives any busy moment shorter than `lease_s` (see `Watchdog`).
+
 Test-only fault hooks (read here and nowhere else): `BEAST_TEST_TRAINER_FAULT` = `hang`
 (start a `sleep` child, then never finish: exercises the timeout's group kill), `crash`
 (raise after loading data), `abort` (die by SIGABRT: found when the lease expires) or `nan`
@@ -20,62 +26,110 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from engine import baselines, jobs, predlog, registry, retrain, workers
+from engine import artifacts, baselines, jobs, predlog, registry, retrain, workers
 from engine.clock import utc_now
-from engine.errors import BeastError
+from engine.errors import BeastError, StateBusy
 from engine.facade import Engine
 from engine.store import Store
 from engine.workspace import Workspace
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
 ACTOR = "beast-retrain"
+# A progress or log write waits this long for the write lock, then is deferred to the next
+# write: training goes on meanwhile instead of waiting out the busy timeout.
+NOTE_BUSY_S = 0.25
+RETRY_PAUSE_S = 0.05  # the first pause between attempts of a write the job needs; doubles
+RETRY_MAX_PAUSE_S = 1.0
+
+T = TypeVar("T")
+
+
+def retry_busy(action: Callable[[], T], deadline: float) -> T:
+    """Run `action` again, with backoff, while it meets a busy store, until `deadline`
+    (monotonic); past it the last StateBusy is raised. Each attempt itself waits up to the
+    store's busy timeout for the lock; a busy attempt changed nothing, so trying again is
+    always safe."""
+    pause = RETRY_PAUSE_S
+    while True:
+        try:
+            return action()
+        except StateBusy:
+            if jobs.monotonic() + pause >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, RETRY_MAX_PAUSE_S)
 
 
 class Watchdog(threading.Thread):
-    """Renews the job's lease and kills the process group when the job's time is up."""
+    """Renews the job's lease and kills the process group when the job's time is up.
+
+    Its connection waits one tick at most for the lock, so the deadline is checked between
+    attempts; a renewal that met a busy store is tried again soon. Each renewal carries the
+    lease one tick beyond `lease_s`: renewed every tick, the lease always has at least
+    `lease_s` left, so a busy store for less than `lease_s` cannot let it lapse (a reaper that
+    gets the lock first still finds it alive).
+    """
 
     def __init__(self, ws: Workspace, job_id: int, lease_s: float, deadline: float) -> None:
         super().__init__(name=f"beast-job-{job_id}-watchdog", daemon=True)
         self.ws, self.job_id, self.lease_s, self.deadline = ws, job_id, lease_s, deadline
         self.tick = min(1.0, lease_s / 3)
         self.halt = threading.Event()
+        # Set by the main thread before it ends the job itself: from then on a job that is
+        # no longer running is its own doing, not a reaper's.
+        self.finishing = threading.Event()
 
     def run(self) -> None:
-        store = Store(self.ws.db_path)  # a connection of its own: never shared across threads
-        while not self.halt.wait(self.tick):
+        store = Store(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
+        wait = self.tick
+        while not self.halt.wait(wait):
+            wait = self.tick
             try:
                 if jobs.monotonic() >= self.deadline:
                     self._time_out(store)
                 with store.write() as conn:
-                    still_mine = jobs.renew(conn, self.job_id, self.lease_s)
-            except BeastError:  # busy or briefly unwritable: the lease has slack for retries
+                    still_mine = jobs.renew(conn, self.job_id, self.lease_s + self.tick)
+            except StateBusy:
+                wait = RETRY_PAUSE_S  # the attempt waited a tick already: try again soon
                 continue
-            if not still_mine and not self.halt.is_set():
-                workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
-                _kill_own_group()  # failed by a reaper: stop spending the CPU
+            except BeastError:  # briefly unwritable: the lease has slack for retries
+                continue
+            if still_mine or self.halt.is_set():
+                continue
+            if self.finishing.is_set():
+                return
+            workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
+            _kill_own_group()  # failed by a reaper: stop spending the CPU
 
     def _time_out(self, store: Store) -> None:
-        with store.write() as conn:
+        """Fail the job, remove its files and kill its group, this process included. A busy
+        store does not hold the kill back: a reaper records the timeout once the lock is free
+        (`workers.reap` names it so)."""
+        with store.read() as conn:
             found = jobs.row(conn, self.job_id)
-            ended = jobs.finish(
-                conn,
-                self.job_id,
-                status="failed",
-                error=f"timed out after {found['timeout_s']:g}s: worker process group killed",
-            )
+        try:
+            with store.write() as conn:
+                ended = jobs.finish(
+                    conn, self.job_id, status="failed", error=jobs.timed_out(found["timeout_s"])
+                )
+        except StateBusy:
+            ended = True
         if ended:
             workers.clean_files(self.ws.models_dir, self.job_id, found["line"], found["version"])
             workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
@@ -87,24 +141,86 @@ def _kill_own_group() -> None:
 
 
 class RunningJob:
-    """The running job as the training steps see it: progress and log lines to the store."""
+    """The running job as the training steps see it: progress and log lines to the store.
 
-    def __init__(self, engine: Engine, job_id: int, line: str) -> None:
-        self.engine, self.id, self.line = engine, job_id, line
+    Progress and log lines are cosmetic: one that cannot get the write lock within
+    `NOTE_BUSY_S` is kept, in order, and written with the next write that gets it (the job's
+    end at the latest), with the time it happened. The writes the outcome depends on (`commit`,
+    `retrying`) are retried on a busy store with backoff until the job's deadline.
+    """
+
+    def __init__(
+        self, engine: Engine, job_id: int, line: str, *, deadline: float = math.inf
+    ) -> None:
+        self.engine, self.id, self.line, self.deadline = engine, job_id, line, deadline
+        self._notes: Store | None = None
+        self._lines: list[tuple[str, str]] = []  # (UTC time, line) not in the store yet
+        self._progress: tuple[float, str] | None = None
+        self._busy: tuple[str, str] | None = None  # the note of a write being retried
 
     def step(self, progress: float, message: str) -> None:
-        with self.engine.store.write() as conn:
-            jobs.set_progress(conn, self.id, progress, message)
+        self._progress = (progress, message)
+        self.log(message)
 
     def log(self, text: str) -> None:
-        with self.engine.store.write() as conn:
-            jobs.append_log(conn, self.id, text)
+        self._lines.append((utc_now(), text))
+        if self._notes is None:
+            busy_s = min(NOTE_BUSY_S, self.engine.store.busy_s)
+            self._notes = Store(self.engine.workspace.db_path, busy_timeout_s=busy_s)
+        with contextlib.suppress(StateBusy):  # kept for the next write that gets the lock
+            self._write(self._notes, _nothing)
+
+    def commit(self, what: str, change: Callable[[sqlite3.Connection], T]) -> T:
+        """A write the job needs (`what` names it in the log if it had to wait), after the
+        lines kept so far, in the same transaction; retried until the deadline."""
+        return self.retrying(what, lambda: self._write(self.engine.store, change))
+
+    def retrying(self, what: str, action: Callable[[], T]) -> T:
+        """`action` (one transaction, or a call that makes one) retried on a busy store until
+        the job's deadline. A retry leaves a note of the wait, written with the transaction
+        that succeeds when it is a `commit`, else with the next write."""
+        at, first, tries = utc_now(), jobs.monotonic(), 0
+
+        def attempt() -> T:
+            nonlocal tries
+            if tries:
+                waited = jobs.monotonic() - first
+                self._busy = (at, f"the store was busy: {what} waited {waited:.1f} s")
+            tries += 1
+            return action()
+
+        result = retry_busy(attempt, self.deadline)
+        if self._busy is not None:
+            self._lines.append(self._busy)
+            self._busy = None
+        return result
+
+    def _write(self, store: Store, change: Callable[[sqlite3.Connection], T]) -> T:
+        lines = [*self._lines, *([self._busy] if self._busy is not None else [])]
+        with store.write() as conn:
+            if self._progress is not None:
+                jobs.set_progress(conn, self.id, *self._progress, log=False)
+            for at, text in lines:
+                jobs.append_log(conn, self.id, text, at=at)
+            result = change(conn)
+        self._lines.clear()
+        self._progress = self._busy = None
+        return result
 
     def wants_deploy(self) -> bool:
         """Read at deploy time: a trigger that joined later may have asked for it."""
         with self.engine.store.read() as conn:
             asked = bool(jobs.row(conn, self.id)["deploy"])
         return asked or self.engine.config.retrain.auto_deploy
+
+    def close(self) -> None:
+        if self._notes is not None:
+            self._notes.close()
+            self._notes = None
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """The change of a write that only carries the kept progress and log lines."""
 
 
 def _fault() -> str:
@@ -275,12 +391,15 @@ def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[
     settings = job.engine.config.retrain
     test = f"retrain-{version}"
     try:
-        change = job.engine.deploy(
-            version=version,
-            model=job.line,
-            traffic=settings.candidate_traffic,
-            ab_test=test,
-            note=f"retrain job {job.id}: {decision.reason}",
+        change = job.retrying(
+            f"deploying {version}",
+            lambda: job.engine.deploy(
+                version=version,
+                model=job.line,
+                traffic=settings.candidate_traffic,
+                ab_test=test,
+                note=f"retrain job {job.id}: {decision.reason}",
+            ),
         )
     except BeastError as exc:
         return False, f"not deployed: {exc} ({decision.reason.removeprefix('deployed: ')})"
@@ -322,9 +441,31 @@ def _next_version(job: RunningJob) -> str:
         ]
     models_dir = job.engine.workspace.models_dir
     version = retrain.next_version(known, lambda v: (models_dir / f"{job.line}-{v}.json").exists())
-    with job.engine.store.write() as conn:
-        jobs.set_version(conn, job.id, version)
+    job.commit("recording the version", lambda conn: jobs.set_version(conn, job.id, version))
     return version
+
+
+def register_model(job: RunningJob, model: Path, version: str) -> None:
+    """Register the job's model, retried on a busy store: registration is by sha256, so an
+    attempt after a busy one finds nothing or these very bytes registered, never makes a
+    second row. The bytes are validated in a child once, however many attempts it takes."""
+    verdicts: dict[str | None, artifacts.Validation] = {}
+
+    def validate_once(
+        path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+    ) -> artifacts.Validation:
+        if expected_sha256 is None or expected_sha256 not in verdicts:
+            verdicts[expected_sha256] = artifacts.validate_in_child(
+                path, fmt, timeout_s, expected_sha256=expected_sha256
+            )
+        return verdicts[expected_sha256]
+
+    job.retrying(
+        f"registering {version}",
+        lambda: job.engine.register(
+            model, version=version, model=job.line, validator=validate_once
+        ),
+    )
 
 
 def run(job: RunningJob) -> tuple[str, bool, str]:
@@ -348,7 +489,7 @@ def run(job: RunningJob) -> tuple[str, bool, str]:
     lineage = _lineage(job, version, parent, fit, scores)
     path = _write_artifact(job, version, fit, lineage, new)
     job.step(0.9, f"registering {version} (validated in a child process)")
-    job.engine.register(path, version=version, model=job.line)
+    register_model(job, path, version)
     _log_mlflow(job, f"{job.line}-{version}", lineage, path)
     job.step(0.95, decision.reason)
     deployed, reason = _deploy(job, version, decision)
@@ -363,32 +504,66 @@ def main(argv: list[str]) -> int:
     with contextlib.suppress(OSError):
         os.nice(10)  # serving keeps its p99: the scheduler favours it over this process
     engine = Engine(ws, actor=ACTOR)
-    settings = engine.config.retrain
-    with engine.store.write() as conn:
-        claimed = jobs.claim(
-            conn, job_id, pid=os.getpid(), pgid=os.getpgid(0), lease_s=settings.lease_s
-        )
+    try:
+        return _work(engine, job_id)
+    finally:
+        engine.close()
+
+
+def _claim(engine: Engine, job_id: int) -> tuple[sqlite3.Row | None, float]:
+    """Claim the queued job, retrying on a busy store for as long as a claim is waited for
+    (a reaper fails the job "never started" after that; the claim then finds it gone).
+    Returns the claimed row (None: nothing to do) and how long a busy store held it back."""
+    started, tries = jobs.monotonic(), 0
+
+    def claim() -> sqlite3.Row | None:
+        nonlocal tries
+        tries += 1
+        with engine.store.write() as conn:
+            return jobs.claim(
+                conn,
+                job_id,
+                pid=os.getpid(),
+                pgid=os.getpgid(0),
+                lease_s=engine.config.retrain.lease_s,
+            )
+
+    window = max(engine.config.retrain.lease_s, jobs.CLAIM_WINDOW_S)
+    claimed = retry_busy(claim, started + window)
+    return claimed, jobs.monotonic() - started if tries > 1 else 0.0
+
+
+def _work(engine: Engine, job_id: int) -> int:
+    claimed, waited = _claim(engine, job_id)
     if claimed is None:
         return 0  # already claimed, or failed before this process got to it
-    watchdog = Watchdog(ws, job_id, settings.lease_s, float(claimed["deadline"]))
+    deadline = float(claimed["deadline"])
+    watchdog = Watchdog(engine.workspace, job_id, engine.config.retrain.lease_s, deadline)
     watchdog.start()
-    job = RunningJob(engine, job_id, claimed["line"])
+    job = RunningJob(engine, job_id, claimed["line"], deadline=deadline)
     try:
-        version, deployed, reason = run(job)
-    except Exception as exc:
-        watchdog.halt.set()  # before the job ends: an ended job must not look stolen to it
-        _fail(job, exc)
-        return 1
-    watchdog.halt.set()
-    used = os.times()
-    cpu = used.user + used.system + used.children_user + used.children_system
-    job.log(f"worker CPU time {cpu:.2f} s (validation child included)")
-    with engine.store.write() as conn:
-        jobs.finish(
-            conn, job_id, status="succeeded", version=version, deployed=deployed, reason=reason
+        if waited:
+            job.log(f"the store was busy: claiming the job waited {waited:.1f} s")
+        try:
+            version, deployed, reason = run(job)
+        except Exception as exc:
+            watchdog.finishing.set()
+            _fail(job, exc)
+            return 1
+        used = os.times()
+        cpu = used.user + used.system + used.children_user + used.children_system
+        job.log(f"worker CPU time {cpu:.2f} s (validation child included)")
+        watchdog.finishing.set()
+        job.commit(
+            "recording the outcome",
+            lambda conn: jobs.finish(
+                conn, job_id, status="succeeded", version=version, deployed=deployed, reason=reason
+            ),
         )
-    engine.close()
-    return 0
+        return 0
+    finally:
+        watchdog.halt.set()
+        job.close()
 
 
 def _fail(job: RunningJob, exc: Exception) -> None:
@@ -396,9 +571,12 @@ def _fail(job: RunningJob, exc: Exception) -> None:
     error = str(exc) if isinstance(exc, BeastError) else f"{type(exc).__name__}: {exc}"
     with contextlib.suppress(BeastError):
         job.log("".join(traceback.format_exception(exc)[-3:]).strip())
-    with job.engine.store.write() as conn:
+
+    def record(conn: sqlite3.Connection) -> tuple[bool, str | None]:
         ended = jobs.finish(conn, job.id, status="failed", error=error)
-        version = jobs.row(conn, job.id)["version"]
+        return ended, jobs.row(conn, job.id)["version"]
+
+    ended, version = job.commit("recording the failure", record)
     if ended:
         workers.clean_files(job.engine.workspace.models_dir, job.id, job.line, version)
 

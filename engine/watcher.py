@@ -30,7 +30,7 @@ import watchfiles
 
 from engine import artifacts
 from engine.background import BackgroundThread
-from engine.errors import ArtifactRejected, BeastError
+from engine.errors import ArtifactRejected, BeastError, StateBusy
 from engine.facade import Engine
 from engine.warm_validator import WarmValidator
 from engine.workspace import Workspace
@@ -288,6 +288,10 @@ class ModelWatcher(BackgroundThread):
         except Unsettled as exc:
             self._pending[path] = self._seen[path][1] + self.options.quiet_s
             log.debug("%s is not a model yet (%s); looking again when it is quiet", relative, exc)
+            return
+        except StateBusy:  # nothing was decided: looked at again until the store is free
+            self._pending[path] = _now() + self.options.tick_s
+            log.debug("%s waits for a busy store", relative)
             return
         except ArtifactRejected as exc:
             log.warning("rejected %s: %s", relative, _without_name(str(exc), path))

@@ -145,12 +145,12 @@ def reap(conn: sqlite3.Connection, models_dir: Path, line: str | None = None) ->
     failed: list[int] = []
     for found in jobs.lost(conn, line):
         kill_group(found["pgid"], found["id"], models_dir.parent)
-        never = found["status"] == "queued"
-        error = (
-            "worker never started (no claim within its lease)"
-            if never
-            else "worker lost: its lease expired (the process died or stopped renewing it)"
-        )
+        if found["status"] == "queued":
+            error = "worker never started (no claim within its lease)"
+        elif _past_deadline(found):  # killed by its watchdog while the store was busy
+            error = jobs.timed_out(found["timeout_s"])
+        else:
+            error = "worker lost: its lease expired (the process died or stopped renewing it)"
         if jobs.finish(conn, found["id"], status="failed", error=error, expect_running=False):
             clean_files(models_dir, found["id"], found["line"], found["version"])
             failed.append(found["id"])
@@ -158,8 +158,15 @@ def reap(conn: sqlite3.Connection, models_dir: Path, line: str | None = None) ->
         if line is not None and found["line"] != line:
             continue
         kill_group(found["pgid"], found["id"], models_dir.parent)
-        error = f"timed out after {found['timeout_s']:g}s: worker process group killed"
+        error = jobs.timed_out(found["timeout_s"])
         if jobs.finish(conn, found["id"], status="failed", error=error):
             clean_files(models_dir, found["id"], found["line"], found["version"])
             failed.append(found["id"])
     return failed
+
+
+def _past_deadline(found: sqlite3.Row) -> bool:
+    """Did a running job's deadline pass (a reading of this boot's monotonic clock)?"""
+    deadline = found["deadline"]
+    same_boot = found["boot_id"] == jobs.boot_id()
+    return deadline is not None and same_boot and deadline < jobs.monotonic()
