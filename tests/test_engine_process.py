@@ -71,8 +71,10 @@ def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path) -> dict[st
             pytest.fail(f"beast engine exited {proc.returncode}:\n{log.read_text()}")
         try:
             response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            if response.status_code == 200:
-                doc: dict[str, Any] = response.json()
+            doc: dict[str, Any] = response.json()
+            # Up: serving (200), answering why it cannot (503 "unready": nothing deployed), or
+            # asking for the token ([api] require_token = "always").
+            if response.status_code in (200, 401) or doc.get("status") == "unready":
                 return doc
         except httpx.TransportError:
             pass
