@@ -526,8 +526,8 @@ class Api:
                 f"unknown window '{text.escape(window[:20])}' "
                 f"(use {', '.join(rollup_metrics.WINDOWS)})",
             )
-        model = request.query_params.get("model") or None
-        if model is not None:
+        model = request.query_params.get("model")
+        if model is not None:  # given, even empty: a name, as the document says
             model = schema.MODEL.check(model, "model")
         document = await run_in_threadpool(self._monitor_document, window, model)
         return json_response(document)

@@ -237,12 +237,17 @@ class Number(Spec):
 @dataclass(frozen=True)
 class Actual(Spec):
     """Feedback's actual value: a finite number; its line's label range is checked by
-    engine.labels once the prediction's line is known, and the document gives the widest."""
+    engine.labels once the prediction's line is known. Alone, a value outside it is refused
+    (422), and the document gives the widest range; in a batch it is that item's answer."""
+
+    bounded: bool = True
 
     def check(self, value: Any, where: str) -> float:
         return Number().check(value, where)
 
     def schema(self, ctx: Context) -> dict[str, Any]:
+        if not self.bounded:
+            return self.described({"type": "number"})
         lo, hi = ctx.label_range
         return self.described({"type": "number", "minimum": _num(lo), "maximum": _num(hi)})
 
@@ -252,6 +257,8 @@ class Integer(Spec):
     minimum: int | None = None
 
     def check(self, value: Any, where: str) -> int:
+        if type(value) is float and value.is_integer():
+            value = int(value)  # 7.0 is an integer to JSON Schema, as to JSON
         if type(value) is not int:
             raise ApiError(422, f"{where} must be an integer, got {kind(value)}")
         if self.minimum is not None and value < self.minimum:
@@ -548,10 +555,25 @@ FEEDBACK = Body(
     ),
     required=("prediction_id", "actual"),
 )
+FEEDBACK_ITEM = Body(
+    "FeedbackItem",
+    "feedback",
+    (
+        FEEDBACK.fields[0],
+        (
+            "actual",
+            Actual(
+                "The true value; outside the line's label_range the item is answered invalid.",
+                bounded=False,
+            ),
+        ),
+    ),
+    required=("prediction_id", "actual"),
+)
 FEEDBACK_BATCH = Body(
     "BatchFeedbackRequest",
     "feedback",
-    (("items", ListOf("One feedback each, answered each.", item=Nested(body=FEEDBACK))),),
+    (("items", ListOf("One feedback each, answered each.", item=Nested(body=FEEDBACK_ITEM))),),
     required=("items",),
 )
 DEPLOY = Body(
@@ -593,7 +615,17 @@ PROMOTE = Body(
 ABORT = Body(
     "AbortRequest", "abort", (("name", Name("The running A/B test.")), *EXPECT), required=("name",)
 )
-BODIES = (PREDICT, PREDICT_BATCH, FEEDBACK, FEEDBACK_BATCH, DEPLOY, ROLLBACK, PROMOTE, ABORT)
+BODIES = (
+    PREDICT,
+    PREDICT_BATCH,
+    FEEDBACK,
+    FEEDBACK_ITEM,
+    FEEDBACK_BATCH,
+    DEPLOY,
+    ROLLBACK,
+    PROMOTE,
+    ABORT,
+)
 
 
 # -- the OpenAPI document ------------------------------------------------------------------------
