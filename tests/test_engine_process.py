@@ -137,7 +137,9 @@ def load(
             for p in doc["predictions"] if rows > 1 else [doc]:
                 with tally.lock:
                     tally.served[p["prediction_id"]] = p["version"]
-                waiting.append((p["prediction_id"], round(p["score"] + (i % 7), 3)))
+                # An actual near the score, inside the line's label range (0–100).
+                actual = min(100.0, max(0.0, round(p["score"] + (i % 7), 3)))
+                waiting.append((p["prediction_id"], actual))
             if len(waiting) >= batch_feedback:
                 items = [{"prediction_id": p, "actual": a} for p, a in waiting]
                 waiting = []

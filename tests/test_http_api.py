@@ -624,3 +624,14 @@ def test_token_file_is_created_private_and_reused(
     path.write_text("\n")
     with pytest.raises(BeastError, match="empty"):
         configured_token(registered)
+
+
+def test_no_answer_can_fail_to_encode() -> None:
+    """A lone surrogate that reaches an answer is escaped as JSON allows, never a 500."""
+    from engine.http_api import error_response, json_response
+
+    answer = json_response({"prediction_id": "a\ud800b"})
+    assert json.loads(answer.body) == {"prediction_id": "a\ud800b"}
+    refusal = error_response(422, "unknown field '\ud800'\nsecond line \x1b[2J")
+    message = json.loads(refusal.body)["error"]
+    assert message.isprintable() and "\\ud800" in message and "\\x1b" in message
