@@ -419,11 +419,39 @@ class AnyOf:
         return {"anyOf": [_present(body, f, ctx) for f in self.fields]}
 
 
+@dataclass(frozen=True)
+class ByLine:
+    """With several lines deployed, `model` is required and names the line whose feature
+    schema `field` follows (one row, or a list of rows). The router checks it when it routes
+    the row; the document states it as one alternative per line."""
+
+    field: str
+    rows: bool = False
+
+    def check(self, values: dict[str, Any], what: str) -> None:
+        return None  # engine.features, against the named line's schema, once routed
+
+    def schema(self, body: Body, ctx: Context) -> dict[str, Any]:
+        if len(ctx.lines) < 2:  # one line: `model` may be left out
+            return {}
+        alternatives = []
+        for line, line_schema in ctx.lines.items():
+            row = features_schema(line_schema)
+            value = {"type": "array", "items": row, "minItems": 1} if self.rows else row
+            alternatives.append(
+                {
+                    "required": ["model", self.field],
+                    "properties": {"model": {"const": line}, self.field: value},
+                }
+            )
+        return {"oneOf": alternatives}
+
+
 def _present(body: Body, name: str, ctx: Context) -> dict[str, Any]:
     return {"required": [name], "properties": {name: body.spec(name).schema(ctx)}}
 
 
-Rule = Requires | AnyOf
+Rule = Requires | AnyOf | ByLine
 
 
 # -- bodies -------------------------------------------------------------------------------------
@@ -483,8 +511,9 @@ class Body:
         }
         if self.required:
             out["required"] = list(self.required)
-        if self.rules:
-            out["allOf"] = [rule.schema(self, ctx) for rule in self.rules]
+        rules = [schema for rule in self.rules if (schema := rule.schema(self, ctx))]
+        if rules:
+            out["allOf"] = rules
         if self.description:
             out["description"] = self.description
         return out
@@ -521,6 +550,7 @@ PREDICT = Body(
         ("model", MODEL),
     ),
     required=("features",),
+    rules=(ByLine("features"),),
     hints=(
         (
             "features",
@@ -545,6 +575,7 @@ PREDICT_BATCH = Body(
         ("model", MODEL),
     ),
     required=("rows",),
+    rules=(ByLine("rows", rows=True),),
 )
 FEEDBACK = Body(
     "FeedbackRequest",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Workspace
-from tests.helpers import REPO, assert_invariants, copy_workspace, model_path
+from tests.helpers import REPO, assert_invariants, copy_workspace, model_path, train_model
 from tests.test_engine_process import engine_env, running_engine
 
 pytestmark = pytest.mark.slow
@@ -31,9 +31,12 @@ SEED = 12
 def serving(_template: Workspace, tmp_path: Path) -> Workspace:
     ws = copy_workspace(_template, tmp_path / "ws" / ".beast-mode")
     engine = Engine(ws, actor="tester")
+    other = ws.models_dir / "churn-risk-v1.0.json"
+    train_model(other, seed=9, n_features=3, names=("age", "plan", "usage"))
     try:
         engine.deploy(model_path(ws, "v1.0"))
         engine.deploy(model_path(ws, "v2.0"), traffic=30, ab_test="ab-v2")
+        engine.deploy(other)
     finally:
         engine.close()
     return ws

@@ -28,6 +28,7 @@ from engine.http_schema import (
     FEEDBACK,
     OPERATIONS,
     PREDICT,
+    PREDICT_BATCH,
     SAFE_TEXT,
     ApiError,
     Body,
@@ -41,11 +42,18 @@ NAMES = ("coverage", "complexity", "lint_density", "duplication", "churn")
 CTX = Context(lines={"quality-predictor": features.Schema(NAMES)}, max_rows=50)
 
 
-@functools.cache
-def validator(body: Body, ctx: Context = CTX) -> Any:
+def validator(body: Body, ctx: Context | None = None) -> Any:
+    """A JSON Schema validator of `body`'s component in the document for `ctx`."""
+    if ctx is None:
+        return _seed_validator(body)
     document = openapi_document(ctx)
     schema = {"$ref": f"#/components/schemas/{body.name}", "components": document["components"]}
     return jsonschema_rs.validator_for(schema)
+
+
+@functools.cache
+def _seed_validator(body: Body) -> Any:
+    return validator(body, CTX)
 
 
 def parses(body: Body, document: Any) -> bool:
@@ -224,3 +232,19 @@ def test_the_document_follows_the_workspace() -> None:
     assert loopback["paths"]["/v1/predict"]["post"]["security"] == []
     assert loopback["paths"]["/v1/abort"]["post"]["security"] == [{"bearer": []}]
     json.dumps(doc, allow_nan=False)  # a plain JSON document
+
+
+def test_with_several_lines_the_model_names_the_rows_schema() -> None:
+    ctx = Context(
+        lines={"quality-predictor": features.Schema(NAMES), "churn": features.Schema(("a", "b"))}
+    )
+    predict, batch = validator(PREDICT, ctx), validator(PREDICT_BATCH, ctx)
+    row = dict.fromkeys(NAMES, 0.5)
+    assert predict.is_valid({"features": row, "model": "quality-predictor"})
+    assert predict.is_valid({"features": [1, 2], "model": "churn"})
+    assert not predict.is_valid({"features": row})  # which line? the server says 422 too
+    assert not predict.is_valid({"features": row, "model": "churn"})
+    assert batch.is_valid({"rows": [[1, 2], {"a": 1, "b": 2}], "model": "churn"})
+    assert not batch.is_valid({"rows": [[1, 2], row], "model": "churn"})
+    one = validator(PREDICT)  # one line: model may be left out
+    assert one.is_valid({"features": row}) and one.is_valid({"features": row, "model": "x"})
