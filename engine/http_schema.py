@@ -11,11 +11,14 @@ as it is configured and deployed now (a test holds every route of the app to the
 Decisions:
 - Plain frozen dataclasses, not pydantic or msgspec: features are validated against the line's
   own schema by engine.features (which no static model can describe), a one-row predict body
-  is three fields, and a loop over them costs a few µs on the hot path (measured with
-  tests/bench/test_bench_http.py); no new dependency.
+  is three fields, and parsing it costs ~0.9 µs (timeit; the door ~0.7 µs, duplicate-key
+  detection ~3 µs for a 20-feature body) against ~350 µs of CPU per one-row request; no new
+  dependency.
 - `null` is the same as an absent optional field (clients serialise None), in both places.
 - The one rule JSON Schema cannot state — a batch's `keys` has one entry per row — is checked
-  here and said in the field's description.
+  by the handler and said in the field's description (schemathesis.toml's hook knows it).
+- tests/test_http_schema.py holds `parse` to a JSON Schema validator over generated documents,
+  and tests/test_http_contract.py runs schemathesis against a real engine.
 - Strict JSON before any of this: duplicate keys, `NaN`/`Infinity` literals and deep nesting
   are refused by `parse_json`.
 """
