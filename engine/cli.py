@@ -294,6 +294,7 @@ def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
         watch=args.watch,
         rescan_every_s=args.rescan_every,
         retrain_check_every_s=args.retrain_check_every,
+        allowed_hosts=tuple(args.allowed_host),
     )
     return daemon.serve(engine.workspace, options)
 
@@ -359,6 +360,14 @@ def _add_engine_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
         default=300.0,
         metavar="S",
         help="check the retraining triggers every S seconds; 0: never",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host is NAME[:PORT] (repeatable; beside localhost, "
+        "127.0.0.1, [::1], --host and [api] allowed_hosts); any other Host gets 421",
     )
 
 

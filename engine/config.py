@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.naming import NAME_PATTERN
 
 DEFAULT_CONFIG_TOML = """\
 # beast-mode workspace configuration. Defaults are the seed guide's
@@ -67,6 +68,19 @@ enabled = true
 # taken from the workspace; or a tracking server, e.g. "http://mlflow.internal:5000"
 tracking_uri = ""
 experiment = "beast-mode"
+
+[api]
+# host names (with or without :port) the engine answers besides localhost, 127.0.0.1, [::1] and
+# the address it listens on, e.g. ["beast.internal"]; "*" answers any Host (behind a proxy that
+# checks it); `beast engine --allowed-host NAME` adds more
+allowed_hosts = []
+# which requests need Authorization: Bearer <token>: "mutations" (deploy, rollback, promote,
+# abort), "always" (every request), or "auto": always beyond loopback, else mutations
+require_token = "auto"
+
+# One table per model line. label_range: feedback (actual values) outside it is refused.
+# [lines.quality-predictor]
+# label_range = [0, 100]
 
 [console]
 # production changes (rollback, promote, deploy as production) ask for the new production
@@ -149,6 +163,29 @@ class ConsoleSettings:
     environment: str = ""
 
 
+TOKEN_POLICIES = ("auto", "always", "mutations")
+DEFAULT_LABEL_RANGE = (0.0, 100.0)  # the seed's score
+# A host name or address as a client writes it in `Host`, optionally with a port; or "*".
+HOST_PATTERN = re.compile(
+    r"(?:\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?)(?::[0-9]{1,5})?"
+)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: who may talk to the engine's HTTP API (field names distinct from other sections)."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    require_token: str = "auto"
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """[lines.NAME]: what one model line declares."""
+
+    label_range: tuple[float, float] = DEFAULT_LABEL_RANGE
+
+
 @dataclass(frozen=True)
 class LogSettings:
     """[log]: the prediction log's retention and its loss alert."""
@@ -168,6 +205,16 @@ class Config:
     mlflow: MlflowSettings = MlflowSettings()
     console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
+    api: ApiConfig = ApiConfig()
+    # (line name, its settings), sorted by name; a line not listed has the defaults
+    lines: tuple[tuple[str, LineSettings], ...] = ()
+
+    def line(self, name: str) -> LineSettings:
+        """The settings of model line `name` ([lines.NAME], else the defaults)."""
+        for line, settings in self.lines:
+            if line == name:
+                return settings
+        return LineSettings()
 
 
 Check = Callable[[Any], bool]
@@ -229,6 +276,25 @@ def _significance(value: Any) -> bool:
     return _number(value) and 0.0 < value < 0.5
 
 
+def _hosts(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str) and HOST_PATTERN.fullmatch(v) is not None for v in value
+    )
+
+
+def _token_policy(value: Any) -> bool:
+    return value in TOKEN_POLICIES
+
+
+def _range(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2  # [lo, hi]
+        and all(_number(v) for v in value)
+        and value[0] < value[1]
+    )
+
+
 # dotted key -> (dataclass field, rule, what the rule means)
 _RULES: dict[str, tuple[str, Check, str]] = {
     "thresholds.accuracy.min": ("accuracy_min", _fraction, "a fraction between 0 and 1"),
@@ -273,6 +339,16 @@ _RULES: dict[str, tuple[str, Check, str]] = {
         "a number of days ≥ 0 (0: keep all)",
     ),
     "log.loss_alert_minutes": ("loss_alert_minutes", _positive, "a positive number of minutes"),
+    "api.allowed_hosts": (
+        "allowed_hosts",
+        _hosts,
+        'a list of host names or addresses, each with an optional :port (or "*")',
+    ),
+    "api.require_token": ("require_token", _token_policy, "one of " + ", ".join(TOKEN_POLICIES)),
+}
+# The keys of one [lines.NAME] table -> (rule, what the rule means)
+_LINE_RULES: dict[str, tuple[Check, str]] = {
+    "label_range": (_range, "[lo, hi]: two finite numbers with lo < hi"),
 }
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.
@@ -300,6 +376,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    lines = _lines(raw.pop("lines", {}), source)
     flat = _flatten(raw)
     values: dict[str, Any] = {}
     for key, value in flat.items():
@@ -318,8 +395,9 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
                 f"{source}: {low} = {merged[low]!r} must be {sign} {high} = {merged[high]!r}"
             )
     by_field = {_RULES[key][0]: value for key, value in merged.items()}
-    if isinstance(by_field.get("nullable_features"), list):
-        by_field["nullable_features"] = tuple(by_field["nullable_features"])
+    for listed in ("nullable_features", "allowed_hosts"):
+        if isinstance(by_field.get(listed), list):
+            by_field[listed] = tuple(by_field[listed])
 
     def section(cls: type[Any]) -> Any:
         return cls(**{k: v for k, v in by_field.items() if k in _fields(cls)})
@@ -333,7 +411,40 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         mlflow=section(MlflowSettings),
         console=section(ConsoleSettings),
         log=section(LogSettings),
+        api=section(ApiConfig),
+        lines=lines,
     )
+
+
+def _lines(table: Any, source: str) -> tuple[tuple[str, LineSettings], ...]:
+    """The [lines.NAME] tables, each key checked like any other (unknown keys refused)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: lines must be tables, [lines.NAME], got {table!r}")
+    out: list[tuple[str, LineSettings]] = []
+    for name, keys in sorted(table.items()):
+        if re.fullmatch(NAME_PATTERN, name) is None:
+            raise ConfigError(
+                f"{source}: [lines.{name}] does not name a model line (1–100 letters, digits, "
+                "'.', '_', '+' or '-', starting with a letter or digit)"
+            )
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{source}: lines.{name} must be a table, [lines.{name}]")
+        values: dict[str, Any] = {}
+        for key, value in keys.items():
+            rule = _LINE_RULES.get(key)
+            if rule is None:
+                raise ConfigError(
+                    f"{source}: unknown key lines.{name}.{key} (known: {', '.join(_LINE_RULES)})"
+                )
+            check, meaning = rule
+            if not check(value):
+                raise ConfigError(
+                    f"{source}: lines.{name}.{key} = {value!r} is invalid: must be {meaning}"
+                )
+            values[key] = value
+        lo, hi = values.get("label_range", DEFAULT_LABEL_RANGE)
+        out.append((name, LineSettings(label_range=(float(lo), float(hi)))))
+    return tuple(out)
 
 
 def _fields(cls: type) -> set[str]:
@@ -350,6 +461,7 @@ def _defaults() -> dict[str, Any]:
         MlflowSettings(),
         ConsoleSettings(),
         LogSettings(),
+        ApiConfig(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

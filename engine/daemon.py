@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from engine import text
 from engine.background import BackgroundThread, Trouble
+from engine.config import HOST_PATTERN
 from engine.errors import BeastError
 from engine.facade import Engine
 from engine.workspace import ENV_VAR, Workspace
@@ -83,6 +84,8 @@ class EngineOptions:
     watch: bool = True
     rescan_every_s: float = 30.0
     retrain_check_every_s: float = 300.0
+    # Host names served beyond the loopback names and --host (`--allowed-host`, repeatable).
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def is_loopback(host: str) -> bool:
@@ -415,43 +418,76 @@ def _check(options: EngineOptions) -> None:
         raise BeastError(
             f"--retrain-check-every {options.retrain_check_every_s:g} must be 0 (never) or more"
         )
+    from engine.http_guard import split_host  # numpy, through the HTTP schema: only here
+
+    for name in options.allowed_hosts:
+        if HOST_PATTERN.fullmatch(name) is None or (name != "*" and split_host(name) is None):
+            raise BeastError(
+                f"--allowed-host {name!r} is not a host name or address (with an optional "
+                ':port), or "*"'
+            )
 
 
 def _token(workspace: Workspace, exposed: bool, host: str) -> tuple[str, bool]:
     """The API token and whether it was created now; refused beyond loopback without one."""
-    from engine import http_api
+    from engine import http_token
 
     if not exposed:
-        return http_api.ensure_token(workspace)
-    token = http_api.configured_token(workspace)
+        return http_token.ensure_token(workspace)
+    token = http_token.configured_token(workspace)
     if token is None:
         raise BeastError(
             f"refusing to listen on {host}, beyond loopback, without an API token: "
-            f"set {http_api.TOKEN_ENV} or create {http_api.token_path(workspace)} (mode "
+            f"set {http_token.TOKEN_ENV} or create {http_token.token_path(workspace)} (mode "
             "0600), or listen on 127.0.0.1"
         )
     return token, False
 
 
+def api_settings(workspace: Workspace, options: EngineOptions) -> ApiSettings:
+    """The HTTP API's settings from config.toml's [api] and the command line.
+
+    `require_token = "auto"` asks for the token on every route beyond loopback, and only for
+    mutations on it. The address the engine listens on is a Host it serves, as are the
+    loopback names (engine.http_guard) and `[api] allowed_hosts` / `--allowed-host`.
+    """
+    from engine import http_api
+    from engine.config import load_config
+
+    api = load_config(workspace.config_path).api
+    exposed = not is_loopback(options.host)
+    everywhere = api.require_token == "always" or (api.require_token == "auto" and exposed)
+    if exposed and not everywhere:
+        log.warning(
+            "listening on %s with [api] require_token = %r: predictions and feedback need no "
+            "token from anyone who can reach this address",
+            options.host,
+            api.require_token,
+        )
+    bound = f"[{options.host}]" if ":" in options.host else options.host
+    hosts = tuple(dict.fromkeys((bound, *api.allowed_hosts, *options.allowed_hosts)))
+    return http_api.ApiSettings(token_everywhere=everywhere, allowed_hosts=hosts)
+
+
 def serve(workspace: Workspace, options: EngineOptions) -> int:
     """Run the engine until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it never started."""
-    from engine import http_api
+    from engine import http_token
 
     _check(options)
     configure_process()
     _preflight(workspace)
     exposed = not is_loopback(options.host)
     token, created = _token(workspace, exposed, options.host)
-    settings = http_api.ApiSettings(token_everywhere=exposed)
     logging.config.dictConfig(log_config(options.log_level))
+    settings = api_settings(workspace, options)
     lock = EngineLock(workspace).acquire()
     sock: socket.socket | None = None
     background = Background(workspace, options)
     try:
         sock = bind(options.host, options.port)
         if created:
-            log.info("created the API token file %s (mode 0600)", http_api.token_path(workspace))
-        from_env = os.environ.get(http_api.TOKEN_ENV)
+            log.info("created the API token file %s (mode 0600)", http_token.token_path(workspace))
+        from_env = os.environ.get(http_token.TOKEN_ENV)
         log.info(
             "beast engine on http://%s:%d (pid %d, %d worker%s) for %s; bearer token for %s "
             "from %s",
@@ -461,8 +497,8 @@ def serve(workspace: Workspace, options: EngineOptions) -> int:
             options.workers,
             "" if options.workers == 1 else "s",
             workspace.root,
-            "every request" if exposed else "mutations",
-            f"${http_api.TOKEN_ENV}" if from_env else http_api.token_path(workspace),
+            "every request" if settings.token_everywhere else "mutations",
+            f"${http_token.TOKEN_ENV}" if from_env else http_token.token_path(workspace),
         )
         if options.workers == 1:
             _run_one(

@@ -278,14 +278,23 @@ class Engine:
 
         text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
         return labels.record(
-            self.store, prediction_id, actual, self.config.thresholds.tolerance_points
+            self.store,
+            prediction_id,
+            actual,
+            self.config.thresholds.tolerance_points,
+            ranges=labels.LabelRanges.of_config(self.config),
         )
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
         from engine import labels
 
-        return labels.record_many(self.store, items, self.config.thresholds.tolerance_points)
+        return labels.record_many(
+            self.store,
+            items,
+            self.config.thresholds.tolerance_points,
+            ranges=labels.LabelRanges.of_config(self.config),
+        )
 
     # -- registry -------------------------------------------------------------------------
 

@@ -5,50 +5,58 @@ Routes: `POST /v1/predict` (one row or a batch), `POST /v1/feedback` (one or a b
 the mutations `POST /v1/deploy|rollback|promote|abort`, which call the `Engine` facade with the
 CLI's arguments and need `Authorization: Bearer <token>`.
 
+This module is the application and its handlers; engine.http_guard is the door (Host, Origin,
+token, Content-Type), engine.http_schema the request bodies (validation and the OpenAPI
+document, from one declaration), engine.http_token the token file.
+
 Decisions:
 - Starlette, not FastAPI: the request bodies are validated by our own code anyway (features
   by name against each line's schema, which no static pydantic model can describe), so
   FastAPI would add pydantic's per-request cost and nothing we use (measured on the same
-  one-row endpoint: ~30% fewer requests/s, p50 +0.2 ms); the OpenAPI document is written
-  out below instead of being generated.
+  one-row endpoint: ~30% fewer requests/s, p50 +0.2 ms); the OpenAPI document is generated
+  from the bodies' declarations instead.
 - One Router and one PredictionLog per process, made in the lifespan; shutting the lifespan
   down flushes the log, so every acknowledged prediction is stored.
 - A single-row prediction (~0.3 ms of CPU) runs on the event loop: handing it to a thread
   costs more than it takes (measured: ~25–40% fewer requests/s through run_in_threadpool,
   with 1 and with 8 clients). Everything that can wait on SQLite, a child process or a big
   body (batches, feedback, status, monitor, metrics, mutations) runs in the thread pool.
-- Limits come before parsing: the body is read against a byte cap (413), JSON's `NaN` and
-  `Infinity` literals are refused (422), batches are capped in rows (413).
-- Every refusal is a JSON `{"error": "one line"}` with a 4xx (BeastError.http_status); a
-  prediction the model fails is still logged, and answered 500 with its prediction_id.
+- Limits come before parsing: the door first, then the body read against a byte cap (413);
+  JSON's `NaN`/`Infinity` literals and duplicate keys are refused (422), and so are batches
+  over the row cap (422, like every other violation of the document's schema).
+- Every refusal is a JSON `{"error": "one line"}` with a 4xx (BeastError.http_status); client
+  text quoted in it is escaped, and no answer can fail to encode. A prediction the model fails
+  is still logged, and answered 500 with its prediction_id. A mutation the engine refuses
+  after its body passed the schema is refused by the state: 404 or 409.
+- A client that hangs up before its body arrived is one INFO line, never a traceback.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from engine import labels, prom
+from engine import http_schema as schema
+from engine import labels, prom, text
 from engine.errors import BeastError, Conflict, NotFound
 from engine.facade import Engine
+from engine.http_guard import Door
+from engine.http_schema import ApiError, kind, parse_json
+from engine.http_token import configured_token, token_path
 from engine.identity import current_actor
 from engine.predlog import PredictionLog
 from engine.records import Change, Expect
@@ -61,12 +69,8 @@ log = logging.getLogger("beast.api")
 T = TypeVar("T")
 Handler = Callable[[Request], Awaitable[Response]]
 
-TOKEN_ENV = "BEAST_API_TOKEN"
-TOKEN_FILE = "api-token"
 SETTINGS_ENV = "BEAST_ENGINE_SETTINGS"
-MAX_KEY_CHARS = 1024
-MAX_NAME_CHARS = 200
-MAX_NOTE_CHARS = 2000
+CLIENT_GONE = 499  # counted in metrics for a client that hung up (nginx's convention)
 # Bodies above this are parsed (and small batches scored) in a worker thread, so that one
 # big request does not stall the event loop for the other clients.
 PARSE_INLINE_BYTES = 64 * 1024
@@ -78,8 +82,11 @@ class ApiSettings:
 
     max_body_bytes: int = 1 << 20
     max_rows: int = 10_000
-    # A token for every request, not only mutations: set when listening beyond loopback.
+    # A token for every request, not only mutations: [api] require_token ("always", or
+    # "auto" when listening beyond loopback).
     token_everywhere: bool = False
+    # Host names served beyond localhost, 127.0.0.1 and [::1] (engine.http_guard).
+    allowed_hosts: tuple[str, ...] = ()
     log_interval_s: float = 0.05
     refresh_s: float = 0.5
     # Single-row predictions on the event loop (measured faster than the thread pool).
@@ -89,125 +96,27 @@ class ApiSettings:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_env(cls, text: str) -> ApiSettings:
-        return cls(**json.loads(text))
+    def from_env(cls, raw: str) -> ApiSettings:
+        values = json.loads(raw)
+        values["allowed_hosts"] = tuple(values.get("allowed_hosts", ()))
+        return cls(**values)
 
 
-# -- the token ------------------------------------------------------------------------------
+# -- answers ---------------------------------------------------------------------------------
 
 
-def token_path(workspace: Workspace) -> Path:
-    return workspace.root / TOKEN_FILE
-
-
-def configured_token(workspace: Workspace) -> str | None:
-    """`$BEAST_API_TOKEN`, else `<workspace>/api-token`, else None. Never logged."""
-    from_env = os.environ.get(TOKEN_ENV)
-    if from_env is not None:
-        if not from_env.strip():
-            raise BeastError(f"{TOKEN_ENV} is set but empty: unset it or give it a token")
-        return from_env.strip()
-    path = token_path(workspace)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise BeastError(f"cannot read the API token {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, encoding="utf-8") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & 0o077:
-            raise BeastError(
-                f"the API token {path} is readable by others (mode {mode & 0o777:o}): "
-                f"run `chmod 600 {path}`"
-            )
-        text = handle.read().strip()
-    if not text:
-        raise BeastError(f"the API token {path} is empty: delete it and start the engine again")
-    return text
-
-
-def ensure_token(workspace: Workspace) -> tuple[str, bool]:
-    """The configured token, or a new one written to `<workspace>/api-token` (mode 0600).
-
-    Returns the token and whether it was created now. `O_EXCL` makes two engines starting
-    at once agree on one token.
-    """
-    existing = configured_token(workspace)
-    if existing is not None:
-        return existing, False
-    path = token_path(workspace)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        again = configured_token(workspace)
-        if again is None:  # pragma: no cover - deleted between the two opens
-            raise BeastError(f"{path} vanished while it was being created; retry") from None
-        return again, False
-    except OSError as exc:
-        raise BeastError(f"cannot create the API token {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return token, True
-
-
-# -- requests and answers ---------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """A refusal with its HTTP status; the message is one line for the client."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-        self.extra = extra or {}
-
-
-class _JsonConstant(Exception):
-    """`NaN`, `Infinity` or `-Infinity` in a body (json.loads accepts them by default)."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _JsonConstant(name)
-
-
-def parse_json(body: bytes) -> Any:
-    """Strict JSON: no NaN/Infinity literals, bounded nesting; a 4xx ApiError otherwise."""
-    if not body.strip():
-        raise ApiError(400, "empty body: send a JSON object")
-    try:
-        return json.loads(body, parse_constant=_refuse_constant)
-    except _JsonConstant as exc:
-        raise ApiError(
-            422, f"JSON literal {exc.args[0]} is not allowed: send finite numbers"
-        ) from None
-    except RecursionError:
-        raise ApiError(400, "body is not acceptable JSON: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "body is not UTF-8 encoded JSON") from None
-    except ValueError as exc:  # JSONDecodeError, and ints past Python's digit limit
-        raise ApiError(400, f"body is not valid JSON: {_one_line(str(exc))}") from None
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    line = " ".join(text.split())
+def _one_line(text_: str, limit: int = 500) -> str:
+    line = " ".join(text_.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _dumps(document: Any) -> bytes:
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(
+            document, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        ).encode()
+    except UnicodeEncodeError:  # a lone surrogate somewhere: escaped as JSON allows
+        return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
 
 
 def json_response(
@@ -223,87 +132,10 @@ def error_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    return json_response({"error": _one_line(message), **(extra or {})}, status, headers)
-
-
-class Fields:
-    """Typed access to a JSON object's fields; unknown fields are refused, naming them."""
-
-    def __init__(self, document: dict[str, Any], what: str) -> None:
-        self.doc = document
-        self.what = what
-        self.used: set[str] = set()
-
-    def raw(self, name: str) -> Any:
-        """The field's value as sent (checked by the caller); the field counts as known."""
-        self.used.add(name)
-        return self.doc.get(name)
-
-    def text(self, name: str, *, limit: int = MAX_NAME_CHARS, required: bool = False) -> str | None:
-        value = self.raw(name)
-        if value is None:
-            if required:
-                raise ApiError(422, f"{self.what}: {name} is required")
-            return None
-        if not isinstance(value, str):
-            raise ApiError(422, f"{self.what}: {name} must be a string, got {_kind(value)}")
-        if len(value) > limit:
-            raise ApiError(422, f"{self.what}: {name} is longer than {limit} characters")
-        return value
-
-    def number(self, name: str) -> float | None:
-        value = self.raw(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ApiError(422, f"{self.what}: {name} must be a number, got {_kind(value)}")
-        if not math.isfinite(float(value)):
-            raise ApiError(422, f"{self.what}: {name} must be finite")
-        return float(value)
-
-    def integer(self, name: str) -> int | None:
-        value = self.raw(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ApiError(422, f"{self.what}: {name} must be an integer, got {_kind(value)}")
-        return value
-
-    def flag(self, name: str) -> bool:
-        value = self.raw(name)
-        if value is None:
-            return False
-        if not isinstance(value, bool):
-            raise ApiError(422, f"{self.what}: {name} must be true or false, got {_kind(value)}")
-        return value
-
-    def expect(self) -> Expect | None:
-        production = self.text("expect")
-        revision = self.integer("expect_revision")
-        if production is None and revision is None:
-            return None
-        return Expect(production=production, revision=revision)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.doc) - self.used)
-        if unknown:
-            known = ", ".join(sorted(self.used))
-            raise ApiError(
-                422, f"{self.what}: unknown field {', '.join(unknown[:5])} (known: {known})"
-            )
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "a boolean",
-        str: "a string",
-        list: "a list",
-        dict: "an object",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    """`{"error": "one line"}`: whatever client text the message quotes is escaped."""
+    return json_response(
+        {"error": _one_line(text.escape(message)), **(extra or {})}, status, headers
+    )
 
 
 # -- the application ---------------------------------------------------------------------------
@@ -318,12 +150,20 @@ class Api:
         self.workspace = workspace
         self.settings = settings
         self.token = token
+        self.door = Door(
+            allowed_hosts=settings.allowed_hosts,
+            token=token,
+            token_everywhere=settings.token_everywhere,
+            token_file=str(token_path(workspace)),
+        )
         self.metrics = prom.ApiMetrics()
         self.engine: Engine | None = None
         self.router: Router | None = None
         self.log: PredictionLog | None = None
         self.tolerance = 0.0
+        self.ranges = labels.LabelRanges()
         self.started_at = time.time()
+        self._store_problem: str | None = None  # the last route refresh's store error
         # The facade holds one SQLite connection: one caller at a time (mutations are rare).
         self._engine_lock = threading.Lock()
         # Feedback writes use their own connection, so a slow status never delays them.
@@ -344,6 +184,7 @@ class Api:
             self.workspace.require()
             config = engine.config
             self.tolerance = config.thresholds.tolerance_points
+            self.ranges = labels.LabelRanges.of_config(config)
             plog = PredictionLog(
                 self.workspace.db_path,
                 tolerance=self.tolerance,
@@ -408,8 +249,9 @@ class Api:
                 return
             try:
                 router.refresh()
-                warned = None
+                warned = self._store_problem = None
             except BeastError as exc:
+                self._store_problem = str(exc)
                 if str(exc) != warned:  # once per distinct problem, not twice a second
                     log.warning("cannot refresh the deployed models: %s", exc)
                     warned = str(exc)
@@ -466,14 +308,15 @@ class Api:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def wrap(self, route: str, handler: Handler, *, mutation: bool = False) -> Handler:
-        """Authorization, error mapping and request metrics around one handler."""
-        metrics = self.metrics
+    def wrap(self, op: schema.Operation, handler: Handler) -> Handler:
+        """The door, error mapping and request metrics around one handler."""
+        metrics, door, route = self.metrics, self.door, op.name
+        post, mutation = op.method == "POST", op.mutation
 
         async def endpoint(request: Request) -> Response:
             start = time.perf_counter()
             try:
-                self.authorize(request, mutation=mutation)
+                door.admit(request.scope["headers"], post=post, mutation=mutation)
                 response = await handler(request)
             except ApiError as exc:
                 response = error_response(
@@ -481,6 +324,10 @@ class Api:
                 )
             except BeastError as exc:
                 response = error_response(exc.http_status, str(exc))
+            except ClientDisconnect:
+                # Nobody is left to answer; one line, no traceback (it is not our fault).
+                log.info("client disconnected during %s %s", request.method, request.url.path)
+                response = Response(status_code=CLIENT_GONE)
             except Exception:
                 # Never a traceback to the client; the log keeps it (no body, no token).
                 log.exception("internal error in %s %s", request.method, route)
@@ -491,28 +338,6 @@ class Api:
             return response
 
         return endpoint
-
-    def authorize(self, request: Request, *, mutation: bool) -> None:
-        """Bearer token for mutations, and for everything when listening beyond loopback."""
-        if not mutation and not self.settings.token_everywhere:
-            return
-        challenge = {"WWW-Authenticate": 'Bearer realm="beast-mode"'}
-        if self.token is None:
-            raise ApiError(
-                403,
-                "mutations over HTTP are disabled: no API token is configured (set "
-                f"{TOKEN_ENV}, or start the engine with `beast engine`, which creates "
-                f"{token_path(self.workspace)})",
-            )
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(
-                401, "missing bearer token: send Authorization: Bearer <token>", headers=challenge
-            )
-        # Constant time: the comparison must not tell how much of a guess was right.
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise ApiError(401, "wrong bearer token", headers=challenge)
 
     async def body(self, request: Request) -> bytes:
         """The body, read against the size cap before anything parses it (413 past it)."""
@@ -540,9 +365,20 @@ class Api:
             document = await run_in_threadpool(parse_json, raw)
         else:
             document = parse_json(raw)
-        if not isinstance(document, dict):
-            raise ApiError(422, f"the body must be a JSON object, got {_kind(document)}")
+        if type(document) is not dict:
+            raise ApiError(422, f"the body must be a JSON object, got {kind(document)}")
         return document
+
+    def context(self) -> schema.Context:
+        """What /openapi.json says that depends on this engine: lines, label range, limits."""
+        routes = self.router.routes() if self.router is not None else {}
+        return schema.Context(
+            lines={line: route.schema for line, route in sorted(routes.items())},
+            label_range=self.ranges.widest(routes),
+            max_rows=self.settings.max_rows,
+            max_body_bytes=self.settings.max_body_bytes,
+            token_everywhere=self.settings.token_everywhere,
+        )
 
     # -- predictions ------------------------------------------------------------------------
 
@@ -552,21 +388,14 @@ class Api:
         router = self._router()
         if "rows" in document:
             return await self._predict_batch(document, router)
-        fields = Fields(document, "predict")
-        if "features" not in document:
-            raise ApiError(
-                422,
-                "predict: features is required (an object of name → number, or a list of "
-                "numbers in the model's order; or rows for a batch)",
-            )
-        features = fields.raw("features")
-        key = fields.text("key", limit=MAX_KEY_CHARS)
-        model = fields.text("model")
-        fields.done()
-        if self.settings.predict_inline:
-            prediction = router.predict(features, key=key, model=model)
-        else:
-            prediction = await run_in_threadpool(router.predict, features, key=key, model=model)
+        features, key, model = schema.PREDICT.parse(document)
+        try:
+            if self.settings.predict_inline:
+                prediction = router.predict(features, key=key, model=model)
+            else:
+                prediction = await run_in_threadpool(router.predict, features, key=key, model=model)
+        except BeastError as exc:
+            raise _routing_refusal(exc) from None
         self.metrics.served((prediction,))
         document = prediction.to_json()
         if prediction.error is not None:
@@ -576,27 +405,13 @@ class Api:
         return json_response(document)
 
     async def _predict_batch(self, document: dict[str, Any], router: Router) -> Response:
-        fields = Fields(document, "predict")
-        rows = fields.raw("rows")
-        keys = fields.raw("keys")
-        model = fields.text("model")
-        fields.done()
-        if not isinstance(rows, list):
-            raise ApiError(422, f"predict: rows must be a list of rows, got {_kind(rows)}")
+        rows, keys, model = schema.PREDICT_BATCH.parse(document)
         if len(rows) > self.settings.max_rows:
             raise ApiError(
-                413, f"{len(rows)} rows is over the limit of {self.settings.max_rows} per request"
+                422, f"{len(rows)} rows is over the limit of {self.settings.max_rows} per request"
             )
-        if keys is not None:
-            if not isinstance(keys, list):
-                raise ApiError(422, f"predict: keys must be a list, got {_kind(keys)}")
-            if len(keys) != len(rows):
-                raise ApiError(422, f"predict: {len(keys)} keys for {len(rows)} rows")
-            for i, key in enumerate(keys):
-                if key is not None and not isinstance(key, str):
-                    raise ApiError(422, f"predict: keys[{i}] must be a string or null")
-                if isinstance(key, str) and len(key) > MAX_KEY_CHARS:
-                    raise ApiError(422, f"predict: keys[{i}] is over {MAX_KEY_CHARS} characters")
+        if keys is not None and len(keys) != len(rows):
+            raise ApiError(422, f"predict: {len(keys)} keys for {len(rows)} rows (one per row)")
 
         def work() -> tuple[list[Prediction], bytes, int]:
             predictions = router.predict_batch(rows, keys=keys, model=model)
@@ -609,7 +424,10 @@ class Api:
             out["predictions"] = [p.to_json() for p in predictions]
             return predictions, _dumps(out), len(failed)
 
-        predictions, body, failed = await run_in_threadpool(work)
+        try:
+            predictions, body, failed = await run_in_threadpool(work)
+        except BeastError as exc:
+            raise _routing_refusal(exc) from None
         self.metrics.served(predictions)
         return Response(body, 500 if failed else 200, media_type="application/json")
 
@@ -620,12 +438,7 @@ class Api:
         document = await self.json_object(request)
         if "items" in document:
             return await self._feedback_batch(document)
-        fields = Fields(document, "feedback")
-        pid = fields.text("prediction_id", limit=64, required=True)
-        actual_raw = fields.raw("actual")
-        fields.done()
-        assert pid is not None
-        actual = _actual(actual_raw, "feedback")
+        pid, actual = schema.FEEDBACK.parse(document)
         try:
             status = await run_in_threadpool(self._label_one, pid, actual)
         except NotFound as exc:
@@ -637,6 +450,11 @@ class Api:
             self.metrics.feedback_outcome("conflict")
             raise ApiError(
                 409, str(exc), extra={"prediction_id": pid, "status": "conflict"}
+            ) from None
+        except labels.OutOfRange as exc:
+            self.metrics.feedback_outcome("invalid")
+            raise ApiError(
+                422, str(exc), extra={"prediction_id": pid, "status": "invalid"}
             ) from None
         self.metrics.feedback_outcome(status)
         return json_response(
@@ -651,63 +469,36 @@ class Api:
     def _label_one(self, pid: str, actual: float) -> str:
         store = self._feedback()
         with self._feedback_lock:
-            return labels.record(store, pid, actual, self.tolerance)
+            return labels.record(store, pid, actual, self.tolerance, ranges=self.ranges)
 
     def _label_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         store = self._feedback()
         with self._feedback_lock:
-            return labels.record_many(store, items, self.tolerance)
+            return labels.record_many(store, items, self.tolerance, ranges=self.ranges)
 
     async def _feedback_batch(self, document: dict[str, Any]) -> Response:
-        """All valid items in one transaction; every item gets its own answer (200 overall)."""
-        fields = Fields(document, "feedback")
-        items = fields.raw("items")
-        fields.done()
-        if not isinstance(items, list):
-            raise ApiError(422, f"feedback: items must be a list, got {_kind(items)}")
+        """All items in one transaction; every item gets its own answer (200 overall).
+
+        A malformed item (not {prediction_id, actual}, wrong types) refuses the whole body
+        (422) like any schema violation; what depends on the state — unknown id, conflict,
+        outside the line's label range — is answered per item.
+        """
+        (items,) = schema.FEEDBACK_BATCH.parse(document)
         if len(items) > self.settings.max_rows:
-            raise ApiError(413, f"{len(items)} items is over the limit of {self.settings.max_rows}")
-        results: list[dict[str, Any] | None] = []
-        valid: list[tuple[str, object]] = []
-        slots: list[int] = []
-        for i, item in enumerate(items):
-            what = f"items[{i}]"
-            try:
-                if not isinstance(item, dict):
-                    raise ApiError(422, f"{what} must be an object, got {_kind(item)}")
-                item_fields = Fields(item, what)
-                pid = item_fields.text("prediction_id", limit=64, required=True)
-                actual = _actual(item_fields.raw("actual"), what)
-                item_fields.done()
-            except ApiError as exc:
-                pid_raw = item.get("prediction_id") if isinstance(item, dict) else None
-                results.append(
-                    {
-                        "prediction_id": pid_raw if isinstance(pid_raw, str) else None,
-                        "status": "invalid",
-                        "code": exc.status,
-                        "error": exc.message,
-                    }
-                )
-                continue
-            assert pid is not None
-            slots.append(len(results))
-            results.append(None)
-            valid.append((pid, actual))
-        outcomes = await run_in_threadpool(self._label_many, valid) if valid else []
-        for slot, outcome in zip(slots, outcomes, strict=True):
+            raise ApiError(422, f"{len(items)} items is over the limit of {self.settings.max_rows}")
+        outcomes = await run_in_threadpool(self._label_many, items) if items else []
+        results: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
             answer: dict[str, Any] = {
                 "prediction_id": outcome.prediction_id,
                 "status": outcome.status,
                 "code": outcome.http_status,
             }
             if outcome.message is not None:
-                answer["error"] = _one_line(outcome.message)
-            results[slot] = answer
-        counts: dict[str, int] = {}
-        for result in results:
-            assert result is not None
-            counts[result["status"]] = counts.get(result["status"], 0) + 1
+                answer["error"] = _one_line(text.escape(outcome.message))
+            results.append(answer)
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
         for status, n in counts.items():
             self.metrics.feedback_outcome(status, n)
         return json_response({"results": results, "counts": counts})
@@ -726,9 +517,13 @@ class Api:
         window = request.query_params.get("window", "1h")
         if window not in rollup_metrics.WINDOWS:
             raise ApiError(
-                422, f"unknown window {window[:20]!r} (use {', '.join(rollup_metrics.WINDOWS)})"
+                422,
+                f"unknown window '{text.escape(window[:20])}' "
+                f"(use {', '.join(rollup_metrics.WINDOWS)})",
             )
-        model = request.query_params.get("model") or None
+        model = request.query_params.get("model")
+        if model is not None:  # given, even empty: a name, as the document says
+            model = schema.MODEL.check(model, "model")
         document = await run_in_threadpool(self._monitor_document, window, model)
         return json_response(document)
 
@@ -740,18 +535,55 @@ class Api:
 
         return self._call_engine(report)
 
+    def readiness(self) -> tuple[str, str | None]:
+        """("ok" | "degraded" | "unready", why): can this process serve predictions?
+
+        unready (503): the store is unusable, or nothing can serve (nothing deployed, or no
+        deployed line could load); degraded (200): serving, but a line keeps its last routes
+        or the log writer failed. Cheap (a stat and what the router already knows), so a load
+        balancer may ask often.
+        """
+        router, plog = self.router, self.log
+        if router is None or plog is None:
+            return "unready", "the engine is starting or stopping"
+        problem = self._store_unusable()
+        if problem is not None:
+            return "unready", problem
+        routes, problems = router.routes(), router.problems()
+        if not routes:
+            if problems:
+                line, why = sorted(problems.items())[0]
+                return "unready", f"no model line can serve: {line}: {why}"
+            return "unready", "nothing is deployed: deploy a model first"
+        if problems:
+            line, why = sorted(problems.items())[0]
+            return "degraded", f"model line {line} keeps its last routes: {why}"
+        last_error = plog.stats().last_error
+        if last_error is not None:
+            return "degraded", f"the prediction log writer failed: {last_error}"
+        return "ok", None
+
+    def _store_unusable(self) -> str | None:
+        # The log writer keeps its connection open for the process's life: its store knows
+        # whether the file on disk is still the database it writes (deleted, emptied or
+        # replaced under a running engine, the open connections go on with the old one).
+        plog = self.log
+        problem = plog.store.file_problem() if plog is not None else None
+        return problem or self._store_problem
+
     async def healthz(self, request: Request) -> Response:
-        """GET /healthz: alive, and how the prediction log writer is doing."""
+        """GET /healthz: readiness (200 ok or degraded; 503 unready or starting), and how the
+        prediction log writer is doing."""
         router, plog = self.router, self.log
         if router is None or plog is None:
             return json_response({"status": "starting", "pid": os.getpid()}, 503)
+        status, reason = self.readiness()
         stats = plog.stats()
-        problems = router.problems()
-        healthy = stats.last_error is None and not problems
         return json_response(
             {
-                "status": "ok" if healthy else "degraded",
-                "problems": problems,
+                "status": status,
+                "reason": reason,
+                "problems": router.problems(),
                 "pid": os.getpid(),
                 "uptime_s": round(time.time() - self.started_at, 3),
                 "log": {
@@ -770,7 +602,8 @@ class Api:
                     }
                     for r in router.routes().values()
                 },
-            }
+            },
+            503 if status == "unready" else 200,
         )
 
     async def prometheus(self, request: Request) -> Response:
@@ -794,33 +627,31 @@ class Api:
         return self.metrics.render(monitor, problem)
 
     async def openapi(self, request: Request) -> Response:
-        """GET /openapi.json: the OpenAPI 3 document of every route."""
-        return json_response(openapi_document())
+        """GET /openapi.json: the OpenAPI 3.1 document, from the bodies that validate requests."""
+        return json_response(schema.openapi_document(self.context()))
 
     # -- mutations --------------------------------------------------------------------------
 
-    def _actor(self, request: Request, fields: Fields) -> str:
-        named = fields.text("actor", limit=100)
+    def _actor(self, request: Request, named: str | None) -> str:
         client = request.client.host if request.client else "unknown"
         return f"{named} (api from {client})" if named else f"api client {client}"
 
     async def _mutate(self, fn: Callable[[Engine], Change], actor: str) -> Response:
-        change = await run_in_threadpool(self._call_engine, fn, actor)
+        try:
+            change = await run_in_threadpool(self._call_engine, fn, actor)
+        except BeastError as exc:
+            # The body passed the schema: what the engine still refuses, it refuses by the
+            # state (nothing to roll back to, a verdict, a model file): 409, unless it is a
+            # thing that does not exist (404) or a store that cannot answer (503).
+            if exc.http_status in (400, 422):
+                raise ApiError(409, str(exc)) from None
+            raise
         return json_response(change.to_json())
 
     async def deploy(self, request: Request) -> Response:
         """POST /v1/deploy: as `beast deploy` (production at 100%, or an A/B candidate)."""
-        f = Fields(await self.json_object(request), "deploy")
-        path, version, model = f.text("path", limit=4096), f.text("version"), f.text("model")
-        traffic, ab_test = f.number("traffic"), f.text("ab_test")
-        note, expect, actor = (
-            f.text("note", limit=MAX_NOTE_CHARS),
-            f.expect(),
-            self._actor(request, f),
-        )
-        f.done()
-        if path is None and version is None:
-            raise ApiError(422, "deploy: path (a model file in models/) or version is required")
+        body = schema.DEPLOY.parse(await self.json_object(request))
+        path, version, model, traffic, ab_test, expect, revision, note, actor = body
         return await self._mutate(
             lambda e: e.deploy(
                 path,
@@ -829,59 +660,52 @@ class Api:
                 traffic=traffic,
                 ab_test=ab_test,
                 note=note,
-                expect=expect,
+                expect=_expect(expect, revision),
             ),
-            actor,
+            self._actor(request, actor),
         )
 
     async def rollback(self, request: Request) -> Response:
         """POST /v1/rollback: as `beast rollback [V]`."""
-        f = Fields(await self.json_object(request), "rollback")
-        version, model = f.text("version"), f.text("model")
-        note, expect, actor = (
-            f.text("note", limit=MAX_NOTE_CHARS),
-            f.expect(),
-            self._actor(request, f),
-        )
-        f.done()
+        body = schema.ROLLBACK.parse(await self.json_object(request))
+        version, model, expect, revision, note, actor = body
         return await self._mutate(
-            lambda e: e.rollback(version, model=model, note=note, expect=expect), actor
+            lambda e: e.rollback(version, model=model, note=note, expect=_expect(expect, revision)),
+            self._actor(request, actor),
         )
 
     async def promote(self, request: Request) -> Response:
         """POST /v1/promote: as `beast promote NAME [--force]`."""
-        f = Fields(await self.json_object(request), "promote")
-        name, force = f.text("name", required=True), f.flag("force")
-        note, expect, actor = (
-            f.text("note", limit=MAX_NOTE_CHARS),
-            f.expect(),
-            self._actor(request, f),
-        )
-        f.done()
-        assert name is not None
+        body = schema.PROMOTE.parse(await self.json_object(request))
+        name, force, expect, revision, note, actor = body
         return await self._mutate(
-            lambda e: e.promote(name, force=force, note=note, expect=expect), actor
+            lambda e: e.promote(
+                name, force=bool(force), note=note, expect=_expect(expect, revision)
+            ),
+            self._actor(request, actor),
         )
 
     async def abort(self, request: Request) -> Response:
         """POST /v1/abort: as `beast abort NAME`."""
-        f = Fields(await self.json_object(request), "abort")
-        name = f.text("name", required=True)
-        note, expect, actor = (
-            f.text("note", limit=MAX_NOTE_CHARS),
-            f.expect(),
-            self._actor(request, f),
+        name, expect, revision, note, actor = schema.ABORT.parse(await self.json_object(request))
+        return await self._mutate(
+            lambda e: e.abort(name, note=note, expect=_expect(expect, revision)),
+            self._actor(request, actor),
         )
-        f.done()
-        assert name is not None
-        return await self._mutate(lambda e: e.abort(name, note=note, expect=expect), actor)
 
 
-def _actual(raw: Any, what: str) -> float:
-    try:
-        return labels.check_actual(raw)
-    except BeastError as exc:
-        raise ApiError(422, f"{what}: {exc}") from None
+def _expect(production: str | None, revision: int | None) -> Expect | None:
+    if production is None and revision is None:
+        return None
+    return Expect(production=production, revision=revision)
+
+
+def _routing_refusal(exc: BeastError) -> BeastError | ApiError:
+    """The router's plain refusal ("several model lines are deployed: name one") is the
+    request's fault once the body passed the schema: a 422; others keep their status."""
+    if type(exc) is BeastError:
+        return ApiError(422, f"predict: model is required: {exc}")
+    return exc
 
 
 def create_app(
@@ -893,28 +717,40 @@ def create_app(
 ) -> Starlette:
     """The ASGI application for one workspace. Nothing is opened until the lifespan starts."""
     api = api or Api(workspace, settings or ApiSettings(), token)
+    handlers: dict[str, Handler] = {
+        "predict": api.predict,
+        "feedback": api.feedback,
+        "status": api.status,
+        "monitor": api.monitor,
+        "healthz": api.healthz,
+        "metrics": api.prometheus,
+        "openapi": api.openapi,
+        "deploy": api.deploy,
+        "rollback": api.rollback,
+        "promote": api.promote,
+        "abort": api.abort,
+    }
     routes = [
-        Route("/v1/predict", api.wrap("predict", api.predict), methods=["POST"]),
-        Route("/v1/feedback", api.wrap("feedback", api.feedback), methods=["POST"]),
-        Route("/v1/status", api.wrap("status", api.status), methods=["GET"]),
-        Route("/v1/monitor", api.wrap("monitor", api.monitor), methods=["GET"]),
-        Route("/healthz", api.wrap("healthz", api.healthz), methods=["GET"]),
-        Route("/metrics", api.wrap("metrics", api.prometheus), methods=["GET"]),
-        Route("/openapi.json", api.wrap("openapi", api.openapi), methods=["GET"]),
-        Route("/v1/deploy", api.wrap("deploy", api.deploy, mutation=True), methods=["POST"]),
-        Route("/v1/rollback", api.wrap("rollback", api.rollback, mutation=True), methods=["POST"]),
-        Route("/v1/promote", api.wrap("promote", api.promote, mutation=True), methods=["POST"]),
-        Route("/v1/abort", api.wrap("abort", api.abort, mutation=True), methods=["POST"]),
+        Route(op.path, api.wrap(op, handlers[op.name]), methods=[op.method])
+        for op in schema.OPERATIONS
     ]
 
     async def unmatched(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+        if "Allow" in headers:  # Starlette joins a set: the same order on every answer
+            headers["Allow"] = ", ".join(sorted(m.strip() for m in headers["Allow"].split(",")))
+        try:
+            api.door.admit_host(request.scope["headers"])
+        except ApiError as refused:
+            status, detail, headers = refused.status, refused.message, {}
+        else:
+            detail = f"{detail}: {request.method} {request.url.path[:200]}"
+            if status == 404:
+                detail += " (see /openapi.json for the routes)"
         api.metrics.request("unmatched", request.method, status, 0.0)
-        message = f"{detail}: {request.method} {request.url.path[:200]}"
-        if status == 404:
-            message += " (see /openapi.json for the routes)"
-        return error_response(status, message)
+        return error_response(status, detail, headers=headers)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -940,348 +776,3 @@ def app_from_env() -> Starlette:
     raw = os.environ.get(SETTINGS_ENV)
     settings = ApiSettings.from_env(raw) if raw else ApiSettings()
     return create_app(workspace, settings, token=configured_token(workspace))
-
-
-# -- the OpenAPI document ------------------------------------------------------------------------
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _json_request(*schemas: str) -> dict[str, Any]:
-    """A required JSON request body: one schema, or any of several (one row or a batch)."""
-    schema = _ref(schemas[0]) if len(schemas) == 1 else {"oneOf": [_ref(n) for n in schemas]}
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    meaning = {
-        400: "Malformed request (not JSON, empty body, bad Content-Length).",
-        401: "Missing or wrong bearer token.",
-        403: "No API token is configured, so mutations are disabled.",
-        404: "Unknown thing (prediction id, model line, test, version).",
-        409: "Conflicts with the current state (conflicting feedback, state changed since you "
-        "looked, a second running test).",
-        413: "Body over the byte limit (1 MiB by default), or too many rows/items (10,000).",
-        422: "Invalid content: features that do not fit the schema, strings/booleans/nulls, "
-        "NaN/Infinity literals, unknown fields.",
-        503: "Nothing deployed, the engine is starting/stopping, or the state is busy.",
-    }
-    return {str(c): _json_body(_ref("Error"), meaning[c]) for c in codes}
-
-
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.1 description of every route (a test holds it to the app's routes)."""
-    number = {"type": "number"}
-    text = {"type": "string"}
-    optional_text = {"type": ["string", "null"]}
-    features = {
-        "description": "By name (any order; mapped to the model's order) or a list in the "
-        "model's order. Finite numbers only: strings, booleans, nulls, nested lists, NaN "
-        "(unless declared nullable) and values outside float32 are refused.",
-        "oneOf": [
-            {"type": "object", "additionalProperties": number},
-            {"type": "array", "items": number},
-        ],
-    }
-    expect = {
-        "expect": {**optional_text, "description": "Refuse unless production is still this."},
-        "expect_revision": {
-            "type": ["integer", "null"],
-            "description": "Refuse unless the line's state revision is still this.",
-        },
-        "note": {**optional_text, "description": "Why (kept in history)."},
-        "actor": {**optional_text, "description": "Who, for the history row."},
-    }
-    schemas: dict[str, Any] = {
-        "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {**text, "description": "One line a person can act on."}},
-        },
-        "Features": features,
-        "PredictRequest": {
-            "type": "object",
-            "required": ["features"],
-            "additionalProperties": False,
-            "properties": {
-                "features": _ref("Features"),
-                "key": {**optional_text, "description": "Sticky id: same key, same arm."},
-                "model": {**optional_text, "description": "Model line (when several)."},
-            },
-        },
-        "BatchPredictRequest": {
-            "type": "object",
-            "required": ["rows"],
-            "additionalProperties": False,
-            "properties": {
-                "rows": {"type": "array", "items": _ref("Features"), "maxItems": 10000},
-                "keys": {"type": "array", "items": optional_text},
-                "model": optional_text,
-            },
-        },
-        "Prediction": {
-            "type": "object",
-            "properties": {
-                "prediction_id": text,
-                "score": {"type": ["number", "null"]},
-                "version": text,
-                "line": text,
-                "experiment": optional_text,
-                "arm": {"enum": ["production", "candidate"]},
-                "latency_ms": number,
-                "error": {
-                    **optional_text,
-                    "description": "Set when the model failed; score is then null.",
-                },
-            },
-        },
-        "BatchPredictResponse": {
-            "type": "object",
-            "properties": {
-                "predictions": {"type": "array", "items": _ref("Prediction")},
-                "error": {**text, "description": "Present (with status 500) if rows failed."},
-            },
-        },
-        "FeedbackRequest": {
-            "type": "object",
-            "required": ["prediction_id", "actual"],
-            "additionalProperties": False,
-            "properties": {"prediction_id": text, "actual": number},
-        },
-        "BatchFeedbackRequest": {
-            "type": "object",
-            "required": ["items"],
-            "properties": {
-                "items": {"type": "array", "items": _ref("FeedbackRequest"), "maxItems": 10000}
-            },
-        },
-        "FeedbackResult": {
-            "type": "object",
-            "properties": {
-                "prediction_id": optional_text,
-                "status": {
-                    "enum": ["recorded", "duplicate", "pending", "not found", "conflict", "invalid"]
-                },
-                "code": {"type": "integer", "description": "The HTTP status it would have alone."},
-                "error": text,
-            },
-        },
-        "BatchFeedbackResponse": {
-            "type": "object",
-            "properties": {
-                "results": {"type": "array", "items": _ref("FeedbackResult")},
-                "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-            },
-        },
-        "Status": {
-            "type": "object",
-            "description": "The `beast status --json` document.",
-            "properties": {
-                "deployments": {"type": "array", "items": {"type": "object"}},
-                "experiments": {"type": "array", "items": {"type": "object"}},
-                "lines": {"type": "array", "items": text},
-                "revisions": {"type": "object"},
-                "health": {"enum": ["healthy", "warning", "critical", "no data"]},
-            },
-        },
-        "Monitor": {
-            "type": "object",
-            "description": "The `beast monitor --json` document (DESIGN.md §3).",
-            "properties": {
-                "window": text,
-                "health": text,
-                "versions": {"type": "array", "items": {"type": "object"}},
-                "alerts": {"type": "array", "items": {"type": "object"}},
-                "experiments": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "properties": {
-                "status": {"enum": ["ok", "degraded", "starting"]},
-                "problems": {
-                    "type": "object",
-                    "description": "Model lines whose deployment could not be loaded, and why.",
-                },
-                "pid": {"type": "integer"},
-                "uptime_s": number,
-                "log": {
-                    "type": "object",
-                    "properties": {
-                        "queued": {"type": "integer"},
-                        "written": {"type": "integer"},
-                        "dropped": {"type": "integer"},
-                        "last_error": optional_text,
-                    },
-                },
-                "serving": {"type": "object"},
-            },
-        },
-        "Change": {
-            "type": "object",
-            "properties": {
-                "changed": {"type": "boolean"},
-                "message": text,
-                "history": {"type": ["object", "null"]},
-            },
-        },
-        "DeployRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "path": {
-                    **optional_text,
-                    "description": "A model file in the workspace's models/.",
-                },
-                "version": optional_text,
-                "model": optional_text,
-                "traffic": {"type": ["number", "null"], "description": "Candidate share, 1–99."},
-                "ab_test": {**optional_text, "description": "Start this A/B test."},
-                **expect,
-            },
-        },
-        "RollbackRequest": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"version": optional_text, "model": optional_text, **expect},
-        },
-        "PromoteRequest": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {"name": text, "force": {"type": "boolean"}, **expect},
-        },
-        "AbortRequest": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {"name": text, **expect},
-        },
-    }
-
-    def mutation(summary: str, request: str) -> dict[str, Any]:
-        return {
-            "post": {
-                "summary": summary,
-                "security": [{"bearer": []}],
-                "requestBody": _json_request(request),
-                "responses": {
-                    "200": _json_body(_ref("Change"), "Done (or nothing to do: changed=false)."),
-                    **_errors(400, 401, 403, 404, 409, 413, 422, 503),
-                },
-            }
-        }
-
-    paths: dict[str, Any] = {
-        "/v1/predict": {
-            "post": {
-                "summary": "Score one row (features) or a batch (rows), routed by the A/B split.",
-                "requestBody": _json_request("PredictRequest", "BatchPredictRequest"),
-                "responses": {
-                    "200": _json_body(
-                        {"oneOf": [_ref("Prediction"), _ref("BatchPredictResponse")]},
-                        "Scored and logged.",
-                    ),
-                    "500": _json_body(
-                        {"oneOf": [_ref("Prediction"), _ref("BatchPredictResponse")]},
-                        "The model failed: the prediction is logged with its error and "
-                        "prediction_id (score null); a batch lists every row.",
-                    ),
-                    **_errors(400, 404, 413, 422, 503),
-                },
-            }
-        },
-        "/v1/feedback": {
-            "post": {
-                "summary": "The actual value for a prediction (or a batch of them: items).",
-                "description": "Answers: recorded (200); duplicate, the same value again (200, "
-                "idempotent); pending, the prediction is seconds old and not yet in the log: "
-                "kept and matched when it is written (202); unknown id (404); a different "
-                "value for a labelled prediction (409, not replaced). A batch is one "
-                "transaction and answers 200 with a status per item.",
-                "requestBody": _json_request("FeedbackRequest", "BatchFeedbackRequest"),
-                "responses": {
-                    "200": _json_body(
-                        {"oneOf": [_ref("FeedbackResult"), _ref("BatchFeedbackResponse")]},
-                        "Recorded or duplicate; per item for a batch.",
-                    ),
-                    "202": _json_body(_ref("FeedbackResult"), "Pending: matched on flush."),
-                    **_errors(400, 404, 409, 413, 422, 503),
-                },
-            }
-        },
-        "/v1/status": {
-            "get": {
-                "summary": "What serves (the `beast status --json` document).",
-                "responses": {"200": _json_body(_ref("Status"), "Status."), **_errors(503)},
-            }
-        },
-        "/v1/monitor": {
-            "get": {
-                "summary": "Health, metrics, drift, alerts, verdicts (`beast monitor --json`).",
-                "parameters": [
-                    {
-                        "name": "window",
-                        "in": "query",
-                        "schema": {"enum": ["1h", "24h", "deploy"], "default": "1h"},
-                    },
-                    {"name": "model", "in": "query", "schema": text},
-                ],
-                "responses": {"200": _json_body(_ref("Monitor"), "Report."), **_errors(422, 503)},
-            }
-        },
-        "/healthz": {
-            "get": {
-                "summary": "Liveness, and the prediction log writer's counters.",
-                "responses": {
-                    "200": _json_body(_ref("Health"), "Serving (status ok or degraded)."),
-                    "503": _json_body(_ref("Health"), "Starting or stopping."),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus text exposition.",
-                "responses": {
-                    "200": {
-                        "description": "Metrics.",
-                        "content": {"text/plain": {"schema": text}},
-                    }
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document.",
-                "responses": {"200": _json_body({"type": "object"}, "OpenAPI 3.1.")},
-            }
-        },
-        "/v1/deploy": mutation("Deploy: production at 100%, or an A/B candidate.", "DeployRequest"),
-        "/v1/rollback": mutation(
-            "Roll back to the previous production or a version.", "RollbackRequest"
-        ),
-        "/v1/promote": mutation("Promote a test's candidate to production.", "PromoteRequest"),
-        "/v1/abort": mutation("End a test: candidate to 0%.", "AbortRequest"),
-    }
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "beast-mode engine",
-            "version": "1",
-            "description": "Serve, A/B test and monitor XGBoost score models. Every error is "
-            'JSON {"error": "one line"}. Mutations need Authorization: Bearer <token> (the '
-            "workspace's api-token or BEAST_API_TOKEN); listening beyond loopback, every "
-            "route does.",
-        },
-        "paths": paths,
-        "components": {
-            "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }

@@ -27,9 +27,11 @@ import sqlite3
 import struct
 import time
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from engine import ids, text
+from engine.config import DEFAULT_LABEL_RANGE, Config
 from engine.errors import BeastError, Conflict, NotFound, StateBusy, StoreError
 from engine.store import Store
 
@@ -59,7 +61,36 @@ class Outcome(NamedTuple):
     message: str | None = None
 
 
-def check_actual(actual: object) -> float:
+class OutOfRange(BeastError):
+    """An actual value outside its model line's label range (`[lines.NAME] label_range`)."""
+
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class LabelRanges:
+    """The actual values each model line accepts: `[lines.NAME] label_range` in config.toml,
+    else the seed's score range (0–100)."""
+
+    lines: tuple[tuple[str, tuple[float, float]], ...] = ()
+    default: tuple[float, float] = DEFAULT_LABEL_RANGE
+
+    @classmethod
+    def of_config(cls, config: Config) -> LabelRanges:
+        return cls(tuple((name, line.label_range) for name, line in config.lines))
+
+    def of(self, line: str) -> tuple[float, float]:
+        """The range of model line `line`."""
+        return dict(self.lines).get(line, self.default)
+
+    def widest(self, lines: Iterable[str]) -> tuple[float, float]:
+        """The smallest range holding every one of `lines`' (the default when there are none)."""
+        found = [self.of(line) for line in lines] or [self.default]
+        return min(lo for lo, _ in found), max(hi for _, hi in found)
+
+
+def check_actual(actual: object, label_range: tuple[float, float] | None = None) -> float:
+    """`actual` as a finite float inside `label_range`, or a one-line refusal."""
     if isinstance(actual, bool) or not isinstance(actual, int | float):
         raise BeastError(f"actual must be a number, got {type(actual).__name__}")
     try:
@@ -68,13 +99,45 @@ def check_actual(actual: object) -> float:
         raise BeastError(f"actual must be finite, got {actual!r}") from None
     if not math.isfinite(value):
         raise BeastError(f"actual must be finite, got {actual!r}")
+    if label_range is not None and not label_range[0] <= value <= label_range[1]:
+        lo, hi = label_range
+        raise OutOfRange(f"actual {value:g} is outside the label range [{lo:g}, {hi:g}]")
     return value
 
 
+def _check_range(
+    conn: sqlite3.Connection, actual: float, ranges: LabelRanges, version_id: int | None
+) -> None:
+    """Refuse `actual` outside its line's range; a prediction not logged yet (version_id None)
+    is held to the widest range of the workspace's lines (its line is not known yet)."""
+    if not ranges.lines:  # every line has the default: no lookup needed
+        check_actual(actual, ranges.default)
+        return
+    if version_id is None:
+        names = [r[0] for r in conn.execute("SELECT name FROM model_lines")]
+        check_actual(actual, ranges.widest(names))
+        return
+    (line,) = conn.execute("SELECT line FROM versions WHERE id = ?", (version_id,)).fetchone()
+    try:
+        check_actual(actual, ranges.of(line))
+    except OutOfRange as exc:
+        raise OutOfRange(f"{exc} of {line}") from None
+
+
 def label(
-    conn: sqlite3.Connection, pid: str, actual: float, tolerance: float, now_ms: int | None = None
+    conn: sqlite3.Connection,
+    pid: str,
+    actual: float,
+    tolerance: float,
+    now_ms: int | None = None,
+    *,
+    ranges: LabelRanges | None = None,
 ) -> str:
-    """Attach `actual` to prediction `pid` inside the caller's write transaction."""
+    """Attach `actual` to prediction `pid` inside the caller's write transaction.
+
+    With `ranges`, an actual outside the prediction's line's label range is refused
+    (OutOfRange); without, the caller has checked it (waiting feedback was, on arrival).
+    """
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     if not ids.is_valid(pid):
         shown = pid[:40] if isinstance(pid, str) else type(pid).__name__
@@ -98,6 +161,8 @@ def label(
             )
         # Recent either way: a wall clock stepped back must not turn early feedback away.
         if abs(now - ids.issued_ms(pid)) <= PENDING_WINDOW_MS:
+            if ranges is not None:
+                _check_range(conn, actual, ranges, None)
             existing = conn.execute(
                 "SELECT actual FROM pending_feedback WHERE pid = ?", (pid,)
             ).fetchone()
@@ -115,6 +180,8 @@ def label(
             return "pending"
         raise NotFound(f"no prediction {pid}")
     version_id, experiment, at_ms, score, recorded = row
+    if ranges is not None:
+        _check_range(conn, actual, ranges, version_id)
     if recorded is not None:
         if recorded == actual:
             return "duplicate"
@@ -270,16 +337,31 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int]:
     return int(pending), int(unmatched)
 
 
-def record(store: Store, pid: str, actual: object, tolerance: float) -> str:
-    """One piece of feedback in its own write transaction; the answer, or a refusal."""
+def record(
+    store: Store,
+    pid: str,
+    actual: object,
+    tolerance: float,
+    *,
+    ranges: LabelRanges | None = None,
+) -> str:
+    """One piece of feedback in its own write transaction; the answer, or a refusal.
+
+    `ranges` (the config's, `LabelRanges.of_config`) refuses actuals outside their line's
+    label range; None checks only that the actual is a finite number.
+    """
     value = check_actual(actual)
     with store.write() as conn:
         expire_pending(conn)
-        return label(conn, pid, value, tolerance)
+        return label(conn, pid, value, tolerance, ranges=ranges)
 
 
 def record_many(
-    store: Store, items: Iterable[tuple[str, object]], tolerance: float
+    store: Store,
+    items: Iterable[tuple[str, object]],
+    tolerance: float,
+    *,
+    ranges: LabelRanges | None = None,
 ) -> list[Outcome]:
     """Many (prediction id, actual) pairs, each with its own answer, committed in chunks of
     `CHUNK_ITEMS` (one transaction each, `GIVE_WAY_S` apart), so a big file never keeps the
@@ -288,7 +370,8 @@ def record_many(
     A refused item does not stop the others (a file of feedback with one bad line still
     records the rest); every item gets an answer, so nothing is dropped silently. If a chunk
     cannot be written (a busy store, a full disk), the error says how many items before it
-    were processed; sending them all again is safe: the recorded ones answer `duplicate`.
+    were processed; sending them all again is safe: the recorded ones answer `duplicate`. `ranges`
+    as for `record`.
     """
     pairs = list(items)
     answers: list[Outcome] = []
@@ -298,7 +381,7 @@ def record_many(
                 if not start:
                     expire_pending(conn)
                 chunk = [
-                    _answer(conn, pid, actual, tolerance)
+                    _answer(conn, pid, actual, tolerance, ranges)
                     for pid, actual in pairs[start : start + CHUNK_ITEMS]
                 ]
         except (StateBusy, StoreError) as exc:
@@ -315,13 +398,19 @@ def record_many(
     return answers
 
 
-def _answer(conn: sqlite3.Connection, pid: str, actual: object, tolerance: float) -> Outcome:
+def _answer(
+    conn: sqlite3.Connection,
+    pid: str,
+    actual: object,
+    tolerance: float,
+    ranges: LabelRanges | None,
+) -> Outcome:
     """One item's answer inside the caller's transaction; a refusal is an answer too."""
     # Echoed in the answer: escaped, so it always encodes and prints on one line.
     shown = text.escape(pid) if isinstance(pid, str) else repr(pid)
     try:
         text.check("prediction id", pid, limit=text.MAX_ID_CHARS)
-        status = label(conn, pid, check_actual(actual), tolerance)
+        status = label(conn, pid, check_actual(actual), tolerance, ranges=ranges)
     except Conflict as exc:
         return Outcome(shown, "conflict", exc.http_status, str(exc))
     except NotFound as exc:

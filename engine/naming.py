@@ -12,7 +12,9 @@ from pathlib import Path
 from engine import text
 from engine.errors import BeastError
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+# Also the `pattern` of every name in the HTTP API's OpenAPI document (engine.http_schema).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$"
+_NAME = re.compile(NAME_PATTERN)
 _SPLIT = re.compile(r"^(?P<line>.+?)[-_](?P<version>v\d[A-Za-z0-9._+-]*)$")
 _BARE_VERSION = re.compile(r"^v\d[A-Za-z0-9._+-]*$")
 ALIAS_PREFIX = "ab-winner-"

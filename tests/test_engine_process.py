@@ -71,8 +71,10 @@ def wait_healthy(proc: subprocess.Popen[bytes], port: int, log: Path) -> dict[st
             pytest.fail(f"beast engine exited {proc.returncode}:\n{log.read_text()}")
         try:
             response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            if response.status_code == 200:
-                doc: dict[str, Any] = response.json()
+            doc: dict[str, Any] = response.json()
+            # Up: serving (200), answering why it cannot (503 "unready": nothing deployed), or
+            # asking for the token ([api] require_token = "always").
+            if response.status_code in (200, 401) or doc.get("status") == "unready":
                 return doc
         except httpx.TransportError:
             pass
@@ -135,7 +137,9 @@ def load(
             for p in doc["predictions"] if rows > 1 else [doc]:
                 with tally.lock:
                     tally.served[p["prediction_id"]] = p["version"]
-                waiting.append((p["prediction_id"], round(p["score"] + (i % 7), 3)))
+                # An actual near the score, inside the line's label range (0–100).
+                actual = min(100.0, max(0.0, round(p["score"] + (i % 7), 3)))
+                waiting.append((p["prediction_id"], actual))
             if len(waiting) >= batch_feedback:
                 items = [{"prediction_id": p, "actual": a} for p, a in waiting]
                 waiting = []

@@ -25,20 +25,14 @@ from starlette.routing import Route
 
 from engine import Engine, Workspace, ids
 from engine.errors import BeastError
-from engine.http_api import (
-    TOKEN_ENV,
-    Api,
-    ApiSettings,
-    configured_token,
-    create_app,
-    ensure_token,
-    token_path,
-)
+from engine.http_api import Api, ApiSettings, create_app
+from engine.http_token import TOKEN_ENV, configured_token, ensure_token, token_path
 from tests.helpers import FEATURES, history_of, model_path
 from tests.serving_helpers import logged
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"Content-Type": "application/json"}
 ROW = {"coverage": 0.8, "complexity": 0.3, "lint_density": 0.1, "duplication": 0.05, "churn": 0.4}
 TEST = "ab-v2"
 
@@ -86,7 +80,7 @@ class ApiClient:
         self._inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         transport = httpx.ASGITransport(app=self.app)
-        self.http = httpx.AsyncClient(transport=transport, base_url="http://beast.test")
+        self.http = httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
 
     async def _run_lifespan(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}}
@@ -231,10 +225,15 @@ BAD_PREDICTIONS: list[tuple[str, bytes, int, str]] = [
     ("unknown field", json.dumps({"features": ROW, "modle": "x"}).encode(), 422, "modle"),
     ("key not a string", json.dumps({"features": ROW, "key": 7}).encode(), 422, "key"),
     ("empty batch", json.dumps({"rows": []}).encode(), 422, "empty"),
+    ("rows and features", json.dumps({"rows": [ROW], "features": ROW}).encode(), 422, "features"),
+    ("a key not text", json.dumps({"rows": [ROW], "keys": [3]}).encode(), 422, "keys[0]"),
+    ("a control character", json.dumps({"features": ROW, "key": "a\x1b"}).encode(), 422, "key"),
+    ("a model not a name", json.dumps({"features": ROW, "model": "a b"}).encode(), 422, "model"),
+    ("duplicate key", b'{"features": [1, 2, 3, 4, 5], "features": [1]}', 422, "duplicate"),
     ("rows not a list", json.dumps({"rows": {"a": 1}}).encode(), 422, "rows"),
     ("bad row", json.dumps({"rows": [ROW, dict(ROW, churn="x")]}).encode(), 422, "row 1"),
     ("keys mismatch", json.dumps({"rows": [ROW, ROW], "keys": ["a"]}).encode(), 422, "keys"),
-    ("too many rows", json.dumps({"rows": [[0, 0, 0, 0, 0]] * 10_001}).encode(), 413, "10000"),
+    ("too many rows", json.dumps({"rows": [[0, 0, 0, 0, 0]] * 10_001}).encode(), 422, "10000"),
     ("nested too deep", b"[" * 100_000 + b"]" * 100_000, 400, "json"),
     ("huge integer", b'{"features": [' + b"9" * 5000 + b", 0, 0, 0, 0]}", 400, "json"),
     ("not utf-8", b'{"features": "\xff\xfe"}', 400, "json"),
@@ -249,9 +248,7 @@ BAD_PREDICTIONS: list[tuple[str, bytes, int, str]] = [
 def test_bad_predictions_are_4xx_with_one_line(
     client: ApiClient, deployed: Workspace, body: bytes, status: int, word: str
 ) -> None:
-    response = client.post(
-        "/v1/predict", content=body, headers={"content-type": "application/json"}
-    )
+    response = client.post("/v1/predict", content=body, headers=JSON)
     assert_error(response, status, word)
     # Nothing was logged for a refused request, and the server still serves.
     assert client.post("/v1/predict", json={"features": ROW}).status_code == 200
@@ -261,16 +258,18 @@ def test_bad_predictions_are_4xx_with_one_line(
 
 def test_body_limit_applies_before_parsing(client: ApiClient) -> None:
     big = b'{"features": [' + b"0, " * (1 << 20) + b"0]}"  # 3 MiB
-    assert_error(client.post("/v1/predict", content=big), 413, "limit")
+    assert_error(client.post("/v1/predict", content=big, headers=JSON), 413, "limit")
     # Without Content-Length (chunked), the stream is cut at the cap as well.
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(32):  # 2 MiB
             yield b" " * 65536
 
-    assert_error(client.post("/v1/predict", content=chunks()), 413, "limit")
+    assert_error(client.post("/v1/predict", content=chunks(), headers=JSON), 413, "limit")
     assert_error(
-        client.post("/v1/predict", content=b"{}", headers={"content-length": "x"}), 400, "length"
+        client.post("/v1/predict", content=b"{}", headers={**JSON, "content-length": "x"}),
+        400,
+        "length",
     )
 
 
@@ -307,8 +306,11 @@ def test_feedback_recorded_duplicate_conflict_unknown(
     [
         ({"prediction_id": "PID", "actual": "70"}, 422, "number"),
         ({"prediction_id": "PID", "actual": True}, 422, "number"),
-        ({"prediction_id": "PID", "actual": None}, 422, "number"),
-        ({"prediction_id": "PID"}, 422, "number"),
+        ({"prediction_id": "PID", "actual": None}, 422, "actual is required"),
+        ({"prediction_id": "PID"}, 422, "actual is required"),
+        ({"prediction_id": "PID", "actual": 101}, 422, "[0, 100]"),
+        ({"prediction_id": "PID", "actual": -1e6}, 422, "[0, 100]"),
+        ({"prediction_id": "x" * 65, "actual": 50}, 422, "64"),
         ({"actual": 70}, 422, "prediction_id"),
         ({"prediction_id": 7, "actual": 70}, 422, "prediction_id"),
         ({"prediction_id": "PID", "actual": 70, "extra": 1}, 422, "extra"),
@@ -319,6 +321,7 @@ def test_bad_feedback_is_422(
     client: ApiClient, document: dict[str, Any], status: int, word: str
 ) -> None:
     pid = predict(client)["prediction_id"]
+    flush(client)  # a logged prediction: the range is its line's
     body = json.loads(json.dumps(document).replace("PID", pid))
     assert_error(client.post("/v1/feedback", json=body), status, word)
 
@@ -326,7 +329,7 @@ def test_bad_feedback_is_422(
 def test_feedback_literal_nan_is_refused(client: ApiClient) -> None:
     pid = predict(client)["prediction_id"]
     body = f'{{"prediction_id": "{pid}", "actual": NaN}}'.encode()
-    assert_error(client.post("/v1/feedback", content=body), 422, "NaN")
+    assert_error(client.post("/v1/feedback", content=body, headers=JSON), 422, "NaN")
 
 
 def test_feedback_before_the_log_flushes_is_accepted_then_matched(deployed: Workspace) -> None:
@@ -353,18 +356,22 @@ def test_feedback_batch_answers_each_item(client: ApiClient, deployed: Workspace
         {"prediction_id": pids[1], "actual": 60.5},
         {"prediction_id": pids[2], "actual": 11},  # conflicts with 10
         {"prediction_id": old, "actual": 1},
-        {"prediction_id": pids[0], "actual": "x"},
-        "not an object",
+        {"prediction_id": pids[0], "actual": 101},  # outside the line's label range
     ]
     response = client.post("/v1/feedback", json={"items": items})
     assert response.status_code == 200, response.text
     statuses = [r["status"] for r in response.json()["results"]]
-    assert statuses == ["recorded", "recorded", "conflict", "not found", "invalid", "invalid"]
-    assert response.json()["counts"] == {"recorded": 2, "conflict": 1, "not found": 1, "invalid": 2}
+    assert statuses == ["recorded", "recorded", "conflict", "not found", "invalid"]
+    assert response.json()["counts"] == {"recorded": 2, "conflict": 1, "not found": 1, "invalid": 1}
+    assert "[0, 100]" in response.json()["results"][4]["error"]
     actual = {r["pid"]: r["actual"] for r in rows_in_log(deployed)}
     assert [actual[p] for p in pids] == [50, 60.5, 10]
     too_many = {"items": [{"prediction_id": pids[0], "actual": 1}] * 10_001}
-    assert_error(client.post("/v1/feedback", json=too_many), 413)
+    assert_error(client.post("/v1/feedback", json=too_many), 422, "10000")
+    # A malformed item refuses the whole body, like any schema violation: nothing recorded.
+    for bad in ({"prediction_id": pids[1], "actual": "x"}, "not an object", {"actual": 1}):
+        malformed = {"items": [{"prediction_id": pids[0], "actual": 50}, bad]}
+        assert_error(client.post("/v1/feedback", json=malformed), 422, "items[1]")
 
 
 # -- reading routes ---------------------------------------------------------------------------
@@ -491,7 +498,10 @@ def test_openapi_covers_every_route(client: ApiClient) -> None:
 
 def test_unknown_route_and_wrong_method_are_json(client: ApiClient) -> None:
     assert_error(client.get("/v2/predict"), 404, "openapi")
-    assert_error(client.get("/v1/predict"), 405)
+    wrong = client.get("/v1/predict")
+    assert_error(wrong, 405)
+    assert wrong.headers["allow"] == "POST"
+    assert client.request("PUT", "/v1/status").headers["allow"] == "GET, HEAD"
 
 
 # -- mutations and tokens ---------------------------------------------------------------------
@@ -550,11 +560,16 @@ def test_abort_rollback_deploy_promote_over_http(client: ApiClient, deployed: Wo
     named = client.post("/v1/rollback", json={"version": "v2.0"}, headers=AUTH)
     assert named.status_code == 200
     assert_error(client.post("/v1/rollback", json={"version": "v7"}, headers=AUTH), 404)
-    assert_error(
-        client.post("/v1/deploy", json={"version": "v2.0", "traffic": 250}, headers=AUTH), 400
-    )
+    for body in (
+        {"version": "v2.0", "traffic": 250, "ab_test": "t"},
+        {"version": "v2.0", "traffic": 5.125, "ab_test": "t"},
+        {"version": "v2.0", "traffic": 5},
+        {"version": "v2.0", "ab_test": "t"},
+    ):
+        assert_error(client.post("/v1/deploy", json=body, headers=AUTH), 422, "traffic")
     assert_error(client.post("/v1/deploy", json={}, headers=AUTH), 422, "path")
-    assert_error(client.post("/v1/deploy", json={"path": "../../etc/passwd"}, headers=AUTH), 400)
+    # Refused by what the workspace holds, not by the body's shape: 409.
+    assert_error(client.post("/v1/deploy", json={"path": "../../etc/passwd"}, headers=AUTH), 409)
     assert_error(client.post("/v1/promote", json={"name": 3}, headers=AUTH), 422, "name")
     history = history_of(deployed)
     actions = [h.action for h in history][-5:]
@@ -609,3 +624,14 @@ def test_token_file_is_created_private_and_reused(
     path.write_text("\n")
     with pytest.raises(BeastError, match="empty"):
         configured_token(registered)
+
+
+def test_no_answer_can_fail_to_encode() -> None:
+    """A lone surrogate that reaches an answer is escaped as JSON allows, never a 500."""
+    from engine.http_api import error_response, json_response
+
+    answer = json_response({"prediction_id": "a\ud800b"})
+    assert json.loads(answer.body) == {"prediction_id": "a\ud800b"}
+    refusal = error_response(422, "unknown field '\ud800'\nsecond line \x1b[2J")
+    message = json.loads(refusal.body)["error"]
+    assert message.isprintable() and "\\ud800" in message and "\\x1b" in message
