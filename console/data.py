@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from console.gateway import Gateway
-from engine.errors import BeastError
+from engine.core.errors import BeastError
+from engine.core.records import Deployment, Expect, HistoryEntry, Status
 from engine.facade import ModelsReport
-from engine.jobs import Job
-from engine.monitoring import MonitorReport, VersionReport
-from engine.records import Deployment, Expect, HistoryEntry, Status
+from engine.monitoring.report import MonitorReport, VersionReport
+from engine.retrain.jobs import Job
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from console import format as fmt
 from console.proposals import DeployRequest, Proposal
-from engine.errors import BeastError
-from engine.naming import check_name
+from engine.core.errors import BeastError
+from engine.core.naming import check_name
 
 
 class ConfirmScreen(ModalScreen[bool]):

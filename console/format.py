@@ -5,7 +5,7 @@ terminal that drops colour; the ASCII symbols replace the Unicode ones where the
 may not draw them.
 
 Text from a file name or the store (versions, notes, actors, alert messages, job words,
-feature names) goes on screen through `safe` or `cell`: escaped (`engine.text.escape`), so a
+feature names) goes on screen through `safe` or `cell`: escaped (`engine.core.text.escape`), so a
 newline or `ESC[2J` shows as `\\n`, `\\x1b[2J`, and as a `Text`, never parsed as Rich markup
 (a `[` in a file name would otherwise be taken for a style, or refused as bad markup).
 """
@@ -17,7 +17,7 @@ from datetime import datetime
 
 from rich.text import Text
 
-from engine import text
+from engine.core import text
 
 _MARKS = {
     "healthy": ("●", "+", "green"),

@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from engine import Engine, Workspace
-from engine.config import Config
-from engine.errors import BeastError
+from engine.core.config import Config
+from engine.core.errors import BeastError
+from engine.core.records import Change, Expect, HistoryEntry, Lineage, Status
 from engine.facade import ModelsReport
-from engine.jobs import Job
-from engine.monitoring import MonitorReport
-from engine.records import Change, Expect, HistoryEntry, Lineage, Status
+from engine.monitoring.report import MonitorReport
+from engine.retrain.jobs import Job
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ class Gateway:
         return self._read(lambda e: e.status())
 
     def report(self, window: str = "1h") -> MonitorReport:
-        from engine import monitoring
+        from engine.monitoring import report as monitoring
 
         return self._read(lambda e: monitoring.report(e, window=window))
 

@@ -19,7 +19,7 @@ from typing import Self
 
 import watchfiles
 
-from engine.background import BackgroundThread
+from engine.core.background import BackgroundThread
 
 log = logging.getLogger("beast.console")
 

@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
-from engine.config import Config
-from engine.monitoring import VersionReport
+from engine.core.config import Config
+from engine.monitoring.report import VersionReport
 
 Cells = tuple[Any, ...]
 

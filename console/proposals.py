@@ -14,8 +14,8 @@ from typing import Any
 from console.data import ConsoleData
 from console.format import percent
 from console.gateway import Gateway
-from engine.monitoring import ExperimentReport
-from engine.records import Experiment
+from engine.core.records import Experiment
+from engine.monitoring.report import ExperimentReport
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from console import format as fmt
-from engine.monitoring import VersionReport
-from engine.records import HistoryEntry, Lineage
+from engine.core.records import HistoryEntry, Lineage
+from engine.monitoring.report import VersionReport
 
 
 class HelpScreen(ModalScreen[None]):

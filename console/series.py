@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from engine.metrics import MinutePoint
-from engine.monitoring import VersionReport
+from engine.monitoring.report import VersionReport
+from engine.monitoring.rollups import MinutePoint
 
 METRICS = ("accuracy", "mae", "p95", "errors", "traffic", "drift")
 POINTS = 60

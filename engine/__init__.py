@@ -4,7 +4,7 @@ The public surface is small: `Engine` (the facade), the records it returns, and 
 raises. This package never imports Textual or the console (a test holds the wall).
 """
 
-from engine.errors import (
+from engine.core.errors import (
     ArtifactRejected,
     BeastError,
     ConfigError,
@@ -14,9 +14,9 @@ from engine.errors import (
     StateChanged,
     StoreError,
 )
+from engine.core.records import Change, Expect, Status
+from engine.core.workspace import Workspace
 from engine.facade import Engine
-from engine.records import Change, Expect, Status
-from engine.workspace import Workspace
 
 __all__ = [
     "ArtifactRejected",

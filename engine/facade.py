@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine import artifacts, deployments, history, invariants, registry, text
-from engine.clock import utc_now
-from engine.config import Config, load_config
-from engine.errors import ArtifactRejected, BeastError, NotFound, StateBusy, StateChanged
-from engine.identity import current_actor
-from engine.naming import check_name, winner_alias
-from engine.records import (
+from engine.core import text
+from engine.core.clock import utc_now
+from engine.core.config import Config, load_config
+from engine.core.errors import ArtifactRejected, BeastError, NotFound, StateBusy, StateChanged
+from engine.core.identity import current_actor
+from engine.core.naming import check_name, winner_alias
+from engine.core.records import (
     BASIS_POINTS,
     Artifact,
     Change,
@@ -35,13 +35,18 @@ from engine.records import (
     Status,
     VersionRef,
 )
-from engine.store import Store
-from engine.workspace import Workspace, WorkspaceLost
+from engine.core.workspace import Workspace, WorkspaceLost
+from engine.deploy import history
+from engine.deploy import rules as deployments
+from engine.registry import artifacts
+from engine.registry import catalog as registry
+from engine.store import invariants
+from engine.store.connection import Store
 
 if TYPE_CHECKING:
-    from engine import labels
-    from engine.jobs import Job
-    from engine.triggers import TriggerReport
+    from engine.monitoring import feedback as labels
+    from engine.retrain.jobs import Job
+    from engine.retrain.triggers import TriggerReport
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class Engine:
         """Create the workspace (idempotent): directories, config.toml, the database.
 
         A workspace that was used and lost its database is refused, never started afresh
-        (engine.workspace): `beast restore` is the way back.
+        (engine.core.workspace): `beast restore` is the way back.
         """
         created = workspace.create()
         before = {p: p.exists() for p in (workspace.db_path, workspace.marker_path)}
@@ -274,7 +279,7 @@ class Engine:
 
     def feedback(self, prediction_id: str, actual: object) -> str:
         """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
-        from engine import labels
+        from engine.monitoring import feedback as labels
 
         text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
         return labels.record(
@@ -287,7 +292,7 @@ class Engine:
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
-        from engine import labels
+        from engine.monitoring import feedback as labels
 
         return labels.record_many(
             self.store,
@@ -447,7 +452,7 @@ class Engine:
         found = self.experiment(test)
         verdict_text = "forced"
         if found.status == "running":
-            from engine import monitoring  # numpy and scipy: only on this path
+            from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
 
             with self.store.read() as conn:
                 judged = monitoring.experiment_report(conn, self.config, found).verdict
@@ -528,7 +533,7 @@ class Engine:
 
     def retrain_check(self, model: str | None = None) -> TriggerReport:
         """Each retraining trigger of a line with its figure, and whether any fires."""
-        from engine import triggers
+        from engine.retrain import triggers
 
         line = self._line(model)
         with self.store.read() as conn:
@@ -547,7 +552,7 @@ class Engine:
         A line has one job at a time: while one is queued or running, this joins it (adding
         the trigger, and the deploy wish). Without `force`, a trigger must fire.
         """
-        from engine import jobs, triggers, workers
+        from engine.retrain import jobs, triggers, workers
 
         line = self._line(model)
         settings = self.config.retrain
@@ -590,7 +595,7 @@ class Engine:
         Reads one snapshot per line and writes only when it starts something. With several
         lines and no `model`, every due line gets a job; the first one started is returned.
         """
-        from engine import jobs, triggers
+        from engine.retrain import jobs, triggers
 
         self.reap_jobs()
         settings = self.config.retrain
@@ -614,7 +619,7 @@ class Engine:
 
     def reap_jobs(self) -> list[Job]:
         """Fail jobs whose worker was lost (lease expired) or overran its timeout."""
-        from engine import jobs, workers
+        from engine.retrain import jobs, workers
 
         with self.store.read() as conn:
             if not jobs.lost(conn) and not jobs.overdue(conn, workers.DEADLINE_GRACE_S):
@@ -625,21 +630,21 @@ class Engine:
 
     def jobs(self, limit: int = 20, model: str | None = None) -> list[Job]:
         """The newest jobs first (of one line with `model`)."""
-        from engine import jobs
+        from engine.retrain import jobs
 
         line = self._line(model) if model is not None else None
         with self.store.read() as conn:
             return jobs.recent(conn, limit, line)
 
     def job(self, job_id: int) -> Job:
-        from engine import jobs
+        from engine.retrain import jobs
 
         with self.store.read() as conn:
             return jobs.get(conn, job_id)
 
     def job_log(self, job_id: int, *, times: bool = False) -> list[str]:
         """A job's log lines, oldest first (with `times`, each prefixed with its UTC time)."""
-        from engine import jobs
+        from engine.retrain import jobs
 
         with self.store.read() as conn:
             return jobs.log_lines(conn, job_id, times=times)
@@ -657,7 +662,7 @@ class Engine:
         """
         import time
 
-        from engine import jobs
+        from engine.retrain import jobs
 
         poll_s = 0.2  # a progress bar's pace; each poll is one indexed read
         deadline = jobs.monotonic() + timeout_s
@@ -682,7 +687,7 @@ class Engine:
 
     def engine_pid(self) -> int | None:
         """The pid of the `beast engine` serving this workspace, or None when none runs."""
-        from engine import daemon
+        from engine.server import daemon
 
         return daemon.running_pid(self.workspace)
 
@@ -920,7 +925,7 @@ def _store_sidecar_baseline(
     conn: sqlite3.Connection, model: Path, artifact_id: int, validation: artifacts.Validation
 ) -> None:
     """Store the drift reference and validation figures of a `<model>.lineage` sidecar."""
-    from engine import baselines  # numpy: only when a sidecar is there to read
+    from engine.monitoring import baselines  # numpy: only when a sidecar is there to read
 
     if not baselines.sidecar_path(model).is_file():
         return
@@ -935,7 +940,7 @@ def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:
     """The sidecar's scalar facts, flattened one level; the bulky drift reference is skipped."""
     import json
 
-    from engine import baselines
+    from engine.monitoring import baselines
 
     try:
         doc = json.loads(baselines.sidecar_path(model).read_text(encoding="utf-8"))
@@ -972,7 +977,7 @@ def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
         return "critical" if worst == 2 else "warning"
     ids = [v.id for s in states for v in (s.production, s.candidate) if v]
     marks = ", ".join("?" for _ in ids)
-    seen = conn.execute(  # minutes, or hours once compacted (engine.metrics)
+    seen = conn.execute(  # minutes, or hours once compacted (engine.monitoring.rollups)
         f"SELECT 1 FROM rollups WHERE version_id IN ({marks})"
         f" UNION ALL SELECT 1 FROM rollups_hourly WHERE version_id IN ({marks}) LIMIT 1",
         ids + ids,

@@ -14,7 +14,7 @@ import numpy as np
 import xgboost as xgb
 
 from engine import Engine, Workspace
-from engine.records import HistoryEntry
+from engine.core.records import HistoryEntry
 
 FEATURES = ("coverage", "complexity", "lint_density", "duplication", "churn")
 REPO = Path(__file__).resolve().parent.parent
@@ -70,7 +70,7 @@ def beast(
     full_env.pop("BEAST_HOME", None)
     if env:
         full_env.update(env)
-    cmd = [sys.executable, "-m", "engine.cli"]
+    cmd = [sys.executable, "-m", "engine.cli.main"]
     if ws is not None:
         cmd += ["--workspace", str(ws.root)]
     return subprocess.run(

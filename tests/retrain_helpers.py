@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from engine import Engine, Workspace, jobs, sample_data
-from engine.jobs import Job
+from engine import Engine, Workspace
+from engine.demo import sample_data
+from engine.retrain import jobs
+from engine.retrain.jobs import Job
 
 LINE = "quality-predictor"
 DATA_ROWS = 300

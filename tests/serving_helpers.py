@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from engine import Engine, Workspace, predlog
-from engine.predlog import PredictionLog
-from engine.serving import Router
+from engine import Engine, Workspace
+from engine.serving import prediction_log as predlog
+from engine.serving.prediction_log import PredictionLog
+from engine.serving.router import Router
 
 LINE = "quality-predictor"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine.abstats import Arm, two_proportion_p, verdict, welch_p
+from engine.monitoring.abstats import Arm, two_proportion_p, verdict, welch_p
 
 
 def arm_of(errors: np.ndarray, tolerance: float = 5.0) -> Arm:

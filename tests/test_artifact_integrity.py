@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from engine import BeastError, Engine, Workspace, artifact_alerts, artifacts
-from engine.warm_validator import WarmValidator
+from engine import BeastError, Engine, Workspace
+from engine.monitoring import artifact_alerts
+from engine.registry import artifacts
+from engine.registry.warm_validator import WarmValidator
 from tests.helpers import beast, model_path, production, train_model
 
 

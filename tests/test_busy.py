@@ -25,12 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, Workspace, artifacts, jobs, monitoring, predlog
-from engine.daemon import Evaluator, Scheduler
-from engine.errors import StateBusy
-from engine.store import BUSY_ENV, Store
-from engine.train_worker import FAULT_ENV, RunningJob, register_model
-from engine.watcher import ModelWatcher, WatchOptions
+from engine import Engine, Workspace
+from engine.core.errors import StateBusy
+from engine.monitoring import report as monitoring
+from engine.registry import artifacts
+from engine.retrain import jobs
+from engine.server.daemon import Evaluator, Scheduler
+from engine.server.train_worker import FAULT_ENV, RunningJob, register_model
+from engine.server.watcher import ModelWatcher, WatchOptions
+from engine.serving import prediction_log as predlog
+from engine.store.connection import BUSY_ENV, Store
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import (
     LINE,
@@ -431,7 +435,7 @@ def test_a_feedback_file_killed_part_way_leaves_whole_chunks_and_a_rerun_finishe
         done = router.predict_batch([ROW] * 20_000)
         plog.flush()
     actuals = _feedback_file(tmp_path / "actuals.csv", [(p.prediction_id, 40.0) for p in done])
-    cli = [sys.executable, "-m", "engine.cli", "--workspace", str(live.root)]
+    cli = [sys.executable, "-m", "engine.cli.main", "--workspace", str(live.root)]
     labelling = subprocess.Popen(
         [*cli, "feedback", "--file", str(actuals)],
         cwd=REPO,
@@ -491,7 +495,7 @@ def test_predictions_the_cli_could_not_log_are_said_so(
 def test_the_evaluation_hashes_model_files_before_it_takes_the_write_lock(
     live: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from engine import artifact_alerts
+    from engine.monitoring import artifact_alerts
 
     unlocked: list[bool] = []
     real = artifacts.sha256_of

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine import Engine, jobs
-from engine import clock as engine_clock
+from engine import Engine
+from engine.core import clock as engine_clock
+from engine.retrain import jobs
 from tests.helpers import assert_invariants
 from tests.retrain_helpers import queue_job
 

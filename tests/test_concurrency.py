@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from engine import Engine, Workspace
-from engine.records import HistoryEntry, Snapshot
-from engine.schema import MIGRATION_SET, MIGRATIONS
+from engine.core.records import HistoryEntry, Snapshot
+from engine.store.schema import MIGRATION_SET, MIGRATIONS
 from tests.helpers import assert_invariants, beast, history_of, production_of
 from tests.workers import race_worker
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.config import DEFAULT_CONFIG_TOML, Config, parse_config
-from engine.errors import ConfigError
+from engine.core.config import DEFAULT_CONFIG_TOML, Config, parse_config
+from engine.core.errors import ConfigError
 
 
 def test_default_file_holds_the_seed_values() -> None:

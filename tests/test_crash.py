@@ -18,7 +18,7 @@ import time
 import pytest
 
 from engine import Engine, Expect, Workspace
-from engine.records import HistoryEntry
+from engine.core.records import HistoryEntry
 from tests.helpers import REPO, assert_invariants, beast, history_of, production_of
 
 KILLS = 150
@@ -280,7 +280,16 @@ def test_rerunning_a_cli_rollback_killed_at_a_random_moment_rolls_back_once(
             env = dict(os.environ)
             env.pop("BEAST_HOME", None)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "-w", root, "rollback", "--expect", target],
+                [
+                    sys.executable,
+                    "-m",
+                    "engine.cli.main",
+                    "-w",
+                    root,
+                    "rollback",
+                    "--expect",
+                    target,
+                ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from engine import Engine, Workspace
-from engine.daemon import EngineLock, Scheduler, running_pid
-from engine.train_worker import FAULT_ENV
+from engine.server.daemon import EngineLock, Scheduler, running_pid
+from engine.server.train_worker import FAULT_ENV
 from tests.helpers import beast, model_path, train_model
 from tests.retrain_helpers import set_retrain
 from tests.test_engine_process import (

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Engine, Workspace, demo, sample_data
+from engine import Engine, Workspace
+from engine.demo import sample_data
+from engine.demo import workspace as demo
 from tests.helpers import assert_invariants
 
 

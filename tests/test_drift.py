@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from engine import drift
+from engine.monitoring import drift
 
 
 def independent_psi(ref: np.ndarray, cur: np.ndarray, inner_edges: tuple[float, ...]) -> float:

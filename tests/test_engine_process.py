@@ -48,7 +48,7 @@ def engine_env() -> dict[str, str]:
 
 
 def engine_command(ws: Workspace, *args: str) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "--workspace", str(ws.root), "engine", *args]
+    return [sys.executable, "-m", "engine.cli.main", "--workspace", str(ws.root), "engine", *args]
 
 
 def beast_engine(

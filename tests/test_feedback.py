@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine import Engine, Workspace, ids, labels
-from engine.errors import BeastError, Conflict, NotFound
-from engine.store import Store
+from engine import Engine, Workspace
+from engine.core import ids
+from engine.core.errors import BeastError, Conflict, NotFound
+from engine.monitoring import feedback as labels
+from engine.store.connection import Store
 from tests.helpers import REPO
 from tests.serving_helpers import count, logged, logged_count, serving
 
@@ -179,7 +181,7 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
     assert _actual_of(live, served.prediction_id) == 70.0
     engine = Engine(live)
     try:
-        from engine import monitoring
+        from engine.monitoring import report as monitoring
 
         doc = monitoring.report(engine).to_json()
     finally:
@@ -189,7 +191,7 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "engine.cli.main",
             "--workspace",
             str(live.root),
             "monitor",
@@ -278,9 +280,9 @@ def test_feedback_from_two_processes_at_once_records_exactly_one(
     start_at = time.time() + 1.5
     code = (
         "import json, sys, time\n"
-        "from engine import labels\n"
-        "from engine.errors import Conflict\n"
-        "from engine.store import Store\n"
+        "from engine.monitoring import feedback as labels\n"
+        "from engine.core.errors import Conflict\n"
+        "from engine.store.connection import Store\n"
         "pids = json.load(open(sys.argv[1])); value = float(sys.argv[3])\n"
         "store = Store(__import__('pathlib').Path(sys.argv[2]))\n"
         "store.conn\n"

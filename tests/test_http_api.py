@@ -1,4 +1,4 @@
-"""The HTTP API (engine/http_api.py) over httpx's ASGI transport: every route, every refusal.
+"""The HTTP API (engine/server/http/app.py) over httpx's ASGI transport: every route, every refusal.
 
 Real models, a real workspace, the real router and prediction log: the client talks ASGI to
 the application, whose lifespan opens and closes them exactly as under `beast engine`.
@@ -23,10 +23,11 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from engine import Engine, Workspace, ids
-from engine.errors import BeastError
-from engine.http_api import Api, ApiSettings, create_app
-from engine.http_token import TOKEN_ENV, configured_token, ensure_token, token_path
+from engine import Engine, Workspace
+from engine.core import ids
+from engine.core.errors import BeastError
+from engine.server.http.app import Api, ApiSettings, create_app
+from engine.server.http.token import TOKEN_ENV, configured_token, ensure_token, token_path
 from tests.helpers import FEATURES, history_of, model_path
 from tests.serving_helpers import logged
 
@@ -628,7 +629,7 @@ def test_token_file_is_created_private_and_reused(
 
 def test_no_answer_can_fail_to_encode() -> None:
     """A lone surrogate that reaches an answer is escaped as JSON allows, never a 500."""
-    from engine.http_api import error_response, json_response
+    from engine.server.http.app import error_response, json_response
 
     answer = json_response({"prediction_id": "a\ud800b"})
     assert json.loads(answer.body) == {"prediction_id": "a\ud800b"}

@@ -1,11 +1,11 @@
-"""engine.http_schema: each body's validation and its JSON Schema are one declaration.
+"""engine.server.http.schema: each body's validation and its JSON Schema are one declaration.
 
 The property: for any JSON document, `Body.parse` accepts it exactly when a JSON Schema
 validator (jsonschema-rs, the one schemathesis uses) accepts it against the body's component of
 /openapi.json — so the document can say neither more nor less than the server does. Features
-are checked by engine.features when a row is routed; the same property holds between
+are checked by engine.serving.features when a row is routed; the same property holds between
 `features.row` and `features_schema`. The text pattern of the document is held to
-`engine.text` over every code point.
+`engine.core.text` over every code point.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import features, text
-from engine.http_schema import (
+from engine.core import text
+from engine.server.http.schema import (
     BODIES,
     DEPLOY,
     FEEDBACK,
@@ -37,6 +37,7 @@ from engine.http_schema import (
     openapi_document,
     parse_json,
 )
+from engine.serving import features
 
 NAMES = ("coverage", "complexity", "lint_density", "duplication", "churn")
 CTX = Context(lines={"quality-predictor": features.Schema(NAMES)}, max_rows=50)
@@ -95,7 +96,8 @@ VALID_ROWS = st.one_of(
 
 
 def value_of(name: str) -> st.SearchStrategy[Any]:
-    """Rows are checked by engine.features when routed (their own test, below): here valid."""
+    """Rows are checked by engine.serving.features when routed (their own test, below):
+    here valid."""
     if name == "features":
         return st.one_of(VALID_ROWS, st.none())
     if name == "rows":

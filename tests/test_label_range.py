@@ -1,8 +1,8 @@
 """Feedback outside its model line's label range is refused (issue 12 §3; DESIGN.md §10).
 
-The range is a setting of the line — `[lines.NAME] label_range = [lo, hi]` in config.toml,
-the seed's score 0–100 by default — checked where feedback is recorded (engine.labels), so the
-CLI refuses it as the HTTP API does: `beast feedback` exits 1 with one line, `--file` answers
+The range is a setting of the line — `[lines.NAME] label_range = [lo, hi]` in config.toml, the
+seed's score 0–100 by default — checked where feedback is recorded (engine.monitoring.feedback), so
+the CLI refuses it as the HTTP API does: `beast feedback` exits 1 with one line, `--file` answers
 each line. Before, any finite actual was stored (−1e6 and 1e30 for a 0–100 score).
 """
 
@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, Workspace, ids, labels
-from engine.config import DEFAULT_CONFIG_TOML, Config, LineSettings, parse_config
-from engine.errors import ConfigError
-from engine.store import Store
+from engine import Engine, Workspace
+from engine.core import ids
+from engine.core.config import DEFAULT_CONFIG_TOML, Config, LineSettings, parse_config
+from engine.core.errors import ConfigError
+from engine.monitoring import feedback as labels
+from engine.store.connection import Store
 from tests.helpers import beast
 from tests.serving_helpers import logged
 

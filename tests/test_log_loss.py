@@ -17,8 +17,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine import Engine, Workspace, ids, monitoring
-from engine.predlog import Record
+from engine import Engine, Workspace
+from engine.core import ids
+from engine.monitoring import report as monitoring
+from engine.serving.prediction_log import Record
 from tests.helpers import beast, set_config
 from tests.serving_helpers import db, version_id
 from tests.test_http_api import AUTH, ROW, api_of, client_for, deploy_with_test, flush

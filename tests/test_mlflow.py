@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, Workspace, mlflow_tracking
-from engine.cli import main
-from engine.config import Config, load_config, parse_config
-from engine.errors import BeastError, ConfigError
+from engine import Engine, Workspace
+from engine.cli.main import main
+from engine.core.config import Config, load_config, parse_config
+from engine.core.errors import BeastError, ConfigError
+from engine.retrain import mlflow_tracking
 from tests.helpers import REPO, model_path, set_config, train_model
 
 # mlflow 3.17's own use of SQLAlchemy 2.1, not ours (matched by text: sqlalchemy is optional).
@@ -199,7 +200,10 @@ def test_nothing_is_logged_without_mlflow(
 
 
 def test_the_engine_never_imports_mlflow() -> None:
-    code = "import sys, engine, engine.cli, engine.mlflow_tracking; print('mlflow' in sys.modules)"
+    code = (
+        "import sys, engine, engine.cli, engine.retrain.mlflow_tracking;"
+        " print('mlflow' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
@@ -235,7 +239,7 @@ def _free_port() -> int:
 def ui(workspace: Workspace, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """`beast mlflow` on a free port, in its own process group (killed whole afterwards)."""
     port = _free_port()
-    command = [sys.executable, "-m", "engine.cli", "--workspace", str(workspace.root)]
+    command = [sys.executable, "-m", "engine.cli.main", "--workspace", str(workspace.root)]
     with (tmp_path / "ui.log").open("wb") as log:
         process = subprocess.Popen(
             [*command, "mlflow", "--port", str(port)],
@@ -294,7 +298,7 @@ def test_beast_mlflow_serves_the_ui_over_the_workspace_store(
 
 @NEEDS_MLFLOW
 def test_a_forced_retrain_logs_its_run(workspace: Workspace, empty_store: Path) -> None:
-    from engine import sample_data
+    from engine.demo import sample_data
     from tests.retrain_helpers import LINE, run_job, train_on_samples
 
     first = workspace.models_dir / f"{LINE}-v1.0.json"

@@ -8,8 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from engine import BeastError, Engine, baselines, ids, labels, monitoring, registry
-from engine.predlog import PredictionLog, Record
+from engine import BeastError, Engine
+from engine.core import ids
+from engine.monitoring import baselines
+from engine.monitoring import feedback as labels
+from engine.monitoring import report as monitoring
+from engine.registry import catalog as registry
+from engine.serving.prediction_log import PredictionLog, Record
 from tests.helpers import beast
 
 LINE = "quality-predictor"

@@ -21,11 +21,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Workspace, ids, labels, latency, metrics, predlog
-from engine.baselines import FIRST_PREDICTIONS
-from engine.errors import Conflict, NotFound
-from engine.predlog import Chunk, PredictionLog, Record
-from engine.store import Store
+from engine import Workspace
+from engine.core import ids
+from engine.core.errors import Conflict, NotFound
+from engine.monitoring import feedback as labels
+from engine.monitoring import rollups as metrics
+from engine.monitoring.baselines import FIRST_PREDICTIONS
+from engine.serving import latency
+from engine.serving import prediction_log as predlog
+from engine.serving.prediction_log import Chunk, PredictionLog, Record
+from engine.store.connection import Store
 from tests.helpers import FEATURES, REPO
 from tests.serving_helpers import (
     LINE,
@@ -679,7 +684,7 @@ def test_latency_percentiles_from_the_histogram_are_within_one_bucket() -> None:
 
 
 def test_missing_values_are_not_counted_into_a_drift_bin() -> None:
-    from engine.baselines import VersionReference
+    from engine.monitoring.baselines import VersionReference
 
     rng = np.random.default_rng(13)
     train = rng.random((1000, 2))

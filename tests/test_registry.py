@@ -27,10 +27,11 @@ from typing import Any, NoReturn
 import pytest
 import xgboost as xgb
 
-from engine import ArtifactRejected, BeastError, Conflict, Engine, Workspace, artifacts
-from engine.naming import split_filename
-from engine.records import Artifact
-from engine.registry import Naming, naming_for
+from engine import ArtifactRejected, BeastError, Conflict, Engine, Workspace
+from engine.core.naming import split_filename
+from engine.core.records import Artifact
+from engine.registry import artifacts
+from engine.registry.catalog import Naming, naming_for
 from tests.helpers import FEATURES, beast, model_path, set_config, train_model
 
 # -- helpers -------------------------------------------------------------------------------

@@ -14,11 +14,15 @@ import time
 import numpy as np
 import pytest
 
-from engine import Workspace, baselines, ids, labels, predlog
-from engine.config import LogSettings, parse_config
-from engine.errors import ConfigError, NotFound
-from engine.predlog import Chunk, PredictionLog, Record
-from engine.store import Store
+from engine import Workspace
+from engine.core import ids
+from engine.core.config import LogSettings, parse_config
+from engine.core.errors import ConfigError, NotFound
+from engine.monitoring import baselines
+from engine.monitoring import feedback as labels
+from engine.serving import prediction_log as predlog
+from engine.serving.prediction_log import Chunk, PredictionLog, Record
+from engine.store.connection import Store
 from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_count, version_id
 
 DAY = predlog.DAY_MS

@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Engine, Workspace, jobs, retrain, sample_data, triggers
-from engine.config import RetrainSettings, parse_config
-from engine.errors import BeastError, ConfigError
+from engine import Engine, Workspace
+from engine.core.config import RetrainSettings, parse_config
+from engine.core.errors import BeastError, ConfigError
+from engine.demo import sample_data
+from engine.retrain import jobs, triggers
+from engine.retrain import search as retrain
 from tests.helpers import assert_invariants, beast, copy_workspace
 from tests.retrain_helpers import (
     LINE,
@@ -410,7 +413,7 @@ def test_parquet_data_files_are_read(tmp_path: Path) -> None:
 def test_reaping_fails_lost_and_overdue_jobs_and_spares_strangers(rws: Workspace) -> None:
     import subprocess
 
-    from engine import workers
+    from engine.retrain import workers
 
     engine = _engine(rws, "v1.0")
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
@@ -436,7 +439,7 @@ def test_reaping_fails_lost_and_overdue_jobs_and_spares_strangers(rws: Workspace
 
 
 def test_clean_files_removes_only_what_a_job_left_half_done(tmp_path: Path) -> None:
-    from engine import workers
+    from engine.retrain import workers
 
     temp = workers.temp_model_path(tmp_path, 7)
     leftovers = [
@@ -466,7 +469,7 @@ def test_too_little_data_fails_the_job_plainly(rws: Workspace) -> None:
 
 
 def test_deploy_is_wanted_by_flag_by_a_joining_trigger_or_by_auto_deploy(rws: Workspace) -> None:
-    from engine.train_worker import RunningJob
+    from engine.server.train_worker import RunningJob
 
     def wanted(*, flags: tuple[bool, ...], auto: bool) -> bool:
         set_retrain(rws, auto_deploy=auto)

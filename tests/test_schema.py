@@ -1,4 +1,4 @@
-"""What the schema itself refuses (engine/schema.py), tried with direct SQL.
+"""What the schema itself refuses (engine/store/schema.py), tried with direct SQL.
 
 Each refusal is tried through `Store.write()` against a real workspace (v1.0–v4.0 registered),
 so it must come back as the store's one-line refusal and leave every table as it was; a valid
@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Engine, ids, labels, predlog
-from engine.errors import StoreError
-from engine.schema import MIGRATION_SET, MIGRATIONS
-from engine.store import Store
+from engine import Engine
+from engine.core import ids
+from engine.core.errors import StoreError
+from engine.monitoring import feedback as labels
+from engine.serving import prediction_log as predlog
+from engine.store.connection import Store
+from engine.store.schema import MIGRATION_SET, MIGRATIONS
 
 LINE = "quality-predictor"
 NOW = "2026-01-01T00:00:00.000Z"

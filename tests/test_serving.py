@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from engine import Workspace, features
-from engine.errors import NotFound
-from engine.serving import Router, Unavailable, bucket, buckets
+from engine import Workspace
+from engine.core.errors import NotFound
+from engine.serving import features
+from engine.serving.router import Router, Unavailable, bucket, buckets
 from tests.helpers import FEATURES, REPO, beast, model_path
 from tests.serving_helpers import deploy_changes, serving, set_nullable
 
@@ -122,7 +123,7 @@ def test_buckets_for_a_batch_match_the_single_key_rule() -> None:
 def test_buckets_are_the_same_in_another_process_with_another_hash_seed() -> None:
     keys = [f"user-{i}" for i in range(50)]
     code = (
-        "import json, sys; from engine.serving import bucket; "
+        "import json, sys; from engine.serving.router import bucket; "
         f"print(json.dumps([bucket('exp-1', k) for k in {keys!r}]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -425,7 +426,7 @@ def test_the_direct_scorer_gives_exactly_what_inplace_predict_gives(
 ) -> None:
     import xgboost as xgb
 
-    from engine.serving import HELD_ROWS, _DirectScorer, scorer
+    from engine.serving.router import HELD_ROWS, _DirectScorer, scorer
 
     rng = np.random.default_rng(12)
     rows = rng.normal(0, 50, (300, len(FEATURES))).astype(np.float32)

@@ -1,4 +1,4 @@
-"""`beast simulate` and `beast console --demo`'s live part (engine/demo_live.py), for real.
+"""`beast simulate` and `beast console --demo`'s live part (engine/demo/live.py), for real.
 
 The workspace has the demo's shape, built smaller (two small real XGBoost models of the demo's
 line trained on its generated data, production and the A/B test at 10%) and real SQLite.
@@ -23,10 +23,15 @@ import numpy as np
 import pytest
 import xgboost as xgb
 
-from engine import Engine, Workspace, baselines, demo, demo_live, monitoring, sample_data
-from engine.predlog import count_logged
-from engine.sim_transport import InProcess
-from engine.simulate import KEY_PREFIX, SimOptions, Simulation
+from engine import Engine, Workspace
+from engine.demo import live as demo_live
+from engine.demo import sample_data
+from engine.demo import workspace as demo
+from engine.demo.simulate import KEY_PREFIX, SimOptions, Simulation
+from engine.demo.transport import InProcess
+from engine.monitoring import baselines
+from engine.monitoring import report as monitoring
+from engine.serving.prediction_log import count_logged
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 from tests.serving_helpers import logged
 
@@ -203,7 +208,7 @@ def test_cli_drives_a_real_engine_over_http(demo_ws: Workspace, tmp_path: Path) 
 
 
 def test_the_command_line_defaults_are_the_simulators() -> None:
-    from engine.cli import build_parser
+    from engine.cli.main import build_parser
 
     args = build_parser().parse_args(["simulate"])
     defaults = SimOptions()
@@ -280,7 +285,8 @@ def test_demo_live_children_die_with_a_killed_console(demo_ws: Workspace) -> Non
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from engine import Workspace, demo_live\n"
+        "from engine import Workspace\n"
+        "from engine.demo import live as demo_live\n"
         "with demo_live.running(Workspace(Path(sys.argv[1])), say=lambda s: None) as d:\n"
         "    print(d.engine_pid, d.simulator_pid, flush=True)\n"
         "    time.sleep(120)\n"

@@ -1,4 +1,4 @@
-"""The state store (engine/store.py) and `beast backup` (engine/backup.py).
+"""The state store (engine/store/connection.py) and `beast backup` (engine/store/backup.py).
 
 Connection set-up, numbered migrations, refusals translated from real SQLite errors, a garbage
 or truncated file never overwritten, disk full (simulated with `max_page_count`, and for real
@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, Workspace, invariants
-from engine.backup import backup
-from engine.errors import BeastError, StateBusy, StoreError
-from engine.schema import MIGRATION_SET, MIGRATIONS
-from engine.store import PAGE_SIZE, Store, translate
+from engine import Engine, Workspace
+from engine.core.errors import BeastError, StateBusy, StoreError
+from engine.store import invariants
+from engine.store.backup import backup
+from engine.store.connection import PAGE_SIZE, Store, translate
+from engine.store.schema import MIGRATION_SET, MIGRATIONS
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 
 NAMES = [name for name, _sql in MIGRATIONS]
@@ -225,7 +226,7 @@ def test_a_database_of_the_previous_release_is_migrated_forward(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = Store(tmp_path / "beast.db")
-    monkeypatch.setattr("engine.store.MIGRATIONS", MIGRATIONS[:1])
+    monkeypatch.setattr("engine.store.connection.MIGRATIONS", MIGRATIONS[:1])
     assert old.migrate() == NAMES[:1]
     old.close()
     monkeypatch.undo()
@@ -428,8 +429,8 @@ def test_a_failing_rollback_never_replaces_the_real_error(tmp_path: Path, raised
 REAL_DISK_FULL = r"""
 import json, os, sys
 from pathlib import Path
-from engine.errors import StoreError
-from engine.store import Store
+from engine.core.errors import StoreError
+from engine.store.connection import Store
 
 mnt = Path(sys.argv[1])
 out = {}
@@ -536,7 +537,7 @@ def _without_privileges(*args: str) -> subprocess.CompletedProcess[str]:
     )
     env = {k: v for k, v in os.environ.items() if k != "BEAST_HOME"}
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "engine.cli", *args],
+        [*prefix, sys.executable, "-m", "engine.cli.main", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""engine.text: the edge check for names, keys and notes, and the escape for printing."""
+"""engine.core.text: the edge check for names, keys and notes, and the escape for printing."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine import text
-from engine.errors import BeastError
+from engine.core import text
+from engine.core.errors import BeastError
 
 UNSAFE = [
     "\ud800",  # lone high surrogate: legal JSON, not encodable as UTF-8

@@ -1,7 +1,7 @@
 """Text at the edges (issue 12 §1 and §4): refused where a user chooses it, escaped wherever
 text from a file name or the store is printed — the CLI, the engine's log.
 
-Every unsafe value here was accepted (and printed raw) before `engine.text` was wired in: a
+Every unsafe value here was accepted (and printed raw) before `engine.core.text` was wired in: a
 note with a newline forged a second `beast history` row, `ESC[2J` cleared the terminal, a lone
 surrogate key cost its prediction (the log writer could not encode it), a version name with a
 trailing newline passed the name rule.
@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from engine import Engine, Workspace, daemon, identity, labels, text
-from engine.errors import BeastError, NotFound
-from engine.naming import check_name
-from engine.records import Expect
-from engine.store import Store
+from engine import Engine, Workspace
+from engine.core import identity, text
+from engine.core.errors import BeastError, NotFound
+from engine.core.naming import check_name
+from engine.core.records import Expect
+from engine.monitoring import feedback as labels
+from engine.server import daemon
+from engine.store.connection import Store
 from tests.helpers import beast, history_of, model_path, train_model
 from tests.serving_helpers import logged_count, serving
 
@@ -458,7 +461,9 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     the note check must not stop a critical candidate from being pulled (it is escaped)."""
     import numpy as np
 
-    from engine import baselines, monitoring, registry
+    from engine.monitoring import baselines
+    from engine.monitoring import report as monitoring
+    from engine.registry import catalog as registry
     from tests.test_monitoring import LINE, feed
 
     engine.deploy(version="v1.0")

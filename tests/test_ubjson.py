@@ -21,8 +21,8 @@ import xgboost as xgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ubjson
-from engine.ubjson import UBJError
+from engine.registry import ubjson
+from engine.registry.ubjson import UBJError
 from tests.helpers import FEATURES
 
 # -- a minimal encoder, to state what the reader must decode -------------------------------

@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from engine import Engine, Workspace, watcher
-from engine.records import Artifact
-from engine.watcher import ModelWatcher, WatchOptions
+from engine import Engine, Workspace
+from engine.core.records import Artifact
+from engine.server import watcher
+from engine.server.watcher import ModelWatcher, WatchOptions
 from tests.helpers import model_path, train_model
 
 WAIT_S = 30.0  # generous: the first warm validator child imports XGBoost (~2 s, more on CI)

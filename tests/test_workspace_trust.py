@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Workspace
-from engine.backup import backup
-from engine.daemon import EngineLock
-from engine.errors import BeastError
-from engine.history import ExportRefused, write_export
-from engine.predlog import PredictionLog
-from engine.schema import MIGRATIONS
-from engine.store import Store
-from engine.workspace import WorkspaceLost
+from engine.core.errors import BeastError
+from engine.core.workspace import WorkspaceLost
+from engine.deploy.history import ExportRefused, write_export
+from engine.server.daemon import EngineLock
+from engine.serving.prediction_log import PredictionLog
+from engine.store.backup import backup
+from engine.store.connection import Store
+from engine.store.schema import MIGRATIONS
 from tests.helpers import beast, copy_workspace
 from tests.test_engine_process import free_port
 
@@ -211,7 +211,8 @@ def test_a_workspace_from_before_ids_adopts_its_databases_id(
     ws = Workspace(tmp_path / "old")
     ws.create()
     monkeypatch.setattr(
-        "engine.store.MIGRATIONS", [m for m in MIGRATIONS if m[0] < "0007_workspace_identity"]
+        "engine.store.connection.MIGRATIONS",
+        [m for m in MIGRATIONS if m[0] < "0007_workspace_identity"],
     )
     store = Store(ws.db_path)
     store.migrate()

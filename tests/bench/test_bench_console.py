@@ -34,7 +34,7 @@ import pytest
 
 import engine.facade
 from engine import Workspace
-from engine.predlog import PredictionLog, count_logged
+from engine.serving.prediction_log import PredictionLog, count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 from tests.bench.test_bench_monitor import CANDIDATE_SHARE, CHUNK, TOLERANCE, _build
@@ -180,7 +180,7 @@ def test_console_cpu_refreshing_live_over_a_million_predictions(
         [
             sys.executable,
             "-m",
-            "engine.cli",
+            "engine.cli.main",
             "--workspace",
             str(ws.root),
             "simulate",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from engine import drift
+from engine.monitoring import drift
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 

@@ -35,8 +35,12 @@ import numpy as np
 import pytest
 
 import engine.facade
-from engine import Engine, ids, labels, monitoring, registry
-from engine.predlog import PredictionLog, Record
+from engine import Engine
+from engine.core import ids
+from engine.monitoring import feedback as labels
+from engine.monitoring import report as monitoring
+from engine.registry import catalog as registry
+from engine.serving.prediction_log import PredictionLog, Record
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 

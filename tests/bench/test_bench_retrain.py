@@ -5,7 +5,7 @@ the five-configuration search, the gate on the holdout, the atomic write and the
 (validated in a child process) — finishes within 10 s; meanwhile the p99 of one routed
 prediction (validation and logging included) stays within 1.5× its idle figure.
 
-The workspace is real: a 12-feature production model (engine.sample_data's schema) serving
+The workspace is real: a 12-feature production model (engine.demo.sample_data's schema) serving
 through the Router with a running PredictionLog; 100,000 predictions logged through it and
 labelled through `Engine.feedback_many` (1,000 more before each later round, so that every
 round trains, writes and validates a model of its own rather than meeting known bytes); MLflow
@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Engine, Workspace, sample_data
-from engine.predlog import PredictionLog
-from engine.serving import Router
+from engine import Engine, Workspace
+from engine.demo import sample_data
+from engine.serving.prediction_log import PredictionLog
+from engine.serving.router import Router
 from tests.bench.conftest import machine
 from tests.bench.workload import load_average
 from tests.helpers import REPO
@@ -153,7 +154,7 @@ def _round_under_labelling(
     probe = LockProbe(ws.db_path)
     probe.start()
     start = time.perf_counter()
-    beast = [sys.executable, "-m", "engine.cli", "--workspace", str(ws.root)]
+    beast = [sys.executable, "-m", "engine.cli.main", "--workspace", str(ws.root)]
     labelling = subprocess.Popen(
         [*beast, "feedback", "--file", str(actuals)],
         cwd=REPO,

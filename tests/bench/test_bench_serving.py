@@ -35,12 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from engine import ids, labels, predlog, serving
-from engine.config import LogSettings
-from engine.predlog import _INSERT, PredictionLog, Record
-from engine.schema import MIGRATIONS
-from engine.serving import Router
-from engine.store import PAGE_SIZE
+from engine.core import ids
+from engine.core.config import LogSettings
+from engine.monitoring import feedback as labels
+from engine.serving import prediction_log as predlog
+from engine.serving import router as serving
+from engine.serving.prediction_log import _INSERT, PredictionLog, Record
+from engine.serving.router import Router
+from engine.store.connection import PAGE_SIZE
+from engine.store.schema import MIGRATIONS
 from tests.bench import workload
 from tests.bench.conftest import machine
 

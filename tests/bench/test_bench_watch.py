@@ -17,9 +17,10 @@ from pathlib import Path
 
 import watchfiles
 
-from engine import Engine, Workspace, artifacts
-from engine.warm_validator import WarmValidator
-from engine.watcher import ModelWatcher, WatchOptions
+from engine import Engine, Workspace
+from engine.registry import artifacts
+from engine.registry.warm_validator import WarmValidator
+from engine.server.watcher import ModelWatcher, WatchOptions
 from tests.bench.conftest import machine, summary
 from tests.helpers import model_path, train_model
 

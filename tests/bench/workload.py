@@ -1,6 +1,6 @@
 """What the serving, monitoring, drift and HTTP benchmarks share: data, models, workspaces.
 
-Twenty features: the twelve realistic ones of `engine.sample_data` and eight more of the same
+Twenty features: the twelve realistic ones of `engine.demo.sample_data` and eight more of the same
 kind (build times, flaky tests, review hours …), with a label that depends on all of them.
 Models are real XGBoost regressors of DESIGN.md §8's size — 200 trees of depth 6 — trained
 once per process and seed (a few seconds) and written into each benchmark's own workspace,
@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 import xgboost as xgb
 
-from engine import Engine, Workspace, baselines, sample_data
+from engine import Engine, Workspace
+from engine.demo import sample_data
+from engine.monitoring import baselines
 
 LINE = "quality-predictor"
 EXTRA: tuple[str, ...] = (

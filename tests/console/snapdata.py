@@ -12,8 +12,12 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from engine import Engine, Workspace, ids, labels, monitoring, registry
-from engine.predlog import PredictionLog, Record
+from engine import Engine, Workspace
+from engine.core import ids
+from engine.monitoring import feedback as labels
+from engine.monitoring import report as monitoring
+from engine.registry import catalog as registry
+from engine.serving.prediction_log import PredictionLog, Record
 from tests.serving_helpers import db
 
 FROZEN = datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp()
@@ -26,9 +30,11 @@ def iso(epoch: float) -> str:
 
 def freeze_engine_time(monkeypatch: pytest.MonkeyPatch, at: float = FROZEN) -> None:
     """The engine's clocks read `at` (mocked at the edge: the time functions only)."""
-    monkeypatch.setattr("engine.monitoring.now_minute", lambda: int(at // 60))
-    monkeypatch.setattr("engine.predlog.now_ms", lambda: int(at * 1000))  # rollup compaction
-    monkeypatch.setattr("engine.monitoring.utc_now", lambda: iso(at))
+    monkeypatch.setattr("engine.monitoring.report.now_minute", lambda: int(at // 60))
+    monkeypatch.setattr(
+        "engine.serving.prediction_log.now_ms", lambda: int(at * 1000)
+    )  # rollup compaction
+    monkeypatch.setattr("engine.monitoring.report.utc_now", lambda: iso(at))
 
 
 def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,9 @@ from console.app import BeastConsole
 from console.dialogs import ConfirmScreen
 from console.gateway import Gateway
 from console.screens import DetailsScreen
-from engine import Workspace, text
-from engine.clock import utc_now
+from engine import Workspace
+from engine.core import text
+from engine.core.clock import utc_now
 from tests.console.pilot import action_log, drive, make_app, press
 from tests.retrain_helpers import queue_job
 from tests.test_text_edges import rewrite_history_row

@@ -12,8 +12,8 @@ from textual.pilot import Pilot
 from console.app import BeastConsole
 from console.gateway import Gateway
 from engine import BeastError, Engine, Workspace
-from engine.cli_console import parse_keymap
-from engine.daemon import EngineLock
+from engine.cli.console import parse_keymap
+from engine.server.daemon import EngineLock
 from tests.console.pilot import drive, make_app, press
 from tests.helpers import beast, set_config
 

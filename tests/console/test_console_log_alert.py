@@ -8,7 +8,8 @@ from textual.widgets import DataTable
 
 from console.app import BeastConsole
 from console.gateway import Gateway
-from engine import Engine, Workspace, monitoring
+from engine import Engine, Workspace
+from engine.monitoring import report as monitoring
 from tests.console.pilot import drive, make_app, press
 
 

@@ -23,7 +23,7 @@ def spawn(ws: Workspace, *, ignore_hup: bool = False) -> tuple[int, int]:
     """`beast console` on a pty of its own (its controlling terminal); (pid, master fd)."""
     env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TEXTUAL")}
     env["TERM"] = "xterm-256color"
-    argv = [sys.executable, "-m", "engine.cli", "--workspace", str(ws.root), "console"]
+    argv = [sys.executable, "-m", "engine.cli.main", "--workspace", str(ws.root), "console"]
     pid, master = pty.fork()
     if pid == 0:  # the child: exec at once
         try:

@@ -86,7 +86,7 @@ def _production(ws: Workspace) -> str:
 def test_rollback_in_tmux_then_kill_session_ends_the_console(
     serving: Workspace, tmux: Tmux
 ) -> None:
-    command = [sys.executable, "-m", "engine.cli", "--workspace", str(serving.root), "console"]
+    command = [sys.executable, "-m", "engine.cli.main", "--workspace", str(serving.root), "console"]
     # The command as separate arguments: tmux execs it without a shell, so the pane's pid
     # is the console's own.
     tmux("new-session", "-d", "-s", SESSION, "-x", "120", "-y", "40", "-c", str(REPO), *command)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import Engine, Workspace
-from engine.predlog import PredictionLog, count_logged
-from engine.serving import Router
+from engine.serving.prediction_log import PredictionLog, count_logged
+from engine.serving.router import Router
 
 ROWS = 400
 

@@ -106,7 +106,7 @@ def run_cli(ws_root: str, args: list[str], timeout: float = 60) -> subprocess.Co
     env = dict(os.environ)
     env.pop("BEAST_HOME", None)
     return subprocess.run(
-        [sys.executable, "-m", "engine.cli", "--workspace", ws_root, *args],
+        [sys.executable, "-m", "engine.cli.main", "--workspace", ws_root, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -255,7 +255,7 @@ def duel_main(
 
 def migrate_main(roots: list[str], worker: int, barrier: Barrier, queue: Queue[Any]) -> None:
     """For each fresh workspace: at the start line, open it (migrating) and read its status."""
-    from engine.store import Store
+    from engine.store.connection import Store
 
     outcomes: list[Outcome] = []
     try:

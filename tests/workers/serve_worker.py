@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from engine import Engine, Workspace
-from engine.predlog import PredictionLog
-from engine.serving import Router
+from engine.serving.prediction_log import PredictionLog
+from engine.serving.router import Router
 
 
 def main(argv: list[str]) -> int:

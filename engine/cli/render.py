@@ -1,0 +1,178 @@
+"""Plain-text rendering of engine records for the CLI (the console draws its own).
+
+Every text that came from a file name or the store is escaped (`engine.core.text.escape`) on its
+way out: a cell or a line can neither break the table's lines nor drive the terminal, and
+rows written before the edge checks existed print as safely as new ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.core import text
+from engine.core.records import HistoryEntry, Snapshot, Status, percent
+from engine.facade import ModelsReport
+from engine.store.invariants import DoctorReport
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
+    """Left-aligned columns, one line per row whatever the cells hold (each is escaped)."""
+    escape = text.escape
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else escape(str(c)) for c in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def status(report: Status) -> str:
+    if not report.deployments:
+        return "nothing deployed yet (beast deploy PATH --version V)"
+    out = []
+    for line in report.lines:
+        rows = [d for d in report.deployments if d.line == line]
+        if not rows:
+            continue
+        out.append(f"{text.escape(line)}  (revision {report.revisions.get(line, 0)})")
+        out.append(
+            table(
+                ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT"],
+                [
+                    [
+                        d.version,
+                        d.role,
+                        f"{percent(d.traffic_bp):g}%",
+                        d.experiment or "-",
+                        d.since,
+                        d.by,
+                        "ok" if d.artifact_present else "MISSING",
+                    ]
+                    for d in rows
+                ],
+            )
+        )
+    if report.experiments:
+        out.append("A/B tests")
+        out.append(
+            table(
+                [
+                    "NAME",
+                    "STATUS",
+                    "CONTROL",
+                    "CANDIDATE",
+                    "TRAFFIC",
+                    "STARTED",
+                    "ENDED",
+                    "VERDICT",
+                ],
+                [
+                    [
+                        e.name,
+                        e.status + (" (forced)" if e.forced else ""),
+                        e.control,
+                        e.candidate,
+                        f"{percent(e.traffic_bp):g}%",
+                        e.started_at,
+                        e.ended_at or "-",
+                        e.verdict or "n/a",
+                    ]
+                    for e in report.experiments
+                ],
+            )
+        )
+    out.append(f"health: {report.health}")
+    return "\n".join(out)
+
+
+def _snap(state: Snapshot) -> str:
+    if state.production is None:
+        return "(nothing)"
+    text = state.production
+    if state.candidate:
+        text += f" + {state.candidate}@{percent(state.candidate_bp):g}%"
+    return text
+
+
+def history_rows(entries: Sequence[HistoryEntry]) -> str:
+    if not entries:
+        return "no deployment history yet"
+    return table(
+        ["#", "WHEN", "WHO", "LINE", "ACTION", "FROM", "TO", "TEST", "NOTE"],
+        [
+            [
+                e.id,
+                e.at,
+                e.actor,
+                e.line,
+                e.action + (" (forced)" if e.forced else ""),
+                _snap(e.from_state),
+                _snap(e.to_state),
+                e.experiment or "",
+                e.note or "",
+            ]
+            for e in entries
+        ],
+        indent="",
+    )
+
+
+def models(report: ModelsReport) -> str:
+    out = []
+    if report.artifacts:
+        rows = []
+        for a in report.artifacts:
+            names = ", ".join(a.versions) or "-"
+            roles = [
+                report.serving[f"{a.line}/{v}"]
+                for v in a.versions
+                if f"{a.line}/{v}" in report.serving
+            ]
+            rows.append(
+                [
+                    names,
+                    a.line or "-",
+                    a.status if a.present else f"{a.status} (file missing)",
+                    ", ".join(roles) or "-",
+                    a.n_features or "-",
+                    a.xgboost_version or "-",
+                    a.sha256[:12],
+                    a.path.rsplit("/", 1)[-1],
+                    a.reason or "",
+                ]
+            )
+        out.append(
+            table(
+                [
+                    "VERSION",
+                    "LINE",
+                    "STATUS",
+                    "SERVING",
+                    "FEATURES",
+                    "XGBOOST",
+                    "SHA256",
+                    "FILE",
+                    "REASON",
+                ],
+                rows,
+                indent="",
+            )
+        )
+    else:
+        out.append("no registered models")
+    if report.unregistered:
+        out.append("\nnot registered yet (beast register PATH):")
+        for path, reason in report.unregistered:
+            refused = f"  — would be refused: {reason}" if reason else ""
+            out.append(text.escape(f"  {path}{refused}"))
+    return "\n".join(out)
+
+
+def doctor(report: DoctorReport) -> str:
+    lines = [f"PROBLEM  {text.escape(p)}" for p in report.problems]
+    lines += [f"warning  {text.escape(w)}" for w in report.warnings]
+    lines.append("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)")
+    return "\n".join(lines)

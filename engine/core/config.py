@@ -1,0 +1,482 @@
+"""config.toml: the seed's thresholds and retraining settings, validated at load.
+
+Every value is checked against a rule; a bad one is refused naming the key and the
+value, so an operator never runs on a typo. Unknown keys are refused for the same reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import ConfigError
+from engine.core.naming import NAME_PATTERN
+
+DEFAULT_CONFIG_TOML = """\
+# beast-mode workspace configuration. Defaults are the seed guide's
+# (lib/mlops/modelMonitoring.js and scripts/auto-retrain.js).
+
+[thresholds]
+# accuracy: fraction of predictions within ±tolerance_points of the actual value
+accuracy = { min = 0.80, alert = 0.75 }
+latency_ms = { max = 100, alert = 200 }
+error_rate = { max = 0.01, alert = 0.05 }
+drift = { threshold = 0.10 }
+tolerance_points = 5
+
+[retrain]
+min_new_samples = 100
+interval_days = 7
+min_accuracy_improvement = 0.01
+auto_deploy = false
+# a retrained model is deployed as an A/B candidate at this share (percent, 1–99)
+candidate_traffic = 10
+# a training job is killed (its whole process group) after this many seconds
+timeout_s = 900
+# a worker renews its lease every few seconds; a job whose lease expired is failed
+lease_s = 15
+# the scheduler starts no new job on a line within this many minutes of the last one
+cooldown_minutes = 60
+
+[serving]
+# features for which NaN ("missing", as XGBoost reads it) is accepted; all others refuse NaN
+nullable_features = []
+
+[monitoring]
+# below this many labelled predictions a version's health is "not enough data", never an alarm
+min_samples = 30
+# an A/B verdict needs this many labelled predictions per arm, at this significance level
+ab_min_samples = 100
+ab_alpha = 0.05
+
+[registry]
+# files larger than this are refused before they are parsed
+max_artifact_mb = 512
+# a model file is validated in a child process; it is killed after this long
+validation_timeout_s = 60
+
+[mlflow]
+# with the mlflow extra installed (pip install 'beast-mode[mlflow]'), log each training run
+enabled = true
+# "" is the workspace's own store (sqlite:///<workspace>/mlflow.db); a relative sqlite path is
+# taken from the workspace; or a tracking server, e.g. "http://mlflow.internal:5000"
+tracking_uri = ""
+experiment = "beast-mode"
+
+[api]
+# host names (with or without :port) the engine answers besides localhost, 127.0.0.1, [::1] and
+# the address it listens on, e.g. ["beast.internal"]; "*" answers any Host (behind a proxy that
+# checks it); `beast engine --allowed-host NAME` adds more
+allowed_hosts = []
+# which requests need Authorization: Bearer <token>: "mutations" (deploy, rollback, promote,
+# abort), "always" (every request), or "auto": always beyond loopback, else mutations
+require_token = "auto"
+
+# One table per model line. label_range: feedback (actual values) outside it is refused.
+# [lines.quality-predictor]
+# label_range = [0, 100]
+
+[console]
+# production changes (rollback, promote, deploy as production) ask for the new production
+# version's name to be typed before they run, not just `y` (beast console --type-to-confirm)
+type_to_confirm = false
+# shown as a badge in the console's header and dialog titles, e.g. "production" (red) or
+# "staging" (yellow); "" shows none
+environment = ""
+
+[log]
+# raw predictions older than this many days are pruned, a chunk at a time (rollups, drift
+# references and labelled rows are kept); 0 keeps everything
+retention_days = 30
+# labelled predictions (what retraining learns from) are kept this long instead; 0: forever
+labelled_retention_days = 90
+# the critical prediction_log alert (acknowledged predictions that did not reach the log)
+# stays firing this many minutes after the last loss
+loss_alert_minutes = 10
+"""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    accuracy_min: float = 0.80
+    accuracy_alert: float = 0.75
+    latency_max_ms: float = 100.0
+    latency_alert_ms: float = 200.0
+    error_rate_max: float = 0.01
+    error_rate_alert: float = 0.05
+    drift_threshold: float = 0.10
+    tolerance_points: float = 5.0
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    min_new_samples: int = 100
+    interval_days: float = 7.0
+    min_accuracy_improvement: float = 0.01
+    auto_deploy: bool = False
+    candidate_traffic: float = 10.0
+    timeout_s: float = 900.0
+    lease_s: float = 15.0
+    cooldown_minutes: float = 60.0
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_artifact_mb: float = 512.0
+    validation_timeout_s: float = 60.0
+
+    @property
+    def max_artifact_bytes(self) -> int:
+        return int(self.max_artifact_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    nullable_features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    min_samples: int = 30
+    ab_min_samples: int = 100
+    ab_alpha: float = 0.05
+
+
+@dataclass(frozen=True)
+class MlflowSettings:
+    """[mlflow]: field names are distinct from other sections' (fields are merged by name)."""
+
+    tracking_enabled: bool = True
+    tracking_uri: str = ""
+    experiment_name: str = "beast-mode"
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    type_to_confirm: bool = False
+    environment: str = ""
+
+
+TOKEN_POLICIES = ("auto", "always", "mutations")
+DEFAULT_LABEL_RANGE = (0.0, 100.0)  # the seed's score
+# A host name or address as a client writes it in `Host`, optionally with a port; or "*".
+HOST_PATTERN = re.compile(
+    r"(?:\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\.?)(?::[0-9]{1,5})?"
+)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """[api]: who may talk to the engine's HTTP API (field names distinct from other sections)."""
+
+    allowed_hosts: tuple[str, ...] = ()
+    require_token: str = "auto"
+
+
+@dataclass(frozen=True)
+class LineSettings:
+    """[lines.NAME]: what one model line declares."""
+
+    label_range: tuple[float, float] = DEFAULT_LABEL_RANGE
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """[log]: the prediction log's retention and its loss alert."""
+
+    retention_days: float = 30.0
+    labelled_retention_days: float = 90.0
+    loss_alert_minutes: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    thresholds: Thresholds = Thresholds()
+    retrain: RetrainSettings = RetrainSettings()
+    registry: RegistrySettings = RegistrySettings()
+    serving: ServingSettings = ServingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    log: LogSettings = LogSettings()
+    api: ApiConfig = ApiConfig()
+    # (line name, its settings), sorted by name; a line not listed has the defaults
+    lines: tuple[tuple[str, LineSettings], ...] = ()
+
+    def line(self, name: str) -> LineSettings:
+        """The settings of model line `name` ([lines.NAME], else the defaults)."""
+        for line, settings in self.lines:
+            if line == name:
+                return settings
+        return LineSettings()
+
+
+Check = Callable[[Any], bool]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _number(value) and 0.0 <= value <= 1.0
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+
+
+def _share(value: Any) -> bool:
+    return _number(value) and 1.0 <= value <= 99.0
+
+
+def _lease(value: Any) -> bool:
+    # Renewed at least every lease/3 s; under 2 s a busy machine would expire live workers.
+    return _number(value) and 2.0 <= value <= 3600.0
+
+
+def _non_negative(value: Any) -> bool:
+    return _number(value) and value >= 0
+
+
+def _tracking_uri(value: Any) -> bool:
+    # A bare path would select MLflow's file store, which 3.x refuses by default.
+    return isinstance(value, str) and (
+        value in ("", "databricks") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+    )
+
+
+def _label(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and value == value.strip()
+
+
+def _environment(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 24 and value.isprintable()
+
+
+def _significance(value: Any) -> bool:
+    return _number(value) and 0.0 < value < 0.5
+
+
+def _hosts(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, str) and HOST_PATTERN.fullmatch(v) is not None for v in value
+    )
+
+
+def _token_policy(value: Any) -> bool:
+    return value in TOKEN_POLICIES
+
+
+def _range(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2  # [lo, hi]
+        and all(_number(v) for v in value)
+        and value[0] < value[1]
+    )
+
+
+# dotted key -> (dataclass field, rule, what the rule means)
+_RULES: dict[str, tuple[str, Check, str]] = {
+    "thresholds.accuracy.min": ("accuracy_min", _fraction, "a fraction between 0 and 1"),
+    "thresholds.accuracy.alert": ("accuracy_alert", _fraction, "a fraction between 0 and 1"),
+    "thresholds.latency_ms.max": ("latency_max_ms", _positive, "a positive number of ms"),
+    "thresholds.latency_ms.alert": ("latency_alert_ms", _positive, "a positive number of ms"),
+    "thresholds.error_rate.max": ("error_rate_max", _fraction, "a fraction between 0 and 1"),
+    "thresholds.error_rate.alert": ("error_rate_alert", _fraction, "a fraction between 0 and 1"),
+    "thresholds.drift.threshold": ("drift_threshold", _positive, "a positive fraction"),
+    "thresholds.tolerance_points": ("tolerance_points", _positive, "a positive number"),
+    "retrain.min_new_samples": ("min_new_samples", _count, "a whole number ≥ 1"),
+    "retrain.interval_days": ("interval_days", _positive, "a positive number of days"),
+    "retrain.min_accuracy_improvement": (
+        "min_accuracy_improvement",
+        _fraction,
+        "a fraction between 0 and 1",
+    ),
+    "retrain.auto_deploy": ("auto_deploy", _boolean, "true or false"),
+    "retrain.candidate_traffic": ("candidate_traffic", _share, "a percentage between 1 and 99"),
+    "retrain.timeout_s": ("timeout_s", _positive, "a positive number of seconds"),
+    "retrain.lease_s": ("lease_s", _lease, "a number of seconds between 2 and 3600"),
+    "retrain.cooldown_minutes": ("cooldown_minutes", _non_negative, "a number of minutes ≥ 0"),
+    "serving.nullable_features": ("nullable_features", _names, "a list of feature names"),
+    "monitoring.min_samples": ("min_samples", _count, "a whole number ≥ 1"),
+    "monitoring.ab_min_samples": ("ab_min_samples", _count, "a whole number ≥ 1"),
+    "monitoring.ab_alpha": ("ab_alpha", _significance, "a significance level between 0 and 0.5"),
+    "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
+    "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
+    "mlflow.enabled": ("tracking_enabled", _boolean, "true or false"),
+    "mlflow.tracking_uri": (
+        "tracking_uri",
+        _tracking_uri,
+        'a URI such as "sqlite:///mlflow.db" or "http://host:5000", or "" for the workspace store',
+    ),
+    "mlflow.experiment": ("experiment_name", _label, "a non-empty name"),
+    "console.type_to_confirm": ("type_to_confirm", _boolean, "true or false"),
+    "console.environment": ("environment", _environment, "a short name, at most 24 characters"),
+    "log.retention_days": ("retention_days", _non_negative, "a number of days ≥ 0 (0: keep all)"),
+    "log.labelled_retention_days": (
+        "labelled_retention_days",
+        _non_negative,
+        "a number of days ≥ 0 (0: keep all)",
+    ),
+    "log.loss_alert_minutes": ("loss_alert_minutes", _positive, "a positive number of minutes"),
+    "api.allowed_hosts": (
+        "allowed_hosts",
+        _hosts,
+        'a list of host names or addresses, each with an optional :port (or "*")',
+    ),
+    "api.require_token": ("require_token", _token_policy, "one of " + ", ".join(TOKEN_POLICIES)),
+}
+# The keys of one [lines.NAME] table -> (rule, what the rule means)
+_LINE_RULES: dict[str, tuple[Check, str]] = {
+    "label_range": (_range, "[lo, hi]: two finite numbers with lo < hi"),
+}
+
+# Pairs whose order matters: the alert level must be at least as bad as the target level.
+_ORDER: list[tuple[str, str, str]] = [
+    ("thresholds.accuracy.alert", "thresholds.accuracy.min", "≤"),
+    ("thresholds.latency_ms.max", "thresholds.latency_ms.alert", "≤"),
+    ("thresholds.error_rate.max", "thresholds.error_rate.alert", "≤"),
+]
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def parse_config(text: str, source: str = "config.toml") -> Config:
+    """Parse and validate config text; raise ConfigError naming the bad key and value."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    lines = _lines(raw.pop("lines", {}), source)
+    flat = _flatten(raw)
+    values: dict[str, Any] = {}
+    for key, value in flat.items():
+        rule = _RULES.get(key)
+        if rule is None:
+            raise ConfigError(f"{source}: unknown key {key} (known: {', '.join(_RULES)})")
+        _field, check, meaning = rule
+        if not check(value):
+            raise ConfigError(f"{source}: {key} = {value!r} is invalid: must be {meaning}")
+        values[key] = value
+    defaults = _defaults()
+    merged = {**defaults, **values}
+    for low, high, sign in _ORDER:
+        if not merged[low] <= merged[high]:
+            raise ConfigError(
+                f"{source}: {low} = {merged[low]!r} must be {sign} {high} = {merged[high]!r}"
+            )
+    by_field = {_RULES[key][0]: value for key, value in merged.items()}
+    for listed in ("nullable_features", "allowed_hosts"):
+        if isinstance(by_field.get(listed), list):
+            by_field[listed] = tuple(by_field[listed])
+
+    def section(cls: type[Any]) -> Any:
+        return cls(**{k: v for k, v in by_field.items() if k in _fields(cls)})
+
+    return Config(
+        thresholds=section(Thresholds),
+        retrain=section(RetrainSettings),
+        registry=section(RegistrySettings),
+        serving=section(ServingSettings),
+        monitoring=section(MonitoringSettings),
+        mlflow=section(MlflowSettings),
+        console=section(ConsoleSettings),
+        log=section(LogSettings),
+        api=section(ApiConfig),
+        lines=lines,
+    )
+
+
+def _lines(table: Any, source: str) -> tuple[tuple[str, LineSettings], ...]:
+    """The [lines.NAME] tables, each key checked like any other (unknown keys refused)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: lines must be tables, [lines.NAME], got {table!r}")
+    out: list[tuple[str, LineSettings]] = []
+    for name, keys in sorted(table.items()):
+        if re.fullmatch(NAME_PATTERN, name) is None:
+            raise ConfigError(
+                f"{source}: [lines.{name}] does not name a model line (1–100 letters, digits, "
+                "'.', '_', '+' or '-', starting with a letter or digit)"
+            )
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{source}: lines.{name} must be a table, [lines.{name}]")
+        values: dict[str, Any] = {}
+        for key, value in keys.items():
+            rule = _LINE_RULES.get(key)
+            if rule is None:
+                raise ConfigError(
+                    f"{source}: unknown key lines.{name}.{key} (known: {', '.join(_LINE_RULES)})"
+                )
+            check, meaning = rule
+            if not check(value):
+                raise ConfigError(
+                    f"{source}: lines.{name}.{key} = {value!r} is invalid: must be {meaning}"
+                )
+            values[key] = value
+        lo, hi = values.get("label_range", DEFAULT_LABEL_RANGE)
+        out.append((name, LineSettings(label_range=(float(lo), float(hi)))))
+    return tuple(out)
+
+
+def _fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _defaults() -> dict[str, Any]:
+    instances = (
+        Thresholds(),
+        RetrainSettings(),
+        RegistrySettings(),
+        ServingSettings(),
+        MonitoringSettings(),
+        MlflowSettings(),
+        ConsoleSettings(),
+        LogSettings(),
+        ApiConfig(),
+    )
+    out: dict[str, Any] = {}
+    for key, (field, _check, _meaning) in _RULES.items():
+        for instance in instances:
+            if hasattr(instance, field):
+                out[key] = getattr(instance, field)
+    return out
+
+
+def load_config(path: Path) -> Config:
+    """Load config.toml; a missing file means the seed's defaults."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return parse_config(text, source=str(path))

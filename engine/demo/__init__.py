@@ -1,0 +1,3 @@
+"""The demo: generated, labelled-as-demo data, the demo workspace, the traffic simulator and
+the live demo behind `beast console --demo`.
+"""

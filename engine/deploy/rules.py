@@ -1,0 +1,243 @@
+"""The deployment rules, as pure functions from the current state to a plan.
+
+No I/O here: the facade reads the state inside its write transaction, asks for a plan, and
+applies it with its history row in that same transaction. Keeping the rules pure makes them
+easy to test exhaustively (see tests/test_rules_property.py).
+
+Rollback is a stack: every forward change (deploy, A/B start, promote) is pushed; a plain
+rollback pops the newest one and restores the production recorded before it; rolling back
+twice goes back two steps and never flips between the last two. An aborted or promoted test's
+start leaves the stack with it. A rollback to a named version unwinds the stack down to the
+change that left that version, or, if it never served, is itself a forward change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from engine.core.errors import BeastError, Conflict
+from engine.core.records import (
+    BASIS_POINTS,
+    Experiment,
+    HistoryEntry,
+    LineState,
+    VersionRef,
+    percent,
+)
+
+MIN_BP, MAX_BP = 100, 9_900
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a mutation will do; applied by the facade in one transaction."""
+
+    action: str
+    production: VersionRef
+    candidate: VersionRef | None
+    candidate_bp: int
+    experiment: str | None  # the running test after the change
+    message: str
+    version: str | None = None
+    history_experiment: str | None = None
+    start_test: str | None = None
+    end_test: tuple[str, str, str] | None = None  # (name, status, reason)
+    undoes: tuple[int, ...] = ()
+    forced: bool = False
+
+
+def traffic_bp(value: float) -> int:
+    """A candidate share in percent (1–99, up to two decimals) as basis points."""
+    bp = round(value * 100)
+    if not MIN_BP <= bp <= MAX_BP or abs(bp - value * 100) > 1e-6:
+        raise BeastError(
+            f"traffic must be a percentage from 1 to 99 (two decimals at most), got {value:g}"
+        )
+    return bp
+
+
+def plan_deploy(state: LineState | None, target: VersionRef) -> Plan:
+    if state is not None:
+        if state.experiment:
+            raise Conflict(
+                f"A/B test {state.experiment} is running on {state.line}: promote or abort it "
+                "before replacing production"
+            )
+        if state.production.id == target.id:
+            raise Conflict(f"{target.name} is already production of {state.line}")
+        if state.production.sha256 == target.sha256:
+            raise Conflict(f"{target.name} is the same file as production {state.production.name}")
+        message = f"production {state.production.name} → {target.name} (100%)"
+    else:
+        message = f"{target.name} deployed to production of {target.line} (100%)"
+    return Plan("deploy", target, None, 0, None, message, version=target.name)
+
+
+def plan_ab_start(
+    state: LineState | None, target: VersionRef, bp: int, test: str, existing: Experiment | None
+) -> Plan:
+    if state is None:
+        raise BeastError(
+            f"no production on {target.line} yet: deploy one first "
+            f"(beast deploy PATH --version V), then start an A/B test against it"
+        )
+    if existing is not None:
+        raise Conflict(
+            f"an A/B test named {test} already exists ({existing.status}); pick a new name"
+        )
+    if state.experiment:
+        raise Conflict(
+            f"A/B test {state.experiment} is already running on {state.line}: "
+            "promote or abort it first"
+        )
+    if target.id == state.production.id or target.sha256 == state.production.sha256:
+        raise Conflict(f"{target.name} is production already; an A/B test needs another version")
+    message = (
+        f"A/B test {test} started: candidate {target.name} at {percent(bp):g}% against "
+        f"production {state.production.name} at {percent(BASIS_POINTS - bp):g}%"
+    )
+    return Plan(
+        "ab_start",
+        state.production,
+        target,
+        bp,
+        test,
+        message,
+        version=target.name,
+        history_experiment=test,
+        start_test=test,
+    )
+
+
+def _running(state: LineState, test: Experiment) -> None:
+    if test.status != "running":
+        raise Conflict(f"A/B test {test.name} already ended ({test.status})")
+    if state.experiment != test.name or state.candidate is None:
+        raise Conflict(f"A/B test {test.name} is not the running test of {state.line}")
+
+
+def plan_promote(state: LineState, test: Experiment, *, forced: bool) -> Plan:
+    _running(state, test)
+    assert state.candidate is not None
+    message = (
+        f"{state.candidate.name} promoted: production {state.production.name} → "
+        f"{state.candidate.name} (100%); test {test.name} closed as promoted"
+        + ("; forced without a winning verdict" if forced else "")
+    )
+    return Plan(
+        "promote",
+        state.candidate,
+        None,
+        0,
+        None,
+        message,
+        version=state.candidate.name,
+        history_experiment=test.name,
+        end_test=(test.name, "promoted", "forced" if forced else "verdict"),
+        forced=forced,
+    )
+
+
+def plan_abort(state: LineState, test: Experiment, reason: str) -> Plan:
+    _running(state, test)
+    assert state.candidate is not None
+    message = (
+        f"A/B test {test.name} aborted: candidate {state.candidate.name} → 0%, "
+        f"production {state.production.name} at 100%"
+    )
+    return Plan(
+        "abort",
+        state.production,
+        None,
+        0,
+        None,
+        message,
+        version=state.candidate.name,
+        history_experiment=test.name,
+        end_test=(test.name, "aborted", reason),
+    )
+
+
+def undo_stack(entries: Iterable[HistoryEntry]) -> list[HistoryEntry]:
+    """The forward changes of one line that a plain rollback can still undo, oldest first."""
+    stack: list[HistoryEntry] = []
+
+    def drop_test_start(test: str | None) -> None:
+        stack[:] = [e for e in stack if not (e.action == "ab_start" and e.experiment == test)]
+
+    for entry in entries:
+        if entry.action in ("deploy", "ab_start"):
+            stack.append(entry)
+        elif entry.action == "promote":
+            drop_test_start(entry.experiment)
+            stack.append(entry)
+        elif entry.action == "abort":
+            drop_test_start(entry.experiment)
+        elif entry.action == "rollback":
+            drop_test_start(entry.experiment)  # the test it aborted, if one was running
+            if entry.undoes:
+                undone = set(entry.undoes)
+                stack[:] = [e for e in stack if e.id not in undone]
+            else:
+                stack.append(entry)  # a jump to a version that never served
+    return stack
+
+
+@dataclass(frozen=True)
+class RollbackTarget:
+    production: str
+    undoes: tuple[int, ...]
+
+
+def rollback_target(
+    state: LineState, stack: list[HistoryEntry], named: str | None
+) -> RollbackTarget:
+    """Where a rollback goes: the production before the newest change, or the named version."""
+    if named is None:
+        if not stack:
+            raise BeastError(
+                f"nothing to roll back on {state.line}: no earlier change is recorded "
+                f"(production is {state.production.name})"
+            )
+        top = stack[-1]
+        previous = top.from_state.production
+        if previous is None:
+            raise BeastError(
+                f"nothing to go back to: {state.production.name} is the first production "
+                f"of {state.line}"
+            )
+        return RollbackTarget(previous, (top.id,))
+    if named == state.production.name and state.experiment is None:
+        raise Conflict(f"{named} is already production of {state.line}")
+    for depth in range(len(stack) - 1, -1, -1):
+        if stack[depth].from_state.production == named:
+            return RollbackTarget(named, tuple(e.id for e in stack[depth:]))
+    return RollbackTarget(named, ())
+
+
+def plan_rollback(state: LineState, target: VersionRef, undoes: tuple[int, ...]) -> Plan:
+    if target.id != state.production.id and target.sha256 == state.production.sha256:
+        raise Conflict(f"{target.name} is the same file as production {state.production.name}")
+    parts = []
+    if target.id != state.production.id:
+        parts.append(f"production {state.production.name} → {target.name}")
+    else:
+        parts.append(f"production stays {target.name}")
+    end = None
+    if state.experiment and state.candidate is not None:
+        parts.append(f"A/B test {state.experiment} aborted (candidate {state.candidate.name} → 0%)")
+        end = (state.experiment, "aborted", "rolled back")
+    return Plan(
+        "rollback",
+        target,
+        None,
+        0,
+        None,
+        "rolled back: " + "; ".join(parts),
+        version=target.name,
+        history_experiment=state.experiment,
+        end_test=end,
+        undoes=undoes,
+        forced=False,
+    )

@@ -1,0 +1,420 @@
+"""Ground truth that arrives later: attach an actual value to a logged prediction.
+
+Answers (documented for the CLI and HTTP):
+- `recorded` — the actual is attached, and the prediction's minute rollup counts it;
+- `duplicate` — the same value again: idempotent, nothing changes;
+- `pending` — the id is recent (issued within `PENDING_WINDOW_MS`) and its row is not in the
+  log yet (still in a writer's buffer): the value is kept and attached when the row is flushed,
+  exactly once; the same value again is still `pending`. If no row arrives within
+  `PENDING_EXPIRY_MS` (its row was dropped — disk full — or the id was never served), the
+  value moves to `unmatched_feedback`: counted by `beast monitor` ("feedback": "unmatched"),
+  no longer waited for, and the id answers NotFound from then on;
+- Conflict (409) — a different value for a prediction that already has one (or has one
+  pending): the first value stays;
+- NotFound (404) — an id that is not a prediction id, or an old id with no logged prediction;
+  the message says why when the log knows: the prediction was quarantined (served, but its
+  row could not be written: engine.serving.prediction_log), or it is older than the log's retention
+  ([log] retention_days) and was pruned.
+Nothing is dropped silently. Every item is labelled inside a `BEGIN IMMEDIATE` transaction (a
+file's items in chunks of `CHUNK_ITEMS`), so two processes sending feedback for the same id at
+once serialize: one records, the other sees it.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import struct
+import time
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from engine.core import ids, text
+from engine.core.config import DEFAULT_LABEL_RANGE, Config
+from engine.core.errors import BeastError, Conflict, NotFound, StateBusy, StoreError
+from engine.store.connection import Store
+
+PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
+PENDING_EXPIRY_MS = 600_000  # waiting feedback whose row has not come by then never will
+# Items per transaction of `record_many`: about 0.15 s of write lock on a loaded 2-core
+# machine (one transaction for a 120,000-line file held it 8.5 s and failed a retraining job).
+CHUNK_ITEMS = 2000
+# The pause between two chunks. Back to back, the chunks kept the lock from others for the
+# whole file all the same: a waiting process polls (SQLite's busy handler sleeps 1 to 100 ms
+# between tries) and missed the microseconds between them; with 50 ms a writer that waited
+# waits one chunk (a probe's longest wait during a 40,000-item file: 1.5 s without, 0.2 s with).
+GIVE_WAY_S = 0.05
+_ADD_LABEL = (
+    "UPDATE {table} SET labelled = labelled + 1, within = within + ?,"
+    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
+    " WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+)
+
+
+class Outcome(NamedTuple):
+    """One feedback item's answer: a status, or the refusal's HTTP status and message."""
+
+    prediction_id: str
+    status: str  # "recorded" | "duplicate" | "pending" | "conflict" | "not found" | "invalid"
+    http_status: int
+    message: str | None = None
+
+
+class OutOfRange(BeastError):
+    """An actual value outside its model line's label range (`[lines.NAME] label_range`)."""
+
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class LabelRanges:
+    """The actual values each model line accepts: `[lines.NAME] label_range` in config.toml,
+    else the seed's score range (0–100)."""
+
+    lines: tuple[tuple[str, tuple[float, float]], ...] = ()
+    default: tuple[float, float] = DEFAULT_LABEL_RANGE
+
+    @classmethod
+    def of_config(cls, config: Config) -> LabelRanges:
+        return cls(tuple((name, line.label_range) for name, line in config.lines))
+
+    def of(self, line: str) -> tuple[float, float]:
+        """The range of model line `line`."""
+        return dict(self.lines).get(line, self.default)
+
+    def widest(self, lines: Iterable[str]) -> tuple[float, float]:
+        """The smallest range holding every one of `lines`' (the default when there are none)."""
+        found = [self.of(line) for line in lines] or [self.default]
+        return min(lo for lo, _ in found), max(hi for _, hi in found)
+
+
+def check_actual(actual: object, label_range: tuple[float, float] | None = None) -> float:
+    """`actual` as a finite float inside `label_range`, or a one-line refusal."""
+    if isinstance(actual, bool) or not isinstance(actual, int | float):
+        raise BeastError(f"actual must be a number, got {type(actual).__name__}")
+    try:
+        value = float(actual)
+    except OverflowError:
+        raise BeastError(f"actual must be finite, got {actual!r}") from None
+    if not math.isfinite(value):
+        raise BeastError(f"actual must be finite, got {actual!r}")
+    if label_range is not None and not label_range[0] <= value <= label_range[1]:
+        lo, hi = label_range
+        raise OutOfRange(f"actual {value:g} is outside the label range [{lo:g}, {hi:g}]")
+    return value
+
+
+def _check_range(
+    conn: sqlite3.Connection, actual: float, ranges: LabelRanges, version_id: int | None
+) -> None:
+    """Refuse `actual` outside its line's range; a prediction not logged yet (version_id None)
+    is held to the widest range of the workspace's lines (its line is not known yet)."""
+    if not ranges.lines:  # every line has the default: no lookup needed
+        check_actual(actual, ranges.default)
+        return
+    if version_id is None:
+        names = [r[0] for r in conn.execute("SELECT name FROM model_lines")]
+        check_actual(actual, ranges.widest(names))
+        return
+    (line,) = conn.execute("SELECT line FROM versions WHERE id = ?", (version_id,)).fetchone()
+    try:
+        check_actual(actual, ranges.of(line))
+    except OutOfRange as exc:
+        raise OutOfRange(f"{exc} of {line}") from None
+
+
+def label(
+    conn: sqlite3.Connection,
+    pid: str,
+    actual: float,
+    tolerance: float,
+    now_ms: int | None = None,
+    *,
+    ranges: LabelRanges | None = None,
+) -> str:
+    """Attach `actual` to prediction `pid` inside the caller's write transaction.
+
+    With `ranges`, an actual outside the prediction's line's label range is refused
+    (OutOfRange); without, the caller has checked it (waiting feedback was, on arrival).
+    """
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    if not ids.is_valid(pid):
+        shown = pid[:40] if isinstance(pid, str) else type(pid).__name__
+        raise NotFound(f"no prediction {shown!r} (not a prediction id)")
+    key = ids.key(pid)
+    row = conn.execute(
+        "SELECT p.version_id, coalesce(e.name, ''), coalesce(p.at_ms, p.hi >> 16), p.score,"
+        " p.actual FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
+        " WHERE p.hi = ? AND p.lo = ?",
+        key,
+    ).fetchone()
+    in_batch = _batch_row(conn, pid) if row is None else None
+    if in_batch is not None:
+        row = in_batch[1:]
+    if row is None:
+        _why_not_logged(conn, pid)
+        if conn.execute("SELECT 1 FROM unmatched_feedback WHERE pid = ?", (pid,)).fetchone():
+            raise NotFound(
+                f"no prediction {pid}: its feedback waited {PENDING_EXPIRY_MS // 60_000} minutes"
+                " and no logged prediction came (counted as unmatched)"
+            )
+        # Recent either way: a wall clock stepped back must not turn early feedback away.
+        if abs(now - ids.issued_ms(pid)) <= PENDING_WINDOW_MS:
+            if ranges is not None:
+                _check_range(conn, actual, ranges, None)
+            existing = conn.execute(
+                "SELECT actual FROM pending_feedback WHERE pid = ?", (pid,)
+            ).fetchone()
+            if existing is not None:
+                if existing[0] != actual:
+                    raise Conflict(
+                        f"prediction {pid} already has feedback {existing[0]:g} waiting; "
+                        f"not replaced by {actual:g}"
+                    )
+                return "pending"
+            conn.execute(
+                "INSERT INTO pending_feedback (pid, actual, received_ms) VALUES (?, ?, ?)",
+                (pid, actual, now),
+            )
+            return "pending"
+        raise NotFound(f"no prediction {pid}")
+    version_id, experiment, at_ms, score, recorded = row
+    if ranges is not None:
+        _check_range(conn, actual, ranges, version_id)
+    if recorded is not None:
+        if recorded == actual:
+            return "duplicate"
+        raise Conflict(
+            f"prediction {pid} already has actual {recorded:g}; not replaced by {actual:g}"
+        )
+    if in_batch is None:
+        conn.execute(
+            "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE hi = ? AND lo = ?",
+            (actual, now, *key),
+        )
+    else:
+        conn.execute(
+            "INSERT INTO batch_labels (batch_id, row, actual, labelled_at_ms) VALUES (?, ?, ?, ?)",
+            (*in_batch[0], actual, now),
+        )
+    if score is not None:
+        error = abs(score - actual)
+        delta = (int(error <= tolerance), error, error * error, version_id, experiment)
+        minute = at_ms // 60_000
+        # Its minute's row, or the hour's once that minute was compacted (never both).
+        if not conn.execute(
+            _ADD_LABEL.format(table="rollups", unit="minute"), (*delta, minute)
+        ).rowcount:
+            conn.execute(
+                _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
+            )
+    return "recorded"
+
+
+def _why_not_logged(conn: sqlite3.Connection, pid: str) -> None:
+    """Refuse feedback for a prediction the log knows it does not hold: quarantined (its row
+    could not be written) or older than the retention window (pruned)."""
+    prefix, i = ids.batch_row(pid)
+    set_aside = conn.execute(
+        "SELECT reason FROM quarantined_predictions WHERE pid = ?"
+        " UNION ALL SELECT reason FROM quarantined_predictions WHERE pid = ? AND rows > ?",
+        (pid, prefix, i),
+    ).fetchone()
+    if set_aside is not None:
+        raise NotFound(
+            f"no prediction {pid} in the log: it was served, but its row could not be written"
+            f" and was quarantined ({set_aside[0]}); feedback cannot be attached to it"
+        )
+    pruned = conn.execute(
+        "SELECT pruned_before_ms, days FROM log_retention WHERE id = 1 AND pruned_before_ms > ?",
+        (ids.issued_ms(pid),),
+    ).fetchone()
+    if pruned is not None:
+        raise NotFound(
+            f"no prediction {pid}: it is older than the prediction log keeps ({pruned[1]:g} days,"
+            " [log] retention_days), so it was pruned if it was ever logged"
+        )
+
+
+def _batch_row(
+    conn: sqlite3.Connection, pid: str
+) -> tuple[tuple[int, int], int, str, int, float | None, float | None] | None:
+    """((batch id, row), version_id, experiment, at_ms, score, actual) of a batch's row."""
+    prefix, i = ids.batch_row(pid)
+    found = conn.execute(
+        "SELECT b.id, substr(b.version_ids, 8 * ? + 1, 8), b.experiment, b.at_ms,"
+        " substr(b.scores, 8 * ? + 1, 8), l.actual FROM prediction_batches b"
+        " LEFT JOIN batch_labels l ON l.batch_id = b.id AND l.row = ?"
+        " WHERE b.prefix = ? AND b.rows > ?",
+        (i, i, i, prefix, i),
+    ).fetchone()
+    if found is None:
+        return None
+    batch_id, version_id, experiment, at_ms, score, actual = found
+    (value,) = struct.unpack("<d", score)
+    return (
+        (batch_id, i),
+        struct.unpack("<q", version_id)[0],
+        experiment,
+        at_ms,
+        None if math.isnan(value) else value,
+        actual,
+    )
+
+
+def match_pending(
+    conn: sqlite3.Connection,
+    tolerance: float,
+    singles: Collection[str] | None = None,
+    batches: Mapping[str, int] | None = None,
+) -> int:
+    """Attach waiting feedback whose prediction is now logged; return how many were applied.
+
+    Runs in the writer's transaction right after it inserted its rows, so feedback that waited
+    for them is applied exactly once (its pending row is deleted in the same transaction). The
+    writer names what it just wrote (single ids, batch prefixes and their row counts): only
+    those can match, so nothing is looked up in the log; without them every waiting id is.
+    """
+    if conn.execute("SELECT 1 FROM pending_feedback LIMIT 1").fetchone() is None:
+        return 0
+    waiting = conn.execute("SELECT pid, actual FROM pending_feedback").fetchall()
+    if singles is not None or batches is not None:
+        written = set(singles or ())
+        rows = batches or {}
+        waiting = [
+            (pid, actual)
+            for pid, actual in waiting
+            if pid in written or ids.batch_row(pid)[1] < rows.get(pid[: ids.PREFIX_CHARS], 0)
+        ]
+    applied = 0
+    for pid, actual in waiting:
+        if not _logged(conn, pid):
+            continue
+        conn.execute("DELETE FROM pending_feedback WHERE pid = ?", (pid,))
+        applied += 1
+        try:
+            label(conn, pid, actual, tolerance)
+        except (Conflict, NotFound):  # pragma: no cover - the row is fresh and unlabelled
+            continue
+    return applied
+
+
+def _logged(conn: sqlite3.Connection, pid: str) -> bool:
+    """Whether the prediction is in the log: a single one's row, or a row of a batch."""
+    single = conn.execute(
+        "SELECT 1 FROM predictions WHERE hi = ? AND lo = ?", ids.key(pid)
+    ).fetchone()
+    return single is not None or _batch_row(conn, pid) is not None
+
+
+def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
+    """Move feedback that waited longer than `PENDING_EXPIRY_MS` for its prediction to
+    `unmatched_feedback` (inside the caller's write transaction); return how many moved.
+
+    A writer flushes within seconds, and writes a row or counts it as dropped: a row that
+    has not come after ten minutes is not coming.
+    """
+    now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    old = conn.execute(
+        "SELECT pid, actual, received_ms FROM pending_feedback WHERE received_ms < ?",
+        (now - PENDING_EXPIRY_MS,),
+    ).fetchall()
+    gone = [(pid, actual, received, now) for pid, actual, received in old if not _logged(conn, pid)]
+    conn.executemany(
+        "INSERT OR IGNORE INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
+        " VALUES (?, ?, ?, ?)",
+        gone,
+    )
+    conn.executemany("DELETE FROM pending_feedback WHERE pid = ?", [(g[0],) for g in gone])
+    return len(gone)
+
+
+def counts(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(feedback waiting for its prediction, feedback that never matched one)."""
+    pending = conn.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
+    unmatched = conn.execute("SELECT count(*) FROM unmatched_feedback").fetchone()[0]
+    return int(pending), int(unmatched)
+
+
+def record(
+    store: Store,
+    pid: str,
+    actual: object,
+    tolerance: float,
+    *,
+    ranges: LabelRanges | None = None,
+) -> str:
+    """One piece of feedback in its own write transaction; the answer, or a refusal.
+
+    `ranges` (the config's, `LabelRanges.of_config`) refuses actuals outside their line's
+    label range; None checks only that the actual is a finite number.
+    """
+    value = check_actual(actual)
+    with store.write() as conn:
+        expire_pending(conn)
+        return label(conn, pid, value, tolerance, ranges=ranges)
+
+
+def record_many(
+    store: Store,
+    items: Iterable[tuple[str, object]],
+    tolerance: float,
+    *,
+    ranges: LabelRanges | None = None,
+) -> list[Outcome]:
+    """Many (prediction id, actual) pairs, each with its own answer, committed in chunks of
+    `CHUNK_ITEMS` (one transaction each, `GIVE_WAY_S` apart), so a big file never keeps the
+    write lock from others for long.
+
+    A refused item does not stop the others (a file of feedback with one bad line still
+    records the rest); every item gets an answer, so nothing is dropped silently. If a chunk
+    cannot be written (a busy store, a full disk), the error says how many items before it
+    were processed; sending them all again is safe: the recorded ones answer `duplicate`. `ranges`
+    as for `record`.
+    """
+    pairs = list(items)
+    answers: list[Outcome] = []
+    for start in range(0, len(pairs), CHUNK_ITEMS):
+        try:
+            with store.write() as conn:
+                if not start:
+                    expire_pending(conn)
+                chunk = [
+                    _answer(conn, pid, actual, tolerance, ranges)
+                    for pid, actual in pairs[start : start + CHUNK_ITEMS]
+                ]
+        except (StateBusy, StoreError) as exc:
+            if not start:
+                raise
+            raise type(exc)(
+                f"{exc}; the first {start} of {len(pairs)} feedback items were processed, "
+                f"the rest were not: sending all {len(pairs)} again is safe (those recorded "
+                "answer duplicate)"
+            ) from None
+        answers += chunk
+        if start + CHUNK_ITEMS < len(pairs):
+            time.sleep(GIVE_WAY_S)
+    return answers
+
+
+def _answer(
+    conn: sqlite3.Connection,
+    pid: str,
+    actual: object,
+    tolerance: float,
+    ranges: LabelRanges | None,
+) -> Outcome:
+    """One item's answer inside the caller's transaction; a refusal is an answer too."""
+    # Echoed in the answer: escaped, so it always encodes and prints on one line.
+    shown = text.escape(pid) if isinstance(pid, str) else repr(pid)
+    try:
+        text.check("prediction id", pid, limit=text.MAX_ID_CHARS)
+        status = label(conn, pid, check_actual(actual), tolerance, ranges=ranges)
+    except Conflict as exc:
+        return Outcome(shown, "conflict", exc.http_status, str(exc))
+    except NotFound as exc:
+        return Outcome(shown, "not found", exc.http_status, str(exc))
+    except BeastError as exc:
+        return Outcome(shown, "invalid", 422, str(exc))
+    return Outcome(shown, status, 200 if status != "pending" else 202)

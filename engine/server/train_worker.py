@@ -1,0 +1,590 @@
+"""The retraining worker process: `python -m engine.server.train_worker JOB_ID WORKSPACE`.
+
+Started by `engine.retrain.workers.launch` in its own session, at nice 10, with two OpenMP threads.
+It claims its queued job, then a watchdog thread renews the lease on the monotonic clock and
+enforces the job's timeout: when the deadline passes it marks the job failed, removes the
+temp files and SIGKILLs the whole process group (this worker and anything it started, such
+as the validation child). The main thread trains (engine.retrain.search), writes the artifact
+atomically into `models/` with its `.lineage` sidecar, registers it through
+`Engine.register`, logs the run to MLflow when `engine.retrain.mlflow_tracking` is there, and
+deploys the model as an A/B candidate only when asked and only if it beats production.
+
+A busy store (another process holding the write lock past the busy timeout, say a big
+feedback file) never fails the job: progress and log lines that cannot get the lock wait in
+memory and go, in order, with the next write that gets it; the claim, the version, the
+registration, the deploy and the job's end are retried with backoff until the job's deadline;
+the lease outlives any busy moment shorter than `lease_s` (see `Watchdog`).
+
+Test-only fault hooks (read here and nowhere else): `BEAST_TEST_TRAINER_FAULT` = `hang`
+(start a `sleep` child, then never finish: exercises the timeout's group kill), `crash`
+(raise after loading data), `abort` (die by SIGABRT: found when the lease expires) or `nan`
+(the new model's holdout predictions become NaN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from engine.core.clock import utc_now
+from engine.core.errors import BeastError, StateBusy
+from engine.core.workspace import Workspace
+from engine.facade import Engine
+from engine.monitoring import baselines
+from engine.registry import artifacts
+from engine.registry import catalog as registry
+from engine.retrain import jobs, workers
+from engine.retrain import search as retrain
+from engine.serving import prediction_log as predlog
+from engine.store.connection import Store
+
+FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
+ACTOR = "beast-retrain"
+# A progress or log write waits this long for the write lock, then is deferred to the next
+# write: training goes on meanwhile instead of waiting out the busy timeout.
+NOTE_BUSY_S = 0.25
+RETRY_PAUSE_S = 0.05  # the first pause between attempts of a write the job needs; doubles
+RETRY_MAX_PAUSE_S = 1.0
+
+T = TypeVar("T")
+
+
+def retry_busy(action: Callable[[], T], deadline: float) -> T:
+    """Run `action` again, with backoff, while it meets a busy store, until `deadline`
+    (monotonic); past it the last StateBusy is raised. Each attempt itself waits up to the
+    store's busy timeout for the lock; a busy attempt changed nothing, so trying again is
+    always safe."""
+    pause = RETRY_PAUSE_S
+    while True:
+        try:
+            return action()
+        except StateBusy:
+            if jobs.monotonic() + pause >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, RETRY_MAX_PAUSE_S)
+
+
+class Watchdog(threading.Thread):
+    """Renews the job's lease and kills the process group when the job's time is up.
+
+    Its connection waits one tick at most for the lock, so the deadline is checked between
+    attempts; a renewal that met a busy store is tried again soon. Each renewal carries the
+    lease one tick beyond `lease_s`: renewed every tick, the lease always has at least
+    `lease_s` left, so a busy store for less than `lease_s` cannot let it lapse (a reaper that
+    gets the lock first still finds it alive).
+    """
+
+    def __init__(self, ws: Workspace, job_id: int, lease_s: float, deadline: float) -> None:
+        super().__init__(name=f"beast-job-{job_id}-watchdog", daemon=True)
+        self.ws, self.job_id, self.lease_s, self.deadline = ws, job_id, lease_s, deadline
+        self.tick = min(1.0, lease_s / 3)
+        self.halt = threading.Event()
+        # Set by the main thread before it ends the job itself: from then on a job that is
+        # no longer running is its own doing, not a reaper's.
+        self.finishing = threading.Event()
+
+    def run(self) -> None:
+        store = Store(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
+        wait = self.tick
+        while not self.halt.wait(wait):
+            wait = self.tick
+            try:
+                if jobs.monotonic() >= self.deadline:
+                    self._time_out(store)
+                with store.write() as conn:
+                    still_mine = jobs.renew(conn, self.job_id, self.lease_s + self.tick)
+            except StateBusy:
+                wait = RETRY_PAUSE_S  # the attempt waited a tick already: try again soon
+                continue
+            except BeastError:  # briefly unwritable: the lease has slack for retries
+                continue
+            if still_mine or self.halt.is_set():
+                continue
+            if self.finishing.is_set():
+                return
+            workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
+            _kill_own_group()  # failed by a reaper: stop spending the CPU
+
+    def _time_out(self, store: Store) -> None:
+        """Fail the job, remove its files and kill its group, this process included. A busy
+        store does not hold the kill back: a reaper records the timeout once the lock is free
+        (`workers.reap` names it so)."""
+        with store.read() as conn:
+            found = jobs.row(conn, self.job_id)
+        try:
+            with store.write() as conn:
+                ended = jobs.finish(
+                    conn, self.job_id, status="failed", error=jobs.timed_out(found["timeout_s"])
+                )
+        except StateBusy:
+            ended = True
+        if ended:
+            workers.clean_files(self.ws.models_dir, self.job_id, found["line"], found["version"])
+            workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
+            _kill_own_group()  # not reached: the group kill took this process too
+
+
+def _kill_own_group() -> None:
+    os.killpg(os.getpgid(0), signal.SIGKILL)
+
+
+class RunningJob:
+    """The running job as the training steps see it: progress and log lines to the store.
+
+    Progress and log lines are cosmetic: one that cannot get the write lock within
+    `NOTE_BUSY_S` is kept, in order, and written with the next write that gets it (the job's
+    end at the latest), with the time it happened. The writes the outcome depends on (`commit`,
+    `retrying`) are retried on a busy store with backoff until the job's deadline.
+    """
+
+    def __init__(
+        self, engine: Engine, job_id: int, line: str, *, deadline: float = math.inf
+    ) -> None:
+        self.engine, self.id, self.line, self.deadline = engine, job_id, line, deadline
+        self._notes: Store | None = None
+        self._lines: list[tuple[str, str]] = []  # (UTC time, line) not in the store yet
+        self._progress: tuple[float, str] | None = None
+        self._busy: tuple[str, str] | None = None  # the note of a write being retried
+
+    def step(self, progress: float, message: str) -> None:
+        self._progress = (progress, message)
+        self.log(message)
+
+    def log(self, text: str) -> None:
+        self._lines.append((utc_now(), text))
+        if self._notes is None:
+            busy_s = min(NOTE_BUSY_S, self.engine.store.busy_s)
+            self._notes = Store(self.engine.workspace.db_path, busy_timeout_s=busy_s)
+        with contextlib.suppress(StateBusy):  # kept for the next write that gets the lock
+            self._write(self._notes, _nothing)
+
+    def commit(self, what: str, change: Callable[[sqlite3.Connection], T]) -> T:
+        """A write the job needs (`what` names it in the log if it had to wait), after the
+        lines kept so far, in the same transaction; retried until the deadline."""
+        return self.retrying(what, lambda: self._write(self.engine.store, change))
+
+    def retrying(self, what: str, action: Callable[[], T]) -> T:
+        """`action` (one transaction, or a call that makes one) retried on a busy store until
+        the job's deadline. A retry leaves a note of the wait, written with the transaction
+        that succeeds when it is a `commit`, else with the next write."""
+        at, first, tries = utc_now(), jobs.monotonic(), 0
+
+        def attempt() -> T:
+            nonlocal tries
+            if tries:
+                waited = jobs.monotonic() - first
+                self._busy = (at, f"the store was busy: {what} waited {waited:.1f} s")
+            tries += 1
+            return action()
+
+        result = retry_busy(attempt, self.deadline)
+        if self._busy is not None:
+            self._lines.append(self._busy)
+            self._busy = None
+        return result
+
+    def _write(self, store: Store, change: Callable[[sqlite3.Connection], T]) -> T:
+        lines = [*self._lines, *([self._busy] if self._busy is not None else [])]
+        with store.write() as conn:
+            if self._progress is not None:
+                jobs.set_progress(conn, self.id, *self._progress, log=False)
+            for at, text in lines:
+                jobs.append_log(conn, self.id, text, at=at)
+            result = change(conn)
+        self._lines.clear()
+        self._progress = self._busy = None
+        return result
+
+    def wants_deploy(self) -> bool:
+        """Read at deploy time: a trigger that joined later may have asked for it."""
+        with self.engine.store.read() as conn:
+            asked = bool(jobs.row(conn, self.id)["deploy"])
+        return asked or self.engine.config.retrain.auto_deploy
+
+    def close(self) -> None:
+        if self._notes is not None:
+            self._notes.close()
+            self._notes = None
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """The change of a write that only carries the kept progress and log lines."""
+
+
+def _fault() -> str:
+    return os.environ.get(FAULT_ENV, "")
+
+
+def _hang(job: RunningJob) -> None:
+    child = subprocess.Popen(["sleep", "3600"])  # in this process group: must die with it
+    job.log(f"test fault: hanging (child pid {child.pid})")
+    while True:
+        time.sleep(1)
+
+
+def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
+    with engine.store.read() as conn:
+        found = conn.execute(
+            "SELECT feature_names, n_features FROM model_lines WHERE name = ?", (line,)
+        ).fetchone()
+    if found is None or not found["feature_names"]:
+        raise BeastError(
+            f"model line {line} has no feature names: training data is matched by name"
+        )
+    return tuple(json.loads(found["feature_names"]))
+
+
+def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
+    job.step(0.05, "loading data/ and labelled predictions")
+    with job.engine.store.read() as conn:
+        labelled = predlog.labelled_rows(conn, job.line, len(names))
+    data = retrain.load(job.engine.workspace.data_dir, names, labelled)
+    for note in data.skipped:
+        job.log(note)
+    sources = ", ".join(f"{s.name}: {s.rows}" for s in data.sources) or "none"
+    job.log(f"{data.rows} rows ({sources})")
+    return data
+
+
+def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
+    with engine.store.read() as conn:
+        state = engine.line_state(conn, line)
+        if state is None:
+            return None
+        path = registry.artifact_path(
+            conn, engine.workspace.models_dir, state.production.artifact_id
+        )
+    return state.production.name, path
+
+
+def _predict(model_path: Path, x: np.ndarray) -> np.ndarray:
+    import xgboost as xgb
+
+    booster = xgb.Booster(params={"nthread": retrain.THREADS}, model_file=str(model_path))
+    out: np.ndarray = booster.inplace_predict(x, validate_features=False)
+    return out
+
+
+def _judge(
+    job: RunningJob, trained: retrain.Trained, data: retrain.Dataset, split: retrain.Split
+) -> tuple[retrain.Scores, retrain.Scores | None, str | None]:
+    tolerance = job.engine.config.thresholds.tolerance_points
+    x, y = data.x[split.holdout], data.y[split.holdout]
+    predicted = trained.booster.inplace_predict(x)
+    if _fault() == "nan":
+        predicted = np.full_like(predicted, np.nan)
+    new = retrain.score(predicted, y, tolerance)
+    found = _production(job.engine, job.line)
+    if found is None:
+        return new, None, None
+    name, path = found
+    try:
+        production = retrain.score(_predict(path, x), y, tolerance)
+    except Exception as exc:  # the artifact is gone or unreadable: no comparison, no deploy
+        job.log(f"production {name} could not be scored ({type(exc).__name__}: {exc})")
+        return new, None, name
+    return new, production, name
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What the search produced, with the data and split it came from."""
+
+    names: tuple[str, ...]
+    data: retrain.Dataset
+    split: retrain.Split
+    trained: retrain.Trained
+
+
+def _lineage(
+    job: RunningJob, version: str, parent: str | None, fit: Fit, scores: dict[str, Any]
+) -> dict[str, Any]:
+    data, trained = fit.data, fit.trained
+    return {
+        "trained_at": utc_now(),
+        "job": job.id,
+        "line": job.line,
+        "version": version,
+        "parent_version": parent,
+        "data": {
+            "rows": data.rows,
+            "sha256": data.sha256(),
+            "sources": [vars(s) for s in data.sources],
+        },
+        "parameters": {**trained.params, "rounds": trained.rounds},
+        "search": [vars(t) for t in trained.trials],
+        "metrics": scores,
+    }
+
+
+def _write_artifact(
+    job: RunningJob, version: str, fit: Fit, lineage: dict[str, Any], holdout: retrain.Scores
+) -> Path:
+    """Sidecar first, then the model under a temp name that keeps `.json`, then renames:
+    whoever sees the final model file (the watcher) finds its sidecar already there."""
+    models_dir = job.engine.workspace.models_dir
+    final = models_dir / f"{job.line}-{version}.json"
+    temp = workers.temp_model_path(models_dir, job.id)
+    trained = fit.trained
+    train_x = fit.data.x[fit.split.train]
+    reference = baselines.VersionReference.build(
+        train_x, np.asarray(trained.booster.inplace_predict(train_x)), fit.names
+    )
+    side = baselines.write_sidecar(
+        temp,
+        reference,
+        accuracy=holdout.accuracy if holdout.finite else None,
+        mae=holdout.mae if holdout.finite else None,
+        extra=lineage,
+    )
+    trained.booster.save_model(str(temp))
+    side.replace(baselines.sidecar_path(final))
+    temp.replace(final)
+    return final
+
+
+def _log_mlflow(job: RunningJob, run_name: str, lineage: dict[str, Any], model: Path) -> None:
+    """Optional: a missing module or any MLflow failure only adds a log line."""
+    try:
+        tracking: Any = importlib.import_module("engine.retrain.mlflow_tracking")
+    except ImportError:
+        job.log("MLflow: engine.retrain.mlflow_tracking is not available; run not logged")
+        return
+    metrics = {
+        f"{who}_{k}": v
+        for who, figures in lineage["metrics"].items()
+        if isinstance(figures, dict)
+        for k, v in figures.items()
+        if isinstance(v, int | float)
+    }
+    try:
+        result = tracking.log_training(
+            job.engine.workspace,
+            job.engine.config,
+            run_name=run_name,
+            params=lineage["parameters"],
+            metrics=metrics,
+            model_path=model,
+            lineage_path=baselines.sidecar_path(model),
+        )
+    except Exception as exc:
+        job.log(f"MLflow logging failed: {type(exc).__name__}: {exc}")
+        return
+    job.log(f"MLflow: {result}" if result else "MLflow: off or not installed; run not logged")
+
+
+def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[bool, str]:
+    if not decision.deploy:
+        return False, decision.reason
+    settings = job.engine.config.retrain
+    test = f"retrain-{version}"
+    try:
+        change = job.retrying(
+            f"deploying {version}",
+            lambda: job.engine.deploy(
+                version=version,
+                model=job.line,
+                traffic=settings.candidate_traffic,
+                ab_test=test,
+                note=f"retrain job {job.id}: {decision.reason}",
+            ),
+        )
+    except BeastError as exc:
+        return False, f"not deployed: {exc} ({decision.reason.removeprefix('deployed: ')})"
+    job.log(change.message)
+    return True, f"{decision.reason}; A/B test {test} at {settings.candidate_traffic:g}%"
+
+
+def _train(job: RunningJob) -> Fit:
+    """Data, split and the bounded search (the faults of the test hooks strike here)."""
+    names = _line_schema(job.engine, job.line)
+    data = _load(job, names)
+    if _fault() == "crash":
+        raise RuntimeError("test fault: trainer crashed")
+    if _fault() == "abort":
+        os.abort()
+    if _fault() == "hang":
+        _hang(job)
+    try:
+        split = retrain.time_split(data.rows)
+    except ValueError as exc:  # too little data: the job's error says so, plainly
+        raise BeastError(str(exc)) from None
+    count = len(retrain.SEARCH)
+    job.step(0.15, f"searching {count} configurations")
+
+    def on_trial(i: int, trial: retrain.Trial) -> None:
+        job.step(
+            0.15 + 0.6 * (i + 1) / count,
+            f"configuration {i + 1}/{count} {trial.params}: "
+            f"{trial.rounds} rounds, validation MAE {trial.valid_mae:.3f}",
+        )
+
+    return Fit(names, data, split, retrain.search(data, split, names, on_trial))
+
+
+def _next_version(job: RunningJob) -> str:
+    with job.engine.store.read() as conn:
+        known = [
+            r[0] for r in conn.execute("SELECT name FROM versions WHERE line = ?", (job.line,))
+        ]
+    models_dir = job.engine.workspace.models_dir
+    version = retrain.next_version(known, lambda v: (models_dir / f"{job.line}-{v}.json").exists())
+    job.commit("recording the version", lambda conn: jobs.set_version(conn, job.id, version))
+    return version
+
+
+def register_model(job: RunningJob, model: Path, version: str) -> None:
+    """Register the job's model, retried on a busy store: registration is by sha256, so an
+    attempt after a busy one finds nothing or these very bytes registered, never makes a
+    second row. The bytes are validated in a child once, however many attempts it takes."""
+    verdicts: dict[str | None, artifacts.Validation] = {}
+
+    def validate_once(
+        path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+    ) -> artifacts.Validation:
+        if expected_sha256 is None or expected_sha256 not in verdicts:
+            verdicts[expected_sha256] = artifacts.validate_in_child(
+                path, fmt, timeout_s, expected_sha256=expected_sha256
+            )
+        return verdicts[expected_sha256]
+
+    job.retrying(
+        f"registering {version}",
+        lambda: job.engine.register(
+            model, version=version, model=job.line, validator=validate_once
+        ),
+    )
+
+
+def run(job: RunningJob) -> tuple[str, bool, str]:
+    """Train, judge, write, register and maybe deploy; (version, deployed, reason)."""
+    fit = _train(job)
+    job.step(0.8, "scoring the new model and production on the same holdout")
+    new, production, parent = _judge(job, fit.trained, fit.data, fit.split)
+    scores = {
+        "holdout": new.to_json(),
+        "production_holdout": production.to_json() if production is not None else None,
+        "validation_mae": fit.trained.valid_mae,
+    }
+    decision = retrain.decide(
+        new,
+        production,
+        min_improvement=job.engine.config.retrain.min_accuracy_improvement,
+        wanted=job.wants_deploy(),
+    )
+    version = _next_version(job)
+    job.step(0.85, f"writing {job.line}-{version}.json and its lineage")
+    lineage = _lineage(job, version, parent, fit, scores)
+    path = _write_artifact(job, version, fit, lineage, new)
+    job.step(0.9, f"registering {version} (validated in a child process)")
+    register_model(job, path, version)
+    _log_mlflow(job, f"{job.line}-{version}", lineage, path)
+    job.step(0.95, decision.reason)
+    deployed, reason = _deploy(job, version, decision)
+    return version, deployed, reason
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[0].isdigit():
+        print("usage: python -m engine.server.train_worker JOB_ID WORKSPACE", file=sys.stderr)
+        return 2
+    job_id, ws = int(argv[0]), Workspace(Path(argv[1]))
+    with contextlib.suppress(OSError):
+        os.nice(10)  # serving keeps its p99: the scheduler favours it over this process
+    engine = Engine(ws, actor=ACTOR)
+    try:
+        return _work(engine, job_id)
+    finally:
+        engine.close()
+
+
+def _claim(engine: Engine, job_id: int) -> tuple[sqlite3.Row | None, float]:
+    """Claim the queued job, retrying on a busy store for as long as a claim is waited for
+    (a reaper fails the job "never started" after that; the claim then finds it gone).
+    Returns the claimed row (None: nothing to do) and how long a busy store held it back."""
+    started, tries = jobs.monotonic(), 0
+
+    def claim() -> sqlite3.Row | None:
+        nonlocal tries
+        tries += 1
+        with engine.store.write() as conn:
+            return jobs.claim(
+                conn,
+                job_id,
+                pid=os.getpid(),
+                pgid=os.getpgid(0),
+                lease_s=engine.config.retrain.lease_s,
+            )
+
+    window = max(engine.config.retrain.lease_s, jobs.CLAIM_WINDOW_S)
+    claimed = retry_busy(claim, started + window)
+    return claimed, jobs.monotonic() - started if tries > 1 else 0.0
+
+
+def _work(engine: Engine, job_id: int) -> int:
+    claimed, waited = _claim(engine, job_id)
+    if claimed is None:
+        return 0  # already claimed, or failed before this process got to it
+    deadline = float(claimed["deadline"])
+    watchdog = Watchdog(engine.workspace, job_id, engine.config.retrain.lease_s, deadline)
+    watchdog.start()
+    job = RunningJob(engine, job_id, claimed["line"], deadline=deadline)
+    try:
+        if waited:
+            job.log(f"the store was busy: claiming the job waited {waited:.1f} s")
+        try:
+            version, deployed, reason = run(job)
+        except Exception as exc:
+            watchdog.finishing.set()
+            _fail(job, exc)
+            return 1
+        used = os.times()
+        cpu = used.user + used.system + used.children_user + used.children_system
+        job.log(f"worker CPU time {cpu:.2f} s (validation child included)")
+        watchdog.finishing.set()
+        job.commit(
+            "recording the outcome",
+            lambda conn: jobs.finish(
+                conn, job_id, status="succeeded", version=version, deployed=deployed, reason=reason
+            ),
+        )
+        return 0
+    finally:
+        watchdog.halt.set()
+        job.close()
+
+
+def _fail(job: RunningJob, exc: Exception) -> None:
+    """Record the failure (the traceback's tail in the log) and remove half-written files."""
+    error = str(exc) if isinstance(exc, BeastError) else f"{type(exc).__name__}: {exc}"
+    with contextlib.suppress(BeastError):
+        job.log("".join(traceback.format_exception(exc)[-3:]).strip())
+
+    def record(conn: sqlite3.Connection) -> tuple[bool, str | None]:
+        ended = jobs.finish(conn, job.id, status="failed", error=error)
+        return ended, jobs.row(conn, job.id)["version"]
+
+    ended, version = job.commit("recording the failure", record)
+    if ended:
+        workers.clean_files(job.engine.workspace.models_dir, job.id, job.line, version)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

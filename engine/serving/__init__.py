@@ -1,0 +1,3 @@
+"""Serving: the router (production or the A/B candidate, sticky by key), feature checks,
+the batched prediction log and its latency histograms.
+"""

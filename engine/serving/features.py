@@ -1,0 +1,224 @@
+"""Input validation before XGBoost sees a row: our own checks, with the field named.
+
+Features come by name (mapped to the model's order) or as a list in that order. Values must be
+real numbers: no strings, booleans, nulls or nested lists; finite after the cast to float32
+(so 1e39 and ±inf are refused); NaN only for features the line declares nullable (XGBoost
+reads NaN as "missing", which is only right where missing is expected).
+
+The common case (a list or an object of plain floats and ints, all in range) takes a fast
+path: one type check and one range comparison per value, or a vectorised check for a batch.
+Anything else goes through the careful path, which names the row and the field at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
+
+import numpy as np
+
+from engine.core.errors import BeastError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The smallest magnitude that the cast to float32 turns into infinity (round to nearest even:
+# halfway between FLOAT32_MAX and 2**128 rounds up). Below it a value casts to a finite number.
+FLOAT32_EDGE = 2.0**128 - 2.0**103
+_PLAIN = frozenset((float, int))
+_ROWS = frozenset((list, tuple))
+
+
+class InvalidFeatures(BeastError):
+    """A prediction request whose features do not fit the model line's schema."""
+
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class Schema:
+    names: tuple[str, ...]
+    nullable: frozenset[str] = frozenset()
+    # Derived once, so that validating a row allocates nothing it does not return.
+    name_set: frozenset[str] = field(init=False, repr=False, compare=False)
+    nullable_mask: np.ndarray = field(init=False, repr=False, compare=False)
+    # An object's values in the model's order, in one C call (a tuple when width > 1).
+    values_of: Callable[[Mapping[str, Any]], Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name_set", frozenset(self.names))
+        object.__setattr__(self, "values_of", operator.itemgetter(*self.names))
+        mask = np.array([n in self.nullable for n in self.names], dtype=bool)
+        object.__setattr__(self, "nullable_mask", mask)
+
+    @property
+    def width(self) -> int:
+        return len(self.names)
+
+
+def _value(raw: Any, field: str, nullable: bool) -> float:
+    """One value, checked; the careful path (the error names the field)."""
+    if (
+        isinstance(raw, bool | np.bool_)
+        or not isinstance(raw, numbers.Real)
+        or isinstance(raw, np.timedelta64 | np.datetime64)
+    ):
+        kind = "null" if raw is None else type(raw).__name__
+        raise InvalidFeatures(f"feature {field}: expected a number, got {kind}")
+    try:
+        value = float(raw)
+    except (OverflowError, ValueError, TypeError):
+        raise InvalidFeatures(
+            f"feature {field}: {_short(raw)} is not finite as a 32-bit float"
+        ) from None
+    if math.isnan(value):
+        if nullable:
+            return math.nan
+        raise InvalidFeatures(f"feature {field}: NaN is not allowed (it is not declared nullable)")
+    if not -FLOAT32_EDGE < value < FLOAT32_EDGE:
+        raise InvalidFeatures(f"feature {field}: {_short(raw)} is not finite as a 32-bit float")
+    return value
+
+
+def _short(raw: Any) -> str:
+    text = raw if isinstance(raw, str) and raw.isprintable() and raw else repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _fast(values: Sequence[Any]) -> list[float] | None:
+    """Plain in-range floats and ints as floats; None when anything needs the careful path."""
+    for v in values:
+        t = type(v)
+        if (t is not float and t is not int) or not -FLOAT32_EDGE < v < FLOAT32_EDGE:
+            return None  # NaN fails the comparison too: nullable or not, decided carefully
+    return [float(v) for v in values]
+
+
+def _ordered(schema: Schema, features: Mapping[Any, Any]) -> list[Any]:
+    """The values of an object of name → value in the model's order (names checked)."""
+    if features.keys() != schema.name_set:
+        missing = [n for n in schema.names if n not in features]
+        unknown = [k for k in features if k not in schema.name_set]
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}")
+        if unknown:
+            parts.append(f"unknown {', '.join(_short(u) for u in unknown[:5])}")
+        raise InvalidFeatures(f"features do not match the model: {'; '.join(parts)}")
+    return [features[n] for n in schema.names]
+
+
+def _listed(schema: Schema, features: Any) -> Sequence[Any]:
+    """The values of a row given as an object or a list, in the model's order."""
+    if isinstance(features, Mapping):
+        return _ordered(schema, features)
+    if isinstance(features, np.ndarray):
+        if features.ndim != 1:
+            raise InvalidFeatures(f"a row must be 1-dimensional, got shape {features.shape}")
+        features = features.tolist()
+    if isinstance(features, str | bytes | bytearray) or not isinstance(features, Sequence):
+        raise InvalidFeatures("features must be an object of name → number or a list of numbers")
+    if len(features) != schema.width:
+        raise InvalidFeatures(f"expected {schema.width} features, got {len(features)}")
+    return features
+
+
+def row(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> list[float]:
+    """One validated row in the model's feature order."""
+    t = type(features)
+    values: Sequence[Any]
+    if t is dict:
+        values = _ordered(schema, features)  # type: ignore[arg-type]
+    elif (t is list or t is tuple) and len(features) == schema.width:
+        values = features  # type: ignore[assignment]
+    else:
+        values = _listed(schema, features)
+    fast = _fast(values)
+    if fast is not None:
+        return fast
+    nullable = schema.nullable
+    return [_value(v, name, name in nullable) for v, name in zip(values, schema.names, strict=True)]
+
+
+def matrix(schema: Schema, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
+    """A validated float32 batch; the error names the row and the field."""
+    if isinstance(rows, np.ndarray):
+        return _array(schema, rows)
+    if isinstance(rows, str | bytes | bytearray | Mapping) or not isinstance(rows, Sequence):
+        raise InvalidFeatures("a batch must be a list of rows")
+    if not rows:
+        raise InvalidFeatures("empty batch: send at least one row")
+    kinds = set(map(type, rows))
+    values: Sequence[Sequence[Any]]
+    if kinds <= _ROWS:
+        values = rows  # type: ignore[assignment]  # lists: checked below, all at once
+    elif kinds == {dict}:
+        try:
+            values = _by_name(schema, rows)  # type: ignore[arg-type]
+        except InvalidFeatures:
+            return _careful(schema, rows)  # names the row
+    else:
+        return _careful(schema, rows)
+    if set(map(type, chain.from_iterable(values))) <= _PLAIN:
+        try:
+            with np.errstate(over="ignore"):
+                x = np.array(values, dtype=np.float32)  # beyond float32: inf, refused below
+        except (OverflowError, ValueError):  # a huge int, ragged rows: the careful path
+            return _careful(schema, rows)
+        if x.shape == (len(values), schema.width) and not _not_finite(schema, x).any():
+            return x
+    return _careful(schema, rows)
+
+
+def _by_name(schema: Schema, rows: Sequence[Mapping[str, Any]]) -> Sequence[Sequence[Any]]:
+    """Objects' values in the model's order. When every object has exactly as many keys as
+    the model has features, looking all the names up (one C call a row) proves each object
+    holds exactly those names; otherwise, or on a missing name, row by row with the names
+    checked, so that the error can say what is missing or unknown."""
+    if schema.width > 1 and set(map(len, rows)) == {schema.width}:
+        try:
+            return list(map(schema.values_of, rows))
+        except KeyError:
+            pass
+    return [_ordered(schema, r) for r in rows]
+
+
+def _careful(schema: Schema, rows: Sequence[Any]) -> np.ndarray:
+    """Row by row, value by value: slower, and the error names the row and the field."""
+    out = np.empty((len(rows), schema.width), dtype=np.float32)
+    for i, features in enumerate(rows):
+        try:
+            out[i] = row(schema, features)
+        except InvalidFeatures as exc:
+            raise InvalidFeatures(f"row {i}: {exc}") from None
+    return out
+
+
+def _not_finite(schema: Schema, x: np.ndarray) -> np.ndarray:
+    """Cells of a float32 batch that are not finite (NaN allowed in nullable columns)."""
+    bad: np.ndarray = ~np.isfinite(x)
+    if schema.nullable and bad.any():
+        bad &= ~(np.isnan(x) & schema.nullable_mask)
+    return bad
+
+
+def _array(schema: Schema, rows: np.ndarray) -> np.ndarray:
+    if rows.ndim != 2 or rows.shape[1] != schema.width:
+        raise InvalidFeatures(f"expected rows of {schema.width} features, got shape {rows.shape}")
+    if rows.shape[0] == 0:
+        raise InvalidFeatures("empty batch: send at least one row")
+    if rows.dtype.kind not in "fiu":
+        raise InvalidFeatures(f"features must be numbers, got an array of {rows.dtype}")
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+    bad = _not_finite(schema, x)
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        try:
+            _value(rows[i, j].item(), schema.names[j], schema.names[j] in schema.nullable)
+        except InvalidFeatures as exc:
+            raise InvalidFeatures(f"row {i}: {exc}") from None
+    return x
