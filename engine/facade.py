@@ -41,7 +41,8 @@ from engine.deploy import rules as deployments
 from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.store import invariants
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
     from engine.monitoring import feedback as labels
@@ -63,7 +64,7 @@ class Engine:
         self.workspace = workspace
         self.actor = actor or current_actor()
         self._config: Config | None = None
-        self._store: Store | None = None
+        self._store: SqliteStore | None = None
 
     @property
     def actor(self) -> str:
@@ -103,11 +104,11 @@ class Engine:
         return self._config
 
     @property
-    def store(self) -> Store:
+    def store(self) -> SqliteStore:
         if self._store is None:
             self.workspace.require()
             self.config  # noqa: B018 - a bad config.toml is refused by every command
-            store = Store(self.workspace.db_path)
+            store = SqliteStore(self.workspace.db_path)
             store.migrate()
             self._store = store
         return self._store
@@ -120,11 +121,11 @@ class Engine:
     # -- reading --------------------------------------------------------------------------
 
     def lines(self) -> list[str]:
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             return registry.line_names(conn)
 
     def status(self) -> Status:
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             lines = registry.line_names(conn)
             states = [s for s in (self._state(conn, line) for line in lines) if s is not None]
             experiments = self._experiments(conn)
@@ -171,7 +172,7 @@ class Engine:
         )
 
     def models(self) -> ModelsReport:
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             found = registry.list_artifacts(conn, self.workspace.models_dir)
             loose = registry.unregistered_files(
                 conn, self.workspace.models_dir, self.config.registry
@@ -198,12 +199,12 @@ class Engine:
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
         _check_names(model=line)
-        with self.store.read() as conn:
-            return history.entries(conn, line)
+        with self.store.read() as tx:
+            return tx.history.entries(line)
 
     def experiment(self, name: str) -> Experiment:
         _check_names(test=name)
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             found = self._experiment(conn, name)
         if found is None:
             raise NotFound(f"no A/B test named {name}")
@@ -228,7 +229,7 @@ class Engine:
             return damaged
         if repair:
             self.export_history()
-        with store.read() as conn:
+        with store.read_sql() as conn:
             report = invariants.check(conn, self.workspace)
         broken = tuple(f"database integrity: {p}" for p in store.foreign_key_errors())
         return invariants.DoctorReport(broken + report.problems, report.warnings)
@@ -245,7 +246,7 @@ class Engine:
             problem = store.file_problem()
             if problem is not None:
                 return problem
-            with store.read() as conn:
+            with store.read_sql() as conn:
                 deployed = conn.execute("SELECT 1 FROM line_state LIMIT 1").fetchone()
         except BeastError as exc:
             return str(exc)
@@ -257,18 +258,18 @@ class Engine:
         """The production a rollback would go to now (shown before asking), or refuse why not."""
         _check_names(version=version)
         line = self._line(model)
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             state = self._state(conn, line)
             if state is None:
                 raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
-            stack = deployments.undo_stack(history.entries(conn, line))
+            stack = deployments.undo_stack(SqliteTx(conn).history.entries(line))
             return deployments.rollback_target(state, stack, version).production
 
     def lineage(self, version: str, *, model: str | None = None) -> Lineage:
         """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""
         _check_names(version=version)
         line = self._line(model)
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             ref = registry.get_version(conn, line, version)
             (artifact,) = registry.list_artifacts(
                 conn, self.workspace.models_dir, only_id=ref.artifact_id
@@ -322,7 +323,7 @@ class Engine:
         )
         registry.check_file_name(checked.relative)
         sha = artifacts.sha256_of(resolved)
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             lines = registry.line_names(conn)
             known = conn.execute(
                 "SELECT * FROM artifacts WHERE sha256 = ? AND status = 'valid'", (sha,)
@@ -365,7 +366,7 @@ class Engine:
                 expected_sha256=sha,
             )
         reason = validation.reason
-        with self.store.write() as conn:
+        with self.store.write_sql() as conn:
             if validation.ok and known is None:
                 assert validation.n_features is not None
                 reason = registry.schema_mismatch(
@@ -383,7 +384,7 @@ class Engine:
         if outcome is None:
             raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
         artifact_id, ref, new = outcome
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             (artifact,) = registry.list_artifacts(conn, models_dir, only_id=artifact_id)
         return registry.Registration(artifact, ref, new)
 
@@ -422,7 +423,7 @@ class Engine:
                     "deploy needs a model file PATH or --version V of a registered one"
                 )
             line = self._line(model)
-            with self.store.read() as conn:
+            with self.store.read_sql() as conn:
                 ref = registry.get_version(conn, line, version)
         target = ref
 
@@ -454,7 +455,7 @@ class Engine:
         if found.status == "running":
             from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
 
-            with self.store.read() as conn:
+            with self.store.read_sql() as conn:
                 judged = monitoring.experiment_report(conn, self.config, found).verdict
             verdict_text = f"verdict: {judged.outcome} ({judged.reason})"
             if judged.outcome != "candidate wins" and not force:
@@ -522,7 +523,7 @@ class Engine:
         def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
             if state is None:
                 raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
-            stack = deployments.undo_stack(history.entries(conn, line))
+            stack = deployments.undo_stack(SqliteTx(conn).history.entries(line))
             where = deployments.rollback_target(state, stack, version)
             target = registry.get_version(conn, line, where.production)
             return deployments.plan_rollback(state, target, where.undoes)
@@ -536,7 +537,7 @@ class Engine:
         from engine.retrain import triggers
 
         line = self._line(model)
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             return triggers.evaluate(conn, line, self.config.retrain)
 
     def start_retrain(
@@ -556,7 +557,7 @@ class Engine:
 
         line = self._line(model)
         settings = self.config.retrain
-        with self.store.write() as conn:
+        with self.store.write_sql() as conn:
             workers.reap(conn, self.workspace.models_dir, line)
             report = triggers.evaluate(conn, line, settings)
             if not force and not report.fires and report.active_job is None:
@@ -578,7 +579,7 @@ class Engine:
             try:
                 workers.launch(self.workspace.root, job_id)
             except OSError as exc:
-                with self.store.write() as conn:
+                with self.store.write_sql() as conn:
                     jobs.finish(
                         conn,
                         job_id,
@@ -601,7 +602,7 @@ class Engine:
         settings = self.config.retrain
         started: Job | None = None
         for line in [self._line(model)] if model is not None else self.lines():
-            with self.store.read() as conn:
+            with self.store.read_sql() as conn:
                 if jobs.active(conn, line) is not None:
                     continue
                 if jobs.finished_within(conn, line, settings.cooldown_minutes * 60):
@@ -621,10 +622,10 @@ class Engine:
         """Fail jobs whose worker was lost (lease expired) or overran its timeout."""
         from engine.retrain import jobs, workers
 
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             if not jobs.lost(conn) and not jobs.overdue(conn, workers.DEADLINE_GRACE_S):
                 return []
-        with self.store.write() as conn:
+        with self.store.write_sql() as conn:
             failed = workers.reap(conn, self.workspace.models_dir)
             return [jobs.get(conn, job_id) for job_id in failed]
 
@@ -633,20 +634,20 @@ class Engine:
         from engine.retrain import jobs
 
         line = self._line(model) if model is not None else None
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             return jobs.recent(conn, limit, line)
 
     def job(self, job_id: int) -> Job:
         from engine.retrain import jobs
 
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             return jobs.get(conn, job_id)
 
     def job_log(self, job_id: int, *, times: bool = False) -> list[str]:
         """A job's log lines, oldest first (with `times`, each prefixed with its UTC time)."""
         from engine.retrain import jobs
 
-        with self.store.read() as conn:
+        with self.store.read_sql() as conn:
             return jobs.log_lines(conn, job_id, times=times)
 
     def wait_job(
@@ -717,10 +718,10 @@ class Engine:
         planner: Callable[[sqlite3.Connection, LineState | None], deployments.Plan],
         rerun: Callable[[HistoryEntry | None, Expect | None], str | None] | None = None,
     ) -> Change:
-        with self.store.write() as conn:
+        with self.store.write_sql() as conn:
             state = self._state(conn, line)
             if rerun is not None:
-                last = history.last(conn, line)
+                last = SqliteTx(conn).history.last(line)
                 done = rerun(last, expect)
                 if done is not None:
                     return Change(last, done, changed=False)
@@ -785,21 +786,18 @@ class Engine:
             plan.candidate_bp,
             plan.experiment,
         )
-        entry = history.append(
-            conn,
-            {
-                "line": line,
-                "at": now,
-                "actor": actor,
-                "action": plan.action,
-                "version": plan.version,
-                "experiment": plan.history_experiment,
-                "from_state": state.snapshot() if state else Snapshot(),
-                "to_state": to_state,
-                "undoes": plan.undoes,
-                "note": note,
-                "forced": plan.forced,
-            },
+        entry = SqliteTx(conn).history.append(
+            line=line,
+            at=now,
+            actor=actor,
+            action=plan.action,
+            version=plan.version,
+            experiment=plan.history_experiment,
+            from_state=state.snapshot() if state else Snapshot(),
+            to_state=to_state,
+            undoes=plan.undoes,
+            note=note,
+            forced=plan.forced,
         )
         same_production = state is not None and state.production.id == plan.production.id
         same_candidate = (
@@ -841,8 +839,8 @@ class Engine:
         """Rewrite deployments/history.json from the history table (atomic, never stale)."""
 
         def read() -> str:
-            with self.store.read() as conn:
-                return history.export_text(conn)
+            with self.store.read() as tx:
+                return tx.history.export_text()
 
         history.write_export(self.workspace.history_export_path, read)
 

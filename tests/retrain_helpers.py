@@ -143,7 +143,7 @@ def model_files(ws: Workspace) -> list[str]:
 
 
 def version_names(engine: Engine) -> set[str]:
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         return {r[0] for r in conn.execute("SELECT name FROM versions")}
 
 

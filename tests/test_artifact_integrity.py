@@ -121,7 +121,7 @@ def test_the_artifact_alert_reads_a_file_again_only_when_its_stat_changed(
     monkeypatch.setattr(artifact_alerts.time, "time_ns", lambda: later)
 
     def firing() -> list[str]:
-        with engine.store.write() as conn:
+        with engine.store.write_sql() as conn:
             artifact_alerts.sync(conn, registered.models_dir)
             rows = conn.execute(
                 "SELECT message FROM alerts WHERE metric = 'artifact' AND resolved_at IS NULL"

@@ -34,7 +34,7 @@ from engine.server.daemon import Evaluator, Scheduler
 from engine.server.train_worker import FAULT_ENV, RunningJob, register_model
 from engine.server.watcher import ModelWatcher, WatchOptions
 from engine.serving import prediction_log as predlog
-from engine.store.connection import BUSY_ENV, Store
+from engine.store.sqlite.connection import BUSY_ENV, SqliteStore
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import (
     LINE,
@@ -150,7 +150,7 @@ def test_a_job_rides_out_a_writer_holding_the_lock_past_the_busy_timeout(
         done = engine.wait_job(job.id, 60)
         log = engine.job_log(job.id)
         sha = hashlib.sha256(model.read_bytes()).hexdigest()
-        with engine.store.read() as conn:
+        with engine.store.read_sql() as conn:
             registered = conn.execute(
                 "SELECT count(*) FROM artifacts WHERE sha256 = ?", (sha,)
             ).fetchone()[0]
@@ -188,7 +188,7 @@ def test_the_timeout_kills_the_job_while_the_store_is_busy_and_a_reaper_records_
     with closing(Engine(rws, actor="tester")) as engine:
         job = engine.start_retrain(force=True)
         child = int(wait_for_log(engine, job.id, "child pid").rsplit(" ", 1)[-1].rstrip(")"))
-        with engine.store.read() as conn:
+        with engine.store.read_sql() as conn:
             worker = jobs.row(conn, job.id)["pid"]
         lock.hold(10)  # across the job's deadline, and past it
         assert wait_dead(worker, timeout=8), "killed at its deadline, busy store or not"
@@ -220,7 +220,7 @@ def test_a_registration_that_meets_a_busy_store_is_retried_and_validated_once(
         rws.models_dir / f"{LINE}-v3.0.json", rows=300, depth=2, rounds=5, seed=4
     )
     with closing(Engine(rws)) as engine:
-        with engine.store.write() as conn:
+        with engine.store.write_sql() as conn:
             job_id = queue_job(conn)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 60)
         try:
@@ -235,7 +235,7 @@ def test_a_registration_that_meets_a_busy_store_is_retried_and_validated_once(
         finally:
             job.close()
         sha = hashlib.sha256(model.read_bytes()).hexdigest()
-        with engine.store.read() as conn:
+        with engine.store.read_sql() as conn:
             artifacts_rows = conn.execute(
                 "SELECT count(*) FROM artifacts WHERE sha256 = ?", (sha,)
             ).fetchone()[0]
@@ -254,7 +254,7 @@ def test_progress_and_log_lines_met_by_a_busy_store_wait_in_order(
     monkeypatch.setenv(BUSY_ENV, "0.2")
     lock = holder(registered)
     with closing(Engine(registered)) as engine:
-        with engine.store.write() as conn:
+        with engine.store.write_sql() as conn:
             job_id = queue_job(conn)
             jobs.claim(conn, job_id, pid=os.getpid(), pgid=os.getpgid(0), lease_s=60)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 60)
@@ -262,7 +262,7 @@ def test_progress_and_log_lines_met_by_a_busy_store_wait_in_order(
             lock.hold(1.0)
             job.step(0.5, "half way")  # cosmetic: kept, not a failure
             job.log("a line")
-            with engine.store.read() as conn:  # reading is never blocked by the writer
+            with engine.store.read_sql() as conn:  # reading is never blocked by the writer
                 assert jobs.get(conn, job_id).progress == 0
                 assert "half way" not in jobs.log_lines(conn, job_id)
             lock.released()
@@ -293,7 +293,7 @@ def test_a_write_the_job_needs_gives_up_at_its_deadline(
     monkeypatch.setenv(BUSY_ENV, "0.1")
     lock = holder(registered)
     with closing(Engine(registered)) as engine:
-        with engine.store.write() as conn:
+        with engine.store.write_sql() as conn:
             job_id = queue_job(conn)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 0.4)
         try:
@@ -316,11 +316,11 @@ def test_reading_training_data_is_not_blocked_by_a_writer(live: Workspace) -> No
         answers = engine.feedback_many([(p.prediction_id, 50.0) for p in done])
     assert {a.status for a in answers} == {"recorded"}
     writer = sqlite3.connect(live.db_path, isolation_level=None)
-    reader = Store(live.db_path, busy_timeout_s=0)  # any wait for a lock would fail at once
+    reader = SqliteStore(live.db_path, busy_timeout_s=0)  # any wait for a lock would fail at once
     try:
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("DELETE FROM batch_labels")  # uncommitted: a long labelling write
-        with reader.read() as conn:
+        with reader.read_sql() as conn:
             x, y, _at = predlog.labelled_rows(conn, LINE, len(ROW))
         writer.execute("ROLLBACK")
     finally:
@@ -342,7 +342,7 @@ def test_a_busy_store_costs_a_periodic_tick_one_warning_not_its_thread(
 ) -> None:
     monkeypatch.setenv(BUSY_ENV, "0.2")
     caplog.set_level(logging.INFO, logger="beast.engine")
-    with closing(Engine(registered)) as engine, engine.store.write() as conn:
+    with closing(Engine(registered)) as engine, engine.store.write_sql() as conn:
         lost = queue_job(conn)  # a job whose worker never came: reaped once the store is free
         conn.execute("UPDATE jobs SET lease_expires = 0 WHERE id = ?", (lost,))
     lock = holder(registered)

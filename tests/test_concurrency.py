@@ -21,7 +21,7 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.records import HistoryEntry, Snapshot
-from engine.store.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from tests.helpers import assert_invariants, beast, history_of, production_of
 from tests.workers import race_worker
 

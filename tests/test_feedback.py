@@ -20,7 +20,7 @@ from engine import Engine, Workspace
 from engine.core import ids
 from engine.core.errors import BeastError, Conflict, NotFound
 from engine.monitoring import feedback as labels
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import REPO
 from tests.serving_helpers import count, logged, logged_count, serving
 
@@ -56,7 +56,7 @@ def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
         assert log is not None
         prediction = router.predict(ROW)
         log.flush()
-    store = Store(live.db_path)
+    store = SqliteStore(live.db_path)
     try:
         assert prediction.score is not None
         actual = prediction.score + 2.0
@@ -78,7 +78,7 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         early, other = router.predict(ROW), router.predict(ROW)
-        store = Store(live.db_path)
+        store = SqliteStore(live.db_path)
         try:
             assert early.score is not None
             far = early.score + 50.0
@@ -109,7 +109,7 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         batch = router.predict_batch([ROW] * 8)
-        store = Store(live.db_path)
+        store = SqliteStore(live.db_path)
         try:
             third, fifth = batch[3], batch[5]
             assert third.score is not None and fifth.score is not None
@@ -139,9 +139,9 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     assert count(live, "SELECT sum(within) FROM rollups") == 1  # 0 and 9 points off
     assert count(live, "SELECT count(*) FROM batch_labels") == 2
     # The row past the end never comes: its feedback expires as unmatched, the rest stays.
-    store = Store(live.db_path)
+    store = SqliteStore(live.db_path)
     try:
-        with store.write() as conn:
+        with store.write_sql() as conn:
             later = ids.issued_ms(beyond) + labels.PENDING_EXPIRY_MS + 60_000
             assert labels.match_pending(conn, TOLERANCE) == 0
             assert labels.expire_pending(conn, now_ms=later) == 1
@@ -162,14 +162,14 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
         served = router.predict(ROW)  # logged below: its feedback must not expire
         now = ids.issued_ms(served.prediction_id)
         lost = ids.new_id(now)  # an id whose row never arrives
-        store = Store(live.db_path)
+        store = SqliteStore(live.db_path)
         try:
-            with store.write() as conn:
+            with store.write_sql() as conn:
                 assert labels.label(conn, lost, 70.0, TOLERANCE, now_ms=now) == "pending"
                 assert labels.label(conn, served.prediction_id, 70.0, TOLERANCE, now) == "pending"
             log.flush()  # the served row arrives and its feedback is matched
             later = now + labels.PENDING_EXPIRY_MS + 1
-            with store.write() as conn:
+            with store.write_sql() as conn:
                 assert labels.expire_pending(conn, now_ms=now + labels.PENDING_EXPIRY_MS) == 0
                 assert labels.expire_pending(conn, now_ms=later) == 1
                 assert labels.expire_pending(conn, now_ms=later) == 0  # once
@@ -206,7 +206,7 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
 
 
 def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
-    store = Store(live.db_path)
+    store = SqliteStore(live.db_path)
     try:
         old = ids.new_id(time.time_ns() // 1_000_000 - 10 * 60_000)  # ten minutes old
         with pytest.raises(NotFound, match=f"no prediction {old}") as caught:
@@ -222,7 +222,7 @@ def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
 
 @pytest.mark.parametrize("actual", [math.nan, math.inf, -math.inf, True, "70", None, 10**400])
 def test_the_actual_must_be_a_finite_number(live: Workspace, actual: Any) -> None:
-    store = Store(live.db_path)
+    store = SqliteStore(live.db_path)
     try:
         with pytest.raises(BeastError, match="actual must be"):
             labels.record(store, ids.new_id(), actual, TOLERANCE)
@@ -236,7 +236,7 @@ def test_a_batch_of_feedback_answers_every_item(live: Workspace) -> None:
         done = router.predict_batch(np.random.default_rng(1).random((3, 5)))
         log.flush()
         buffered = router.predict(ROW)
-        store = Store(live.db_path)
+        store = SqliteStore(live.db_path)
         try:
             a, b, c = (p.prediction_id for p in done)
             old = ids.new_id(time.time_ns() // 1_000_000 - 3_600_000)
@@ -282,9 +282,9 @@ def test_feedback_from_two_processes_at_once_records_exactly_one(
         "import json, sys, time\n"
         "from engine.monitoring import feedback as labels\n"
         "from engine.core.errors import Conflict\n"
-        "from engine.store.connection import Store\n"
+        "from engine.store.sqlite.connection import SqliteStore\n"
         "pids = json.load(open(sys.argv[1])); value = float(sys.argv[3])\n"
-        "store = Store(__import__('pathlib').Path(sys.argv[2]))\n"
+        "store = SqliteStore(__import__('pathlib').Path(sys.argv[2]))\n"
         "store.conn\n"
         "time.sleep(max(0, float(sys.argv[4]) - time.time()))\n"
         "out = []\n"

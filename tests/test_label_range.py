@@ -18,7 +18,7 @@ from engine.core import ids
 from engine.core.config import DEFAULT_CONFIG_TOML, Config, LineSettings, parse_config
 from engine.core.errors import ConfigError
 from engine.monitoring import feedback as labels
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import beast
 from tests.serving_helpers import logged
 
@@ -120,7 +120,7 @@ def test_feedback_still_waiting_for_its_row_is_held_to_the_workspaces_lines(
     held to the widest range of the lines the workspace has (a line only named in config.toml
     widens nothing)."""
     ranges = labels.LabelRanges(((LINE, (0.0, 10.0)), ("not-registered", (5.0, 50.0))))
-    store = Store(engine.workspace.db_path)
+    store = SqliteStore(engine.workspace.db_path)
     try:
         assert labels.record(store, ids.new_id(), 10.0, 5.0, ranges=ranges) == "pending"
         with pytest.raises(labels.OutOfRange, match=r"\[0, 10\]"):

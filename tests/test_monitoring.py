@@ -36,7 +36,7 @@ def feed(
     """n predictions of `version` scored 50; a `within` share labelled within ±5 points.
 
     Their features are zeros, or the float32 `rows` (n of them) when given."""
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         version_id = registry.get_version(conn, LINE, version).id
     at_ms = int((time.time() - minutes_ago * 60) * 1000)
     log = PredictionLog(engine.workspace.db_path, tolerance=5.0)
@@ -64,7 +64,7 @@ def feed(
     log.close()
     scored = [r for r in records if r.score is not None]
     good = round(len(scored) * within)
-    with engine.store.write() as conn:
+    with engine.store.write_sql() as conn:
         for i, r in enumerate(scored):
             labels.label(conn, r.pid, 52.0 if i < good else 60.0, 5.0)
 
@@ -116,7 +116,7 @@ def test_latency_above_max_warns(deployed: Engine) -> None:
 
 
 def test_model_drift_against_the_baseline(deployed: Engine) -> None:
-    with deployed.store.write() as conn:
+    with deployed.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
         baselines.store(conn, artifact_id, "training", reference=None, accuracy=0.95, mae=None)
     feed(deployed, "v1.0", 200, within=0.82)
@@ -132,7 +132,7 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
     names = ("coverage", "complexity", "lint_density", "duplication", "churn")
     training = rng.normal(size=(5000, 5))
     reference = baselines.VersionReference.build(training, rng.normal(50, 5, 5000), names)
-    with deployed.store.write() as conn:
+    with deployed.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
         baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)

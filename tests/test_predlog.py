@@ -30,7 +30,7 @@ from engine.monitoring.baselines import FIRST_PREDICTIONS
 from engine.serving import latency
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import FEATURES, REPO
 from tests.serving_helpers import (
     LINE,
@@ -129,7 +129,7 @@ def test_rollups_equal_metrics_recomputed_from_the_raw_log(ab_ws: Workspace) -> 
     rng = np.random.default_rng(6)
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=700)  # flushed by hand
     log.store.migrate()
-    store = Store(ab_ws.db_path)
+    store = SqliteStore(ab_ws.db_path)
     answers: dict[str, int] = defaultdict(int)
     try:
         flushed: list[Record] = []
@@ -242,7 +242,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
     rng = np.random.default_rng(11)
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=900)  # flushed by hand
     log.store.migrate()
-    store = Store(ab_ws.db_path)
+    store = SqliteStore(ab_ws.db_path)
     pids = [r.pid for r in records] + [p for c in chunks for p in c.pids()]
     try:
         for r in records:
@@ -404,11 +404,11 @@ def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Work
         log.flush()
     wanted = {singles[1].prediction_id: 11.0, batch[0].prediction_id: 20.0}
     wanted |= {batch[4].prediction_id: 24.0, singles[3].prediction_id: 13.0}
-    store = Store(ab_ws.db_path)
+    store = SqliteStore(ab_ws.db_path)
     try:
         for pid, actual in wanted.items():
             assert labels.record(store, pid, actual, TOLERANCE) == "recorded"
-        with store.read() as conn:
+        with store.read_sql() as conn:
             x, y, at = predlog.labelled_rows(conn, LINE, 5)
             assert predlog.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
     finally:
@@ -547,7 +547,7 @@ def test_a_row_that_cannot_be_written_costs_its_neighbours_nothing(
     assert {r["pid"] for r in logged(ab_ws)} == {r.pid for r in [*good, *more]}
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == 50
     _assert_rollups_match_raw(ab_ws)
-    store = Store(ab_ws.db_path)
+    store = SqliteStore(ab_ws.db_path)
     try:
         for r in good:  # feedback on the neighbours' ids records
             assert labels.record(store, r.pid, 50.0, TOLERANCE) == "recorded"
@@ -607,7 +607,7 @@ def test_a_bad_batch_is_quarantined_whole_and_the_batches_beside_it_are_logged(
     finally:
         log.close()
     assert logged_count(ab_ws) == good_rows
-    store = Store(ab_ws.db_path)
+    store = SqliteStore(ab_ws.db_path)
     try:
         for pid in (bad.pids()[0], bad.pids()[-1]):
             with pytest.raises(NotFound, match="quarantined"):

@@ -22,7 +22,7 @@ from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_count, version_id
 
 DAY = predlog.DAY_MS
@@ -40,9 +40,9 @@ def _with_reference(ws: Workspace, *versions: str) -> None:
     """Give versions a drift reference (as a training sidecar would): their rows are no
     longer needed to build one."""
     rng = np.random.default_rng(0)
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     try:
-        with store.write() as conn:
+        with store.write_sql() as conn:
             for name in versions:
                 artifact = conn.execute(
                     "SELECT artifact_id FROM versions WHERE id = ?", (version_id(ws, name),)
@@ -112,7 +112,7 @@ def _log(ws: Workspace, *items: Record | Chunk) -> PredictionLog:
 
 
 def _label(ws: Workspace, pids: list[str], actual: float = 66.0) -> None:
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     try:
         for pid in pids:
             assert labels.record(store, pid, actual, TOLERANCE) == "recorded"
@@ -125,7 +125,7 @@ def _prune_all(log: PredictionLog, at: int, budget: int) -> list[predlog.Pruned]
     rows looked at."""
     steps = []
     while True:
-        with log.store.write() as conn:
+        with log.store.write_sql() as conn:
             step = predlog.prune(conn, log.settings, at, budget=budget)
         steps.append(step)
         assert step.singles + step.batch_rows <= budget + 1  # +1: rows sharing a key's half
@@ -178,9 +178,9 @@ def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
     )  # the metrics are the rollups: untouched
     assert count(ws, "SELECT count(*) FROM first_predictions") == first
     assert logged_count(ws) == len(expected)
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     try:
-        with store.read() as conn:
+        with store.read_sql() as conn:
             _x, y, _at = predlog.labelled_rows(conn, LINE, 5)
         assert len(y) == len(kept_singles) + len(kept_rows)
         for pid in [*kept_singles, *kept_rows]:  # feedback still finds them
@@ -205,7 +205,7 @@ def test_a_version_still_waiting_for_its_reference_keeps_the_rows_it_will_be_bui
         _prune_all(log, now, budget=1000)
         assert {r["pid"] for r in logged(ws)} == {r.pid for r in old if r.score is not None}
         _with_reference(ws, "v1.0")  # built: the rows are raw log now
-        with log.store.write() as conn:  # a new pass (a restart resumes where it stopped)
+        with log.store.write_sql() as conn:  # a new pass (a restart resumes where it stopped)
             conn.execute("DELETE FROM log_retention")
         _prune_all(log, now, budget=1000)
     finally:

@@ -1,8 +1,8 @@
-"""What the schema itself refuses (engine/store/schema.py), tried with direct SQL.
+"""What the schema itself refuses (engine/store/sqlite/schema.py), tried with direct SQL.
 
-Each refusal is tried through `Store.write()` against a real workspace (v1.0–v4.0 registered),
-so it must come back as the store's one-line refusal and leave every table as it was; a valid
-change of the same kind is accepted (then undone), so no refusal is an artefact of the test.
+Each refusal is tried through `SqliteStore.write_sql()` against a real workspace (v1.0–v4.0
+registered), so it must come back as the store's one-line refusal and leave every table as it was; a
+valid change of the same kind is accepted (then undone), so no refusal is an artefact of the test.
 The CHECKs of `line_state` are also tried alone, on a bare copy of the schema without the
 triggers that usually refuse first. The fixtures check every invariant after each test.
 """
@@ -22,8 +22,8 @@ from engine.core import ids
 from engine.core.errors import StoreError
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
-from engine.store.connection import Store
-from engine.store.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 
 LINE = "quality-predictor"
 NOW = "2026-01-01T00:00:00.000Z"
@@ -45,7 +45,7 @@ def _tables(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
 def refused(engine: Engine, change: Change) -> str:
     """Run `change` in one write; it must be refused and leave every table as it was."""
     before = _tables(engine)
-    with pytest.raises(StoreError) as info, engine.store.write() as conn:
+    with pytest.raises(StoreError) as info, engine.store.write_sql() as conn:
         change(conn)
     message = str(info.value)
     assert "\n" not in message
@@ -58,7 +58,7 @@ def refused(engine: Engine, change: Change) -> str:
 def accepted(engine: Engine, change: Change) -> None:
     """Run `change` in one write; it must go through (and is then rolled back)."""
     before = _tables(engine)
-    with pytest.raises(_Undo), engine.store.write() as conn:
+    with pytest.raises(_Undo), engine.store.write_sql() as conn:
         change(conn)
         raise _Undo
     assert _tables(engine) == before
@@ -457,11 +457,11 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
     conn.execute("INSERT INTO batch_labels VALUES (1, 2, 63.5, 1)")
     conn.close()
 
-    store = Store(path)
+    store = SqliteStore(path)
     try:
         assert store.migrate() == ["0007_workspace_identity", "0008_compact_prediction_rows"]
         assert store.integrity_errors() == []
-        with store.read() as read:
+        with store.read_sql() as read:
             logged = {r.pid: r for r in predlog.logged_rows(read)}
             assert predlog.count_logged(read) == len(rows) + 3
             x, y, _at = predlog.labelled_rows(read, LINE, 5)
@@ -490,14 +490,14 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
         assert v1_from == ids.key_floor(first - predlog.FIRST_ROWS_MARGIN_MS)
         assert v1_from <= min(ids.key(r[0])[0] for r in rows if r[3] == 1 and r[0] in after)
         assert v2_from == max(ids.key(r[0])[0] for r in rows) + 1  # none past its bound
-        with store.write() as write:  # feedback finds old rows by id, single or batch
+        with store.write_sql() as write:  # feedback finds old rows by id, single or batch
             for row in labelled[:5]:
                 assert labels.label(write, row[0], row[11], 5.0) == "duplicate"
             unlabelled = next(r for r in rows if r[11] is None and r[8] is not None)
             assert labels.label(write, unlabelled[0], 50.0, 5.0) == "recorded"
             assert labels.label(write, f"{prefix}00002", 63.5, 5.0) == "duplicate"
             assert labels.label(write, f"{prefix}00000", 60.0, 5.0) == "recorded"
-        with store.read() as read:
+        with store.read_sql() as read:
             assert (
                 read.execute(
                     "SELECT actual FROM predictions WHERE hi = ? AND lo = ?", ids.key(unlabelled[0])

@@ -1,4 +1,5 @@
-"""The state store (engine/store/connection.py) and `beast backup` (engine/store/backup.py).
+"""The state store (engine/store/sqlite/connection.py) and `beast backup`
+(engine/store/sqlite/backup.py).
 
 Connection set-up, numbered migrations, refusals translated from real SQLite errors, a garbage
 or truncated file never overwritten, disk full (simulated with `max_page_count`, and for real
@@ -27,9 +28,9 @@ import pytest
 from engine import Engine, Workspace
 from engine.core.errors import BeastError, StateBusy, StoreError
 from engine.store import invariants
-from engine.store.backup import backup
-from engine.store.connection import PAGE_SIZE, Store, translate
-from engine.store.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.backup import backup
+from engine.store.sqlite.connection import PAGE_SIZE, SqliteStore, translate
+from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 
 NAMES = [name for name, _sql in MIGRATIONS]
@@ -41,8 +42,8 @@ def _one_line(message: str) -> str:
     return message
 
 
-def _fresh(tmp_path: Path, **kw: Any) -> Store:
-    store = Store(tmp_path / "beast.db", **kw)
+def _fresh(tmp_path: Path, **kw: Any) -> SqliteStore:
+    store = SqliteStore(tmp_path / "beast.db", **kw)
     store.migrate()
     return store
 
@@ -76,7 +77,7 @@ def test_every_connection_is_wal_with_foreign_keys_and_a_busy_timeout(
         plain.execute("CREATE TABLE t (x)")
     plain.close()
     monkeypatch.setenv("BEAST_BUSY_TIMEOUT_S", "0.75")
-    stores = [Store(path), Store(path, busy_timeout_s=2.5)]
+    stores = [SqliteStore(path), SqliteStore(path, busy_timeout_s=2.5)]
     try:
         for store, timeout_ms in zip(stores, (750, 2500), strict=True):
             conn = store.conn
@@ -100,7 +101,7 @@ def test_a_new_database_gets_large_pages_and_an_existing_one_keeps_its_own(
         plain.execute("PRAGMA page_size = 4096")
         plain.execute("CREATE TABLE t (x)")
     plain.close()
-    store = Store(old)
+    store = SqliteStore(old)
     assert store.migrate()  # opened, switched to WAL and migrated: pages untouched
     assert store.query("PRAGMA page_size")[0][0] == 4096
     assert store.query("PRAGMA integrity_check")[0][0] == "ok"
@@ -113,7 +114,7 @@ def test_a_busy_writer_waits_the_timeout_then_refuses_in_one_line(tmp_path: Path
     try:
         holder.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
-        with pytest.raises(StateBusy) as info, store.write() as conn:
+        with pytest.raises(StateBusy) as info, store.write_sql() as conn:
             conn.execute("CREATE TABLE never (x)")  # not reached: BEGIN is refused
         waited = time.monotonic() - started
         holder.execute("ROLLBACK")
@@ -139,7 +140,7 @@ def test_opening_waits_for_a_writer_before_switching_to_wal(tmp_path: Path) -> N
     writer.execute("BEGIN IMMEDIATE")
     writer.execute("INSERT INTO t VALUES (1)")
     commit = threading.Timer(0.3, writer.execute, args=("COMMIT",))
-    store = Store(path, busy_timeout_s=5)
+    store = SqliteStore(path, busy_timeout_s=5)
     started = time.monotonic()
     commit.start()
     try:
@@ -160,12 +161,12 @@ def test_a_failed_open_leaves_no_handle_on_the_file(tmp_path: Path) -> None:
     store.close()
     good = store.path.read_bytes()
     store.path.write_bytes(good[:4096])  # truncated to its first page
-    broken = Store(store.path)
+    broken = SqliteStore(store.path)
     with pytest.raises(StoreError, match="not a usable beast-mode database"):
         broken.conn  # noqa: B018
     assert _open_handles(store.path) == []
     store.path.write_bytes(good)
-    assert broken.applied_migrations() == NAMES  # the same Store opens it once it is whole
+    assert broken.applied_migrations() == NAMES  # the same SqliteStore opens it once it is whole
     broken.close()
 
 
@@ -177,7 +178,7 @@ conn.close()
 """
 
 
-@pytest.mark.parametrize("second_open", ["another Store", "a Python open() (the hazard)"])
+@pytest.mark.parametrize("second_open", ["another SqliteStore", "a Python open() (the hazard)"])
 def test_opening_the_file_again_keeps_this_processs_locks(tmp_path: Path, second_open: str) -> None:
     # Closing ANY descriptor of a file drops every POSIX lock the process holds on it. If the
     # store read the file itself, a live connection of this process would lose its locks, and
@@ -185,9 +186,9 @@ def test_opening_the_file_again_keeps_this_processs_locks(tmp_path: Path, second
     # the -wal and -shm under the live connection. The second case shows the probe works.
     store = _fresh(tmp_path)
     store.query("SELECT 1")
-    other = Store(store.path)
+    other = SqliteStore(store.path)
     try:
-        if second_open == "another Store":
+        if second_open == "another SqliteStore":
             other.query("SELECT 1")
         else:
             store.path.open("rb").close()
@@ -196,7 +197,7 @@ def test_opening_the_file_again_keeps_this_processs_locks(tmp_path: Path, second
     finally:
         other.close()
         store.close()
-    if second_open == "another Store":
+    if second_open == "another SqliteStore":
         assert left == ["beast.db", "beast.db-shm", "beast.db-wal"]
     else:
         assert left == ["beast.db"]
@@ -208,13 +209,13 @@ def test_opening_the_file_again_keeps_this_processs_locks(tmp_path: Path, second
 def test_migrations_are_numbered_recorded_and_applied_once(tmp_path: Path) -> None:
     matches = [re.fullmatch(r"(\d{4})_[a-z0-9_]+", name) for name in NAMES]
     assert [int(m.group(1)) if m else None for m in matches] == list(range(1, len(NAMES) + 1))
-    store = Store(tmp_path / "beast.db")
+    store = SqliteStore(tmp_path / "beast.db")
     assert store.migrate() == NAMES
     rows = store.query("SELECT migration_set, name FROM _sqlite_migrations ORDER BY id")
     assert [tuple(row) for row in rows] == [(MIGRATION_SET, name) for name in NAMES]
     before = [tuple(r) for r in store.query("SELECT * FROM _sqlite_migrations")]
     assert store.migrate() == []
-    again = Store(store.path)
+    again = SqliteStore(store.path)
     assert again.migrate() == []
     assert again.schema_is_current()
     assert [tuple(r) for r in again.query("SELECT * FROM _sqlite_migrations")] == before
@@ -225,12 +226,12 @@ def test_migrations_are_numbered_recorded_and_applied_once(tmp_path: Path) -> No
 def test_a_database_of_the_previous_release_is_migrated_forward(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    old = Store(tmp_path / "beast.db")
-    monkeypatch.setattr("engine.store.connection.MIGRATIONS", MIGRATIONS[:1])
+    old = SqliteStore(tmp_path / "beast.db")
+    monkeypatch.setattr("engine.store.sqlite.connection.MIGRATIONS", MIGRATIONS[:1])
     assert old.migrate() == NAMES[:1]
     old.close()
     monkeypatch.undo()
-    store = Store(tmp_path / "beast.db")
+    store = SqliteStore(tmp_path / "beast.db")
     assert not store.schema_is_current()
     assert store.migrate() == NAMES[1:]
     assert store.applied_migrations() == NAMES
@@ -370,19 +371,19 @@ def test_disk_full_during_deploys_is_a_clean_refusal(engine: Engine) -> None:
 
 def test_disk_full_inside_a_write_rolls_back_everything_of_it(tmp_path: Path) -> None:
     store = _fresh(tmp_path)
-    with store.write() as conn:
+    with store.write_sql() as conn:
         conn.execute("CREATE TABLE blobs (b BLOB NOT NULL)")
     conn = store.conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages + 4}")
-    with pytest.raises(StoreError, match=r"^disk full") as info, store.write() as conn:
+    with pytest.raises(StoreError, match=r"^disk full") as info, store.write_sql() as conn:
         conn.execute("INSERT INTO blobs VALUES (randomblob(100))")
         conn.execute("INSERT INTO blobs VALUES (randomblob(100000))")
     _one_line(str(info.value))
     assert not conn.in_transaction
     assert store.query("SELECT count(*) FROM blobs")[0][0] == 0
     assert store.integrity_errors() == []
-    with store.write() as conn:
+    with store.write_sql() as conn:
         conn.execute("INSERT INTO blobs VALUES (randomblob(100))")
     assert store.query("SELECT count(*) FROM blobs")[0][0] == 1
     store.close()
@@ -408,12 +409,12 @@ class _RollbackFails:
 @pytest.mark.parametrize("raised", ["sqlite", "python"])
 def test_a_failing_rollback_never_replaces_the_real_error(tmp_path: Path, raised: str) -> None:
     store = _fresh(tmp_path)
-    with store.write() as conn:
+    with store.write_sql() as conn:
         conn.execute("CREATE TABLE t (x INTEGER CHECK (x > 0))")
     real = store.conn
     store._conn = _RollbackFails(real)  # type: ignore[assignment]
     expected: type[BaseException] = StoreError if raised == "sqlite" else KeyError
-    with pytest.raises(expected) as info, store.write() as conn:
+    with pytest.raises(expected) as info, store.write_sql() as conn:
         conn.execute("INSERT INTO t VALUES (1)")
         if raised == "sqlite":
             conn.execute("INSERT INTO t VALUES (-1)")
@@ -430,13 +431,13 @@ REAL_DISK_FULL = r"""
 import json, os, sys
 from pathlib import Path
 from engine.core.errors import StoreError
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 mnt = Path(sys.argv[1])
 out = {}
-store = Store(mnt / "beast.db")
+store = SqliteStore(mnt / "beast.db")
 store.migrate()
-with store.write() as conn:
+with store.write_sql() as conn:
     conn.execute("CREATE TABLE rows (n INTEGER PRIMARY KEY, b BLOB NOT NULL)")
 filler = mnt / "filler"
 fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
@@ -449,7 +450,7 @@ os.ftruncate(fd, os.fstat(fd).st_size - 256 * 1024)  # leave 256 KiB
 committed = 0
 for n in range(1, 1000):
     try:
-        with store.write() as conn:
+        with store.write_sql() as conn:
             conn.execute("INSERT INTO rows VALUES (?, randomblob(3000))", (n,))
         committed = n
     except StoreError as exc:
@@ -468,16 +469,16 @@ try:
 except OSError:
     pass
 try:
-    Store(mnt / "beast.db").applied_migrations()
+    SqliteStore(mnt / "beast.db").applied_migrations()
     out["open_error"] = None
 except StoreError as exc:
     out["open_error"] = str(exc)
 os.close(fd)
 filler.unlink()
-again = Store(mnt / "beast.db")
+again = SqliteStore(mnt / "beast.db")
 out["after"] = list(again.query("SELECT count(*), max(n) FROM rows")[0])
 out["integrity"] = again.integrity_errors()
-with again.write() as conn:
+with again.write_sql() as conn:
     conn.execute("INSERT INTO rows VALUES (?, randomblob(3000))", (10_000,))
 again.close()
 print(json.dumps(out))
@@ -701,7 +702,7 @@ def test_translate_maps_real_sqlite_errors(tmp_path: Path) -> None:
     truncated.write_bytes(donor.path.read_bytes()[:100])  # read while nothing has it open
     store = _fresh(tmp_path)
     path = store.path
-    with store.write() as conn:
+    with store.write_sql() as conn:
         conn.execute("CREATE TABLE t (full_lock_busy INTEGER CHECK (full_lock_busy > 0))")
     locker = sqlite3.connect(path, isolation_level=None, timeout=0)
     other = sqlite3.connect(path, isolation_level=None, timeout=0)

@@ -26,7 +26,7 @@ from engine.core.naming import check_name
 from engine.core.records import Expect
 from engine.monitoring import feedback as labels
 from engine.server import daemon
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import beast, history_of, model_path, train_model
 from tests.serving_helpers import logged_count, serving
 
@@ -208,7 +208,7 @@ def test_router_refuses_an_over_long_key(ab: Workspace) -> None:
 
 @pytest.mark.parametrize("bad", ["\ud800", "\x1b[2J", "7" * 31 + "\n", "\u202e" * 3])
 def test_feedback_with_an_unsafe_id_is_a_clean_answer(ab: Workspace, bad: str) -> None:
-    store = Store(ab.db_path)
+    store = SqliteStore(ab.db_path)
     try:
         with pytest.raises(BeastError) as caught:
             labels.record(store, bad, 50.0, 5.0)
@@ -473,7 +473,7 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     reference = baselines.VersionReference.build(
         rng.normal(size=(5000, 5)), rng.normal(50, 5, 5000), names
     )
-    with engine.store.write() as conn:
+    with engine.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v2.0").artifact_id
         baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)

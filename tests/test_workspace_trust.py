@@ -23,9 +23,9 @@ from engine.core.workspace import WorkspaceLost
 from engine.deploy.history import ExportRefused, write_export
 from engine.server.daemon import EngineLock
 from engine.serving.prediction_log import PredictionLog
-from engine.store.backup import backup
-from engine.store.connection import Store
-from engine.store.schema import MIGRATIONS
+from engine.store.sqlite.backup import backup
+from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.schema import MIGRATIONS
 from tests.helpers import beast, copy_workspace
 from tests.test_engine_process import free_port
 
@@ -158,7 +158,7 @@ def test_every_door_to_the_store_refuses_a_wiped_database(
     doors: dict[str, Callable[[], object]] = {
         "the facade": lambda: Engine(ws).status(),
         "the prediction log": lambda: PredictionLog(ws.db_path, tolerance=5).start(),
-        "a Store of its own (feedback, a job's watchdog)": lambda: Store(ws.db_path).query(
+        "a store of its own (feedback, a job's watchdog)": lambda: SqliteStore(ws.db_path).query(
             "SELECT 1"
         ),
         "backup": lambda: backup(ws.db_path, tmp_path / "copy.db"),
@@ -175,7 +175,7 @@ def test_init_creates_a_workspace_whose_marker_is_its_databases_id(tmp_path: Pat
     ws = Workspace(tmp_path / "new")
     out = ok(ws, "init")
     assert f"created {ws.marker_path}" in out and f"created {ws.db_path}" in out
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     try:
         store.migrate()
         assert store.identity() == (ws.marker(), 0)
@@ -211,16 +211,16 @@ def test_a_workspace_from_before_ids_adopts_its_databases_id(
     ws = Workspace(tmp_path / "old")
     ws.create()
     monkeypatch.setattr(
-        "engine.store.connection.MIGRATIONS",
+        "engine.store.sqlite.connection.MIGRATIONS",
         [m for m in MIGRATIONS if m[0] < "0007_workspace_identity"],
     )
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     store.migrate()
     store.close()
     assert ws.marker() is None  # the release before: no id anywhere
     monkeypatch.undo()
     assert status(ws)["deployments"] == []
-    store = Store(ws.db_path)
+    store = SqliteStore(ws.db_path)
     try:
         store.migrate()
         workspace_id, _ = store.identity()

@@ -233,7 +233,7 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.store.backup import backup
+    from engine.store.sqlite.backup import backup
 
     source = engine.workspace.db_path
     dest = backup(source, Path(args.dest).expanduser().absolute())
@@ -245,7 +245,7 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.store.backup import restore
+    from engine.store.sqlite.backup import restore
 
     done = restore(engine.workspace, Path(args.backup), force=args.force)
     status, report = engine.status(), engine.doctor()

@@ -8,7 +8,7 @@ the prefix names the batch, the suffix the row.
 The log keys a single prediction by its id as two integers (`key`): the first 64 bits (the
 48-bit millisecond time, the version and 12 random bits) and the last 64 less the fixed variant
 bit (62 random bits). Two 8-byte integers instead of 32 characters of text and a second index
-on them: the table is the index (engine.store.schema, 0008).
+on them: the table is the index (engine.store.sqlite.schema, 0008).
 
 Time-ordered, so the log's key grows at its end, and an id tells when it was issued:
 feedback for an unknown id that is only seconds old may still be in a writer's buffer

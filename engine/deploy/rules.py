@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from engine.core.errors import BeastError, Conflict
 from engine.core.records import (
     BASIS_POINTS,
+    Action,
     Experiment,
     HistoryEntry,
     LineState,
@@ -33,7 +34,7 @@ MIN_BP, MAX_BP = 100, 9_900
 class Plan:
     """What a mutation will do; applied by the facade in one transaction."""
 
-    action: str
+    action: Action
     production: VersionRef
     candidate: VersionRef | None
     candidate_bp: int

@@ -33,7 +33,7 @@ from typing import NamedTuple
 from engine.core import ids, text
 from engine.core.config import DEFAULT_LABEL_RANGE, Config
 from engine.core.errors import BeastError, Conflict, NotFound, StateBusy, StoreError
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
 PENDING_EXPIRY_MS = 600_000  # waiting feedback whose row has not come by then never will
@@ -338,7 +338,7 @@ def counts(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def record(
-    store: Store,
+    store: SqliteStore,
     pid: str,
     actual: object,
     tolerance: float,
@@ -351,13 +351,13 @@ def record(
     label range; None checks only that the actual is a finite number.
     """
     value = check_actual(actual)
-    with store.write() as conn:
+    with store.write_sql() as conn:
         expire_pending(conn)
         return label(conn, pid, value, tolerance, ranges=ranges)
 
 
 def record_many(
-    store: Store,
+    store: SqliteStore,
     items: Iterable[tuple[str, object]],
     tolerance: float,
     *,
@@ -377,7 +377,7 @@ def record_many(
     answers: list[Outcome] = []
     for start in range(0, len(pairs), CHUNK_ITEMS):
         try:
-            with store.write() as conn:
+            with store.write_sql() as conn:
                 if not start:
                     expire_pending(conn)
                 chunk = [

@@ -371,7 +371,7 @@ def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
 def report(engine: Engine, *, window: str = "1h", model: str | None = None) -> MonitorReport:
     """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
     config = engine.config
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         versions = []
         for line in engine.lines_in(conn):
             if model is not None and line != model:
@@ -482,9 +482,9 @@ def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
     # The served model files are hashed before the write lock is taken: a model at the 512 MB
     # cap takes half a second to hash from the page cache (a 105 MB one held the lock 0.1 s),
     # longer from disk. A deployment that changes in between is judged at the next round.
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         found = artifact_alerts.problems(conn, models_dir)
-    with engine.store.write() as conn:
+    with engine.store.write_sql() as conn:
         sync_alerts(conn, current.versions)
         artifact_alerts.sync(conn, models_dir, found)
         expire_log_alert(conn, engine.config.log.loss_alert_minutes)
@@ -506,7 +506,7 @@ def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) 
     (`evaluate`, `beast monitor`) — a burst that ends is still seen by the next look.
     """
     now = utc_now()
-    with engine.store.write() as conn:
+    with engine.store.write_sql() as conn:
         firing = conn.execute(
             "SELECT id FROM alerts WHERE line = ? AND version = ? AND metric = ?"
             " AND resolved_at IS NULL",

@@ -7,7 +7,7 @@ makes a lease from an earlier boot expire. The worker renews the lease; a job wh
 out is failed by `expire` ("worker lost"). The partial UNIQUE index `jobs_one_active_per_line`
 keeps one queued or running job per line, so a second trigger joins the job that runs.
 
-Every function here runs inside the caller's transaction (`store.write()` / `store.read()`).
+Every function here runs inside the caller's transaction (`store.write_sql()` / `store.read_sql()`).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from engine.registry import catalog as registry
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
 from engine.serving import prediction_log as predlog
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
 ACTOR = "beast-retrain"
@@ -101,14 +101,14 @@ class Watchdog(threading.Thread):
         self.finishing = threading.Event()
 
     def run(self) -> None:
-        store = Store(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
+        store = SqliteStore(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
         wait = self.tick
         while not self.halt.wait(wait):
             wait = self.tick
             try:
                 if jobs.monotonic() >= self.deadline:
                     self._time_out(store)
-                with store.write() as conn:
+                with store.write_sql() as conn:
                     still_mine = jobs.renew(conn, self.job_id, self.lease_s + self.tick)
             except StateBusy:
                 wait = RETRY_PAUSE_S  # the attempt waited a tick already: try again soon
@@ -122,14 +122,14 @@ class Watchdog(threading.Thread):
             workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
             _kill_own_group()  # failed by a reaper: stop spending the CPU
 
-    def _time_out(self, store: Store) -> None:
+    def _time_out(self, store: SqliteStore) -> None:
         """Fail the job, remove its files and kill its group, this process included. A busy
         store does not hold the kill back: a reaper records the timeout once the lock is free
         (`workers.reap` names it so)."""
-        with store.read() as conn:
+        with store.read_sql() as conn:
             found = jobs.row(conn, self.job_id)
         try:
-            with store.write() as conn:
+            with store.write_sql() as conn:
                 ended = jobs.finish(
                     conn, self.job_id, status="failed", error=jobs.timed_out(found["timeout_s"])
                 )
@@ -158,7 +158,7 @@ class RunningJob:
         self, engine: Engine, job_id: int, line: str, *, deadline: float = math.inf
     ) -> None:
         self.engine, self.id, self.line, self.deadline = engine, job_id, line, deadline
-        self._notes: Store | None = None
+        self._notes: SqliteStore | None = None
         self._lines: list[tuple[str, str]] = []  # (UTC time, line) not in the store yet
         self._progress: tuple[float, str] | None = None
         self._busy: tuple[str, str] | None = None  # the note of a write being retried
@@ -171,7 +171,7 @@ class RunningJob:
         self._lines.append((utc_now(), text))
         if self._notes is None:
             busy_s = min(NOTE_BUSY_S, self.engine.store.busy_s)
-            self._notes = Store(self.engine.workspace.db_path, busy_timeout_s=busy_s)
+            self._notes = SqliteStore(self.engine.workspace.db_path, busy_timeout_s=busy_s)
         with contextlib.suppress(StateBusy):  # kept for the next write that gets the lock
             self._write(self._notes, _nothing)
 
@@ -200,9 +200,9 @@ class RunningJob:
             self._busy = None
         return result
 
-    def _write(self, store: Store, change: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, store: SqliteStore, change: Callable[[sqlite3.Connection], T]) -> T:
         lines = [*self._lines, *([self._busy] if self._busy is not None else [])]
-        with store.write() as conn:
+        with store.write_sql() as conn:
             if self._progress is not None:
                 jobs.set_progress(conn, self.id, *self._progress, log=False)
             for at, text in lines:
@@ -214,7 +214,7 @@ class RunningJob:
 
     def wants_deploy(self) -> bool:
         """Read at deploy time: a trigger that joined later may have asked for it."""
-        with self.engine.store.read() as conn:
+        with self.engine.store.read_sql() as conn:
             asked = bool(jobs.row(conn, self.id)["deploy"])
         return asked or self.engine.config.retrain.auto_deploy
 
@@ -240,7 +240,7 @@ def _hang(job: RunningJob) -> None:
 
 
 def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         found = conn.execute(
             "SELECT feature_names, n_features FROM model_lines WHERE name = ?", (line,)
         ).fetchone()
@@ -253,7 +253,7 @@ def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
 
 def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
     job.step(0.05, "loading data/ and labelled predictions")
-    with job.engine.store.read() as conn:
+    with job.engine.store.read_sql() as conn:
         labelled = predlog.labelled_rows(conn, job.line, len(names))
     data = retrain.load(job.engine.workspace.data_dir, names, labelled)
     for note in data.skipped:
@@ -264,7 +264,7 @@ def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
 
 
 def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         state = engine.line_state(conn, line)
         if state is None:
             return None
@@ -440,7 +440,7 @@ def _train(job: RunningJob) -> Fit:
 
 
 def _next_version(job: RunningJob) -> str:
-    with job.engine.store.read() as conn:
+    with job.engine.store.read_sql() as conn:
         known = [
             r[0] for r in conn.execute("SELECT name FROM versions WHERE line = ?", (job.line,))
         ]
@@ -524,7 +524,7 @@ def _claim(engine: Engine, job_id: int) -> tuple[sqlite3.Row | None, float]:
     def claim() -> sqlite3.Row | None:
         nonlocal tries
         tries += 1
-        with engine.store.write() as conn:
+        with engine.store.write_sql() as conn:
             return jobs.claim(
                 conn,
                 job_id,

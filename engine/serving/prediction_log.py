@@ -63,7 +63,7 @@ from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.serving import latency
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 log = logging.getLogger("beast.predlog")
 
@@ -289,7 +289,7 @@ def _reason(exc: BaseException) -> str:
 _Rows = tuple[list[Chunk], list[Record]]
 
 
-class _LogStore(Store):
+class _LogStore(SqliteStore):
     """The writer's connection: commits in WAL without an fsync each (module docstring)."""
 
     def _connect(self) -> sqlite3.Connection:
@@ -311,7 +311,7 @@ class PredictionLog:
         max_queue: int = 500_000,
         settings: LogSettings | None = None,
     ) -> None:
-        self.store: Store = _LogStore(db_path)
+        self.store: SqliteStore = _LogStore(db_path)
         self.settings = _workspace_settings(db_path) if settings is None else settings
         self.tolerance = tolerance
         self.interval = interval
@@ -433,7 +433,7 @@ class PredictionLog:
         try:
             if not metrics.compactable(self.store.conn, now_ms() // 60_000):
                 return 0
-            with self.store.write() as conn:
+            with self.store.write_sql() as conn:
                 return metrics.compact(conn, now_ms() // 60_000)
         except Exception:  # compaction is upkeep: the log never fails because of it
             log.exception("compacting rollups failed")
@@ -496,7 +496,7 @@ class PredictionLog:
         if self.settings.retention_days <= 0:
             return Pruned()
         try:
-            with self._flush_lock, self.store.write() as conn:  # one user of the connection
+            with self._flush_lock, self.store.write_sql() as conn:  # one user of the connection
                 done = prune(conn, self.settings, now_ms() if at_ms is None else at_ms)
         except StateBusy:
             done = Pruned(more=True)
@@ -544,7 +544,7 @@ class PredictionLog:
 
     def _commit(self, chunks: list[Chunk], records: list[Record]) -> int:
         """One flush transaction; raises `_RowFault` when a row's content made it fail."""
-        with self.store.write() as conn:
+        with self.store.write_sql() as conn:
             try:
                 self._apply(conn, chunks, records)
             except Exception as exc:
@@ -600,7 +600,7 @@ class PredictionLog:
             pid, rows, at_ms, valid = unit.pid, 1, unit.at_ms, unit.pid
         if ids.is_valid(valid) and isinstance(at_ms, int):
             try:
-                with self.store.write() as conn:
+                with self.store.write_sql() as conn:
                     conn.execute(
                         "INSERT OR IGNORE INTO quarantined_predictions (pid, rows, at_ms, reason,"
                         " quarantined_ms) VALUES (?, ?, ?, ?, ?)",

@@ -42,7 +42,7 @@ from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.serving import features
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 FeatureInput = Mapping[str, Any] | Sequence[Any]
 MAX_KEY_CHARS = text.MAX_KEY_CHARS  # as the HTTP API's limit
@@ -160,7 +160,7 @@ class Router:
         self.refresh_s = refresh_s
         self.log = log
         engine.store.migrate()  # routes are read from the current schema
-        self._store = Store(engine.workspace.db_path)
+        self._store = SqliteStore(engine.workspace.db_path)
         self._routes: dict[str, Route] = {}
         self._broken: dict[str, str] = {}  # line -> why its deployment could not be loaded
         self._boosters: dict[int, tuple[Any, Callable[[np.ndarray], np.ndarray]]] = {}
@@ -201,7 +201,7 @@ class Router:
     def _load_routes(self) -> tuple[dict[str, Route], dict[str, str]]:
         routes: dict[str, Route] = {}
         broken: dict[str, str] = {}
-        with self._store.read() as conn:
+        with self._store.read_sql() as conn:
             rows = conn.execute(
                 "SELECT s.line, s.production_id, s.candidate_id, s.candidate_bp, s.revision,"
                 " e.name, m.feature_names, m.n_features FROM line_state s"

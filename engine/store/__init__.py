@@ -1,3 +1,4 @@
-"""State: the SQLite connection (one way to open it, errors turned into refusals), the
-numbered migrations, backup and restore, and the invariants `beast doctor` checks.
+"""State: the storage seam (engine.store.base: `Store` and `Tx`, one repository per domain)
+and its backends — SQLite, the embedded default, in engine/store/sqlite/. The invariants
+`beast doctor` checks live here too.
 """

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from engine.core.records import HistoryEntry, Snapshot
 from engine.core.workspace import WAY_BACK, Workspace
-from engine.deploy import history
 from engine.registry import artifacts
 from engine.registry import catalog as registry
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,17 @@ class DoctorReport:
         return {"ok": self.ok, "problems": list(self.problems), "warnings": list(self.warnings)}
 
 
-def integrity_report(source: Store | Path) -> DoctorReport | None:
+def integrity_report(source: SqliteStore | Path) -> DoctorReport | None:
     """A damaged database file as doctor's problems (what SQLite found), or None if whole.
 
     A path is opened as a plain file, not as its workspace's store: the workspace refused it
     already (engine.core.workspace), and the question now is only whether the file is damaged.
     """
-    if not isinstance(source, Store) and _size(source) < 512:  # SQLite's smallest page
+    if not isinstance(source, SqliteStore) and _size(source) < 512:  # SQLite's smallest page
         return None  # nothing to inspect, and opening it would create a database
-    store = source if isinstance(source, Store) else Store(source, check_workspace=False)
+    store = (
+        source if isinstance(source, SqliteStore) else SqliteStore(source, check_workspace=False)
+    )
     try:
         found = store.integrity_check()
     finally:
@@ -70,7 +72,7 @@ def check(
     problems: list[str] = []
     warnings: list[str] = []
     states = {row["line"]: row for row in conn.execute("SELECT * FROM line_state")}
-    all_entries = history.entries(conn)
+    all_entries = SqliteTx(conn).history.entries()
     by_line: dict[str, list[HistoryEntry]] = {}
     for entry in all_entries:
         by_line.setdefault(entry.line, []).append(entry)
@@ -80,7 +82,9 @@ def check(
     for line in sorted(set(states) | set(by_line)):
         problems += _history_replays(conn, line, states.get(line), by_line.get(line, []))
     problems += _artifacts(conn, workspace.models_dir, states, hash_files)
-    warnings += _export(workspace.history_export_path, history.export_text(conn), all_entries)
+    warnings += _export(
+        workspace.history_export_path, SqliteTx(conn).history.export_text(), all_entries
+    )
     return DoctorReport(tuple(problems), tuple(warnings))
 
 

@@ -59,7 +59,7 @@ TOLERANCE = 5.0
 
 def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
     """Log PREDICTIONS rows over the last 24 h and label a share; (rows, log s, label s)."""
-    with engine.store.read() as conn:
+    with engine.store.read_sql() as conn:
         version_ids = {
             "production": registry.get_version(conn, workload.LINE, "v1.0").id,
             "candidate": registry.get_version(conn, workload.LINE, "v2.0").id,
@@ -108,7 +108,7 @@ def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
         log.flush()
     logged = time.perf_counter()
     now = int(time.time() * 1000)
-    with engine.store.write() as conn:
+    with engine.store.write_sql() as conn:
         for pid, value in to_label:
             labels.label(conn, pid, value, TOLERANCE, now_ms=now)
     return len(to_label), logged - start, time.perf_counter() - logged

@@ -42,8 +42,8 @@ from engine.serving import prediction_log as predlog
 from engine.serving import router as serving
 from engine.serving.prediction_log import _INSERT, PredictionLog, Record
 from engine.serving.router import Router
-from engine.store.connection import PAGE_SIZE
-from engine.store.schema import MIGRATIONS
+from engine.store.sqlite.connection import PAGE_SIZE
+from engine.store.sqlite.schema import MIGRATIONS
 from tests.bench import workload
 from tests.bench.conftest import machine
 

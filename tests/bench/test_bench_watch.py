@@ -31,7 +31,7 @@ TARGET_S = 0.5
 def _visible(engine: Engine, version: str, timeout: float = 30.0) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with engine.store.read() as conn:
+        with engine.store.read_sql() as conn:
             if conn.execute("SELECT 1 FROM versions WHERE name = ?", (version,)).fetchone():
                 return time.perf_counter()
         time.sleep(0.002)

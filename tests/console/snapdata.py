@@ -63,7 +63,7 @@ def _traffic(ws: Workspace) -> None:
     rng = np.random.default_rng(7)
     engine = Engine(ws)
     try:
-        with engine.store.read() as conn:
+        with engine.store.read_sql() as conn:
             vid = {v: registry.get_version(conn, LINE, v).id for v in ("v2.0", "v3.0")}
     finally:
         engine.close()

@@ -255,14 +255,14 @@ def duel_main(
 
 def migrate_main(roots: list[str], worker: int, barrier: Barrier, queue: Queue[Any]) -> None:
     """For each fresh workspace: at the start line, open it (migrating) and read its status."""
-    from engine.store.connection import Store
+    from engine.store.sqlite.connection import SqliteStore
 
     outcomes: list[Outcome] = []
     try:
         for root in roots:
             barrier.wait(timeout=BARRIER_TIMEOUT_S)
             ws = Workspace(Path(root))
-            store = Store(ws.db_path)
+            store = SqliteStore(ws.db_path)
             engine = Engine(ws, actor=f"opener-{worker}")
             out: Outcome = {"root": root}
             try:

@@ -64,7 +64,7 @@ from engine.server.http.schema import ApiError, kind, parse_json
 from engine.server.http.token import configured_token, token_path
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Prediction, Router
-from engine.store.connection import Store
+from engine.store.sqlite.connection import SqliteStore
 
 log = logging.getLogger("beast.api")
 
@@ -170,7 +170,7 @@ class Api:
         self._engine_lock = threading.Lock()
         # Feedback writes use their own connection, so a slow status never delays them.
         self._feedback_lock = threading.Lock()
-        self._feedback_store: Store | None = None
+        self._feedback_store: SqliteStore | None = None
         self._stop = threading.Event()
         self._drop_alert_open = False
         self._background: threading.Thread | None = None
@@ -202,7 +202,7 @@ class Api:
             engine.close()
             raise
         self.engine, self.log, self.router = engine, plog, router
-        self._feedback_store = Store(self.workspace.db_path)
+        self._feedback_store = SqliteStore(self.workspace.db_path)
         self._stop.clear()
         self._background = threading.Thread(
             target=self._background_loop, name="beast-api-refresh", daemon=True
@@ -463,7 +463,7 @@ class Api:
             {"prediction_id": pid, "status": status}, 202 if status == "pending" else 200
         )
 
-    def _feedback(self) -> Store:
+    def _feedback(self) -> SqliteStore:
         if self._feedback_store is None:
             raise ApiError(503, "the engine is starting or stopping")
         return self._feedback_store

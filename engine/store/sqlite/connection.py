@@ -28,11 +28,12 @@ from typing import Any
 
 from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import WAY_BACK, Workspace
-from engine.store.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.tx import SqliteTx
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 BUSY_ENV = "BEAST_BUSY_TIMEOUT_S"
-PAGE_SIZE = 16384  # bytes, for new databases (see Store._connect)
+PAGE_SIZE = 16384  # bytes, for new databases (see SqliteStore._connect)
 
 
 def _busy_timeout() -> float:
@@ -151,7 +152,7 @@ def check_header(path: Path) -> None:
     Only a file smaller than SQLite's smallest page (512 bytes) is opened here; anything
     larger SQLite checks itself. Opening the live database from Python would be dangerous:
     closing ANY descriptor of a file drops every POSIX lock this process holds on it, so
-    reading the header while another Store of this process is connected silently released
+    reading the header while another SqliteStore of this process is connected silently released
     that connection's locks; a second process closing its connection then took itself for the
     last one and deleted the -wal and -shm files under the live connection (the next open
     failed with SQLITE_IOERR_SHORT_READ; see sqlite.org/howtocorrupt.html, section 2.2).
@@ -179,7 +180,7 @@ def check_header(path: Path) -> None:
 IDENTITY_MIGRATION = "0007_workspace_identity"
 
 
-class Store:
+class SqliteStore:
     """One connection to a workspace database. Not shared across processes or threads.
 
     When `path` is a workspace's `beast.db`, the workspace around it is checked on every
@@ -304,7 +305,7 @@ class Store:
         self._file = None
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write_sql(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (`BEGIN IMMEDIATE`): all of it commits, or none of it."""
         conn = self.conn
         try:
@@ -322,7 +323,7 @@ class Store:
             raise
 
     @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
+    def read_sql(self) -> Iterator[sqlite3.Connection]:
         """A short read transaction: one consistent snapshot, released at once."""
         conn = self.conn
         try:
@@ -335,6 +336,18 @@ class Store:
             raise translate(exc, self.path, self.busy_s) from None
         finally:
             self._rollback_quietly(conn)
+
+    @contextmanager
+    def write(self) -> Iterator[SqliteTx]:
+        """One write transaction, as repositories (engine.store.base.Store.write)."""
+        with self.write_sql() as conn:
+            yield SqliteTx(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[SqliteTx]:
+        """A short read transaction, as repositories (engine.store.base.Store.read)."""
+        with self.read_sql() as conn:
+            yield SqliteTx(conn)
 
     @staticmethod
     def _rollback_quietly(conn: sqlite3.Connection) -> None:
@@ -402,7 +415,7 @@ class Store:
         for name, sql in MIGRATIONS:
             migrations(name=name)(_script(sql))
         known = {name for name, _sql in MIGRATIONS}
-        with self.write() as conn:
+        with self.write_sql() as conn:
             unknown = [name for name in self.applied_migrations() if name not in known]
             if unknown:
                 raise StoreError(

@@ -37,14 +37,15 @@ from typing import Any
 from engine.core.errors import BeastError, StoreError
 from engine.core.workspace import MARKER, Workspace
 from engine.deploy import history
-from engine.store.connection import (
+from engine.store.sqlite.connection import (
     IDENTITY_MIGRATION,
     SQLITE_HEADER,
-    Store,
+    SqliteStore,
     integrity_findings,
     translate,
 )
-from engine.store.schema import MIGRATION_SET
+from engine.store.sqlite.history import SqliteHistory
+from engine.store.sqlite.schema import MIGRATION_SET
 
 
 def backup(db_path: Path, dest: Path) -> Path:
@@ -55,7 +56,7 @@ def backup(db_path: Path, dest: Path) -> Path:
         raise BeastError(f"cannot write {dest}: there is no directory {dest.parent}")
     if not db_path.is_file():
         raise BeastError(f"there is no database at {db_path} to back up")
-    source = Store(db_path)
+    source = SqliteStore(db_path)
     try:
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     except OSError as exc:
@@ -79,7 +80,7 @@ def _exists(dest: Path) -> BeastError:
     return BeastError(f"{dest} already exists: a backup never overwrites a file; choose a new name")
 
 
-def _copy(source: Store, tmp: Path, dest: Path) -> None:
+def _copy(source: SqliteStore, tmp: Path, dest: Path) -> None:
     try:
         target = sqlite3.connect(tmp, isolation_level=None)
     except sqlite3.Error as exc:
@@ -231,18 +232,18 @@ def _stage(source: Path, workspace: Workspace) -> _Staged:
     tmp = Path(name)
     try:
         _copy_checked(source, tmp)
-        store = Store(tmp, check_workspace=False)
+        store = SqliteStore(tmp, check_workspace=False)
         try:
             had_identity = IDENTITY_MIGRATION in store.applied_migrations()
             store.migrate()  # refuses a database of a newer beast-mode
             marker = workspace.marker()
             if not had_identity and marker is not None:
                 # Written before databases knew their workspace: take this one's.
-                with store.write() as conn:
+                with store.write_sql() as conn:
                     conn.execute("UPDATE workspace SET id = ?", (marker,))
             workspace_id, changes = store.identity()
-            with store.read() as conn:
-                export = history.export_text(conn)
+            with store.read_sql() as conn:
+                export = SqliteHistory(conn).export_text()
             store.conn.execute("PRAGMA journal_mode = DELETE")  # one file to rename
         finally:
             store.close()

@@ -1,0 +1,64 @@
+"""The storage seam: what the engine asks of a state store, whatever database is behind it.
+
+The engine speaks to its state through two protocols. A `Store` opens transactions; a `Tx`
+is one transaction's view of the state, domain by domain — `tx.registry`, `tx.history`,
+`tx.jobs`… — each a repository whose methods take and return records (engine.core.records),
+never rows, cursors or connections. Every statement of SQL lives behind a repository, in the
+package of one backend (engine/store/sqlite/; a second backend is a sibling package that
+implements the same protocols), as MLflow keeps one abstract store per domain with its
+SQLAlchemy implementation beside it.
+
+A transaction is all or nothing: `write()` commits when its block ends and rolls back when it
+raises; `read()` is one consistent snapshot, released at once. Refusals come out as the
+engine's own errors (`StateBusy`, `StoreError`), never as a driver's.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from engine.store.history import HistoryRepo
+
+
+class Tx(Protocol):
+    """One transaction's view of the state: a repository per domain.
+
+    Each repository is a Protocol in engine/store/<domain>.py, implemented by every backend
+    (engine/store/sqlite/<domain>.py).
+    """
+
+    @property
+    def history(self) -> HistoryRepo:
+        """The deployment history (append-only)."""
+        ...
+
+
+class Store(Protocol):
+    """A workspace's state store: transactions, and the upkeep of the store itself."""
+
+    busy_s: float  # how long a transaction waits for another writer before StateBusy
+
+    def read(self) -> AbstractContextManager[Tx]:
+        """A short read transaction: one consistent snapshot."""
+        ...
+
+    def write(self) -> AbstractContextManager[Tx]:
+        """One write transaction: all of it commits, or none of it."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection (a later call opens a new one)."""
+        ...
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations (exactly one process does, when many race); their names."""
+        ...
+
+    def integrity_errors(self) -> list[str]:
+        """What the database's own integrity checks find, as readable lines ([] when sound)."""
+        ...
+
+    def file_problem(self) -> str | None:
+        """Why the store this process has open is no longer the workspace's, or None."""
+        ...

@@ -1,0 +1,23 @@
+"""`SqliteTx`: one SQLite transaction's repositories, bound to its connection.
+
+Repositories are made on first use and live as long as the transaction: a transaction that
+touches one domain builds one small object.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from functools import cached_property
+
+from engine.store.sqlite.history import SqliteHistory
+
+
+class SqliteTx:
+    """engine.store.base.Tx over one connection inside one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @cached_property
+    def history(self) -> SqliteHistory:
+        return SqliteHistory(self.conn)
