@@ -42,6 +42,7 @@ from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.store import invariants
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
@@ -846,45 +847,15 @@ class Engine:
 
     @staticmethod
     def _state(conn: sqlite3.Connection, line: str) -> LineState | None:
-        row = conn.execute("SELECT * FROM line_state WHERE line = ?", (line,)).fetchone()
-        if row is None:
-            return None
-        candidate = (
-            registry.version_by_id(conn, row["candidate_id"]) if row["candidate_id"] else None
-        )
-        experiment = None
-        if row["experiment_id"] is not None:
-            experiment = conn.execute(
-                "SELECT name FROM experiments WHERE id = ?", (row["experiment_id"],)
-            ).fetchone()[0]
-        return LineState(
-            line=line,
-            production=registry.version_by_id(conn, row["production_id"]),
-            production_since=row["production_since"],
-            production_by=row["production_by"],
-            revision=row["revision"],
-            candidate=candidate,
-            candidate_bp=row["candidate_bp"],
-            candidate_since=row["candidate_since"],
-            candidate_by=row["candidate_by"],
-            experiment=experiment,
-        )
+        return SqliteDeployments(conn).state(line)
 
-    _EXPERIMENT_SQL = """
-        SELECT e.*, c.name AS control_name, k.name AS candidate_name
-        FROM experiments e JOIN versions c ON c.id = e.control_id
-        JOIN versions k ON k.id = e.candidate_id
-    """
+    @staticmethod
+    def _experiments(conn: sqlite3.Connection) -> list[Experiment]:
+        return SqliteDeployments(conn).experiments()
 
-    @classmethod
-    def _experiments(cls, conn: sqlite3.Connection) -> list[Experiment]:
-        rows = conn.execute(cls._EXPERIMENT_SQL + " ORDER BY e.id").fetchall()
-        return [_experiment_from_row(row) for row in rows]
-
-    @classmethod
-    def _experiment(cls, conn: sqlite3.Connection, name: str) -> Experiment | None:
-        row = conn.execute(cls._EXPERIMENT_SQL + " WHERE e.name = ?", (name,)).fetchone()
-        return _experiment_from_row(row) if row else None
+    @staticmethod
+    def _experiment(conn: sqlite3.Connection, name: str) -> Experiment | None:
+        return SqliteDeployments(conn).experiment(name)
 
 
 def _check_entry(note: str | None, expect: Expect | None, **names: str | None) -> None:
@@ -899,24 +870,6 @@ def _check_names(**names: str | None) -> None:
     (`naming.check_name` is for names being created; whatever is stored passes both)."""
     for what, value in names.items():
         text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
-
-
-def _experiment_from_row(row: sqlite3.Row) -> Experiment:
-    return Experiment(
-        id=row["id"],
-        name=row["name"],
-        line=row["line"],
-        control=row["control_name"],
-        candidate=row["candidate_name"],
-        traffic_bp=row["traffic_bp"],
-        status=row["status"],
-        started_at=row["started_at"],
-        started_by=row["started_by"],
-        ended_at=row["ended_at"],
-        ended_by=row["ended_by"],
-        end_reason=row["end_reason"],
-        forced=bool(row["forced"]),
-    )
 
 
 def _store_sidecar_baseline(

@@ -10,15 +10,11 @@ from pathlib import Path
 from engine.core import text
 from engine.core.clock import utc_now
 from engine.core.config import RegistrySettings
-from engine.core.errors import ArtifactRejected, BeastError, Conflict, NotFound
+from engine.core.errors import ArtifactRejected, BeastError, Conflict
 from engine.core.naming import check_name, split_filename
 from engine.core.records import Artifact, VersionRef
 from engine.registry import artifacts
-
-_VERSION_SQL = """
-SELECT v.id, v.line, v.name, v.artifact_id, v.kind, a.sha256
-FROM versions v JOIN artifacts a ON a.id = v.artifact_id
-"""
+from engine.store.sqlite.registry import SqliteRegistry
 
 
 @dataclass(frozen=True)
@@ -28,41 +24,22 @@ class Registration:
     new: bool
 
 
-def version_from_row(row: sqlite3.Row) -> VersionRef:
-    return VersionRef(
-        id=row["id"],
-        line=row["line"],
-        name=row["name"],
-        artifact_id=row["artifact_id"],
-        sha256=row["sha256"],
-        kind=row["kind"],
-    )
-
-
+# Transitional (issue 13): conn-taking readers over the SQLite repository, for the callers
+# not yet moved behind engine.store.base.Tx.
 def find_version(conn: sqlite3.Connection, line: str, name: str) -> VersionRef | None:
-    row = conn.execute(_VERSION_SQL + " WHERE v.line = ? AND v.name = ?", (line, name)).fetchone()
-    return version_from_row(row) if row else None
+    return SqliteRegistry(conn).find_version(line, name)
 
 
 def get_version(conn: sqlite3.Connection, line: str, name: str) -> VersionRef:
-    ref = find_version(conn, line, name)
-    if ref is None:
-        known = [
-            r[0]
-            for r in conn.execute("SELECT name FROM versions WHERE line = ? ORDER BY id", (line,))
-        ]
-        hint = f" (registered: {', '.join(known)})" if known else " (none registered yet)"
-        raise NotFound(f"no version {name} in model line {line}{hint}")
-    return ref
+    return SqliteRegistry(conn).get_version(line, name)
 
 
 def version_by_id(conn: sqlite3.Connection, version_id: int) -> VersionRef:
-    row = conn.execute(_VERSION_SQL + " WHERE v.id = ?", (version_id,)).fetchone()
-    return version_from_row(row)
+    return SqliteRegistry(conn).version_by_id(version_id)
 
 
 def line_names(conn: sqlite3.Connection) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT name FROM model_lines ORDER BY name")]
+    return SqliteRegistry(conn).line_names()
 
 
 def artifact_from_row(row: sqlite3.Row, models_dir: Path, names: tuple[str, ...]) -> Artifact:
@@ -306,10 +283,7 @@ def _ensure_version_name(
 ) -> VersionRef | None:
     assert naming.line is not None
     if naming.version is None:
-        row = conn.execute(
-            _VERSION_SQL + " WHERE v.artifact_id = ? ORDER BY v.id LIMIT 1", (artifact_id,)
-        ).fetchone()
-        return version_from_row(row) if row else None
+        return SqliteRegistry(conn).first_version_of(artifact_id)
     current = find_version(conn, naming.line, naming.version)
     if current is not None:
         if current.artifact_id != artifact_id:
@@ -341,8 +315,7 @@ def add_alias(
 
 
 def artifact_path(conn: sqlite3.Connection, models_dir: Path, artifact_id: int) -> Path:
-    row = conn.execute("SELECT path FROM artifacts WHERE id = ?", (artifact_id,)).fetchone()
-    return models_dir / str(row["path"])
+    return models_dir / SqliteRegistry(conn).artifact_file(artifact_id)
 
 
 def require_intact(conn: sqlite3.Connection, models_dir: Path, ref: VersionRef) -> None:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from engine.store.deployments import DeploymentRepo
 from engine.store.history import HistoryRepo
+from engine.store.registry import RegistryRepo
 
 
 class Tx(Protocol):
@@ -27,6 +29,16 @@ class Tx(Protocol):
     Each repository is a Protocol in engine/store/<domain>.py, implemented by every backend
     (engine/store/sqlite/<domain>.py).
     """
+
+    @property
+    def registry(self) -> RegistryRepo:
+        """Model lines, artifacts and version names."""
+        ...
+
+    @property
+    def deployments(self) -> DeploymentRepo:
+        """What serves on each line, and the A/B tests."""
+        ...
 
     @property
     def history(self) -> HistoryRepo:

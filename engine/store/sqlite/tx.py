@@ -9,7 +9,9 @@ from __future__ import annotations
 import sqlite3
 from functools import cached_property
 
+from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.history import SqliteHistory
+from engine.store.sqlite.registry import SqliteRegistry
 
 
 class SqliteTx:
@@ -17,6 +19,14 @@ class SqliteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    @cached_property
+    def registry(self) -> SqliteRegistry:
+        return SqliteRegistry(self.conn)
+
+    @cached_property
+    def deployments(self) -> SqliteDeployments:
+        return SqliteDeployments(self.conn)
 
     @cached_property
     def history(self) -> SqliteHistory:

@@ -1,0 +1,72 @@
+"""Deployments in SQLite: `line_state` (one row per line) and `experiments`."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from engine.core.records import Experiment, LineState
+from engine.store.sqlite.registry import SqliteRegistry
+
+_EXPERIMENT_SQL = """
+    SELECT e.*, c.name AS control_name, k.name AS candidate_name
+    FROM experiments e JOIN versions c ON c.id = e.control_id
+    JOIN versions k ON k.id = e.candidate_id
+"""
+
+
+def _experiment(row: sqlite3.Row) -> Experiment:
+    return Experiment(
+        id=row["id"],
+        name=row["name"],
+        line=row["line"],
+        control=row["control_name"],
+        candidate=row["candidate_name"],
+        traffic_bp=row["traffic_bp"],
+        status=row["status"],
+        started_at=row["started_at"],
+        started_by=row["started_by"],
+        ended_at=row["ended_at"],
+        ended_by=row["ended_by"],
+        end_reason=row["end_reason"],
+        forced=bool(row["forced"]),
+    )
+
+
+class SqliteDeployments:
+    """engine.store.deployments.DeploymentRepo over one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def state(self, line: str) -> LineState | None:
+        conn = self.conn
+        row = conn.execute("SELECT * FROM line_state WHERE line = ?", (line,)).fetchone()
+        if row is None:
+            return None
+        versions = SqliteRegistry(conn)
+        candidate = versions.version_by_id(row["candidate_id"]) if row["candidate_id"] else None
+        experiment = None
+        if row["experiment_id"] is not None:
+            experiment = conn.execute(
+                "SELECT name FROM experiments WHERE id = ?", (row["experiment_id"],)
+            ).fetchone()[0]
+        return LineState(
+            line=line,
+            production=versions.version_by_id(row["production_id"]),
+            production_since=row["production_since"],
+            production_by=row["production_by"],
+            revision=row["revision"],
+            candidate=candidate,
+            candidate_bp=row["candidate_bp"],
+            candidate_since=row["candidate_since"],
+            candidate_by=row["candidate_by"],
+            experiment=experiment,
+        )
+
+    def experiments(self) -> list[Experiment]:
+        rows = self.conn.execute(_EXPERIMENT_SQL + " ORDER BY e.id").fetchall()
+        return [_experiment(row) for row in rows]
+
+    def experiment(self, name: str) -> Experiment | None:
+        row = self.conn.execute(_EXPERIMENT_SQL + " WHERE e.name = ?", (name,)).fetchone()
+        return _experiment(row) if row else None
