@@ -8,54 +8,42 @@ export (`deployments/history.json`) is rewritten after the commit.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from engine.core import text
-from engine.core.clock import utc_now
 from engine.core.config import Config, load_config
-from engine.core.errors import ArtifactRejected, BeastError, NotFound, StateBusy, StateChanged
+from engine.core.errors import BeastError, NotFound, StateBusy
 from engine.core.identity import current_actor
-from engine.core.naming import check_name, winner_alias
 from engine.core.records import (
-    BASIS_POINTS,
-    Artifact,
     Change,
-    Deployment,
+    DoctorReport,
     Expect,
     Experiment,
     HistoryEntry,
     Lineage,
     LineState,
-    Snapshot,
     Status,
     VersionRef,
 )
 from engine.core.workspace import Workspace, WorkspaceLost
-from engine.deploy import history
-from engine.deploy import rules as deployments
+from engine.deploy import history, invariants
+from engine.deploy import service as deploy_service
 from engine.registry import artifacts
 from engine.registry import catalog as registry
-from engine.store import invariants
+from engine.registry.service import ModelsReport, Registry
+from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.deployments import SqliteDeployments
+from engine.store.sqlite.integrity import integrity_report
 from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
     from engine.monitoring import feedback as labels
     from engine.retrain.jobs import Job
     from engine.retrain.triggers import TriggerReport
-
-
-@dataclass(frozen=True)
-class ModelsReport:
-    artifacts: tuple[Artifact, ...]
-    unregistered: tuple[tuple[str, str | None], ...]
-    serving: dict[str, str]  # version name -> role
 
 
 class Engine:
@@ -122,70 +110,17 @@ class Engine:
     # -- reading --------------------------------------------------------------------------
 
     def lines(self) -> list[str]:
-        with self.store.read_sql() as conn:
-            return registry.line_names(conn)
+        with self.store.read() as tx:
+            return tx.registry.line_names()
 
     def status(self) -> Status:
-        with self.store.read_sql() as conn:
-            lines = registry.line_names(conn)
-            states = [s for s in (self._state(conn, line) for line in lines) if s is not None]
-            experiments = self._experiments(conn)
-            paths = {
-                row["id"]: self.workspace.models_dir / row["path"]
-                for row in conn.execute("SELECT id, path FROM artifacts WHERE status = 'valid'")
-            }
-            health = _health(conn, states)
-        rows: list[Deployment] = []
-        for state in states:
-            rows.append(
-                Deployment(
-                    state.line,
-                    state.production.name,
-                    "production",
-                    BASIS_POINTS - state.candidate_bp,
-                    state.experiment,
-                    state.production_since,
-                    state.production_by,
-                    state.production.sha256,
-                    paths[state.production.artifact_id].is_file(),
-                )
-            )
-            if state.candidate is not None:
-                rows.append(
-                    Deployment(
-                        state.line,
-                        state.candidate.name,
-                        "candidate",
-                        state.candidate_bp,
-                        state.experiment,
-                        state.candidate_since or "",
-                        state.candidate_by or "",
-                        state.candidate.sha256,
-                        paths[state.candidate.artifact_id].is_file(),
-                    )
-                )
-        return Status(
-            deployments=tuple(rows),
-            experiments=tuple(experiments),
-            lines=tuple(lines),
-            revisions={s.line: s.revision for s in states},
-            health=health,
+        """What serves on every line, the A/B tests, and each line's health."""
+        return deploy_service.status(
+            self.store, self.workspace.models_dir, lambda tx, states: _health(_conn(tx), states)
         )
 
     def models(self) -> ModelsReport:
-        with self.store.read_sql() as conn:
-            found = registry.list_artifacts(conn, self.workspace.models_dir)
-            loose = registry.unregistered_files(
-                conn, self.workspace.models_dir, self.config.registry
-            )
-            serving: dict[str, str] = {}
-            for line in registry.line_names(conn):
-                state = self._state(conn, line)
-                if state is not None:
-                    serving[f"{line}/{state.production.name}"] = "production"
-                    if state.candidate is not None:
-                        serving[f"{line}/{state.candidate.name}"] = "candidate"
-        return ModelsReport(tuple(found), tuple(loose), serving)
+        return self._registry().models()
 
     # Reads inside a caller's transaction (monitoring reads many things from one snapshot).
     @staticmethod
@@ -205,13 +140,13 @@ class Engine:
 
     def experiment(self, name: str) -> Experiment:
         _check_names(test=name)
-        with self.store.read_sql() as conn:
-            found = self._experiment(conn, name)
+        with self.store.read() as tx:
+            found = tx.deployments.experiment(name)
         if found is None:
             raise NotFound(f"no A/B test named {name}")
         return found
 
-    def doctor(self, *, repair: bool = False) -> invariants.DoctorReport:
+    def doctor(self, *, repair: bool = False) -> DoctorReport:
         """Check every invariant; with repair, rewrite a stale history export first.
 
         The database's integrity comes first: on a damaged file the other checks would read
@@ -221,19 +156,19 @@ class Engine:
             store = self.store
         except WorkspaceLost:
             # Lost changes may be damage: if so, say that, else the refusal stands.
-            report = invariants.integrity_report(self.workspace.db_path)
+            report = integrity_report(self.workspace.db_path)
             if report is None:
                 raise
             return report
-        damaged = invariants.integrity_report(store)
+        damaged = integrity_report(store)
         if damaged is not None:
             return damaged
         if repair:
             self.export_history()
-        with store.read_sql() as conn:
-            report = invariants.check(conn, self.workspace)
+        with store.read() as tx:
+            report = invariants.check(tx, self.workspace)
         broken = tuple(f"database integrity: {p}" for p in store.foreign_key_errors())
-        return invariants.DoctorReport(broken + report.problems, report.warnings)
+        return DoctorReport(broken + report.problems, report.warnings)
 
     def readiness(self) -> str | None:
         """Why this engine should not be called ready, or None: for `/healthz`.
@@ -247,8 +182,8 @@ class Engine:
             problem = store.file_problem()
             if problem is not None:
                 return problem
-            with store.read_sql() as conn:
-                deployed = conn.execute("SELECT 1 FROM line_state LIMIT 1").fetchone()
+            with store.read() as tx:
+                deployed = tx.deployments.any_deployed()
         except BeastError as exc:
             return str(exc)
         return None if deployed else "nothing deployed yet"
@@ -258,24 +193,12 @@ class Engine:
     def rollback_target(self, version: str | None = None, *, model: str | None = None) -> str:
         """The production a rollback would go to now (shown before asking), or refuse why not."""
         _check_names(version=version)
-        line = self._line(model)
-        with self.store.read_sql() as conn:
-            state = self._state(conn, line)
-            if state is None:
-                raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
-            stack = deployments.undo_stack(SqliteTx(conn).history.entries(line))
-            return deployments.rollback_target(state, stack, version).production
+        return self._deploys().rollback_target(self._line(model), version)
 
     def lineage(self, version: str, *, model: str | None = None) -> Lineage:
         """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""
         _check_names(version=version)
-        line = self._line(model)
-        with self.store.read_sql() as conn:
-            ref = registry.get_version(conn, line, version)
-            (artifact,) = registry.list_artifacts(
-                conn, self.workspace.models_dir, only_id=ref.artifact_id
-            )
-        return Lineage(line, version, artifact, _sidecar_facts(Path(artifact.path)))
+        return self._registry().lineage(self._line(model), version)
 
     # -- feedback -------------------------------------------------------------------------
 
@@ -317,77 +240,7 @@ class Engine:
 
         `validator` replaces the cold child (the daemon's watcher keeps a warm one).
         """
-        models_dir = self.workspace.models_dir
-        resolved = artifacts.resolve_in_models(path, models_dir)
-        checked = artifacts.check_file(
-            resolved, models_dir, self.config.registry.max_artifact_bytes
-        )
-        registry.check_file_name(checked.relative)
-        sha = artifacts.sha256_of(resolved)
-        with self.store.read_sql() as conn:
-            lines = registry.line_names(conn)
-            known = conn.execute(
-                "SELECT * FROM artifacts WHERE sha256 = ? AND status = 'valid'", (sha,)
-            ).fetchone()
-            known_names = (
-                [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT name FROM versions WHERE artifact_id = ?", (known["id"],)
-                    )
-                ]
-                if known
-                else []
-            )
-        naming = registry.naming_for(
-            resolved,
-            version=version,
-            model=model or (known["line"] if known else None),
-            lines=lines,
-        )
-        if naming.line is None:
-            raise BeastError(f"cannot tell the model line from {resolved.name}: pass --model NAME")
-        if naming.version is None and not known_names:
-            raise BeastError(
-                f"cannot derive a version from {resolved.name} (expected NAME-vX.json): "
-                "pass --version V"
-            )
-        if known is not None:
-            validation = artifacts.Validation(
-                True,
-                n_features=known["n_features"],
-                feature_names=registry.artifact_from_row(known, models_dir, ()).feature_names,
-                xgboost_version=known["xgboost_version"],
-            )
-        else:
-            validation = (validator or artifacts.validate_in_child)(
-                resolved,
-                checked.format,
-                self.config.registry.validation_timeout_s,
-                expected_sha256=sha,
-            )
-        reason = validation.reason
-        with self.store.write_sql() as conn:
-            if validation.ok and known is None:
-                assert validation.n_features is not None
-                reason = registry.schema_mismatch(
-                    conn, naming.line, validation.n_features, validation.feature_names
-                )
-            if reason is not None:
-                registry.record_rejection(conn, checked, sha, reason, self.actor)
-                outcome = None
-            else:
-                outcome = registry.store_valid(
-                    conn, checked, sha, validation, naming=naming, actor=self.actor
-                )
-                if outcome[2]:  # new: keep what training said normal looks like, if it did
-                    _store_sidecar_baseline(conn, resolved, outcome[0], validation)
-        if outcome is None:
-            raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
-        artifact_id, ref, new = outcome
-        with self.store.read_sql() as conn:
-            (artifact,) = registry.list_artifacts(conn, models_dir, only_id=artifact_id)
-        return registry.Registration(artifact, ref, new)
+        return self._registry().register(path, version=version, model=model, validator=validator)
 
     # -- deployments ----------------------------------------------------------------------
 
@@ -404,38 +257,9 @@ class Engine:
     ) -> Change:
         """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate."""
         _check_entry(note, expect, version=version, model=model)
-        if ab_test is not None:
-            check_name("A/B test", ab_test)
-        if ab_test is not None and traffic is None:
-            raise BeastError("--ab-test needs --traffic N (the candidate's share, 1–99%)")
-        if traffic is not None and ab_test is None and traffic != 100:
-            raise BeastError(
-                f"--traffic {traffic:g} needs --ab-test NAME (a candidate below 100% is a test)"
-            )
-        bp = deployments.traffic_bp(traffic) if ab_test is not None and traffic is not None else 0
-        if path is not None:
-            ref = self.register(path, version=version, model=model).version
-            if ref is None:  # pragma: no cover - register refuses unnamed artifacts
-                raise BeastError("the file has no version name: pass --version V")
-            line = ref.line
-        else:
-            if version is None:
-                raise BeastError(
-                    "deploy needs a model file PATH or --version V of a registered one"
-                )
-            line = self._line(model)
-            with self.store.read_sql() as conn:
-                ref = registry.get_version(conn, line, version)
-        target = ref
-
-        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
-            if ab_test is None:
-                return deployments.plan_deploy(state, target)
-            return deployments.plan_ab_start(
-                state, target, bp, ab_test, self._experiment(conn, ab_test)
-            )
-
-        return self._mutate(line, expect, note, planner)
+        bp = deploy_service.traffic_for(traffic, ab_test)
+        target = self._deploy_target(path, version, model)
+        return self._deploys().deploy(target, bp=bp, ab_test=ab_test, note=note, expect=expect)
 
     def promote(
         self,
@@ -452,31 +276,7 @@ class Engine:
         """
         _check_entry(note, expect, test=test)
         found = self.experiment(test)
-        verdict_text = "forced"
-        if found.status == "running":
-            from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
-
-            with self.store.read_sql() as conn:
-                judged = monitoring.experiment_report(conn, self.config, found).verdict
-            verdict_text = f"verdict: {judged.outcome} ({judged.reason})"
-            if judged.outcome != "candidate wins" and not force:
-                raise BeastError(
-                    f"cannot promote {test}: the verdict is {judged.outcome} ({judged.reason}); "
-                    "pass --force to promote anyway (recorded as forced)"
-                )
-            force = force and judged.outcome != "candidate wins"
-
-        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
-            current = self._experiment(conn, test)
-            assert current is not None
-            if state is None:
-                raise BeastError(f"nothing is deployed on {current.line}")
-            plan = deployments.plan_promote(state, current, forced=force)
-            return dataclasses.replace(
-                plan, end_test=(test, "promoted", verdict_text if not force else "forced")
-            )
-
-        return self._mutate(found.line, expect, note, planner)
+        return self._deploys().promote(found, self._judge, force=force, note=note, expect=expect)
 
     def abort(
         self,
@@ -499,15 +299,7 @@ class Engine:
             finally:
                 acting.close()
         found = self.experiment(test)
-
-        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
-            current = self._experiment(conn, test)
-            assert current is not None
-            if state is None:
-                raise BeastError(f"nothing is deployed on {current.line}")
-            return deployments.plan_abort(state, current, reason)
-
-        return self._mutate(found.line, expect, note, planner)
+        return self._deploys().abort(found, reason=reason, note=note, expect=expect)
 
     def rollback(
         self,
@@ -520,16 +312,7 @@ class Engine:
         """Back to the production before the newest change, or to a named version."""
         _check_entry(note, expect, version=version)
         line = self._line(model)
-
-        def planner(conn: sqlite3.Connection, state: LineState | None) -> deployments.Plan:
-            if state is None:
-                raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
-            stack = deployments.undo_stack(SqliteTx(conn).history.entries(line))
-            where = deployments.rollback_target(state, stack, version)
-            target = registry.get_version(conn, line, where.production)
-            return deployments.plan_rollback(state, target, where.undoes)
-
-        return self._mutate(line, expect, note, planner, rerun=_rollback_rerun)
+        return self._deploys().rollback(line, version, note=note, expect=expect)
 
     # -- retraining -----------------------------------------------------------------------
 
@@ -711,26 +494,38 @@ class Engine:
             )
         raise BeastError(f"several model lines ({', '.join(lines)}): pass --model NAME")
 
-    def _mutate(
-        self,
-        line: str,
-        expect: Expect | None,
-        note: str | None,
-        planner: Callable[[sqlite3.Connection, LineState | None], deployments.Plan],
-        rerun: Callable[[HistoryEntry | None, Expect | None], str | None] | None = None,
-    ) -> Change:
-        with self.store.write_sql() as conn:
-            state = self._state(conn, line)
-            if rerun is not None:
-                last = SqliteTx(conn).history.last(line)
-                done = rerun(last, expect)
-                if done is not None:
-                    return Change(last, done, changed=False)
-            _check_expect(state, expect)
-            plan = planner(conn, state)
-            _require_newly_deployed_intact(conn, self.workspace.models_dir, state, plan)
-            entry = self._apply(conn, line, state, plan, note)
-        return Change(entry, plan.message + self._export_after_commit())
+    def _registry(self) -> Registry:
+        return Registry(
+            lambda: self.store, self.workspace.models_dir, lambda: self.config.registry, self.actor
+        )
+
+    def _deploys(self) -> deploy_service.Deployments:
+        return deploy_service.Deployments(
+            self.store, self.workspace.models_dir, self.actor, self._export_after_commit
+        )
+
+    def _deploy_target(
+        self, path: str | Path | None, version: str | None, model: str | None
+    ) -> VersionRef:
+        """The version a deploy puts into service: the file at `path` registered, or `version`."""
+        if path is not None:
+            ref = self.register(path, version=version, model=model).version
+            if ref is None:  # pragma: no cover - register refuses unnamed artifacts
+                raise BeastError("the file has no version name: pass --version V")
+            return ref
+        if version is None:
+            raise BeastError("deploy needs a model file PATH or --version V of a registered one")
+        line = self._line(model)
+        with self.store.read() as tx:
+            return tx.registry.get_version(line, version)
+
+    def _judge(self, found: Experiment) -> tuple[str, str]:
+        """A running test's verdict (outcome, reason), from its monitoring report."""
+        from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
+
+        with self.store.read_sql() as conn:
+            judged = monitoring.experiment_report(conn, self.config, found).verdict
+        return judged.outcome, judged.reason
 
     def _export_after_commit(self) -> str:
         """Rewrite history.json; the change is committed already, so a failure only warns."""
@@ -745,97 +540,6 @@ class Engine:
             return f" (warning: {exc})"
         return ""
 
-    def _apply(
-        self,
-        conn: sqlite3.Connection,
-        line: str,
-        state: LineState | None,
-        plan: deployments.Plan,
-        note: str | None,
-    ) -> HistoryEntry:
-        now, actor = utc_now(), self.actor
-        if plan.end_test is not None:
-            name, status, reason = plan.end_test
-            conn.execute(
-                "UPDATE experiments SET status = ?, ended_at = ?, ended_by = ?, end_reason = ?,"
-                " forced = ? WHERE name = ? AND status = 'running'",
-                (status, now, actor, reason, int(plan.forced), name),
-            )
-        if plan.action == "promote" and plan.history_experiment:
-            registry.add_alias(
-                conn, line, winner_alias(plan.history_experiment), plan.production, actor
-            )
-        experiment_id = None
-        if plan.start_test is not None:
-            assert plan.candidate is not None
-            experiment_id = conn.execute(
-                "INSERT INTO experiments (name, line, control_id, candidate_id, traffic_bp,"
-                " status, started_at, started_by) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (
-                    plan.start_test,
-                    line,
-                    plan.production.id,
-                    plan.candidate.id,
-                    plan.candidate_bp,
-                    now,
-                    actor,
-                ),
-            ).lastrowid
-        to_state = Snapshot(
-            plan.production.name,
-            plan.candidate.name if plan.candidate else None,
-            plan.candidate_bp,
-            plan.experiment,
-        )
-        entry = SqliteTx(conn).history.append(
-            line=line,
-            at=now,
-            actor=actor,
-            action=plan.action,
-            version=plan.version,
-            experiment=plan.history_experiment,
-            from_state=state.snapshot() if state else Snapshot(),
-            to_state=to_state,
-            undoes=plan.undoes,
-            note=note,
-            forced=plan.forced,
-        )
-        same_production = state is not None and state.production.id == plan.production.id
-        same_candidate = (
-            state is not None
-            and state.candidate is not None
-            and plan.candidate is not None
-            and state.candidate.id == plan.candidate.id
-        )
-        conn.execute(
-            """
-            INSERT INTO line_state (line, production_id, production_since, production_by,
-                candidate_id, candidate_bp, candidate_since, candidate_by, experiment_id, revision)
-            VALUES (:line, :pid, :psince, :pby, :cid, :cbp, :csince, :cby, :eid, :rev)
-            ON CONFLICT(line) DO UPDATE SET production_id = :pid, production_since = :psince,
-                production_by = :pby, candidate_id = :cid, candidate_bp = :cbp,
-                candidate_since = :csince, candidate_by = :cby, experiment_id = :eid,
-                revision = :rev
-            """,
-            {
-                "line": line,
-                "pid": plan.production.id,
-                "psince": state.production_since if same_production and state else now,
-                "pby": state.production_by if same_production and state else actor,
-                "cid": plan.candidate.id if plan.candidate else None,
-                "cbp": plan.candidate_bp,
-                "csince": (state.candidate_since if same_candidate and state else now)
-                if plan.candidate
-                else None,
-                "cby": (state.candidate_by if same_candidate and state else actor)
-                if plan.candidate
-                else None,
-                "eid": experiment_id,
-                "rev": entry.id,
-            },
-        )
-        return entry
-
     def export_history(self) -> None:
         """Rewrite deployments/history.json from the history table (atomic, never stale)."""
 
@@ -845,6 +549,7 @@ class Engine:
 
         history.write_export(self.workspace.history_export_path, read)
 
+    # Transitional (issue 13): the conn readers above, until their callers use repositories.
     @staticmethod
     def _state(conn: sqlite3.Connection, line: str) -> LineState | None:
         return SqliteDeployments(conn).state(line)
@@ -852,10 +557,6 @@ class Engine:
     @staticmethod
     def _experiments(conn: sqlite3.Connection) -> list[Experiment]:
         return SqliteDeployments(conn).experiments()
-
-    @staticmethod
-    def _experiment(conn: sqlite3.Connection, name: str) -> Experiment | None:
-        return SqliteDeployments(conn).experiment(name)
 
 
 def _check_entry(note: str | None, expect: Expect | None, **names: str | None) -> None:
@@ -872,40 +573,9 @@ def _check_names(**names: str | None) -> None:
         text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
 
 
-def _store_sidecar_baseline(
-    conn: sqlite3.Connection, model: Path, artifact_id: int, validation: artifacts.Validation
-) -> None:
-    """Store the drift reference and validation figures of a `<model>.lineage` sidecar."""
-    from engine.monitoring import baselines  # numpy: only when a sidecar is there to read
-
-    if not baselines.sidecar_path(model).is_file():
-        return
-    reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
-    if reference is not None or accuracy is not None or mae is not None:
-        baselines.store(
-            conn, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
-        )
-
-
-def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:
-    """The sidecar's scalar facts, flattened one level; the bulky drift reference is skipped."""
-    import json
-
-    from engine.monitoring import baselines
-
-    try:
-        doc = json.loads(baselines.sidecar_path(model).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ()
-    if not isinstance(doc, dict):
-        return ()
-    facts: list[tuple[str, str]] = []
-    for key, value in doc.items():
-        if key == "reference":
-            continue
-        items = value.items() if isinstance(value, dict) else [("", value)]
-        facts.extend((f"{key}.{sub}" if sub else key, str(v)) for sub, v in items)
-    return tuple(facts)
+def _conn(tx: Tx) -> sqlite3.Connection:
+    """Transitional (issue 13): the connection under a SQLite transaction, for `_health`."""
+    return cast(SqliteTx, tx).conn
 
 
 def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
@@ -934,49 +604,6 @@ def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
         ids + ids,
     ).fetchone()
     return "healthy" if seen else "no data"
-
-
-def _rollback_rerun(last: HistoryEntry | None, expect: Expect | None) -> str | None:
-    """A rollback re-run with the state it was first run against (say, after a crash).
-
-    With `--expect V`, a rollback right after a rollback from V is taken as the same command
-    again and does nothing; `--expect-revision N` is the unambiguous way to roll back again.
-    """
-    if expect is None or expect.production is None or last is None:
-        return None
-    if last.action == "rollback" and last.from_state.production == expect.production:
-        return (
-            f"already rolled back from {expect.production} to {last.to_state.production} "
-            f"(history #{last.id}, {last.at}); nothing done"
-        )
-    return None
-
-
-def _require_newly_deployed_intact(
-    conn: sqlite3.Connection, models_dir: Path, state: LineState | None, plan: deployments.Plan
-) -> None:
-    """Refuse a change that puts a version with a missing or altered artifact into service.
-
-    What already serves is loaded in memory and keeps serving (its alert says the file is
-    gone); only versions this change starts serving are checked.
-    """
-    serving = {v.id for v in (state.production, state.candidate) if v} if state else set()
-    for ref in (plan.production, plan.candidate):
-        if ref is not None and ref.id not in serving:
-            registry.require_intact(conn, models_dir, ref)
-
-
-def _check_expect(state: LineState | None, expect: Expect | None) -> None:
-    if expect is None:
-        return
-    revision = state.revision if state else 0
-    if expect.revision is not None and expect.revision != revision:
-        raise StateChanged(f"revision is {revision} now, you saw {expect.revision}")
-    production = state.production.name if state else None
-    if expect.production is not None and expect.production != production:
-        raise StateChanged(
-            f"production is {production or 'nothing'} now, you saw {expect.production}"
-        )
 
 
 __all__ = ["Engine", "ModelsReport", "VersionRef"]

@@ -27,10 +27,11 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.errors import BeastError, StateBusy, StoreError
-from engine.store import invariants
+from engine.deploy import invariants
 from engine.store.sqlite.backup import backup
 from engine.store.sqlite.connection import PAGE_SIZE, SqliteStore, translate
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 
 NAMES = [name for name, _sql in MIGRATIONS]
@@ -800,7 +801,7 @@ def _check_backup(copy: Path, ws: Workspace) -> int:
         assert conn.execute("PRAGMA integrity_check").fetchall()[0][0] == "ok"
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-        report = invariants.check(conn, ws)
+        report = invariants.check(SqliteTx(conn), ws)
         assert report.ok, report.problems
         return int(conn.execute("SELECT count(*) FROM history").fetchone()[0])
     finally:

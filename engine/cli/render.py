@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.core import text
-from engine.core.records import HistoryEntry, Snapshot, Status, percent
+from engine.core.records import DoctorReport, HistoryEntry, Snapshot, Status, percent
 from engine.facade import ModelsReport
-from engine.store.invariants import DoctorReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:

@@ -215,3 +215,27 @@ class Lineage:
     version: str
     artifact: Artifact
     facts: tuple[tuple[str, str], ...] = ()  # sidecar keys and values (drift reference left out)
+
+
+@dataclass(frozen=True)
+class LineSchema:
+    """The features a model line's artifacts must have: their count, and names when known."""
+
+    line: str
+    n_features: int
+    feature_names: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    """What `beast doctor` found: problems break an invariant, warnings are repairable drift."""
+
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "problems": list(self.problems), "warnings": list(self.warnings)}

@@ -21,6 +21,7 @@ from engine.core.records import (
     BASIS_POINTS,
     Action,
     Experiment,
+    ExperimentStatus,
     HistoryEntry,
     LineState,
     VersionRef,
@@ -43,7 +44,7 @@ class Plan:
     version: str | None = None
     history_experiment: str | None = None
     start_test: str | None = None
-    end_test: tuple[str, str, str] | None = None  # (name, status, reason)
+    end_test: tuple[str, ExperimentStatus, str] | None = None  # (name, status, reason)
     undoes: tuple[int, ...] = ()
     forced: bool = False
 
@@ -225,7 +226,7 @@ def plan_rollback(state: LineState, target: VersionRef, undoes: tuple[int, ...])
         parts.append(f"production {state.production.name} → {target.name}")
     else:
         parts.append(f"production stays {target.name}")
-    end = None
+    end: tuple[str, ExperimentStatus, str] | None = None
     if state.experiment and state.candidate is not None:
         parts.append(f"A/B test {state.experiment} aborted (candidate {state.candidate.name} → 0%)")
         end = (state.experiment, "aborted", "rolled back")

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.core import text
 from engine.core.clock import utc_now
 from engine.core.config import RegistrySettings
 from engine.core.errors import ArtifactRejected, BeastError, Conflict
 from engine.core.naming import check_name, split_filename
-from engine.core.records import Artifact, VersionRef
+from engine.core.records import Artifact, LineSchema, VersionRef
 from engine.registry import artifacts
+from engine.store.base import Tx
 from engine.store.sqlite.registry import SqliteRegistry
+
+if TYPE_CHECKING:
+    import sqlite3
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,11 @@ class Registration:
     new: bool
 
 
-# Transitional (issue 13): conn-taking readers over the SQLite repository, for the callers
-# not yet moved behind engine.store.base.Tx.
-def find_version(conn: sqlite3.Connection, line: str, name: str) -> VersionRef | None:
-    return SqliteRegistry(conn).find_version(line, name)
+# Transitional (issue 13): conn-taking readers for the callers not yet behind
+# engine.store.base.Tx (serving, monitoring, retrain, the facade's lines_in: other helpers
+# convert them), removed once they are.
+def line_names(conn: sqlite3.Connection) -> list[str]:
+    return SqliteRegistry(conn).line_names()
 
 
 def get_version(conn: sqlite3.Connection, line: str, name: str) -> VersionRef:
@@ -38,63 +43,35 @@ def version_by_id(conn: sqlite3.Connection, version_id: int) -> VersionRef:
     return SqliteRegistry(conn).version_by_id(version_id)
 
 
-def line_names(conn: sqlite3.Connection) -> list[str]:
-    return SqliteRegistry(conn).line_names()
+def artifact_path(conn: sqlite3.Connection, models_dir: Path, artifact_id: int) -> Path:
+    return models_dir / SqliteRegistry(conn).artifact_file(artifact_id)
 
 
-def artifact_from_row(row: sqlite3.Row, models_dir: Path, names: tuple[str, ...]) -> Artifact:
-    path = models_dir / row["path"]
-    feature_names = json.loads(row["feature_names"]) if row["feature_names"] else None
-    return Artifact(
-        id=row["id"],
-        sha256=row["sha256"],
-        path=str(path),
-        size=row["size"],
-        format=row["format"],
-        status=row["status"],
-        reason=row["reason"],
-        line=row["line"],
-        n_features=row["n_features"],
-        feature_names=tuple(feature_names) if feature_names else None,
-        xgboost_version=row["xgboost_version"],
-        registered_at=row["registered_at"],
-        registered_by=row["registered_by"],
-        versions=names,
-        present=path.is_file(),
-    )
+def located(artifact: Artifact, models_dir: Path) -> Artifact:
+    """An artifact as stored (path relative to models/) placed in `models_dir`, file looked at."""
+    path = models_dir / artifact.path
+    return dataclasses.replace(artifact, path=str(path), present=path.is_file())
 
 
-def list_artifacts(
-    conn: sqlite3.Connection, models_dir: Path, only_id: int | None = None
-) -> list[Artifact]:
+def list_artifacts(tx: Tx, models_dir: Path, only_id: int | None = None) -> list[Artifact]:
     """Every artifact with its version names, oldest first (or just `only_id`)."""
-    where, params = ("WHERE id = ?", (only_id,)) if only_id is not None else ("", ())
-    names: dict[int, list[str]] = {}
-    for row in conn.execute(
-        "SELECT artifact_id, name FROM versions"
-        + (" WHERE artifact_id = ?" if only_id is not None else "")
-        + " ORDER BY id",
-        params,
-    ):
-        names.setdefault(row[0], []).append(row[1])
-    return [
-        artifact_from_row(row, models_dir, tuple(names.get(row["id"], [])))
-        for row in conn.execute(f"SELECT * FROM artifacts {where} ORDER BY id", params)
-    ]
+    return [located(artifact, models_dir) for artifact in tx.registry.artifacts(only_id)]
 
 
 def unregistered_files(
-    conn: sqlite3.Connection, models_dir: Path, settings: RegistrySettings
+    tx: Tx, models_dir: Path, settings: RegistrySettings
 ) -> list[tuple[str, str | None]]:
     """Files in models/ with no registry row: (relative path, reason a cheap check refuses).
 
     A byte-for-byte copy of a valid artifact is registered already (registration is by
     content), so it is not listed; only files whose size matches an artifact's are hashed.
     """
-    known = {row[0] for row in conn.execute("SELECT path FROM artifacts")}
+    stored = tx.registry.artifacts()
+    known = {artifact.path for artifact in stored}
     valid_by_size: dict[int, set[str]] = {}
-    for row in conn.execute("SELECT size, sha256 FROM artifacts WHERE status = 'valid'"):
-        valid_by_size.setdefault(row[0], set()).add(row[1])
+    for artifact in stored:
+        if artifact.status == "valid":
+            valid_by_size.setdefault(artifact.size, set()).add(artifact.sha256)
     found: list[tuple[str, str | None]] = []
     if not models_dir.is_dir():
         return found
@@ -111,20 +88,20 @@ def unregistered_files(
             same_size = valid_by_size.get(checked.size)
             if same_size and artifacts.sha256_of(resolved) in same_size:
                 continue
-            found.append((relative, _naming_problem(conn, resolved, relative)))
+            found.append((relative, _naming_problem(tx, resolved, relative)))
         except (BeastError, OSError) as exc:
             found.append((relative, str(exc)))
     return found
 
 
-def _naming_problem(conn: sqlite3.Connection, path: Path, relative: str) -> str | None:
+def _naming_problem(tx: Tx, path: Path, relative: str) -> str | None:
     """Why the watcher (or a plain `beast register`) cannot name this file, if it cannot."""
     try:
         check_file_name(relative)
     except BeastError as exc:
         return str(exc)
     try:
-        naming = naming_for(path, version=None, model=None, lines=line_names(conn))
+        naming = naming_for(path, version=None, model=None, lines=tx.registry.line_names())
     except BeastError as exc:
         return f"{exc}: `beast register {relative} --model M --version V`"
     if naming.version is None or naming.line is None:
@@ -132,7 +109,7 @@ def _naming_problem(conn: sqlite3.Connection, path: Path, relative: str) -> str 
             "no model line and version in the file name (expected LINE-vN.json): "
             f"`beast register {relative} --model M --version V`"
         )
-    taken = find_version(conn, naming.line, naming.version)
+    taken = tx.registry.find_version(naming.line, naming.version)
     if taken is not None:
         return (
             f"version {naming.version} of {naming.line} is already registered for another "
@@ -175,35 +152,30 @@ def naming_for(path: Path, *, version: str | None, model: str | None, lines: lis
 
 
 def record_rejection(
-    conn: sqlite3.Connection, checked: artifacts.CheckedFile, sha: str, reason: str, actor: str
+    tx: Tx, checked: artifacts.CheckedFile, sha: str, reason: str, actor: str
 ) -> None:
-    existing = conn.execute("SELECT id, status FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
-    if existing is not None and existing["status"] == "valid":
-        return
-    if existing is None:
-        conn.execute(
-            "INSERT INTO artifacts (sha256, path, size, format, status, reason, registered_at,"
-            " registered_by) VALUES (?, ?, ?, ?, 'rejected', ?, ?, ?)",
-            (sha, checked.relative, checked.size, checked.format, reason, utc_now(), actor),
-        )
-    else:
-        conn.execute(
-            "UPDATE artifacts SET path = ?, reason = ?, registered_at = ? WHERE id = ?",
-            (checked.relative, reason, utc_now(), existing["id"]),
-        )
+    """Keep why these bytes were refused (a valid artifact of the same bytes stays valid)."""
+    tx.registry.put_rejected(
+        sha256=sha,
+        path=checked.relative,
+        size=checked.size,
+        format=checked.format,
+        reason=reason,
+        at=utc_now(),
+        actor=actor,
+    )
 
 
 def schema_mismatch(
-    conn: sqlite3.Connection, line: str, n_features: int, names: tuple[str, ...] | None
+    tx: Tx, line: str, n_features: int, names: tuple[str, ...] | None
 ) -> str | None:
-    row = conn.execute(
-        "SELECT n_features, feature_names FROM model_lines WHERE name = ?", (line,)
-    ).fetchone()
-    if row is None:
+    """Why an artifact with these features cannot join `line`, or None."""
+    schema = tx.registry.line_schema(line)
+    if schema is None:
         return None
-    if row["n_features"] != n_features:
-        return f"it has {n_features} features but model line {line} has {row['n_features']}"
-    line_names = tuple(json.loads(row["feature_names"])) if row["feature_names"] else None
+    if schema.n_features != n_features:
+        return f"it has {n_features} features but model line {line} has {schema.n_features}"
+    line_names = schema.feature_names
     if line_names and names and line_names != names:
         diff = next(i for i, (a, b) in enumerate(zip(line_names, names, strict=True)) if a != b)
         return (
@@ -214,7 +186,7 @@ def schema_mismatch(
 
 
 def store_valid(
-    conn: sqlite3.Connection,
+    tx: Tx,
     checked: artifacts.CheckedFile,
     sha: str,
     validation: artifacts.Validation,
@@ -225,66 +197,46 @@ def store_valid(
     """Insert or reuse the artifact, its line and its version name. Caller holds the txn."""
     assert validation.n_features is not None and naming.line is not None
     now = utc_now()
-    names_json = json.dumps(list(validation.feature_names)) if validation.feature_names else None
-    existing = conn.execute("SELECT * FROM artifacts WHERE sha256 = ?", (sha,)).fetchone()
-    if existing is not None and existing["status"] == "valid":
-        if existing["line"] != naming.line:
+    existing = tx.registry.artifact_by_sha(sha)
+    if existing is not None and existing.status == "valid":
+        if existing.line != naming.line:
             raise Conflict(
-                f"these bytes are already registered in model line {existing['line']}; "
+                f"these bytes are already registered in model line {existing.line}; "
                 f"they cannot also belong to {naming.line}"
             )
-        artifact_id = existing["id"]
+        artifact_id = existing.id
         new = False
     else:
-        mismatch = schema_mismatch(
-            conn, naming.line, validation.n_features, validation.feature_names
-        )
+        mismatch = schema_mismatch(tx, naming.line, validation.n_features, validation.feature_names)
         if mismatch:
             raise ArtifactRejected(f"{checked.path.name}: {mismatch}")
-        conn.execute(
-            "INSERT OR IGNORE INTO model_lines (name, n_features, feature_names, created_at)"
-            " VALUES (?, ?, ?, ?)",
-            (naming.line, validation.n_features, names_json, now),
+        tx.registry.add_line(
+            LineSchema(naming.line, validation.n_features, validation.feature_names), at=now
         )
-        values = (
-            checked.relative,
-            checked.size,
-            checked.format,
-            naming.line,
-            validation.n_features,
-            names_json,
-            validation.xgboost_version,
-            now,
-            actor,
+        artifact_id = tx.registry.put_valid(
+            sha256=sha,
+            path=checked.relative,
+            size=checked.size,
+            format=checked.format,
+            line=naming.line,
+            n_features=validation.n_features,
+            feature_names=validation.feature_names,
+            xgboost_version=validation.xgboost_version,
+            at=now,
+            actor=actor,
         )
-        if existing is None:
-            artifact_id = conn.execute(
-                "INSERT INTO artifacts (path, size, format, line, n_features, feature_names,"
-                " xgboost_version, registered_at, registered_by, sha256, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
-                (*values, sha),
-            ).lastrowid
-        else:
-            artifact_id = existing["id"]
-            conn.execute(
-                "UPDATE artifacts SET path = ?, size = ?, format = ?, line = ?, n_features = ?,"
-                " feature_names = ?, xgboost_version = ?, registered_at = ?, registered_by = ?,"
-                " status = 'valid', reason = NULL WHERE id = ?",
-                (*values, artifact_id),
-            )
         new = True
-    assert artifact_id is not None
-    ref = _ensure_version_name(conn, artifact_id, sha, naming=naming, actor=actor, now=now)
+    ref = _ensure_version_name(tx, artifact_id, naming=naming, actor=actor, now=now)
     return artifact_id, ref, new
 
 
 def _ensure_version_name(
-    conn: sqlite3.Connection, artifact_id: int, sha: str, *, naming: Naming, actor: str, now: str
+    tx: Tx, artifact_id: int, *, naming: Naming, actor: str, now: str
 ) -> VersionRef | None:
     assert naming.line is not None
     if naming.version is None:
-        return SqliteRegistry(conn).first_version_of(artifact_id)
-    current = find_version(conn, naming.line, naming.version)
+        return tx.registry.first_version_of(artifact_id)
+    current = tx.registry.find_version(naming.line, naming.version)
     if current is not None:
         if current.artifact_id != artifact_id:
             raise Conflict(
@@ -292,38 +244,26 @@ def _ensure_version_name(
                 f"file (sha256 {current.sha256[:12]}…); choose another --version"
             )
         return current
-    version_id = conn.execute(
-        "INSERT INTO versions (line, name, artifact_id, kind, created_at, created_by)"
-        " VALUES (?, ?, ?, 'version', ?, ?)",
-        (naming.line, naming.version, artifact_id, now, actor),
-    ).lastrowid
-    assert version_id is not None
-    return VersionRef(version_id, naming.line, naming.version, artifact_id, sha)
-
-
-def add_alias(
-    conn: sqlite3.Connection, line: str, alias: str, target: VersionRef, actor: str
-) -> None:
-    existing = find_version(conn, line, alias)
-    if existing is not None:
-        raise Conflict(f"{alias} already names a version of {line}")
-    conn.execute(
-        "INSERT INTO versions (line, name, artifact_id, kind, created_at, created_by)"
-        " VALUES (?, ?, ?, 'alias', ?, ?)",
-        (line, alias, target.artifact_id, utc_now(), actor),
+    return tx.registry.add_version(
+        naming.line, naming.version, artifact_id, kind="version", at=now, actor=actor
     )
 
 
-def artifact_path(conn: sqlite3.Connection, models_dir: Path, artifact_id: int) -> Path:
-    return models_dir / SqliteRegistry(conn).artifact_file(artifact_id)
+def add_alias(tx: Tx, line: str, alias: str, target: VersionRef, actor: str) -> None:
+    """Name `target`'s artifact `alias` too (refused when the name is taken)."""
+    if tx.registry.find_version(line, alias) is not None:
+        raise Conflict(f"{alias} already names a version of {line}")
+    tx.registry.add_version(
+        line, alias, target.artifact_id, kind="alias", at=utc_now(), actor=actor
+    )
 
 
-def require_intact(conn: sqlite3.Connection, models_dir: Path, ref: VersionRef) -> None:
+def require_intact(tx: Tx, models_dir: Path, ref: VersionRef) -> None:
     """Refuse to deploy a version whose artifact file is gone or no longer has its sha256.
 
     DESIGN.md §5 invariant 4: what is deployed must be what was validated and registered.
     """
-    path = artifact_path(conn, models_dir, ref.artifact_id)
+    path = models_dir / tx.registry.artifact_file(ref.artifact_id)
     if not path.is_file():
         raise BeastError(
             f"cannot deploy {ref.line}/{ref.name}: its artifact {path} is missing "

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import BeastError, Change, Conflict, Engine, Expect, NotFound, StateChanged, Workspace
+from engine.deploy import service as deploy_service
 
 REPO = Path(__file__).resolve().parents[2]
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
@@ -322,13 +323,13 @@ def die(ws_root: str, point: str, action: str, arg: str | None) -> None:
     """
     engine = Engine(Workspace(Path(ws_root)), actor="doomed")
     if point == "in-transaction":
-        original = Engine._apply
+        original = deploy_service.apply
 
-        def apply_then_die(self: Engine, *args: Any, **kw: Any) -> Any:
-            original(self, *args, **kw)
+        def apply_then_die(*args: Any, **kw: Any) -> Any:
+            original(*args, **kw)
             _sigkill_self()
 
-        Engine._apply = apply_then_die  # type: ignore[method-assign]
+        deploy_service.apply = apply_then_die
     elif point == "after-commit":
         Engine.export_history = lambda self: _sigkill_self()  # type: ignore[method-assign]
     else:

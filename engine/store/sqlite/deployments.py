@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.core.records import Experiment, LineState
+from engine.core.records import Experiment, ExperimentStatus, LineState, VersionRef
 from engine.store.sqlite.registry import SqliteRegistry
 
 _EXPERIMENT_SQL = """
@@ -70,3 +70,62 @@ class SqliteDeployments:
     def experiment(self, name: str) -> Experiment | None:
         row = self.conn.execute(_EXPERIMENT_SQL + " WHERE e.name = ?", (name,)).fetchone()
         return _experiment(row) if row else None
+
+    def states(self) -> list[LineState]:
+        lines = [row[0] for row in self.conn.execute("SELECT line FROM line_state ORDER BY line")]
+        return [state for state in map(self.state, lines) if state is not None]
+
+    def any_deployed(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM line_state LIMIT 1").fetchone() is not None
+
+    def put_state(self, state: LineState) -> None:
+        candidate = state.candidate
+        self.conn.execute(
+            """
+            INSERT INTO line_state (line, production_id, production_since, production_by,
+                candidate_id, candidate_bp, candidate_since, candidate_by, experiment_id, revision)
+            VALUES (:line, :pid, :psince, :pby, :cid, :cbp, :csince, :cby,
+                (SELECT id FROM experiments WHERE name = :test), :rev)
+            ON CONFLICT(line) DO UPDATE SET production_id = :pid, production_since = :psince,
+                production_by = :pby, candidate_id = :cid, candidate_bp = :cbp,
+                candidate_since = :csince, candidate_by = :cby,
+                experiment_id = (SELECT id FROM experiments WHERE name = :test), revision = :rev
+            """,
+            {
+                "line": state.line,
+                "pid": state.production.id,
+                "psince": state.production_since,
+                "pby": state.production_by,
+                "cid": candidate.id if candidate else None,
+                "cbp": state.candidate_bp,
+                "csince": state.candidate_since,
+                "cby": state.candidate_by,
+                "test": state.experiment,
+                "rev": state.revision,
+            },
+        )
+
+    def start_experiment(
+        self,
+        name: str,
+        *,
+        control: VersionRef,
+        candidate: VersionRef,
+        traffic_bp: int,
+        at: str,
+        actor: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO experiments (name, line, control_id, candidate_id, traffic_bp,"
+            " status, started_at, started_by) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            (name, control.line, control.id, candidate.id, traffic_bp, at, actor),
+        )
+
+    def end_experiment(
+        self, name: str, *, status: ExperimentStatus, at: str, actor: str, reason: str, forced: bool
+    ) -> None:
+        self.conn.execute(
+            "UPDATE experiments SET status = ?, ended_at = ?, ended_by = ?, end_reason = ?,"
+            " forced = ? WHERE name = ? AND status = 'running'",
+            (status, at, actor, reason, int(forced), name),
+        )

@@ -1,0 +1,169 @@
+"""The registry service: register a model file by its bytes, and report what models/ holds.
+
+Registration checks the file cheaply, validates it in a child process (outside any
+transaction: a validation takes seconds), then stores it — or why it was rejected — in one
+write transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.core.config import RegistrySettings
+from engine.core.errors import ArtifactRejected, BeastError
+from engine.core.records import Artifact, Lineage
+from engine.registry import artifacts, catalog
+from engine.store.base import Store, Tx
+
+
+@dataclass(frozen=True)
+class ModelsReport:
+    artifacts: tuple[Artifact, ...]
+    unregistered: tuple[tuple[str, str | None], ...]
+    serving: dict[str, str]  # version name -> role
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The model files of one workspace's models/, registered in a store as `actor`.
+
+    The store and the settings are asked for when first needed: a file refused by the cheap
+    checks is refused before the workspace's config and database are opened.
+    """
+
+    open_store: Callable[[], Store]
+    models_dir: Path
+    get_settings: Callable[[], RegistrySettings]
+    actor: str
+
+    def register(
+        self,
+        path: str | Path,
+        *,
+        version: str | None = None,
+        model: str | None = None,
+        validator: artifacts.Validator | None = None,
+    ) -> catalog.Registration:
+        """Validate a model file in models/ (in a child process) and register it by sha256.
+
+        `validator` replaces the cold child (the daemon's watcher keeps a warm one).
+        """
+        models_dir = self.models_dir
+        resolved = artifacts.resolve_in_models(path, models_dir)
+        settings = self.get_settings()
+        checked = artifacts.check_file(resolved, models_dir, settings.max_artifact_bytes)
+        catalog.check_file_name(checked.relative)
+        sha = artifacts.sha256_of(resolved)
+        store = self.open_store()
+        with store.read() as tx:
+            lines = tx.registry.line_names()
+            known = tx.registry.artifact_by_sha(sha)
+            if known is not None and known.status != "valid":
+                known = None
+        naming = catalog.naming_for(
+            resolved,
+            version=version,
+            model=model or (known.line if known else None),
+            lines=lines,
+        )
+        if naming.line is None:
+            raise BeastError(f"cannot tell the model line from {resolved.name}: pass --model NAME")
+        if naming.version is None and not (known and known.versions):
+            raise BeastError(
+                f"cannot derive a version from {resolved.name} (expected NAME-vX.json): "
+                "pass --version V"
+            )
+        if known is not None:
+            validation = artifacts.Validation(
+                True,
+                n_features=known.n_features,
+                feature_names=known.feature_names,
+                xgboost_version=known.xgboost_version,
+            )
+        else:
+            validation = (validator or artifacts.validate_in_child)(
+                resolved,
+                checked.format,
+                settings.validation_timeout_s,
+                expected_sha256=sha,
+            )
+        reason = validation.reason
+        with store.write() as tx:
+            if validation.ok and known is None:
+                assert validation.n_features is not None
+                reason = catalog.schema_mismatch(
+                    tx, naming.line, validation.n_features, validation.feature_names
+                )
+            if reason is not None:
+                catalog.record_rejection(tx, checked, sha, reason, self.actor)
+                outcome = None
+            else:
+                outcome = catalog.store_valid(
+                    tx, checked, sha, validation, naming=naming, actor=self.actor
+                )
+                if outcome[2]:  # new: keep what training said normal looks like, if it did
+                    _store_sidecar_baseline(tx, resolved, outcome[0], validation)
+        if outcome is None:
+            raise ArtifactRejected(f"{resolved.name} rejected: {reason}")
+        artifact_id, ref, new = outcome
+        with store.read() as tx:
+            (artifact,) = catalog.list_artifacts(tx, models_dir, only_id=artifact_id)
+        return catalog.Registration(artifact, ref, new)
+
+    def models(self) -> ModelsReport:
+        """Every artifact, the files in models/ not registered, and what serves."""
+        with self.open_store().read() as tx:
+            found = catalog.list_artifacts(tx, self.models_dir)
+            loose = catalog.unregistered_files(tx, self.models_dir, self.get_settings())
+            serving: dict[str, str] = {}
+            for state in tx.deployments.states():
+                serving[f"{state.line}/{state.production.name}"] = "production"
+                if state.candidate is not None:
+                    serving[f"{state.line}/{state.candidate.name}"] = "candidate"
+        return ModelsReport(tuple(found), tuple(loose), serving)
+
+    def lineage(self, line: str, version: str) -> Lineage:
+        """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""
+        with self.open_store().read() as tx:
+            ref = tx.registry.get_version(line, version)
+            (artifact,) = catalog.list_artifacts(tx, self.models_dir, only_id=ref.artifact_id)
+        return Lineage(line, version, artifact, _sidecar_facts(Path(artifact.path)))
+
+
+def _store_sidecar_baseline(
+    tx: Tx, model: Path, artifact_id: int, validation: artifacts.Validation
+) -> None:
+    """Store the drift reference and validation figures of a `<model>.lineage` sidecar."""
+    from engine.monitoring import baselines  # numpy: only when a sidecar is there to read
+
+    if not baselines.sidecar_path(model).is_file():
+        return
+    reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
+    if reference is not None or accuracy is not None or mae is not None:
+        # Transitional (issue 13): baselines are monitoring's, not behind a repository yet.
+        conn = tx.conn  # type: ignore[attr-defined]
+        baselines.store(
+            conn, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
+        )
+
+
+def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:
+    """The sidecar's scalar facts, flattened one level; the bulky drift reference is skipped."""
+    from engine.monitoring import baselines  # numpy: only for a lineage shown
+
+    try:
+        doc = json.loads(baselines.sidecar_path(model).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    if not isinstance(doc, dict):
+        return ()
+    facts: list[tuple[str, str]] = []
+    for key, value in doc.items():
+        if key == "reference":
+            continue
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        facts.extend((f"{key}.{sub}" if sub else key, str(v)) for sub, v in items)
+    return tuple(facts)
