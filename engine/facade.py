@@ -1,8 +1,9 @@
 """`Engine`: the one facade the CLI, the HTTP API, the daemon and the console call.
 
-Every mutation is one `BEGIN IMMEDIATE` transaction that reads the state, applies a pure rule
-from `deployments`, and writes the new state together with its history row. The history
-export (`deployments/history.json`) is rewritten after the commit.
+It composes the services below and delegates to them: the registry's (engine.registry.service)
+and the deploy service (engine.deploy.service), where every mutation is one write transaction
+that reads the state, applies a pure rule (engine.deploy.rules) and writes the new state with
+its history row. The history export (`deployments/history.json`) is rewritten after the commit.
 """
 
 from __future__ import annotations
@@ -529,16 +530,7 @@ class Engine:
 
     def _export_after_commit(self) -> str:
         """Rewrite history.json; the change is committed already, so a failure only warns."""
-        try:
-            self.export_history()
-        except OSError as exc:
-            return (
-                f" (warning: {self.workspace.history_export_path} was not rewritten: "
-                f"{exc.strerror or exc}; run `beast doctor --repair`)"
-            )
-        except history.ExportRefused as exc:
-            return f" (warning: {exc})"
-        return ""
+        return history.export_or_warn(self.export_history, self.workspace.history_export_path)
 
     def export_history(self) -> None:
         """Rewrite deployments/history.json from the history table (atomic, never stale)."""

@@ -1,3 +1,4 @@
-"""Deployments: the pure rules of deploy, A/B start, promote, abort and rollback, and the
-append-only history they are recorded in.
+"""Deployments: the pure rules of deploy, A/B start, promote, abort and rollback, the service
+that applies them (one transaction with its history row), the history export, and the
+invariants `beast doctor` checks.
 """

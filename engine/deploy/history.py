@@ -90,6 +90,23 @@ def write_export(path: Path, read_text: Callable[[], str]) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def export_or_warn(export: Callable[[], None], path: Path) -> str:
+    """Run `export` after a commit: the change is in already, so a failure only warns.
+
+    Returns the warning to append to the change's message, or "".
+    """
+    try:
+        export()
+    except OSError as exc:
+        return (
+            f" (warning: {path} was not rewritten: "
+            f"{exc.strerror or exc}; run `beast doctor --repair`)"
+        )
+    except ExportRefused as exc:
+        return f" (warning: {exc})"
+    return ""
+
+
 def _refuse_shrinking(path: Path, text: str) -> None:
     try:
         old: str | None = path.read_text(encoding="utf-8")

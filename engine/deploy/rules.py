@@ -1,7 +1,7 @@
 """The deployment rules, as pure functions from the current state to a plan.
 
-No I/O here: the facade reads the state inside its write transaction, asks for a plan, and
-applies it with its history row in that same transaction. Keeping the rules pure makes them
+No I/O here: the deploy service reads the state inside its write transaction, asks for a plan,
+and applies it with its history row in that same transaction. Keeping the rules pure makes them
 easy to test exhaustively (see tests/test_rules_property.py).
 
 Rollback is a stack: every forward change (deploy, A/B start, promote) is pushed; a plain
@@ -33,7 +33,7 @@ MIN_BP, MAX_BP = 100, 9_900
 
 @dataclass(frozen=True)
 class Plan:
-    """What a mutation will do; applied by the facade in one transaction."""
+    """What a mutation will do; applied by the deploy service in one transaction."""
 
     action: Action
     production: VersionRef
