@@ -1,0 +1,142 @@
+"""The registry and deployments repositories' write side, through the `Tx` protocol only.
+
+What a second backend must do the same: these speak to `store.write()` / `store.read()` and
+the records they return, never to SQL.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import Engine, Workspace
+from engine.core.errors import StoreError
+from engine.core.records import Expect, LineSchema
+from engine.deploy import rules
+from engine.deploy import service as deploy_service
+
+SHA = "ab" * 32
+
+
+def _put_valid(engine: Engine, sha: str = SHA) -> int:
+    with engine.store.write() as tx:
+        tx.registry.add_line(LineSchema("line-a", 2, ("x", "y")), at="2025-01-01T00:00:00Z")
+        return tx.registry.put_valid(
+            sha256=sha,
+            path="line-a-v1.json",
+            size=10,
+            format="json",
+            line="line-a",
+            n_features=2,
+            feature_names=("x", "y"),
+            xgboost_version="2.1.0",
+            at="2025-01-01T00:00:00Z",
+            actor="tester",
+        )
+
+
+def _put_rejected(engine: Engine, reason: str, sha: str = SHA) -> None:
+    with engine.store.write() as tx:
+        tx.registry.put_rejected(
+            sha256=sha,
+            path="line-a-v1.json",
+            size=10,
+            format="json",
+            reason=reason,
+            at="2025-01-01T00:00:01Z",
+            actor="tester",
+        )
+
+
+def test_rejected_bytes_become_valid_in_place_and_valid_bytes_are_never_downgraded(
+    workspace: Workspace,
+) -> None:
+    engine = Engine(workspace, actor="tester")
+    try:
+        _put_rejected(engine, "not a model")
+        with engine.store.read() as tx:
+            (rejected,) = tx.registry.artifacts()
+        assert (rejected.status, rejected.reason, rejected.line) == (
+            "rejected",
+            "not a model",
+            None,
+        )
+
+        artifact_id = _put_valid(engine)
+        _put_rejected(engine, "judged again")
+        with engine.store.read() as tx:
+            (valid,) = tx.registry.artifacts()
+            assert tx.registry.artifact_by_sha(SHA) == valid
+        assert artifact_id == rejected.id == valid.id
+        assert (valid.status, valid.reason, valid.line) == ("valid", None, "line-a")
+        assert valid.feature_names == ("x", "y") and valid.path == "line-a-v1.json"
+    finally:
+        engine.close()
+
+
+def test_a_line_keeps_the_schema_it_was_created_with(workspace: Workspace) -> None:
+    engine = Engine(workspace, actor="tester")
+    try:
+        _put_valid(engine)
+        with engine.store.write() as tx:
+            tx.registry.add_line(LineSchema("line-a", 5), at="2025-01-02T00:00:00Z")
+        with engine.store.read() as tx:
+            assert tx.registry.line_schema("line-a") == LineSchema("line-a", 2, ("x", "y"))
+            assert tx.registry.line_schema("line-b") is None
+    finally:
+        engine.close()
+
+
+def test_a_version_names_one_artifact_and_an_alias_names_it_again(workspace: Workspace) -> None:
+    engine = Engine(workspace, actor="tester")
+    try:
+        artifact_id = _put_valid(engine)
+        with engine.store.write() as tx:
+            ref = tx.registry.add_version(
+                "line-a", "v1", artifact_id, kind="version", at="t", actor="a"
+            )
+            alias = tx.registry.add_version(
+                "line-a", "best", artifact_id, kind="alias", at="t", actor="a"
+            )
+        assert (ref.name, ref.kind, ref.sha256) == ("v1", "version", SHA)
+        assert (alias.name, alias.kind, alias.artifact_id) == ("best", "alias", artifact_id)
+        with engine.store.read() as tx:
+            assert tx.registry.first_version_of(artifact_id) == ref
+            assert tx.registry.artifacts()[0].versions == ("v1", "best")
+        with pytest.raises(StoreError), engine.store.write() as tx:
+            tx.registry.add_version("line-a", "v1", artifact_id, kind="version", at="t", actor="a")
+    finally:
+        engine.close()
+
+
+def test_a_test_start_keeps_production_since_and_its_end_keeps_it_too(engine: Engine) -> None:
+    """The deploy service writes the new state through put_state: an arm that stays keeps
+    when and by whom it started serving; the revision is the change's history row."""
+    deploys = deploy_service.Deployments(
+        engine.store, engine.workspace.models_dir, "tester", engine._export_after_commit
+    )
+    with engine.store.read() as tx:
+        line = tx.registry.line_names()[0]
+        v1, v2 = (tx.registry.get_version(line, v) for v in ("v1.0", "v2.0"))
+    first = deploys.deploy(v1, bp=0, ab_test=None, note=None, expect=None)
+    started = deploys.deploy(v2, bp=rules.traffic_bp(20), ab_test="t1", note=None, expect=None)
+    with engine.store.read() as tx:
+        state = tx.deployments.state(line)
+        test = tx.deployments.experiment("t1")
+    assert state is not None and test is not None and first.entry and started.entry
+    assert state.production_since == first.entry.at and state.revision == started.entry.id
+    assert state.candidate == v2 and state.candidate_bp == 2000 and state.experiment == "t1"
+    assert (test.status, test.control, test.candidate, test.traffic_bp) == (
+        "running",
+        "v1.0",
+        "v2.0",
+        2000,
+    )
+    ended = deploys.abort(test, reason="aborted", note=None, expect=Expect(production="v1.0"))
+    with engine.store.read() as tx:
+        after = tx.deployments.state(line)
+        closed = tx.deployments.experiment("t1")
+        assert tx.deployments.any_deployed()
+    assert after is not None and closed is not None and ended.entry
+    assert after.production_since == first.entry.at and after.candidate is None
+    assert after.experiment is None and after.revision == ended.entry.id
+    assert (closed.status, closed.ended_by, closed.end_reason) == ("aborted", "tester", "aborted")
