@@ -40,7 +40,7 @@ def freeze_engine_time(monkeypatch: pytest.MonkeyPatch, at: float = FROZEN) -> N
 def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 10%), 30 minutes of traffic."""
     for hours, step in ((3, "v1.0"), (2, "v2.0"), (1, "v3.0")):
-        monkeypatch.setattr("engine.facade.utc_now", lambda h=hours: iso(FROZEN - h * 3600))
+        monkeypatch.setattr("engine.deploy.service.utc_now", lambda h=hours: iso(FROZEN - h * 3600))
         engine = Engine(ws, actor="ops")
         try:
             if step == "v3.0":
