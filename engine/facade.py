@@ -38,15 +38,17 @@ from engine.core.records import (
 from engine.core.workspace import Workspace, WorkspaceLost
 from engine.deploy import history
 from engine.deploy import rules as deployments
+from engine.monitoring import feedback as labels
 from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.store import invariants
+from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
-    from engine.monitoring import feedback as labels
+    from engine.monitoring.report import Monitoring, MonitorReport
     from engine.retrain.jobs import Job
     from engine.retrain.triggers import TriggerReport
 
@@ -134,7 +136,7 @@ class Engine:
                 row["id"]: self.workspace.models_dir / row["path"]
                 for row in conn.execute("SELECT id, path FROM artifacts WHERE status = 'valid'")
             }
-            health = _health(conn, states)
+            health = _health(SqliteTx(conn), states)
         rows: list[Deployment] = []
         for state in states:
             rows.append(
@@ -186,17 +188,6 @@ class Engine:
                     if state.candidate is not None:
                         serving[f"{line}/{state.candidate.name}"] = "candidate"
         return ModelsReport(tuple(found), tuple(loose), serving)
-
-    # Reads inside a caller's transaction (monitoring reads many things from one snapshot).
-    @staticmethod
-    def lines_in(conn: sqlite3.Connection) -> list[str]:
-        return registry.line_names(conn)
-
-    def line_state(self, conn: sqlite3.Connection, line: str) -> LineState | None:
-        return self._state(conn, line)
-
-    def experiments_in(self, conn: sqlite3.Connection) -> list[Experiment]:
-        return self._experiments(conn)
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
         _check_names(model=line)
@@ -281,8 +272,6 @@ class Engine:
 
     def feedback(self, prediction_id: str, actual: object) -> str:
         """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
-        from engine.monitoring import feedback as labels
-
         text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
         return labels.record(
             self.store,
@@ -294,14 +283,25 @@ class Engine:
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
-        from engine.monitoring import feedback as labels
-
         return labels.record_many(
             self.store,
             items,
             self.config.thresholds.tolerance_points,
             ranges=labels.LabelRanges.of_config(self.config),
         )
+
+    # -- monitoring -----------------------------------------------------------------------
+
+    @property
+    def monitoring(self) -> Monitoring:
+        """The monitoring service over this workspace (reports, evaluations, loss alerts)."""
+        from engine.monitoring.report import Monitoring  # numpy and scipy: only on this path
+
+        return Monitoring(self.store, self.config, self.workspace.models_dir, abort=self.abort)
+
+    def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
+        """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
+        return self.monitoring.report(window=window, model=model)
 
     # -- registry -------------------------------------------------------------------------
 
@@ -454,10 +454,7 @@ class Engine:
         found = self.experiment(test)
         verdict_text = "forced"
         if found.status == "running":
-            from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
-
-            with self.store.read_sql() as conn:
-                judged = monitoring.experiment_report(conn, self.config, found).verdict
+            judged = self.monitoring.experiment(found).verdict
             verdict_text = f"verdict: {judged.outcome} ({judged.reason})"
             if judged.outcome != "candidate wins" and not force:
                 raise BeastError(
@@ -883,7 +880,7 @@ def _store_sidecar_baseline(
     reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
     if reference is not None or accuracy is not None or mae is not None:
         baselines.store(
-            conn, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
+            SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
         )
 
 
@@ -908,32 +905,20 @@ def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:
     return tuple(facts)
 
 
-def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
+def _health(tx: Tx, states: list[LineState]) -> str:
     """Worst firing alert of what serves; "no data" before any prediction was logged.
 
-    Plain SQL, so `beast status` answers without importing numpy (monitoring keeps the
-    alerts current; `beast monitor` shows the figures behind them).
+    Two reads, no numpy, so `beast status` stays fast (monitoring keeps the alerts current;
+    `beast monitor` shows the figures behind them).
     """
     serving = [(s.line, v.name) for s in states for v in (s.production, s.candidate) if v]
     if not serving:
         return "no data"
-    marks = ", ".join("(?, ?)" for _ in serving)
-    flat = [part for pair in serving for part in pair]
-    worst = conn.execute(
-        f"SELECT max(CASE severity WHEN 'critical' THEN 2 ELSE 1 END) FROM alerts"
-        f" WHERE resolved_at IS NULL AND (line, version) IN (VALUES {marks})",
-        flat,
-    ).fetchone()[0]
-    if worst:
-        return "critical" if worst == 2 else "warning"
+    worst = tx.alerts.worst_firing(serving)
+    if worst is not None:
+        return worst
     ids = [v.id for s in states for v in (s.production, s.candidate) if v]
-    marks = ", ".join("?" for _ in ids)
-    seen = conn.execute(  # minutes, or hours once compacted (engine.monitoring.rollups)
-        f"SELECT 1 FROM rollups WHERE version_id IN ({marks})"
-        f" UNION ALL SELECT 1 FROM rollups_hourly WHERE version_id IN ({marks}) LIMIT 1",
-        ids + ids,
-    ).fetchone()
-    return "healthy" if seen else "no data"
+    return "healthy" if tx.rollups.any_logged(ids) else "no data"
 
 
 def _rollback_rerun(last: HistoryEntry | None, expect: Expect | None) -> str | None:
