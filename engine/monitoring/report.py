@@ -1,7 +1,8 @@
 """Health, drift, alerts and A/B verdicts: the seed's "Monitoring", made real.
 
-`report` reads the rollups of every deployed version and judges it against config.toml's
-thresholds. `evaluate` also writes: it syncs the alerts table (one firing row per version and
+The `Monitoring` service (over a Store, a Config and the models directory; the facade's
+`Engine.report` and `Engine.monitoring`) reads, in one transaction (`read`), the rollups of
+every deployed version and judges it against config.toml's thresholds. `evaluate` also writes: it syncs the alerts table (one firing row per version and
 metric, deduplicated while it fires, resolved when it clears) and pulls a running test's
 candidate to 0% when its health is critical — once, recorded in history like any abort.
 
