@@ -56,9 +56,7 @@ class Gateway:
         return self._read(lambda e: e.status())
 
     def report(self, window: str = "1h") -> MonitorReport:
-        from engine.monitoring import report as monitoring
-
-        return self._read(lambda e: monitoring.report(e, window=window))
+        return self._read(lambda e: e.report(window=window))
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
         return self._read(lambda e: e.history(line))

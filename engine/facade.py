@@ -32,6 +32,7 @@ from engine.core.records import (
 from engine.core.workspace import Workspace, WorkspaceLost
 from engine.deploy import history, invariants
 from engine.deploy import service as deploy_service
+from engine.monitoring import feedback as labels
 from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
@@ -42,7 +43,7 @@ from engine.store.sqlite.integrity import integrity_report
 from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
-    from engine.monitoring import feedback as labels
+    from engine.monitoring.report import Monitoring, MonitorReport
     from engine.retrain.jobs import Job
     from engine.retrain.triggers import TriggerReport
 
@@ -117,22 +118,11 @@ class Engine:
     def status(self) -> Status:
         """What serves on every line, the A/B tests, and each line's health."""
         return deploy_service.status(
-            self.store, self.workspace.models_dir, lambda tx, states: _health(_conn(tx), states)
+            self.store, self.workspace.models_dir, _health
         )
 
     def models(self) -> ModelsReport:
         return self._registry().models()
-
-    # Reads inside a caller's transaction (monitoring reads many things from one snapshot).
-    @staticmethod
-    def lines_in(conn: sqlite3.Connection) -> list[str]:
-        return registry.line_names(conn)
-
-    def line_state(self, conn: sqlite3.Connection, line: str) -> LineState | None:
-        return self._state(conn, line)
-
-    def experiments_in(self, conn: sqlite3.Connection) -> list[Experiment]:
-        return self._experiments(conn)
 
     def history(self, line: str | None = None) -> list[HistoryEntry]:
         _check_names(model=line)
@@ -205,8 +195,6 @@ class Engine:
 
     def feedback(self, prediction_id: str, actual: object) -> str:
         """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
-        from engine.monitoring import feedback as labels
-
         text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
         return labels.record(
             self.store,
@@ -218,14 +206,25 @@ class Engine:
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
-        from engine.monitoring import feedback as labels
-
         return labels.record_many(
             self.store,
             items,
             self.config.thresholds.tolerance_points,
             ranges=labels.LabelRanges.of_config(self.config),
         )
+
+    # -- monitoring -----------------------------------------------------------------------
+
+    @property
+    def monitoring(self) -> Monitoring:
+        """The monitoring service over this workspace (reports, evaluations, loss alerts)."""
+        from engine.monitoring.report import Monitoring  # numpy and scipy: only on this path
+
+        return Monitoring(self.store, self.config, self.workspace.models_dir, abort=self.abort)
+
+    def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
+        """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
+        return self.monitoring.report(window=window, model=model)
 
     # -- registry -------------------------------------------------------------------------
 
@@ -522,10 +521,7 @@ class Engine:
 
     def _judge(self, found: Experiment) -> tuple[str, str]:
         """A running test's verdict (outcome, reason), from its monitoring report."""
-        from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
-
-        with self.store.read_sql() as conn:
-            judged = monitoring.experiment_report(conn, self.config, found).verdict
+        judged = self.monitoring.experiment(found).verdict
         return judged.outcome, judged.reason
 
     def _export_after_commit(self) -> str:
@@ -565,37 +561,20 @@ def _check_names(**names: str | None) -> None:
         text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
 
 
-def _conn(tx: Tx) -> sqlite3.Connection:
-    """Transitional (issue 13): the connection under a SQLite transaction, for `_health`."""
-    return cast(SqliteTx, tx).conn
-
-
-def _health(conn: sqlite3.Connection, states: list[LineState]) -> str:
+def _health(tx: Tx, states: list[LineState]) -> str:
     """Worst firing alert of what serves; "no data" before any prediction was logged.
 
-    Plain SQL, so `beast status` answers without importing numpy (monitoring keeps the
-    alerts current; `beast monitor` shows the figures behind them).
+    Two reads, no numpy, so `beast status` stays fast (monitoring keeps the alerts current;
+    `beast monitor` shows the figures behind them).
     """
     serving = [(s.line, v.name) for s in states for v in (s.production, s.candidate) if v]
     if not serving:
         return "no data"
-    marks = ", ".join("(?, ?)" for _ in serving)
-    flat = [part for pair in serving for part in pair]
-    worst = conn.execute(
-        f"SELECT max(CASE severity WHEN 'critical' THEN 2 ELSE 1 END) FROM alerts"
-        f" WHERE resolved_at IS NULL AND (line, version) IN (VALUES {marks})",
-        flat,
-    ).fetchone()[0]
-    if worst:
-        return "critical" if worst == 2 else "warning"
+    worst = tx.alerts.worst_firing(serving)
+    if worst is not None:
+        return worst
     ids = [v.id for s in states for v in (s.production, s.candidate) if v]
-    marks = ", ".join("?" for _ in ids)
-    seen = conn.execute(  # minutes, or hours once compacted (engine.monitoring.rollups)
-        f"SELECT 1 FROM rollups WHERE version_id IN ({marks})"
-        f" UNION ALL SELECT 1 FROM rollups_hourly WHERE version_id IN ({marks}) LIMIT 1",
-        ids + ids,
-    ).fetchone()
-    return "healthy" if seen else "no data"
+    return "healthy" if tx.rollups.any_logged(ids) else "no data"
 
 
 __all__ = ["Engine", "ModelsReport", "VersionRef"]

@@ -20,6 +20,7 @@ from engine import BeastError, Engine, Workspace
 from engine.monitoring import artifact_alerts
 from engine.registry import artifacts
 from engine.registry.warm_validator import WarmValidator
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import beast, model_path, production, train_model
 
 
@@ -122,7 +123,7 @@ def test_the_artifact_alert_reads_a_file_again_only_when_its_stat_changed(
 
     def firing() -> list[str]:
         with engine.store.write_sql() as conn:
-            artifact_alerts.sync(conn, registered.models_dir)
+            artifact_alerts.sync(SqliteTx(conn), registered.models_dir)
             rows = conn.execute(
                 "SELECT message FROM alerts WHERE metric = 'artifact' AND resolved_at IS NULL"
             ).fetchall()

@@ -21,6 +21,7 @@ from engine.core import ids
 from engine.core.errors import BeastError, Conflict, NotFound
 from engine.monitoring import feedback as labels
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import REPO
 from tests.serving_helpers import count, logged, logged_count, serving
 
@@ -143,8 +144,8 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     try:
         with store.write_sql() as conn:
             later = ids.issued_ms(beyond) + labels.PENDING_EXPIRY_MS + 60_000
-            assert labels.match_pending(conn, TOLERANCE) == 0
-            assert labels.expire_pending(conn, now_ms=later) == 1
+            assert labels.match_pending(SqliteTx(conn), TOLERANCE) == 0
+            assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 1
     finally:
         store.close()
     assert count(live, "SELECT count(*) FROM unmatched_feedback") == 1
@@ -165,15 +166,21 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
         store = SqliteStore(live.db_path)
         try:
             with store.write_sql() as conn:
-                assert labels.label(conn, lost, 70.0, TOLERANCE, now_ms=now) == "pending"
-                assert labels.label(conn, served.prediction_id, 70.0, TOLERANCE, now) == "pending"
+                assert labels.label(SqliteTx(conn), lost, 70.0, TOLERANCE, now_ms=now) == "pending"
+                assert (
+                    labels.label(SqliteTx(conn), served.prediction_id, 70.0, TOLERANCE, now)
+                    == "pending"
+                )
             log.flush()  # the served row arrives and its feedback is matched
             later = now + labels.PENDING_EXPIRY_MS + 1
             with store.write_sql() as conn:
-                assert labels.expire_pending(conn, now_ms=now + labels.PENDING_EXPIRY_MS) == 0
-                assert labels.expire_pending(conn, now_ms=later) == 1
-                assert labels.expire_pending(conn, now_ms=later) == 0  # once
-                assert labels.counts(conn) == (0, 1)
+                assert (
+                    labels.expire_pending(SqliteTx(conn), now_ms=now + labels.PENDING_EXPIRY_MS)
+                    == 0
+                )
+                assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 1
+                assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 0  # once
+                assert labels.counts(SqliteTx(conn)) == (0, 1)
             with pytest.raises(NotFound):
                 labels.record(store, lost, 70.0, TOLERANCE)
         finally:
@@ -181,9 +188,7 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
     assert _actual_of(live, served.prediction_id) == 70.0
     engine = Engine(live)
     try:
-        from engine.monitoring import report as monitoring
-
-        doc = monitoring.report(engine).to_json()
+        doc = engine.report().to_json()
     finally:
         engine.close()
     assert doc["feedback"] == {"pending": 0, "unmatched": 1}

@@ -31,7 +31,7 @@ LOG_ALERT = "prediction_log"
 def _log_alerts(ws: Workspace) -> list[dict[str, object]]:
     engine = Engine(ws)
     try:
-        return [a for a in monitoring.report(engine).alerts if a["metric"] == LOG_ALERT]
+        return [a for a in engine.report().alerts if a["metric"] == LOG_ALERT]
     finally:
         engine.close()
 

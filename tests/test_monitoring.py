@@ -15,6 +15,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
 from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import beast
 
 LINE = "quality-predictor"
@@ -66,7 +67,7 @@ def feed(
     good = round(len(scored) * within)
     with engine.store.write_sql() as conn:
         for i, r in enumerate(scored):
-            labels.label(conn, r.pid, 52.0 if i < good else 60.0, 5.0)
+            labels.label(SqliteTx(conn), r.pid, 52.0 if i < good else 60.0, 5.0)
 
 
 def version_report(report: monitoring.MonitorReport, version: str) -> monitoring.VersionReport:
@@ -102,14 +103,14 @@ def test_accuracy_thresholds(deployed: Engine, within: float, health: str) -> No
 @pytest.mark.parametrize(("errors", "health"), [(0.03, "warning"), (0.1, "critical")])
 def test_error_rate_thresholds(deployed: Engine, errors: float, health: str) -> None:
     feed(deployed, "v1.0", 300, within=1.0, errors=errors)
-    v = version_report(monitoring.report(deployed), "v1.0")
+    v = version_report(deployed.report(), "v1.0")
     assert v.health == health and v.window.error_rate == pytest.approx(errors, abs=0.004)
     assert {f.metric for f in v.findings} == {"error_rate"}
 
 
 def test_latency_above_max_warns(deployed: Engine) -> None:
     feed(deployed, "v1.0", 100, within=1.0, latency_us=150_000)
-    v = version_report(monitoring.report(deployed), "v1.0")
+    v = version_report(deployed.report(), "v1.0")
     assert v.health == "warning" and v.findings[0].metric == "latency_p95"
     p95 = v.window.latency_ms()["p95"]
     assert p95 is not None and 150 <= p95 <= 150 * 1.1
@@ -118,9 +119,11 @@ def test_latency_above_max_warns(deployed: Engine) -> None:
 def test_model_drift_against_the_baseline(deployed: Engine) -> None:
     with deployed.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
-        baselines.store(conn, artifact_id, "training", reference=None, accuracy=0.95, mae=None)
+        baselines.store(
+            SqliteTx(conn), artifact_id, "training", reference=None, accuracy=0.95, mae=None
+        )
     feed(deployed, "v1.0", 200, within=0.82)
-    v = version_report(monitoring.report(deployed), "v1.0")
+    v = version_report(deployed.report(), "v1.0")
     assert v.drift.model == pytest.approx((0.95 - 0.82) / 0.95, abs=0.01)
     assert [f.metric for f in v.findings] == ["model_drift"] and v.health == "warning"
 
@@ -134,7 +137,9 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
     reference = baselines.VersionReference.build(training, rng.normal(50, 5, 5000), names)
     with deployed.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
-        baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
+        baselines.store(
+            SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
+        )
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)
     drifted[:, 3] += 1.5  # duplication moved: PSI far past the critical band
 
@@ -168,7 +173,7 @@ def test_windows_start_at_the_current_deployment(deployed: Engine) -> None:
     # health describes what serves now.
     feed(deployed, "v1.0", 100, within=1.0, minutes_ago=120)
     feed(deployed, "v1.0", 50, within=1.0)
-    v = version_report(monitoring.report(deployed), "v1.0")
+    v = version_report(deployed.report(), "v1.0")
     assert {name: w.predictions for name, w in v.windows.items()} == {
         "1h": 50,
         "24h": 50,
@@ -199,7 +204,7 @@ def test_promote_follows_the_verdict(deployed: Engine) -> None:
     deployed.deploy(version="v2.0", traffic=50, ab_test="t")
     feed(deployed, "v1.0", 300, within=0.80, experiment="t")
     feed(deployed, "v2.0", 300, within=0.95, experiment="t", arm="candidate")
-    report = monitoring.report(deployed)
+    report = deployed.report()
     assert report.experiments[0].verdict.outcome == "candidate wins"
     change = deployed.promote("t")
     assert change.entry is not None and not change.entry.forced
@@ -245,13 +250,13 @@ def test_monitor_json_contract(deployed: Engine) -> None:
 
 def test_dropped_log_rows_fire_an_alert_that_outlives_recovery(deployed: Engine) -> None:
     monitoring.note_log_drops(deployed, 120, 120)
-    firing = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    firing = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert len(firing) == 1 and firing[0]["severity"] == "critical"
     assert "lost 120 acknowledged predictions" in firing[0]["message"]
     monitoring.evaluate(deployed)  # version alerts syncing must not resolve it
     monitoring.note_log_drops(deployed, 5, 125)
-    again = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    again = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert [a["id"] for a in again] == [firing[0]["id"]] and again[0]["status"] == "firing"
     monitoring.note_log_drops(deployed, 0, 125)  # resolved only after [log] loss_alert_minutes
-    done = [a for a in monitoring.report(deployed).alerts if a["metric"] == "prediction_log"]
+    done = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert done[0]["status"] == "firing"  # tests/test_log_loss.py: when it resolves

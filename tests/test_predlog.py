@@ -31,6 +31,7 @@ from engine.serving import latency
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import FEATURES, REPO
 from tests.serving_helpers import (
     LINE,
@@ -273,7 +274,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
     try:
         for version in ("v1.0", "v2.0"):
             vid = version_id(ab_ws, version)
-            loaded = metrics.load(conn, vid)
+            loaded = metrics.load(SqliteTx(conn), vid)
             raw = [r for r in logged(ab_ws) if r["version_id"] == vid]
             for since in starts:
                 chosen = [r for r in raw if since is None or r["at_ms"] // 60_000 >= since]

@@ -23,6 +23,7 @@ from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_count, version_id
 
 DAY = predlog.DAY_MS
@@ -51,7 +52,7 @@ def _with_reference(ws: Workspace, *versions: str) -> None:
                     rng.random((600, 5)), rng.normal(70, 10, 600), tuple(f"f{i}" for i in range(5))
                 )
                 baselines.store(
-                    conn, artifact, "training", reference=reference, accuracy=0.9, mae=3.0
+                    SqliteTx(conn), artifact, "training", reference=reference, accuracy=0.9, mae=3.0
                 )
     finally:
         store.close()

@@ -24,6 +24,7 @@ from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
+from engine.store.sqlite.tx import SqliteTx
 
 LINE = "quality-predictor"
 NOW = "2026-01-01T00:00:00.000Z"
@@ -492,11 +493,11 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
         assert v2_from == max(ids.key(r[0])[0] for r in rows) + 1  # none past its bound
         with store.write_sql() as write:  # feedback finds old rows by id, single or batch
             for row in labelled[:5]:
-                assert labels.label(write, row[0], row[11], 5.0) == "duplicate"
+                assert labels.label(SqliteTx(write), row[0], row[11], 5.0) == "duplicate"
             unlabelled = next(r for r in rows if r[11] is None and r[8] is not None)
-            assert labels.label(write, unlabelled[0], 50.0, 5.0) == "recorded"
-            assert labels.label(write, f"{prefix}00002", 63.5, 5.0) == "duplicate"
-            assert labels.label(write, f"{prefix}00000", 60.0, 5.0) == "recorded"
+            assert labels.label(SqliteTx(write), unlabelled[0], 50.0, 5.0) == "recorded"
+            assert labels.label(SqliteTx(write), f"{prefix}00002", 63.5, 5.0) == "duplicate"
+            assert labels.label(SqliteTx(write), f"{prefix}00000", 60.0, 5.0) == "recorded"
         with store.read_sql() as read:
             assert (
                 read.execute(

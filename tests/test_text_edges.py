@@ -27,6 +27,7 @@ from engine.core.records import Expect
 from engine.monitoring import feedback as labels
 from engine.server import daemon
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import beast, history_of, model_path, train_model
 from tests.serving_helpers import logged_count, serving
 
@@ -475,7 +476,9 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     )
     with engine.store.write_sql() as conn:
         artifact_id = registry.get_version(conn, LINE, "v2.0").artifact_id
-        baselines.store(conn, artifact_id, "training", reference=reference, accuracy=None, mae=None)
+        baselines.store(
+            SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
+        )
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)
     drifted[:, 3] += 1.5
     feed(engine, "v2.0", 1000, within=1.0, rows=drifted, experiment="t", arm="candidate")

@@ -31,7 +31,7 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     from engine.monitoring import report as monitoring
 
     if args.readonly:
-        report = monitoring.report(engine, window=args.window, model=args.model)
+        report = engine.report(window=args.window, model=args.model)
     else:
         report = monitoring.evaluate(engine, window=args.window)
     if args.json:

@@ -239,3 +239,54 @@ class DoctorReport:
 
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "problems": list(self.problems), "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert: firing while `resolved_at` is None, deduplicated per (line, version, metric)."""
+
+    id: int
+    line: str
+    version: str
+    metric: str
+    severity: str  # "warning" | "critical"
+    value: float
+    threshold: float
+    message: str
+    first_seen: str
+    last_seen: str
+    resolved_at: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "status": "firing" if self.resolved_at is None else "resolved"}
+
+
+@dataclass(frozen=True)
+class LoggedPrediction:
+    """A logged prediction as feedback sees it; `batch` is (batch id, row) for a batch's row."""
+
+    pid: str
+    version_id: int
+    experiment: str  # "" outside an A/B test
+    at_ms: int
+    score: float | None  # None: the prediction failed
+    actual: float | None
+    batch: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What "normal" is for an artifact: its drift reference (JSON) and validation figures."""
+
+    reference: dict[str, Any] | None
+    accuracy: float | None
+    mae: float | None
+
+
+@dataclass(frozen=True)
+class FirstPredictionSource:
+    """What building a reference from a version's first predictions needs to know."""
+
+    artifact_id: int
+    feature_names: tuple[str, ...] | None
+    width: int

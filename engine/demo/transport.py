@@ -74,12 +74,10 @@ class InProcess:
         return [p.prediction_id if p.error is None else None for p in served]
 
     def read_monitor(self) -> None:
-        from engine.monitoring import report as monitoring
-
         # A reader of its own, as another dashboard process would be: its own connection.
         reader = Engine(self.engine.workspace, actor=self.engine.actor)
         try:
-            monitoring.report(reader)
+            reader.report()
         finally:
             reader.close()
 

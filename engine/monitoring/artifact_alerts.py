@@ -9,13 +9,13 @@ the file is back as it was registered or the version no longer serves.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 from engine.core.clock import utc_now
+from engine.core.records import VersionRef
 from engine.registry import artifacts
-from engine.registry import catalog as registry
+from engine.store.base import Tx
 
 METRIC = "artifact"
 SETTLED_NS = 2_000_000_000  # a ctime this old will change if the file is written again
@@ -52,13 +52,18 @@ def sha256(path: Path) -> str:
     return digest
 
 
-def problems(conn: sqlite3.Connection, models_dir: Path) -> dict[tuple[str, str], str]:
+def problems(tx: Tx, models_dir: Path) -> dict[tuple[str, str], str]:
     """(line, version) -> what is wrong with the artifact of each version that serves."""
     out: dict[tuple[str, str], str] = {}
-    rows = conn.execute("SELECT production_id, candidate_id FROM line_state").fetchall()
-    for version_id in {v for row in rows for v in row if v is not None}:
-        ref = registry.version_by_id(conn, version_id)
-        path = registry.artifact_path(conn, models_dir, ref.artifact_id)
+    serving: dict[int, VersionRef] = {}
+    for line in tx.registry.line_names():
+        state = tx.deployments.state(line)
+        if state is not None:
+            for ref in (state.production, state.candidate):
+                if ref is not None:
+                    serving[ref.id] = ref
+    for ref in serving.values():
+        path = models_dir / tx.registry.artifact_file(ref.artifact_id)
         try:
             intact = sha256(path) == ref.sha256
         except FileNotFoundError:
@@ -77,34 +82,27 @@ def problems(conn: sqlite3.Connection, models_dir: Path) -> dict[tuple[str, str]
     return out
 
 
-def sync(
-    conn: sqlite3.Connection,
-    models_dir: Path,
-    found: dict[tuple[str, str], str] | None = None,
-) -> None:
+def sync(tx: Tx, models_dir: Path, found: dict[tuple[str, str], str] | None = None) -> None:
     """Fire, refresh and resolve the artifact alerts (inside the caller's write transaction),
     from `found` (`problems`, read before the write lock was taken) or from a fresh look."""
     now = utc_now()
-    found = problems(conn, models_dir) if found is None else found
-    firing = {
-        (row[1], row[2]): row[0]
-        for row in conn.execute(
-            "SELECT id, line, version FROM alerts WHERE metric = ? AND resolved_at IS NULL",
-            (METRIC,),
-        )
-    }
+    found = problems(tx, models_dir) if found is None else found
+    firing = {(a.line, a.version): a.id for a in tx.alerts.firing() if a.metric == METRIC}
     for key, message in found.items():
         if key in firing:
-            conn.execute(
-                "UPDATE alerts SET message = ?, last_seen = ? WHERE id = ?",
-                (message, now, firing[key]),
-            )
+            tx.alerts.refresh(firing[key], message=message, at=now)
         else:
-            conn.execute(
-                "INSERT INTO alerts (line, version, metric, severity, value, threshold, message,"
-                " first_seen, last_seen) VALUES (?, ?, ?, 'critical', 1, 0, ?, ?, ?)",
-                (*key, METRIC, message, now, now),
+            line, version = key
+            tx.alerts.fire(
+                line=line,
+                version=version,
+                metric=METRIC,
+                severity="critical",
+                value=1,
+                threshold=0,
+                message=message,
+                at=now,
             )
     for key, alert_id in firing.items():
         if key not in found:
-            conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, alert_id))
+            tx.alerts.resolve(alert_id, now)

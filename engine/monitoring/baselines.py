@@ -10,7 +10,6 @@ labelled window when there is none.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from engine.core.clock import utc_now
 from engine.monitoring import drift
+from engine.store.base import Tx
 
 FIRST_PREDICTIONS = 500
 SIDECAR_SUFFIX = ".lineage"
@@ -127,7 +127,7 @@ def _nonneg(value: object) -> float | None:
 
 
 def store(
-    conn: sqlite3.Connection,
+    tx: Tx,
     artifact_id: int,
     source: str,
     *,
@@ -135,128 +135,51 @@ def store(
     accuracy: float | None,
     mae: float | None,
 ) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO baselines (artifact_id, source, reference, accuracy, mae,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            artifact_id,
-            source,
-            json.dumps(reference.to_json()) if reference else None,
-            accuracy,
-            mae,
-            utc_now(),
-        ),
+    """Keep an artifact's baseline (inside the caller's write transaction); the first stays."""
+    tx.baselines.add(
+        artifact_id,
+        source,
+        reference=reference.to_json() if reference else None,
+        accuracy=accuracy,
+        mae=mae,
+        at=utc_now(),
     )
 
 
 def for_version(
-    conn: sqlite3.Connection, version_id: int
+    tx: Tx, version_id: int
 ) -> tuple[VersionReference | None, float | None, float | None]:
-    row = conn.execute(
-        "SELECT b.reference, b.accuracy, b.mae FROM baselines b"
-        " JOIN versions v ON v.artifact_id = b.artifact_id WHERE v.id = ?",
-        (version_id,),
-    ).fetchone()
-    if row is None:
+    """(drift reference, accuracy, MAE) of the version's artifact; Nones where unknown."""
+    found = tx.baselines.for_version(version_id)
+    if found is None:
         return None, None, None
-    ref = VersionReference.from_json(json.loads(row[0])) if row[0] else None
-    return ref, row[1], row[2]
+    ref = VersionReference.from_json(found.reference) if found.reference else None
+    return ref, found.accuracy, found.mae
 
 
-def ensure_from_first_predictions(conn: sqlite3.Connection, version_ids: set[int]) -> None:
+def ensure_from_first_predictions(tx: Tx, version_ids: set[int]) -> None:
     """Build a reference from the first predictions of versions that have none yet.
 
     Runs inside the prediction writer's transaction; rows that are not a whole float32 row
     of the line's width (never written by the router) are skipped, not trusted.
     """
     for version_id in version_ids:
-        known = conn.execute(
-            "SELECT 1 FROM baselines b JOIN versions v ON v.artifact_id = b.artifact_id"
-            " WHERE v.id = ? AND b.reference IS NOT NULL",
-            (version_id,),
-        ).fetchone()
-        if known:
+        if tx.baselines.has_reference(version_id):
             continue
-        names_row = conn.execute(
-            "SELECT a.id, m.feature_names, m.n_features FROM versions v"
-            " JOIN artifacts a ON a.id = v.artifact_id JOIN model_lines m ON m.name = v.line"
-            " WHERE v.id = ?",
-            (version_id,),
-        ).fetchone()
-        if names_row is None:
+        source = tx.baselines.first_prediction_source(version_id)
+        if source is None:
             continue
-        artifact_id, names_json, width = names_row
-        if _logged_successes(conn, version_id) < FIRST_PREDICTIONS:
+        if tx.rollups.successes(version_id) < FIRST_PREDICTIONS:
             continue  # not enough yet: no scan of the log
-        found = _first_rows(conn, version_id, width)
+        found = tx.baselines.first_rows(version_id, source.width, FIRST_PREDICTIONS)
         if found is None:
             continue
         x, scores = found
-        names = (
-            tuple(json.loads(names_json)) if names_json else tuple(f"f{i}" for i in range(width))
-        )
+        names = source.feature_names
+        if names is None:
+            names = tuple(f"f{i}" for i in range(source.width))
         reference = VersionReference.build(x, scores, names)
-        conn.execute(
-            "INSERT INTO baselines (artifact_id, source, reference, created_at)"
-            " VALUES (?, 'first_predictions', ?, ?) ON CONFLICT(artifact_id) DO UPDATE"
-            " SET reference = excluded.reference WHERE reference IS NULL",
-            (artifact_id, json.dumps(reference.to_json()), utc_now()),
-        )
-
-
-def _first_rows(
-    conn: sqlite3.Connection, version_id: int, width: int
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The version's first `FIRST_PREDICTIONS` successful rows (features, scores), single
-    predictions and batches' rows together by time; None while there are fewer.
-
-    Both scans start where the writer recorded the version's first rows and walk the table's
-    own key (single rows by id, which is by time; batches by rowid): the log keeps no index
-    on the version.
-    """
-    start = conn.execute(
-        "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?", (version_id,)
-    ).fetchone()
-    if start is None:
-        return None
-    singles = conn.execute(
-        "SELECT coalesce(at_ms, hi >> 16), features, score FROM predictions WHERE hi >= ?"
-        " AND version_id = ? AND error IS NULL AND length(features) = ? ORDER BY hi, lo LIMIT ?",
-        (start[0], version_id, 4 * width, FIRST_PREDICTIONS),
-    ).fetchall()
-    at = [r[0] for r in singles]
-    xs = [np.frombuffer(b"".join(r[1] for r in singles), dtype=np.float32).reshape(-1, width)]
-    scores = [np.array([r[2] for r in singles], dtype=np.float64)]
-    batch_rows = 0
-    for at_ms, ids_blob, x_blob, s_blob in conn.execute(
-        "SELECT at_ms, version_ids, features, scores FROM prediction_batches"
-        " WHERE id >= ? AND width = ? ORDER BY id",
-        (start[1], width),
-    ):
-        mine = np.frombuffer(ids_blob, dtype="<i8") == version_id
-        s = np.frombuffer(s_blob, dtype="<f8")
-        keep = mine & ~np.isnan(s)
-        if keep.any():
-            xs.append(np.frombuffer(x_blob, dtype="<f4").reshape(-1, width)[keep])
-            scores.append(s[keep])
-            at += [at_ms] * int(keep.sum())
-            batch_rows += int(keep.sum())
-        if batch_rows >= FIRST_PREDICTIONS:
-            break
-    if len(at) < FIRST_PREDICTIONS:
-        return None
-    first = np.argsort(np.array(at, dtype=np.int64), kind="stable")[:FIRST_PREDICTIONS]
-    return np.concatenate(xs)[first], np.concatenate(scores)[first]
-
-
-def _logged_successes(conn: sqlite3.Connection, version_id: int) -> int:
-    """Successful predictions of a version, from its rollups (minutes and hours)."""
-    found = conn.execute(
-        "SELECT coalesce(sum(n - errors), 0) FROM rollups WHERE version_id = ?"
-        " UNION ALL SELECT coalesce(sum(n - errors), 0) FROM rollups_hourly WHERE version_id = ?",
-        (version_id, version_id),
-    ).fetchall()
-    return int(sum(row[0] for row in found))
+        tx.baselines.set_reference(source.artifact_id, reference.to_json(), utc_now())
 
 
 class ReferenceCache:
@@ -266,12 +189,12 @@ class ReferenceCache:
         self._found: dict[int, VersionReference] = {}
         self._missed: dict[int, float] = {}
 
-    def get(self, conn: sqlite3.Connection, version_id: int) -> VersionReference | None:
+    def get(self, tx: Tx, version_id: int) -> VersionReference | None:
         if version_id in self._found:
             return self._found[version_id]
         if time.monotonic() - self._missed.get(version_id, -_RETRY_S) < _RETRY_S:
             return None
-        reference, _acc, _mae = for_version(conn, version_id)
+        reference, _acc, _mae = for_version(tx, version_id)
         if reference is None:
             self._missed[version_id] = time.monotonic()
             return None

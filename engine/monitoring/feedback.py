@@ -23,8 +23,6 @@ once serialize: one records, the other sees it.
 from __future__ import annotations
 
 import math
-import sqlite3
-import struct
 import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from typing import NamedTuple
 from engine.core import ids, text
 from engine.core.config import DEFAULT_LABEL_RANGE, Config
 from engine.core.errors import BeastError, Conflict, NotFound, StateBusy, StoreError
-from engine.store.sqlite.connection import SqliteStore
+from engine.store.base import Store, Tx
 
 PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
 PENDING_EXPIRY_MS = 600_000  # waiting feedback whose row has not come by then never will
@@ -45,11 +43,6 @@ CHUNK_ITEMS = 2000
 # between tries) and missed the microseconds between them; with 50 ms a writer that waited
 # waits one chunk (a probe's longest wait during a 40,000-item file: 1.5 s without, 0.2 s with).
 GIVE_WAY_S = 0.05
-_ADD_LABEL = (
-    "UPDATE {table} SET labelled = labelled + 1, within = within + ?,"
-    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
-    " WHERE version_id = ? AND experiment = ? AND {unit} = ?"
-)
 
 
 class Outcome(NamedTuple):
@@ -105,19 +98,16 @@ def check_actual(actual: object, label_range: tuple[float, float] | None = None)
     return value
 
 
-def _check_range(
-    conn: sqlite3.Connection, actual: float, ranges: LabelRanges, version_id: int | None
-) -> None:
+def _check_range(tx: Tx, actual: float, ranges: LabelRanges, version_id: int | None) -> None:
     """Refuse `actual` outside its line's range; a prediction not logged yet (version_id None)
     is held to the widest range of the workspace's lines (its line is not known yet)."""
     if not ranges.lines:  # every line has the default: no lookup needed
         check_actual(actual, ranges.default)
         return
     if version_id is None:
-        names = [r[0] for r in conn.execute("SELECT name FROM model_lines")]
-        check_actual(actual, ranges.widest(names))
+        check_actual(actual, ranges.widest(tx.registry.line_names()))
         return
-    (line,) = conn.execute("SELECT line FROM versions WHERE id = ?", (version_id,)).fetchone()
+    line = tx.registry.version_by_id(version_id).line
     try:
         check_actual(actual, ranges.of(line))
     except OutOfRange as exc:
@@ -125,7 +115,7 @@ def _check_range(
 
 
 def label(
-    conn: sqlite3.Connection,
+    tx: Tx,
     pid: str,
     actual: float,
     tolerance: float,
@@ -142,129 +132,74 @@ def label(
     if not ids.is_valid(pid):
         shown = pid[:40] if isinstance(pid, str) else type(pid).__name__
         raise NotFound(f"no prediction {shown!r} (not a prediction id)")
-    key = ids.key(pid)
-    row = conn.execute(
-        "SELECT p.version_id, coalesce(e.name, ''), coalesce(p.at_ms, p.hi >> 16), p.score,"
-        " p.actual FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
-        " WHERE p.hi = ? AND p.lo = ?",
-        key,
-    ).fetchone()
-    in_batch = _batch_row(conn, pid) if row is None else None
-    if in_batch is not None:
-        row = in_batch[1:]
-    if row is None:
-        _why_not_logged(conn, pid)
-        if conn.execute("SELECT 1 FROM unmatched_feedback WHERE pid = ?", (pid,)).fetchone():
-            raise NotFound(
-                f"no prediction {pid}: its feedback waited {PENDING_EXPIRY_MS // 60_000} minutes"
-                " and no logged prediction came (counted as unmatched)"
-            )
-        # Recent either way: a wall clock stepped back must not turn early feedback away.
-        if abs(now - ids.issued_ms(pid)) <= PENDING_WINDOW_MS:
-            if ranges is not None:
-                _check_range(conn, actual, ranges, None)
-            existing = conn.execute(
-                "SELECT actual FROM pending_feedback WHERE pid = ?", (pid,)
-            ).fetchone()
-            if existing is not None:
-                if existing[0] != actual:
-                    raise Conflict(
-                        f"prediction {pid} already has feedback {existing[0]:g} waiting; "
-                        f"not replaced by {actual:g}"
-                    )
-                return "pending"
-            conn.execute(
-                "INSERT INTO pending_feedback (pid, actual, received_ms) VALUES (?, ?, ?)",
-                (pid, actual, now),
-            )
-            return "pending"
-        raise NotFound(f"no prediction {pid}")
-    version_id, experiment, at_ms, score, recorded = row
+    found = tx.feedback.prediction(pid)
+    if found is None:
+        return _wait(tx, pid, actual, now, ranges)
     if ranges is not None:
-        _check_range(conn, actual, ranges, version_id)
-    if recorded is not None:
-        if recorded == actual:
+        _check_range(tx, actual, ranges, found.version_id)
+    if found.actual is not None:
+        if found.actual == actual:
             return "duplicate"
         raise Conflict(
-            f"prediction {pid} already has actual {recorded:g}; not replaced by {actual:g}"
+            f"prediction {pid} already has actual {found.actual:g}; not replaced by {actual:g}"
         )
-    if in_batch is None:
-        conn.execute(
-            "UPDATE predictions SET actual = ?, labelled_at_ms = ? WHERE hi = ? AND lo = ?",
-            (actual, now, *key),
+    tx.feedback.set_actual(found, actual, now)
+    if found.score is not None:
+        error = abs(found.score - actual)
+        tx.rollups.add_label(
+            found.version_id,
+            found.experiment,
+            found.at_ms // 60_000,
+            within=error <= tolerance,
+            error=error,
         )
-    else:
-        conn.execute(
-            "INSERT INTO batch_labels (batch_id, row, actual, labelled_at_ms) VALUES (?, ?, ?, ?)",
-            (*in_batch[0], actual, now),
-        )
-    if score is not None:
-        error = abs(score - actual)
-        delta = (int(error <= tolerance), error, error * error, version_id, experiment)
-        minute = at_ms // 60_000
-        # Its minute's row, or the hour's once that minute was compacted (never both).
-        if not conn.execute(
-            _ADD_LABEL.format(table="rollups", unit="minute"), (*delta, minute)
-        ).rowcount:
-            conn.execute(
-                _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
-            )
     return "recorded"
 
 
-def _why_not_logged(conn: sqlite3.Connection, pid: str) -> None:
+def _wait(tx: Tx, pid: str, actual: float, now: int, ranges: LabelRanges | None) -> str:
+    """Feedback for a prediction not in the log: kept if its row may still come, else refused."""
+    _why_not_logged(tx, pid)
+    if tx.feedback.is_unmatched(pid):
+        raise NotFound(
+            f"no prediction {pid}: its feedback waited {PENDING_EXPIRY_MS // 60_000} minutes"
+            " and no logged prediction came (counted as unmatched)"
+        )
+    # Recent either way: a wall clock stepped back must not turn early feedback away.
+    if abs(now - ids.issued_ms(pid)) > PENDING_WINDOW_MS:
+        raise NotFound(f"no prediction {pid}")
+    if ranges is not None:
+        _check_range(tx, actual, ranges, None)
+    existing = tx.feedback.pending_actual(pid)
+    if existing is not None:
+        if existing != actual:
+            raise Conflict(
+                f"prediction {pid} already has feedback {existing:g} waiting; "
+                f"not replaced by {actual:g}"
+            )
+        return "pending"
+    tx.feedback.add_pending(pid, actual, now)
+    return "pending"
+
+
+def _why_not_logged(tx: Tx, pid: str) -> None:
     """Refuse feedback for a prediction the log knows it does not hold: quarantined (its row
     could not be written) or older than the retention window (pruned)."""
-    prefix, i = ids.batch_row(pid)
-    set_aside = conn.execute(
-        "SELECT reason FROM quarantined_predictions WHERE pid = ?"
-        " UNION ALL SELECT reason FROM quarantined_predictions WHERE pid = ? AND rows > ?",
-        (pid, prefix, i),
-    ).fetchone()
-    if set_aside is not None:
+    reason = tx.feedback.quarantine_reason(pid)
+    if reason is not None:
         raise NotFound(
             f"no prediction {pid} in the log: it was served, but its row could not be written"
-            f" and was quarantined ({set_aside[0]}); feedback cannot be attached to it"
+            f" and was quarantined ({reason}); feedback cannot be attached to it"
         )
-    pruned = conn.execute(
-        "SELECT pruned_before_ms, days FROM log_retention WHERE id = 1 AND pruned_before_ms > ?",
-        (ids.issued_ms(pid),),
-    ).fetchone()
-    if pruned is not None:
+    days = tx.feedback.pruned_days(ids.issued_ms(pid))
+    if days is not None:
         raise NotFound(
-            f"no prediction {pid}: it is older than the prediction log keeps ({pruned[1]:g} days,"
+            f"no prediction {pid}: it is older than the prediction log keeps ({days:g} days,"
             " [log] retention_days), so it was pruned if it was ever logged"
         )
 
 
-def _batch_row(
-    conn: sqlite3.Connection, pid: str
-) -> tuple[tuple[int, int], int, str, int, float | None, float | None] | None:
-    """((batch id, row), version_id, experiment, at_ms, score, actual) of a batch's row."""
-    prefix, i = ids.batch_row(pid)
-    found = conn.execute(
-        "SELECT b.id, substr(b.version_ids, 8 * ? + 1, 8), b.experiment, b.at_ms,"
-        " substr(b.scores, 8 * ? + 1, 8), l.actual FROM prediction_batches b"
-        " LEFT JOIN batch_labels l ON l.batch_id = b.id AND l.row = ?"
-        " WHERE b.prefix = ? AND b.rows > ?",
-        (i, i, i, prefix, i),
-    ).fetchone()
-    if found is None:
-        return None
-    batch_id, version_id, experiment, at_ms, score, actual = found
-    (value,) = struct.unpack("<d", score)
-    return (
-        (batch_id, i),
-        struct.unpack("<q", version_id)[0],
-        experiment,
-        at_ms,
-        None if math.isnan(value) else value,
-        actual,
-    )
-
-
 def match_pending(
-    conn: sqlite3.Connection,
+    tx: Tx,
     tolerance: float,
     singles: Collection[str] | None = None,
     batches: Mapping[str, int] | None = None,
@@ -276,9 +211,9 @@ def match_pending(
     writer names what it just wrote (single ids, batch prefixes and their row counts): only
     those can match, so nothing is looked up in the log; without them every waiting id is.
     """
-    if conn.execute("SELECT 1 FROM pending_feedback LIMIT 1").fetchone() is None:
+    waiting = tx.feedback.pending()
+    if not waiting:
         return 0
-    waiting = conn.execute("SELECT pid, actual FROM pending_feedback").fetchall()
     if singles is not None or batches is not None:
         written = set(singles or ())
         rows = batches or {}
@@ -289,26 +224,18 @@ def match_pending(
         ]
     applied = 0
     for pid, actual in waiting:
-        if not _logged(conn, pid):
+        if not tx.feedback.is_logged(pid):
             continue
-        conn.execute("DELETE FROM pending_feedback WHERE pid = ?", (pid,))
+        tx.feedback.drop_pending(pid)
         applied += 1
         try:
-            label(conn, pid, actual, tolerance)
+            label(tx, pid, actual, tolerance)
         except (Conflict, NotFound):  # pragma: no cover - the row is fresh and unlabelled
             continue
     return applied
 
 
-def _logged(conn: sqlite3.Connection, pid: str) -> bool:
-    """Whether the prediction is in the log: a single one's row, or a row of a batch."""
-    single = conn.execute(
-        "SELECT 1 FROM predictions WHERE hi = ? AND lo = ?", ids.key(pid)
-    ).fetchone()
-    return single is not None or _batch_row(conn, pid) is not None
-
-
-def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
+def expire_pending(tx: Tx, now_ms: int | None = None) -> int:
     """Move feedback that waited longer than `PENDING_EXPIRY_MS` for its prediction to
     `unmatched_feedback` (inside the caller's write transaction); return how many moved.
 
@@ -316,29 +243,19 @@ def expire_pending(conn: sqlite3.Connection, now_ms: int | None = None) -> int:
     has not come after ten minutes is not coming.
     """
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    old = conn.execute(
-        "SELECT pid, actual, received_ms FROM pending_feedback WHERE received_ms < ?",
-        (now - PENDING_EXPIRY_MS,),
-    ).fetchall()
-    gone = [(pid, actual, received, now) for pid, actual, received in old if not _logged(conn, pid)]
-    conn.executemany(
-        "INSERT OR IGNORE INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
-        " VALUES (?, ?, ?, ?)",
-        gone,
-    )
-    conn.executemany("DELETE FROM pending_feedback WHERE pid = ?", [(g[0],) for g in gone])
+    old = tx.feedback.pending_before(now - PENDING_EXPIRY_MS)
+    gone = [item for item in old if not tx.feedback.is_logged(item[0])]
+    tx.feedback.set_unmatched(gone, now)
     return len(gone)
 
 
-def counts(conn: sqlite3.Connection) -> tuple[int, int]:
+def counts(tx: Tx) -> tuple[int, int]:
     """(feedback waiting for its prediction, feedback that never matched one)."""
-    pending = conn.execute("SELECT count(*) FROM pending_feedback").fetchone()[0]
-    unmatched = conn.execute("SELECT count(*) FROM unmatched_feedback").fetchone()[0]
-    return int(pending), int(unmatched)
+    return tx.feedback.counts()
 
 
 def record(
-    store: SqliteStore,
+    store: Store,
     pid: str,
     actual: object,
     tolerance: float,
@@ -351,13 +268,13 @@ def record(
     label range; None checks only that the actual is a finite number.
     """
     value = check_actual(actual)
-    with store.write_sql() as conn:
-        expire_pending(conn)
-        return label(conn, pid, value, tolerance, ranges=ranges)
+    with store.write() as tx:
+        expire_pending(tx)
+        return label(tx, pid, value, tolerance, ranges=ranges)
 
 
 def record_many(
-    store: SqliteStore,
+    store: Store,
     items: Iterable[tuple[str, object]],
     tolerance: float,
     *,
@@ -377,11 +294,11 @@ def record_many(
     answers: list[Outcome] = []
     for start in range(0, len(pairs), CHUNK_ITEMS):
         try:
-            with store.write_sql() as conn:
+            with store.write() as tx:
                 if not start:
-                    expire_pending(conn)
+                    expire_pending(tx)
                 chunk = [
-                    _answer(conn, pid, actual, tolerance, ranges)
+                    _answer(tx, pid, actual, tolerance, ranges)
                     for pid, actual in pairs[start : start + CHUNK_ITEMS]
                 ]
         except (StateBusy, StoreError) as exc:
@@ -399,7 +316,7 @@ def record_many(
 
 
 def _answer(
-    conn: sqlite3.Connection,
+    tx: Tx,
     pid: str,
     actual: object,
     tolerance: float,
@@ -410,7 +327,7 @@ def _answer(
     shown = text.escape(pid) if isinstance(pid, str) else repr(pid)
     try:
         text.check("prediction id", pid, limit=text.MAX_ID_CHARS)
-        status = label(conn, pid, check_actual(actual), tolerance, ranges=ranges)
+        status = label(tx, pid, check_actual(actual), tolerance, ranges=ranges)
     except Conflict as exc:
         return Outcome(shown, "conflict", exc.http_status, str(exc))
     except NotFound as exc:

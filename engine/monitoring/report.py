@@ -1,7 +1,8 @@
 """Health, drift, alerts and A/B verdicts: the seed's "Monitoring", made real.
 
-`report` reads the rollups of every deployed version and judges it against config.toml's
-thresholds. `evaluate` also writes: it syncs the alerts table (one firing row per version and
+The `Monitoring` service (over a Store, a Config and the models directory; the facade's
+`Engine.report` and `Engine.monitoring`) reads, in one transaction (`read`), the rollups of
+every deployed version and judges it against config.toml's thresholds. `evaluate` also writes: it syncs the alerts table (one firing row per version and
 metric, deduplicated while it fires, resolved when it clears) and pulls a running test's
 candidate to 0% when its health is critical — once, recorded in history like any abort.
 
@@ -14,20 +15,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from engine.core import text
 from engine.core.clock import utc_now
 from engine.core.config import Config
-from engine.core.records import BASIS_POINTS, Experiment, LineState
-from engine.facade import Engine
+from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
 from engine.monitoring import abstats, artifact_alerts, baselines, drift
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
+from engine.store.base import Store, Tx
 
 AUTO_PULL_ACTOR = "beast-engine (auto-pull)"
 SEVERITY = {"healthy": 0, "no data": 0, "warning": 1, "critical": 2}
@@ -307,17 +308,17 @@ def assess(
 
 
 def _version_report(
-    conn: sqlite3.Connection, config: Config, state: LineState, role: str, window: str
+    tx: Tx, config: Config, state: LineState, role: str, window: str
 ) -> VersionReport:
     ref = state.production if role == "production" else state.candidate
     assert ref is not None
     since = state.production_since if role == "production" else (state.candidate_since or "")
     traffic = BASIS_POINTS - state.candidate_bp if role == "production" else state.candidate_bp
     deployed = minute_of(since) if since else None
-    rollups = metrics.load(conn, ref.id, since_minute=deployed)
+    rollups = metrics.load(tx, ref.id, since_minute=deployed)
     windows = {name: rollups.window(_since(name, since)) for name in metrics.WINDOWS}
     chosen = windows[window]
-    reference, base_acc, base_mae = baselines.for_version(conn, ref.id)
+    reference, base_acc, base_mae = baselines.for_version(tx, ref.id)
     minimum = config.monitoring.min_samples
     worst_psi, score_psi, top = data_drift(reference, chosen, minimum)
     summary = DriftSummary(
@@ -339,21 +340,13 @@ def _version_report(
     )
 
 
-def experiment_report(
-    conn: sqlite3.Connection, config: Config, experiment: Experiment
-) -> ExperimentReport:
+def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> ExperimentReport:
     """Per-arm figures over the test's own predictions, and the verdict."""
-    ids = {
-        row[0]: row[1]
-        for row in conn.execute(
-            "SELECT name, id FROM versions WHERE line = ? AND name IN (?, ?)",
-            (experiment.line, experiment.control, experiment.candidate),
-        )
-    }
-    control = metrics.load(conn, ids[experiment.control], experiment=experiment.name).window(None)
-    candidate = metrics.load(conn, ids[experiment.candidate], experiment=experiment.name).window(
-        None
-    )
+    arms = []
+    for name in (experiment.control, experiment.candidate):
+        version = tx.registry.get_version(experiment.line, name)
+        arms.append(metrics.load(tx, version.id, experiment=experiment.name).window(None))
+    control, candidate = arms
     verdict = abstats.verdict(
         _arm(control),
         _arm(candidate),
@@ -368,57 +361,44 @@ def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
     return abstats.Arm(window.labelled, window.within, window.abs_err_sum, window.abs_err_sq_sum)
 
 
-def report(engine: Engine, *, window: str = "1h", model: str | None = None) -> MonitorReport:
-    """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
-    config = engine.config
-    with engine.store.read_sql() as conn:
-        versions = []
-        for line in engine.lines_in(conn):
-            if model is not None and line != model:
-                continue
-            state = engine.line_state(conn, line)
-            if state is None:
-                continue
-            versions.append(_version_report(conn, config, state, "production", window))
-            if state.candidate is not None:
-                versions.append(_version_report(conn, config, state, "candidate", window))
-        experiments = tuple(
-            experiment_report(conn, config, e)
-            for e in engine.experiments_in(conn)
-            if e.status == "running" and (model is None or e.line == model)
-        )
-        alerts = tuple(_alerts(conn))
-        pending, unmatched = labels.counts(conn)
+def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None) -> MonitorReport:
+    """Health, metrics, drift and alerts of every deployed version, and test verdicts, from
+    one read transaction."""
+    versions = []
+    for line in tx.registry.line_names():
+        if model is not None and line != model:
+            continue
+        state = tx.deployments.state(line)
+        if state is None:
+            continue
+        versions.append(_version_report(tx, config, state, "production", window))
+        if state.candidate is not None:
+            versions.append(_version_report(tx, config, state, "candidate", window))
+    experiments = tuple(
+        experiment_report(tx, config, e)
+        for e in tx.deployments.experiments()
+        if e.status == "running" and (model is None or e.line == model)
+    )
+    alerts = tuple(_alerts(tx))
+    pending, unmatched = labels.counts(tx)
     return MonitorReport(
         window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched
     )
 
 
-def _alerts(conn: sqlite3.Connection, recent: int = 20) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        "SELECT id, line, version, metric, severity, value, threshold, message, first_seen,"
-        " last_seen, resolved_at FROM alerts WHERE resolved_at IS NULL"
-        " UNION ALL SELECT * FROM (SELECT id, line, version, metric, severity, value,"
-        " threshold, message, first_seen, last_seen, resolved_at FROM alerts"
-        " WHERE resolved_at IS NOT NULL ORDER BY id DESC LIMIT ?)",
-        (recent,),
-    ).fetchall()
-    out = [dict(row) for row in rows]
-    for alert in out:
-        alert["status"] = "firing" if alert["resolved_at"] is None else "resolved"
+def _alerts(tx: Tx, recent: int = 20) -> list[dict[str, Any]]:
+    out = [alert.to_json() for alert in tx.alerts.recent(recent)]
     return sorted(out, key=lambda a: (a["status"] != "firing", -SEVERITY[a["severity"]], -a["id"]))
 
 
-def sync_alerts(conn: sqlite3.Connection, versions: tuple[VersionReport, ...]) -> None:
+def sync_alerts(tx: Tx, versions: tuple[VersionReport, ...]) -> None:
     """Fire, refresh and resolve alerts to match the findings (inside a write transaction)."""
     now = utc_now()
     firing = {
-        (r[1], r[2], r[3]): r[0]
-        for r in conn.execute(
-            "SELECT id, line, version, metric FROM alerts WHERE resolved_at IS NULL"
-        )
+        (a.line, a.version, a.metric): a.id
+        for a in tx.alerts.firing()
         # The writer's alert and the artifact alert have lives of their own.
-        if (r[1], r[2], r[3]) != LOG_ALERT_KEY and r[3] != artifact_alerts.METRIC
+        if (a.line, a.version, a.metric) != LOG_ALERT_KEY and a.metric != artifact_alerts.METRIC
     }
     seen: set[tuple[str, str, str]] = set()
     for report_ in versions:
@@ -426,129 +406,172 @@ def sync_alerts(conn: sqlite3.Connection, versions: tuple[VersionReport, ...]) -
             key = (report_.line, report_.version, f.metric)
             seen.add(key)
             if key in firing:
-                conn.execute(
-                    "UPDATE alerts SET severity = ?, value = ?, threshold = ?, message = ?,"
-                    " last_seen = ? WHERE id = ?",
-                    (f.severity, f.value, f.threshold, f.message, now, firing[key]),
+                tx.alerts.refresh(
+                    firing[key],
+                    severity=f.severity,
+                    value=f.value,
+                    threshold=f.threshold,
+                    message=f.message,
+                    at=now,
                 )
             else:
-                conn.execute(
-                    "INSERT INTO alerts (line, version, metric, severity, value, threshold,"
-                    " message, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, f.severity, f.value, f.threshold, f.message, now, now),
+                tx.alerts.fire(
+                    line=report_.line,
+                    version=report_.version,
+                    metric=f.metric,
+                    severity=f.severity,
+                    value=f.value,
+                    threshold=f.threshold,
+                    message=f.message,
+                    at=now,
                 )
     for key, alert_id in firing.items():
         if key not in seen:
-            conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (now, alert_id))
-
-
-def evaluate(engine: Engine, *, window: str = "1h", pull: bool = True) -> MonitorReport:
-    """Report, sync alerts, and pull critical candidates (the daemon runs this on a timer)."""
-    current = _synced(engine, report(engine, window=window))
-    actions = []
-    if pull:
-        for version in current.versions:
-            if version.role != "candidate" or version.health != "critical":
-                continue
-            test = next(
-                (
-                    e.experiment.name
-                    for e in current.experiments
-                    if e.experiment.candidate == version.version
-                    and e.experiment.line == version.line
-                ),
-                None,
-            )
-            if test is None:
-                continue
-            why = "; ".join(f.message for f in version.findings if f.severity == "critical")
-            # Findings quote feature names (from the model's training data): escaped and capped,
-            # so the note check never stands between a critical candidate and its pull.
-            note = text.escape(f"auto-pulled: health critical ({why})")[: text.MAX_NOTE_CHARS]
-            change = engine.abort(
-                test,
-                note=note,
-                reason="auto-pulled: health critical",
-                actor=AUTO_PULL_ACTOR,
-            )
-            actions.append(change.message)
-    if actions:  # what was pulled no longer serves: its alerts resolve now, not next time
-        current = _synced(engine, report(engine, window=window))
-    return dataclasses.replace(current, actions=tuple(actions))
-
-
-def _synced(engine: Engine, current: MonitorReport) -> MonitorReport:
-    models_dir = engine.workspace.models_dir
-    # The served model files are hashed before the write lock is taken: a model at the 512 MB
-    # cap takes half a second to hash from the page cache (a 105 MB one held the lock 0.1 s),
-    # longer from disk. A deployment that changes in between is judged at the next round.
-    with engine.store.read_sql() as conn:
-        found = artifact_alerts.problems(conn, models_dir)
-    with engine.store.write_sql() as conn:
-        sync_alerts(conn, current.versions)
-        artifact_alerts.sync(conn, models_dir, found)
-        expire_log_alert(conn, engine.config.log.loss_alert_minutes)
-        alerts = tuple(_alerts(conn))
-    return dataclasses.replace(current, alerts=alerts)
+            tx.alerts.resolve(alert_id, now)
 
 
 LOG_ALERT_KEY = ("*", "*", "prediction_log")
 
 
-def note_log_drops(engine: Engine, dropped_since_last: int, total_dropped: int) -> None:
-    """Fire the alert for acknowledged predictions this process's writer could not log.
+class Abort(Protocol):
+    """Ends a running A/B test (the deploy service's abort, recorded in history)."""
 
-    Serving goes on when the log cannot be written (disk full) or a row cannot be (it is
-    quarantined: `LogStats.dropped` counts both); the loss must still be seen. The engine
-    calls this on its refresh timer with what its writer lost meanwhile. A loss keeps the
-    alert firing `[log] loss_alert_minutes` after the last one (`expire_log_alert`): a call
-    with no new loss resolves it only once that window has passed, as does every evaluation
-    (`evaluate`, `beast monitor`) — a burst that ends is still seen by the next look.
-    """
-    now = utc_now()
-    with engine.store.write_sql() as conn:
-        firing = conn.execute(
-            "SELECT id FROM alerts WHERE line = ? AND version = ? AND metric = ?"
-            " AND resolved_at IS NULL",
-            LOG_ALERT_KEY,
-        ).fetchone()
-        if dropped_since_last > 0:
-            message = (
-                f"prediction log lost {dropped_since_last} acknowledged predictions since the"
-                f" last check ({total_dropped} in all; dropped or quarantined): serving goes on,"
-                " the rows are not in the log"
-            )
-            if firing is None:
-                conn.execute(
-                    "INSERT INTO alerts (line, version, metric, severity, value, threshold,"
-                    " message, first_seen, last_seen) VALUES (?, ?, ?, 'critical', ?, 0, ?, ?, ?)",
-                    (*LOG_ALERT_KEY, float(total_dropped), message, now, now),
+    def __call__(self, test: str, *, note: str | None, reason: str, actor: str) -> Change: ...
+
+
+class Monitoring:
+    """The monitoring service: reports, evaluations (alerts synced, critical candidates
+    pulled) and the prediction log's loss alert, over a workspace's store."""
+
+    def __init__(self, store: Store, config: Config, models_dir: Path, *, abort: Abort) -> None:
+        self.store = store
+        self.config = config
+        self.models_dir = models_dir
+        self.abort = abort
+
+    def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
+        """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
+        with self.store.read() as tx:
+            return read(tx, self.config, window=window, model=model)
+
+    def experiment(self, experiment: Experiment) -> ExperimentReport:
+        """A test's per-arm figures and verdict, now."""
+        with self.store.read() as tx:
+            return experiment_report(tx, self.config, experiment)
+
+    def evaluate(self, *, window: str = "1h", pull: bool = True) -> MonitorReport:
+        """Report, sync alerts, and pull critical candidates (the daemon runs this on a timer)."""
+        current = self._synced(self.report(window=window))
+        actions = []
+        if pull:
+            for version in current.versions:
+                if version.role != "candidate" or version.health != "critical":
+                    continue
+                test = next(
+                    (
+                        e.experiment.name
+                        for e in current.experiments
+                        if e.experiment.candidate == version.version
+                        and e.experiment.line == version.line
+                    ),
+                    None,
                 )
-            else:
-                conn.execute(
-                    "UPDATE alerts SET value = ?, message = ?, last_seen = ? WHERE id = ?",
-                    (float(total_dropped), message, now, firing[0]),
+                if test is None:
+                    continue
+                why = "; ".join(f.message for f in version.findings if f.severity == "critical")
+                # Findings quote feature names (from the model's training data): escaped and
+                # capped, so the note check never stands between a critical candidate and its pull.
+                note = text.escape(f"auto-pulled: health critical ({why})")[: text.MAX_NOTE_CHARS]
+                change = self.abort(
+                    test, note=note, reason="auto-pulled: health critical", actor=AUTO_PULL_ACTOR
                 )
-        elif firing is not None:
-            expire_log_alert(conn, engine.config.log.loss_alert_minutes)
+                actions.append(change.message)
+        if actions:  # what was pulled no longer serves: its alerts resolve now, not next time
+            current = self._synced(self.report(window=window))
+        return dataclasses.replace(current, actions=tuple(actions))
+
+    def _synced(self, current: MonitorReport) -> MonitorReport:
+        # The served model files are hashed before the write lock is taken: a model at the
+        # 512 MB cap takes half a second to hash from the page cache (a 105 MB one held the
+        # lock 0.1 s), longer from disk. A deployment that changes in between is judged at the
+        # next round.
+        with self.store.read() as tx:
+            found = artifact_alerts.problems(tx, self.models_dir)
+        with self.store.write() as tx:
+            sync_alerts(tx, current.versions)
+            artifact_alerts.sync(tx, self.models_dir, found)
+            expire_log_alert(tx, self.config.log.loss_alert_minutes)
+            alerts = tuple(_alerts(tx))
+        return dataclasses.replace(current, alerts=alerts)
+
+    def note_log_drops(self, dropped_since_last: int, total_dropped: int) -> None:
+        """Fire the alert for acknowledged predictions this process's writer could not log.
+
+        Serving goes on when the log cannot be written (disk full) or a row cannot be (it is
+        quarantined: `LogStats.dropped` counts both); the loss must still be seen. The engine
+        calls this on its refresh timer with what its writer lost meanwhile. A loss keeps the
+        alert firing `[log] loss_alert_minutes` after the last one (`expire_log_alert`): a
+        call with no new loss resolves it only once that window has passed, as does every
+        evaluation (`evaluate`, `beast monitor`) — a burst that ends is still seen by the next
+        look.
+        """
+        now = utc_now()
+        with self.store.write() as tx:
+            firing = tx.alerts.firing_one(*LOG_ALERT_KEY)
+            if dropped_since_last > 0:
+                message = (
+                    f"prediction log lost {dropped_since_last} acknowledged predictions since"
+                    f" the last check ({total_dropped} in all; dropped or quarantined): serving"
+                    " goes on, the rows are not in the log"
+                )
+                if firing is None:
+                    line, version, metric = LOG_ALERT_KEY
+                    tx.alerts.fire(
+                        line=line,
+                        version=version,
+                        metric=metric,
+                        severity="critical",
+                        value=float(total_dropped),
+                        threshold=0,
+                        message=message,
+                        at=now,
+                    )
+                else:
+                    tx.alerts.refresh(
+                        firing.id, value=float(total_dropped), message=message, at=now
+                    )
+            elif firing is not None:
+                expire_log_alert(tx, self.config.log.loss_alert_minutes)
 
 
-def expire_log_alert(
-    conn: sqlite3.Connection, window_minutes: float, now: datetime | None = None
-) -> bool:
+class Monitored(Protocol):
+    """What the doors hand `evaluate` and `note_log_drops`: something with a monitoring
+    service (the facade)."""
+
+    @property
+    def monitoring(self) -> Monitoring: ...
+
+
+def evaluate(engine: Monitored, *, window: str = "1h", pull: bool = True) -> MonitorReport:
+    """`Monitoring.evaluate` of `engine`'s service (the daemon's timer, `beast monitor`)."""
+    return engine.monitoring.evaluate(window=window, pull=pull)
+
+
+def note_log_drops(engine: Monitored, dropped_since_last: int, total_dropped: int) -> None:
+    """`Monitoring.note_log_drops` of `engine`'s service (the HTTP engine's refresh timer)."""
+    engine.monitoring.note_log_drops(dropped_since_last, total_dropped)
+
+
+def expire_log_alert(tx: Tx, window_minutes: float, now: datetime | None = None) -> bool:
     """Resolve the `prediction_log` alert once no loss was seen for `window_minutes` (inside
     the caller's write transaction); whether it was resolved."""
-    firing = conn.execute(
-        "SELECT id, last_seen FROM alerts WHERE line = ? AND version = ? AND metric = ?"
-        " AND resolved_at IS NULL",
-        LOG_ALERT_KEY,
-    ).fetchone()
+    firing = tx.alerts.firing_one(*LOG_ALERT_KEY)
     if firing is None:
         return False
     at = datetime.now(UTC) if now is None else now
-    if at - datetime.fromisoformat(firing[1].replace("Z", "+00:00")) < timedelta(
+    if at - datetime.fromisoformat(firing.last_seen.replace("Z", "+00:00")) < timedelta(
         minutes=window_minutes
     ):
         return False
-    conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (utc_now(), firing[0]))
+    tx.alerts.resolve(firing.id, utc_now())
     return True

@@ -19,18 +19,18 @@ milliseconds whatever the size of the prediction log.
 from __future__ import annotations
 
 import math
-import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from engine.core.rollups import Delta, RollupKey
 from engine.serving import latency
+from engine.store.base import Tx
 
 WINDOWS: dict[str, int | None] = {"1h": 60, "24h": 1440, "deploy": None}
 KEEP_MINUTES = 120  # minute rows younger than this are never compacted (1h window, series)
-_SCALARS = "n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n"
-_BLOBS = "latency_hist, feature_hist, score_hist"
 
 
 def window_start(span: int | None, now_minute: int) -> int | None:
@@ -171,134 +171,26 @@ class VersionRollups:
 
 
 def load(
-    conn: sqlite3.Connection,
+    tx: Tx,
     version_id: int,
     *,
     since_minute: int | None = None,
     experiment: str | None = None,
 ) -> VersionRollups:
     """A version's rollup minutes and compacted hours (optionally only one A/B test's)."""
-    minute_sql = f"SELECT minute, 0, {_SCALARS}, {_BLOBS} FROM rollups WHERE version_id = ?"
-    hour_sql = f"SELECT hour * 60, 1, {_SCALARS}, {_BLOBS} FROM rollups_hourly WHERE version_id = ?"
-    minute_params: list[Any] = [version_id]
-    hour_params: list[Any] = [version_id]
-    if since_minute is not None:
-        minute_sql += " AND minute >= ?"
-        minute_params.append(since_minute)
-        hour_sql += " AND hour >= ?"  # the hour that holds since_minute, and later ones
-        hour_params.append(since_minute // 60)
-    if experiment is not None:
-        minute_sql += " AND experiment = ?"
-        minute_params.append(experiment)
-        hour_sql += " AND experiment = ?"
-        hour_params.append(experiment)
-    rows = conn.execute(hour_sql, hour_params).fetchall()
-    rows += conn.execute(minute_sql, minute_params).fetchall()
-    if not rows:
-        empty = np.zeros((0, 7))
-        return VersionRollups(
-            np.zeros(0, np.int64), empty, np.zeros((0, latency.BUCKETS), np.int64), None, None
-        )
-    rows.sort(key=lambda r: r[0])
-    minutes = np.array([r[0] for r in rows], dtype=np.int64)
-    hourly = np.array([r[1] for r in rows], dtype=bool)
-    scalars = np.array([r[2:9] for r in rows], dtype=np.float64)
-    lat = _stack([r[9] for r in rows])
-    if lat is None or lat.shape[1] != latency.BUCKETS:
-        lat = np.zeros((len(rows), latency.BUCKETS), np.int64)
+    found = tx.rollups.stacked(version_id, since_minute=since_minute, experiment=experiment)
+    lat = found.latency
+    if lat.shape[1] != latency.BUCKETS:
+        lat = np.zeros((found.minutes.size, latency.BUCKETS), np.int64)
     return VersionRollups(
-        minutes,
-        scalars,
-        lat,
-        _stack([r[10] for r in rows]),
-        _stack([r[11] for r in rows]),
-        hourly if hourly.any() else None,
+        found.minutes, found.scalars, lat, found.features, found.scores, found.hourly
     )
 
 
-@dataclass
-class Delta:
-    """What to add to one rollup row (a minute's or an hour's)."""
-
-    n: int = 0
-    errors: int = 0
-    score_sum: float = 0.0
-    latency_hist: np.ndarray | None = None
-    drift_n: int = 0
-    feature_hist: np.ndarray | None = None
-    score_hist: np.ndarray | None = None
-    labelled: int = 0
-    within: int = 0
-    abs_err_sum: float = 0.0
-    abs_err_sq_sum: float = 0.0
-
-    def add(self, other: Delta) -> None:
-        self.n += other.n
-        self.errors += other.errors
-        self.score_sum += other.score_sum
-        self.latency_hist = _sum(self.latency_hist, other.latency_hist)
-        self.feature_hist, self.drift_n = merge_hist(
-            self.feature_hist, self.drift_n, other.feature_hist, other.drift_n
-        )
-        self.score_hist, _ = merge_hist(self.score_hist, 0, other.score_hist, 0)
-        self.labelled += other.labelled
-        self.within += other.within
-        self.abs_err_sum += other.abs_err_sum
-        self.abs_err_sq_sum += other.abs_err_sq_sum
-
-
-_ROLLUP_COLUMNS = (
-    "n, errors, score_sum, latency_hist, drift_n, feature_hist, score_hist, labelled, within,"
-    " abs_err_sum, abs_err_sq_sum"
-)
-_TABLES = {"minute": "rollups", "hour": "rollups_hourly"}
-
-
-def add_to_row(
-    conn: sqlite3.Connection, unit: str, key: tuple[int, str, int], delta: Delta
-) -> None:
-    """Add `delta` to the rollup row of (version_id, experiment, minute or hour)."""
-    table = _TABLES[unit]
-    old = conn.execute(
-        f"SELECT {_ROLLUP_COLUMNS} FROM {table}"
-        f" WHERE version_id = ? AND experiment = ? AND {unit} = ?",
-        key,
-    ).fetchone()
-    total = delta
-    if old is not None:
-        total = Delta(
-            old[0],
-            old[1],
-            old[2],
-            _array(old[3]),
-            old[4],
-            _array(old[5]) if old[5] else None,
-            _array(old[6]) if old[6] else None,
-            old[7],
-            old[8],
-            old[9],
-            old[10],
-        )
-        total.add(delta)
-    lat = total.latency_hist
-    conn.execute(
-        f"INSERT OR REPLACE INTO {table} (version_id, experiment, {unit}, {_ROLLUP_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            *key,
-            total.n,
-            total.errors,
-            total.score_sum,
-            _blob(lat if lat is not None else np.zeros(latency.BUCKETS, np.int64)),
-            total.drift_n,
-            _blob(total.feature_hist),
-            _blob(total.score_hist),
-            total.labelled,
-            total.within,
-            total.abs_err_sum,
-            total.abs_err_sq_sum,
-        ),
-    )
+def add_minutes(tx: Tx, deltas: Mapping[RollupKey, Delta]) -> None:
+    """Add each delta to its (version id, A/B test, minute) rollup row, all in one go (the
+    writer's flush: one call per flush, never one per row)."""
+    tx.rollups.add_minutes(deltas)
 
 
 def compaction_cutoff(now_minute: int) -> int:
@@ -306,91 +198,15 @@ def compaction_cutoff(now_minute: int) -> int:
     return (now_minute - KEEP_MINUTES) // 60 * 60
 
 
-def compactable(conn: sqlite3.Connection, now_minute: int) -> bool:
+def compactable(tx: Tx, now_minute: int) -> bool:
     """Whether `compact` has anything to do (a read: no write lock taken for nothing)."""
-    found = conn.execute(
-        "SELECT 1 FROM rollups WHERE minute < ? LIMIT 1", (compaction_cutoff(now_minute),)
-    ).fetchone()
-    return found is not None
+    return tx.rollups.has_minutes_before(compaction_cutoff(now_minute))
 
 
-def compact(conn: sqlite3.Connection, now_minute: int) -> int:
+def compact(tx: Tx, now_minute: int) -> int:
     """Fold minute rows of whole hours older than `KEEP_MINUTES` into hour rows.
 
     Runs inside the caller's write transaction (the writer's); returns the minute rows
     folded. Late minutes of an hour compacted before are added to its row the same way.
     """
-    cutoff = compaction_cutoff(now_minute)
-    rows = conn.execute(
-        f"SELECT version_id, experiment, minute, {_ROLLUP_COLUMNS} FROM rollups WHERE minute < ?"
-        " ORDER BY minute",
-        (cutoff,),
-    ).fetchall()
-    if not rows:
-        return 0
-    hours: dict[tuple[int, str, int], Delta] = {}
-    for r in rows:
-        delta = Delta(
-            r[3],
-            r[4],
-            r[5],
-            _array(r[6]),
-            r[7],
-            _array(r[8]) if r[8] else None,
-            _array(r[9]) if r[9] else None,
-            r[10],
-            r[11],
-            r[12],
-            r[13],
-        )
-        key = (r[0], r[1], r[2] // 60)
-        if key in hours:
-            hours[key].add(delta)
-        else:
-            hours[key] = delta
-    for key, delta in hours.items():
-        add_to_row(conn, "hour", key, delta)
-    conn.execute("DELETE FROM rollups WHERE minute < ?", (cutoff,))
-    return len(rows)
-
-
-def _array(blob: bytes | None) -> np.ndarray:
-    return np.frombuffer(blob, dtype="<i8").astype(np.int64) if blob else np.zeros(0, np.int64)
-
-
-def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
-    if a is None or b is None:
-        return b if a is None else a
-    if a.size == b.size:
-        total: np.ndarray = a + b
-        return total
-    out = np.zeros(max(a.size, b.size), np.int64)  # a histogram of another bucket count
-    out[: a.size] += a
-    out[: b.size] += b
-    return out
-
-
-def merge_hist(
-    old: np.ndarray | None, old_n: int, new: np.ndarray | None, new_n: int
-) -> tuple[np.ndarray | None, int]:
-    """Drift histograms add up when they share bins; a new binning (a new reference)
-    replaces the old one rather than mixing bins of different edges."""
-    if new is None:
-        return old, old_n
-    if old is None or old.size != new.size:
-        return new, new_n
-    return old + new, old_n + new_n
-
-
-def _blob(values: np.ndarray | None) -> bytes | None:
-    return None if values is None else np.asarray(values, dtype="<i8").tobytes()
-
-
-def _stack(blobs: list[bytes | None]) -> np.ndarray | None:
-    """Stack the minutes that have a histogram; the others count as zeros."""
-    width = next((len(b) for b in blobs if b), 0)
-    if width == 0:
-        return None
-    zero = bytes(width)
-    joined = b"".join(b if b and len(b) == width else zero for b in blobs)
-    return np.frombuffer(joined, dtype="<i8").reshape(len(blobs), -1)
+    return tx.rollups.compact_before(compaction_cutoff(now_minute))

@@ -53,6 +53,7 @@ from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
 from engine.serving import prediction_log as predlog
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
 ACTOR = "beast-retrain"
@@ -265,7 +266,7 @@ def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
 
 def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
     with engine.store.read_sql() as conn:
-        state = engine.line_state(conn, line)
+        state = SqliteTx(conn).deployments.state(line)
         if state is None:
             return None
         path = registry.artifact_path(

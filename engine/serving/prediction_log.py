@@ -59,11 +59,13 @@ import numpy as np
 from engine.core import ids
 from engine.core.config import LogSettings, load_config
 from engine.core.errors import ConfigError, StateBusy
+from engine.core.rollups import Delta
 from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.serving import latency
 from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
 
 log = logging.getLogger("beast.predlog")
 
@@ -431,10 +433,10 @@ class PredictionLog:
     def compact(self) -> int:
         """Compact old rollup minutes into hours now (the writer does it once a minute)."""
         try:
-            if not metrics.compactable(self.store.conn, now_ms() // 60_000):
+            if not metrics.compactable(SqliteTx(self.store.conn), now_ms() // 60_000):
                 return 0
-            with self.store.write_sql() as conn:
-                return metrics.compact(conn, now_ms() // 60_000)
+            with self.store.write() as tx:
+                return metrics.compact(tx, now_ms() // 60_000)
         except Exception:  # compaction is upkeep: the log never fails because of it
             log.exception("compacting rollups failed")
             return 0
@@ -562,7 +564,8 @@ class PredictionLog:
         """Insert the rows, add them to the rollups, match the feedback that waited for them."""
         versions = {int(v) for c in chunks for v in np.unique(c.version_ids)}
         versions.update(r.version_id for r in records)
-        unbinned = {v for v in versions if self._references.get(conn, v) is None}
+        tx = SqliteTx(conn)
+        unbinned = {v for v in versions if self._references.get(tx, v) is None}
         if unbinned:  # where a reference scan will start
             first_ms = min((r.at_ms for r in records), default=now_ms())
             from_key = ids.key_floor(first_ms - FIRST_ROWS_MARGIN_MS)
@@ -580,7 +583,7 @@ class PredictionLog:
             insert(conn, records, self._experiments)
         self._rollup(conn, chunks, records)
         labels.match_pending(
-            conn,
+            tx,
             self.tolerance,
             singles=[r.pid for r in records],
             batches={c.prefix: c.rows for c in chunks},
@@ -621,15 +624,16 @@ class PredictionLog:
         if unbinned:
             try:
                 with _savepoint(conn):
-                    baselines.ensure_from_first_predictions(conn, unbinned)
+                    baselines.ensure_from_first_predictions(SqliteTx(conn), unbinned)
             except Exception:
                 log.exception("building a drift reference from first predictions failed")
         if time.monotonic() >= self._next_compaction:
             self._next_compaction = time.monotonic() + COMPACT_EVERY_S
             try:
                 with _savepoint(conn):
-                    metrics.compact(conn, now_ms() // 60_000)
-                    labels.expire_pending(conn)
+                    tx = SqliteTx(conn)
+                    metrics.compact(tx, now_ms() // 60_000)
+                    labels.expire_pending(tx)
             except Exception:
                 log.exception("compacting rollups or expiring feedback failed")
 
@@ -650,8 +654,11 @@ class PredictionLog:
                 group.add(scores, hist, x)
         if records:
             self._rollup_records(records, groups)
-        for key, group in groups.items():
-            metrics.add_to_row(conn, "minute", key, group.delta(self._references.get(conn, key[0])))
+        tx = SqliteTx(conn)
+        metrics.add_minutes(
+            tx,
+            {key: group.delta(self._references.get(tx, key[0])) for key, group in groups.items()},
+        )
 
     def _rollup_records(
         self, records: list[Record], groups: dict[tuple[int, str, int], _Group]
@@ -712,11 +719,11 @@ class _Group:
         self.latency = self.latency + latency_hist
         self.features.append(x)
 
-    def delta(self, ref: baselines.VersionReference | None) -> metrics.Delta:
+    def delta(self, ref: baselines.VersionReference | None) -> Delta:
         scores = np.concatenate(self.scores)
         ok = ~np.isnan(scores)
         scored = int(ok.sum())
-        out = metrics.Delta(
+        out = Delta(
             n=scores.size,
             errors=scores.size - scored,
             score_sum=float(scores[ok].sum()),

@@ -18,9 +18,13 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from engine.store.alerts import AlertRepo
+from engine.store.baselines import BaselineRepo
 from engine.store.deployments import DeploymentRepo
+from engine.store.feedback import FeedbackRepo
 from engine.store.history import HistoryRepo
 from engine.store.registry import RegistryRepo
+from engine.store.rollups import RollupRepo
 
 
 class Tx(Protocol):
@@ -43,6 +47,26 @@ class Tx(Protocol):
     @property
     def history(self) -> HistoryRepo:
         """The deployment history (append-only)."""
+        ...
+
+    @property
+    def rollups(self) -> RollupRepo:
+        """Predictions summed per version, A/B test and minute (hours once old)."""
+        ...
+
+    @property
+    def alerts(self) -> AlertRepo:
+        """Alerts, firing and resolved."""
+        ...
+
+    @property
+    def feedback(self) -> FeedbackRepo:
+        """Actual values of logged predictions, and feedback waiting for its prediction."""
+        ...
+
+    @property
+    def baselines(self) -> BaselineRepo:
+        """Each artifact's drift reference and validation figures."""
         ...
 
 

@@ -41,6 +41,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
 from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 
@@ -110,7 +111,7 @@ def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
     now = int(time.time() * 1000)
     with engine.store.write_sql() as conn:
         for pid, value in to_label:
-            labels.label(conn, pid, value, TOLERANCE, now_ms=now)
+            labels.label(SqliteTx(conn), pid, value, TOLERANCE, now_ms=now)
     return len(to_label), logged - start, time.perf_counter() - logged
 
 
@@ -187,9 +188,9 @@ def test_monitor_over_a_million_logged_predictions(
     built = time.perf_counter() - started
     db_mb = ws.db_path.stat().st_size / 1e6
 
-    report = monitoring.report(eng, window="24h")
+    report = eng.report(window="24h")
     doc = report.to_json()
-    in_process = _timed(lambda: monitoring.report(eng), IN_PROCESS_RUNS)
+    in_process = _timed(eng.report, IN_PROCESS_RUNS)
     evaluate = _timed(lambda: monitoring.evaluate(eng), IN_PROCESS_RUNS)
     eng.close()
 

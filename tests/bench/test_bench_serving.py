@@ -44,6 +44,7 @@ from engine.serving.prediction_log import _INSERT, PredictionLog, Record
 from engine.serving.router import Router
 from engine.store.sqlite.connection import PAGE_SIZE
 from engine.store.sqlite.schema import MIGRATIONS
+from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
 from tests.bench.conftest import machine
 
@@ -393,7 +394,7 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
         sample,
     )
     conn.execute("BEGIN IMMEDIATE")  # the whole feedback call, rolled back
-    feedback = _lookups(lambda pid: labels.label(conn, pid, 50.0, 5.0), sample)
+    feedback = _lookups(lambda pid: labels.label(SqliteTx(conn), pid, 50.0, 5.0), sample)
     conn.execute("ROLLBACK")
     old.close()
 

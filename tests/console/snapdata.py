@@ -18,6 +18,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
 from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.sqlite.tx import SqliteTx
 from tests.serving_helpers import db
 
 FROZEN = datetime(2026, 1, 15, 12, 0, tzinfo=UTC).timestamp()
@@ -100,7 +101,7 @@ def _traffic(ws: Workspace) -> None:
     try:
         with conn:
             for pid, actual in labelled:
-                labels.label(conn, pid, actual, 5.0, now_ms=int(FROZEN * 1000))
+                labels.label(SqliteTx(conn), pid, actual, 5.0, now_ms=int(FROZEN * 1000))
     finally:
         conn.close()
 

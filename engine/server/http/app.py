@@ -530,10 +530,8 @@ class Api:
         return json_response(document)
 
     def _monitor_document(self, window: str = "1h", model: str | None = None) -> dict[str, Any]:
-        from engine.monitoring import report as monitoring
-
         def report(engine: Engine) -> dict[str, Any]:
-            return monitoring.report(engine, window=window, model=model).to_json()
+            return engine.report(window=window, model=model).to_json()
 
         return self._call_engine(report)
 

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import sqlite3
 from functools import cached_property
+from typing import TYPE_CHECKING
 
+from engine.store.sqlite.alerts import SqliteAlerts
 from engine.store.sqlite.deployments import SqliteDeployments
+from engine.store.sqlite.feedback import SqliteFeedback
 from engine.store.sqlite.history import SqliteHistory
 from engine.store.sqlite.registry import SqliteRegistry
+from engine.store.sqlite.rollups import SqliteRollups
+
+if TYPE_CHECKING:
+    from engine.store.sqlite.baselines import SqliteBaselines
 
 
 class SqliteTx:
@@ -31,3 +38,22 @@ class SqliteTx:
     @cached_property
     def history(self) -> SqliteHistory:
         return SqliteHistory(self.conn)
+
+    @cached_property
+    def rollups(self) -> SqliteRollups:
+        return SqliteRollups(self.conn)
+
+    @cached_property
+    def alerts(self) -> SqliteAlerts:
+        return SqliteAlerts(self.conn)
+
+    @cached_property
+    def feedback(self) -> SqliteFeedback:
+        return SqliteFeedback(self.conn)
+
+    @cached_property
+    def baselines(self) -> SqliteBaselines:
+        # numpy: imported on first use, not with the store (`beast status` cold ≤ 0.4 s)
+        from engine.store.sqlite.baselines import SqliteBaselines
+
+        return SqliteBaselines(self.conn)

@@ -1,0 +1,50 @@
+"""The baselines repository: each artifact's drift reference and validation figures."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from engine.core.records import Baseline, FirstPredictionSource
+
+if TYPE_CHECKING:  # numpy: only where references are built
+    import numpy as np
+
+
+class BaselineRepo(Protocol):
+    """Baselines of one transaction."""
+
+    def add(
+        self,
+        artifact_id: int,
+        source: str,
+        *,
+        reference: dict[str, Any] | None,
+        accuracy: float | None,
+        mae: float | None,
+        at: str,
+    ) -> None:
+        """The artifact's baseline, unless it has one already (the first one stays)."""
+        ...
+
+    def for_version(self, version_id: int) -> Baseline | None:
+        """The baseline of the version's artifact, or None."""
+        ...
+
+    def has_reference(self, version_id: int) -> bool:
+        """Whether the version's artifact has a drift reference."""
+        ...
+
+    def set_reference(self, artifact_id: int, reference: dict[str, Any], at: str) -> None:
+        """Give the artifact a drift reference (from first predictions) unless it has one."""
+        ...
+
+    def first_prediction_source(self, version_id: int) -> FirstPredictionSource | None:
+        """The version's artifact and its line's feature names and width, or None."""
+        ...
+
+    def first_rows(
+        self, version_id: int, width: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The version's first `limit` successful logged rows (features as float32 of
+        `width`, scores), by time; None while there are fewer."""
+        ...

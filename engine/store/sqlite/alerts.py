@@ -1,0 +1,95 @@
+"""Alerts in SQLite: the `alerts` table (a firing row has `resolved_at` NULL)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from engine.core.records import Alert
+
+_COLUMNS = (
+    "id, line, version, metric, severity, value, threshold, message, first_seen, last_seen,"
+    " resolved_at"
+)
+
+
+def _alert(row: sqlite3.Row) -> Alert:
+    return Alert(*row)
+
+
+class SqliteAlerts:
+    """engine.store.alerts.AlertRepo over one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def firing(self) -> list[Alert]:
+        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM alerts WHERE resolved_at IS NULL")
+        return [_alert(row) for row in rows]
+
+    def firing_one(self, line: str, version: str, metric: str) -> Alert | None:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE line = ? AND version = ? AND metric = ?"
+            " AND resolved_at IS NULL",
+            (line, version, metric),
+        ).fetchone()
+        return _alert(row) if row else None
+
+    def recent(self, resolved: int) -> list[Alert]:
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE resolved_at IS NULL"
+            f" UNION ALL SELECT * FROM (SELECT {_COLUMNS} FROM alerts"
+            " WHERE resolved_at IS NOT NULL ORDER BY id DESC LIMIT ?)",
+            (resolved,),
+        )
+        return [_alert(row) for row in rows]
+
+    def fire(
+        self,
+        *,
+        line: str,
+        version: str,
+        metric: str,
+        severity: str,
+        value: float,
+        threshold: float,
+        message: str,
+        at: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO alerts (line, version, metric, severity, value, threshold, message,"
+            " first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (line, version, metric, severity, value, threshold, message, at, at),
+        )
+
+    def refresh(
+        self,
+        alert_id: int,
+        *,
+        message: str,
+        at: str,
+        severity: str | None = None,
+        value: float | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        self.conn.execute(
+            "UPDATE alerts SET message = ?, last_seen = ?, severity = coalesce(?, severity),"
+            " value = coalesce(?, value), threshold = coalesce(?, threshold) WHERE id = ?",
+            (message, at, severity, value, threshold, alert_id),
+        )
+
+    def resolve(self, alert_id: int, at: str) -> None:
+        self.conn.execute("UPDATE alerts SET resolved_at = ? WHERE id = ?", (at, alert_id))
+
+    def worst_firing(self, serving: list[tuple[str, str]]) -> str | None:
+        if not serving:
+            return None
+        marks = ", ".join("(?, ?)" for _ in serving)
+        flat = [part for pair in serving for part in pair]
+        worst = self.conn.execute(
+            f"SELECT max(CASE severity WHEN 'critical' THEN 2 ELSE 1 END) FROM alerts"
+            f" WHERE resolved_at IS NULL AND (line, version) IN (VALUES {marks})",
+            flat,
+        ).fetchone()[0]
+        if not worst:
+            return None
+        return "critical" if worst == 2 else "warning"

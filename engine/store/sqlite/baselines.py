@@ -1,0 +1,126 @@
+"""Baselines in SQLite: the `baselines` table (one row per artifact; the reference as JSON),
+and the reads of the log that find a version's first predictions."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+import numpy as np
+
+from engine.core.records import Baseline, FirstPredictionSource
+
+_OF_VERSION = " JOIN versions v ON v.artifact_id = b.artifact_id WHERE v.id = ?"
+
+
+class SqliteBaselines:
+    """engine.store.baselines.BaselineRepo over one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add(
+        self,
+        artifact_id: int,
+        source: str,
+        *,
+        reference: dict[str, Any] | None,
+        accuracy: float | None,
+        mae: float | None,
+        at: str,
+    ) -> None:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO baselines (artifact_id, source, reference, accuracy, mae,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                artifact_id,
+                source,
+                json.dumps(reference) if reference is not None else None,
+                accuracy,
+                mae,
+                at,
+            ),
+        )
+
+    def for_version(self, version_id: int) -> Baseline | None:
+        row = self.conn.execute(
+            "SELECT b.reference, b.accuracy, b.mae FROM baselines b" + _OF_VERSION, (version_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Baseline(json.loads(row[0]) if row[0] else None, row[1], row[2])
+
+    def has_reference(self, version_id: int) -> bool:
+        known = self.conn.execute(
+            "SELECT 1 FROM baselines b" + _OF_VERSION + " AND b.reference IS NOT NULL",
+            (version_id,),
+        ).fetchone()
+        return known is not None
+
+    def set_reference(self, artifact_id: int, reference: dict[str, Any], at: str) -> None:
+        self.conn.execute(
+            "INSERT INTO baselines (artifact_id, source, reference, created_at)"
+            " VALUES (?, 'first_predictions', ?, ?) ON CONFLICT(artifact_id) DO UPDATE"
+            " SET reference = excluded.reference WHERE reference IS NULL",
+            (artifact_id, json.dumps(reference), at),
+        )
+
+    def first_prediction_source(self, version_id: int) -> FirstPredictionSource | None:
+        row = self.conn.execute(
+            "SELECT a.id, m.feature_names, m.n_features FROM versions v"
+            " JOIN artifacts a ON a.id = v.artifact_id JOIN model_lines m ON m.name = v.line"
+            " WHERE v.id = ?",
+            (version_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        artifact_id, names_json, width = row
+        names = tuple(json.loads(names_json)) if names_json else None
+        return FirstPredictionSource(artifact_id, names, width)
+
+    def first_rows(
+        self, version_id: int, width: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Single predictions and batches' rows together, by time.
+
+        Both scans start where the writer recorded the version's first rows and walk the
+        table's own key (single rows by id, which is by time; batches by rowid): the log
+        keeps no index on the version.
+        """
+        conn = self.conn
+        start = conn.execute(
+            "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?",
+            (version_id,),
+        ).fetchone()
+        if start is None:
+            return None
+        singles = conn.execute(
+            "SELECT coalesce(at_ms, hi >> 16), features, score FROM predictions WHERE hi >= ?"
+            " AND version_id = ? AND error IS NULL AND length(features) = ?"
+            " ORDER BY hi, lo LIMIT ?",
+            (start[0], version_id, 4 * width, limit),
+        ).fetchall()
+        at = [r[0] for r in singles]
+        xs = [np.frombuffer(b"".join(r[1] for r in singles), dtype=np.float32).reshape(-1, width)]
+        scores = [np.array([r[2] for r in singles], dtype=np.float64)]
+        batch_rows = 0
+        for at_ms, ids_blob, x_blob, s_blob in conn.execute(
+            "SELECT at_ms, version_ids, features, scores FROM prediction_batches"
+            " WHERE id >= ? AND width = ? ORDER BY id",
+            (start[1], width),
+        ):
+            mine = np.frombuffer(ids_blob, dtype="<i8") == version_id
+            s = np.frombuffer(s_blob, dtype="<f8")
+            keep = mine & ~np.isnan(s)
+            if keep.any():
+                xs.append(np.frombuffer(x_blob, dtype="<f4").reshape(-1, width)[keep])
+                scores.append(s[keep])
+                at += [at_ms] * int(keep.sum())
+                batch_rows += int(keep.sum())
+            if batch_rows >= limit:
+                break
+        if len(at) < limit:
+            return None
+        first = np.argsort(np.array(at, dtype=np.int64), kind="stable")[:limit]
+        return np.concatenate(xs)[first], np.concatenate(scores)[first]

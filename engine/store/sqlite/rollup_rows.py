@@ -1,0 +1,155 @@
+"""The numpy side of the SQLite rollups: histogram blobs in and out, rows stacked and added.
+
+Kept apart from engine.store.sqlite.rollups so that opening a store (and `beast status`,
+which asks the rollups one question) never imports numpy.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from engine.core.rollups import SCALARS, Delta, RollupKey, StackedRollups
+
+_SCALARS = "n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n"
+_BLOBS = "latency_hist, feature_hist, score_hist"
+_ROLLUP_COLUMNS = (
+    "n, errors, score_sum, latency_hist, drift_n, feature_hist, score_hist, labelled, within,"
+    " abs_err_sum, abs_err_sq_sum"
+)
+_TABLES = {"minute": "rollups", "hour": "rollups_hourly"}
+
+
+def stacked(
+    conn: sqlite3.Connection, version_id: int, since_minute: int | None, experiment: str | None
+) -> StackedRollups:
+    """engine.store.rollups.RollupRepo.stacked."""
+    minute_sql = f"SELECT minute, 0, {_SCALARS}, {_BLOBS} FROM rollups WHERE version_id = ?"
+    hour_sql = f"SELECT hour * 60, 1, {_SCALARS}, {_BLOBS} FROM rollups_hourly WHERE version_id = ?"
+    minute_params: list[Any] = [version_id]
+    hour_params: list[Any] = [version_id]
+    if since_minute is not None:
+        minute_sql += " AND minute >= ?"
+        minute_params.append(since_minute)
+        hour_sql += " AND hour >= ?"  # the hour that holds since_minute, and later ones
+        hour_params.append(since_minute // 60)
+    if experiment is not None:
+        minute_sql += " AND experiment = ?"
+        minute_params.append(experiment)
+        hour_sql += " AND experiment = ?"
+        hour_params.append(experiment)
+    rows = conn.execute(hour_sql, hour_params).fetchall()
+    rows += conn.execute(minute_sql, minute_params).fetchall()
+    if not rows:
+        return StackedRollups(
+            np.zeros(0, np.int64), np.zeros((0, SCALARS)), np.zeros((0, 0), np.int64), None, None
+        )
+    rows.sort(key=lambda r: r[0])
+    hourly = np.array([r[1] for r in rows], dtype=bool)
+    lat = _stack([r[9] for r in rows])
+    return StackedRollups(
+        np.array([r[0] for r in rows], dtype=np.int64),
+        np.array([r[2:9] for r in rows], dtype=np.float64),
+        np.zeros((len(rows), 0), np.int64) if lat is None else lat,
+        _stack([r[10] for r in rows]),
+        _stack([r[11] for r in rows]),
+        hourly if hourly.any() else None,
+    )
+
+
+def compact_before(conn: sqlite3.Connection, minute: int) -> int:
+    """engine.store.rollups.RollupRepo.compact_before."""
+    rows = conn.execute(
+        f"SELECT version_id, experiment, minute, {_ROLLUP_COLUMNS} FROM rollups"
+        " WHERE minute < ? ORDER BY minute",
+        (minute,),
+    ).fetchall()
+    if not rows:
+        return 0
+    hours: dict[RollupKey, Delta] = {}
+    for r in rows:
+        delta = _delta(r[3:])
+        key = (r[0], r[1], r[2] // 60)
+        if key in hours:
+            hours[key].add(delta)
+        else:
+            hours[key] = delta
+    add(conn, "hour", hours.items())
+    conn.execute("DELETE FROM rollups WHERE minute < ?", (minute,))
+    return len(rows)
+
+
+def add(conn: sqlite3.Connection, unit: str, deltas: Iterable[tuple[RollupKey, Delta]]) -> None:
+    """Add each delta to its row of `unit`: one read per row, then one executemany."""
+    table = _TABLES[unit]
+    select = (
+        f"SELECT {_ROLLUP_COLUMNS} FROM {table}"
+        f" WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+    )
+    out = []
+    for key, delta in deltas:
+        old = conn.execute(select, key).fetchone()
+        total = delta
+        if old is not None:
+            total = _delta(old)
+            total.add(delta)
+        lat = total.latency_hist
+        out.append(
+            (
+                *key,
+                total.n,
+                total.errors,
+                total.score_sum,
+                _blob(lat) if lat is not None else b"",
+                total.drift_n,
+                _blob(total.feature_hist),
+                _blob(total.score_hist),
+                total.labelled,
+                total.within,
+                total.abs_err_sum,
+                total.abs_err_sq_sum,
+            )
+        )
+    conn.executemany(
+        f"INSERT OR REPLACE INTO {table} (version_id, experiment, {unit}, {_ROLLUP_COLUMNS})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        out,
+    )
+
+
+def _delta(row: Any) -> Delta:
+    """A stored row (its `_ROLLUP_COLUMNS`) as a Delta."""
+    return Delta(
+        row[0],
+        row[1],
+        row[2],
+        _array(row[3]),
+        row[4],
+        _array(row[5]) if row[5] else None,
+        _array(row[6]) if row[6] else None,
+        row[7],
+        row[8],
+        row[9],
+        row[10],
+    )
+
+
+def _array(blob: bytes | None) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<i8").astype(np.int64) if blob else np.zeros(0, np.int64)
+
+
+def _blob(values: np.ndarray | None) -> bytes | None:
+    return None if values is None else np.asarray(values, dtype="<i8").tobytes()
+
+
+def _stack(blobs: list[bytes | None]) -> np.ndarray | None:
+    """Stack the minutes that have a histogram; the others count as zeros."""
+    width = next((len(b) for b in blobs if b), 0)
+    if width == 0:
+        return None
+    zero = bytes(width)
+    joined = b"".join(b if b and len(b) == width else zero for b in blobs)
+    return np.frombuffer(joined, dtype="<i8").reshape(len(blobs), -1)

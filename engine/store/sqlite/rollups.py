@@ -1,0 +1,79 @@
+"""Rollups in SQLite: `rollups` (per minute) and `rollups_hourly` (compacted hours).
+
+Histograms are stored as blobs of little-endian int64 counts (engine.store.sqlite.rollup_rows,
+imported where they are read or written: numpy stays off the path of `beast status`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.core.rollups import Delta, RollupKey, StackedRollups
+
+_ADD_LABEL = (
+    "UPDATE {table} SET labelled = labelled + 1, within = within + ?,"
+    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
+    " WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+)
+
+
+class SqliteRollups:
+    """engine.store.rollups.RollupRepo over one SQLite transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def stacked(
+        self, version_id: int, *, since_minute: int | None = None, experiment: str | None = None
+    ) -> StackedRollups:
+        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
+
+        return rollup_rows.stacked(self.conn, version_id, since_minute, experiment)
+
+    def add_minutes(self, deltas: Mapping[RollupKey, Delta]) -> None:
+        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
+
+        rollup_rows.add(self.conn, "minute", deltas.items())
+
+    def add_label(
+        self, version_id: int, experiment: str, minute: int, *, within: bool, error: float
+    ) -> None:
+        delta = (int(within), error, error * error, version_id, experiment)
+        # Its minute's row, or the hour's once that minute was compacted (never both).
+        if not self.conn.execute(
+            _ADD_LABEL.format(table="rollups", unit="minute"), (*delta, minute)
+        ).rowcount:
+            self.conn.execute(
+                _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
+            )
+
+    def has_minutes_before(self, minute: int) -> bool:
+        found = self.conn.execute(
+            "SELECT 1 FROM rollups WHERE minute < ? LIMIT 1", (minute,)
+        ).fetchone()
+        return found is not None
+
+    def compact_before(self, minute: int) -> int:
+        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
+
+        return rollup_rows.compact_before(self.conn, minute)
+
+    def successes(self, version_id: int) -> int:
+        found = self.conn.execute(
+            "SELECT coalesce(sum(n - errors), 0) FROM rollups WHERE version_id = ? UNION ALL"
+            " SELECT coalesce(sum(n - errors), 0) FROM rollups_hourly WHERE version_id = ?",
+            (version_id, version_id),
+        ).fetchall()
+        return int(sum(row[0] for row in found))
+
+    def any_logged(self, version_ids: list[int]) -> bool:
+        marks = ", ".join("?" for _ in version_ids)
+        seen = self.conn.execute(
+            f"SELECT 1 FROM rollups WHERE version_id IN ({marks})"
+            f" UNION ALL SELECT 1 FROM rollups_hourly WHERE version_id IN ({marks}) LIMIT 1",
+            version_ids + version_ids,
+        ).fetchone()
+        return seen is not None
