@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from engine.core import text
 from engine.core.clock import utc_now
 from engine.core.config import Config, load_config
+from engine.core.engine_lock import running_pid
 from engine.core.errors import ArtifactRejected, BeastError, NotFound, StateBusy, StateChanged
 from engine.core.identity import current_actor
 from engine.core.naming import check_name, winner_alias
@@ -689,9 +690,7 @@ class Engine:
 
     def engine_pid(self) -> int | None:
         """The pid of the `beast engine` serving this workspace, or None when none runs."""
-        from engine.server import daemon
-
-        return daemon.running_pid(self.workspace)
+        return running_pid(self.workspace)
 
     # -- internals ------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from engine import Engine, Workspace
-from engine.server.daemon import EngineLock, Scheduler, running_pid
+from engine.core.engine_lock import EngineLock, running_pid
+from engine.server.daemon import Scheduler
 from engine.server.train_worker import FAULT_ENV
 from tests.helpers import beast, model_path, train_model
 from tests.retrain_helpers import set_retrain
