@@ -20,6 +20,7 @@ from typing import Protocol
 
 from engine.store.deployments import DeploymentRepo
 from engine.store.history import HistoryRepo
+from engine.store.jobs import JobRepo, RetrainInputRepo
 from engine.store.registry import RegistryRepo
 
 
@@ -43,6 +44,16 @@ class Tx(Protocol):
     @property
     def history(self) -> HistoryRepo:
         """The deployment history (append-only)."""
+        ...
+
+    @property
+    def jobs(self) -> JobRepo:
+        """Retraining jobs, their logs and leases."""
+        ...
+
+    @property
+    def retrain_inputs(self) -> RetrainInputRepo:
+        """What retraining reads of the other domains (its triggers, its training data)."""
         ...
 
 

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.history import SqliteHistory
+from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
 from engine.store.sqlite.registry import SqliteRegistry
 
 
@@ -31,3 +32,11 @@ class SqliteTx:
     @cached_property
     def history(self) -> SqliteHistory:
         return SqliteHistory(self.conn)
+
+    @cached_property
+    def jobs(self) -> SqliteJobs:
+        return SqliteJobs(self.conn)
+
+    @cached_property
+    def retrain_inputs(self) -> SqliteRetrainInputs:
+        return SqliteRetrainInputs(self.conn)
