@@ -47,7 +47,7 @@ def children_running(parent: int, needle: str) -> list[int]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
