@@ -456,6 +456,33 @@ def test_clean_files_removes_only_what_a_job_left_half_done(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 
+def test_a_worker_finds_the_project_on_its_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's PYTHONPATH leads with the directory that holds the `engine` package (not
+    the package itself, whose sub-packages would shadow top-level names such as `core`)."""
+    import subprocess
+
+    import engine
+    from engine.retrain import workers
+
+    started: list[dict[str, str]] = []
+
+    class Spawned:  # the edge: record what would be started, start nothing
+        pid = 4242
+
+        def __init__(self, args: list[str], *, env: dict[str, str], **_: object) -> None:
+            started.append(env)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Spawned)
+    assert workers.launch(tmp_path, 7) == 4242
+    first = Path(started[0]["PYTHONPATH"].split(os.pathsep)[0])
+    assert first == Path(engine.__file__).resolve().parent.parent
+
+
 def test_too_little_data_fails_the_job_plainly(rws: Workspace) -> None:
     sample_data.write_csv(rws.data_dir / "samples.csv", sample_data.generate(20, seed=3))
     engine = _engine(rws, "v1.0")

@@ -53,7 +53,7 @@ def launch(workspace_root: Path, job_id: int) -> int:
         PYTHONUNBUFFERED="1",
         **{MARKER_ENV: marker(workspace_root, job_id)},
     )
-    project_root = str(Path(__file__).resolve().parent.parent)
+    project_root = str(Path(__file__).resolve().parents[2])  # holds engine/ (this: retrain/)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", WORKER_MODULE, str(job_id), str(workspace_root)],
