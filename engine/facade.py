@@ -8,15 +8,15 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from engine.core import text
 from engine.core.config import Config, load_config
-from engine.core.errors import BeastError, NotFound, StateBusy
+from engine.core.engine_lock import running_pid
+from engine.core.errors import BeastError, NotFound
 from engine.core.identity import current_actor
 from engine.core.records import (
     Change,
@@ -40,11 +40,11 @@ from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.integrity import integrity_report
-from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
     from engine.monitoring.report import Monitoring, MonitorReport
     from engine.retrain.jobs import Job
+    from engine.retrain.service import RetrainService
     from engine.retrain.triggers import TriggerReport
 
 
@@ -117,9 +117,7 @@ class Engine:
 
     def status(self) -> Status:
         """What serves on every line, the A/B tests, and each line's health."""
-        return deploy_service.status(
-            self.store, self.workspace.models_dir, _health
-        )
+        return deploy_service.status(self.store, self.workspace.models_dir, _health)
 
     def models(self) -> ModelsReport:
         return self._registry().models()
@@ -318,11 +316,7 @@ class Engine:
 
     def retrain_check(self, model: str | None = None) -> TriggerReport:
         """Each retraining trigger of a line with its figure, and whether any fires."""
-        from engine.retrain import triggers
-
-        line = self._line(model)
-        with self.store.read_sql() as conn:
-            return triggers.evaluate(conn, line, self.config.retrain)
+        return self._retrain().check(self._line(model))
 
     def start_retrain(
         self,
@@ -337,41 +331,8 @@ class Engine:
         A line has one job at a time: while one is queued or running, this joins it (adding
         the trigger, and the deploy wish). Without `force`, a trigger must fire.
         """
-        from engine.retrain import jobs, triggers, workers
-
         line = self._line(model)
-        settings = self.config.retrain
-        with self.store.write_sql() as conn:
-            workers.reap(conn, self.workspace.models_dir, line)
-            report = triggers.evaluate(conn, line, settings)
-            if not force and not report.fires and report.active_job is None:
-                raise BeastError(f"no retraining trigger fires for {line}: pass --force to train")
-            job_id, joined = jobs.create_or_join(
-                conn,
-                line,
-                trigger=trigger,
-                force=force,
-                deploy=deploy,
-                actor=self.actor,
-                timeout_s=settings.timeout_s,
-                lease_s=settings.lease_s,
-            )
-            if not joined:
-                firing = ", ".join(f"{t.name} ({t.detail})" for t in report.triggers if t.fires)
-                jobs.append_log(conn, job_id, f"triggers firing: {firing or 'none (forced)'}")
-        if not joined:
-            try:
-                workers.launch(self.workspace.root, job_id)
-            except OSError as exc:
-                with self.store.write_sql() as conn:
-                    jobs.finish(
-                        conn,
-                        job_id,
-                        status="failed",
-                        error=f"cannot start the worker process: {exc}",
-                        expect_running=False,
-                    )
-        return self.job(job_id)
+        return self._retrain().start(line, force=force, deploy=deploy, trigger=trigger)
 
     def retrain_if_due(self, model: str | None = None) -> Job | None:
         """The scheduler's tick: reap lost jobs, then start a job on a line whose trigger
@@ -380,59 +341,25 @@ class Engine:
         Reads one snapshot per line and writes only when it starts something. With several
         lines and no `model`, every due line gets a job; the first one started is returned.
         """
-        from engine.retrain import jobs, triggers
-
-        self.reap_jobs()
-        settings = self.config.retrain
-        started: Job | None = None
-        for line in [self._line(model)] if model is not None else self.lines():
-            with self.store.read_sql() as conn:
-                if jobs.active(conn, line) is not None:
-                    continue
-                if jobs.finished_within(conn, line, settings.cooldown_minutes * 60):
-                    continue
-                report = triggers.evaluate(conn, line, settings)
-            if not report.fires:
-                continue
-            names = "+".join(t.name for t in report.triggers if t.fires)
-            try:
-                job = self.start_retrain(line, trigger=names)
-            except BeastError:  # the state moved between the snapshot and the write
-                continue
-            started = started or job
-        return started
+        lines = [self._line(model)] if model is not None else self.lines()
+        return self._retrain().start_due(lines)
 
     def reap_jobs(self) -> list[Job]:
         """Fail jobs whose worker was lost (lease expired) or overran its timeout."""
-        from engine.retrain import jobs, workers
-
-        with self.store.read_sql() as conn:
-            if not jobs.lost(conn) and not jobs.overdue(conn, workers.DEADLINE_GRACE_S):
-                return []
-        with self.store.write_sql() as conn:
-            failed = workers.reap(conn, self.workspace.models_dir)
-            return [jobs.get(conn, job_id) for job_id in failed]
+        return self._retrain().reap()
 
     def jobs(self, limit: int = 20, model: str | None = None) -> list[Job]:
         """The newest jobs first (of one line with `model`)."""
-        from engine.retrain import jobs
-
         line = self._line(model) if model is not None else None
-        with self.store.read_sql() as conn:
-            return jobs.recent(conn, limit, line)
+        return self._retrain().recent(limit, line)
 
     def job(self, job_id: int) -> Job:
-        from engine.retrain import jobs
-
-        with self.store.read_sql() as conn:
-            return jobs.get(conn, job_id)
+        """Job `job_id`, or NotFound."""
+        return self._retrain().job(job_id)
 
     def job_log(self, job_id: int, *, times: bool = False) -> list[str]:
         """A job's log lines, oldest first (with `times`, each prefixed with its UTC time)."""
-        from engine.retrain import jobs
-
-        with self.store.read_sql() as conn:
-            return jobs.log_lines(conn, job_id, times=times)
+        return self._retrain().log(job_id, times=times)
 
     def wait_job(
         self,
@@ -445,36 +372,20 @@ class Engine:
         Reaps on the way, so a worker that died is reported failed once its lease expires
         rather than waited for until the timeout.
         """
-        import time
+        return self._retrain().wait(job_id, timeout_s, on_progress)
 
-        from engine.retrain import jobs
+    def _retrain(self) -> RetrainService:
+        # Imported here: `beast status` cold (≤ 0.4 s) need not load retraining's modules
+        # (about 10 ms of them). Made per call: it carries `actor`, which may change.
+        from engine.retrain.service import RetrainService
 
-        poll_s = 0.2  # a progress bar's pace; each poll is one indexed read
-        deadline = jobs.monotonic() + timeout_s
-        seen: tuple[str, float, str] | None = None
-        next_reap = 0.0
-        while True:
-            job = self.job(job_id)
-            state = (job.status, job.progress, job.message)
-            if state != seen and on_progress is not None:
-                on_progress(job)
-            seen = state
-            now = jobs.monotonic()
-            if job.finished or now >= deadline:
-                return job
-            if now >= next_reap:
-                with contextlib.suppress(StateBusy):  # a busy moment: reap at the next poll
-                    self.reap_jobs()
-                next_reap = now + 1.0
-            time.sleep(min(poll_s, max(0.0, deadline - now)))
+        return RetrainService(self.store, self.config.retrain, self.workspace, self.actor)
 
     # -- daemon ---------------------------------------------------------------------------
 
     def engine_pid(self) -> int | None:
         """The pid of the `beast engine` serving this workspace, or None when none runs."""
-        from engine.server import daemon
-
-        return daemon.running_pid(self.workspace)
+        return running_pid(self.workspace)
 
     # -- internals ------------------------------------------------------------------------
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from engine import Engine, Workspace
 from engine.demo import sample_data
 from engine.retrain import jobs
 from engine.retrain.jobs import Job
+from engine.store.base import Tx
 
 LINE = "quality-predictor"
 DATA_ROWS = 300
@@ -112,7 +112,7 @@ def wait_reaped(pid: int, timeout: float = 10) -> bool:
 
 
 def queue_job(
-    conn: sqlite3.Connection,
+    tx: Tx,
     *,
     trigger: str = "t",
     deploy: bool = False,
@@ -121,7 +121,7 @@ def queue_job(
 ) -> int:
     """A forced job of the line queued (or joined) by a test, in the caller's transaction."""
     job_id, _joined = jobs.create_or_join(
-        conn,
+        tx.jobs,
         LINE,
         trigger=trigger,
         force=True,

@@ -188,8 +188,8 @@ def test_the_timeout_kills_the_job_while_the_store_is_busy_and_a_reaper_records_
     with closing(Engine(rws, actor="tester")) as engine:
         job = engine.start_retrain(force=True)
         child = int(wait_for_log(engine, job.id, "child pid").rsplit(" ", 1)[-1].rstrip(")"))
-        with engine.store.read_sql() as conn:
-            worker = jobs.row(conn, job.id)["pid"]
+        with engine.store.read() as tx:
+            worker = tx.jobs.lease(job.id).pid
         lock.hold(10)  # across the job's deadline, and past it
         assert wait_dead(worker, timeout=8), "killed at its deadline, busy store or not"
         assert wait_dead(child)
@@ -220,16 +220,16 @@ def test_a_registration_that_meets_a_busy_store_is_retried_and_validated_once(
         rws.models_dir / f"{LINE}-v3.0.json", rows=300, depth=2, rounds=5, seed=4
     )
     with closing(Engine(rws)) as engine:
-        with engine.store.write_sql() as conn:
-            job_id = queue_job(conn)
+        with engine.store.write() as tx:
+            job_id = queue_job(tx)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 60)
         try:
             register_model(job, model, "v3.0")
             lock.released()
             job.commit(
                 "ending the test's job",
-                lambda conn: jobs.finish(
-                    conn, job_id, status="failed", error="done", expect_running=False
+                lambda tx: jobs.finish(
+                    tx.jobs, job_id, status="failed", error="done", expect_running=False
                 ),
             )
         finally:
@@ -254,17 +254,17 @@ def test_progress_and_log_lines_met_by_a_busy_store_wait_in_order(
     monkeypatch.setenv(BUSY_ENV, "0.2")
     lock = holder(registered)
     with closing(Engine(registered)) as engine:
-        with engine.store.write_sql() as conn:
-            job_id = queue_job(conn)
-            jobs.claim(conn, job_id, pid=os.getpid(), pgid=os.getpgid(0), lease_s=60)
+        with engine.store.write() as tx:
+            job_id = queue_job(tx)
+            jobs.claim(tx.jobs, job_id, pid=os.getpid(), pgid=os.getpgid(0), lease_s=60)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 60)
         try:
             lock.hold(1.0)
             job.step(0.5, "half way")  # cosmetic: kept, not a failure
             job.log("a line")
-            with engine.store.read_sql() as conn:  # reading is never blocked by the writer
-                assert jobs.get(conn, job_id).progress == 0
-                assert "half way" not in jobs.log_lines(conn, job_id)
+            with engine.store.read() as tx:  # reading is never blocked by the writer
+                assert tx.jobs.get(job_id).progress == 0
+                assert "half way" not in jobs.log_lines(tx.jobs, job_id)
             lock.released()
             job.log("after")
             assert engine.job(job_id).progress == 0.5
@@ -274,7 +274,7 @@ def test_progress_and_log_lines_met_by_a_busy_store_wait_in_order(
             job.log("kept while busy")
             ended = job.commit(
                 "recording the end",
-                lambda conn: jobs.finish(conn, job_id, status="failed", error="done here"),
+                lambda tx: jobs.finish(tx.jobs, job_id, status="failed", error="done here"),
             )
             lock.released()
             assert ended
@@ -293,15 +293,13 @@ def test_a_write_the_job_needs_gives_up_at_its_deadline(
     monkeypatch.setenv(BUSY_ENV, "0.1")
     lock = holder(registered)
     with closing(Engine(registered)) as engine:
-        with engine.store.write_sql() as conn:
-            job_id = queue_job(conn)
+        with engine.store.write() as tx:
+            job_id = queue_job(tx)
         job = RunningJob(engine, job_id, LINE, deadline=jobs.monotonic() + 0.4)
         try:
             lock.hold(1.5)
             with pytest.raises(StateBusy):
-                job.commit(
-                    "recording the version", lambda conn: jobs.set_version(conn, job_id, "v9.0")
-                )
+                job.commit("recording the version", lambda tx: tx.jobs.set_version(job_id, "v9.0"))
             lock.released()
         finally:
             job.close()
@@ -342,9 +340,9 @@ def test_a_busy_store_costs_a_periodic_tick_one_warning_not_its_thread(
 ) -> None:
     monkeypatch.setenv(BUSY_ENV, "0.2")
     caplog.set_level(logging.INFO, logger="beast.engine")
-    with closing(Engine(registered)) as engine, engine.store.write_sql() as conn:
-        lost = queue_job(conn)  # a job whose worker never came: reaped once the store is free
-        conn.execute("UPDATE jobs SET lease_expires = 0 WHERE id = ?", (lost,))
+    with closing(Engine(registered)) as engine, engine.store.write() as tx:
+        lost = queue_job(tx)  # a job whose worker never came: reaped once the store is free
+        tx.conn.execute("UPDATE jobs SET lease_expires = 0 WHERE id = ?", (lost,))
     lock = holder(registered)
     lock.hold(1.5)
     thread = periodic(registered, every_s=0.05).start()

@@ -34,16 +34,16 @@ def jump_wall_clock(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 def test_a_wall_clock_jump_neither_expires_nor_extends_a_lease(
     engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: int
 ) -> None:
-    with engine.store.write_sql() as conn:
-        job_id = queue_job(conn, timeout_s=60)
+    with engine.store.write() as tx:
+        job_id = queue_job(tx, timeout_s=60)
     jump_wall_clock(monkeypatch, seconds)
-    with engine.store.read_sql() as conn:
-        assert jobs.lost(conn) == []  # an hour of wall clock is nothing to the lease
+    with engine.store.read() as tx:
+        assert jobs.lost(tx.jobs) == []  # an hour of wall clock is nothing to the lease
     # What does expire it: the monotonic clock passing the lease (and the claim window).
     later = jobs.monotonic() + jobs.CLAIM_WINDOW_S + 10
     monkeypatch.setattr(jobs, "monotonic", lambda: later)
-    with engine.store.read_sql() as conn:
-        assert [row["id"] for row in jobs.lost(conn)] == [job_id]
+    with engine.store.read() as tx:
+        assert [found.id for found in jobs.lost(tx.jobs)] == [job_id]
 
 
 def test_history_and_rollback_follow_ids_when_the_clock_goes_back(

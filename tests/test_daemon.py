@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from engine import Engine, Workspace
-from engine.server.daemon import EngineLock, Scheduler, running_pid
+from engine.core.engine_lock import EngineLock, running_pid
+from engine.server.daemon import Scheduler
 from engine.server.train_worker import FAULT_ENV
 from tests.helpers import beast, model_path, train_model
 from tests.retrain_helpers import set_retrain
@@ -46,7 +47,7 @@ def children_running(parent: int, needle: str) -> list[int]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])

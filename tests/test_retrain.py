@@ -68,14 +68,14 @@ def _parse(stamp: str) -> datetime:
 def test_time_trigger_fires_at_interval_days(rws: Workspace) -> None:
     engine = _engine(rws, "v1.0")
     try:
-        with engine.store.read_sql() as conn:
-            last = triggers.last_training(conn, LINE)
+        with engine.store.read() as tx:
+            last = triggers.last_training(tx, LINE)
             assert last is not None
             at = _parse(last)
             before = triggers.evaluate(
-                conn, LINE, RetrainSettings(), at + timedelta(days=7, seconds=-1)
+                tx, LINE, RetrainSettings(), at + timedelta(days=7, seconds=-1)
             )
-            exactly = triggers.evaluate(conn, LINE, RetrainSettings(), at + timedelta(days=7))
+            exactly = triggers.evaluate(tx, LINE, RetrainSettings(), at + timedelta(days=7))
         assert not before.triggers[0].fires and not before.fires
         assert exactly.triggers[0].fires and exactly.fires
         assert exactly.triggers[0].figure == pytest.approx(7.0)
@@ -86,11 +86,11 @@ def test_time_trigger_fires_at_interval_days(rws: Workspace) -> None:
 def test_last_training_is_the_newest_finished_job(rws: Workspace) -> None:
     engine = _engine(rws, "v1.0")
     try:
-        with engine.store.write_sql() as conn:
-            job_id = queue_job(conn)
-            jobs.finish(conn, job_id, status="failed", error="e", expect_running=False)
-            finished = jobs.get(conn, job_id).finished_at
-            assert triggers.last_training(conn, LINE) == finished
+        with engine.store.write() as tx:
+            job_id = queue_job(tx)
+            jobs.finish(tx.jobs, job_id, status="failed", error="e", expect_running=False)
+            finished = tx.jobs.get(job_id).finished_at
+            assert triggers.last_training(tx, LINE) == finished
     finally:
         engine.close()
 
@@ -286,8 +286,8 @@ def test_a_hanging_trainer_is_killed_with_its_group(
         before = version_names(engine)
         job = engine.start_retrain(force=True)
         child = int(wait_for_log(engine, job.id, "child pid").rsplit(" ", 1)[-1].rstrip(")"))
-        with engine.store.read_sql() as conn:
-            worker = jobs.row(conn, job.id)["pid"]
+        with engine.store.read() as tx:
+            worker = tx.jobs.lease(job.id).pid
         job = engine.wait_job(job.id, 20)
         assert job.status == "failed" and job.error is not None and "timed out" in job.error
         assert wait_reaped(worker), "the worker is dead and reaped: no zombie"
@@ -321,8 +321,8 @@ def test_a_killed_worker_fails_when_its_lease_expires(
     try:
         job = engine.start_retrain(force=True)
         child = int(wait_for_log(engine, job.id, "child pid").rsplit(" ", 1)[-1].rstrip(")"))
-        with engine.store.read_sql() as conn:
-            worker = jobs.row(conn, job.id)["pid"]
+        with engine.store.read() as tx:
+            worker = tx.jobs.lease(job.id).pid
         os.kill(worker, signal.SIGKILL)
         assert wait_dead(worker)
         job = engine.wait_job(job.id, 20)
@@ -418,15 +418,15 @@ def test_reaping_fails_lost_and_overdue_jobs_and_spares_strangers(rws: Workspace
     engine = _engine(rws, "v1.0")
     stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:
-        with engine.store.write_sql() as conn:
-            old_boot = queue_job(conn, trigger="a", lease_s=60)
-            conn.execute("UPDATE jobs SET boot_id = 'an-earlier-boot' WHERE id = ?", (old_boot,))
+        with engine.store.write() as tx:
+            old_boot = queue_job(tx, trigger="a", lease_s=60)
+            tx.conn.execute("UPDATE jobs SET boot_id = 'an-earlier-boot' WHERE id = ?", (old_boot,))
         assert [j.id for j in engine.reap_jobs()] == [old_boot]
         assert "never started" in (engine.job(old_boot).error or "")
-        with engine.store.write_sql() as conn:
-            overdue = queue_job(conn, trigger="b", timeout_s=1, lease_s=60)
-            jobs.claim(conn, overdue, pid=stranger.pid, pgid=stranger.pid, lease_s=60)
-            conn.execute("UPDATE jobs SET deadline = deadline - 60 WHERE id = ?", (overdue,))
+        with engine.store.write() as tx:
+            overdue = queue_job(tx, trigger="b", timeout_s=1, lease_s=60)
+            jobs.claim(tx.jobs, overdue, pid=stranger.pid, pgid=stranger.pid, lease_s=60)
+            tx.conn.execute("UPDATE jobs SET deadline = deadline - 60 WHERE id = ?", (overdue,))
         assert [j.id for j in engine.reap_jobs()] == [overdue]
         assert "timed out" in (engine.job(overdue).error or "")
         assert stranger.poll() is None, "a process without the job's marker is never killed"
@@ -456,6 +456,33 @@ def test_clean_files_removes_only_what_a_job_left_half_done(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)
 
 
+def test_a_worker_finds_the_project_on_its_python_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's PYTHONPATH leads with the directory that holds the `engine` package (not
+    the package itself, whose sub-packages would shadow top-level names such as `core`)."""
+    import subprocess
+
+    import engine
+    from engine.retrain import workers
+
+    started: list[dict[str, str]] = []
+
+    class Spawned:  # the edge: record what would be started, start nothing
+        pid = 4242
+
+        def __init__(self, args: list[str], *, env: dict[str, str], **_: object) -> None:
+            started.append(env)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Spawned)
+    assert workers.launch(tmp_path, 7) == 4242
+    first = Path(started[0]["PYTHONPATH"].split(os.pathsep)[0])
+    assert first == Path(engine.__file__).resolve().parent.parent
+
+
 def test_too_little_data_fails_the_job_plainly(rws: Workspace) -> None:
     sample_data.write_csv(rws.data_dir / "samples.csv", sample_data.generate(20, seed=3))
     engine = _engine(rws, "v1.0")
@@ -475,12 +502,12 @@ def test_deploy_is_wanted_by_flag_by_a_joining_trigger_or_by_auto_deploy(rws: Wo
         set_retrain(rws, auto_deploy=auto)
         engine = _engine(rws)
         try:
-            with engine.store.write_sql() as conn:
+            with engine.store.write() as tx:
                 for i, flag in enumerate(flags):
-                    job_id = queue_job(conn, trigger=f"t{i}", deploy=flag)
+                    job_id = queue_job(tx, trigger=f"t{i}", deploy=flag)
             answer = RunningJob(engine, job_id, LINE).wants_deploy()
-            with engine.store.write_sql() as conn:
-                jobs.finish(conn, job_id, status="failed", error="done", expect_running=False)
+            with engine.store.write() as tx:
+                jobs.finish(tx.jobs, job_id, status="failed", error="done", expect_running=False)
             return answer
         finally:
             engine.close()

@@ -290,3 +290,52 @@ class FirstPredictionSource:
     artifact_id: int
     feature_names: tuple[str, ...] | None
     width: int
+
+
+JOB_FINISHED = ("succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One retraining job as the CLI, HTTP API and console see it."""
+
+    id: int
+    line: str
+    trigger: str
+    status: str  # queued | running | succeeded | failed
+    progress: float
+    message: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    version: str | None
+    deployed: bool
+    reason: str | None
+    error: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in JOB_FINISHED
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class JobLease:
+    """What a job's worker and a reaper need beyond `Job`: its process, lease and deadline.
+
+    `lease_expires` and `deadline` are readings of CLOCK_MONOTONIC on the boot `boot_id`.
+    """
+
+    id: int
+    line: str
+    status: str
+    version: str | None
+    deploy: bool
+    pid: int | None
+    pgid: int | None
+    boot_id: str
+    lease_expires: float
+    deadline: float | None
+    timeout_s: float

@@ -143,10 +143,8 @@ def _store_sidecar_baseline(
         return
     reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
     if reference is not None or accuracy is not None or mae is not None:
-        # Transitional (issue 13): baselines are monitoring's, not behind a repository yet.
-        conn = tx.conn  # type: ignore[attr-defined]
         baselines.store(
-            conn, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
+            tx, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
         )
 
 

@@ -10,17 +10,17 @@
 - health: production has a firing critical alert (the monitoring evaluation keeps alerts
   current; reading them is one indexed query).
 
-All three are plain SQL on one snapshot: the daemon's scheduler calls this every tick.
+All three are indexed reads of one snapshot (a `Tx`): the daemon's scheduler calls this every
+tick.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from engine.core.config import RetrainSettings
-from engine.retrain import jobs
+from engine.store.base import Tx
 
 DAY_S = 86_400.0
 
@@ -63,17 +63,12 @@ def _parse(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
-def last_training(conn: sqlite3.Connection, line: str) -> str | None:
+def last_training(tx: Tx, line: str) -> str | None:
     """UTC time of the last training: newest finished job, else production's registration."""
-    finished = jobs.last_finished(conn, line)
+    finished = tx.jobs.last_finished(line)
     if finished is not None and finished.finished_at is not None:
         return finished.finished_at
-    found = conn.execute(
-        "SELECT a.registered_at FROM line_state s JOIN versions v ON v.id = s.production_id"
-        " JOIN artifacts a ON a.id = v.artifact_id WHERE s.line = ?",
-        (line,),
-    ).fetchone()
-    return str(found[0]) if found else None
+    return tx.retrain_inputs.production_registered_at(line)
 
 
 def time_trigger(last: str | None, settings: RetrainSettings, now: datetime) -> Trigger:
@@ -92,28 +87,11 @@ def time_trigger(last: str | None, settings: RetrainSettings, now: datetime) -> 
     )
 
 
-def labelled_since(conn: sqlite3.Connection, line: str, since: str | None) -> int:
+def labelled_since(tx: Tx, line: str, since: str | None) -> int:
     """Labelled predictions made from the minute of `since` on, from the minute rollups and
     the hourly ones older minutes are compacted into (an hour that holds `since` counts)."""
     minute = 0 if since is None else int(_parse(since).timestamp()) // 60
-    found = conn.execute(
-        "SELECT coalesce(sum(r.labelled), 0) FROM rollups r JOIN versions v ON v.id = r.version_id"
-        " WHERE v.line = ? AND r.minute >= ?",
-        (line, minute),
-    ).fetchone()
-    total = int(found[0])
-    hourly = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollups_hourly'"
-    ).fetchone()
-    if hourly:
-        total += int(
-            conn.execute(
-                "SELECT coalesce(sum(r.labelled), 0) FROM rollups_hourly r"
-                " JOIN versions v ON v.id = r.version_id WHERE v.line = ? AND r.hour >= ?",
-                (line, minute // 60),
-            ).fetchone()[0]
-        )
-    return total
+    return tx.retrain_inputs.labelled_since(line, minute)
 
 
 def data_trigger(count: int, settings: RetrainSettings) -> Trigger:
@@ -128,39 +106,30 @@ def data_trigger(count: int, settings: RetrainSettings) -> Trigger:
     )
 
 
-def health_trigger(conn: sqlite3.Connection, line: str) -> Trigger:
-    production = conn.execute(
-        "SELECT v.name FROM line_state s JOIN versions v ON v.id = s.production_id"
-        " WHERE s.line = ?",
-        (line,),
-    ).fetchone()
-    if production is None:
+def health_trigger(tx: Tx, line: str) -> Trigger:
+    state = tx.deployments.state(line)
+    if state is None:
         return Trigger("health", None, "critical", False, "nothing deployed")
-    alerts = conn.execute(
-        "SELECT metric, message FROM alerts WHERE line = ? AND version = ?"
-        " AND resolved_at IS NULL AND severity = 'critical' ORDER BY id",
-        (line, production[0]),
-    ).fetchall()
+    production = state.production.name
+    alerts = tx.retrain_inputs.critical_alerts(line, production)
     if alerts:
-        causes = "; ".join(str(a[1]) for a in alerts)
-        return Trigger("health", "critical", "critical", True, f"{production[0]}: {causes}")
-    return Trigger(
-        "health", "not critical", "critical", False, f"{production[0]}: no critical alert"
-    )
+        causes = "; ".join(alerts)
+        return Trigger("health", "critical", "critical", True, f"{production}: {causes}")
+    return Trigger("health", "not critical", "critical", False, f"{production}: no critical alert")
 
 
 def evaluate(
-    conn: sqlite3.Connection, line: str, settings: RetrainSettings, now: datetime | None = None
+    tx: Tx, line: str, settings: RetrainSettings, now: datetime | None = None
 ) -> TriggerReport:
     """Every trigger of a line, from one snapshot."""
     when = now or datetime.now(UTC)
-    last = last_training(conn, line)
+    last = last_training(tx, line)
     found = (
         time_trigger(last, settings, when),
-        data_trigger(labelled_since(conn, line, last), settings),
-        health_trigger(conn, line),
+        data_trigger(labelled_since(tx, line, last), settings),
+        health_trigger(tx, line),
     )
-    running = jobs.active(conn, line)
+    running = tx.jobs.active(line)
     return TriggerReport(
         line,
         any(t.fires for t in found),

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+from engine.core.records import JobLease
 from engine.retrain import jobs
+from engine.store.jobs import JobRepo
 
 WORKER_MODULE = "engine.server.train_worker"
 WORKER_THREADS = 2
@@ -52,7 +53,7 @@ def launch(workspace_root: Path, job_id: int) -> int:
         PYTHONUNBUFFERED="1",
         **{MARKER_ENV: marker(workspace_root, job_id)},
     )
-    project_root = str(Path(__file__).resolve().parent.parent)
+    project_root = str(Path(__file__).resolve().parents[2])  # holds engine/ (this: retrain/)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [project_root, env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-m", WORKER_MODULE, str(job_id), str(workspace_root)],
@@ -140,33 +141,32 @@ def clean_files(models_dir: Path, job_id: int, line: str, version: str | None) -
                 sidecar.unlink()
 
 
-def reap(conn: sqlite3.Connection, models_dir: Path, line: str | None = None) -> list[int]:
+def reap(repo: JobRepo, models_dir: Path, line: str | None = None) -> list[int]:
     """Fail lost and overdue jobs (inside the caller's write transaction); their ids."""
     failed: list[int] = []
-    for found in jobs.lost(conn, line):
-        kill_group(found["pgid"], found["id"], models_dir.parent)
-        if found["status"] == "queued":
+    for found in jobs.lost(repo, line):
+        kill_group(found.pgid, found.id, models_dir.parent)
+        if found.status == "queued":
             error = "worker never started (no claim within its lease)"
         elif _past_deadline(found):  # killed by its watchdog while the store was busy
-            error = jobs.timed_out(found["timeout_s"])
+            error = jobs.timed_out(found.timeout_s)
         else:
             error = "worker lost: its lease expired (the process died or stopped renewing it)"
-        if jobs.finish(conn, found["id"], status="failed", error=error, expect_running=False):
-            clean_files(models_dir, found["id"], found["line"], found["version"])
-            failed.append(found["id"])
-    for found in jobs.overdue(conn, DEADLINE_GRACE_S):
-        if line is not None and found["line"] != line:
+        if jobs.finish(repo, found.id, status="failed", error=error, expect_running=False):
+            clean_files(models_dir, found.id, found.line, found.version)
+            failed.append(found.id)
+    for found in jobs.overdue(repo, DEADLINE_GRACE_S):
+        if line is not None and found.line != line:
             continue
-        kill_group(found["pgid"], found["id"], models_dir.parent)
-        error = jobs.timed_out(found["timeout_s"])
-        if jobs.finish(conn, found["id"], status="failed", error=error):
-            clean_files(models_dir, found["id"], found["line"], found["version"])
-            failed.append(found["id"])
+        kill_group(found.pgid, found.id, models_dir.parent)
+        error = jobs.timed_out(found.timeout_s)
+        if jobs.finish(repo, found.id, status="failed", error=error):
+            clean_files(models_dir, found.id, found.line, found.version)
+            failed.append(found.id)
     return failed
 
 
-def _past_deadline(found: sqlite3.Row) -> bool:
+def _past_deadline(found: JobLease) -> bool:
     """Did a running job's deadline pass (a reading of this boot's monotonic clock)?"""
-    deadline = found["deadline"]
-    same_boot = found["boot_id"] == jobs.boot_id()
-    return deadline is not None and same_boot and deadline < jobs.monotonic()
+    same_boot = found.boot_id == jobs.boot_id()
+    return found.deadline is not None and same_boot and found.deadline < jobs.monotonic()

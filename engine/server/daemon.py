@@ -7,9 +7,9 @@ What it takes care of, in order:
 - The token: listening beyond loopback is refused unless a token is configured
   (`$BEAST_API_TOKEN` or `<workspace>/api-token`); on loopback the file is created (0600) on
   the first start. The token is never logged.
-- One engine per workspace: an `flock` on `<workspace>/.engine.lock`, released by the kernel
-  when the process dies, so a `kill -9` never leaves a stale lock. A second engine exits 1
-  naming the first one's pid.
+- One engine per workspace: an `flock` on `<workspace>/.engine.lock` (engine.core.engine_lock),
+  released by the kernel when the process dies, so a `kill -9` never leaves a stale lock. A
+  second engine exits 1 naming the first one's pid.
 - The listening socket is bound here, with `IPPROTO_TCP` as its protocol. uvicorn's own bind
   (used for `--workers N`) creates `socket(AF_INET)` with protocol 0; asyncio only sets
   TCP_NODELAY on accepted sockets whose protocol is `IPPROTO_TCP`, so uvicorn's workers answer
@@ -29,15 +29,11 @@ What it takes care of, in order:
 - A round of either that meets a busy store (another process holding the write lock past the
   busy timeout) is skipped with one warning, however many rounds it lasts, and tried again
   next round; one info line says when a round succeeds again. The threads never die of it.
-- `running_pid(workspace)` tells another process (the console) which engine serves a
-  workspace, probing the flock without keeping it.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-import fcntl
 import ipaddress
 import logging
 import logging.config
@@ -46,13 +42,13 @@ import shutil
 import signal
 import socket
 import tempfile
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from engine.core import text
 from engine.core.background import BackgroundThread, Trouble
 from engine.core.config import HOST_PATTERN
+from engine.core.engine_lock import EngineLock
 from engine.core.errors import BeastError
 from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
@@ -62,12 +58,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beast.engine")
 
-LOCK_FILE = ".engine.lock"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 BACKLOG = 2048
 STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
-PROBE_GRACE_S = 0.2  # a `running_pid` probe holds the lock for microseconds
 
 
 @dataclass(frozen=True)
@@ -146,82 +140,6 @@ def log_config(level: str) -> dict[str, Any]:
             "beast": {"handlers": ["stderr"], "level": upper, "propagate": False},
         },
     }
-
-
-class EngineLock:
-    """An exclusive `flock` on `<workspace>/.engine.lock`, holding the owner's pid."""
-
-    def __init__(self, workspace: Workspace) -> None:
-        self.path = workspace.root / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> EngineLock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise BeastError(f"cannot open {self.path}: {exc.strerror or exc}") from None
-        if not _flock_within(fd, fcntl.LOCK_EX, PROBE_GRACE_S):
-            owner = _read_pid(fd) or "unknown"
-            os.close(fd)
-            raise BeastError(
-                f"another beast engine (pid {owner}) is serving {self.path.parent}; stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
-
-
-def running_pid(workspace: Workspace) -> int | None:
-    """The pid of the engine holding the workspace's lock, or None when no engine runs.
-
-    It probes with a shared flock on a descriptor of its own, released at once. flock locks
-    belong to the open file description, so opening and closing this separate descriptor
-    never drops a lock this process holds (unlike POSIX fcntl locks, which any close of the
-    file drops). The probe holds the lock for microseconds; an engine starting at that very
-    moment retries for `PROBE_GRACE_S` before it concludes another engine runs.
-    """
-    path = workspace.root / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None  # never started here (or not readable: nothing to say)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            deadline = time.monotonic() + PROBE_GRACE_S
-            while (pid := _read_pid(fd)) is None and time.monotonic() < deadline:
-                time.sleep(0.005)  # locked but the pid not written yet: it is starting
-            return pid
-        return None
-    finally:
-        os.close(fd)  # drops the probe's shared lock, if it got one
-
-
-def _flock_within(fd: int, operation: int, grace_s: float) -> bool:
-    """Take a flock, retrying for `grace_s` (a `running_pid` probe may hold it briefly)."""
-    deadline = time.monotonic() + grace_s
-    while True:
-        try:
-            fcntl.flock(fd, operation | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-
-
-def _read_pid(fd: int) -> int | None:
-    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-    return int(text) if text.isdigit() else None
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -44,16 +42,16 @@ import numpy as np
 
 from engine.core.clock import utc_now
 from engine.core.errors import BeastError, StateBusy
+from engine.core.records import JobLease
 from engine.core.workspace import Workspace
 from engine.facade import Engine
 from engine.monitoring import baselines
 from engine.registry import artifacts
-from engine.registry import catalog as registry
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
 from engine.serving import prediction_log as predlog
+from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.tx import SqliteTx
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
 ACTOR = "beast-retrain"
@@ -109,8 +107,8 @@ class Watchdog(threading.Thread):
             try:
                 if jobs.monotonic() >= self.deadline:
                     self._time_out(store)
-                with store.write_sql() as conn:
-                    still_mine = jobs.renew(conn, self.job_id, self.lease_s + self.tick)
+                with store.write() as tx:
+                    still_mine = jobs.renew(tx.jobs, self.job_id, self.lease_s + self.tick)
             except StateBusy:
                 wait = RETRY_PAUSE_S  # the attempt waited a tick already: try again soon
                 continue
@@ -127,17 +125,17 @@ class Watchdog(threading.Thread):
         """Fail the job, remove its files and kill its group, this process included. A busy
         store does not hold the kill back: a reaper records the timeout once the lock is free
         (`workers.reap` names it so)."""
-        with store.read_sql() as conn:
-            found = jobs.row(conn, self.job_id)
+        with store.read() as tx:
+            found = tx.jobs.lease(self.job_id)
         try:
-            with store.write_sql() as conn:
+            with store.write() as tx:
                 ended = jobs.finish(
-                    conn, self.job_id, status="failed", error=jobs.timed_out(found["timeout_s"])
+                    tx.jobs, self.job_id, status="failed", error=jobs.timed_out(found.timeout_s)
                 )
         except StateBusy:
             ended = True
         if ended:
-            workers.clean_files(self.ws.models_dir, self.job_id, found["line"], found["version"])
+            workers.clean_files(self.ws.models_dir, self.job_id, found.line, found.version)
             workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
             _kill_own_group()  # not reached: the group kill took this process too
 
@@ -176,7 +174,7 @@ class RunningJob:
         with contextlib.suppress(StateBusy):  # kept for the next write that gets the lock
             self._write(self._notes, _nothing)
 
-    def commit(self, what: str, change: Callable[[sqlite3.Connection], T]) -> T:
+    def commit(self, what: str, change: Callable[[Tx], T]) -> T:
         """A write the job needs (`what` names it in the log if it had to wait), after the
         lines kept so far, in the same transaction; retried until the deadline."""
         return self.retrying(what, lambda: self._write(self.engine.store, change))
@@ -201,22 +199,22 @@ class RunningJob:
             self._busy = None
         return result
 
-    def _write(self, store: SqliteStore, change: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, store: SqliteStore, change: Callable[[Tx], T]) -> T:
         lines = [*self._lines, *([self._busy] if self._busy is not None else [])]
-        with store.write_sql() as conn:
+        with store.write() as tx:
             if self._progress is not None:
-                jobs.set_progress(conn, self.id, *self._progress, log=False)
+                jobs.set_progress(tx.jobs, self.id, *self._progress, log=False)
             for at, text in lines:
-                jobs.append_log(conn, self.id, text, at=at)
-            result = change(conn)
+                jobs.append_log(tx.jobs, self.id, text, at=at)
+            result = change(tx)
         self._lines.clear()
         self._progress = self._busy = None
         return result
 
     def wants_deploy(self) -> bool:
         """Read at deploy time: a trigger that joined later may have asked for it."""
-        with self.engine.store.read_sql() as conn:
-            asked = bool(jobs.row(conn, self.id)["deploy"])
+        with self.engine.store.read() as tx:
+            asked = tx.jobs.lease(self.id).deploy
         return asked or self.engine.config.retrain.auto_deploy
 
     def close(self) -> None:
@@ -225,7 +223,7 @@ class RunningJob:
             self._notes = None
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
+def _nothing(tx: Tx) -> None:
     """The change of a write that only carries the kept progress and log lines."""
 
 
@@ -241,21 +239,21 @@ def _hang(job: RunningJob) -> None:
 
 
 def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
-    with engine.store.read_sql() as conn:
-        found = conn.execute(
-            "SELECT feature_names, n_features FROM model_lines WHERE name = ?", (line,)
-        ).fetchone()
-    if found is None or not found["feature_names"]:
+    with engine.store.read() as tx:
+        names = tx.retrain_inputs.feature_names(line)
+    if names is None:
         raise BeastError(
             f"model line {line} has no feature names: training data is matched by name"
         )
-    return tuple(json.loads(found["feature_names"]))
+    return names
 
 
 def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
     job.step(0.05, "loading data/ and labelled predictions")
-    with job.engine.store.read_sql() as conn:
-        labelled = predlog.labelled_rows(conn, job.line, len(names))
+    with job.engine.store.read() as tx:
+        # Transitional: the prediction log's reader still takes the connection (its
+        # repository is converted beside this one).
+        labelled = predlog.labelled_rows(tx.conn, job.line, len(names))
     data = retrain.load(job.engine.workspace.data_dir, names, labelled)
     for note in data.skipped:
         job.log(note)
@@ -265,13 +263,11 @@ def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
 
 
 def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
-    with engine.store.read_sql() as conn:
-        state = SqliteTx(conn).deployments.state(line)
+    with engine.store.read() as tx:
+        state = tx.deployments.state(line)
         if state is None:
             return None
-        path = registry.artifact_path(
-            conn, engine.workspace.models_dir, state.production.artifact_id
-        )
+        path = engine.workspace.models_dir / tx.registry.artifact_file(state.production.artifact_id)
     return state.production.name, path
 
 
@@ -441,13 +437,11 @@ def _train(job: RunningJob) -> Fit:
 
 
 def _next_version(job: RunningJob) -> str:
-    with job.engine.store.read_sql() as conn:
-        known = [
-            r[0] for r in conn.execute("SELECT name FROM versions WHERE line = ?", (job.line,))
-        ]
+    with job.engine.store.read() as tx:
+        known = tx.retrain_inputs.version_names(job.line)
     models_dir = job.engine.workspace.models_dir
     version = retrain.next_version(known, lambda v: (models_dir / f"{job.line}-{v}.json").exists())
-    job.commit("recording the version", lambda conn: jobs.set_version(conn, job.id, version))
+    job.commit("recording the version", lambda tx: tx.jobs.set_version(job.id, version))
     return version
 
 
@@ -516,18 +510,18 @@ def main(argv: list[str]) -> int:
         engine.close()
 
 
-def _claim(engine: Engine, job_id: int) -> tuple[sqlite3.Row | None, float]:
+def _claim(engine: Engine, job_id: int) -> tuple[JobLease | None, float]:
     """Claim the queued job, retrying on a busy store for as long as a claim is waited for
     (a reaper fails the job "never started" after that; the claim then finds it gone).
-    Returns the claimed row (None: nothing to do) and how long a busy store held it back."""
+    Returns the claimed job (None: nothing to do) and how long a busy store held it back."""
     started, tries = jobs.monotonic(), 0
 
-    def claim() -> sqlite3.Row | None:
+    def claim() -> JobLease | None:
         nonlocal tries
         tries += 1
-        with engine.store.write_sql() as conn:
+        with engine.store.write() as tx:
             return jobs.claim(
-                conn,
+                tx.jobs,
                 job_id,
                 pid=os.getpid(),
                 pgid=os.getpgid(0),
@@ -543,10 +537,11 @@ def _work(engine: Engine, job_id: int) -> int:
     claimed, waited = _claim(engine, job_id)
     if claimed is None:
         return 0  # already claimed, or failed before this process got to it
-    deadline = float(claimed["deadline"])
+    assert claimed.deadline is not None  # a claim sets it
+    deadline = claimed.deadline
     watchdog = Watchdog(engine.workspace, job_id, engine.config.retrain.lease_s, deadline)
     watchdog.start()
-    job = RunningJob(engine, job_id, claimed["line"], deadline=deadline)
+    job = RunningJob(engine, job_id, claimed.line, deadline=deadline)
     try:
         if waited:
             job.log(f"the store was busy: claiming the job waited {waited:.1f} s")
@@ -562,8 +557,13 @@ def _work(engine: Engine, job_id: int) -> int:
         watchdog.finishing.set()
         job.commit(
             "recording the outcome",
-            lambda conn: jobs.finish(
-                conn, job_id, status="succeeded", version=version, deployed=deployed, reason=reason
+            lambda tx: jobs.finish(
+                tx.jobs,
+                job_id,
+                status="succeeded",
+                version=version,
+                deployed=deployed,
+                reason=reason,
             ),
         )
         return 0
@@ -578,9 +578,9 @@ def _fail(job: RunningJob, exc: Exception) -> None:
     with contextlib.suppress(BeastError):
         job.log("".join(traceback.format_exception(exc)[-3:]).strip())
 
-    def record(conn: sqlite3.Connection) -> tuple[bool, str | None]:
-        ended = jobs.finish(conn, job.id, status="failed", error=error)
-        return ended, jobs.row(conn, job.id)["version"]
+    def record(tx: Tx) -> tuple[bool, str | None]:
+        ended = jobs.finish(tx.jobs, job.id, status="failed", error=error)
+        return ended, tx.jobs.lease(job.id).version
 
     ended, version = job.commit("recording the failure", record)
     if ended:

@@ -23,6 +23,7 @@ from engine.store.baselines import BaselineRepo
 from engine.store.deployments import DeploymentRepo
 from engine.store.feedback import FeedbackRepo
 from engine.store.history import HistoryRepo
+from engine.store.jobs import JobRepo, RetrainInputRepo
 from engine.store.registry import RegistryRepo
 from engine.store.rollups import RollupRepo
 
@@ -67,6 +68,16 @@ class Tx(Protocol):
     @property
     def baselines(self) -> BaselineRepo:
         """Each artifact's drift reference and validation figures."""
+        ...
+
+    @property
+    def jobs(self) -> JobRepo:
+        """Retraining jobs, their logs and leases."""
+        ...
+
+    @property
+    def retrain_inputs(self) -> RetrainInputRepo:
+        """What retraining reads of the other domains (its triggers, its training data)."""
         ...
 
 

@@ -23,6 +23,7 @@ from console.screens import DetailsScreen
 from engine import Workspace
 from engine.core import text
 from engine.core.clock import utc_now
+from engine.store.sqlite.tx import SqliteTx
 from tests.console.pilot import action_log, drive, make_app, press
 from tests.retrain_helpers import queue_job
 from tests.test_text_edges import rewrite_history_row
@@ -54,7 +55,7 @@ def _plant(ws: Workspace) -> None:
                 " 'warning', 0.5, 0.7, ?, ?, ?)",
                 (ALERT, now, now),
             )
-            queue_job(conn, trigger=TRIGGER)
+            queue_job(SqliteTx(conn), trigger=TRIGGER)
     finally:
         conn.close()
 

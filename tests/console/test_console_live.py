@@ -13,7 +13,7 @@ from console.app import BeastConsole
 from console.gateway import Gateway
 from engine import BeastError, Engine, Workspace
 from engine.cli.console import parse_keymap
-from engine.server.daemon import EngineLock
+from engine.core.engine_lock import EngineLock
 from tests.console.pilot import drive, make_app, press
 from tests.helpers import beast, set_config
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.core.engine_lock import EngineLock, running_pid
 from engine.core.errors import BeastError, StoreError
 from engine.core.workspace import MARKER, Workspace
 from engine.deploy import history
@@ -167,8 +168,6 @@ class _Staged:
 
 def restore(workspace: Workspace, source: Path, *, force: bool = False) -> Restored:
     """Put the database of the backup file `source` in place as `workspace`'s database."""
-    from engine.server.daemon import EngineLock, running_pid
-
     source = source.expanduser().absolute()
     _refuse_source(workspace, source)
     pid = running_pid(workspace)

@@ -14,6 +14,7 @@ from engine.store.sqlite.alerts import SqliteAlerts
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.feedback import SqliteFeedback
 from engine.store.sqlite.history import SqliteHistory
+from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
 from engine.store.sqlite.registry import SqliteRegistry
 from engine.store.sqlite.rollups import SqliteRollups
 
@@ -57,3 +58,11 @@ class SqliteTx:
         from engine.store.sqlite.baselines import SqliteBaselines
 
         return SqliteBaselines(self.conn)
+
+    @cached_property
+    def jobs(self) -> SqliteJobs:
+        return SqliteJobs(self.conn)
+
+    @cached_property
+    def retrain_inputs(self) -> SqliteRetrainInputs:
+        return SqliteRetrainInputs(self.conn)

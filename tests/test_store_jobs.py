@@ -1,0 +1,117 @@
+"""The jobs repository's contract (engine.store.jobs), on the SQLite backend: what a second
+backend must answer the same way. Clock readings are the caller's, so they are given here."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import Engine
+from engine.core.errors import NotFound
+from engine.store.base import Tx
+from tests.retrain_helpers import LINE
+
+BOOT = "this-boot"
+
+
+def _create(tx: Tx, *, lease_expires: float = 100.0, timeout_s: float = 30.0) -> int:
+    return tx.jobs.create(
+        line=LINE,
+        trigger="t",
+        message="waiting",
+        force=True,
+        deploy=False,
+        at="2026-01-01T00:00:00.000Z",
+        actor="tester",
+        boot_id=BOOT,
+        lease_expires=lease_expires,
+        timeout_s=timeout_s,
+    )
+
+
+def _claim(tx: Tx, job_id: int, *, now: float = 10.0) -> bool:
+    return tx.jobs.claim(
+        job_id,
+        at="2026-01-01T00:00:01.000Z",
+        pid=4242,
+        pgid=4242,
+        boot_id=BOOT,
+        now=now,
+        lease_expires=now + 5,
+        message="started",
+    )
+
+
+def _finish(tx: Tx, job_id: int, *, version: str | None = None, running: bool = True) -> bool:
+    return tx.jobs.finish(
+        job_id,
+        status="failed",
+        at="2026-01-01T00:00:02.000Z",
+        message="failed: e",
+        version=version,
+        deployed=False,
+        reason=None,
+        error="e",
+        expect_running=running,
+    )
+
+
+def test_a_claim_is_taken_once_and_sets_the_deadline_from_the_timeout(engine: Engine) -> None:
+    with engine.store.write() as tx:
+        job_id = _create(tx, timeout_s=30)
+        assert tx.jobs.active(LINE) == tx.jobs.get(job_id)
+        assert _claim(tx, job_id, now=10.0)
+        assert not _claim(tx, job_id, now=11.0), "a running job is not claimed again"
+        lease = tx.jobs.lease(job_id)
+    assert (lease.status, lease.pid, lease.pgid, lease.boot_id) == ("running", 4242, 4242, BOOT)
+    assert lease.deadline == 40.0 and lease.lease_expires == 15.0
+
+
+def test_a_job_ends_once_and_keeps_its_recorded_version(engine: Engine) -> None:
+    with engine.store.write() as tx:
+        job_id = _create(tx)
+        assert not _finish(tx, job_id), "a queued job is not running"
+        _claim(tx, job_id)
+        tx.jobs.set_version(job_id, "v9.0")
+        assert _finish(tx, job_id)
+        assert not _finish(tx, job_id, running=False), "ended already"
+        done = tx.jobs.get(job_id)
+        assert not tx.jobs.renew(job_id, 1e9), "a finished job's lease is not renewed"
+        assert tx.jobs.active(LINE) is None and tx.jobs.last_finished(LINE) == done
+    assert (done.status, done.version, done.error, done.finished) == ("failed", "v9.0", "e", True)
+
+
+def test_expired_and_overdue_jobs_by_the_callers_clock(engine: Engine) -> None:
+    with engine.store.write() as tx:
+        job_id = _create(tx, lease_expires=100.0, timeout_s=30)
+        assert tx.jobs.expired(BOOT, now=99.0) == []
+        assert [j.id for j in tx.jobs.expired(BOOT, now=101.0)] == [job_id]
+        assert [j.id for j in tx.jobs.expired("another-boot", now=0.0)] == [job_id]
+        assert tx.jobs.expired("another-boot", now=0.0, line="another-line") == []
+        _claim(tx, job_id, now=10.0)  # deadline 40
+        assert tx.jobs.overdue(BOOT, now=39.0) == []
+        assert [j.id for j in tx.jobs.overdue(BOOT, now=41.0)] == [job_id]
+        assert tx.jobs.overdue("another-boot", now=41.0) == []
+
+
+def test_log_lines_come_back_in_the_order_written(engine: Engine) -> None:
+    with engine.store.write() as tx:
+        job_id = _create(tx)
+        for i, at in enumerate(["2026-01-01T00:00:09.000Z", "2026-01-01T00:00:01.000Z"]):
+            tx.jobs.append_log(job_id, at, f"line {i}")
+        assert tx.jobs.log(job_id) == [
+            ("2026-01-01T00:00:09.000Z", "line 0"),
+            ("2026-01-01T00:00:01.000Z", "line 1"),
+        ], "order is the order of writing, never the times"
+        assert tx.jobs.recent(5) == [tx.jobs.get(job_id)]
+        with pytest.raises(NotFound, match="no job 999"):
+            tx.jobs.get(999)
+
+
+def test_what_retraining_reads_of_the_other_domains(engine: Engine) -> None:
+    with engine.store.read() as tx:
+        names = tx.retrain_inputs.feature_names(LINE)
+        assert names is not None and len(names) > 0
+        assert tx.retrain_inputs.feature_names("no-such-line") is None
+        assert tx.retrain_inputs.version_names(LINE) == ["v1.0", "v2.0", "v3.0", "v4.0"]
+        assert tx.retrain_inputs.production_registered_at(LINE) is None  # nothing deployed
+        assert tx.retrain_inputs.labelled_since(LINE, 0) == 0
