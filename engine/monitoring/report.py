@@ -2,9 +2,10 @@
 
 The `Monitoring` service (over a Store, a Config and the models directory; the facade's
 `Engine.report` and `Engine.monitoring`) reads, in one transaction (`read`), the rollups of
-every deployed version and judges it against config.toml's thresholds. `evaluate` also writes: it syncs the alerts table (one firing row per version and
-metric, deduplicated while it fires, resolved when it clears) and pulls a running test's
-candidate to 0% when its health is critical — once, recorded in history like any abort.
+every deployed version and judges it against config.toml's thresholds. `evaluate` also
+writes: it syncs the alerts table (one firing row per version and metric, deduplicated while
+it fires, resolved when it clears) and pulls a running test's candidate to 0% when its health
+is critical — once, recorded in history like any abort.
 
 Below `monitoring.min_samples` predictions (labelled ones, for accuracy and MAE) a figure
 is "not enough data": never an alarm. Data drift asks for more: PSI over fewer values than
