@@ -21,6 +21,7 @@ from typing import Protocol
 from engine.store.deployments import DeploymentRepo
 from engine.store.history import HistoryRepo
 from engine.store.registry import RegistryRepo
+from engine.store.routes import RouteRepo
 
 
 class Tx(Protocol):
@@ -43,6 +44,11 @@ class Tx(Protocol):
     @property
     def history(self) -> HistoryRepo:
         """The deployment history (append-only)."""
+        ...
+
+    @property
+    def routes(self) -> RouteRepo:
+        """What the router serves on each deployed line."""
         ...
 
 

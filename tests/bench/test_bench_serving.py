@@ -150,7 +150,7 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
 
 def test_one_routed_row_vs_bare_inplace_predict(tmp_path: Path) -> None:
     router, log = _setup(tmp_path)
-    unlogged = Router(router.engine)  # the same routes, validation and models; no log
+    unlogged = Router(router.served)  # the same routes, validation and models; no log
     bare = workload.booster(seed=1)
     direct = serving.scorer(workload.booster(seed=1), len(workload.FEATURES))
     data = workload.generate(2048, seed=5)
@@ -219,7 +219,7 @@ def test_one_routed_row_vs_bare_inplace_predict(tmp_path: Path) -> None:
 
 def test_batches_with_logging_rows_per_second(tmp_path: Path) -> None:
     router, log = _setup(tmp_path)
-    unlogged = Router(router.engine)
+    unlogged = Router(router.served)
     bare = workload.booster(seed=1)
     data = workload.generate(BATCH_ROWS * 10, seed=6)
     arrays = [data.x[i : i + BATCH_ROWS] for i in range(0, len(data.x), BATCH_ROWS)]

@@ -12,6 +12,7 @@ from functools import cached_property
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.history import SqliteHistory
 from engine.store.sqlite.registry import SqliteRegistry
+from engine.store.sqlite.routes import SqliteRoutes
 
 
 class SqliteTx:
@@ -31,3 +32,7 @@ class SqliteTx:
     @cached_property
     def history(self) -> SqliteHistory:
         return SqliteHistory(self.conn)
+
+    @cached_property
+    def routes(self) -> SqliteRoutes:
+        return SqliteRoutes(self.conn)
