@@ -51,7 +51,6 @@ from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
-from engine.serving import prediction_log as predlog
 from engine.store.sqlite.connection import SqliteStore
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
@@ -253,8 +252,8 @@ def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
 
 def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
     job.step(0.05, "loading data/ and labelled predictions")
-    with job.engine.store.read_sql() as conn:
-        labelled = predlog.labelled_rows(conn, job.line, len(names))
+    with job.engine.store.read() as tx:
+        labelled = tx.predictions.labelled_rows(job.line, len(names))
     data = retrain.load(job.engine.workspace.data_dir, names, labelled)
     for note in data.skipped:
         job.log(note)

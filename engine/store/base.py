@@ -20,6 +20,7 @@ from typing import Protocol
 
 from engine.store.deployments import DeploymentRepo
 from engine.store.history import HistoryRepo
+from engine.store.prediction_log import PredictionLogRepo
 from engine.store.registry import RegistryRepo
 from engine.store.routes import RouteRepo
 
@@ -49,6 +50,11 @@ class Tx(Protocol):
     @property
     def routes(self) -> RouteRepo:
         """What the router serves on each deployed line."""
+        ...
+
+    @property
+    def predictions(self) -> PredictionLogRepo:
+        """The prediction log: every logged prediction, single or in a batch."""
         ...
 
 

@@ -11,6 +11,7 @@ from functools import cached_property
 
 from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.history import SqliteHistory
+from engine.store.sqlite.prediction_log import SqlitePredictionLog
 from engine.store.sqlite.registry import SqliteRegistry
 from engine.store.sqlite.routes import SqliteRoutes
 
@@ -36,3 +37,7 @@ class SqliteTx:
     @cached_property
     def routes(self) -> SqliteRoutes:
         return SqliteRoutes(self.conn)
+
+    @cached_property
+    def predictions(self) -> SqlitePredictionLog:
+        return SqlitePredictionLog(self.conn)
