@@ -166,6 +166,8 @@ class Router:
     def __init__(
         self, served: Served, *, log: PredictionLog | None = None, refresh_s: float = 0.5
     ) -> None:
+        # XGBoost is imported where a model is scored, never at import time (`beast status`
+        # imports this module's callers within its 0.4 s cold-start budget).
         import xgboost
 
         self._xgboost_error: type[Exception] = xgboost.core.XGBoostError
@@ -515,7 +517,7 @@ class _DirectScorer:
     """`XGBoosterPredictFromDense` on a C-contiguous float32 matrix (see `scorer`)."""
 
     def __init__(self, booster: Any) -> None:
-        from xgboost import core
+        from xgboost import core  # as in Router.__init__: never at import time
 
         self._booster = booster  # keeps the handle alive
         self._handle = booster.handle
@@ -574,7 +576,7 @@ class _DirectScorer:
 
 def load_booster(path: Any, sha256: str) -> Any:
     """Load a registered artifact after checking its bytes still are the registered ones."""
-    import xgboost
+    import xgboost  # as in Router.__init__: never at import time
 
     try:
         raw = path.read_bytes()

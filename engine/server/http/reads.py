@@ -19,6 +19,8 @@ from starlette.responses import Response
 from engine.core import text
 from engine.core.errors import BeastError
 from engine.facade import Engine
+from engine.monitoring import report as monitoring
+from engine.monitoring import rollups as rollup_metrics
 from engine.server import prometheus as prom
 from engine.server.http import schema
 from engine.server.http.answers import json_response
@@ -41,8 +43,6 @@ class Reads:
 
     async def monitor(self, request: Request) -> Response:
         """GET /v1/monitor?window=1h&model=LINE: the `beast monitor --json` document."""
-        from engine.monitoring import rollups as rollup_metrics
-
         window = request.query_params.get("window", "1h")
         if window not in rollup_metrics.WINDOWS:
             raise ApiError(
@@ -58,7 +58,6 @@ class Reads:
 
     def monitor_document(self, window: str = "1h", model: str | None = None) -> dict[str, Any]:
         """The `beast monitor --json` document (for /v1/monitor and /metrics' gauges)."""
-        from engine.monitoring import report as monitoring
 
         def report(engine: Engine) -> dict[str, Any]:
             return monitoring.report(engine, window=window, model=model).to_json()

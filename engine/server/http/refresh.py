@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from engine.core.errors import BeastError
+from engine.monitoring import report as monitoring
 
 if TYPE_CHECKING:
     from engine.server.http.api import Api  # the Api starts this thread: a type only
@@ -78,8 +79,6 @@ class Refresher:
         """
         if dropped == reported and not self._drop_alert_open:
             return reported
-        from engine.monitoring import report as monitoring
-
         try:
             self.api.call_engine(
                 lambda engine: monitoring.note_log_drops(engine, dropped - reported, dropped)
