@@ -10,7 +10,7 @@ from typing import Any
 from engine import Engine, Workspace
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sqlite.tx import SqliteTx
 
 LINE = "quality-predictor"
 
@@ -83,7 +83,7 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
         names = dict(conn.execute("SELECT id, name FROM versions").fetchall())
         return [
             {**row._asdict(), "version": names[row.version_id]}
-            for row in sqlite_log.logged_rows(conn)
+            for row in SqliteTx(conn).predictions.logged_rows()
         ]
     finally:
         conn.close()
@@ -92,7 +92,7 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
 def logged_count(ws: Workspace) -> int:
     conn = db(ws)
     try:
-        return sqlite_log.count_logged(conn)
+        return SqliteTx(conn).predictions.count()
     finally:
         conn.close()
 
