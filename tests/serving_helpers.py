@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from engine import Engine, Workspace
-from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
+from engine.store.sqlite.tx import SqliteTx
 
 LINE = "quality-predictor"
 
@@ -82,7 +82,8 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
     try:
         names = dict(conn.execute("SELECT id, name FROM versions").fetchall())
         return [
-            {**row._asdict(), "version": names[row.version_id]} for row in predlog.logged_rows(conn)
+            {**row._asdict(), "version": names[row.version_id]}
+            for row in SqliteTx(conn).predictions.logged_rows()
         ]
     finally:
         conn.close()
@@ -91,7 +92,7 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
 def logged_count(ws: Workspace) -> int:
     conn = db(ws)
     try:
-        return predlog.count_logged(conn)
+        return SqliteTx(conn).predictions.count()
     finally:
         conn.close()
 

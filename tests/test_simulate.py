@@ -31,7 +31,7 @@ from engine.demo.simulate import KEY_PREFIX, SimOptions, Simulation
 from engine.demo.transport import InProcess
 from engine.monitoring import baselines
 from engine.monitoring import report as monitoring
-from engine.serving.prediction_log import count_logged
+from engine.store.sqlite.prediction_log import count_logged
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 from tests.serving_helpers import logged
 

@@ -339,3 +339,17 @@ class JobLease:
     lease_expires: float
     deadline: float | None
     timeout_s: float
+
+
+@dataclass(frozen=True)
+class ServedLine:
+    """What the router loads for one deployed line (engine.store.routes)."""
+
+    line: str
+    production_id: int
+    candidate_id: int | None
+    candidate_bp: int
+    experiment: str | None
+    revision: int  # the line state's: a route whose revision did not move is kept as it is
+    feature_names: tuple[str, ...] | None  # None: unnamed, f0 … f{n_features - 1}
+    n_features: int

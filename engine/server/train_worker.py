@@ -49,7 +49,6 @@ from engine.monitoring import baselines
 from engine.registry import artifacts
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
-from engine.serving import prediction_log as predlog
 from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
 
@@ -251,9 +250,7 @@ def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
 def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
     job.step(0.05, "loading data/ and labelled predictions")
     with job.engine.store.read() as tx:
-        # Transitional: the prediction log's reader still takes the connection (its
-        # repository is converted beside this one).
-        labelled = predlog.labelled_rows(tx.conn, job.line, len(names))
+        labelled = tx.predictions.labelled_rows(job.line, len(names))
     data = retrain.load(job.engine.workspace.data_dir, names, labelled)
     for note in data.skipped:
         job.log(note)

@@ -22,7 +22,6 @@ import contextlib
 import ctypes
 import functools
 import hashlib
-import json
 import math
 import os
 import random
@@ -30,18 +29,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import repeat
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
 from engine.core import ids, text
+from engine.core.config import Config
 from engine.core.errors import BeastError, NotFound, StoreError
 from engine.core.records import BASIS_POINTS, VersionRef
-from engine.facade import Engine
+from engine.core.workspace import Workspace
 from engine.registry import artifacts
-from engine.registry import catalog as registry
 from engine.serving import features
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
+from engine.store.base import Store, Tx
 from engine.store.sqlite.connection import SqliteStore
 
 FeatureInput = Mapping[str, Any] | Sequence[Any]
@@ -52,6 +52,20 @@ _find_unsafe = text.find_unsafe  # a module global: one lookup on the one-row pa
 # as one chunk held the write lock for 1.0 s on a loaded 2-core machine, in 10,000-row
 # chunks 7 to 22 ms each.
 LOG_CHUNK_ROWS = 10_000
+
+
+class Served(Protocol):
+    """What a router is given (the facade is one): the workspace whose deployments it serves,
+    its settings, and its store (migrated before the router reads routes from it)."""
+
+    @property
+    def workspace(self) -> Workspace: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> Store: ...
 
 
 class Unavailable(BeastError):
@@ -150,24 +164,28 @@ class Router:
     """Serve predictions for a workspace. Thread-safe for concurrent predict calls."""
 
     def __init__(
-        self, engine: Engine, *, log: PredictionLog | None = None, refresh_s: float = 0.5
+        self, served: Served, *, log: PredictionLog | None = None, refresh_s: float = 0.5
     ) -> None:
+        # XGBoost is imported where a model is scored, never at import time (`beast status`
+        # imports this module's callers within its 0.4 s cold-start budget).
         import xgboost
 
         self._xgboost_error: type[Exception] = xgboost.core.XGBoostError
-        self.engine = engine
-        self.workspace = engine.workspace
+        self.served = served
+        self.workspace = served.workspace
         self.refresh_s = refresh_s
         self.log = log
-        engine.store.migrate()  # routes are read from the current schema
-        self._store = SqliteStore(engine.workspace.db_path)
+        served.store.migrate()  # routes are read from the current schema
+        # Its own connection: the change counter is per connection, and serving threads
+        # never wait on the facade's.
+        self._store: Store = SqliteStore(served.workspace.db_path)
         self._routes: dict[str, Route] = {}
         self._broken: dict[str, str] = {}  # line -> why its deployment could not be loaded
         self._boosters: dict[int, tuple[Any, Callable[[np.ndarray], np.ndarray]]] = {}
         self._checked = -math.inf
         self._data_version: int | None = None
         self._refreshing = threading.Lock()
-        self.nullable = frozenset(engine.config.serving.nullable_features)
+        self.nullable = frozenset(served.config.serving.nullable_features)
         self.refresh(force=True)
 
     def close(self) -> None:
@@ -189,7 +207,8 @@ class Router:
             return  # another thread is refreshing; serve from the current snapshot
         try:
             self._checked = time.monotonic()
-            version = self._store.query("PRAGMA data_version")[0][0]
+            with self._store.read() as tx:
+                version = tx.routes.change_counter()
             if not force and version == self._data_version and not self._broken:
                 return
             self._routes, self._broken = self._load_routes()
@@ -201,27 +220,20 @@ class Router:
     def _load_routes(self) -> tuple[dict[str, Route], dict[str, str]]:
         routes: dict[str, Route] = {}
         broken: dict[str, str] = {}
-        with self._store.read_sql() as conn:
-            rows = conn.execute(
-                "SELECT s.line, s.production_id, s.candidate_id, s.candidate_bp, s.revision,"
-                " e.name, m.feature_names, m.n_features FROM line_state s"
-                " JOIN model_lines m ON m.name = s.line"
-                " LEFT JOIN experiments e ON e.id = s.experiment_id"
-            ).fetchall()
-            for line, prod_id, cand_id, bp, revision, experiment, names_json, width in rows:
+        with self._store.read() as tx:
+            for served in tx.routes.served_lines():
+                line, revision = served.line, served.revision
                 current = self._routes.get(line)
                 if current is not None and current.revision == revision:
                     routes[line] = current
                     continue
-                names = (
-                    tuple(json.loads(names_json))
-                    if names_json
-                    else tuple(f"f{i}" for i in range(width))
-                )
+                names = served.feature_names or tuple(f"f{i}" for i in range(served.n_features))
                 try:
-                    production = self._arm(conn, "production", prod_id, len(names))
+                    production = self._arm(tx, "production", served.production_id, len(names))
                     candidate = (
-                        self._arm(conn, "candidate", cand_id, len(names)) if cand_id else None
+                        self._arm(tx, "candidate", served.candidate_id, len(names))
+                        if served.candidate_id
+                        else None
                     )
                 except Unavailable as exc:
                     broken[line] = str(exc)
@@ -233,8 +245,8 @@ class Router:
                     features.Schema(names, self.nullable & set(names)),
                     production,
                     candidate,
-                    bp,
-                    experiment,
+                    served.candidate_bp,
+                    served.experiment,
                     revision,
                 )
         in_use = {
@@ -246,11 +258,11 @@ class Router:
         self._boosters = {k: v for k, v in self._boosters.items() if k in in_use}
         return routes, broken
 
-    def _arm(self, conn: Any, role: str, version_id: int, width: int) -> Arm:
-        ref = registry.version_by_id(conn, version_id)
+    def _arm(self, tx: Tx, role: str, version_id: int, width: int) -> Arm:
+        ref = tx.registry.version_by_id(version_id)
         loaded = self._boosters.get(ref.artifact_id)
         if loaded is None:
-            path = registry.artifact_path(conn, self.workspace.models_dir, ref.artifact_id)
+            path = self.workspace.models_dir / tx.registry.artifact_file(ref.artifact_id)
             booster = load_booster(path, ref.sha256)
             loaded = (booster, scorer(booster, width))
             self._boosters[ref.artifact_id] = loaded
@@ -505,7 +517,7 @@ class _DirectScorer:
     """`XGBoosterPredictFromDense` on a C-contiguous float32 matrix (see `scorer`)."""
 
     def __init__(self, booster: Any) -> None:
-        from xgboost import core
+        from xgboost import core  # as in Router.__init__: never at import time
 
         self._booster = booster  # keeps the handle alive
         self._handle = booster.handle
@@ -564,7 +576,7 @@ class _DirectScorer:
 
 def load_booster(path: Any, sha256: str) -> Any:
     """Load a registered artifact after checking its bytes still are the registered ones."""
-    import xgboost
+    import xgboost  # as in Router.__init__: never at import time
 
     try:
         raw = path.read_bytes()

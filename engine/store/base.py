@@ -24,8 +24,10 @@ from engine.store.deployments import DeploymentRepo
 from engine.store.feedback import FeedbackRepo
 from engine.store.history import HistoryRepo
 from engine.store.jobs import JobRepo, RetrainInputRepo
+from engine.store.prediction_log import PredictionLogRepo
 from engine.store.registry import RegistryRepo
 from engine.store.rollups import RollupRepo
+from engine.store.routes import RouteRepo
 
 
 class Tx(Protocol):
@@ -78,6 +80,16 @@ class Tx(Protocol):
     @property
     def retrain_inputs(self) -> RetrainInputRepo:
         """What retraining reads of the other domains (its triggers, its training data)."""
+        ...
+
+    @property
+    def routes(self) -> RouteRepo:
+        """What the router serves on each deployed line."""
+        ...
+
+    @property
+    def predictions(self) -> PredictionLogRepo:
+        """The prediction log: every logged prediction, single or in a batch."""
         ...
 
 

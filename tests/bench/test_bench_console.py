@@ -34,7 +34,8 @@ import pytest
 
 import engine.facade
 from engine import Workspace
-from engine.serving.prediction_log import PredictionLog, count_logged
+from engine.serving.prediction_log import PredictionLog
+from engine.store.sqlite.prediction_log import count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 from tests.bench.test_bench_monitor import CANDIDATE_SHARE, CHUNK, TOLERANCE, _build

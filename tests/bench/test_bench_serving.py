@@ -40,9 +40,11 @@ from engine.core.config import LogSettings
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.serving import router as serving
-from engine.serving.prediction_log import _INSERT, PredictionLog, Record
+from engine.serving.prediction_log import PredictionLog, Record
 from engine.serving.router import Router
+from engine.store.sqlite import prediction_log as sqlite_log
 from engine.store.sqlite.connection import PAGE_SIZE
+from engine.store.sqlite.prediction_log import _INSERT
 from engine.store.sqlite.schema import MIGRATIONS
 from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
@@ -121,7 +123,7 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
     def run() -> float:
         at = time.time_ns() // 1_000_000
         rows = [
-            predlog.row(
+            sqlite_log.row(
                 Record(
                     ids.new_id(at),
                     at,
@@ -151,7 +153,7 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
 
 def test_one_routed_row_vs_bare_inplace_predict(tmp_path: Path) -> None:
     router, log = _setup(tmp_path)
-    unlogged = Router(router.engine)  # the same routes, validation and models; no log
+    unlogged = Router(router.served)  # the same routes, validation and models; no log
     bare = workload.booster(seed=1)
     direct = serving.scorer(workload.booster(seed=1), len(workload.FEATURES))
     data = workload.generate(2048, seed=5)
@@ -220,7 +222,7 @@ def test_one_routed_row_vs_bare_inplace_predict(tmp_path: Path) -> None:
 
 def test_batches_with_logging_rows_per_second(tmp_path: Path) -> None:
     router, log = _setup(tmp_path)
-    unlogged = Router(router.engine)
+    unlogged = Router(router.served)
     bare = workload.booster(seed=1)
     data = workload.generate(BATCH_ROWS * 10, seed=6)
     arrays = [data.x[i : i + BATCH_ROWS] for i in range(0, len(data.x), BATCH_ROWS)]
@@ -372,7 +374,7 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
     assert singles == SIZE_ROWS + KEYED_ROWS
     now_bytes = keyless / SIZE_ROWS
     keyed_bytes = (_table_bytes(conn, "predictions") - keyless) / KEYED_ROWS
-    logged = [r for r in predlog.logged_rows(conn) if len(r.pid) == 32][:singles]
+    logged = [r for r in sqlite_log.logged_rows(conn) if len(r.pid) == 32][:singles]
     old = _layout_0006(tmp_path / "layout-0006.db", logged[:singles])
     old_bytes = _table_bytes(old, "predictions") / singles
 
@@ -405,10 +407,10 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
     while not pruned or pruned[-1].more:
         t0 = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        pruned.append(predlog.prune(conn, settings, later))
+        pruned.append(sqlite_log.prune(conn, settings, later, predlog.PRUNE_CHUNK_ROWS))
         conn.execute("COMMIT")
         steps.append(time.perf_counter() - t0)
-    left = predlog.count_logged(conn)
+    left = sqlite_log.count_logged(conn)
     conn.close()
 
     print(f"\n[bench serving: the log's size] {machine()} · {workload.load_average()}")

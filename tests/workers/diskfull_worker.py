@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from engine import Engine, Workspace
-from engine.serving.prediction_log import PredictionLog, count_logged
+from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
+from engine.store.sqlite.prediction_log import count_logged
 
 ROWS = 400
 

@@ -15,8 +15,10 @@ from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.feedback import SqliteFeedback
 from engine.store.sqlite.history import SqliteHistory
 from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
+from engine.store.sqlite.prediction_log import SqlitePredictionLog
 from engine.store.sqlite.registry import SqliteRegistry
 from engine.store.sqlite.rollups import SqliteRollups
+from engine.store.sqlite.routes import SqliteRoutes
 
 if TYPE_CHECKING:
     from engine.store.sqlite.baselines import SqliteBaselines
@@ -66,3 +68,11 @@ class SqliteTx:
     @cached_property
     def retrain_inputs(self) -> SqliteRetrainInputs:
         return SqliteRetrainInputs(self.conn)
+
+    @cached_property
+    def routes(self) -> SqliteRoutes:
+        return SqliteRoutes(self.conn)
+
+    @cached_property
+    def predictions(self) -> SqlitePredictionLog:
+        return SqlitePredictionLog(self.conn)

@@ -1,0 +1,90 @@
+"""The server's refresh thread: routes re-read off the request path, log counters carried.
+
+The router re-reads the deployment state when a predict call finds its snapshot older than
+`refresh_s`; refreshing here at twice that rate means no request pays for a SQLite query or
+a model load. The same thread carries the prediction log's counters to Prometheus and turns
+rows the writer dropped into an alert (resolved once drops stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from engine.core.errors import BeastError
+from engine.monitoring import report as monitoring
+
+if TYPE_CHECKING:
+    from engine.server.http.api import Api  # the Api starts this thread: a type only
+
+log = logging.getLogger("beast.api")
+
+
+class Refresher:
+    """One server process's refresh thread (started and stopped by its `Api`)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._drop_alert_open = False
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="beast-api-refresh", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        api = self.api
+        warned: str | None = None
+        problems: dict[str, str] = {}
+        reported_drops = 0
+        while not self._stop.wait(api.settings.refresh_s / 2):
+            router, plog = api.router, api.log
+            if router is None or plog is None:
+                return
+            try:
+                router.refresh()
+                warned = api.store_problem = None
+            except BeastError as exc:
+                api.store_problem = str(exc)
+                if str(exc) != warned:  # once per distinct problem, not twice a second
+                    log.warning("cannot refresh the deployed models: %s", exc)
+                    warned = str(exc)
+            except Exception:  # keep refreshing whatever happened once
+                log.exception("route refresh failed")
+            now = router.problems()
+            for line, why in now.items():
+                if problems.get(line) != why:
+                    log.warning("model line %s keeps its last routes: %s", line, why)
+            for line in problems.keys() - now.keys():
+                log.info("model line %s serves its current deployment again", line)
+            problems = now
+            stats = plog.stats()
+            api.metrics.sync_log(stats)
+            reported_drops = self._alert_drops(stats.dropped, reported_drops)
+
+    def _alert_drops(self, dropped: int, reported: int) -> int:
+        """Turn rows this process's writer dropped into an alert (and resolve it after).
+
+        Returns the drop count now reported. A failure to record the alert (the disk that
+        is full for the log is full for alerts too) is retried on the next round.
+        """
+        if dropped == reported and not self._drop_alert_open:
+            return reported
+        try:
+            self.api.call_engine(
+                lambda engine: monitoring.note_log_drops(engine, dropped - reported, dropped)
+            )
+        except BeastError as exc:
+            log.warning("cannot record the dropped-rows alert: %s", exc)
+            return reported
+        self._drop_alert_open = dropped > reported
+        return dropped
