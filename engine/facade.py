@@ -47,6 +47,7 @@ from engine.store.sqlite.tx import SqliteTx
 
 if TYPE_CHECKING:
     from engine.monitoring import feedback as labels
+    from engine.monitoring.report import MonitorReport
     from engine.retrain.jobs import Job
     from engine.retrain.triggers import TriggerReport
 
@@ -202,6 +203,12 @@ class Engine:
         _check_names(model=line)
         with self.store.read() as tx:
             return tx.history.entries(line)
+
+    def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
+        """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
+        from engine.monitoring import report as monitoring  # numpy and scipy: only on this path
+
+        return monitoring.report(self, window=window, model=model)
 
     def experiment(self, name: str) -> Experiment:
         _check_names(test=name)
