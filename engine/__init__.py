@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from engine.core.background import BackgroundThread
 from engine.core.config import Config
 from engine.core.errors import (
     ArtifactRejected,
@@ -43,6 +42,7 @@ from engine.facade import Engine, ModelsReport
 from engine.retrain.jobs import Job
 
 if TYPE_CHECKING:
+    from engine.core.background import BackgroundThread
     from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
     from engine.monitoring.rollups import MinutePoint
 
@@ -76,9 +76,11 @@ __all__ = [
     "escape",
 ]
 
-# The monitoring report's records live beside numpy, which `import engine` must not load (the
-# cold start: `beast status` ≤ 0.4 s): they are imported on first use (PEP 562).
+# What `import engine` must not load (the cold start: `beast status` ≤ 0.4 s) is imported on
+# first use (PEP 562): the monitoring report's records live beside numpy, and the thread helper
+# brings `logging` (10–50 ms on a loaded machine), which `beast status` never needs.
 _LAZY = {
+    "BackgroundThread": "engine.core.background",
     "ExperimentReport": "engine.monitoring.report",
     "MonitorReport": "engine.monitoring.report",
     "VersionReport": "engine.monitoring.report",

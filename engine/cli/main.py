@@ -284,7 +284,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
     """The headless engine: the HTTP API on uvicorn until SIGTERM (engine/server/daemon.py)."""
-    from engine.server import daemon  # the HTTP server's modules: only `beast engine` serves
+    from engine.server import daemon  # logging.config, sockets (~45 ms): `beast engine` only
 
     engine.close()  # the daemon opens its own connections, one per thread that needs one
     options = daemon.EngineOptions(
