@@ -47,7 +47,7 @@ from console.panes import (
 from console.proposals import DeployRequest, Proposal, Refused
 from console.screens import DetailsScreen, HelpScreen
 from console.series import SeriesBook
-from engine.core.errors import BeastError, StateChanged
+from engine import BeastError, StateChanged
 
 MUTATIONS = ("rollback", "promote", "abort", "retrain", "deploy")
 Clock = Callable[[], float]

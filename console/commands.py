@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
@@ -30,10 +30,9 @@ class ConsoleCommands(Provider):
 
     @property
     def console(self) -> BeastConsole:
-        from console.app import BeastConsole
-
-        assert isinstance(self.app, BeastConsole)
-        return self.app
+        # Only BeastConsole lists this provider (its COMMANDS); importing console.app here
+        # would be a cycle, as the app imports this module.
+        return cast("BeastConsole", self.app)
 
     def _available(self) -> list[tuple[str, str, str]]:
         return [c for c in COMMANDS if self.console.action_applies(c[1])]

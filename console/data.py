@@ -9,11 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from console.gateway import Gateway
-from engine.core.errors import BeastError
-from engine.core.records import Deployment, Expect, HistoryEntry, Status
-from engine.facade import ModelsReport
-from engine.monitoring.report import MonitorReport, VersionReport
-from engine.retrain.jobs import Job
+from engine import (
+    BeastError,
+    Deployment,
+    Expect,
+    HistoryEntry,
+    Job,
+    ModelsReport,
+    MonitorReport,
+    Status,
+    VersionReport,
+)
 
 
 @dataclass(frozen=True)

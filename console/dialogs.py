@@ -22,8 +22,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from console import format as fmt
 from console.proposals import DeployRequest, Proposal
-from engine.core.errors import BeastError
-from engine.core.naming import check_name
+from engine import BeastError, check_name
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -5,7 +5,7 @@ terminal that drops colour; the ASCII symbols replace the Unicode ones where the
 may not draw them.
 
 Text from a file name or the store (versions, notes, actors, alert messages, job words,
-feature names) goes on screen through `safe` or `cell`: escaped (`engine.core.text.escape`), so a
+feature names) goes on screen through `safe` or `cell`: escaped (`engine.escape`), so a
 newline or `ESC[2J` shows as `\\n`, `\\x1b[2J`, and as a `Text`, never parsed as Rich markup
 (a `[` in a file name would otherwise be taken for a style, or refused as bad markup).
 """
@@ -17,7 +17,7 @@ from datetime import datetime
 
 from rich.text import Text
 
-from engine.core import text
+from engine import escape
 
 _MARKS = {
     "healthy": ("●", "+", "green"),
@@ -30,12 +30,12 @@ _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow"}
 
 def safe(value: object) -> str:
     """Any value as one printable line (what a stored or file-given text shows as)."""
-    return text.escape(str(value))
+    return escape(str(value))
 
 
 def cell(value: object, style: str = "") -> Text:
     """`safe`, as a Text: a table cell or a line that is never read as markup."""
-    return Text(text.escape(str(value)), style=style)
+    return Text(escape(str(value)), style=style)
 
 
 def mark(health: str, *, ascii_only: bool) -> str:

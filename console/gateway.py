@@ -12,13 +12,20 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from engine import Engine, Workspace
-from engine.core.config import Config
-from engine.core.errors import BeastError
-from engine.core.records import Change, Expect, HistoryEntry, Lineage, Status
-from engine.facade import ModelsReport
-from engine.monitoring.report import MonitorReport
-from engine.retrain.jobs import Job
+from engine import (
+    BeastError,
+    Change,
+    Config,
+    Engine,
+    Expect,
+    HistoryEntry,
+    Job,
+    Lineage,
+    ModelsReport,
+    MonitorReport,
+    Status,
+    Workspace,
+)
 
 T = TypeVar("T")
 

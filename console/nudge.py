@@ -19,7 +19,7 @@ from typing import Self
 
 import watchfiles
 
-from engine.core.background import BackgroundThread
+from engine import BackgroundThread
 
 log = logging.getLogger("beast.console")
 

@@ -14,8 +14,7 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
-from engine.core.config import Config
-from engine.monitoring.report import VersionReport
+from engine import Config, VersionReport
 
 Cells = tuple[Any, ...]
 

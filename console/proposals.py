@@ -14,8 +14,7 @@ from typing import Any
 from console.data import ConsoleData
 from console.format import percent
 from console.gateway import Gateway
-from engine.core.records import Experiment
-from engine.monitoring.report import ExperimentReport
+from engine import Experiment, ExperimentReport
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from console import format as fmt
-from engine.core.records import HistoryEntry, Lineage
-from engine.monitoring.report import VersionReport
+from engine import HistoryEntry, Lineage, VersionReport
 
 
 class HelpScreen(ModalScreen[None]):

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from engine.monitoring.report import VersionReport
-from engine.monitoring.rollups import MinutePoint
+from engine import MinutePoint, VersionReport
 
 METRICS = ("accuracy", "mae", "p95", "errors", "traffic", "drift")
 POINTS = 60

@@ -1,9 +1,21 @@
 """beast-mode's engine: everything that works without a terminal.
 
-The public surface is small: `Engine` (the facade), the records it returns, and the errors it
-raises. This package never imports Textual or the console (a test holds the wall).
+The public surface is `__all__`, and it is small: `Engine` (the facade) and `Workspace`; the
+records the facade returns (deployment state, history, lineage, jobs, the monitoring report)
+and the `Config` it reads; the errors it raises; and the few helpers a front end needs to
+behave as the engine does (`check_name`, the name rule; `escape`, the terminal-safe text
+rule; `BackgroundThread`, the engine's long-running worker thread). The console imports
+nothing else (tests/test_wall.py holds it, as httpx keeps its private modules behind one
+`__all__`); every other module is private and may move. This package never imports Textual
+or the console.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from engine.core.config import Config
 from engine.core.errors import (
     ArtifactRejected,
     BeastError,
@@ -14,22 +26,72 @@ from engine.core.errors import (
     StateChanged,
     StoreError,
 )
-from engine.core.records import Change, Expect, Status
+from engine.core.naming import check_name
+from engine.core.records import (
+    Change,
+    Deployment,
+    Expect,
+    Experiment,
+    HistoryEntry,
+    Lineage,
+    Status,
+)
+from engine.core.text import escape
 from engine.core.workspace import Workspace
-from engine.facade import Engine
+from engine.facade import Engine, ModelsReport
+from engine.retrain.jobs import Job
+
+if TYPE_CHECKING:
+    from engine.core.background import BackgroundThread
+    from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
+    from engine.monitoring.rollups import MinutePoint
 
 __all__ = [
     "ArtifactRejected",
+    "BackgroundThread",
     "BeastError",
     "Change",
+    "Config",
     "ConfigError",
     "Conflict",
+    "Deployment",
     "Engine",
     "Expect",
+    "Experiment",
+    "ExperimentReport",
+    "HistoryEntry",
+    "Job",
+    "Lineage",
+    "MinutePoint",
+    "ModelsReport",
+    "MonitorReport",
     "NotFound",
     "StateBusy",
     "StateChanged",
     "Status",
     "StoreError",
+    "VersionReport",
     "Workspace",
+    "check_name",
+    "escape",
 ]
+
+# What `import engine` must not load (the cold start: `beast status` ≤ 0.4 s) is imported on
+# first use (PEP 562): the monitoring report's records live beside numpy, and the thread helper
+# brings `logging` (10–50 ms on a loaded machine), which `beast status` never needs.
+_LAZY = {
+    "BackgroundThread": "engine.core.background",
+    "ExperimentReport": "engine.monitoring.report",
+    "MonitorReport": "engine.monitoring.report",
+    "VersionReport": "engine.monitoring.report",
+    "MinutePoint": "engine.monitoring.rollups",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value

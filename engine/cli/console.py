@@ -53,7 +53,7 @@ def cmd_console(engine: Engine, args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise BeastError(f"--interval must be a positive number of seconds, not {args.interval:g}")
     if args.demo:  # the demo workspace (built if empty), a live engine and traffic around it
-        from engine.demo import live as demo_live
+        from engine.demo import live as demo_live  # processes, sockets, HTTP: only the demo
 
         # Never the user's own ./.beast-mode: without --workspace the demo lives in ./demo.
         demo = Engine(demo_live.workspace_for(getattr(args, "workspace", None)))
@@ -65,7 +65,7 @@ def cmd_console(engine: Engine, args: argparse.Namespace) -> int:
 
 def _open(engine: Engine, args: argparse.Namespace, keymap: dict[str, str]) -> int:
     engine.close()  # the console opens engines of its own, one per thread
-    from console.run import run_console
+    from console.run import run_console  # the one door to Textual: never at import (the wall)
 
     return run_console(
         engine.workspace,

@@ -14,12 +14,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.cli import console as cli_console
+from engine.cli import mlflow as cli_mlflow
 from engine.cli import render
+from engine.cli import retrain as cli_retrain
+from engine.cli import serving as cli_serving
+from engine.cli import simulate as cli_simulate
 from engine.core import text
 from engine.core.errors import BeastError
 from engine.core.records import Change, Expect
 from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
+from engine.store.sqlite.backup import backup, restore
 
 Handler = Callable[[Engine, argparse.Namespace], int]
 
@@ -76,7 +82,7 @@ def _report(change: Change, args: argparse.Namespace) -> int:
 
 def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
     if args.demo:
-        from engine.demo import workspace as demo
+        from engine.demo import workspace as demo  # numpy and XGBoost: only the demo trains
 
         result = demo.build(engine.workspace)
         if args.json:
@@ -233,8 +239,6 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.store.sqlite.backup import backup
-
     source = engine.workspace.db_path
     dest = backup(source, Path(args.dest).expanduser().absolute())
     if args.json:
@@ -245,8 +249,6 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.store.sqlite.backup import restore
-
     done = restore(engine.workspace, Path(args.backup), force=args.force)
     status, report = engine.status(), engine.doctor()
     if args.json:
@@ -282,7 +284,7 @@ def cmd_doctor(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
     """The headless engine: the HTTP API on uvicorn until SIGTERM (engine/server/daemon.py)."""
-    from engine.server import daemon
+    from engine.server import daemon  # logging.config, sockets (~45 ms): `beast engine` only
 
     engine.close()  # the daemon opens its own connections, one per thread that needs one
     options = daemon.EngineOptions(
@@ -453,22 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_backup_parsers(add)
 
-    from engine.cli import retrain as cli_retrain
-    from engine.cli import serving as cli_serving
-
     cli_serving.add_parsers(add)
     cli_retrain.add_parsers(add)
-
-    from engine.cli import simulate as cli_simulate
-
     cli_simulate.add_parsers(add)
-
-    from engine.cli import mlflow as cli_mlflow
-
     cli_mlflow.add_parsers(add)
-
-    from engine.cli import console as cli_console
-
     cli_console.add_parsers(add)
 
     _add_engine_parser(add)

@@ -13,6 +13,7 @@ import shutil
 import sys
 from typing import Any, TextIO
 
+from engine.cli.render import table
 from engine.core import text
 from engine.facade import Engine
 from engine.retrain.jobs import Job
@@ -33,8 +34,6 @@ def _figure(value: float | str | None) -> str:
 
 
 def render_check(report: TriggerReport) -> str:
-    from engine.cli.render import table
-
     rows = [
         [t.name, _figure(t.figure), _figure(t.threshold), "yes" if t.fires else "no", t.detail]
         for t in report.triggers
@@ -157,8 +156,6 @@ def cmd_jobs(engine: Engine, args: argparse.Namespace) -> int:
     if not found:
         print("no retraining jobs yet")
         return 0
-    from engine.cli.render import table
-
     print(
         table(
             ["ID", "LINE", "STATUS", "PROGRESS", "TRIGGER", "VERSION", "DEPLOYED", "CREATED"],

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli.render import table
 from engine.core import text
 from engine.core.errors import BeastError
 from engine.facade import Engine
@@ -28,17 +29,15 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
 
 
 def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
-    from engine.monitoring import report as monitoring
-
     if args.readonly:
         report = engine.report(window=args.window, model=args.model)
     else:
+        from engine.monitoring import report as monitoring  # numpy: `beast status` never pays it
+
         report = monitoring.evaluate(engine, window=args.window)
     if args.json:
         _print_json(report.to_json())
         return 0
-    from engine.cli.render import table
-
     print(f"health: {report.health}  (window {report.window}, {report.generated_at})")
     if report.versions:
         print(
@@ -135,6 +134,7 @@ def _rows_from_csv(path: Path) -> list[dict[str, float]]:
 
 
 def cmd_predict(engine: Engine, args: argparse.Namespace) -> int:
+    # numpy (and the router's model loading): only `beast predict` pays them, not `beast status`
     from engine.serving.prediction_log import PredictionLog
     from engine.serving.router import Router
 

@@ -18,6 +18,7 @@ from engine.facade import Engine
 
 
 def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
+    # numpy and http.client: only `beast simulate` pays them, not every `beast` command
     from engine.demo import simulate
     from engine.demo import transport as sim_transport
 
@@ -73,7 +74,7 @@ def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _evaluator(engine: Engine) -> Any:
-    from engine.monitoring import report as monitoring
+    from engine.monitoring import report as monitoring  # numpy: only `beast simulate` pays it
 
     def evaluate() -> list[str]:
         found = monitoring.evaluate(engine)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engine.core.config import DEFAULT_CONFIG_TOML
 from engine.core.errors import BeastError, StoreError
+from engine.core.history_export import exported_last_id, exported_rows
 
 DEFAULT_DIRNAME = ".beast-mode"
 ENV_VAR = "BEAST_HOME"
@@ -134,14 +135,12 @@ class Workspace:
 
     def evidence_of_use(self) -> list[str]:
         """What shows this workspace held state (models/ alone does not: files come first)."""
-        from engine.deploy import history
-
         found: list[str] = []
         marker = self.marker()
         if marker is not None:
             found.append(f"{MARKER} {marker[:12]}")
         try:
-            rows = history.exported_rows(self.history_export_path)
+            rows = exported_rows(self.history_export_path)
         except ValueError:
             found.append(f"{self.history_export_path} (unreadable)")
         else:
@@ -187,10 +186,8 @@ class Workspace:
             self.write_marker(db_id)
 
     def _check_not_behind_export(self, db_last_change: int) -> None:
-        from engine.deploy import history
-
         try:
-            exported = history.exported_last_id(self.history_export_path)
+            exported = exported_last_id(self.history_export_path)
         except (OSError, ValueError):
             return  # an unreadable export is `beast doctor`'s warning, not a lost database
         if exported is not None and exported > db_last_change:

@@ -31,6 +31,7 @@ Logs of both children go to `<workspace>/logs/demo-engine.log` and `demo-simulat
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import os
 import signal
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from engine.core.errors import BeastError
 from engine.core.workspace import ENV_VAR, Workspace
+from engine.facade import Engine
 
 DEFAULT_DEMO_DIR = "demo/.beast-mode"  # the Makefile's `demo` target uses it too
 EVALUATE_EVERY_S = 5.0
@@ -85,8 +87,6 @@ def needs_build(workspace: Workspace) -> bool:
     """True when the workspace has no database or nothing deployed yet."""
     if not workspace.db_path.is_file():
         return True
-    from engine.facade import Engine
-
     engine = Engine(workspace)
     try:
         return not engine.status().deployments
@@ -241,8 +241,6 @@ def _die_with_parent() -> bool:
     """Ask Linux for SIGTERM when the parent thread dies; False where prctl is missing."""
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)) == 0

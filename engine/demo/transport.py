@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from engine.core.errors import BeastError
 from engine.facade import Engine
+from engine.serving.prediction_log import PredictionLog
+from engine.serving.router import Router
 
 Row = dict[str, float]
 REQUEST_TIMEOUT_S = 30.0
@@ -52,9 +54,6 @@ class InProcess:
     """The router and prediction log of this process, on the workspace's database."""
 
     def __init__(self, engine: Engine) -> None:
-        from engine.serving.prediction_log import PredictionLog
-        from engine.serving.router import Router
-
         self.engine = engine
         tolerance = engine.config.thresholds.tolerance_points
         self.log = PredictionLog(engine.workspace.db_path, tolerance=tolerance).start()

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import xgboost as xgb
+
+from engine.core.errors import Conflict
 from engine.core.workspace import Workspace
+from engine.demo import sample_data
 from engine.facade import Engine
+from engine.monitoring import baselines
 
 LINE = "quality-predictor"
 DEMO_ROWS = 6000
@@ -39,10 +45,6 @@ def train_versions(
     ws: Workspace, rows: int = DEMO_ROWS, seed: int = 7
 ) -> tuple[Path, tuple[Path, ...]]:
     """Generate the demo data and train the three versions into models/ (atomic writes)."""
-    import xgboost as xgb
-
-    from engine.demo import sample_data
-
     samples = sample_data.generate(rows, seed=seed)
     data = sample_data.write_csv(ws.data_dir / "demo-samples.csv", samples)
     names = list(sample_data.FEATURES)
@@ -72,11 +74,6 @@ def train_versions(
 def _write_lineage(model: Path, booster: Any, samples: Any, cut: int, names: list[str]) -> None:
     """The sidecar registration reads: drift reference (training rows and scores) and the
     validation accuracy (within ±5 points) and MAE that model drift is measured against."""
-    import numpy as np
-    import xgboost as xgb
-
-    from engine.monitoring import baselines
-
     train_scores = booster.inplace_predict(samples.features[:cut])
     valid = booster.predict(xgb.DMatrix(samples.features[cut:], feature_names=names))
     errors = np.abs(valid - samples.scores[cut:])
@@ -116,6 +113,4 @@ def build(ws: Workspace) -> DemoResult:
 
 
 def raise_existing(ws: Workspace) -> None:
-    from engine.core.errors import Conflict
-
     raise Conflict(f"{ws.root} already has deployments; use an empty directory for the demo")

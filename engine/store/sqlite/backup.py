@@ -36,6 +36,7 @@ from typing import Any
 
 from engine.core.engine_lock import EngineLock, running_pid
 from engine.core.errors import BeastError, StoreError
+from engine.core.history_export import exported_rows
 from engine.core.workspace import MARKER, Workspace
 from engine.deploy import history
 from engine.store.sqlite.connection import (
@@ -338,7 +339,7 @@ def _checkpoint(db: Path) -> None:
 def _keep_history(path: Path, restored: str) -> tuple[Path | None, int]:
     """Keep history.json aside when it holds rows the restored history does not start with."""
     try:
-        held = history.exported_rows(path)
+        held = exported_rows(path)
     except ValueError:
         return history.set_aside(path, "before-restore"), 0
     rows = json.loads(restored)
