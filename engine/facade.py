@@ -8,11 +8,11 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine.core import history_export as history
 from engine.core import text
 from engine.core.config import Config, load_config
 from engine.core.engine_lock import running_pid
@@ -30,7 +30,7 @@ from engine.core.records import (
     VersionRef,
 )
 from engine.core.workspace import Workspace, WorkspaceLost
-from engine.deploy import history, invariants
+from engine.deploy import invariants
 from engine.deploy import service as deploy_service
 from engine.monitoring import feedback as labels
 from engine.registry import artifacts
@@ -38,7 +38,6 @@ from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
 from engine.store.base import Tx
 from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
@@ -447,15 +446,6 @@ class Engine:
                 return tx.history.export_text()
 
         history.write_export(self.workspace.history_export_path, read)
-
-    # Transitional (issue 13): the conn readers above, until their callers use repositories.
-    @staticmethod
-    def _state(conn: sqlite3.Connection, line: str) -> LineState | None:
-        return SqliteDeployments(conn).state(line)
-
-    @staticmethod
-    def _experiments(conn: sqlite3.Connection) -> list[Experiment]:
-        return SqliteDeployments(conn).experiments()
 
 
 def _check_entry(note: str | None, expect: Expect | None, **names: str | None) -> None:

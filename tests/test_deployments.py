@@ -324,7 +324,7 @@ def test_export_failure_after_commit_warns_and_keeps_the_change(
     def no_space(path: Path, text: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr("engine.deploy.history.atomic_write", no_space)
+    monkeypatch.setattr("engine.core.history_export.atomic_write", no_space)
     change = engine.deploy(version="v2.0")
     assert "doctor --repair" in change.message
     assert production(engine) == "v2.0"

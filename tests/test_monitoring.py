@@ -13,7 +13,6 @@ from engine.core import ids
 from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
-from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import beast
@@ -38,7 +37,7 @@ def feed(
 
     Their features are zeros, or the float32 `rows` (n of them) when given."""
     with engine.store.read_sql() as conn:
-        version_id = registry.get_version(conn, LINE, version).id
+        version_id = SqliteTx(conn).registry.get_version(LINE, version).id
     at_ms = int((time.time() - minutes_ago * 60) * 1000)
     log = PredictionLog(engine.workspace.db_path, tolerance=5.0)
     log.store.migrate()
@@ -118,7 +117,7 @@ def test_latency_above_max_warns(deployed: Engine) -> None:
 
 def test_model_drift_against_the_baseline(deployed: Engine) -> None:
     with deployed.store.write_sql() as conn:
-        artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
+        artifact_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").artifact_id
         baselines.store(
             SqliteTx(conn), artifact_id, "training", reference=None, accuracy=0.95, mae=None
         )
@@ -136,7 +135,7 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
     training = rng.normal(size=(5000, 5))
     reference = baselines.VersionReference.build(training, rng.normal(50, 5, 5000), names)
     with deployed.store.write_sql() as conn:
-        artifact_id = registry.get_version(conn, LINE, "v1.0").artifact_id
+        artifact_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").artifact_id
         baselines.store(
             SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
         )

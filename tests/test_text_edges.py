@@ -464,7 +464,6 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
 
     from engine.monitoring import baselines
     from engine.monitoring import report as monitoring
-    from engine.registry import catalog as registry
     from tests.test_monitoring import LINE, feed
 
     engine.deploy(version="v1.0")
@@ -475,7 +474,7 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
         rng.normal(size=(5000, 5)), rng.normal(50, 5, 5000), names
     )
     with engine.store.write_sql() as conn:
-        artifact_id = registry.get_version(conn, LINE, "v2.0").artifact_id
+        artifact_id = SqliteTx(conn).registry.get_version(LINE, "v2.0").artifact_id
         baselines.store(
             SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
         )

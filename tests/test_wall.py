@@ -155,6 +155,36 @@ def test_nothing_below_the_facade_imports_it() -> None:
     )
 
 
+# What each layer may import of the engine (ARCHITECTURE.md): core nothing but core; the store
+# core and itself; a domain core, the store and the other domains — never the facade or a door.
+LAYERS = {
+    "engine.core": ("engine.core",),
+    "engine.store": ("engine.core", "engine.store"),
+}
+DOMAINS = ("registry", "deploy", "serving", "monitoring", "retrain")
+for _domain in DOMAINS:
+    LAYERS[f"engine.{_domain}"] = (
+        "engine.core",
+        "engine.store",
+        *(f"engine.{other}" for other in DOMAINS),
+    )
+
+
+def test_the_layers_import_only_downwards() -> None:
+    offenders = []
+    for _rel, path in engine_files():
+        name = module_name(path)
+        layer = next((k for k in LAYERS if name == k or name.startswith(k + ".")), None)
+        if layer is None:
+            continue
+        for imp in imports(path):
+            if imp.root != "engine":
+                continue
+            if not imp.module.startswith(LAYERS[layer]):
+                offenders.append(f"{imp.where} ({layer}) imports {imp.module}")
+    assert not offenders, "an import points up or into a door:" + _listing(offenders)
+
+
 def _graph() -> dict[str, dict[str, str]]:
     """module → {module it imports: where}, among engine modules, function-level included.
 

@@ -20,8 +20,8 @@ import pytest
 from engine import Engine, Workspace
 from engine.core.engine_lock import EngineLock
 from engine.core.errors import BeastError
+from engine.core.history_export import ExportRefused, write_export
 from engine.core.workspace import WorkspaceLost
-from engine.deploy.history import ExportRefused, write_export
 from engine.serving.prediction_log import PredictionLog
 from engine.store.sqlite.backup import backup
 from engine.store.sqlite.connection import SqliteStore

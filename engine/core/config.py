@@ -101,6 +101,10 @@ labelled_retention_days = 90
 loss_alert_minutes = 10
 """
 
+# The seed's column names in data files: the label to learn and the time of each row.
+DEFAULT_LABEL = "score"
+DEFAULT_TIME = "observed_at"
+
 
 @dataclass(frozen=True)
 class Thresholds:

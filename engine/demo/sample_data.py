@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.config import DEFAULT_LABEL, DEFAULT_TIME
+
 FEATURES: tuple[str, ...] = (
     "test_coverage",  # fraction of lines covered by tests, 0–1
     "cyclomatic_complexity",  # mean per function, 1–40
@@ -33,8 +35,8 @@ FEATURES: tuple[str, ...] = (
     "test_to_code_ratio",  # test lines / code lines, 0–3
 )
 NOISE_POINTS = 3.0
-LABEL = "score"
-TIME = "observed_at"
+LABEL = DEFAULT_LABEL
+TIME = DEFAULT_TIME
 
 
 @dataclass(frozen=True)

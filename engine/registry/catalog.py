@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from engine.core import text
 from engine.core.clock import utc_now
@@ -15,10 +14,6 @@ from engine.core.naming import check_name, split_filename
 from engine.core.records import Artifact, LineSchema, VersionRef
 from engine.registry import artifacts
 from engine.store.base import Tx
-from engine.store.sqlite.registry import SqliteRegistry
-
-if TYPE_CHECKING:
-    import sqlite3
 
 
 @dataclass(frozen=True)
@@ -26,25 +21,6 @@ class Registration:
     artifact: Artifact
     version: VersionRef | None
     new: bool
-
-
-# Transitional (issue 13): conn-taking readers for the callers not yet behind
-# engine.store.base.Tx (serving, monitoring, retrain, the facade's lines_in: other helpers
-# convert them), removed once they are.
-def line_names(conn: sqlite3.Connection) -> list[str]:
-    return SqliteRegistry(conn).line_names()
-
-
-def get_version(conn: sqlite3.Connection, line: str, name: str) -> VersionRef:
-    return SqliteRegistry(conn).get_version(line, name)
-
-
-def version_by_id(conn: sqlite3.Connection, version_id: int) -> VersionRef:
-    return SqliteRegistry(conn).version_by_id(version_id)
-
-
-def artifact_path(conn: sqlite3.Connection, models_dir: Path, artifact_id: int) -> Path:
-    return models_dir / SqliteRegistry(conn).artifact_file(artifact_id)
 
 
 def located(artifact: Artifact, models_dir: Path) -> Artifact:

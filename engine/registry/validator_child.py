@@ -50,7 +50,7 @@ def _parse(raw: bytes, fmt: str) -> dict[str, Any]:
         except RecursionError:
             raise Invalid("not an XGBoost model (JSON nested too deeply)") from None
     else:
-        from engine.registry import ubjson
+        from engine.registry import ubjson  # only for UBJSON files
 
         try:
             doc = ubjson.loads(raw)
@@ -242,7 +242,7 @@ def _installed_xgboost_version() -> str:
             return (Path(location) / "VERSION").read_text(encoding="ascii").strip()
         except (OSError, UnicodeDecodeError):
             continue
-    import xgboost
+    import xgboost  # last resort, ~2 s: the VERSION files above answer without it
 
     return str(xgboost.__version__)
 
@@ -279,6 +279,7 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
             "upgrade xgboost to load it"
         )
 
+    # The checks above refuse most bad files before the child pays ~2 s for these.
     import numpy as np
     import xgboost
 

@@ -110,7 +110,7 @@ def prepare_store(workspace: Workspace, config: Config) -> None:
 
 def _import_mlflow() -> Any:
     try:
-        import mlflow
+        import mlflow  # an optional extra, ~2 s to import: only when tracking is configured
     except ImportError as exc:
         raise BeastError(f"mlflow is installed but cannot be imported: {_one_line(exc)}") from exc
     return mlflow
@@ -193,7 +193,7 @@ def _lineage_tags(path: Path | None) -> dict[str, str]:
 
 
 def _experiment_id(client: Any, name: str, location: str | None) -> str:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # optional extra (see _import_mlflow)
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -218,7 +218,7 @@ def _log_values(
     params: Mapping[str, str | int | float],
     metrics: Mapping[str, float],
 ) -> None:
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric, Param  # optional extra (see _import_mlflow)
 
     now_ms = int(time.time() * 1000)
     param_list = [Param(key, str(value)) for key, value in params.items()]

@@ -43,18 +43,22 @@ import signal
 import socket
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from engine.core import text
 from engine.core.background import BackgroundThread, Trouble
-from engine.core.config import HOST_PATTERN
+from engine.core.config import HOST_PATTERN, load_config
 from engine.core.engine_lock import EngineLock
 from engine.core.errors import BeastError
 from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
-
-if TYPE_CHECKING:
-    from engine.server.http.app import ApiSettings
+from engine.monitoring import report as monitoring
+from engine.server.http import token as http_token
+from engine.server.http.settings import ApiSettings
+from engine.server.watcher import ModelWatcher, WatchOptions
 
 log = logging.getLogger("beast.engine")
 
@@ -221,8 +225,6 @@ class Evaluator(_Periodic):
 
     def tick(self, engine: Engine) -> None:
         """One evaluation: a log line per action it took."""
-        from engine.monitoring import report as monitoring
-
         for action in monitoring.evaluate(engine).actions:
             log.warning("monitoring: %s", action)
 
@@ -257,8 +259,6 @@ class Background:
     """The daemon's threads beside the HTTP server: evaluation, watcher, retrain scheduler."""
 
     def __init__(self, workspace: Workspace, options: EngineOptions) -> None:
-        from engine.server.watcher import ModelWatcher, WatchOptions
-
         self.evaluator = Evaluator(workspace, options.evaluate_every_s)
         self.scheduler = Scheduler(workspace, options.retrain_check_every_s)
         self.watcher = (
@@ -348,8 +348,6 @@ def _check(options: EngineOptions) -> None:
 
 def _token(workspace: Workspace, exposed: bool, host: str) -> tuple[str, bool]:
     """The API token and whether it was created now; refused beyond loopback without one."""
-    from engine.server.http import token as http_token
-
     if not exposed:
         return http_token.ensure_token(workspace)
     token = http_token.configured_token(workspace)
@@ -369,9 +367,6 @@ def api_settings(workspace: Workspace, options: EngineOptions) -> ApiSettings:
     mutations on it. The address the engine listens on is a Host it serves, as are the
     loopback names (engine.server.http.guard) and `[api] allowed_hosts` / `--allowed-host`.
     """
-    from engine.core.config import load_config
-    from engine.server.http import app as http_api
-
     api = load_config(workspace.config_path).api
     exposed = not is_loopback(options.host)
     everywhere = api.require_token == "always" or (api.require_token == "auto" and exposed)
@@ -384,13 +379,11 @@ def api_settings(workspace: Workspace, options: EngineOptions) -> ApiSettings:
         )
     bound = f"[{options.host}]" if ":" in options.host else options.host
     hosts = tuple(dict.fromkeys((bound, *api.allowed_hosts, *options.allowed_hosts)))
-    return http_api.ApiSettings(token_everywhere=everywhere, allowed_hosts=hosts)
+    return ApiSettings(token_everywhere=everywhere, allowed_hosts=hosts)
 
 
 def serve(workspace: Workspace, options: EngineOptions) -> int:
     """Run the engine until SIGTERM/SIGINT; 0 after a clean shutdown, 1 if it never started."""
-    from engine.server.http import token as http_token
-
     _check(options)
     configure_process()
     _preflight(workspace)
@@ -458,8 +451,8 @@ def _run_one(
     background: Background,
 ) -> None:
     """One process: the app object is built here, so a refusal at startup is one line."""
-    import uvicorn
-
+    # prometheus_client picks its value class when imported, from PROMETHEUS_MULTIPROC_DIR:
+    # the app (which imports it) is loaded once that is settled, here and in _run_workers.
     from engine.server.http import app as http_api
 
     with _StopSignals() as signals:
@@ -493,9 +486,7 @@ def _run_workers(
     background: Background,
 ) -> None:
     """N processes sharing the socket (uvicorn's supervisor); Prometheus in multiprocess mode."""
-    import uvicorn
-    from uvicorn.supervisors import Multiprocess
-
+    # After PROMETHEUS_MULTIPROC_DIR is known (see _run_one): prometheus_client reads it once.
     from engine.server import prometheus as prom
     from engine.server.http import app as http_api
 

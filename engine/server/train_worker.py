@@ -269,7 +269,7 @@ def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
 
 
 def _predict(model_path: Path, x: np.ndarray) -> np.ndarray:
-    import xgboost as xgb
+    import xgboost as xgb  # ~2 s to import (measured): only a job that gets this far pays it
 
     booster = xgb.Booster(params={"nthread": retrain.THREADS}, model_file=str(model_path))
     out: np.ndarray = booster.inplace_predict(x, validate_features=False)

@@ -233,7 +233,7 @@ class PredictionLog:
     def compact(self) -> int:
         """Compact old rollup minutes into hours now (the writer does it once a minute)."""
         try:
-            with self.store.read() as tx:
+            with self.store.peek() as tx:  # no transaction: the writer's are its flushes
                 if not metrics.compactable(tx, now_ms() // 60_000):
                     return 0
             with self.store.write() as tx:

@@ -106,6 +106,10 @@ class Store(Protocol):
         """One write transaction: all of it commits, or none of it."""
         ...
 
+    def peek(self) -> AbstractContextManager[Tx]:
+        """Repositories outside a transaction: each read is its own snapshot (a lone cheap read)."""
+        ...
+
     def close(self) -> None:
         """Release the connection (a later call opens a new one)."""
         ...

@@ -39,7 +39,6 @@ from engine import Engine
 from engine.core import ids
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
-from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
@@ -62,8 +61,8 @@ def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
     """Log PREDICTIONS rows over the last 24 h and label a share; (rows, log s, label s)."""
     with engine.store.read_sql() as conn:
         version_ids = {
-            "production": registry.get_version(conn, workload.LINE, "v1.0").id,
-            "candidate": registry.get_version(conn, workload.LINE, "v2.0").id,
+            "production": SqliteTx(conn).registry.get_version(workload.LINE, "v1.0").id,
+            "candidate": SqliteTx(conn).registry.get_version(workload.LINE, "v2.0").id,
         }
     pool = workload.generate(POOL, seed=21)
     blobs = [row.tobytes() for row in pool.x]

@@ -16,7 +16,6 @@ from engine import Engine, Workspace
 from engine.core import ids
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
-from engine.registry import catalog as registry
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
 from tests.serving_helpers import db
@@ -65,7 +64,7 @@ def _traffic(ws: Workspace) -> None:
     engine = Engine(ws)
     try:
         with engine.store.read_sql() as conn:
-            vid = {v: registry.get_version(conn, LINE, v).id for v in ("v2.0", "v3.0")}
+            vid = {v: SqliteTx(conn).registry.get_version(LINE, v).id for v in ("v2.0", "v3.0")}
     finally:
         engine.close()
     log = PredictionLog(ws.db_path, tolerance=5.0)

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.core import history_export as history
 from engine.core.engine_lock import EngineLock, running_pid
 from engine.core.errors import BeastError, StoreError
 from engine.core.history_export import exported_rows
 from engine.core.workspace import MARKER, Workspace
-from engine.deploy import history
 from engine.store.sqlite.connection import (
     IDENTITY_MIGRATION,
     SQLITE_HEADER,

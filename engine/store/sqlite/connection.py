@@ -349,6 +349,18 @@ class SqliteStore:
         with self.read_sql() as conn:
             yield SqliteTx(conn)
 
+    @contextmanager
+    def peek(self) -> Iterator[SqliteTx]:
+        """Repositories outside any transaction: each statement is its own snapshot (autocommit).
+
+        For a lone cheap read that must not open a transaction of its own (the log writer's
+        connection asks whether there is anything to compact: its transactions are its flushes).
+        """
+        try:
+            yield SqliteTx(self.conn)
+        except sqlite3.Error as exc:
+            raise translate(exc, self.path, self.busy_s) from None
+
     @staticmethod
     def _rollback_quietly(conn: sqlite3.Connection) -> None:
         # On disk full SQLite has already rolled back; a second ROLLBACK must not raise.

@@ -15,13 +15,13 @@ from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.feedback import SqliteFeedback
 from engine.store.sqlite.history import SqliteHistory
 from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
-from engine.store.sqlite.prediction_log import SqlitePredictionLog
 from engine.store.sqlite.registry import SqliteRegistry
 from engine.store.sqlite.rollups import SqliteRollups
 from engine.store.sqlite.routes import SqliteRoutes
 
 if TYPE_CHECKING:
     from engine.store.sqlite.baselines import SqliteBaselines
+    from engine.store.sqlite.prediction_log import SqlitePredictionLog
 
 
 class SqliteTx:
@@ -75,4 +75,7 @@ class SqliteTx:
 
     @cached_property
     def predictions(self) -> SqlitePredictionLog:
+        # numpy (the batch blobs): imported on first use, not with the store (`beast status`)
+        from engine.store.sqlite.prediction_log import SqlitePredictionLog
+
         return SqlitePredictionLog(self.conn)
