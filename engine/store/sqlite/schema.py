@@ -3,7 +3,7 @@
 Each entry is (name, SQL). Names are numbered so that order is visible in the file that records
 them (`_sqlite_migrations`). Never edit a released migration: add the next number. (So the
 module names in a migration's comments are those of the release that wrote it: `engine.jobs`
-is engine/retrain/jobs.py since the layers got their packages.)
+is now engine/retrain/jobs.py for the rules and engine/store/sqlite/jobs.py for the SQL.)
 
 Invariants (DESIGN.md §5) that SQLite can enforce live here:
 - one row of `line_state` per model line holds the production version NOT NULL and at most one
