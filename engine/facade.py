@@ -36,8 +36,8 @@ from engine.monitoring import feedback as labels
 from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
-from engine.store.base import Tx
-from engine.store.sqlite.connection import SqliteStore
+from engine.store.base import Store, Tx
+from engine.store.opening import open_store
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Engine:
         self.workspace = workspace
         self.actor = actor or current_actor()
         self._config: Config | None = None
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
 
     @property
     def actor(self) -> str:
@@ -94,11 +94,11 @@ class Engine:
         return self._config
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         if self._store is None:
             self.workspace.require()
             self.config  # noqa: B018 - a bad config.toml is refused by every command
-            store = SqliteStore(self.workspace.db_path)
+            store = open_store(self.workspace.db_path)
             store.migrate()
             self._store = store
         return self._store

@@ -49,8 +49,8 @@ from engine.monitoring import baselines
 from engine.registry import artifacts
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
-from engine.store.base import Tx
-from engine.store.sqlite.connection import SqliteStore
+from engine.store.base import Store, Tx
+from engine.store.opening import open_store
 
 FAULT_ENV = "BEAST_TEST_TRAINER_FAULT"
 ACTOR = "beast-retrain"
@@ -99,7 +99,7 @@ class Watchdog(threading.Thread):
         self.finishing = threading.Event()
 
     def run(self) -> None:
-        store = SqliteStore(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
+        store = open_store(self.ws.db_path, busy_timeout_s=self.tick)  # its own: never shared
         wait = self.tick
         while not self.halt.wait(wait):
             wait = self.tick
@@ -120,7 +120,7 @@ class Watchdog(threading.Thread):
             workers.kill_group(os.getpgid(0), self.job_id, self.ws.root)
             _kill_own_group()  # failed by a reaper: stop spending the CPU
 
-    def _time_out(self, store: SqliteStore) -> None:
+    def _time_out(self, store: Store) -> None:
         """Fail the job, remove its files and kill its group, this process included. A busy
         store does not hold the kill back: a reaper records the timeout once the lock is free
         (`workers.reap` names it so)."""
@@ -156,7 +156,7 @@ class RunningJob:
         self, engine: Engine, job_id: int, line: str, *, deadline: float = math.inf
     ) -> None:
         self.engine, self.id, self.line, self.deadline = engine, job_id, line, deadline
-        self._notes: SqliteStore | None = None
+        self._notes: Store | None = None
         self._lines: list[tuple[str, str]] = []  # (UTC time, line) not in the store yet
         self._progress: tuple[float, str] | None = None
         self._busy: tuple[str, str] | None = None  # the note of a write being retried
@@ -169,7 +169,7 @@ class RunningJob:
         self._lines.append((utc_now(), text))
         if self._notes is None:
             busy_s = min(NOTE_BUSY_S, self.engine.store.busy_s)
-            self._notes = SqliteStore(self.engine.workspace.db_path, busy_timeout_s=busy_s)
+            self._notes = open_store(self.engine.workspace.db_path, busy_timeout_s=busy_s)
         with contextlib.suppress(StateBusy):  # kept for the next write that gets the lock
             self._write(self._notes, _nothing)
 
@@ -198,7 +198,7 @@ class RunningJob:
             self._busy = None
         return result
 
-    def _write(self, store: SqliteStore, change: Callable[[Tx], T]) -> T:
+    def _write(self, store: Store, change: Callable[[Tx], T]) -> T:
         lines = [*self._lines, *([self._busy] if self._busy is not None else [])]
         with store.write() as tx:
             if self._progress is not None:

@@ -53,9 +53,8 @@ from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.serving import latency
-from engine.store.base import Tx
-from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.log_store import LogStore
+from engine.store.base import Store, Tx
+from engine.store.opening import open_log_store
 
 log = logging.getLogger("beast.predlog")
 
@@ -113,7 +112,7 @@ class PredictionLog:
         max_queue: int = 500_000,
         settings: LogSettings | None = None,
     ) -> None:
-        self.store: SqliteStore = LogStore(db_path)
+        self.store: Store = open_log_store(db_path)
         self.settings = _workspace_settings(db_path) if settings is None else settings
         self.tolerance = tolerance
         self.interval = interval

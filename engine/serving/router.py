@@ -42,7 +42,7 @@ from engine.registry import artifacts
 from engine.serving import features
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.base import Store, Tx
-from engine.store.sqlite.connection import SqliteStore
+from engine.store.opening import open_store
 
 FeatureInput = Mapping[str, Any] | Sequence[Any]
 MAX_KEY_CHARS = text.MAX_KEY_CHARS  # as the HTTP API's limit
@@ -178,7 +178,7 @@ class Router:
         served.store.migrate()  # routes are read from the current schema
         # Its own connection: the change counter is per connection, and serving threads
         # never wait on the facade's.
-        self._store: Store = SqliteStore(served.workspace.db_path)
+        self._store: Store = open_store(served.workspace.db_path)
         self._routes: dict[str, Route] = {}
         self._broken: dict[str, str] = {}  # line -> why its deployment could not be loaded
         self._boosters: dict[int, tuple[Any, Callable[[np.ndarray], np.ndarray]]] = {}

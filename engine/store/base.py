@@ -98,6 +98,11 @@ class Store(Protocol):
 
     busy_s: float  # how long a transaction waits for another writer before StateBusy
 
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages: a file's path (a URL without its password)."""
+        ...
+
     def read(self) -> AbstractContextManager[Tx]:
         """A short read transaction: one consistent snapshot."""
         ...
@@ -120,6 +125,15 @@ class Store(Protocol):
 
     def integrity_errors(self) -> list[str]:
         """What the database's own integrity checks find, as readable lines ([] when sound)."""
+        ...
+
+    def integrity_check(self) -> list[str]:
+        """What the database finds damaged in its own storage ([] when whole): doctor's first
+        question, asked before any other read (on a damaged store they would read garbage)."""
+        ...
+
+    def foreign_key_errors(self) -> list[str]:
+        """Rows whose references point nowhere, as readable lines ([] when none)."""
         ...
 
     def file_problem(self) -> str | None:

@@ -27,7 +27,8 @@ from engine.server.http.settings import ApiSettings
 from engine.server.http.token import token_path
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
-from engine.store.sqlite.connection import SqliteStore
+from engine.store.base import Store
+from engine.store.opening import open_store
 
 log = logging.getLogger("beast.api")
 
@@ -63,7 +64,7 @@ class Api:
         self._engine_lock = threading.Lock()
         # Feedback writes use their own connection, so a slow status never delays them.
         self.feedback_lock = threading.Lock()
-        self._feedback_store: SqliteStore | None = None
+        self._feedback_store: Store | None = None
         self._refresher: Refresher | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -93,7 +94,7 @@ class Api:
             engine.close()
             raise
         self.engine, self.log, self.router = engine, plog, router
-        self._feedback_store = SqliteStore(self.workspace.db_path)
+        self._feedback_store = open_store(self.workspace.db_path)
         self._refresher = Refresher(self)
         self._refresher.start()
         routes = ", ".join(
@@ -130,7 +131,7 @@ class Api:
             raise ApiError(503, STARTING)
         return self.router
 
-    def feedback_store(self) -> SqliteStore:
+    def feedback_store(self) -> Store:
         """The feedback writers' own store (503 while the engine starts or stops)."""
         if self._feedback_store is None:
             raise ApiError(503, STARTING)

@@ -255,6 +255,10 @@ class SqliteStore:
             return  # check_header names it
         self.workspace.refuse_if_used(what)
 
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
     def file_problem(self) -> str | None:
         """Why the file at `path` is no longer the database this store has open, or None.
 
