@@ -33,13 +33,13 @@ from engine.core.records import (
     Expect,
     Experiment,
     HistoryEntry,
+    Job,
     Lineage,
     Status,
 )
 from engine.core.text import escape
 from engine.core.workspace import Workspace
 from engine.facade import Engine, ModelsReport
-from engine.retrain.jobs import Job
 
 if TYPE_CHECKING:
     from engine.core.background import BackgroundThread

@@ -30,9 +30,7 @@ from engine.core.records import (
     VersionRef,
 )
 from engine.core.workspace import Workspace, WorkspaceLost
-from engine.deploy import invariants
 from engine.deploy import service as deploy_service
-from engine.monitoring import feedback as labels
 from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
@@ -41,6 +39,7 @@ from engine.store.opening import open_store
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
+    from engine.monitoring import feedback as labels
     from engine.monitoring.report import Monitoring, MonitorReport
     from engine.retrain.jobs import Job
     from engine.retrain.service import RetrainService
@@ -153,6 +152,8 @@ class Engine:
             return damaged
         if repair:
             self.export_history()
+        from engine.deploy import invariants  # only `beast doctor` pays for its checks
+
         with store.read() as tx:
             report = invariants.check(tx, self.workspace)
         broken = tuple(f"database integrity: {p}" for p in store.foreign_key_errors())
@@ -193,6 +194,9 @@ class Engine:
     def feedback(self, prediction_id: str, actual: object) -> str:
         """Attach the actual value to a prediction: recorded, duplicate or pending (or refuse)."""
         text.check("prediction id", prediction_id, limit=text.MAX_ID_CHARS)
+        # Its module and the repositories it reads: only a process that takes feedback pays.
+        from engine.monitoring import feedback as labels
+
         return labels.record(
             self.store,
             prediction_id,
@@ -203,6 +207,8 @@ class Engine:
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
+        from engine.monitoring import feedback as labels  # as in `feedback`
+
         return labels.record_many(
             self.store,
             items,

@@ -14,7 +14,6 @@ from typing import Any
 
 from engine.core.errors import BeastError
 from engine.facade import Engine
-from engine.retrain import mlflow_tracking
 
 _MAX_PORT = 65535
 
@@ -23,6 +22,9 @@ def cmd_mlflow(engine: Engine, args: argparse.Namespace) -> int:
     """Exec the MLflow UI; it runs until interrupted, like `mlflow ui` itself."""
     if not 1 <= args.port <= _MAX_PORT:
         raise BeastError(f"--port {args.port} is not a TCP port (1–{_MAX_PORT})")
+    # Not at the top: the parser is built by every command, `beast status` included.
+    from engine.retrain import mlflow_tracking
+
     command = mlflow_tracking.ui_command(engine.workspace, engine.config, args.host, args.port)
     mlflow_tracking.prepare_store(engine.workspace, engine.config)
     store = mlflow_tracking.tracking_uri(engine.workspace, engine.config.mlflow)

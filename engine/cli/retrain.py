@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.cli.render import table
 from engine.core import text
+from engine.core.records import Job
 from engine.facade import Engine
-from engine.retrain.jobs import Job
-from engine.retrain.triggers import TriggerReport
+
+if TYPE_CHECKING:
+    from engine.retrain.triggers import TriggerReport
 
 BAR_WIDTH = 24
 WAIT_MARGIN_S = 30.0

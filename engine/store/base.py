@@ -16,18 +16,21 @@ engine's own errors (`StateBusy`, `StoreError`), never as a driver's.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from engine.store.alerts import AlertRepo
-from engine.store.baselines import BaselineRepo
-from engine.store.deployments import DeploymentRepo
-from engine.store.feedback import FeedbackRepo
-from engine.store.history import HistoryRepo
-from engine.store.jobs import JobRepo, RetrainInputRepo
-from engine.store.prediction_log import PredictionLogRepo
-from engine.store.registry import RegistryRepo
-from engine.store.rollups import RollupRepo
-from engine.store.routes import RouteRepo
+# Annotations only: the repositories' modules load with their backend's, not with every
+# `beast` command (the cold start of `beast status`).
+if TYPE_CHECKING:
+    from engine.store.alerts import AlertRepo
+    from engine.store.baselines import BaselineRepo
+    from engine.store.deployments import DeploymentRepo
+    from engine.store.feedback import FeedbackRepo
+    from engine.store.history import HistoryRepo
+    from engine.store.jobs import JobRepo, RetrainInputRepo
+    from engine.store.prediction_log import PredictionLogRepo
+    from engine.store.registry import RegistryRepo
+    from engine.store.rollups import RollupRepo
+    from engine.store.routes import RouteRepo
 
 
 class Tx(Protocol):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-import engine.facade
+import engine.deploy.service
 from engine import Workspace
 from engine.serving.prediction_log import PredictionLog
 from engine.store.sqlite.prediction_log import count_logged
@@ -158,7 +158,7 @@ def _million(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Workspace
     deployed_at = datetime.now(UTC) - timedelta(hours=25)
     with monkeypatch.context() as patch:
         patch.setattr(
-            engine.facade, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            engine.deploy.service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         )
         eng = workload.workspace(tmp_path, candidate_traffic=CANDIDATE_SHARE * 100)
     log = PredictionLog(eng.workspace.db_path, tolerance=TOLERANCE, batch=CHUNK)

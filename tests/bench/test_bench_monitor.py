@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-import engine.facade
+import engine.deploy.service
 from engine import Engine
 from engine.core import ids
 from engine.monitoring import feedback as labels
@@ -169,7 +169,7 @@ def test_monitor_over_a_million_logged_predictions(
     deployed_at = datetime.now(UTC) - timedelta(hours=25)
     with monkeypatch.context() as patch:
         patch.setattr(
-            engine.facade, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            engine.deploy.service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         )
         eng = workload.workspace(tmp_path, candidate_traffic=CANDIDATE_SHARE * 100)
     ws = eng.workspace
