@@ -54,7 +54,7 @@ class SqliteTx:
 
     @cached_property
     def feedback(self) -> SqliteFeedback:
-        from engine.store.sqlite.feedback import SqliteFeedback
+        from engine.store.sqlite.feedback import SqliteFeedback  # on first use: see the top
 
         return SqliteFeedback(self.conn)
 
@@ -67,19 +67,19 @@ class SqliteTx:
 
     @cached_property
     def jobs(self) -> SqliteJobs:
-        from engine.store.sqlite.jobs import SqliteJobs
+        from engine.store.sqlite.jobs import SqliteJobs  # on first use: see the top
 
         return SqliteJobs(self.conn)
 
     @cached_property
     def retrain_inputs(self) -> SqliteRetrainInputs:
-        from engine.store.sqlite.jobs import SqliteRetrainInputs
+        from engine.store.sqlite.jobs import SqliteRetrainInputs  # on first use: see the top
 
         return SqliteRetrainInputs(self.conn)
 
     @cached_property
     def routes(self) -> SqliteRoutes:
-        from engine.store.sqlite.routes import SqliteRoutes
+        from engine.store.sqlite.routes import SqliteRoutes  # on first use: see the top
 
         return SqliteRoutes(self.conn)
 
