@@ -91,7 +91,7 @@ def dumps(document: Any) -> str:
     """`document` as indented JSON that is safe on a terminal and still the same JSON.
 
     `ensure_ascii=False` keeps names readable but leaves bidi controls, C1 controls, line
-    separators and lone surrogates raw; each is written as its `\\uXXXX` escape instead,
+    separators and lone surrogates raw; each is written as its `\\u` escape (4 hex digits),
     which a JSON reader turns back into the same character (nothing is lost).
     """
     raw = json.dumps(document, indent=2, ensure_ascii=False)

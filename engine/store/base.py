@@ -126,10 +126,6 @@ class Store(Protocol):
         """Apply pending migrations (exactly one process does, when many race); their names."""
         ...
 
-    def integrity_errors(self) -> list[str]:
-        """What the database's own integrity checks find, as readable lines ([] when sound)."""
-        ...
-
     def integrity_check(self) -> list[str]:
         """What the database finds damaged in its own storage ([] when whole): doctor's first
         question, asked before any other read (on a damaged store they would read garbage)."""

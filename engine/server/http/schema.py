@@ -25,6 +25,7 @@ Decisions:
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 import re
@@ -151,16 +152,18 @@ def _nullable(schema: dict[str, Any], nullable: bool) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Spec:
+class Spec(abc.ABC):
     """One field: `check` a value that is not null, and say the same as JSON Schema."""
 
     description: str = ""
 
+    @abc.abstractmethod
     def check(self, value: Any, where: str) -> Any:
-        raise NotImplementedError
+        """The value as the handler uses it, or ApiError naming `where`."""
 
+    @abc.abstractmethod
     def schema(self, ctx: Context) -> dict[str, Any]:
-        raise NotImplementedError
+        """The same rule as JSON Schema, for the OpenAPI document."""
 
     def described(self, schema: dict[str, Any]) -> dict[str, Any]:
         return {**schema, "description": self.description} if self.description else schema
