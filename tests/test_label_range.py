@@ -44,7 +44,30 @@ def test_the_default_is_the_seed_score_and_a_line_declares_its_own() -> None:
         (f"[lines.{LINE}]\nlabel_range = [0, nan]", ["label_range", "nan"]),
         (f"[lines.{LINE}]\nlabel_range = [0, '100']", ["label_range", "'100'"]),
         (f"[lines.{LINE}]\nlabel_range = 100", ["label_range", "100"]),
-        (f"[lines.{LINE}]\nlabel = 'score'", ["unknown key", f"lines.{LINE}.label", "label_range"]),
+        (
+            f"[lines.{LINE}]\nlabels = 'score'",
+            ["unknown key", f"lines.{LINE}.labels", "label_range"],
+        ),
+        (f"[lines.{LINE}]\ntask = 'multiclass'", [f"lines.{LINE}.task", "'multiclass'", "binary"]),
+        (f"[lines.{LINE}]\nlabel = ''", [f"lines.{LINE}.label", "''", "column name"]),
+        (f"[lines.{LINE}]\ntime = 'score'", ["label", "time", "'score'", "different columns"]),
+        (
+            f"[lines.{LINE}]\ntask = 'binary'\ntolerance_points = 3",
+            [f"lines.{LINE}.tolerance_points", "3", "regression lines"],
+        ),
+        (
+            f"[lines.{LINE}]\ndecision_threshold = 0.3",
+            ["decision_threshold", "0.3", "binary lines"],
+        ),
+        (
+            f"[lines.{LINE}]\ntask = 'binary'\ndecision_threshold = 1",
+            ["decision_threshold", "1", "strictly between 0 and 1"],
+        ),
+        (
+            f"[lines.{LINE}]\ntask = 'binary'\nlabel_range = [0, 100]",
+            ["label_range", "[0, 100]", "[0, 1]"],
+        ),
+        ("[thresholds]\nauc = { min = 0.6, alert = 0.7 }", ["thresholds.auc.alert", "0.7"]),
         ("[lines]\nquality = 3", ["lines.quality", "table"]),
         ('[lines."a b"]\nlabel_range = [0, 1]', ["a b", "model line"]),
         ("[api]\nrequire_token = 'sometimes'", ["api.require_token", "sometimes", "always"]),
@@ -62,6 +85,21 @@ def test_bad_line_and_api_settings_are_refused_naming_key_and_value(
     assert "\n" not in message
     for word in words:
         assert word in message, message
+
+
+def test_a_line_declares_its_contract_and_undeclared_lines_are_the_seeds_regression() -> None:
+    config = parse_config(
+        "[thresholds]\ntolerance_points = 7\n"
+        f"[lines.{LINE}]\nlabel = 'quality'\ntime = 'at'\n"
+        "[lines.revert-risk]\ntask = 'binary'\nlabel = 'reverted'\ndecision_threshold = 0.4\n"
+    )
+    quality, risk, other = config.line(LINE), config.line("revert-risk"), config.line("other")
+    assert (quality.task, quality.label, quality.time) == ("regression", "quality", "at")
+    assert quality.tolerance_points == 7.0 and quality.label_range == (0.0, 100.0)
+    assert (risk.task, risk.label, risk.time) == ("binary", "reverted", "observed_at")
+    assert risk.binary and risk.decision_threshold == 0.4 and risk.label_range == (0.0, 1.0)
+    assert (other.task, other.label, other.tolerance_points) == ("regression", "score", 7.0)
+    assert Config().line("any").tolerance_points == 5.0
 
 
 def test_api_settings_parse() -> None:

@@ -461,7 +461,11 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
 
     store = SqliteStore(path)
     try:
-        assert store.migrate() == ["0007_workspace_identity", "0008_compact_prediction_rows"]
+        assert store.migrate() == [
+            "0007_workspace_identity",
+            "0008_compact_prediction_rows",
+            "0009_line_tasks",
+        ]
         assert store.integrity_errors() == []
         with store.read_sql() as read:
             logged = {r.pid: r for r in sqlite_log.logged_rows(read)}

@@ -29,6 +29,8 @@ latency_ms = { max = 100, alert = 200 }
 error_rate = { max = 0.01, alert = 0.05 }
 drift = { threshold = 0.10 }
 tolerance_points = 5
+# binary lines ([lines.NAME] task = "binary") judge health on ROC AUC instead of accuracy
+auc = { min = 0.70, alert = 0.60 }
 
 [retrain]
 min_new_samples = 100
@@ -78,9 +80,17 @@ allowed_hosts = []
 # abort), "always" (every request), or "auto": always beyond loopback, else mutations
 require_token = "auto"
 
-# One table per model line. label_range: feedback (actual values) outside it is refused.
+# One table per model line: its contract. A line that declares nothing is the seed's regression.
 # [lines.quality-predictor]
-# label_range = [0, 100]
+# task = "regression"        # "regression" (default) or "binary"
+# label = "score"            # the label column in data files (and what feedback is)
+# time = "observed_at"       # the time column in data files
+# label_range = [0, 100]     # feedback outside it is refused (binary: [0, 1])
+# tolerance_points = 5       # regression: "accurate" = within ±tolerance ([thresholds])
+# [lines.revert-risk]
+# task = "binary"
+# label = "reverted"         # 0/1 (or false/true)
+# decision_threshold = 0.5   # binary: a score ≥ it predicts class 1
 
 [console]
 # production changes (rollback, promote, deploy as production) ask for the new production
@@ -116,6 +126,8 @@ class Thresholds:
     error_rate_alert: float = 0.05
     drift_threshold: float = 0.10
     tolerance_points: float = 5.0
+    auc_min: float = 0.70
+    auc_alert: float = 0.60
 
 
 @dataclass(frozen=True)
@@ -183,11 +195,26 @@ class ApiConfig:
     require_token: str = "auto"
 
 
+BINARY_LABEL_RANGE = (0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class LineSettings:
-    """[lines.NAME]: what one model line declares."""
+    """[lines.NAME]: one model line's contract (engine.core.tasks names the tasks).
 
+    `tolerance_points` is resolved: a line that does not set it has [thresholds]'.
+    """
+
+    task: str = "regression"
+    label: str = DEFAULT_LABEL
+    time: str = DEFAULT_TIME
     label_range: tuple[float, float] = DEFAULT_LABEL_RANGE
+    tolerance_points: float = 5.0
+    decision_threshold: float = 0.5
+
+    @property
+    def binary(self) -> bool:
+        return self.task == "binary"
 
 
 @dataclass(frozen=True)
@@ -214,11 +241,11 @@ class Config:
     lines: tuple[tuple[str, LineSettings], ...] = ()
 
     def line(self, name: str) -> LineSettings:
-        """The settings of model line `name` ([lines.NAME], else the defaults)."""
+        """The contract of model line `name` ([lines.NAME], else the seed's regression)."""
         for line, settings in self.lines:
             if line == name:
                 return settings
-        return LineSettings()
+        return LineSettings(tolerance_points=self.thresholds.tolerance_points)
 
 
 Check = Callable[[Any], bool]
@@ -290,6 +317,18 @@ def _token_policy(value: Any) -> bool:
     return value in TOKEN_POLICIES
 
 
+def _task(value: Any) -> bool:
+    return value in ("regression", "binary")
+
+
+def _column(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 100 and value.isprintable()
+
+
+def _open_fraction(value: Any) -> bool:
+    return _number(value) and 0.0 < value < 1.0
+
+
 def _range(value: Any) -> bool:
     return (
         isinstance(value, list)
@@ -309,6 +348,8 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "thresholds.error_rate.alert": ("error_rate_alert", _fraction, "a fraction between 0 and 1"),
     "thresholds.drift.threshold": ("drift_threshold", _positive, "a positive fraction"),
     "thresholds.tolerance_points": ("tolerance_points", _positive, "a positive number"),
+    "thresholds.auc.min": ("auc_min", _fraction, "a fraction between 0 and 1"),
+    "thresholds.auc.alert": ("auc_alert", _fraction, "a fraction between 0 and 1"),
     "retrain.min_new_samples": ("min_new_samples", _count, "a whole number ≥ 1"),
     "retrain.interval_days": ("interval_days", _positive, "a positive number of days"),
     "retrain.min_accuracy_improvement": (
@@ -352,14 +393,23 @@ _RULES: dict[str, tuple[str, Check, str]] = {
 }
 # The keys of one [lines.NAME] table -> (rule, what the rule means)
 _LINE_RULES: dict[str, tuple[Check, str]] = {
+    "task": (_task, '"regression" or "binary"'),
+    "label": (_column, "a column name (1–100 printable characters)"),
+    "time": (_column, "a column name (1–100 printable characters)"),
     "label_range": (_range, "[lo, hi]: two finite numbers with lo < hi"),
+    "tolerance_points": (_positive, "a positive number"),
+    "decision_threshold": (_open_fraction, "a number strictly between 0 and 1"),
 }
+# Keys that belong to one task only: set on a line of the other task, they are refused
+# rather than silently ignored.
+_TASK_ONLY = {"tolerance_points": "regression", "decision_threshold": "binary"}
 
 # Pairs whose order matters: the alert level must be at least as bad as the target level.
 _ORDER: list[tuple[str, str, str]] = [
     ("thresholds.accuracy.alert", "thresholds.accuracy.min", "≤"),
     ("thresholds.latency_ms.max", "thresholds.latency_ms.alert", "≤"),
     ("thresholds.error_rate.max", "thresholds.error_rate.alert", "≤"),
+    ("thresholds.auc.alert", "thresholds.auc.min", "≤"),
 ]
 
 
@@ -380,7 +430,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    lines = _lines(raw.pop("lines", {}), source)
+    raw_lines = raw.pop("lines", {})
     flat = _flatten(raw)
     values: dict[str, Any] = {}
     for key, value in flat.items():
@@ -406,8 +456,10 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
     def section(cls: type[Any]) -> Any:
         return cls(**{k: v for k, v in by_field.items() if k in _fields(cls)})
 
+    thresholds = section(Thresholds)
+    lines = _lines(raw_lines, source, thresholds.tolerance_points)
     return Config(
-        thresholds=section(Thresholds),
+        thresholds=thresholds,
         retrain=section(RetrainSettings),
         registry=section(RegistrySettings),
         serving=section(ServingSettings),
@@ -420,7 +472,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
     )
 
 
-def _lines(table: Any, source: str) -> tuple[tuple[str, LineSettings], ...]:
+def _lines(table: Any, source: str, tolerance: float) -> tuple[tuple[str, LineSettings], ...]:
     """The [lines.NAME] tables, each key checked like any other (unknown keys refused)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{source}: lines must be tables, [lines.NAME], got {table!r}")
@@ -446,9 +498,41 @@ def _lines(table: Any, source: str) -> tuple[tuple[str, LineSettings], ...]:
                     f"{source}: lines.{name}.{key} = {value!r} is invalid: must be {meaning}"
                 )
             values[key] = value
-        lo, hi = values.get("label_range", DEFAULT_LABEL_RANGE)
-        out.append((name, LineSettings(label_range=(float(lo), float(hi)))))
+        out.append((name, _line(name, values, source, tolerance)))
     return tuple(out)
+
+
+def _line(name: str, values: dict[str, Any], source: str, tolerance: float) -> LineSettings:
+    """One checked [lines.NAME] table as its contract, task-specific keys held to their task."""
+    task = values.get("task", "regression")
+    for key, owner in _TASK_ONLY.items():
+        if key in values and task != owner:
+            raise ConfigError(
+                f"{source}: lines.{name}.{key} = {values[key]!r} is invalid: it applies to "
+                f'{owner} lines, and lines.{name}.task is "{task}"'
+            )
+    default_range = BINARY_LABEL_RANGE if task == "binary" else DEFAULT_LABEL_RANGE
+    lo, hi = (float(v) for v in values.get("label_range", default_range))
+    if task == "binary" and (lo, hi) != BINARY_LABEL_RANGE:
+        raise ConfigError(
+            f"{source}: lines.{name}.label_range = {values['label_range']!r} is invalid: "
+            "a binary line's labels are 0 and 1, so its range is [0, 1]"
+        )
+    label = values.get("label", DEFAULT_LABEL)
+    time = values.get("time", DEFAULT_TIME)
+    if label == time:
+        raise ConfigError(
+            f"{source}: lines.{name}.label and lines.{name}.time are both {label!r}: "
+            "a data file's label and time must be different columns"
+        )
+    return LineSettings(
+        task=task,
+        label=label,
+        time=time,
+        label_range=(lo, hi),
+        tolerance_points=float(values.get("tolerance_points", tolerance)),
+        decision_threshold=float(values.get("decision_threshold", 0.5)),
+    )
 
 
 def _fields(cls: type) -> set[str]:

@@ -559,6 +559,52 @@ CREATE TABLE log_retention (
 );
 """,
     ),
+    (
+        "0009_line_tasks",
+        """
+-- A line's task (engine.core.tasks): binary lines need more than within / |error| / error².
+-- What each label adds besides them: its log loss, whether the score predicted class 1 at the
+-- line's decision threshold, whether the label is 1, both (true positives), and the labelled
+-- score's bin by class (class_hist: engine.core.rollups' sparse blob), from which ROC AUC is
+-- read without a scan. For a regression label they stay 0 / NULL.
+ALTER TABLE rollups ADD COLUMN log_loss_sum REAL NOT NULL DEFAULT 0;
+ALTER TABLE rollups ADD COLUMN pred_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups ADD COLUMN actual_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups ADD COLUMN true_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups ADD COLUMN class_hist BLOB;
+ALTER TABLE rollups_hourly ADD COLUMN log_loss_sum REAL NOT NULL DEFAULT 0;
+ALTER TABLE rollups_hourly ADD COLUMN pred_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups_hourly ADD COLUMN actual_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups_hourly ADD COLUMN true_pos INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE rollups_hourly ADD COLUMN class_hist BLOB;
+
+-- Baselines of models trained anywhere: a labelled reference file (`beast register --reference`)
+-- is a source of its own, named (source_detail: the file and its rows), and a baseline holds
+-- any task's metrics (metrics: a JSON object of engine.core.tasks.METRICS keys).
+CREATE TABLE baselines_0009 (
+    artifact_id INTEGER PRIMARY KEY REFERENCES artifacts(id),
+    source TEXT NOT NULL CHECK (source IN ('training', 'first_predictions', 'reference')),
+    reference TEXT CHECK (reference IS NULL OR json_valid(reference)),
+    accuracy REAL CHECK (accuracy IS NULL OR accuracy BETWEEN 0 AND 1),
+    mae REAL CHECK (mae IS NULL OR mae >= 0),
+    created_at TEXT NOT NULL,
+    metrics TEXT CHECK (metrics IS NULL OR json_valid(metrics)),
+    source_detail TEXT
+);
+INSERT INTO baselines_0009 (artifact_id, source, reference, accuracy, mae, created_at)
+SELECT artifact_id, source, reference, accuracy, mae, created_at FROM baselines;
+DROP TABLE baselines;
+ALTER TABLE baselines_0009 RENAME TO baselines;
+
+-- The XGBoost objective a model file declares (learner.objective.name), NULL when it does not
+-- say: registration holds it to the line's task.
+ALTER TABLE artifacts ADD COLUMN objective TEXT;
+
+-- What a retraining job trained on: a hash of its training rows and settings, so a job with
+-- nothing new registers nothing ("no new data since v4.0").
+ALTER TABLE jobs ADD COLUMN input_hash TEXT;
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"
