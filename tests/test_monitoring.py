@@ -119,7 +119,7 @@ def test_model_drift_against_the_baseline(deployed: Engine) -> None:
     with deployed.store.write_sql() as conn:
         artifact_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").artifact_id
         baselines.store(
-            SqliteTx(conn), artifact_id, "training", reference=None, accuracy=0.95, mae=None
+            SqliteTx(conn), artifact_id, "training", reference=None, metrics={"accuracy": 0.95}
         )
     feed(deployed, "v1.0", 200, within=0.82)
     v = version_report(deployed.report(), "v1.0")
@@ -136,9 +136,7 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
     reference = baselines.VersionReference.build(training, rng.normal(50, 5, 5000), names)
     with deployed.store.write_sql() as conn:
         artifact_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").artifact_id
-        baselines.store(
-            SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
-        )
+        baselines.store(SqliteTx(conn), artifact_id, "training", reference=reference, metrics={})
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)
     drifted[:, 3] += 1.5  # duplication moved: PSI far past the critical band
 

@@ -53,7 +53,11 @@ def _with_reference(ws: Workspace, *versions: str) -> None:
                     rng.random((600, 5)), rng.normal(70, 10, 600), tuple(f"f{i}" for i in range(5))
                 )
                 baselines.store(
-                    SqliteTx(conn), artifact, "training", reference=reference, accuracy=0.9, mae=3.0
+                    SqliteTx(conn),
+                    artifact,
+                    "training",
+                    reference=reference,
+                    metrics={"accuracy": 0.9, "mae": 3.0},
                 )
     finally:
         store.close()

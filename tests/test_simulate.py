@@ -70,7 +70,9 @@ def _train(ws: Workspace, version: str, depth: int, rounds: int) -> Path:
         sample_data.FEATURES,
     )
     baselines.write_sidecar(
-        path, reference, accuracy=float(np.mean(errors <= 5)), mae=float(np.mean(errors))
+        path,
+        reference,
+        metrics={"accuracy": float(np.mean(errors <= 5)), "mae": float(np.mean(errors))},
     )
     return path
 

@@ -475,9 +475,7 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     )
     with engine.store.write_sql() as conn:
         artifact_id = SqliteTx(conn).registry.get_version(LINE, "v2.0").artifact_id
-        baselines.store(
-            SqliteTx(conn), artifact_id, "training", reference=reference, accuracy=None, mae=None
-        )
+        baselines.store(SqliteTx(conn), artifact_id, "training", reference=reference, metrics={})
     drifted = rng.normal(size=(1000, 5)).astype(np.float32)
     drifted[:, 3] += 1.5
     feed(engine, "v2.0", 1000, within=1.0, rows=drifted, experiment="t", arm="candidate")

@@ -276,11 +276,29 @@ class LoggedPrediction:
 
 @dataclass(frozen=True)
 class Baseline:
-    """What "normal" is for an artifact: its drift reference (JSON) and validation figures."""
+    """What "normal" is for an artifact: its drift reference (JSON) and validation figures.
+
+    `metrics` holds the task's figures (engine.core.tasks.METRICS keys) beyond accuracy and
+    MAE; `source` says where it all came from ("reference": a labelled file, "training": a
+    lineage sidecar, "first_predictions": the version's own first predictions) and `detail`
+    names it (the reference file and its rows).
+    """
 
     reference: dict[str, Any] | None
     accuracy: float | None
     mae: float | None
+    metrics: tuple[tuple[str, float], ...] = ()
+    source: str = "training"
+    detail: str | None = None
+
+    def figures(self) -> dict[str, float]:
+        """Every baseline metric by its key, accuracy and MAE included."""
+        out = dict(self.metrics)
+        if self.accuracy is not None:
+            out["accuracy"] = self.accuracy
+        if self.mae is not None:
+            out["mae"] = self.mae
+        return out
 
 
 @dataclass(frozen=True)

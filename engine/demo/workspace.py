@@ -83,8 +83,7 @@ def _write_lineage(model: Path, booster: Any, samples: Any, cut: int, names: lis
     baselines.write_sidecar(
         model,
         reference,
-        accuracy=float(np.mean(errors <= 5.0)),
-        mae=float(np.mean(errors)),
+        metrics={"accuracy": float(np.mean(errors <= 5.0)), "mae": float(np.mean(errors))},
         extra={"demo": True, "rows": int(cut), "generator": "engine.demo.sample_data"},
     )
 

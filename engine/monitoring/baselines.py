@@ -1,16 +1,19 @@
 """Baselines: what "normal" is for an artifact — its drift reference and validation figures.
 
-A reference comes from training (a lineage sidecar `<model file>.lineage` written beside the
-model, read at registration) or, failing that, from the version's first
-`FIRST_PREDICTIONS` logged predictions. Baseline accuracy and MAE (what model drift is
-measured against) come from the sidecar's validation figures, or from the version's first
-labelled window when there is none.
+A baseline comes from, in order of preference: a labelled reference file given at
+registration or deployment (`beast register PATH --reference FILE`, source "reference"),
+training (a lineage sidecar `<model file>.lineage` written beside the model, read at
+registration, source "training"), or, failing both, the version's first `FIRST_PREDICTIONS`
+logged predictions (source "first_predictions": a drift reference only). The metrics model
+drift is measured against (the task's, engine.core.tasks.METRICS keys) come with the first two.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,18 +85,29 @@ def sidecar_path(model: Path) -> Path:
     return model.with_name(model.name + SIDECAR_SUFFIX)
 
 
+@dataclass(frozen=True)
+class VersionBaseline:
+    """A version's baseline: its drift reference, its metrics by key, and where they came from
+    ("reference", "training" or "first_predictions"; `detail` names a reference file)."""
+
+    reference: VersionReference | None
+    metrics: Mapping[str, float]
+    source: str
+    detail: str | None = None
+
+
 def write_sidecar(
     model: Path,
     reference: VersionReference,
     *,
-    accuracy: float | None,
-    mae: float | None,
+    metrics: Mapping[str, float | None],
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the lineage sidecar beside a model (training code calls this)."""
+    """Write the lineage sidecar beside a model (training code calls this). `metrics`: the
+    holdout's figures by engine.core.tasks.METRICS key (None where unknown)."""
     doc = {
         "reference": reference.to_json(),
-        "validation": {"accuracy": accuracy, "mae": mae},
+        "validation": {k: v for k, v in metrics.items() if v is not None},
         **(extra or {}),
     }
     path = sidecar_path(model)
@@ -105,25 +119,34 @@ def write_sidecar(
 
 def read_sidecar(
     model: Path, names: tuple[str, ...] | None
-) -> tuple[VersionReference | None, float | None, float | None]:
-    """(reference, accuracy, mae) from a sidecar, or Nones when absent or unusable."""
+) -> tuple[VersionReference | None, dict[str, float]]:
+    """(reference, metrics) from a sidecar; (None, {}) when absent or unusable. Metrics that
+    are not finite non-negative numbers (fractions, for accuracy-like keys) are dropped."""
     try:
         doc = json.loads(sidecar_path(model).read_text(encoding="utf-8"))
         reference = VersionReference.from_json(doc["reference"])
         validation = doc.get("validation") or {}
     except (OSError, ValueError, KeyError, TypeError):
-        return None, None, None
+        return None, {}
     if names is not None and reference.features.names != names:
-        return None, None, None
-    return reference, _fraction(validation.get("accuracy")), _nonneg(validation.get("mae"))
+        return None, {}
+    if not isinstance(validation, dict):
+        return reference, {}
+    return reference, {
+        key: float(value) for key, value in validation.items() if _plausible(key, value)
+    }
 
 
-def _fraction(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and 0 <= value <= 1 else None
+# Keys whose values are fractions; every other metric is a non-negative number.
+_FRACTIONS = frozenset({"accuracy", "auc", "precision", "recall", "brier"})
 
 
-def _nonneg(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and value >= 0 else None
+def _plausible(key: object, value: object) -> bool:
+    if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not math.isfinite(value) or value < 0:
+        return False
+    return value <= 1 or key not in _FRACTIONS
 
 
 def store(
@@ -132,29 +155,30 @@ def store(
     source: str,
     *,
     reference: VersionReference | None,
-    accuracy: float | None,
-    mae: float | None,
+    metrics: Mapping[str, float],
+    detail: str | None = None,
 ) -> None:
     """Keep an artifact's baseline (inside the caller's write transaction); the first stays."""
+    others = {k: v for k, v in metrics.items() if k not in ("accuracy", "mae")}
     tx.baselines.add(
         artifact_id,
         source,
         reference=reference.to_json() if reference else None,
-        accuracy=accuracy,
-        mae=mae,
+        accuracy=metrics.get("accuracy"),
+        mae=metrics.get("mae"),
         at=utc_now(),
+        metrics=others,
+        detail=detail,
     )
 
 
-def for_version(
-    tx: Tx, version_id: int
-) -> tuple[VersionReference | None, float | None, float | None]:
-    """(drift reference, accuracy, MAE) of the version's artifact; Nones where unknown."""
+def for_version(tx: Tx, version_id: int) -> VersionBaseline | None:
+    """The baseline of the version's artifact, or None when it has none yet."""
     found = tx.baselines.for_version(version_id)
     if found is None:
-        return None, None, None
+        return None
     ref = VersionReference.from_json(found.reference) if found.reference else None
-    return ref, found.accuracy, found.mae
+    return VersionBaseline(ref, found.figures(), found.source, found.detail)
 
 
 def ensure_from_first_predictions(tx: Tx, version_ids: set[int]) -> None:
@@ -194,7 +218,8 @@ class ReferenceCache:
             return self._found[version_id]
         if time.monotonic() - self._missed.get(version_id, -_RETRY_S) < _RETRY_S:
             return None
-        reference, _acc, _mae = for_version(tx, version_id)
+        found = for_version(tx, version_id)
+        reference = found.reference if found is not None else None
         if reference is None:
             self._missed[version_id] = time.monotonic()
             return None

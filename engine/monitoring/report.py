@@ -319,7 +319,10 @@ def _version_report(
     rollups = metrics.load(tx, ref.id, since_minute=deployed)
     windows = {name: rollups.window(_since(name, since)) for name in metrics.WINDOWS}
     chosen = windows[window]
-    reference, base_acc, base_mae = baselines.for_version(tx, ref.id)
+    baseline = baselines.for_version(tx, ref.id)
+    reference = baseline.reference if baseline is not None else None
+    base_acc = baseline.metrics.get("accuracy") if baseline is not None else None
+    base_mae = baseline.metrics.get("mae") if baseline is not None else None
     minimum = config.monitoring.min_samples
     worst_psi, score_psi, top = data_drift(reference, chosen, minimum)
     summary = DriftSummary(

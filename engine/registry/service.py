@@ -141,11 +141,9 @@ def _store_sidecar_baseline(
 
     if not baselines.sidecar_path(model).is_file():
         return
-    reference, accuracy, mae = baselines.read_sidecar(model, validation.feature_names)
-    if reference is not None or accuracy is not None or mae is not None:
-        baselines.store(
-            tx, artifact_id, "training", reference=reference, accuracy=accuracy, mae=mae
-        )
+    reference, metrics = baselines.read_sidecar(model, validation.feature_names)
+    if reference is not None or metrics:
+        baselines.store(tx, artifact_id, "training", reference=reference, metrics=metrics)
 
 
 def _sidecar_facts(model: Path) -> tuple[tuple[str, str], ...]:

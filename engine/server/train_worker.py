@@ -344,8 +344,7 @@ def _write_artifact(
     side = baselines.write_sidecar(
         temp,
         reference,
-        accuracy=holdout.accuracy if holdout.finite else None,
-        mae=holdout.mae if holdout.finite else None,
+        metrics={"accuracy": holdout.accuracy, "mae": holdout.mae} if holdout.finite else {},
         extra=lineage,
     )
     trained.booster.save_model(str(temp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.core.records import Baseline, FirstPredictionSource
@@ -22,8 +23,12 @@ class BaselineRepo(Protocol):
         accuracy: float | None,
         mae: float | None,
         at: str,
+        metrics: Mapping[str, float] | None = None,
+        detail: str | None = None,
     ) -> None:
-        """The artifact's baseline, unless it has one already (the first one stays)."""
+        """The artifact's baseline, unless it has one already (the first one stays).
+
+        `metrics`: the task's other figures by key; `detail` names the source (a file)."""
         ...
 
     def for_version(self, version_id: int) -> Baseline | None:

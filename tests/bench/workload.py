@@ -106,8 +106,7 @@ def _trained(seed: int) -> tuple[bytes, bytes]:
         baselines.write_sidecar(
             scratch,
             reference,
-            accuracy=float(np.mean(errors <= 5.0)),
-            mae=float(np.mean(errors)),
+            metrics={"accuracy": float(np.mean(errors <= 5.0)), "mae": float(np.mean(errors))},
             extra={"rows": cut, "generator": "tests.bench.workload"},
         )
         sidecar = baselines.sidecar_path(scratch).read_bytes()

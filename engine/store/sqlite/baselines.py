@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,10 +30,12 @@ class SqliteBaselines:
         accuracy: float | None,
         mae: float | None,
         at: str,
+        metrics: Mapping[str, float] | None = None,
+        detail: str | None = None,
     ) -> None:
         self.conn.execute(
             "INSERT OR IGNORE INTO baselines (artifact_id, source, reference, accuracy, mae,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            " created_at, metrics, source_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 artifact_id,
                 source,
@@ -40,16 +43,28 @@ class SqliteBaselines:
                 accuracy,
                 mae,
                 at,
+                json.dumps(dict(metrics)) if metrics else None,
+                detail,
             ),
         )
 
     def for_version(self, version_id: int) -> Baseline | None:
         row = self.conn.execute(
-            "SELECT b.reference, b.accuracy, b.mae FROM baselines b" + _OF_VERSION, (version_id,)
+            "SELECT b.reference, b.accuracy, b.mae, b.metrics, b.source, b.source_detail"
+            " FROM baselines b" + _OF_VERSION,
+            (version_id,),
         ).fetchone()
         if row is None:
             return None
-        return Baseline(json.loads(row[0]) if row[0] else None, row[1], row[2])
+        metrics = json.loads(row[3]) if row[3] else {}
+        return Baseline(
+            json.loads(row[0]) if row[0] else None,
+            row[1],
+            row[2],
+            tuple((str(k), float(v)) for k, v in sorted(metrics.items())),
+            row[4],
+            row[5],
+        )
 
     def has_reference(self, version_id: int) -> bool:
         known = self.conn.execute(
