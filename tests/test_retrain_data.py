@@ -230,3 +230,46 @@ def test_a_binary_line_retrains_binary_logistic_gated_on_auc(bws: Workspace) -> 
     assert f"holdout auc {new['auc']:.3f} vs production {old['auc']:.3f}" in reason
     assert lineage["validation"] == {k: v for k, v in new.items() if k != "rows"}
     assert "validation_logloss" in metrics
+
+
+# -- predict --csv on a training CSV -------------------------------------------------------
+
+
+def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
+    _declare(rws, LINE, label="quality", time="at")
+    samples = rws.data_dir / "samples.csv"
+    _rename_columns(samples, "quality", "at")
+    lines = samples.read_text(encoding="utf-8").splitlines()
+    training = rws.root / "training.csv"
+    training.write_text(
+        "\n".join([lines[0] + ",note", *(f"{row},batch {i}" for i, row in enumerate(lines[1:]))])
+        + "\n",
+        encoding="utf-8",
+    )
+    result = beast(rws, "predict", "--csv", str(training), "--json")
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 300
+    assert result.stderr == (
+        f"beast: ignored 3 columns that are no feature of {LINE}: "
+        "quality (label), at (time), note\n"
+    )
+    shown = beast(rws, "predict", "--csv", str(training))
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 300
+    assert "quality (label), at (time), note" in shown.stderr
+
+    header = lines[0].split(",")
+    drop = [i for i, name in enumerate(header) if name in sample_data.FEATURES[:2]]
+    partial = rws.root / "partial.csv"
+    partial.write_text(
+        "\n".join(
+            ",".join(v for i, v in enumerate(row.split(",")) if i not in drop) for row in lines
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    missing = beast(rws, "predict", "--csv", str(partial))
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == (
+        f"beast: {partial}: missing feature columns of {LINE}: "
+        f"{sample_data.FEATURES[0]}, {sample_data.FEATURES[1]}\n"
+    )
