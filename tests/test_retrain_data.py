@@ -15,6 +15,7 @@ import xgboost as xgb
 from engine import Engine, Workspace
 from engine.core import tasks
 from engine.demo import sample_data
+from engine.retrain import data as retrain_data
 from tests.helpers import assert_invariants, beast, copy_workspace
 from tests.retrain_helpers import LINE, build_template, model_files, version_names
 from tests.serving_helpers import serving
@@ -273,3 +274,45 @@ def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
         f"beast: {partial}: missing feature columns of {LINE}: "
         f"{sample_data.FEATURES[0]}, {sample_data.FEATURES[1]}\n"
     )
+
+
+# -- labels by the line's task -------------------------------------------------------------
+
+
+def _columns(task: str, label_range: tuple[float, float]) -> retrain_data.Columns:
+    return retrain_data.Columns(("a", "b"), "y", "t", task, label_range)
+
+
+def test_labels_are_read_by_the_line_task(tmp_path: Path) -> None:
+    at = "2026-01-01T00:00:0{}Z"
+    (tmp_path / "ints.csv").write_text(
+        "a,b,y,t\n" + "".join(f"{i},1,{i % 2},{at.format(i)}\n" for i in range(4))
+    )
+    (tmp_path / "words.csv").write_text(
+        "a,b,y,t\n1,2,true,2026-01-01T00:00:05Z\n1,2,False,2026-01-01T00:00:06Z\n"
+        "1,2,0.5,2026-01-01T00:00:07Z\n1,2,1,not a time\n"
+    )
+    (tmp_path / "scores.csv").write_text("a,b,y,t\n1,2,55,2026-01-01T00:00:08Z\n")
+    binary = retrain_data.load(tmp_path, _columns("binary", (0.0, 1.0)), _no_predictions(2))
+    notes = {s.name: s.note() for s in binary.sources}
+    assert notes == {
+        "data/ints.csv": "data/ints.csv: 4 rows",
+        "data/scores.csv": "data/scores.csv: skipped: no usable rows "
+        "(y: label not 0/1 (or false/true) in 1)",
+        "data/words.csv": "data/words.csv: 2 rows (1 dropped: y: label not 0/1 (or "
+        "false/true); 1 dropped: t: not an ISO-8601 time)",
+    }
+    assert binary.y.tolist() == [0, 1, 0, 1, 1, 0]
+    regression = retrain_data.load(
+        tmp_path, _columns("regression", (0.0, 10.0)), _no_predictions(2)
+    )
+    notes = {s.name: s.note() for s in regression.sources}
+    assert notes["data/scores.csv"] == (
+        "data/scores.csv: skipped: no usable rows (y: label not a number in label_range "
+        "[0, 10] in 1)"
+    )
+    assert notes["data/words.csv"].startswith("data/words.csv: 1 rows (2 dropped: y: label")
+
+
+def _no_predictions(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros((0, width), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)

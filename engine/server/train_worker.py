@@ -4,7 +4,10 @@ Started by `engine.retrain.workers.launch` in its own session, at nice 10, with 
 It claims its queued job, then a watchdog thread renews the lease on the monotonic clock and
 enforces the job's timeout: when the deadline passes it marks the job failed, removes the
 temp files and SIGKILLs the whole process group (this worker and anything it started, such
-as the validation child). The main thread trains (engine.retrain.search), writes the artifact
+as the validation child). The main thread loads the line's data by its declared columns
+(engine.retrain.data) and records its input hash: a job whose rows and settings equal those
+of the line's last version ends there ("no new data since vN", nothing registered). Otherwise
+it trains for the line's task (engine.retrain.search), writes the artifact
 atomically into `models/` with its `.lineage` sidecar, registers it through
 `Engine.register`, logs the run to MLflow when `engine.retrain.mlflow_tracking` is there, and
 deploys the model as an A/B candidate only when asked and only if it beats production.
