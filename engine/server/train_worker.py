@@ -250,7 +250,7 @@ def line_columns(engine: Engine, line: str) -> retrain_data.Columns:
 def _load(job: RunningJob, columns: retrain_data.Columns) -> retrain_data.Dataset:
     job.step(
         0.05,
-        f"loading data/ (label {columns.label}, time {columns.time}) and labelled predictions",
+        f"loading data/ and labelled predictions (label {columns.label}, time {columns.time})",
     )
     with job.engine.store.read() as tx:
         labelled = tx.predictions.labelled_rows(job.line, len(columns.features))
