@@ -41,6 +41,7 @@ from engine.store.sqlite.integrity import integrity_report
 if TYPE_CHECKING:
     from engine.monitoring import feedback as labels
     from engine.monitoring.report import Monitoring, MonitorReport
+    from engine.retrain.data import Source
     from engine.retrain.jobs import Job
     from engine.retrain.service import RetrainService
     from engine.retrain.triggers import TriggerReport
@@ -322,6 +323,12 @@ class Engine:
     def retrain_check(self, model: str | None = None) -> TriggerReport:
         """Each retraining trigger of a line with its figure, and whether any fires."""
         return self._retrain().check(self._line(model))
+
+    def retrain_data(self, model: str | None = None) -> tuple[str, str, list[Source]]:
+        """(label column, time column, each file of `data/` with the rows it would give a
+        retraining job now, or why it is skipped) for a line."""
+        line = self._line(model)
+        return self._retrain().data_files(line, self.config.line(line))
 
     def start_retrain(
         self,

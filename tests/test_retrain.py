@@ -5,7 +5,6 @@ killed trainer, two triggers joining one job)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import threading
@@ -17,9 +16,12 @@ import numpy as np
 import pytest
 
 from engine import Engine, Workspace
+from engine.core import tasks
 from engine.core.config import RetrainSettings, parse_config
 from engine.core.errors import BeastError, ConfigError
 from engine.demo import sample_data
+from engine.monitoring import scoring
+from engine.retrain import data as retrain_data
 from engine.retrain import jobs, triggers
 from engine.retrain import search as retrain
 from tests.helpers import assert_invariants, beast, copy_workspace
@@ -163,23 +165,48 @@ def test_no_trigger_without_force_is_refused_by_start(rws: Workspace) -> None:
 # -- the pure parts ----------------------------------------------------------------------
 
 
+def _regression(accuracy: float, mae: float) -> retrain.Scores:
+    return retrain.Scores("regression", {"accuracy": accuracy, "mae": mae, "rmse": mae}, 100)
+
+
 def test_gate_boundaries() -> None:
-    prod = retrain.Scores(0.80, 3.0, 100)
-    at = retrain.decide(retrain.Scores(0.81, 2.9, 100), prod, min_improvement=0.01, wanted=True)
-    below = retrain.decide(retrain.Scores(0.809, 2.9, 100), prod, min_improvement=0.01, wanted=True)
-    unwanted = retrain.decide(
-        retrain.Scores(0.9, 2.0, 100), prod, min_improvement=0.01, wanted=False
-    )
+    prod = _regression(0.80, 3.0)
+    at = retrain.decide(_regression(0.81, 2.9), prod, min_improvement=0.01, wanted=True)
+    below = retrain.decide(_regression(0.809, 2.9), prod, min_improvement=0.01, wanted=True)
+    unwanted = retrain.decide(_regression(0.9, 2.0), prod, min_improvement=0.01, wanted=False)
     nan = retrain.decide(
-        retrain.Scores(math.nan, math.nan, 100), prod, min_improvement=0.0, wanted=True
+        retrain.score("regression", np.array([np.nan]), np.array([1.0])),
+        prod,
+        min_improvement=0.0,
+        wanted=True,
     )
-    alone = retrain.decide(retrain.Scores(0.9, 2.0, 100), None, min_improvement=0.0, wanted=True)
+    alone = retrain.decide(_regression(0.9, 2.0), None, min_improvement=0.0, wanted=True)
     assert at.deploy and "beats production" in at.reason
+    assert "holdout accuracy 0.810 vs production 0.800" in at.reason and "MAE 2.90" in at.reason
     assert not below.deploy and "not better than production" in below.reason
     assert not unwanted.deploy and "no --deploy" in unwanted.reason
     assert not nan.deploy and "NaN" in nan.reason
     assert not alone.deploy and "nothing in production" in alone.reason
-    assert retrain.score(np.array([1.0, np.nan]), np.array([1.0, 1.0]), 5).finite is False
+    nan_scores = retrain.score("regression", np.array([1.0, np.nan]), np.array([1.0, 1.0]))
+    assert nan_scores.finite is False
+
+
+def test_the_binary_gate_compares_auc_from_scoring_metrics() -> None:
+    labels = np.array([0, 0, 1, 1, 0, 1], dtype=np.float32)
+    ranked = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7])
+    good = retrain.score("binary", ranked, labels, threshold=0.5)
+    poor = retrain.score("binary", np.array([0.6, 0.2, 0.4, 0.9, 0.3, 0.5]), labels)
+    assert good.metrics == scoring.metrics("binary", ranked, labels, threshold=0.5)
+    assert set(good.to_json()) == {*tasks.METRICS["binary"], "rows"}
+    assert good.primary == 1.0 and poor.primary is not None and poor.primary < 1.0
+    wins = retrain.decide(good, poor, min_improvement=0.01, wanted=True)
+    loses = retrain.decide(poor, good, min_improvement=0.01, wanted=True)
+    assert wins.deploy and "holdout auc 1.000 vs production" in wins.reason
+    assert "log loss" in wins.reason
+    assert not loses.deploy and "not better than production" in loses.reason
+    one_class = retrain.score("binary", np.array([0.2, 0.9]), np.array([1.0, 1.0]))
+    refused = retrain.decide(one_class, poor, min_improvement=0.0, wanted=True)
+    assert not refused.deploy and "no auc" in refused.reason
 
 
 def test_next_version_follows_the_seed_convention() -> None:
@@ -195,19 +222,28 @@ def test_time_split_orders_and_refuses_too_little_data() -> None:
         retrain.time_split(retrain.MIN_ROWS - 1)
 
 
+SEED_COLUMNS = retrain_data.Columns(
+    sample_data.FEATURES, "score", "observed_at", "regression", (0.0, 100.0)
+)
+NO_PREDICTIONS = (
+    np.zeros((0, len(sample_data.FEATURES)), np.float32),
+    np.zeros(0, np.float32),
+    np.zeros(0, np.int64),
+)
+
+
 def test_data_files_skip_foreign_schemas(tmp_path: Path) -> None:
     names = sample_data.FEATURES
     sample_data.write_csv(tmp_path / "a.csv", sample_data.generate(80, seed=1))
     (tmp_path / "other.csv").write_text("x,y\n1,2\n")
     (tmp_path / ".hidden.csv").write_text("junk")
-    empty = (np.zeros((0, len(names)), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    data = retrain.load(tmp_path, names, empty)
-    assert data.rows == 80 and [s.name for s in data.sources] == ["data/a.csv"]
-    assert data.skipped == (
-        "data/other.csv: missing columns "
+    data = retrain_data.load(tmp_path, SEED_COLUMNS, NO_PREDICTIONS)
+    assert data.rows == 80 and [s.name for s in data.used] == ["data/a.csv"]
+    assert [s.note() for s in data.skipped] == [
+        "data/other.csv: skipped: missing columns "
         + ", ".join((*names, "score", "observed_at"))
-        + ": skipped",
-    )
+        + " (it has x, y)"
+    ]
     assert (np.diff(data.at_ms) >= 0).all()
     assert data.at_ms[0] == 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms, as at_ms is logged
 
@@ -403,9 +439,7 @@ def test_parquet_data_files_are_read(tmp_path: Path) -> None:
     frame["score"] = samples.scores
     frame["observed_at"] = list(samples.observed_at)
     frame.to_parquet(tmp_path / "s.parquet")
-    names = sample_data.FEATURES
-    empty = (np.zeros((0, len(names)), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
-    data = retrain.load(tmp_path, names, empty)
+    data = retrain_data.load(tmp_path, SEED_COLUMNS, NO_PREDICTIONS)
     assert data.rows == 60 and data.skipped == ()
     assert np.allclose(data.x, samples.features) and np.allclose(data.y, samples.scores)
 

@@ -7,6 +7,7 @@ import pytest
 
 from engine import Engine
 from engine.core.errors import NotFound
+from engine.retrain import jobs
 from engine.store.base import Tx
 from tests.retrain_helpers import LINE
 
@@ -115,3 +116,42 @@ def test_what_retraining_reads_of_the_other_domains(engine: Engine) -> None:
         assert tx.retrain_inputs.version_names(LINE) == ["v1.0", "v2.0", "v3.0", "v4.0"]
         assert tx.retrain_inputs.production_registered_at(LINE) is None  # nothing deployed
         assert tx.retrain_inputs.labelled_since(LINE, 0) == 0
+
+
+def _succeed(tx: Tx, job_id: int, version: str | None) -> bool:
+    return tx.jobs.finish(
+        job_id,
+        status="succeeded",
+        at="2026-01-01T00:00:02.000Z",
+        message="done",
+        version=version,
+        deployed=False,
+        reason=None,
+        error=None,
+        expect_running=True,
+    )
+
+
+def test_the_last_trained_input_is_the_newest_succeeded_job_that_made_a_version(
+    engine: Engine,
+) -> None:
+    with engine.store.write() as tx:
+        assert tx.jobs.last_trained(LINE) is None
+        made = _create(tx)
+        _claim(tx, made)
+        assert jobs.record_input(tx.jobs, made, LINE, "h1") is None
+        _succeed(tx, made, "v3.0")
+        tx.jobs.set_input_hash(made, "changed after the end")  # not running: left alone
+        assert tx.jobs.last_trained(LINE) == ("h1", "v3.0")
+        same = _create(tx)
+        _claim(tx, same)
+        assert jobs.record_input(tx.jobs, same, LINE, "h1") == "v3.0"
+        _succeed(tx, same, None)  # registered nothing: not a trained input
+        failed = _create(tx)
+        _claim(tx, failed)
+        jobs.record_input(tx.jobs, failed, LINE, "h2")
+        _finish(tx, failed, version="v4.0")
+        assert tx.jobs.last_trained(LINE) == ("h1", "v3.0")
+        other = _create(tx)
+        _claim(tx, other)
+        assert jobs.record_input(tx.jobs, other, LINE, "h3") is None

@@ -1,6 +1,7 @@
 """`beast retrain` and `beast jobs`: the retraining half of the CLI (seed: `retrain:auto`).
 
-`beast retrain --check` reports each trigger with its figure; `beast retrain` starts a job
+`beast retrain --check` reports each trigger with its figure and each data file with the rows
+it would contribute (or why it is skipped, naming its columns); `beast retrain` starts a job
 when a trigger fires (`--force`: regardless), then follows it with a progress bar on a
 terminal (plain lines otherwise) until it finishes; `--detach` returns at once. Training runs
 in a background worker process either way: interrupting the command leaves it running.
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from engine.cli.render import table
 from engine.core import text
+from engine.core.errors import BeastError
 from engine.core.records import Job
 from engine.facade import Engine
 
@@ -33,6 +35,26 @@ def _figure(value: float | str | None) -> str:
     if value is None:
         return "-"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def data_check(engine: Engine, line: str) -> tuple[dict[str, Any], list[str]]:
+    """What `data/` would give a job on `line` now: the JSON of `--check`'s `data` (its label
+    and time columns and each file, or `error` when the line has no feature names) and one
+    line per file for the text output."""
+    try:
+        label, time, files = engine.retrain_data(line)
+    except BeastError as exc:
+        return {"error": str(exc), "files": []}, []
+    doc = {"label": label, "time": time, "files": [f.to_json() for f in files]}
+    return doc, [f.note() for f in files]
+
+
+def render_data(found: dict[str, Any], notes: list[str]) -> str:
+    if "error" in found:
+        return text.escape(f"data: {found['error']}")
+    head = f"data/ (label column {found['label']}, time column {found['time']}):"
+    body = [f"  {note}" for note in notes] or ["  no data files"]
+    return "\n".join(text.escape(line) for line in (head, *body))
 
 
 def render_check(report: TriggerReport) -> str:
@@ -76,7 +98,9 @@ class Progress:
 
 def render_job(job: Job) -> str:
     """One line on a job's outcome (escaped: the worker's words may quote a file)."""
-    if job.status == "succeeded":
+    if job.status == "succeeded" and job.version is None:  # its input was the last one's
+        said = f"job {job.id} succeeded: {job.line}: registered nothing: {job.reason}"
+    elif job.status == "succeeded":
         state = "deployed" if job.deployed else "registered"
         said = f"job {job.id} succeeded: {job.line}/{job.version} {state}; {job.reason}"
     elif job.status == "failed":
@@ -89,10 +113,12 @@ def render_job(job: Job) -> str:
 def cmd_retrain(engine: Engine, args: argparse.Namespace) -> int:
     report = engine.retrain_check(args.model)
     if args.check:
+        found, notes = data_check(engine, report.line)
         if args.json:
-            _print_json(report.to_json())
+            _print_json({**report.to_json(), "data": found})
         else:
             print(render_check(report))
+            print(render_data(found, notes))
         return 0
     if not report.fires and not args.force and report.active_job is None:
         if args.json:
@@ -168,7 +194,7 @@ def cmd_jobs(engine: Engine, args: argparse.Namespace) -> int:
                     j.status,
                     f"{j.progress:.0%}",
                     j.trigger,
-                    j.version or "-",
+                    j.version or (j.message if j.status == "succeeded" else "-"),
                     "yes" if j.deployed else "no",
                     j.created_at,
                 ]
@@ -197,7 +223,11 @@ def add_parsers(add: Any) -> None:
         cmd_retrain,
         "retrain in a background worker when a trigger fires (time, new data, health)",
     )
-    p.add_argument("--check", action="store_true", help="only report each trigger and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only report each trigger and what each data file would contribute, and exit",
+    )
     p.add_argument("--force", action="store_true", help="retrain even if no trigger fires")
     p.add_argument(
         "--deploy",

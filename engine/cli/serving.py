@@ -12,12 +12,15 @@ import gc
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.cli.render import table
 from engine.core import text
 from engine.core.errors import BeastError
 from engine.facade import Engine
+
+if TYPE_CHECKING:
+    from engine.serving.features import Schema
 
 
 def _print_json(document: Any) -> None:
@@ -116,21 +119,60 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows_from_csv(path: Path) -> list[dict[str, float]]:
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """A CSV's header and its rows as text (blank lines skipped); BeastError naming the line
+    of a row whose width differs from the header's."""
     with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise BeastError(f"{path}: empty file: needs a header of feature names")
         rows = []
-        for i, raw in enumerate(reader, start=2):
-            row: dict[str, float] = {}
-            for name, text in raw.items():
-                if name is None:
-                    raise BeastError(f"{path}:{i}: more values than header columns")
-                try:
-                    row[name] = float(text)
-                except (TypeError, ValueError):
-                    raise BeastError(f"{path}:{i}: {name} = {text!r} is not a number") from None
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise BeastError(
+                    f"{path}:{reader.line_num}: {len(row)} values for {len(header)} header columns"
+                )
             rows.append(row)
-    return rows
+    return header, rows
+
+
+def _csv_batch(
+    path: Path, header: list[str], rows: list[list[str]], line: str, schema: Schema
+) -> tuple[list[list[float]], list[str]]:
+    """The rows' feature values in the model's order, and the header's other columns (not
+    features of `line`: ignored). Missing feature columns are an error naming them."""
+    from engine.serving import features  # numpy: as in cmd_predict
+
+    try:
+        columns = features.table_columns(schema, header)
+    except features.InvalidFeatures as exc:
+        raise BeastError(f"{path}: {exc}") from None
+    if columns.missing:
+        raise BeastError(f"{path}: missing feature columns of {line}: {', '.join(columns.missing)}")
+    batch = []
+    for i, row in enumerate(rows, start=2):
+        values = []
+        for at in columns.positions:
+            try:
+                values.append(float(row[at]))
+            except ValueError:
+                raise BeastError(
+                    f"{path}:{i}: {header[at]} = {row[at]!r} is not a number"
+                ) from None
+        batch.append(values)
+    return batch, list(columns.other)
+
+
+def _ignored(engine: Engine, line: str, other: list[str]) -> str:
+    """`beast predict --csv`'s note on the columns it did not score."""
+    declared = engine.config.line(line)
+    roles = {declared.label: "label", declared.time: "time"}
+    named = [f"{c} ({roles[c]})" if c in roles else c for c in other]
+    count = f"{len(other)} column{'s' if len(other) != 1 else ''}"
+    return f"beast: ignored {count} that are no feature of {line}: {', '.join(named)}"
 
 
 def cmd_predict(engine: Engine, args: argparse.Namespace) -> int:
@@ -140,33 +182,37 @@ def cmd_predict(engine: Engine, args: argparse.Namespace) -> int:
 
     if (args.features is None) == (args.csv is None):
         raise BeastError("give the features as JSON (an object or a list) or --csv FILE")
+    table: tuple[list[str], list[list[str]]] | None = None
+    batch: Any = None
     if args.features is not None:
         try:
             parsed = json.loads(args.features, parse_constant=_no_constants)
         except ValueError as exc:
             raise BeastError(f"features are not valid JSON: {exc}") from None
-        batch = (
-            parsed
-            if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict | list)
-            else None
-        )
+        if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict | list):
+            batch = parsed
     else:
-        batch = _rows_from_csv(Path(args.csv))
+        table = _read_csv(Path(args.csv))
         parsed = None
     # The whole file is queued (its rows are in memory already) and written at close, from
     # this thread, in the log's bounded transactions. A writer thread committing while this
     # one built the results held the write lock up to 0.4 s longer (the interpreter lock),
     # and a server's queue would drop what is past its 500,000 rows. No garbage collection
     # meanwhile: a full pass over a big file's rows inside a transaction held it 0.26 s more.
-    rows = len(batch) if batch is not None else 1
+    rows = len(table[1]) if table is not None else len(batch) if batch is not None else 1
     log = PredictionLog(
         engine.workspace.db_path,
         tolerance=engine.config.thresholds.tolerance_points,
-        max_queue=rows,
+        max_queue=max(rows, 1),
     )
     router = Router(engine, log=log)
     gc.disable()
     try:
+        if table is not None:
+            route = router.route(args.model)
+            batch, other = _csv_batch(Path(args.csv), *table, route.line, route.schema)
+            if other:
+                print(text.escape(_ignored(engine, route.line, other)), file=sys.stderr)
         if batch is not None:
             results = router.predict_batch(batch, model=args.model)
         else:
@@ -271,7 +317,12 @@ def add_parsers(add: Any) -> None:
     p.add_argument(
         "features", nargs="?", help='JSON: {"name": value, …}, [values], or a list of rows'
     )
-    p.add_argument("--csv", metavar="FILE", help="a CSV with a header of feature names")
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="a CSV with a header naming the features (other columns, such as the label and "
+        "time of a training file, are ignored and named on stderr)",
+    )
     p.add_argument("--key", help="sticky key for the A/B split")
     p.add_argument("--model", help="model line")
     p.add_argument("--json", action="store_true")

@@ -35,6 +35,8 @@ auc = { min = 0.70, alert = 0.60 }
 [retrain]
 min_new_samples = 100
 interval_days = 7
+# the least gain of the line's primary metric a retrained model needs: accuracy on a
+# regression line, AUC on a binary one (0.01 = one AUC point)
 min_accuracy_improvement = 0.01
 auto_deploy = false
 # a retrained model is deployed as an A/B candidate at this share (percent, 1–99)

@@ -37,7 +37,9 @@ __all__ = [  # Job's home is engine.core.records (the store returns it); it is r
     "log_lines",
     "lost",
     "monotonic",
+    "no_new_data",
     "overdue",
+    "record_input",
     "renew",
     "set_progress",
     "timed_out",
@@ -147,6 +149,20 @@ def log_lines(repo: JobRepo, job_id: int, *, times: bool = False) -> list[str]:
     return [f"{at} {line}" if times else line for at, line in repo.log(job_id)]
 
 
+def record_input(repo: JobRepo, job_id: int, line: str, input_hash: str) -> str | None:
+    """Record what a running job trains on (engine.retrain.data.Dataset.input_hash); the
+    version the line's last trained job made of the very same input, or None: a job that
+    finds one has nothing new to train on."""
+    repo.set_input_hash(job_id, input_hash)
+    last = repo.last_trained(line)
+    return last[1] if last is not None and last[0] == input_hash else None
+
+
+def no_new_data(version: str) -> str:
+    """The outcome of a job whose input equals the one `version` was trained on."""
+    return f"no new data since {version}"
+
+
 def finish(
     repo: JobRepo,
     job_id: int,
@@ -157,10 +173,13 @@ def finish(
     reason: str | None = None,
     error: str | None = None,
     expect_running: bool = True,
+    message: str | None = None,
 ) -> bool:
-    """End a job once; False when something else (a reaper, a timeout) ended it first."""
+    """End a job once; False when something else (a reaper, a timeout) ended it first.
+    `message` (default: "done", or the error) is what `beast jobs` shows of it."""
     assert status in FINISHED
-    message = "done" if status == "succeeded" else f"failed: {error}"
+    if message is None:
+        message = "done" if status == "succeeded" else f"failed: {error}"
     done = repo.finish(
         job_id,
         status=status,

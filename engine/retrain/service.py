@@ -12,13 +12,17 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.core.config import RetrainSettings
+from engine.core.config import LineSettings, RetrainSettings
 from engine.core.errors import BeastError, StateBusy
 from engine.core.records import Job
 from engine.core.workspace import Workspace
 from engine.retrain import jobs, triggers, workers
 from engine.store.base import Store
+
+if TYPE_CHECKING:
+    from engine.retrain.data import Source
 
 POLL_S = 0.2  # `wait`'s pace, a progress bar's; each poll is one indexed read
 REAP_EVERY_S = 1.0  # `wait` reaps this often, so a dead worker is seen once its lease ends
@@ -38,6 +42,15 @@ class RetrainService:
         """Each retraining trigger of `line` with its figure, and whether any fires."""
         with self.store.read() as tx:
             return triggers.evaluate(tx, line, self.settings)
+
+    def data_files(self, line: str, columns: LineSettings) -> tuple[str, str, list[Source]]:
+        """(label column, time column, each data file with what it would contribute now)."""
+        # numpy and pandas: only `beast retrain --check` pays them, not every job listing
+        from engine.retrain import data
+
+        with self.store.read() as tx:
+            found = data.Columns.read(tx, line, columns)
+        return found.label, found.time, data.inspect(self.workspace.data_dir, found)
 
     def start(self, line: str, *, force: bool, deploy: bool, trigger: str) -> Job:
         """Queue a job on `line` (or join its active one) and start its worker; at once."""

@@ -4,7 +4,10 @@ Started by `engine.retrain.workers.launch` in its own session, at nice 10, with 
 It claims its queued job, then a watchdog thread renews the lease on the monotonic clock and
 enforces the job's timeout: when the deadline passes it marks the job failed, removes the
 temp files and SIGKILLs the whole process group (this worker and anything it started, such
-as the validation child). The main thread trains (engine.retrain.search), writes the artifact
+as the validation child). The main thread loads the line's data by its declared columns
+(engine.retrain.data) and records its input hash: a job whose rows and settings equal those
+of the line's last version ends there ("no new data since vN", nothing registered). Otherwise
+it trains for the line's task (engine.retrain.search), writes the artifact
 atomically into `models/` with its `.lineage` sidecar, registers it through
 `Engine.register`, logs the run to MLflow when `engine.retrain.mlflow_tracking` is there, and
 deploys the model as an A/B candidate only when asked and only if it beats production.
@@ -47,6 +50,7 @@ from engine.core.workspace import Workspace
 from engine.facade import Engine
 from engine.monitoring import baselines
 from engine.registry import artifacts
+from engine.retrain import data as retrain_data
 from engine.retrain import jobs, workers
 from engine.retrain import search as retrain
 from engine.store.base import Store, Tx
@@ -237,25 +241,23 @@ def _hang(job: RunningJob) -> None:
         time.sleep(1)
 
 
-def _line_schema(engine: Engine, line: str) -> tuple[str, ...]:
+def line_columns(engine: Engine, line: str) -> retrain_data.Columns:
+    """The line's features (by name, from its models) and declared label and time columns."""
     with engine.store.read() as tx:
-        names = tx.retrain_inputs.feature_names(line)
-    if names is None:
-        raise BeastError(
-            f"model line {line} has no feature names: training data is matched by name"
-        )
-    return names
+        return retrain_data.Columns.read(tx, line, engine.config.line(line))
 
 
-def _load(job: RunningJob, names: tuple[str, ...]) -> retrain.Dataset:
-    job.step(0.05, "loading data/ and labelled predictions")
+def _load(job: RunningJob, columns: retrain_data.Columns) -> retrain_data.Dataset:
+    job.step(
+        0.05,
+        f"loading data/ and labelled predictions (label {columns.label}, time {columns.time})",
+    )
     with job.engine.store.read() as tx:
-        labelled = tx.predictions.labelled_rows(job.line, len(names))
-    data = retrain.load(job.engine.workspace.data_dir, names, labelled)
-    for note in data.skipped:
-        job.log(note)
-    sources = ", ".join(f"{s.name}: {s.rows}" for s in data.sources) or "none"
-    job.log(f"{data.rows} rows ({sources})")
+        labelled = tx.predictions.labelled_rows(job.line, len(columns.features))
+    data = retrain_data.load(job.engine.workspace.data_dir, columns, labelled)
+    for source in data.sources:
+        job.log(source.note())
+    job.log(f"{data.rows} rows ({retrain_data.summary(data.sources)})")
     return data
 
 
@@ -277,20 +279,30 @@ def _predict(model_path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _judge(
-    job: RunningJob, trained: retrain.Trained, data: retrain.Dataset, split: retrain.Split
+    job: RunningJob, trained: retrain.Trained, data: retrain_data.Dataset, split: retrain.Split
 ) -> tuple[retrain.Scores, retrain.Scores | None, str | None]:
-    tolerance = job.engine.config.thresholds.tolerance_points
+    line = job.engine.config.line(job.line)
     x, y = data.x[split.holdout], data.y[split.holdout]
+
+    def score(predicted: np.ndarray) -> retrain.Scores:
+        return retrain.score(
+            line.task,
+            predicted,
+            y,
+            tolerance=line.tolerance_points,
+            threshold=line.decision_threshold,
+        )
+
     predicted = trained.booster.inplace_predict(x)
     if _fault() == "nan":
         predicted = np.full_like(predicted, np.nan)
-    new = retrain.score(predicted, y, tolerance)
+    new = score(predicted)
     found = _production(job.engine, job.line)
     if found is None:
         return new, None, None
     name, path = found
     try:
-        production = retrain.score(_predict(path, x), y, tolerance)
+        production = score(_predict(path, x))
     except Exception as exc:  # the artifact is gone or unreadable: no comparison, no deploy
         job.log(f"production {name} could not be scored ({type(exc).__name__}: {exc})")
         return new, None, name
@@ -302,7 +314,7 @@ class Fit:
     """What the search produced, with the data and split it came from."""
 
     names: tuple[str, ...]
-    data: retrain.Dataset
+    data: retrain_data.Dataset
     split: retrain.Split
     trained: retrain.Trained
 
@@ -320,7 +332,8 @@ def _lineage(
         "data": {
             "rows": data.rows,
             "sha256": data.sha256(),
-            "sources": [vars(s) for s in data.sources],
+            "sources": [s.to_json() for s in data.used],
+            "skipped": [s.note() for s in data.skipped],
         },
         "parameters": {**trained.params, "rounds": trained.rounds},
         "search": [vars(t) for t in trained.trials],
@@ -344,7 +357,7 @@ def _write_artifact(
     side = baselines.write_sidecar(
         temp,
         reference,
-        metrics={"accuracy": holdout.accuracy, "mae": holdout.mae} if holdout.finite else {},
+        metrics=holdout.metrics,
         extra=lineage,
     )
     trained.booster.save_model(str(temp))
@@ -405,10 +418,9 @@ def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[
     return True, f"{decision.reason}; A/B test {test} at {settings.candidate_traffic:g}%"
 
 
-def _train(job: RunningJob) -> Fit:
-    """Data, split and the bounded search (the faults of the test hooks strike here)."""
-    names = _line_schema(job.engine, job.line)
-    data = _load(job, names)
+def _train(job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Dataset) -> Fit:
+    """Split and the bounded search (the faults of the test hooks strike here)."""
+    names = columns.features
     if _fault() == "crash":
         raise RuntimeError("test fault: trainer crashed")
     if _fault() == "abort":
@@ -426,10 +438,12 @@ def _train(job: RunningJob) -> Fit:
         job.step(
             0.15 + 0.6 * (i + 1) / count,
             f"configuration {i + 1}/{count} {trial.params}: "
-            f"{trial.rounds} rounds, validation MAE {trial.valid_mae:.3f}",
+            f"{trial.rounds} rounds, validation {metric} {trial.valid_score:.3f}",
         )
 
-    return Fit(names, data, split, retrain.search(data, split, names, on_trial))
+    metric = retrain.params_for(columns.task)["eval_metric"]
+    trained = retrain.search(data, split, names, on_trial, task=columns.task)
+    return Fit(names, data, split, trained)
 
 
 def _next_version(job: RunningJob) -> str:
@@ -464,15 +478,34 @@ def register_model(job: RunningJob, model: Path, version: str) -> None:
     )
 
 
-def run(job: RunningJob) -> tuple[str, bool, str]:
-    """Train, judge, write, register and maybe deploy; (version, deployed, reason)."""
-    fit = _train(job)
+def _same_input(
+    job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Dataset
+) -> str | None:
+    """Record the job's input hash; the version trained on the same input, or None."""
+    input_hash = data.input_hash(columns, retrain.settings(columns.task))
+    job.log(f"input hash {input_hash[:16]} (rows and training settings)")
+    return job.commit(
+        "recording the input hash",
+        lambda tx: jobs.record_input(tx.jobs, job.id, job.line, input_hash),
+    )
+
+
+def run(job: RunningJob) -> tuple[str | None, bool, str]:
+    """Train, judge, write, register and maybe deploy; (version, deployed, reason). A job
+    whose rows and settings equal those the line's last version was trained on registers
+    nothing: (None, False, "no new data since vN")."""
+    columns = line_columns(job.engine, job.line)
+    data = _load(job, columns)
+    same = _same_input(job, columns, data)
+    if same is not None:
+        return None, False, jobs.no_new_data(same)
+    fit = _train(job, columns, data)
     job.step(0.8, "scoring the new model and production on the same holdout")
     new, production, parent = _judge(job, fit.trained, fit.data, fit.split)
     scores = {
         "holdout": new.to_json(),
         "production_holdout": production.to_json() if production is not None else None,
-        "validation_mae": fit.trained.valid_mae,
+        f"validation_{fit.trained.valid_metric}": fit.trained.valid_score,
     }
     decision = retrain.decide(
         new,
@@ -560,6 +593,7 @@ def _work(engine: Engine, job_id: int) -> int:
                 version=version,
                 deployed=deployed,
                 reason=reason,
+                message=None if version is not None else reason,
             ),
         )
         return 0

@@ -222,3 +222,27 @@ def _array(schema: Schema, rows: np.ndarray) -> np.ndarray:
         except InvalidFeatures as exc:
             raise InvalidFeatures(f"row {i}: {exc}") from None
     return x
+
+
+@dataclass(frozen=True)
+class TableColumns:
+    """A table's header against the model's features: where each feature is (model order),
+    the features it lacks, and its other columns (a label, a time, notes: not features)."""
+
+    positions: tuple[int, ...]
+    missing: tuple[str, ...]
+    other: tuple[str, ...]
+
+
+def table_columns(schema: Schema, header: Sequence[str]) -> TableColumns:
+    """Match a table's header (a CSV's, say) to the model's feature names. A feature named
+    twice is refused: which of the two to score would be a guess."""
+    twice = sorted({n for n in header if n in schema.name_set and header.count(n) > 1})
+    if twice:
+        raise InvalidFeatures(f"feature columns given twice: {', '.join(twice)}")
+    where = {name: i for i, name in enumerate(header)}
+    return TableColumns(
+        tuple(where[n] for n in schema.names if n in where),
+        tuple(n for n in schema.names if n not in where),
+        tuple(c for c in header if c not in schema.name_set),
+    )

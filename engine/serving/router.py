@@ -268,6 +268,11 @@ class Router:
             self._boosters[ref.artifact_id] = loaded
         return Arm(role, ref, *loaded)
 
+    def route(self, model: str | None = None) -> Route:
+        """What serves `model` (None: the only deployed line), or the error a prediction for
+        it would get."""
+        return self._route(model)
+
     def _route(self, model: str | None) -> Route:
         if time.monotonic() - self._checked >= self.refresh_s:
             with contextlib.suppress(StoreError):  # serve from memory while the store is down

@@ -89,6 +89,16 @@ class JobRepo(Protocol):
         """The version name a running job writes (a job not running is left alone)."""
         ...
 
+    def set_input_hash(self, job_id: int, input_hash: str) -> None:
+        """The hash of what a running job trains on, rows and settings (a job not running is
+        left alone)."""
+        ...
+
+    def last_trained(self, line: str) -> tuple[str, str] | None:
+        """(input hash, version) of the line's newest succeeded job that registered a version
+        and recorded its input hash, or None."""
+        ...
+
     def finish(
         self,
         job_id: int,

@@ -172,6 +172,20 @@ class SqliteJobs:
             "UPDATE jobs SET version = ? WHERE id = ? AND status = 'running'", (version, job_id)
         )
 
+    def set_input_hash(self, job_id: int, input_hash: str) -> None:
+        self.conn.execute(
+            "UPDATE jobs SET input_hash = ? WHERE id = ? AND status = 'running'",
+            (input_hash, job_id),
+        )
+
+    def last_trained(self, line: str) -> tuple[str, str] | None:
+        found = self.conn.execute(
+            "SELECT input_hash, version FROM jobs WHERE line = ? AND status = 'succeeded'"
+            " AND version IS NOT NULL AND input_hash IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (line,),
+        ).fetchone()
+        return (str(found[0]), str(found[1])) if found else None
+
     def finish(
         self,
         job_id: int,
