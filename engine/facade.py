@@ -412,7 +412,11 @@ class Engine:
 
     def _registry(self) -> Registry:
         return Registry(
-            lambda: self.store, self.workspace.models_dir, lambda: self.config.registry, self.actor
+            lambda: self.store,
+            self.workspace.models_dir,
+            lambda: self.config.registry,
+            self.actor,
+            lambda line: self.config.line(line),  # noqa: PLW0108 - config read when needed
         )
 
     def _deploys(self) -> deploy_service.Deployments:

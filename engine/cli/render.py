@@ -139,7 +139,7 @@ def models(report: ModelsReport) -> str:
                     a.n_features or "-",
                     a.xgboost_version or "-",
                     a.sha256[:12],
-                    a.path.rsplit("/", 1)[-1],
+                    ", ".join(p.rsplit("/", 1)[-1] for p in a.paths or (a.path,)),
                     a.reason or "",
                 ]
             )

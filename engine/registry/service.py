@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.core.config import RegistrySettings
+from engine.core import tasks
+from engine.core.config import LineSettings, RegistrySettings
 from engine.core.errors import ArtifactRejected, BeastError
 from engine.core.records import Artifact, Lineage
 from engine.registry import artifacts, catalog
@@ -38,6 +39,7 @@ class Registry:
     models_dir: Path
     get_settings: Callable[[], RegistrySettings]
     actor: str
+    get_line: Callable[[str], LineSettings]  # a line's contract (config.toml [lines.NAME])
 
     def register(
         self,
@@ -65,9 +67,12 @@ class Registry:
                 known = None
         naming = catalog.naming_for(
             resolved,
+            # Known bytes under another file name are that artifact, not a new version: only
+            # an explicit --version adds a name to it.
             version=version,
             model=model or (known.line if known else None),
             lines=lines,
+            from_file=known is None,
         )
         if naming.line is None:
             raise BeastError(f"cannot tell the model line from {resolved.name}: pass --model NAME")
@@ -96,9 +101,11 @@ class Registry:
                 assert validation.n_features is not None
                 reason = catalog.schema_mismatch(
                     tx, naming.line, validation.n_features, validation.feature_names
-                )
+                ) or tasks.objective_refusal(validation.objective, self.get_line(naming.line).task)
             if reason is not None:
-                catalog.record_rejection(tx, checked, sha, reason, self.actor)
+                catalog.record_rejection(
+                    tx, checked, sha, reason, self.actor, objective=validation.objective
+                )
                 outcome = None
             else:
                 outcome = catalog.store_valid(
@@ -114,10 +121,12 @@ class Registry:
         return catalog.Registration(artifact, ref, new)
 
     def models(self) -> ModelsReport:
-        """Every artifact, the files in models/ not registered, and what serves."""
+        """Every artifact (with the paths of its byte-identical copies), the files in models/ not
+        registered, and what serves."""
         with self.open_store().read() as tx:
-            found = catalog.list_artifacts(tx, self.models_dir)
-            loose = catalog.unregistered_files(tx, self.models_dir, self.get_settings())
+            scanned = catalog.scan(tx, self.models_dir, self.get_settings())
+            found = catalog.list_artifacts(tx, self.models_dir, copies=scanned.copies)
+            loose = scanned.unregistered
             serving: dict[str, str] = {}
             for state in tx.deployments.states():
                 serving[f"{state.line}/{state.production.name}"] = "production"
