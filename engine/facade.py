@@ -238,12 +238,18 @@ class Engine:
         version: str | None = None,
         model: str | None = None,
         validator: artifacts.Validator | None = None,
+        reference: str | Path | None = None,
     ) -> registry.Registration:
         """Validate a model file in models/ (in a child process) and register it by sha256.
 
         `validator` replaces the cold child (the daemon's watcher keeps a warm one).
+        `reference`: a labelled CSV or Parquet file with the line's features and label; the
+        model scores it and its metrics and drift reference become the version's baseline
+        (replacing a training sidecar's); a file that cannot serve refuses it all.
         """
-        return self._registry().register(path, version=version, model=model, validator=validator)
+        return self._registry().register(
+            path, version=version, model=model, validator=validator, reference=reference
+        )
 
     # -- deployments ----------------------------------------------------------------------
 
@@ -257,12 +263,25 @@ class Engine:
         ab_test: str | None = None,
         note: str | None = None,
         expect: Expect | None = None,
+        reference: str | Path | None = None,
     ) -> Change:
-        """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate."""
+        """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate.
+
+        `reference`: a labelled file that becomes the version's baseline (see `register`):
+        with a PATH, kept by its registration; with a registered version, in the deploy's
+        own transaction.
+        """
         _check_entry(note, expect, version=version, model=model)
         bp = deploy_service.traffic_for(traffic, ab_test)
-        target = self._deploy_target(path, version, model)
-        return self._deploys().deploy(target, bp=bp, ab_test=ab_test, note=note, expect=expect)
+        if path is not None:
+            target = self._deploy_target(path, version, model, reference)
+            baseline = None
+        else:
+            target = self._deploy_target(None, version, model)
+            baseline = self._registry().reference_writer(target, reference) if reference else None
+        return self._deploys().deploy(
+            target, bp=bp, ab_test=ab_test, note=note, expect=expect, also=baseline
+        )
 
     def promote(
         self,
@@ -425,11 +444,15 @@ class Engine:
         )
 
     def _deploy_target(
-        self, path: str | Path | None, version: str | None, model: str | None
+        self,
+        path: str | Path | None,
+        version: str | None,
+        model: str | None,
+        reference: str | Path | None = None,
     ) -> VersionRef:
         """The version a deploy puts into service: the file at `path` registered, or `version`."""
         if path is not None:
-            ref = self.register(path, version=version, model=model).version
+            ref = self.register(path, version=version, model=model, reference=reference).version
             if ref is None:  # pragma: no cover - register refuses unnamed artifacts
                 raise BeastError("the file has no version name: pass --version V")
             return ref

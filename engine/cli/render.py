@@ -39,7 +39,7 @@ def status(report: Status) -> str:
         out.append(f"{text.escape(line)}  (revision {report.revisions.get(line, 0)})")
         out.append(
             table(
-                ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT"],
+                ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT", "BASELINE"],
                 [
                     [
                         d.version,
@@ -49,6 +49,7 @@ def status(report: Status) -> str:
                         d.since,
                         d.by,
                         "ok" if d.artifact_present else "MISSING",
+                        d.baseline or "none yet",
                     ]
                     for d in rows
                 ],

@@ -163,6 +163,9 @@ class Deployment:
     by: str
     sha256: str
     artifact_present: bool = True
+    # Where its baseline came from ("reference", "training", "first_predictions"); None: none
+    # yet (engine.monitoring.baselines).
+    baseline: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

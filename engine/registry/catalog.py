@@ -21,6 +21,7 @@ class Registration:
     artifact: Artifact
     version: VersionRef | None
     new: bool
+    reference: str | None = None  # the reference file kept as its baseline ("name (N rows)")
 
 
 def located(artifact: Artifact, models_dir: Path, copies: tuple[str, ...] = ()) -> Artifact:
