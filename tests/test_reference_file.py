@@ -221,7 +221,8 @@ def test_deploy_a_registered_version_with_a_reference_and_status_names_every_sou
     assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
     (row,) = status_rows(registered)
     assert row["baseline"] is None
-    assert "none yet" in beast(registered, "status").stdout
+    human = beast(registered, "status").stdout
+    assert "none yet" in human and "no baseline yet: quality-predictor/v1.0 (" in human
 
     bad = _bad("no-label", tmp_path)
     out = beast(
@@ -270,3 +271,31 @@ def test_beast_status_reads_baselines_without_loading_numpy(registered: Workspac
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_a_reference_is_not_replaced_once_live_rows_were_binned_by_it(
+    registered: Workspace, tmp_path: Path
+) -> None:
+    from tests.serving_helpers import count, serving
+
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    reference_frame(seed=1).to_csv(first, index=False)
+    reference_frame(seed=2).to_csv(second, index=False)
+    with closing(Engine(registered)) as engine:
+        engine.deploy(version="v1.0", reference=first)
+    rows = np.random.default_rng(3).random((50, len(FEATURES))).tolist()
+    with serving(registered) as (router, _log):
+        router.predict_batch(rows)
+    assert count(registered, "SELECT sum(drift_n) FROM rollups") == 50
+    with closing(Engine(registered)) as engine:  # v2.0 has served nothing: replaced freely
+        engine.register(model_path(registered, "v2.0"), reference=first)
+        engine.register(model_path(registered, "v2.0"), reference=second)
+    found = baseline_of(registered, "quality-predictor", "v2.0")
+    assert found is not None and found.detail == "second.csv (400 rows)"
+    out = beast(
+        registered, "register", str(model_path(registered, "v1.0")), "--reference", str(second)
+    )
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "quality-predictor/v1.0 has served rows counted against its drift" in out.stderr
+    found = baseline_of(registered, "quality-predictor", "v1.0")
+    assert found is not None and found.detail == "first.csv (400 rows)"

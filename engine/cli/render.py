@@ -85,6 +85,14 @@ def status(report: Status) -> str:
             )
         )
     out.append(f"health: {report.health}")
+    bare = [f"{d.line}/{d.version}" for d in report.deployments if d.baseline is None]
+    if bare:
+        out.append(
+            text.escape(
+                f"no baseline yet: {', '.join(bare)} (`beast deploy --version V --reference "
+                "FILE` gives one; otherwise its first predictions will)"
+            )
+        )
     return "\n".join(out)
 
 
