@@ -8,6 +8,7 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -273,15 +274,16 @@ class Engine:
         """
         _check_entry(note, expect, version=version, model=model)
         bp = deploy_service.traffic_for(traffic, ab_test)
-        if path is not None:
-            target = self._deploy_target(path, version, model, reference)
-            baseline = None
-        else:
-            target = self._deploy_target(None, version, model)
-            baseline = self._registry().reference_writer(target, reference) if reference else None
-        return self._deploys().deploy(
+        target, detail = self._deploy_target(path, version, model, reference)
+        baseline = None
+        if reference is not None and path is None:  # a registered version: kept with the deploy
+            detail, baseline = self._registry().reference_writer(target, reference)
+        change = self._deploys().deploy(
             target, bp=bp, ab_test=ab_test, note=note, expect=expect, also=baseline
         )
+        if detail is None:
+            return change
+        return dataclasses.replace(change, message=f"{change.message}; baseline: {detail}")
 
     def promote(
         self,
@@ -449,18 +451,19 @@ class Engine:
         version: str | None,
         model: str | None,
         reference: str | Path | None = None,
-    ) -> VersionRef:
-        """The version a deploy puts into service: the file at `path` registered, or `version`."""
+    ) -> tuple[VersionRef, str | None]:
+        """The version a deploy puts into service — the file at `path` registered (with its
+        `reference`), or `version` — and the reference file its registration kept."""
         if path is not None:
-            ref = self.register(path, version=version, model=model, reference=reference).version
-            if ref is None:  # pragma: no cover - register refuses unnamed artifacts
+            reg = self.register(path, version=version, model=model, reference=reference)
+            if reg.version is None:  # pragma: no cover - register refuses unnamed artifacts
                 raise BeastError("the file has no version name: pass --version V")
-            return ref
+            return reg.version, reg.reference
         if version is None:
             raise BeastError("deploy needs a model file PATH or --version V of a registered one")
         line = self._line(model)
         with self.store.read() as tx:
-            return tx.registry.get_version(line, version)
+            return tx.registry.get_version(line, version), None
 
     def _judge(self, found: Experiment) -> tuple[str, str]:
         """A running test's verdict (outcome, reason), from its monitoring report."""

@@ -240,6 +240,7 @@ def test_deploy_a_registered_version_with_a_reference_and_status_names_every_sou
         "--reference", str(csv),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+    assert out.stdout.rstrip().endswith("; baseline: ref.csv (400 rows)")
     rows = {r["version"]: r["baseline"] for r in status_rows(registered)}
     assert rows == {"v1.0": None, "v2.0": "reference"}
     found = baseline_of(registered, "quality-predictor", "v2.0")
@@ -256,6 +257,7 @@ def test_deploy_a_path_with_a_reference_registers_both_at_once(
     reference_frame().to_csv(csv, index=False)
     out = beast(registered, "deploy", str(model), "--reference", str(csv))
     assert out.returncode == 0, out.stderr
+    assert "baseline: ref.csv (400 rows)" in out.stdout
     assert {r["version"]: r["baseline"] for r in status_rows(registered)} == {"v5.0": "reference"}
 
 

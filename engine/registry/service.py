@@ -138,9 +138,12 @@ class Registry:
             expected_sha256=sha,
         )
 
-    def reference_writer(self, ref: VersionRef, reference: str | Path) -> Callable[[Tx], None]:
-        """Score a reference file with a registered version's model now; what stores it as
-        the version's baseline inside a later write transaction (the deploy's)."""
+    def reference_writer(
+        self, ref: VersionRef, reference: str | Path
+    ) -> tuple[str, Callable[[Tx], None]]:
+        """Score a reference file with a registered version's model now: its name and rows,
+        and what stores it as the version's baseline inside a later write transaction (the
+        deploy's)."""
         with self.open_store().read() as tx:
             (artifact,) = catalog.list_artifacts(tx, self.models_dir, only_id=ref.artifact_id)
         assert artifact.n_features is not None  # a version names a valid artifact
@@ -150,7 +153,7 @@ class Registry:
         built = _reference_baseline(
             reference, Path(artifact.path), ref.sha256, validation, self.get_line(ref.line)
         )
-        return lambda tx: _store_reference(tx, ref.artifact_id, built, ref.line, ref)
+        return built.detail, lambda tx: _store_reference(tx, ref.artifact_id, built, ref.line, ref)
 
     def models(self) -> ModelsReport:
         """Every artifact (with the paths of its byte-identical copies), the files in models/ not
