@@ -58,13 +58,6 @@ class Scan:
     unregistered: list[tuple[str, str | None]]  # (relative path, why it would be refused)
 
 
-def unregistered_files(
-    tx: Tx, models_dir: Path, settings: RegistrySettings
-) -> list[tuple[str, str | None]]:
-    """Files in models/ with no registry row: (relative path, reason a cheap check refuses)."""
-    return scan(tx, models_dir, settings).unregistered
-
-
 def scan(tx: Tx, models_dir: Path, settings: RegistrySettings) -> Scan:
     """Files in models/ with no registry row: the copies of valid artifacts, and the others.
 
