@@ -204,12 +204,16 @@ def test_a_bad_reference_is_refused_in_one_line_and_nothing_is_stored(
 def test_a_binary_label_that_is_not_0_or_1_is_refused(binary_ws: Workspace, tmp_path: Path) -> None:
     model = train_classifier(binary_ws.models_dir / "revert-risk-v1.json", seed=4)
     frame = reference_frame(rows=10).drop(columns=["score"])
-    frame["reverted"] = [0, 1, 1, 2, 0, 0, 1, 0, 1, 0]
+    frame["reverted"] = [0.0, 1.0, 1.0, 2.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # written "1.0"
     csv = tmp_path / "labels.csv"
     frame.to_csv(csv, index=False)
     out = beast(binary_ws, "register", str(model), "--reference", str(csv))
     assert out.returncode == 1 and out.stderr.count("\n") == 1
-    assert "label reverted row 4 is '2'" in out.stderr and "0 or 1" in out.stderr
+    assert "label reverted row 4 is '2.0'" in out.stderr and "0 or 1" in out.stderr
+    frame.loc[3, "reverted"] = 1.0
+    frame.to_csv(csv, index=False)
+    out = beast(binary_ws, "register", str(model), "--reference", str(csv))
+    assert out.returncode == 0, out.stderr
 
 
 # -- deploy --reference, and status naming the source ------------------------------------------

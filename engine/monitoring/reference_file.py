@@ -181,7 +181,7 @@ def _labels(name: str, column: pd.Series[Any], line: LineSettings) -> np.ndarray
         out = np.empty(len(column), dtype=np.float64)
         for row, value in enumerate(column.tolist()):
             try:
-                out[row] = tasks.binary_label(value)
+                out[row] = _binary(value)
             except ValueError:
                 raise ReferenceRefused(
                     f"reference {name}: label {line.label} row {row + 1} is {_shown(value)}; "
@@ -198,6 +198,16 @@ def _labels(name: str, column: pd.Series[Any], line: LineSettings) -> np.ndarray
             f"the line's label_range [{low:g}, {high:g}]"
         )
     return labels
+
+
+def _binary(value: object) -> int:
+    """0 or 1 as engine.core.tasks reads a label, and also as a CSV of floats writes it."""
+    try:
+        return tasks.binary_label(value)
+    except ValueError:
+        if not isinstance(value, str):
+            raise
+        return tasks.binary_label(float(value))  # "1.0"; ValueError for anything else
 
 
 def _shown(value: object) -> str:
