@@ -136,14 +136,11 @@ def _frame(path: Path) -> pd.DataFrame:
         )
     if not path.is_file():
         raise ReferenceRefused(f"reference {path}: no such file")
+    # CSV without NA guessing: "", "NA" or "n/a" leave their column text, so the value that is
+    # not a number is named as written; numeric columns parse in C (0.13 s for 100,000 rows of
+    # six columns, against 1.05 s reading every column as text).
     try:
-        if kind == "csv":
-            # No NA guessing: "", "NA" or "n/a" leave their column text, so the value that is
-            # not a number is named as written; numeric columns parse in C (0.13 s for 100,000
-            # rows of six columns, against 1.05 s reading every column as text).
-            frame = pd.read_csv(path, keep_default_na=False)
-        else:
-            frame = pd.read_parquet(path)
+        frame = pd.read_csv(path, keep_default_na=False) if kind == "csv" else pd.read_parquet(path)
     except ImportError as exc:
         raise ReferenceRefused(
             f"reference {path.name}: reading Parquet needs pyarrow ({exc}); "
