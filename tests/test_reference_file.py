@@ -169,6 +169,8 @@ def _bad(case: str, tmp_path: Path) -> Path:
         path = tmp_path / "bad.xlsx"
     elif case == "no-such-file":
         return tmp_path / "absent.csv"
+    elif case == "control-in-name":
+        path = tmp_path / "ref\x1b[2J.csv"
     frame.to_csv(path, index=False)
     return path
 
@@ -185,6 +187,7 @@ def _bad(case: str, tmp_path: Path) -> Path:
         ("empty-file", ("the file is empty",)),
         ("wrong-suffix", ("give a .csv or .parquet file",)),
         ("no-such-file", ("no such file",)),
+        ("control-in-name", ("reference file name", "control character")),
     ],
 )
 def test_a_bad_reference_is_refused_in_one_line_and_nothing_is_stored(

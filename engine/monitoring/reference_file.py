@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.core import tasks
+from engine.core import tasks, text
 from engine.core.config import LineSettings
 from engine.core.errors import BeastError
 from engine.monitoring import baselines, scoring
@@ -58,6 +58,8 @@ def build(
     """Read the file, score it with the registered model (its bytes checked against
     `sha256`), and compute the baseline; ReferenceRefused naming the problem otherwise."""
     file = Path(path).expanduser()
+    # Its name is kept (the baseline's detail) and printed: refused as any stored text is.
+    text.check("reference file name", file.name, limit=text.MAX_PATH_CHARS)
     x, labels = read(file, features, line)
     scores = _score(model, sha256, x)
     metrics = scoring.metrics(
