@@ -8,6 +8,7 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -239,12 +240,18 @@ class Engine:
         version: str | None = None,
         model: str | None = None,
         validator: artifacts.Validator | None = None,
+        reference: str | Path | None = None,
     ) -> registry.Registration:
         """Validate a model file in models/ (in a child process) and register it by sha256.
 
         `validator` replaces the cold child (the daemon's watcher keeps a warm one).
+        `reference`: a labelled CSV or Parquet file with the line's features and label; the
+        model scores it and its metrics and drift reference become the version's baseline
+        (replacing a training sidecar's); a file that cannot serve refuses it all.
         """
-        return self._registry().register(path, version=version, model=model, validator=validator)
+        return self._registry().register(
+            path, version=version, model=model, validator=validator, reference=reference
+        )
 
     # -- deployments ----------------------------------------------------------------------
 
@@ -258,12 +265,26 @@ class Engine:
         ab_test: str | None = None,
         note: str | None = None,
         expect: Expect | None = None,
+        reference: str | Path | None = None,
     ) -> Change:
-        """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate."""
+        """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate.
+
+        `reference`: a labelled file that becomes the version's baseline (see `register`):
+        with a PATH, kept by its registration; with a registered version, in the deploy's
+        own transaction.
+        """
         _check_entry(note, expect, version=version, model=model)
         bp = deploy_service.traffic_for(traffic, ab_test)
-        target = self._deploy_target(path, version, model)
-        return self._deploys().deploy(target, bp=bp, ab_test=ab_test, note=note, expect=expect)
+        target, detail = self._deploy_target(path, version, model, reference)
+        baseline = None
+        if reference is not None and path is None:  # a registered version: kept with the deploy
+            detail, baseline = self._registry().reference_writer(target, reference)
+        change = self._deploys().deploy(
+            target, bp=bp, ab_test=ab_test, note=note, expect=expect, also=baseline
+        )
+        if detail is None:
+            return change
+        return dataclasses.replace(change, message=f"{change.message}; baseline: {detail}")
 
     def promote(
         self,
@@ -419,7 +440,11 @@ class Engine:
 
     def _registry(self) -> Registry:
         return Registry(
-            lambda: self.store, self.workspace.models_dir, lambda: self.config.registry, self.actor
+            lambda: self.store,
+            self.workspace.models_dir,
+            lambda: self.config.registry,
+            self.actor,
+            lambda line: self.config.line(line),  # noqa: PLW0108 - config read when needed
         )
 
     def _deploys(self) -> deploy_service.Deployments:
@@ -428,19 +453,24 @@ class Engine:
         )
 
     def _deploy_target(
-        self, path: str | Path | None, version: str | None, model: str | None
-    ) -> VersionRef:
-        """The version a deploy puts into service: the file at `path` registered, or `version`."""
+        self,
+        path: str | Path | None,
+        version: str | None,
+        model: str | None,
+        reference: str | Path | None = None,
+    ) -> tuple[VersionRef, str | None]:
+        """The version a deploy puts into service — the file at `path` registered (with its
+        `reference`), or `version` — and the reference file its registration kept."""
         if path is not None:
-            ref = self.register(path, version=version, model=model).version
-            if ref is None:  # pragma: no cover - register refuses unnamed artifacts
+            reg = self.register(path, version=version, model=model, reference=reference)
+            if reg.version is None:  # pragma: no cover - register refuses unnamed artifacts
                 raise BeastError("the file has no version name: pass --version V")
-            return ref
+            return reg.version, reg.reference
         if version is None:
             raise BeastError("deploy needs a model file PATH or --version V of a registered one")
         line = self._line(model)
         with self.store.read() as tx:
-            return tx.registry.get_version(line, version)
+            return tx.registry.get_version(line, version), None
 
     def _judge(self, found: Experiment) -> tuple[str, str]:
         """A running test's verdict (outcome, reason), from its monitoring report."""

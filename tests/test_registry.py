@@ -228,7 +228,7 @@ def test_pickle_is_never_unpickled(
         ("num-feature-1", ("is not a feature of a model with 1 features",)),
         ("num-feature-huge", ("num_feature is 2000000000, over the 1000000 accepted",)),
         ("num-feature-text", ("no readable num_feature",)),
-        ("multi-class", ("gives 7 values per row",)),
+        ("multi-class", ("a multi-class model", "7 classes")),
         ("iteration-indptr", ("iteration_indptr does not index",)),
     ],
 )

@@ -140,3 +140,37 @@ def test_a_test_start_keeps_production_since_and_its_end_keeps_it_too(engine: En
     assert after.production_since == first.entry.at and after.candidate is None
     assert after.experiment is None and after.revision == ended.entry.id
     assert (closed.status, closed.ended_by, closed.end_reason) == ("aborted", "tester", "aborted")
+
+
+def test_a_baseline_is_added_once_replaced_on_demand_and_named_by_its_source(
+    workspace: Workspace,
+) -> None:
+    engine = Engine(workspace, actor="tester")
+    at = "2025-01-01T00:00:02Z"
+    try:
+        artifact_id = _put_valid(engine)
+        with engine.store.write() as tx:
+            ref = tx.registry.add_version("line-a", "v1", artifact_id, kind="version", at=at,
+                                          actor="tester")  # fmt: skip
+            assert tx.baselines.sources([ref.id]) == {}
+            tx.baselines.add(artifact_id, "training", reference=None, accuracy=0.5, mae=9.0,
+                             at=at)  # fmt: skip
+            tx.baselines.add(artifact_id, "first_predictions", reference={"x": 1},
+                             accuracy=None, mae=None, at=at)  # fmt: skip
+        with engine.store.read() as tx:
+            assert tx.baselines.sources([ref.id, ref.id + 99]) == {ref.id: "training"}
+            kept = tx.baselines.for_version(ref.id)
+            assert kept is not None and kept.figures() == {"accuracy": 0.5, "mae": 9.0}
+            assert tx.baselines.binned(artifact_id) is False
+        with engine.store.write() as tx:
+            tx.baselines.replace(artifact_id, "reference", reference={"y": 2}, accuracy=0.9,
+                                 mae=None, at=at, metrics={"rmse": 3.0},
+                                 detail="ref.csv (10 rows)")  # fmt: skip
+        with engine.store.read() as tx:
+            assert tx.baselines.sources([ref.id]) == {ref.id: "reference"}
+            found = tx.baselines.for_version(ref.id)
+            assert found is not None and found.reference == {"y": 2}
+            assert found.figures() == {"accuracy": 0.9, "rmse": 3.0}  # nothing of the old one
+            assert found.detail == "ref.csv (10 rows)"
+    finally:
+        engine.close()

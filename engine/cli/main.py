@@ -145,6 +145,7 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
         ab_test=args.ab_test,
         note=args.note,
         expect=_expect(args),
+        reference=args.reference,
     )
     return _report(change, args)
 
@@ -204,12 +205,14 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
     paths = args.paths or [
         str(engine.workspace.models_dir / p) for p, _ in engine.models().unregistered
     ]
-    if (args.version or args.model) and len(paths) != 1:
-        raise _Usage("--version and --model name one file")
+    if (args.version or args.model or args.reference) and len(paths) != 1:
+        raise _Usage("--version, --model and --reference name one file")
     results, failures = [], 0
     for path in paths:
         try:
-            reg = engine.register(path, version=args.version, model=args.model)
+            reg = engine.register(
+                path, version=args.version, model=args.model, reference=args.reference
+            )
         except BeastError as exc:
             failures += 1
             results.append({"path": path, "registered": False, "reason": str(exc)})
@@ -225,11 +228,14 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
                 "version": name,
                 "line": reg.artifact.line,
                 "sha256": reg.artifact.sha256,
+                "reference": reg.reference,
             }
         )
         if not args.json:
             state = "registered" if reg.new else "already registered"
             shown = f"{state}: {reg.artifact.line}/{name} ({reg.artifact.sha256[:12]}) {path}"
+            if reg.reference:
+                shown += f"; baseline from reference {reg.reference}"
             print(text.escape(shown))
     if args.json:
         _print_json(results)
@@ -302,6 +308,12 @@ def cmd_engine(engine: Engine, args: argparse.Namespace) -> int:
     return daemon.serve(engine.workspace, options)
 
 
+_REFERENCE_HELP = (
+    "labelled CSV or Parquet (the line's features and label): scored by the model, its "
+    "metrics and drift reference become the version's baseline"
+)
+
+
 class _Usage(Exception):
     """A usage error found after parsing (exit 2, like argparse's own)."""
 
@@ -318,6 +330,7 @@ def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
         "--rollback", nargs="?", const="", metavar="V", help="seed spelling of `beast rollback [V]`"
     )
     p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
+    p.add_argument("--reference", metavar="FILE", help=_REFERENCE_HELP)
     p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
     _mutation_options(p)
 
@@ -451,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*", metavar="PATH")
     p.add_argument("--version")
     p.add_argument("--model")
+    p.add_argument("--reference", metavar="FILE", help=_REFERENCE_HELP)
     p.add_argument("--json", action="store_true")
 
     _add_backup_parsers(add)

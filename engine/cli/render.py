@@ -39,7 +39,7 @@ def status(report: Status) -> str:
         out.append(f"{text.escape(line)}  (revision {report.revisions.get(line, 0)})")
         out.append(
             table(
-                ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT"],
+                ["VERSION", "ROLE", "TRAFFIC", "TEST", "SINCE", "BY", "ARTIFACT", "BASELINE"],
                 [
                     [
                         d.version,
@@ -49,6 +49,7 @@ def status(report: Status) -> str:
                         d.since,
                         d.by,
                         "ok" if d.artifact_present else "MISSING",
+                        d.baseline or "none yet",
                     ]
                     for d in rows
                 ],
@@ -84,6 +85,14 @@ def status(report: Status) -> str:
             )
         )
     out.append(f"health: {report.health}")
+    bare = [f"{d.line}/{d.version}" for d in report.deployments if d.baseline is None]
+    if bare:
+        out.append(
+            text.escape(
+                f"no baseline yet: {', '.join(bare)} (`beast deploy --version V --reference "
+                "FILE` gives one; otherwise its first predictions will)"
+            )
+        )
     return "\n".join(out)
 
 
@@ -139,7 +148,7 @@ def models(report: ModelsReport) -> str:
                     a.n_features or "-",
                     a.xgboost_version or "-",
                     a.sha256[:12],
-                    a.path.rsplit("/", 1)[-1],
+                    ", ".join(p.rsplit("/", 1)[-1] for p in a.paths or (a.path,)),
                     a.reason or "",
                 ]
             )

@@ -34,12 +34,17 @@ class Artifact:
     registered_by: str
     versions: tuple[str, ...] = ()
     present: bool = True
+    objective: str | None = None  # the XGBoost objective the file declares, if it does
+    # Every file in models/ holding these bytes, `path` (the file registered) first: a
+    # byte-identical copy is this artifact under another name, never another version.
+    paths: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["version"] = self.versions[0] if self.versions else None
         out["feature_names"] = list(self.feature_names) if self.feature_names else None
         out["versions"] = list(self.versions)
+        out["paths"] = list(self.paths or (self.path,))
         return out
 
 
@@ -158,6 +163,9 @@ class Deployment:
     by: str
     sha256: str
     artifact_present: bool = True
+    # Where its baseline came from ("reference", "training", "first_predictions"); None: none
+    # yet (engine.monitoring.baselines).
+    baseline: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -70,10 +70,15 @@ class Deployments:
         ab_test: str | None,
         note: str | None,
         expect: Expect | None,
+        also: Callable[[Tx], None] | None = None,
     ) -> Change:
-        """`target` to production at 100%, or with a test name as an A/B candidate at `bp`."""
+        """`target` to production at 100%, or with a test name as an A/B candidate at `bp`.
+
+        `also` writes with the change, in its transaction (a baseline given with the deploy)."""
 
         def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            if also is not None:
+                also(tx)
             if ab_test is None:
                 return rules.plan_deploy(state, target)
             return rules.plan_ab_start(
@@ -315,6 +320,9 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
             for v in (s.production, s.candidate)
             if v
         }
+        baselines = tx.baselines.sources(
+            [v.id for s in states for v in (s.production, s.candidate) if v]
+        )
         healthy = health(tx, states)
     rows: list[Deployment] = []
     for state in states:
@@ -329,6 +337,7 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
                 state.production_by,
                 state.production.sha256,
                 files[state.production.artifact_id].is_file(),
+                baselines.get(state.production.id),
             )
         )
         if state.candidate is not None:
@@ -343,6 +352,7 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
                     state.candidate_by or "",
                     state.candidate.sha256,
                     files[state.candidate.artifact_id].is_file(),
+                    baselines.get(state.candidate.id),
                 )
             )
     return Status(

@@ -158,9 +158,13 @@ def store(
     metrics: Mapping[str, float],
     detail: str | None = None,
 ) -> None:
-    """Keep an artifact's baseline (inside the caller's write transaction); the first stays."""
+    """Keep an artifact's baseline (inside the caller's write transaction).
+
+    A "reference" (a labelled file the user gave) replaces whatever baseline the artifact
+    had; any other source is kept only by an artifact that has none yet (the first stays)."""
     others = {k: v for k, v in metrics.items() if k not in ("accuracy", "mae")}
-    tx.baselines.add(
+    keep = tx.baselines.replace if source == "reference" else tx.baselines.add
+    keep(
         artifact_id,
         source,
         reference=reference.to_json() if reference else None,

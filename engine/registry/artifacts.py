@@ -43,6 +43,7 @@ class Validation:
     feature_names: tuple[str, ...] | None = None
     xgboost_version: str | None = None
     sha256: str | None = None  # of the bytes the child judged, when it got as far as reading
+    objective: str | None = None  # learner.objective.name, when the model saved it
 
 
 def resolve_in_models(raw: str | os.PathLike[str], models_dir: Path) -> Path:
@@ -191,6 +192,7 @@ def verdict(result: object, expected_sha256: str | None) -> Validation:
         feature_names=tuple(names) if names else None,
         xgboost_version=result.get("xgboost_version"),
         sha256=judged,
+        objective=result.get("objective") if isinstance(result.get("objective"), str) else None,
     )
 
 

@@ -21,26 +21,49 @@ class Registration:
     artifact: Artifact
     version: VersionRef | None
     new: bool
+    reference: str | None = None  # the reference file kept as its baseline ("name (N rows)")
 
 
-def located(artifact: Artifact, models_dir: Path) -> Artifact:
-    """An artifact as stored (path relative to models/) placed in `models_dir`, file looked at."""
+def located(artifact: Artifact, models_dir: Path, copies: tuple[str, ...] = ()) -> Artifact:
+    """An artifact as stored (path relative to models/) placed in `models_dir`, file looked at;
+    `copies`: other files in models/ with its bytes (relative), listed after it in `paths`."""
     path = models_dir / artifact.path
-    return dataclasses.replace(artifact, path=str(path), present=path.is_file())
+    return dataclasses.replace(
+        artifact,
+        path=str(path),
+        present=path.is_file(),
+        paths=(str(path), *(str(models_dir / c) for c in copies)),
+    )
 
 
-def list_artifacts(tx: Tx, models_dir: Path, only_id: int | None = None) -> list[Artifact]:
-    """Every artifact with its version names, oldest first (or just `only_id`)."""
-    return [located(artifact, models_dir) for artifact in tx.registry.artifacts(only_id)]
+def list_artifacts(
+    tx: Tx,
+    models_dir: Path,
+    only_id: int | None = None,
+    copies: dict[str, tuple[str, ...]] | None = None,
+) -> list[Artifact]:
+    """Every artifact with its version names, oldest first (or just `only_id`); `copies`
+    (sha256 → relative paths, from `scan`) adds the files that are byte-identical copies."""
+    return [
+        located(artifact, models_dir, (copies or {}).get(artifact.sha256, ()))
+        for artifact in tx.registry.artifacts(only_id)
+    ]
 
 
-def unregistered_files(
-    tx: Tx, models_dir: Path, settings: RegistrySettings
-) -> list[tuple[str, str | None]]:
-    """Files in models/ with no registry row: (relative path, reason a cheap check refuses).
+@dataclass(frozen=True)
+class Scan:
+    """What models/ holds beyond the registered files."""
 
-    A byte-for-byte copy of a valid artifact is registered already (registration is by
-    content), so it is not listed; only files whose size matches an artifact's are hashed.
+    copies: dict[str, tuple[str, ...]]  # a valid artifact's sha256 → its copies (relative)
+    unregistered: list[tuple[str, str | None]]  # (relative path, why it would be refused)
+
+
+def scan(tx: Tx, models_dir: Path, settings: RegistrySettings) -> Scan:
+    """Files in models/ with no registry row: the copies of valid artifacts, and the others.
+
+    A byte-for-byte copy of a valid artifact is that artifact under another name (registration
+    is by content), so it is not unregistered; only files whose size matches an artifact's
+    are hashed.
     """
     stored = tx.registry.artifacts()
     known = {artifact.path for artifact in stored}
@@ -48,9 +71,10 @@ def unregistered_files(
     for artifact in stored:
         if artifact.status == "valid":
             valid_by_size.setdefault(artifact.size, set()).add(artifact.sha256)
+    copies: dict[str, list[str]] = {}
     found: list[tuple[str, str | None]] = []
     if not models_dir.is_dir():
-        return found
+        return Scan({}, found)
     for path in sorted(models_dir.rglob("*")):
         relative = path.relative_to(models_dir).as_posix()
         if relative in known or any(part.startswith(".") for part in path.parts[-1:]):
@@ -62,12 +86,14 @@ def unregistered_files(
             resolved = artifacts.resolve_in_models(path, models_dir)
             checked = artifacts.check_file(resolved, models_dir, settings.max_artifact_bytes)
             same_size = valid_by_size.get(checked.size)
-            if same_size and artifacts.sha256_of(resolved) in same_size:
+            digest = artifacts.sha256_of(resolved) if same_size else None
+            if same_size and digest in same_size:
+                copies.setdefault(str(digest), []).append(relative)
                 continue
             found.append((relative, _naming_problem(tx, resolved, relative)))
         except (BeastError, OSError) as exc:
             found.append((relative, str(exc)))
-    return found
+    return Scan({sha: tuple(paths) for sha, paths in copies.items()}, found)
 
 
 def _naming_problem(tx: Tx, path: Path, relative: str) -> str | None:
@@ -114,13 +140,22 @@ class Naming:
     version: str | None
 
 
-def naming_for(path: Path, *, version: str | None, model: str | None, lines: list[str]) -> Naming:
-    """`--version`/`--model` win; else the file name; else the only line there is."""
+def naming_for(
+    path: Path,
+    *,
+    version: str | None,
+    model: str | None,
+    lines: list[str],
+    from_file: bool = True,
+) -> Naming:
+    """`--version`/`--model` win; else the file name; else the only line there is.
+
+    `from_file=False`: the file name names no version (its bytes are registered already)."""
     file_line, file_version = split_filename(path)
     line = model or file_line
     if line is None and len(lines) == 1:
         line = lines[0]
-    chosen = version or file_version
+    chosen = version or (file_version if from_file else None)
     return Naming(
         check_name("model line", line) if line else None,
         check_name("version", chosen) if chosen else None,
@@ -128,7 +163,13 @@ def naming_for(path: Path, *, version: str | None, model: str | None, lines: lis
 
 
 def record_rejection(
-    tx: Tx, checked: artifacts.CheckedFile, sha: str, reason: str, actor: str
+    tx: Tx,
+    checked: artifacts.CheckedFile,
+    sha: str,
+    reason: str,
+    actor: str,
+    *,
+    objective: str | None = None,
 ) -> None:
     """Keep why these bytes were refused (a valid artifact of the same bytes stays valid)."""
     tx.registry.put_rejected(
@@ -139,6 +180,7 @@ def record_rejection(
         reason=reason,
         at=utc_now(),
         actor=actor,
+        objective=objective,
     )
 
 
@@ -200,6 +242,7 @@ def store_valid(
             xgboost_version=validation.xgboost_version,
             at=now,
             actor=actor,
+            objective=validation.objective,
         )
         new = True
     ref = _ensure_version_name(tx, artifact_id, naming=naming, actor=actor, now=now)

@@ -114,6 +114,13 @@ def _outputs(params: dict[str, Any]) -> int:
     return max(1, _int_param(params, "num_class", 0), _int_param(params, "num_target", 1))
 
 
+def _objective(learner: dict[str, Any]) -> str | None:
+    """The XGBoost objective the model was trained with (`learner.objective.name`), if saved."""
+    objective = learner.get("objective")
+    name = objective.get("name") if isinstance(objective, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
 def _is_index(value: Any, upper: int) -> bool:
     return type(value) is int and 0 <= value < upper
 
@@ -262,11 +269,19 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
     saved = _saved_version(doc)
     n_features, names = _header(doc)
     _check_trees(doc, n_features)
-    outputs = _outputs(doc["learner"]["learner_model_param"])
-    del doc
+    params = doc["learner"]["learner_model_param"]
+    outputs = _outputs(params)
+    classes = _int_param(params, "num_class", 0)
+    objective = _objective(doc["learner"])
+    del doc, params
+    if classes > 1 or (objective or "").startswith("multi:"):
+        raise Invalid(
+            f"a multi-class model (objective {objective or 'unknown'}, {classes} classes): "
+            "beast-mode serves regression and binary lines only (one score per prediction)"
+        )
     if outputs != 1:
         raise Invalid(
-            f"the model gives {outputs} values per row (num_class/num_target); "
+            f"the model gives {outputs} values per row (num_target); "
             "beast-mode serves models that predict one score"
         )
 
@@ -311,6 +326,7 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
         "feature_names": names,
         "xgboost_version": saved_text,
         "format": fmt,
+        "objective": objective,
     }
 
 

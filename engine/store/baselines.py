@@ -31,6 +31,31 @@ class BaselineRepo(Protocol):
         `metrics`: the task's other figures by key; `detail` names the source (a file)."""
         ...
 
+    def replace(
+        self,
+        artifact_id: int,
+        source: str,
+        *,
+        reference: dict[str, Any] | None,
+        accuracy: float | None,
+        mae: float | None,
+        at: str,
+        metrics: Mapping[str, float] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """The artifact's baseline, replacing whatever it had (an explicit reference file
+        outranks training's sidecar and the first predictions)."""
+        ...
+
+    def binned(self, artifact_id: int) -> bool:
+        """Whether rows of the artifact's versions were counted into its reference's drift
+        bins already (the rollups keep those counts by the reference's edges)."""
+        ...
+
+    def sources(self, version_ids: list[int]) -> dict[int, str]:
+        """The baseline source of each version that has a baseline (cheap: no numpy)."""
+        ...
+
     def for_version(self, version_id: int) -> Baseline | None:
         """The baseline of the version's artifact, or None."""
         ...

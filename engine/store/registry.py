@@ -71,12 +71,24 @@ class RegistryRepo(Protocol):
         xgboost_version: str | None,
         at: str,
         actor: str,
+        objective: str | None = None,
     ) -> int:
-        """Record these bytes as a valid artifact of `line` (new, or rejected before); its id."""
+        """Record these bytes as a valid artifact of `line` (new, or rejected before); its id.
+
+        `objective`: the XGBoost objective the file declares (None when it does not)."""
         ...
 
     def put_rejected(
-        self, *, sha256: str, path: str, size: int, format: str, reason: str, at: str, actor: str
+        self,
+        *,
+        sha256: str,
+        path: str,
+        size: int,
+        format: str,
+        reason: str,
+        at: str,
+        actor: str,
+        objective: str | None = None,
     ) -> None:
         """Record these bytes as rejected and why, unless they are a valid artifact already."""
         ...

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from engine.core.records import Baseline, FirstPredictionSource
+
+if TYPE_CHECKING:  # numpy: only where the first predictions are read (see first_rows)
+    import numpy as np
 
 _OF_VERSION = " JOIN versions v ON v.artifact_id = b.artifact_id WHERE v.id = ?"
 
@@ -47,6 +48,52 @@ class SqliteBaselines:
                 detail,
             ),
         )
+
+    def replace(
+        self,
+        artifact_id: int,
+        source: str,
+        *,
+        reference: dict[str, Any] | None,
+        accuracy: float | None,
+        mae: float | None,
+        at: str,
+        metrics: Mapping[str, float] | None = None,
+        detail: str | None = None,
+    ) -> None:
+        self.conn.execute("DELETE FROM baselines WHERE artifact_id = ?", (artifact_id,))
+        self.add(
+            artifact_id,
+            source,
+            reference=reference,
+            accuracy=accuracy,
+            mae=mae,
+            at=at,
+            metrics=metrics,
+            detail=detail,
+        )
+
+    def binned(self, artifact_id: int) -> bool:
+        for table in ("rollups", "rollups_hourly"):
+            row = self.conn.execute(
+                f"SELECT 1 FROM {table} WHERE drift_n > 0 AND version_id IN"
+                " (SELECT id FROM versions WHERE artifact_id = ?) LIMIT 1",
+                (artifact_id,),
+            ).fetchone()
+            if row is not None:
+                return True
+        return False
+
+    def sources(self, version_ids: list[int]) -> dict[int, str]:
+        if not version_ids:
+            return {}
+        marks = ", ".join("?" * len(version_ids))
+        rows = self.conn.execute(
+            "SELECT v.id, b.source FROM versions v JOIN baselines b"
+            f" ON b.artifact_id = v.artifact_id WHERE v.id IN ({marks})",
+            version_ids,
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
 
     def for_version(self, version_id: int) -> Baseline | None:
         row = self.conn.execute(
@@ -103,6 +150,8 @@ class SqliteBaselines:
         table's own key (single rows by id, which is by time; batches by rowid): the log
         keeps no index on the version.
         """
+        import numpy as np  # here, not at import: `beast status` reads baselines' sources cold
+
         conn = self.conn
         start = conn.execute(
             "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?",

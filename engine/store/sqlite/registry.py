@@ -125,6 +125,7 @@ class SqliteRegistry:
         xgboost_version: str | None,
         at: str,
         actor: str,
+        objective: str | None = None,
     ) -> int:
         values = (
             path,
@@ -136,6 +137,7 @@ class SqliteRegistry:
             xgboost_version,
             at,
             actor,
+            objective,
         )
         existing = self.conn.execute(
             "SELECT id FROM artifacts WHERE sha256 = ?", (sha256,)
@@ -143,8 +145,8 @@ class SqliteRegistry:
         if existing is None:
             new_id = self.conn.execute(
                 "INSERT INTO artifacts (path, size, format, line, n_features, feature_names,"
-                " xgboost_version, registered_at, registered_by, sha256, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
+                " xgboost_version, registered_at, registered_by, objective, sha256, status)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
                 (*values, sha256),
             ).lastrowid
             assert new_id is not None
@@ -152,13 +154,22 @@ class SqliteRegistry:
         self.conn.execute(
             "UPDATE artifacts SET path = ?, size = ?, format = ?, line = ?, n_features = ?,"
             " feature_names = ?, xgboost_version = ?, registered_at = ?, registered_by = ?,"
-            " status = 'valid', reason = NULL WHERE id = ?",
+            " objective = ?, status = 'valid', reason = NULL WHERE id = ?",
             (*values, existing["id"]),
         )
         return int(existing["id"])
 
     def put_rejected(
-        self, *, sha256: str, path: str, size: int, format: str, reason: str, at: str, actor: str
+        self,
+        *,
+        sha256: str,
+        path: str,
+        size: int,
+        format: str,
+        reason: str,
+        at: str,
+        actor: str,
+        objective: str | None = None,
     ) -> None:
         existing = self.conn.execute(
             "SELECT id, status FROM artifacts WHERE sha256 = ?", (sha256,)
@@ -168,13 +179,15 @@ class SqliteRegistry:
         if existing is None:
             self.conn.execute(
                 "INSERT INTO artifacts (sha256, path, size, format, status, reason,"
-                " registered_at, registered_by) VALUES (?, ?, ?, ?, 'rejected', ?, ?, ?)",
-                (sha256, path, size, format, reason, at, actor),
+                " registered_at, registered_by, objective)"
+                " VALUES (?, ?, ?, ?, 'rejected', ?, ?, ?, ?)",
+                (sha256, path, size, format, reason, at, actor, objective),
             )
         else:
             self.conn.execute(
-                "UPDATE artifacts SET path = ?, reason = ?, registered_at = ? WHERE id = ?",
-                (path, reason, at, existing["id"]),
+                "UPDATE artifacts SET path = ?, reason = ?, registered_at = ?,"
+                " objective = coalesce(?, objective) WHERE id = ?",
+                (path, reason, at, objective, existing["id"]),
             )
 
     def add_version(
@@ -221,4 +234,5 @@ def _artifact(row: sqlite3.Row, names: tuple[str, ...]) -> Artifact:
         registered_at=row["registered_at"],
         registered_by=row["registered_by"],
         versions=names,
+        objective=row["objective"],
     )
