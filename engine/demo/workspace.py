@@ -159,7 +159,8 @@ def train_revert_versions(
 def declare_revert_line(ws: Workspace) -> None:
     """Add `[lines.revert-risk]` to config.toml (once): registration checks models against it."""
     text = ws.config_path.read_text(encoding="utf-8")
-    if f"[lines.{REVERT_LINE}]" not in text:
+    # A line of its own: the template's commented example mentions the same table.
+    if f"[lines.{REVERT_LINE}]" not in text.splitlines():
         ws.config_path.write_text(text.rstrip("\n") + "\n" + REVERT_TABLE, encoding="utf-8")
 
 
