@@ -10,6 +10,7 @@ import numpy as np
 from engine import Engine, Workspace
 from engine.demo import sample_data
 from engine.demo import workspace as demo
+from engine.monitoring import baselines, scoring
 from tests.helpers import assert_invariants
 
 
@@ -42,16 +43,53 @@ def test_drift_moves_the_features_an_ageing_codebase_moves() -> None:
     assert aged.scores.mean() < base.scores.mean() - 5
 
 
-def test_demo_build_deploys_production_and_a_test(tmp_path: Path) -> None:
+def test_revert_samples_follow_the_documented_probability_and_schema(tmp_path: Path) -> None:
+    a = sample_data.generate_reverts(4000, seed=3)
+    b = sample_data.generate_reverts(4000, seed=3)
+    assert np.array_equal(a.features, b.features) and np.array_equal(a.reverted, b.reverted)
+    assert set(np.unique(a.reverted).tolist()) == {0.0, 1.0}
+    p = sample_data.revert_probability(a.features)
+    assert abs(float(a.reverted.mean()) - float(p.mean())) < 0.02  # drawn from p, not made up
+    # The documented probability ranks reverted changes above kept ones: a learnable signal.
+    auc = scoring.metrics("binary", p.astype(np.float64), a.reverted.astype(np.float64))["auc"]
+    assert 0.7 < auc < 0.95
+    rushed = sample_data.generate_reverts(4000, seed=3, drift=1.0)
+    assert rushed.reverted.mean() > a.reverted.mean() + 0.1
+    path = sample_data.write_reverts_csv(tmp_path / "r.csv", a)
+    with path.open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == [*sample_data.REVERT_FEATURES, "reverted", "merged_at"]
+    assert {r[-2] for r in rows[1:]} == {"0", "1"} and rows[1][-1].endswith("Z")
+
+
+def test_demo_build_deploys_both_lines_each_with_a_test(tmp_path: Path) -> None:
     ws = Workspace(tmp_path / ".beast-mode")
     result = demo.build(ws)
     assert result.data.name == "demo-samples.csv"
+    assert result.revert_data is not None and result.revert_data.name == "demo-reverts.csv"
     engine = Engine(ws)
     try:
-        roles = {d.version: (d.role, d.traffic_bp) for d in engine.status().deployments}
-        assert roles == {"v1-enhanced": ("production", 9000), "v3-advanced": ("candidate", 1000)}
+        roles = {(d.line, d.version): (d.role, d.traffic_bp) for d in engine.status().deployments}
+        assert roles == {
+            (demo.LINE, "v1-enhanced"): ("production", 9000),
+            (demo.LINE, "v3-advanced"): ("candidate", 1000),
+            (demo.REVERT_LINE, "v1.0"): ("production", 8000),
+            (demo.REVERT_LINE, "v2.0"): ("candidate", 2000),
+        }
+        for name, line_name in ((demo.DEMO_TEST, demo.LINE), (demo.REVERT_TEST, demo.REVERT_LINE)):
+            test = engine.experiment(name)
+            assert (test.line, test.status) == (line_name, "running")
         assert {a.status for a in engine.models().artifacts} == {"valid"}
-        assert [a.format for a in engine.models().artifacts] == ["json", "json", "json"]
+        assert [a.format for a in engine.models().artifacts] == ["json"] * 5
+        # The binary line is declared, and its baselines carry the binary task's metrics.
+        line = engine.config.line(demo.REVERT_LINE)
+        assert (line.task, line.label, line.time) == ("binary", "reverted", "merged_at")
     finally:
         engine.close()
+    for version in ("v1.0", "v2.0"):
+        sidecar = ws.models_dir / f"{demo.REVERT_LINE}-{version}.json"
+        reference, metrics = baselines.read_sidecar(sidecar, sample_data.REVERT_FEATURES)
+        assert reference is not None
+        assert {"auc", "log_loss", "accuracy", "brier"} <= metrics.keys()
+        assert metrics["auc"] > 0.65
     assert_invariants(ws)

@@ -454,10 +454,12 @@ def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar
     reference = json.loads(row["reference"])
     assert reference["features"]["names"] == list(FEATURES)
     assert reference["features"]["n"] == FIRST_PREDICTIONS
-    # A writer that knows the reference bins every new row into the rollup's histograms.
+    # The rows logged before the reference (its own among them) were binned when it was
+    # built; a writer that knows it bins every new row into the rollup's histograms.
+    assert count(registered, "SELECT sum(drift_n) FROM rollups") == FIRST_PREDICTIONS + 99
     with serving(registered, interval=3600) as (router, log):
         router.predict_batch(rng.random((200, 5)))
-    assert count(registered, "SELECT sum(drift_n) FROM rollups") == 200
+    assert count(registered, "SELECT sum(drift_n) FROM rollups") == FIRST_PREDICTIONS + 299
 
 
 def test_two_processes_log_at_once_and_nothing_is_lost(ab_ws: Workspace, tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """`beast simulate` and `beast console --demo`'s live part (engine/demo/live.py), for real.
 
-The workspace has the demo's shape, built smaller (two small real XGBoost models of the demo's
-line trained on its generated data, production and the A/B test at 10%) and real SQLite.
+The workspace has the demo's shape, built smaller (two small real XGBoost models of each of the
+demo's lines trained on its generated data — the score line and the binary `revert-risk` —
+each with production and an A/B test) and real SQLite.
 In-process, the schedule runs on a virtual clock, so a simulated minute takes a second or
 two; over HTTP, `beast simulate --url` drives a real `beast engine` for a few real seconds.
 """
@@ -27,9 +28,9 @@ from engine import Engine, Workspace
 from engine.demo import live as demo_live
 from engine.demo import sample_data
 from engine.demo import workspace as demo
-from engine.demo.simulate import KEY_PREFIX, SimOptions, Simulation
+from engine.demo.simulate import CHANGE_PREFIX, KEY_PREFIX, SimOptions, Simulation, with_lines
 from engine.demo.transport import InProcess
-from engine.monitoring import baselines
+from engine.monitoring import baselines, scoring
 from engine.monitoring import report as monitoring
 from engine.store.sqlite.prediction_log import count_logged
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
@@ -77,16 +78,47 @@ def _train(ws: Workspace, version: str, depth: int, rounds: int) -> Path:
     return path
 
 
+def _train_binary(ws: Workspace, version: str, depth: int, rounds: int) -> Path:
+    """A small real binary:logistic model of the demo's revert-risk line, with its sidecar."""
+    names = list(sample_data.REVERT_FEATURES)
+    data = sample_data.generate_reverts(DEMO_ROWS, seed=11)
+    cut = int(DEMO_ROWS * 0.8)
+    x, y = data.features, data.reverted
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": depth, "nthread": 1, "seed": 11},
+        xgb.DMatrix(x[:cut], label=y[:cut], feature_names=names),
+        num_boost_round=rounds,
+    )
+    path = ws.models_dir / f"{demo.REVERT_LINE}-{version}.json"
+    booster.save_model(str(path))
+    reference = baselines.VersionReference.build(
+        x[:cut], np.asarray(booster.inplace_predict(x[:cut])), sample_data.REVERT_FEATURES
+    )
+    holdout = np.asarray(booster.inplace_predict(x[cut:]), dtype=np.float64)
+    baselines.write_sidecar(
+        path, reference, metrics=scoring.metrics("binary", holdout, y[cut:].astype(np.float64))
+    )
+    return path
+
+
 @pytest.fixture(scope="session")
 def _demo_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The demo's shape, smaller: production v1-enhanced, v3-advanced on 10% in retrain-v3."""
+    """The demo's shape, smaller: production v1-enhanced, v3-advanced on 10% in retrain-v3;
+    revert-risk v1.0 in production, v2.0 on 20% in revert-v2."""
     ws = Workspace(tmp_path_factory.mktemp("demo") / ".beast-mode")
     engine, _ = Engine.init(ws)
+    engine.close()
+    demo.declare_revert_line(ws)
+    engine = Engine(ws)
     try:
         engine.register(_train(ws, "v1-enhanced", 3, 40))
         engine.register(_train(ws, "v3-advanced", 4, 60))
+        engine.register(_train_binary(ws, "v1.0", 2, 20))
+        engine.register(_train_binary(ws, "v2.0", 3, 40))
         engine.deploy(version="v1-enhanced", model=demo.LINE)
         engine.deploy(version="v3-advanced", model=demo.LINE, traffic=10, ab_test=demo.DEMO_TEST)
+        engine.deploy(version="v1.0", model=demo.REVERT_LINE)
+        engine.deploy(version="v2.0", model=demo.REVERT_LINE, traffic=20, ab_test=demo.REVERT_TEST)
     finally:
         engine.close()
     return ws
@@ -132,11 +164,15 @@ def test_a_simulated_minute_in_process_logs_labels_drifts_and_fires_an_alert(
     def evaluate() -> list[str]:
         found = monitoring.evaluate(engine)
         for v in found.versions:
-            if v.role == "production" and v.drift.data is not None:
+            if v.line == demo.LINE and v.role == "production" and v.drift.data is not None:
                 production_psi.append((clock.t, v.drift.data))
         return [a["message"] for a in found.alerts if a["status"] == "firing"]
 
-    options = SimOptions(duration_s=60, evaluate_every_s=10, spike_first_s=20, spike_s=2)
+    options = with_lines(
+        SimOptions(duration_s=60, evaluate_every_s=10, spike_first_s=20, spike_s=2),
+        {demo.LINE, demo.REVERT_LINE},
+    )
+    assert (options.score_line, options.binary_line) == (demo.LINE, demo.REVERT_LINE)
     try:
         report = Simulation(transport, options, clock=clock, evaluate=evaluate).run()
     finally:
@@ -144,20 +180,33 @@ def test_a_simulated_minute_in_process_logs_labels_drifts_and_fires_an_alert(
         engine.close()
 
     assert report.elapsed_s == pytest.approx(60, abs=0.1)
-    assert report.predictions == options.backlog + int(options.rate * 60) and report.failed == 0
+    binary = int(options.backlog * options.binary_share) + int(
+        options.rate * options.binary_share * 60
+    )
+    scored = options.backlog + int(options.rate * 60)
+    assert report.by_line == {demo.LINE: scored, demo.REVERT_LINE: binary}
+    assert report.predictions == scored + binary and report.failed == 0
     assert report.spikes == 1 and report.storm_reads >= options.storm_workers
     assert report.alerts_seen, "no alert fired within the first simulated minute"
     rows = logged(demo_ws)
     with _db(demo_ws) as conn:
         alerts = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
-    keyed = [r for r in rows if (r["key"] or "").startswith(KEY_PREFIX)]
+    keyed = [r for r in rows if (r["key"] or "").startswith((KEY_PREFIX, CHANGE_PREFIX))]
     assert len(rows) == report.predictions == len(keyed)  # every row keyed as demo traffic
-    assert len({r["key"] for r in rows}) > 500  # many repositories …
-    arms: dict[str, set[str]] = defaultdict(set)
-    for r in rows:
-        if r["experiment"] == demo.DEMO_TEST:
-            arms[r["key"]].add(r["arm"])
-    assert arms and max(map(len, arms.values())) == 1  # … each always on the same arm
+    assert len({r["key"] for r in rows}) > 500  # many repositories and changes …
+    for test in (demo.DEMO_TEST, demo.REVERT_TEST):
+        arms: dict[str, set[str]] = defaultdict(set)
+        for r in rows:
+            if r["experiment"] == test:
+                arms[r["key"]].add(r["arm"])
+        assert arms and max(map(len, arms.values())) == 1  # … each always on the same arm
+        assert {a for found in arms.values() for a in found} == {"production", "candidate"}
+    # The binary line is predicted and labelled 0/1, in both arms.
+    binary_rows = [r for r in rows if r["line"] == demo.REVERT_LINE]
+    assert len(binary_rows) == binary
+    assert all(0 <= r["score"] <= 1 for r in binary_rows)
+    binary_labels = [r["actual"] for r in binary_rows if r["actual"] is not None]
+    assert len(binary_labels) > 0.7 * binary and set(binary_labels) == {0.0, 1.0}
     # Every label sent found its prediction (pending ones were matched at the flush).
     labelled = sum(r["actual"] is not None for r in rows)
     assert labelled == report.labels_sent > 0.7 * report.predictions
@@ -202,9 +251,12 @@ def test_cli_drives_a_real_engine_over_http(demo_ws: Workspace, tmp_path: Path) 
     report = json.loads(done.stdout)
     assert report["demo_traffic"] is True and report["failed"] == 0
     assert report["predictions"] >= 200 + 60 and report["labels_sent"] > 0
+    # Both lines are served: the binary one gets its share of requests, by name.
+    assert report["by_line"][demo.LINE] >= 200 + 60
+    assert report["by_line"][demo.REVERT_LINE] >= int(200 * 0.3) + 20
     assert code == 0, log.read_text()  # SIGTERM: flushed and exited cleanly
     rows = logged(demo_ws)
-    keyed = sum((r["key"] or "").startswith(KEY_PREFIX) for r in rows)
+    keyed = sum((r["key"] or "").startswith((KEY_PREFIX, CHANGE_PREFIX)) for r in rows)
     assert len(rows) == keyed == report["predictions"]
     assert sum(r["actual"] is not None for r in rows) == report["labels_sent"]
 

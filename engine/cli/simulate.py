@@ -34,6 +34,8 @@ def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
         spike_s=args.spike_seconds,
         evaluate_every_s=0.0 if args.url else args.evaluate_every,
     )
+    deployed = {d.line for d in engine.status().deployments}
+    options = simulate.with_lines(options, deployed)
     try:
         options.check()
     except ValueError as exc:

@@ -95,8 +95,11 @@ def needs_build(workspace: Workspace) -> bool:
 
 
 def build(workspace: Workspace, say: Callable[[str], None]) -> None:
-    """`beast init --demo` in a child process (it trains three XGBoost models)."""
-    say(f"building the demo workspace in {workspace.root} (data, three models, an A/B test)…")
+    """`beast init --demo` in a child process (it trains five XGBoost models)."""
+    say(
+        f"building the demo workspace in {workspace.root} "
+        "(data, five models of two lines, two A/B tests)…"
+    )
     done = subprocess.run(
         beast_command(workspace, "init", "--demo"),
         capture_output=True,

@@ -108,3 +108,86 @@ def write_csv(path: Path, samples: Samples) -> Path:
             writer.writerow([f"{v:.6g}" for v in row] + [f"{score:.3f}", when])
     tmp.replace(path)
     return path
+
+
+# -- revert-risk: the demo's binary line ------------------------------------------------------
+#
+# Each row describes one merged change with seven features; the label `reverted` (0/1) is drawn
+# from the documented probability `revert_probability` of those features (a logistic model), so
+# even a perfect model has an AUC below 1. `drift` moves the changes the way a rushed release
+# would (bigger, less tested, less reviewed). CSV schema (`data/demo-reverts.csv`): one column
+# per name in REVERT_FEATURES, then `reverted` (0/1) and `merged_at` (UTC ISO-8601).
+
+REVERT_LINE = "revert-risk"
+REVERT_LABEL = "reverted"
+REVERT_TIME = "merged_at"
+REVERT_FEATURES: tuple[str, ...] = (
+    "lines_changed",  # added + removed, 1–5000
+    "files_touched",  # 1–200
+    "test_coverage_delta",  # change in covered fraction, -0.3–0.3
+    "review_comments",  # 0–60
+    "author_changes_90d",  # the author's merged changes in 90 days, 0–300
+    "ci_retries",  # CI reruns before it went green, 0–10
+    "friday_evening",  # merged on a Friday after 16:00, 0/1
+)
+
+
+@dataclass(frozen=True)
+class RevertSamples:
+    features: np.ndarray  # float32, shape (n, len(REVERT_FEATURES))
+    reverted: np.ndarray  # float32 0/1, shape (n,)
+    merged_at: tuple[str, ...]
+
+
+def revert_probability(x: np.ndarray) -> np.ndarray:
+    """The documented ground truth: the probability that a change is reverted."""
+    f = {name: x[:, i] for i, name in enumerate(REVERT_FEATURES)}
+    logit = (
+        -1.6
+        + 1.1 * np.log1p(f["lines_changed"] / 100.0)
+        + 0.6 * np.log1p(f["files_touched"] / 5.0)
+        - 12.0 * f["test_coverage_delta"]
+        - 0.08 * f["review_comments"]
+        - 0.8 * np.log1p(f["author_changes_90d"] / 10.0)
+        + 0.5 * f["ci_retries"]
+        + 1.2 * f["friday_evening"]
+    )
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-logit))
+    return p
+
+
+def generate_reverts(
+    n: int, *, seed: int = 0, drift: float = 0.0, start: datetime | None = None
+) -> RevertSamples:
+    """n labelled changes; `drift` in 0–1 rushes the release (0 = the training distribution)."""
+    rng = np.random.default_rng(seed)
+    cols = [
+        np.clip(rng.lognormal(4.0 + 0.8 * drift, 1.1, n), 1, 5000),
+        np.clip(rng.lognormal(1.2 + 0.4 * drift, 0.8, n), 1, 200),
+        np.clip(rng.normal(0.01 - 0.04 * drift, 0.05, n), -0.3, 0.3),
+        np.clip(rng.poisson(6 * (1 - 0.5 * drift), n).astype(float), 0, 60),
+        np.clip(rng.gamma(2.0, 20.0, n), 0, 300),
+        np.clip(rng.poisson(0.4 + drift, n).astype(float), 0, 10),
+        (rng.random(n) < 0.06 + 0.1 * drift).astype(float),
+    ]
+    x = np.column_stack(cols).astype(np.float32)
+    y = (rng.random(n) < revert_probability(x)).astype(np.float32)
+    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
+    step = timedelta(minutes=7)
+    times = tuple((t0 + i * step).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n))
+    return RevertSamples(x, y, times)
+
+
+def write_reverts_csv(path: Path, samples: RevertSamples) -> Path:
+    """Write changes with the documented schema (atomically: temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*REVERT_FEATURES, REVERT_LABEL, REVERT_TIME])
+        for row, label, when in zip(
+            samples.features, samples.reverted, samples.merged_at, strict=True
+        ):
+            writer.writerow([f"{v:.6g}" for v in row] + [str(int(label)), when])
+    tmp.replace(path)
+    return path

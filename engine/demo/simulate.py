@@ -10,6 +10,10 @@ What it sends, on a schedule in simulated seconds (the real clock unless a test 
 - ground truth later: for `labelled_share` of them, `sample_data.quality_score` of the row plus
   its noise (the generator's own label) is sent as feedback `label_delay_s` (±20%) after the
   prediction;
+- the binary line too, when the workspace serves it (`binary_line`, the demo's `revert-risk`):
+  `binary_share` requests of it per score request, keyed by a change id (`demo-change-0042`),
+  a backlog of `binary_share × backlog` rows, and its 0/1 ground truth (`reverted`, drawn by
+  the generator) sent as feedback the same way, so both kinds of metrics move;
 - drift creeping in: rows come from `sample_data.generate(drift=d)` with d rising by
   `drift_per_minute` per minute up to `max_drift`, so coverage falls and churn, lint,
   duplication and open issues rise;
@@ -37,7 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -45,7 +49,9 @@ import numpy as np
 from engine.demo import sample_data
 from engine.demo.transport import Row, Transport
 
+SCORE_LINE = "quality-predictor"  # the demo's (engine.demo.workspace.LINE)
 KEY_PREFIX = "demo-repo-"
+CHANGE_PREFIX = "demo-change-"  # the binary line's keys: demo traffic too
 TICK_S = 0.05  # the schedule's resolution: requests due in a tick are sent together
 LABEL_JITTER = 0.2
 BACKLOG_BATCH = 500  # rows per request: well under the HTTP API's 1 MiB body limit
@@ -70,6 +76,9 @@ class SimOptions:
     storm_workers: int = 3
     evaluate_every_s: float = 0.0  # in-process: run the monitoring evaluation; 0: never
     progress_every_s: float = 10.0
+    score_line: str | None = None  # the score line's name; None: the only line deployed
+    binary_line: str | None = None  # the demo's binary line when served; None: none
+    binary_share: float = 0.3  # binary requests per score request
 
     def check(self) -> None:
         """Refuse options the schedule cannot honour, naming the option."""
@@ -89,6 +98,8 @@ class SimOptions:
             raise ValueError(f"--max-drift must be in [0, 1], got {self.max_drift:g}")
         if not 0 <= self.labelled_share <= 1:
             raise ValueError(f"the labelled share must be in [0, 1], got {self.labelled_share:g}")
+        if not 0 <= self.binary_share <= 10:
+            raise ValueError(f"the binary share must be in [0, 10], got {self.binary_share:g}")
         if self.spike_every_s < 0 or self.spike_s < 0 or self.storm_workers < 1:
             raise ValueError("spike timings must be ≥ 0, with at least one storm worker")
 
@@ -117,6 +128,7 @@ class SimReport:
     drift: float
     evaluations: int
     alerts_seen: tuple[str, ...] = ()
+    by_line: dict[str, int] = field(default_factory=dict)  # predictions per line named
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -132,6 +144,7 @@ class SimReport:
             "drift": round(self.drift, 4),
             "evaluations": self.evaluations,
             "alerts_seen": list(self.alerts_seen),
+            "by_line": self.by_line,
         }
 
 
@@ -158,6 +171,14 @@ def key_of(index: int) -> str:
     return f"{KEY_PREFIX}{index:04d}"
 
 
+def with_lines(options: SimOptions, deployed: set[str]) -> SimOptions:
+    """`options` for a workspace serving the lines `deployed`: the demo's binary line when it
+    is served, and then the score line by name (left unnamed when it is the only one)."""
+    binary = sample_data.REVERT_LINE if sample_data.REVERT_LINE in deployed else None
+    score = SCORE_LINE if binary is not None and SCORE_LINE in deployed else None
+    return replace(options, score_line=score, binary_line=binary)
+
+
 class _Rows:
     """Generated repository snapshots at the current drift, with their true scores."""
 
@@ -172,6 +193,23 @@ class _Rows:
         names = sample_data.FEATURES
         rows = [dict(zip(names, map(float, r), strict=True)) for r in samples.features]
         return rows, [key_of(int(i)) for i in repos], samples.scores.astype(float).tolist()
+
+
+class _Changes:
+    """Generated merged changes at the current drift, with whether each got reverted."""
+
+    def __init__(self, seed: int, count: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._count = count
+
+    def take(self, n: int, drift: float) -> tuple[list[Row], list[str], list[float]]:
+        chunk_seed = int(self._rng.integers(2**31))
+        ids = self._rng.integers(self._count, size=n)
+        samples = sample_data.generate_reverts(n, seed=chunk_seed, drift=drift)
+        names = sample_data.REVERT_FEATURES
+        rows = [dict(zip(names, map(float, r), strict=True)) for r in samples.features]
+        keys = [f"{CHANGE_PREFIX}{int(i):04d}" for i in ids]
+        return rows, keys, samples.reverted.astype(float).tolist()
 
 
 @dataclass
@@ -221,6 +259,7 @@ class _Tally:
     storm_reads: int = 0
     evaluations: int = 0
     alerts: list[str] = field(default_factory=list)
+    by_line: Counter[str] = field(default_factory=Counter)
 
 
 class Simulation:
@@ -244,10 +283,12 @@ class Simulation:
         self.evaluate = evaluate
         self.progress = progress
         self._rows = _Rows(options.seed, options.repositories)
+        self._changes = _Changes(options.seed + 2, options.repositories)
         self._labels_rng = np.random.default_rng(options.seed + 1)
         self._pending: list[tuple[float, int, str, float]] = []  # (due, seq, pid, actual)
         self._seq = 0
         self._sent = 0  # one-row requests sent on the rate's schedule
+        self._sent_binary = 0  # the same, of the binary line
         self.tally = _Tally()
 
     def run(self) -> SimReport:
@@ -288,12 +329,19 @@ class Simulation:
         return storm
 
     def _send_backlog(self) -> None:
-        count = self.options.backlog
-        if count <= 0:
-            return
+        o = self.options
+        count = o.backlog
         for start in range(0, count, BACKLOG_BATCH):
             rows, keys, truths = self._rows.take(min(BACKLOG_BATCH, count - start), 0.0)
-            self._expect_labels(0.0, self.transport.predict_many(rows, keys), truths)
+            pids = self.transport.predict_many(rows, keys, model=o.score_line)
+            self._expect_labels(0.0, pids, truths, o.score_line)
+        if o.binary_line is None:
+            return
+        count = int(o.backlog * o.binary_share)
+        for start in range(0, count, BACKLOG_BATCH):
+            rows, keys, truths = self._changes.take(min(BACKLOG_BATCH, count - start), 0.0)
+            pids = self.transport.predict_many(rows, keys, model=o.binary_line)
+            self._expect_labels(0.0, pids, truths, o.binary_line)
 
     def _send_due(self, t: float) -> None:
         o = self.options
@@ -306,10 +354,33 @@ class Simulation:
         due = min(due, max(1, int(o.rate)))
         self._sent = scheduled
         rows, keys, truths = self._rows.take(due, o.drift_at(t))
-        pids = [self.transport.predict(row, key) for row, key in zip(rows, keys, strict=True)]
-        self._expect_labels(t, pids, truths)
+        pids = [
+            self.transport.predict(row, key, model=o.score_line)
+            for row, key in zip(rows, keys, strict=True)
+        ]
+        self._expect_labels(t, pids, truths, o.score_line)
+        if o.binary_line is not None:
+            self._send_binary_due(t)
 
-    def _expect_labels(self, t: float, pids: list[str | None], truths: list[float]) -> None:
+    def _send_binary_due(self, t: float) -> None:
+        o = self.options
+        assert o.binary_line is not None
+        rate = o.rate * o.binary_share
+        scheduled = int(rate * t) + 1
+        due = min(scheduled - self._sent_binary, max(1, int(rate)))
+        if due <= 0:
+            return
+        self._sent_binary = scheduled
+        rows, keys, truths = self._changes.take(due, o.drift_at(t))
+        pids = [
+            self.transport.predict(row, key, model=o.binary_line)
+            for row, key in zip(rows, keys, strict=True)
+        ]
+        self._expect_labels(t, pids, truths, o.binary_line)
+
+    def _expect_labels(
+        self, t: float, pids: list[str | None], truths: list[float], line: str | None
+    ) -> None:
         """Count what was served, and schedule the ground truth of a share of it."""
         o, n = self.options, len(pids)
         labelled = (self._labels_rng.random(n) < o.labelled_share).tolist()
@@ -321,6 +392,8 @@ class Simulation:
                 self.tally.failed += 1
                 continue
             self.tally.predictions += 1
+            if line is not None:
+                self.tally.by_line[line] += 1
             if wanted:
                 self._seq += 1
                 heapq.heappush(self._pending, (t + delay, self._seq, pid, round(truth, 3)))
@@ -363,4 +436,5 @@ class Simulation:
             drift=self.options.drift_at(t),
             evaluations=s.evaluations,
             alerts_seen=tuple(s.alerts),
+            by_line=dict(s.by_line),
         )

@@ -31,15 +31,18 @@ REQUEST_TIMEOUT_S = 30.0
 class Transport(Protocol):
     """What the simulator needs from an engine: predictions out, ground truth in."""
 
-    def predict(self, row: Row, key: str) -> str | None:
-        """One prediction; its id, or None when the engine refused or failed it."""
+    def predict(self, row: Row, key: str, *, model: str | None = None) -> str | None:
+        """One prediction (of model line `model`; None: the only one deployed); its id, or
+        None when the engine refused or failed it."""
         ...
 
     def feedback(self, items: Sequence[tuple[str, float]]) -> Counter[str]:
         """Ground truth for earlier predictions; the count of each answer."""
         ...
 
-    def predict_many(self, rows: Sequence[Row], keys: Sequence[str]) -> list[str | None]:
+    def predict_many(
+        self, rows: Sequence[Row], keys: Sequence[str], *, model: str | None = None
+    ) -> list[str | None]:
         """A batch in one call; each row's prediction id (None where it failed)."""
         ...
 
@@ -64,12 +67,14 @@ class InProcess:
             raise
         self._feedback_lock = threading.Lock()  # the facade's connection: one caller at a time
 
-    def predict(self, row: Row, key: str) -> str | None:
-        served = self.router.predict(row, key=key)
+    def predict(self, row: Row, key: str, *, model: str | None = None) -> str | None:
+        served = self.router.predict(row, key=key, model=model)
         return served.prediction_id if served.error is None else None
 
-    def predict_many(self, rows: Sequence[Row], keys: Sequence[str]) -> list[str | None]:
-        served = self.router.predict_batch(rows, keys=keys)
+    def predict_many(
+        self, rows: Sequence[Row], keys: Sequence[str], *, model: str | None = None
+    ) -> list[str | None]:
+        served = self.router.predict_batch(rows, keys=keys, model=model)
         return [p.prediction_id if p.error is None else None for p in served]
 
     def read_monitor(self) -> None:
@@ -140,14 +145,22 @@ class Http:
                 return response.status, None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def predict(self, row: Row, key: str) -> str | None:
-        status, doc = self.post("/v1/predict", {"features": row, "key": key})
+    def predict(self, row: Row, key: str, *, model: str | None = None) -> str | None:
+        document: dict[str, Any] = {"features": row, "key": key}
+        if model is not None:
+            document["model"] = model
+        status, doc = self.post("/v1/predict", document)
         if status == 200 and isinstance(doc, dict):
             return str(doc["prediction_id"])
         return None
 
-    def predict_many(self, rows: Sequence[Row], keys: Sequence[str]) -> list[str | None]:
-        status, doc = self.post("/v1/predict", {"rows": list(rows), "keys": list(keys)})
+    def predict_many(
+        self, rows: Sequence[Row], keys: Sequence[str], *, model: str | None = None
+    ) -> list[str | None]:
+        document: dict[str, Any] = {"rows": list(rows), "keys": list(keys)}
+        if model is not None:
+            document["model"] = model
+        status, doc = self.post("/v1/predict", document)
         if status not in (200, 500) or not isinstance(doc, dict):
             return [None] * len(rows)
         return [

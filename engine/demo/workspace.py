@@ -1,10 +1,14 @@
 """`beast init --demo`: a demo workspace built from nothing, honestly.
 
-Generated, labelled sample data (engine.demo.sample_data, written to data/demo-samples.csv and
-marked as demo in its name), three real XGBoost versions named by the seed's convention
-(`v1.0` baseline, `v1-enhanced`, `v3-advanced`), trained here with a bounded thread count,
-registered through the normal validation path, `v1-enhanced` in production and `v3-advanced`
-as the candidate of the A/B test `retrain-v3` at 10%.
+Two model lines, one per task, each with generated, labelled sample data marked as demo in its
+name (engine.demo.sample_data) and real XGBoost versions trained here with a bounded thread
+count, registered through the normal validation path, one in production and one the candidate
+of an A/B test:
+- `quality-predictor` (regression, the seed's): data/demo-samples.csv; `v1.0` baseline,
+  `v1-enhanced` in production, `v3-advanced` the candidate of `retrain-v3` at 10%;
+- `revert-risk` (binary: whether a merged change gets reverted; declared in config.toml as
+  `[lines.revert-risk]`): data/demo-reverts.csv; `binary:logistic` models, `v1.0` in
+  production, `v2.0` the candidate of `revert-v2` at 20%.
 """
 
 from __future__ import annotations
@@ -20,11 +24,29 @@ from engine.core.errors import Conflict
 from engine.core.workspace import Workspace
 from engine.demo import sample_data
 from engine.facade import Engine
-from engine.monitoring import baselines
+from engine.monitoring import baselines, scoring
 
 LINE = "quality-predictor"
 DEMO_ROWS = 6000
 DEMO_TEST = "retrain-v3"
+REVERT_LINE = sample_data.REVERT_LINE
+REVERT_TEST = "revert-v2"
+REVERT_ROWS = 6000
+# The binary line's contract, appended to the workspace's config.toml (README "Model lines").
+REVERT_TABLE = f"""
+[lines.{REVERT_LINE}]
+# demo: whether a merged change gets reverted (engine.demo.sample_data)
+task = "binary"
+label = "{sample_data.REVERT_LABEL}"
+time = "{sample_data.REVERT_TIME}"
+decision_threshold = 0.5
+"""
+
+# revert-risk (version, xgboost params, rounds): the candidate a step up from production.
+_REVERT_VERSIONS: tuple[tuple[str, dict[str, float | int], int], ...] = (
+    ("v1.0", {"max_depth": 2, "eta": 0.3}, 30),
+    ("v2.0", {"max_depth": 4, "eta": 0.1, "subsample": 0.9}, 200),
+)
 
 # (version, features used, xgboost params, rounds): each a step up from the last.
 _VERSIONS: tuple[tuple[str, int, dict[str, float | int], int], ...] = (
@@ -38,7 +60,8 @@ _VERSIONS: tuple[tuple[str, int, dict[str, float | int], int], ...] = (
 class DemoResult:
     workspace: Path
     data: Path
-    models: tuple[Path, ...]
+    models: tuple[Path, ...]  # both lines'
+    revert_data: Path | None = None
 
 
 def train_versions(
@@ -88,14 +111,73 @@ def _write_lineage(model: Path, booster: Any, samples: Any, cut: int, names: lis
     )
 
 
+def train_revert_versions(
+    ws: Workspace, rows: int = REVERT_ROWS, seed: int = 11
+) -> tuple[Path, tuple[Path, ...]]:
+    """Generate the revert-risk data and train its `binary:logistic` versions into models/."""
+    samples = sample_data.generate_reverts(rows, seed=seed)
+    data = sample_data.write_reverts_csv(ws.data_dir / "demo-reverts.csv", samples)
+    names = list(sample_data.REVERT_FEATURES)
+    cut = int(rows * 0.8)  # time-ordered, as the score line's
+    x, y = samples.features, samples.reverted
+    train = xgb.DMatrix(x[:cut], label=y[:cut], feature_names=names)
+    valid = xgb.DMatrix(x[cut:], label=y[cut:], feature_names=names)
+    paths = []
+    for version, params, rounds in _REVERT_VERSIONS:
+        booster = xgb.train(
+            {
+                "objective": "binary:logistic",
+                "eval_metric": "logloss",
+                "nthread": 2,
+                "seed": seed,
+                **params,
+            },
+            train,
+            num_boost_round=rounds,
+            evals=[(valid, "valid")],
+            early_stopping_rounds=20,
+            verbose_eval=False,
+        )
+        final = ws.models_dir / f"{REVERT_LINE}-{version}.json"
+        reference = baselines.VersionReference.build(
+            x[:cut], np.asarray(booster.inplace_predict(x[:cut])), tuple(names)
+        )
+        holdout = np.asarray(booster.predict(valid), dtype=np.float64)
+        baselines.write_sidecar(
+            final,
+            reference,
+            metrics=scoring.metrics("binary", holdout, y[cut:].astype(np.float64)),
+            extra={"demo": True, "rows": int(cut), "generator": "engine.demo.sample_data"},
+        )
+        tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+        booster.save_model(str(tmp))
+        tmp.replace(final)
+        paths.append(final)
+    return data, tuple(paths)
+
+
+def declare_revert_line(ws: Workspace) -> None:
+    """Add `[lines.revert-risk]` to config.toml (once): registration checks models against it."""
+    text = ws.config_path.read_text(encoding="utf-8")
+    # A line of its own: the template's commented example mentions the same table.
+    if f"[lines.{REVERT_LINE}]" not in text.splitlines():
+        ws.config_path.write_text(text.rstrip("\n") + "\n" + REVERT_TABLE, encoding="utf-8")
+
+
 def build(ws: Workspace) -> DemoResult:
-    """Create the workspace if needed, then data, models, production and the A/B test."""
+    """Create the workspace if needed, then data, models, production and the A/B tests."""
     engine, _ = Engine.init(ws)
     try:
         if engine.status().deployments:
             raise_existing(ws)
+    finally:
+        engine.close()
+    declare_revert_line(ws)
+    engine = Engine(ws)  # reads the declared line
+    try:
         data, paths = train_versions(ws)
-        for path in paths:
+        revert_data, revert_paths = train_revert_versions(ws)
+        for path in (*paths, *revert_paths):
             engine.register(path)
         engine.deploy(version="v1.0", model=LINE, note="demo: baseline")
         engine.deploy(version="v1-enhanced", model=LINE, note="demo: enhanced features")
@@ -106,9 +188,17 @@ def build(ws: Workspace) -> DemoResult:
             ab_test=DEMO_TEST,
             note="demo: advanced model on 10% of traffic",
         )
+        engine.deploy(version="v1.0", model=REVERT_LINE, note="demo: revert risk baseline")
+        engine.deploy(
+            version="v2.0",
+            model=REVERT_LINE,
+            traffic=20,
+            ab_test=REVERT_TEST,
+            note="demo: deeper revert-risk model on 20% of traffic",
+        )
     finally:
         engine.close()
-    return DemoResult(ws.root, data, paths)
+    return DemoResult(ws.root, data, (*paths, *revert_paths), revert_data)
 
 
 def raise_existing(ws: Workspace) -> None:

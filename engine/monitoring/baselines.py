@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from engine.core.clock import utc_now
+from engine.core.rollups import Delta
 from engine.monitoring import drift
 from engine.store.base import Tx
 
 FIRST_PREDICTIONS = 500
 SIDECAR_SUFFIX = ".lineage"
-_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -185,12 +184,19 @@ def for_version(tx: Tx, version_id: int) -> VersionBaseline | None:
     return VersionBaseline(ref, found.figures(), found.source, found.detail)
 
 
-def ensure_from_first_predictions(tx: Tx, version_ids: set[int]) -> None:
-    """Build a reference from the first predictions of versions that have none yet.
+def ensure_from_first_predictions(tx: Tx, version_ids: set[int]) -> dict[int, VersionReference]:
+    """Build a reference from the first predictions of versions that have none yet, and
+    bin every row the version logged so far into its minutes' rollups; return the
+    references built, by version id.
 
+    A row counts in drift whether it came alone or in a batch, and whenever the reference
+    was built: the rows before it (its own first rows among them) are binned now, the rows
+    after it as they are written. Binning only the rows after the build made drift depend
+    on flush boundaries: 1,600 rows sent as batches within a few seconds were never binned.
     Runs inside the prediction writer's transaction; rows that are not a whole float32 row
     of the line's width (never written by the router) are skipped, not trusted.
     """
+    built: dict[int, VersionReference] = {}
     for version_id in version_ids:
         if tx.baselines.has_reference(version_id):
             continue
@@ -208,24 +214,36 @@ def ensure_from_first_predictions(tx: Tx, version_ids: set[int]) -> None:
             names = tuple(f"f{i}" for i in range(source.width))
         reference = VersionReference.build(x, scores, names)
         tx.baselines.set_reference(source.artifact_id, reference.to_json(), utc_now())
+        tx.rollups.add_minutes(
+            {
+                (version_id, experiment, minute): Delta(
+                    drift_n=int(rows.shape[0]),
+                    feature_hist=reference.feature_counts(rows),
+                    score_hist=reference.score_counts(row_scores),
+                )
+                for (experiment, minute), (rows, row_scores) in tx.baselines.rows_by_minute(
+                    version_id, source.width
+                ).items()
+            }
+        )
+        built[version_id] = reference
+    return built
 
 
 class ReferenceCache:
-    """Per-process cache of version references for the writer (misses retried every 5 s)."""
+    """Per-process cache of version references for the writer. A version without one is
+    looked up again at every flush (an indexed read, no parse): a reference built by any
+    process — this one's included, once its flush has committed — bins the next rows."""
 
     def __init__(self) -> None:
         self._found: dict[int, VersionReference] = {}
-        self._missed: dict[int, float] = {}
 
     def get(self, tx: Tx, version_id: int) -> VersionReference | None:
-        if version_id in self._found:
-            return self._found[version_id]
-        if time.monotonic() - self._missed.get(version_id, -_RETRY_S) < _RETRY_S:
-            return None
-        found = for_version(tx, version_id)
-        reference = found.reference if found is not None else None
-        if reference is None:
-            self._missed[version_id] = time.monotonic()
-            return None
-        self._found[version_id] = reference
+        found = self._found.get(version_id)
+        if found is not None or not tx.baselines.has_reference(version_id):
+            return found
+        baseline = for_version(tx, version_id)
+        reference = baseline.reference if baseline is not None else None
+        if reference is not None:
+            self._found[version_id] = reference
         return reference

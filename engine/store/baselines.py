@@ -78,3 +78,10 @@ class BaselineRepo(Protocol):
         """The version's first `limit` successful logged rows (features as float32 of
         `width`, scores), by time; None while there are fewer."""
         ...
+
+    def rows_by_minute(
+        self, version_id: int, width: int
+    ) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+        """Every successful logged row of the version so far (features as float32 of `width`,
+        scores), by (A/B test name or "", minute)."""
+        ...

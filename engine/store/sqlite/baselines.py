@@ -188,3 +188,47 @@ class SqliteBaselines:
             return None
         first = np.argsort(np.array(at, dtype=np.int64), kind="stable")[:limit]
         return np.concatenate(xs)[first], np.concatenate(scores)[first]
+
+    def rows_by_minute(
+        self, version_id: int, width: int
+    ) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+        """Every successful logged row of the version so far (features of `width`, scores),
+        grouped by (A/B test name or "", minute): the rows to bin when its reference is
+        built from them. The same scans as `first_rows`, without a limit."""
+        conn = self.conn
+        start = conn.execute(
+            "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?",
+            (version_id,),
+        ).fetchone()
+        if start is None:
+            return {}
+        parts: dict[tuple[str, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
+
+        def add(key: tuple[str, int], x: np.ndarray, s: np.ndarray) -> None:
+            xs, ss = parts.setdefault(key, ([], []))
+            xs.append(x)
+            ss.append(s)
+
+        for minute, experiment, x_blob, score in conn.execute(
+            "SELECT coalesce(p.at_ms, p.hi >> 16) / 60000, coalesce(e.name, ''), p.features,"
+            " p.score FROM predictions p LEFT JOIN experiments e ON e.id = p.experiment_id"
+            " WHERE p.hi >= ? AND p.version_id = ? AND p.error IS NULL"
+            " AND length(p.features) = ?",
+            (start[0], version_id, 4 * width),
+        ):
+            add(
+                (experiment, minute),
+                np.frombuffer(x_blob, dtype=np.float32).reshape(1, width),
+                np.array([score], dtype=np.float64),
+            )
+        for at_ms, experiment, ids_blob, x_blob, s_blob in conn.execute(
+            "SELECT at_ms, experiment, version_ids, features, scores FROM prediction_batches"
+            " WHERE id >= ? AND width = ?",
+            (start[1], width),
+        ):
+            s = np.frombuffer(s_blob, dtype="<f8")
+            keep = (np.frombuffer(ids_blob, dtype="<i8") == version_id) & ~np.isnan(s)
+            if keep.any():
+                x = np.frombuffer(x_blob, dtype="<f4").reshape(-1, width)[keep]
+                add((experiment, at_ms // 60_000), x, s[keep])
+        return {key: (np.concatenate(xs), np.concatenate(ss)) for key, (xs, ss) in parts.items()}
