@@ -58,17 +58,17 @@ class Feedback:
             {"prediction_id": pid, "status": status}, 202 if status == "pending" else 200
         )
 
-    def _label_one(self, pid: str, actual: float) -> str:
+    def _label_one(self, pid: str, actual: float | bool) -> str:
         api = self.api
         store = api.feedback_store()
         with api.feedback_lock:
-            return labels.record(store, pid, actual, api.tolerance, ranges=api.ranges)
+            return labels.record(store, pid, actual, api.contracts)
 
     def _label_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         api = self.api
         store = api.feedback_store()
         with api.feedback_lock:
-            return labels.record_many(store, items, api.tolerance, ranges=api.ranges)
+            return labels.record_many(store, items, api.contracts)
 
     async def _feedback_batch(self, document: dict[str, Any]) -> Response:
         """All items in one transaction; every item gets its own answer (200 overall).
