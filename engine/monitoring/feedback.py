@@ -133,7 +133,7 @@ def check_label(actual: float | bool, contract: LineSettings) -> float:
         except ValueError as exc:
             raise OutOfRange(str(exc)) from None
     if isinstance(actual, bool):
-        raise BeastError("actual must be a number, got bool")
+        raise OutOfRange("actual must be a number, got bool (false/true label binary lines)")
     lo, hi = contract.label_range
     if not lo <= actual <= hi:
         raise OutOfRange(f"actual {actual:g} is outside the label range [{lo:g}, {hi:g}]")
