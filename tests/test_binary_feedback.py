@@ -127,3 +127,11 @@ def test_monitor_reports_a_binary_lines_metrics_by_their_keys(
     assert {k: same[k] for k in tasks.METRICS[tasks.BINARY]} == {
         k: version[k] for k in tasks.METRICS[tasks.BINARY]
     }
+    text = beast(binary_ws, "monitor", "--readonly").stdout
+    header = next(line for line in text.splitlines() if line.startswith("LINE"))
+    assert header.split()[6:12] == ["AUC", "ACC", "LOGLOSS", "PREC", "RECALL", "BRIER"]
+    assert "BASELINE" in header and "first_labelled" in text
+    scraped = client.get("/metrics").text
+    for name in ("auc", "log_loss", "precision_ratio", "recall_ratio", "brier"):
+        assert f'beast_version_{name}{{line="{LINE}",role="production",version="v1.0"}}' in scraped
+    assert f'beast_version_rmse{{line="{LINE}"' not in scraped
