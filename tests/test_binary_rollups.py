@@ -23,6 +23,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.monitoring import scoring
 from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.sqlite import rollup_rows
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.tx import SqliteTx
 
@@ -186,3 +187,49 @@ def test_an_unlabelled_window_has_no_binary_metrics() -> None:
         None,
     ).window(None)
     assert empty.metrics(tasks.BINARY) == dict.fromkeys(tasks.METRICS[tasks.BINARY])
+
+
+def test_each_minutes_auc_for_the_sparklines_is_its_own_histograms() -> None:
+    """series(task="binary") reads every minute's AUC at once from the sparse entries; each
+    equals the AUC of that minute's dense histogram (rows of one minute merged)."""
+    rng = np.random.default_rng(1)
+    bins = rollups.CLASS_BINS
+    for _ in range(100):
+        rows = int(rng.integers(1, 8))
+        blobs: list[bytes | None] = []
+        for _ in range(rows):
+            if rng.random() < 0.3:
+                blobs.append(None)
+                continue
+            crowded = [5, 6, bins + 4, bins + 5, bins + 6]  # shared bins: ties across classes
+            keys = (
+                rng.integers(0, 2 * bins, int(rng.integers(1, 50)))
+                if rng.random() < 0.5
+                else rng.choice(crowded, int(rng.integers(1, 20)))
+            )
+            found, counts = np.unique(keys, return_counts=True)
+            blobs.append(
+                rollups.encode_classes(dict(zip(found.tolist(), counts.tolist(), strict=True)))
+            )
+        classes = rollup_rows._classes(blobs)
+        minutes = np.sort(rng.integers(0, 4, rows))
+        version = metrics.VersionRollups(
+            minutes,
+            np.ones((rows, rollups.SCALARS)),
+            np.zeros((rows, 0), np.int64),
+            None,
+            None,
+            None,
+            classes,
+        )
+        points = version.series(0, tasks.BINARY)
+        for point in points:
+            dense = np.zeros(2 * bins)
+            for row, key, count in classes if classes is not None else ():
+                if minutes[row] == point.minute:
+                    dense[key] += count
+            expected = metrics.auc_of(dense)
+            if expected is None:
+                assert point.primary is None
+            else:
+                assert point.primary == pytest.approx(expected, abs=1e-12)

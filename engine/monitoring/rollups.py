@@ -135,13 +135,17 @@ class WindowMetrics:
 def auc_of(class_hist: np.ndarray) -> float | None:
     """ROC AUC from a dense class histogram (class 0's bins, then class 1's): a positive
     above a negative counts 1, one in the same bin ½ (None with one class only)."""
-    neg = class_hist[:CLASS_BINS].astype(np.float64)
-    pos = class_hist[CLASS_BINS:].astype(np.float64)
-    n_neg, n_pos = neg.sum(), pos.sum()
-    if n_neg == 0 or n_pos == 0:
-        return None
-    below = np.cumsum(neg) - neg
-    return float(np.dot(pos, below + neg / 2) / (n_pos * n_neg))
+    return aucs_of(class_hist.reshape(1, -1))[0]
+
+
+def aucs_of(class_hists: np.ndarray) -> list[float | None]:
+    """`auc_of` of each row of a (rows, 2 × CLASS_BINS) array."""
+    neg = class_hists[:, :CLASS_BINS].astype(np.float64)
+    pos = class_hists[:, CLASS_BINS:].astype(np.float64)
+    pairs = neg.sum(axis=1) * pos.sum(axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    wins = np.einsum("ij,ij->i", pos, below + neg / 2)
+    return [float(w / n) if n else None for w, n in zip(wins, pairs, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -257,16 +261,39 @@ class VersionRollups:
         return out
 
     def _minute_aucs(self, idx: np.ndarray, group: np.ndarray, size: int) -> list[float | None]:
-        """Each chosen minute's AUC from its own class histogram."""
+        """Each chosen minute's AUC from its own class histogram, all at once over the sparse
+        (row, key, count) entries: a minute holds a few bins, a dense histogram 2,048."""
         if self.classes is None:
             return [None] * size
         of_row = np.full(self.minutes.size, -1, np.int64)
         of_row[idx] = group
         where = of_row[self.classes[:, 0]]
-        kept = self.classes[where >= 0]
-        dense = np.zeros((size, 2 * CLASS_BINS), np.int64)
-        np.add.at(dense, (where[where >= 0], kept[:, 1]), kept[:, 2])
-        return [auc_of(row) for row in dense]
+        kept = where >= 0
+        # One entry per (minute, key), rows of one minute merged; by minute, then bin, a bin's
+        # negatives before its positives: the negatives counted before a positive entry are
+        # those below it and in its own bin.
+        flat = where[kept] * (2 * CLASS_BINS) + self.classes[kept, 1]
+        found, at = np.unique(flat, return_inverse=True)
+        n = np.bincount(at, self.classes[kept, 2].astype(np.float64))
+        g, key = found // (2 * CLASS_BINS), found % (2 * CLASS_BINS)
+        positive = key >= CLASS_BINS
+        order = np.lexsort((positive, key % CLASS_BINS, g))
+        g, key, n, positive = g[order], key[order], n[order], positive[order]
+        negs = np.where(positive, 0.0, n)
+        before = np.cumsum(negs) - negs
+        starts = np.searchsorted(g, np.arange(size))
+        before -= (np.cumsum(negs) - negs)[np.minimum(starts, g.size - 1)][g] if g.size else 0
+        same = np.zeros_like(n)
+        if g.size > 1:  # the negatives in a positive entry's own bin: the entry just before
+            shared = (g[1:] == g[:-1]) & (key[1:] - CLASS_BINS == key[:-1]) & positive[1:]
+            same[1:][shared] = n[:-1][shared]
+        wins = np.bincount(g, np.where(positive, n * (before - same / 2), 0.0), size)
+        pos_n = np.bincount(g, np.where(positive, n, 0.0), size)
+        neg_n = np.bincount(g, negs, size)
+        return [
+            float(w / (p * q)) if p and q else None
+            for w, p, q in zip(wins, pos_n, neg_n, strict=True)
+        ]
 
 
 def load(
