@@ -135,3 +135,19 @@ def test_monitor_reports_a_binary_lines_metrics_by_their_keys(
     for name in ("auc", "log_loss", "precision_ratio", "recall_ratio", "brier"):
         assert f'beast_version_{name}{{line="{LINE}",role="production",version="v1.0"}}' in scraped
     assert f'beast_version_rmse{{line="{LINE}"' not in scraped
+
+
+def test_without_a_binary_line_false_true_are_refused(registered: Workspace) -> None:
+    """A regression line refuses a boolean, alone (422) or in a batch (the whole body, as
+    /openapi.json offers no boolean while no binary line is deployed)."""
+    assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
+    with client_for(registered) as client:
+        response = client.post("/v1/predict", json={"features": ROW})
+        pid = response.json()["prediction_id"]
+        flush(client)
+        assert_error(client.post("/v1/feedback", json={"prediction_id": pid, "actual": True}), 422)
+        items = {
+            "items": [{"prediction_id": pid, "actual": 50}, {"prediction_id": pid, "actual": False}]
+        }
+        assert_error(client.post("/v1/feedback", json=items), 422, "items[1]", "bool")
+    assert [r["actual"] for r in logged(registered) if r["pid"] == pid] == [None]

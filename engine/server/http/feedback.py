@@ -78,6 +78,14 @@ class Feedback:
         outside the line's label range — is answered per item.
         """
         (items,) = schema.FEEDBACK_BATCH.parse(document)
+        # false/true are labels only while a binary line is deployed (as /openapi.json says).
+        flags = [i for i, (_, actual) in enumerate(items) if isinstance(actual, bool)]
+        if flags and not self.api.context().binary:
+            raise ApiError(
+                422,
+                f"items[{flags[0]}].actual must be a number, got bool (false/true label binary "
+                "lines; none is deployed)",
+            )
         if len(items) > self.settings.max_rows:
             raise ApiError(422, f"{len(items)} items is over the limit of {self.settings.max_rows}")
         outcomes = await run_in_threadpool(self._label_many, items) if items else []
