@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Label, Sparkline, Static
 from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
-from engine import Config, VersionReport
+from engine import Config, ExperimentReport, VersionReport
 
 Cells = tuple[Any, ...]
 
@@ -163,8 +163,8 @@ class DeploymentTable(SyncTable):
 # -- 2 Metrics ---------------------------------------------------------------------------------
 
 _ROWS = (
-    ("accuracy", "acc"),
-    ("mae", "mae"),
+    ("primary", "acc"),  # a binary line's: auc, acc (engine.core.tasks.PRIMARY first)
+    ("second", "mae"),
     ("p95", "p95"),
     ("errors", "err"),
     ("traffic", "n/m"),
@@ -202,6 +202,9 @@ class MetricsPane(Pane):
         if report is None:
             self.query_one("#metrics-empty", Static).update(fmt.cell(f"{row.version}: not serving"))
         values = _metric_values(report, config)
+        binary = report is not None and report.task == "binary"
+        self.query_one("#metric-primary .metric-name", Label).update("auc" if binary else "acc")
+        self.query_one("#metric-second .metric-name", Label).update("acc" if binary else "mae")
         for metric, _ in _ROWS:
             spark = self.query_one(f"#spark-{metric}", Sparkline)
             data = series.values(metric) if series is not None else ()
@@ -218,14 +221,29 @@ def _metric_values(report: VersionReport | None, config: Config) -> dict[str, st
     p95 = w.latency_ms()["p95"]
     drift = report.drift
     psi = f" psi {fmt.num(drift.data, '{:.2f}')}" if drift.data is not None else ""
+    # A drift figure names its baseline's source (reference file, training, first labels).
+    source = _SOURCES.get(report.baseline.source or "", "") if drift.model is not None else ""
+    if report.task == "binary":
+        primary = f"{fmt.num(w.auc)} (min {t.auc_min:g}) ll {fmt.num(w.log_loss, '{:.2f}')}"
+        second = (
+            f"{fmt.num(w.accuracy, '{:.2f}')} p {fmt.num(w.precision, '{:.2f}')}"
+            f" r {fmt.num(w.recall, '{:.2f}')} br {fmt.num(w.brier, '{:.2f}')}"
+        )
+    else:
+        primary = f"{fmt.num(w.accuracy)} (min {t.accuracy_min:g})"
+        tolerance = config.line(report.line).tolerance_points
+        second = f"{fmt.num(w.mae, '{:.2f}')} pts (±{tolerance:g} ok)"
     return {
-        "accuracy": f"{fmt.num(w.accuracy)} (min {t.accuracy_min:g})",
-        "mae": f"{fmt.num(w.mae, '{:.2f}')} pts (±{t.tolerance_points:g} ok)",
+        "primary": primary,
+        "second": second,
         "p95": f"{fmt.num(p95, '{:.1f}')} ms (max {t.latency_max_ms:g})",
         "errors": f"{fmt.num(w.error_rate, '{:.3f}')} (max {t.error_rate_max:g})",
         "traffic": f"{w.predictions} n, {fmt.percent(report.traffic_bp)}",
-        "drift": f"{fmt.num(drift.model, '{:.1%}')} (max {t.drift_threshold:.0%}){psi}",
+        "drift": f"{fmt.num(drift.model, '{:.1%}')} (max {t.drift_threshold:.0%}){source}{psi}",
     }
+
+
+_SOURCES = {"reference": " ref", "training": " train", "first_labelled": " 1st"}
 
 
 # -- 3 Alerts ----------------------------------------------------------------------------------
@@ -304,6 +322,11 @@ class ABPane(Pane):
                 ("candidate", exp.candidate, test.candidate),
             ):
                 share = exp.traffic_bp if arm == "candidate" else 10_000 - exp.traffic_bp
+                if test.task == "binary":  # the cells name their metric: auc, log loss
+                    first = f"auc {fmt.num(window.auc)}"
+                    second = f"ll {fmt.num(window.log_loss, '{:.2f}')}"
+                else:
+                    first, second = fmt.num(window.accuracy), fmt.num(window.mae, "{:.2f}")
                 rows.append(
                     (
                         f"{exp.name}:{arm}",
@@ -311,21 +334,27 @@ class ABPane(Pane):
                             fmt.cell(f"{exp.name}:{arm}"),
                             fmt.cell(f"{version} {fmt.percent(share)}"),
                             str(window.labelled),
-                            fmt.num(window.accuracy),
-                            fmt.num(window.mae, "{:.2f}"),
+                            first,
+                            second,
                             fmt.num(window.latency_ms()["p95"], "{:.1f}"),
                         ),
                     )
                 )
         self.query_one(SyncTable).sync(rows)
-        verdicts = [
-            f"{t.experiment.name}: {t.verdict.outcome} · acc p={fmt.p_value(t.verdict.accuracy_p)}"
-            f" · mae p={fmt.p_value(t.verdict.mae_p)} · {t.verdict.reason}"
-            for t in tests
-        ]
+        verdicts = [_verdict(t) for t in tests]
         shown = "\n".join(fmt.safe(v) for v in verdicts) or "no running A/B test"
         self.query_one("#ab-verdict", Static).update(Text(shown))
         self.retitle(f" {fmt.safe(tests[0].experiment.name)}" if len(tests) == 1 else "")
+
+
+def _verdict(test: ExperimentReport) -> str:
+    v = test.verdict
+    if test.task == "binary":
+        return f"{test.experiment.name}: {v.outcome} · auc p={fmt.p_value(v.auc_p)} · {v.reason}"
+    return (
+        f"{test.experiment.name}: {v.outcome} · acc p={fmt.p_value(v.accuracy_p)}"
+        f" · mae p={fmt.p_value(v.mae_p)} · {v.reason}"
+    )
 
 
 # -- 5 Jobs ------------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ from collections.abc import Callable
 
 from engine import MinutePoint, VersionReport
 
-METRICS = ("accuracy", "mae", "p95", "errors", "traffic", "drift")
+METRICS = ("primary", "second", "p95", "errors", "traffic", "drift")
 POINTS = 60
+# "primary": the line's primary metric (accuracy, or a binary line's AUC); "second": MAE on a
+# regression line, accuracy at the decision threshold on a binary one.
 _PICK: dict[str, Callable[[MinutePoint], float | None]] = {
-    "accuracy": lambda p: p.accuracy,
-    "mae": lambda p: p.mae,
+    "primary": lambda p: p.primary,
+    "second": lambda p: p.mae,
+    "second-binary": lambda p: p.accuracy,
     "p95": lambda p: p.p95_ms,
     "errors": lambda p: p.error_rate,
     "traffic": lambda p: float(p.predictions),
@@ -29,8 +32,10 @@ class VersionSeries:
     def __init__(self) -> None:
         self._minutes: deque[MinutePoint] = deque(maxlen=POINTS)
         self._drift: deque[float] = deque(maxlen=POINTS)
+        self._binary = False
 
     def feed(self, report: VersionReport) -> None:
+        self._binary = report.task == "binary"
         for point in report.series:
             if self._minutes and point.minute < self._minutes[-1].minute:
                 continue
@@ -45,7 +50,7 @@ class VersionSeries:
     def values(self, metric: str) -> tuple[float, ...]:
         if metric == "drift":
             return tuple(self._drift)
-        pick = _PICK[metric]
+        pick = _PICK[f"{metric}-binary" if self._binary and metric == "second" else metric]
         return tuple(float(v) for v in (pick(p) for p in self._minutes) if v is not None)
 
 

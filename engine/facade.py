@@ -200,23 +200,14 @@ class Engine:
         from engine.monitoring import feedback as labels
 
         return labels.record(
-            self.store,
-            prediction_id,
-            actual,
-            self.config.thresholds.tolerance_points,
-            ranges=labels.LabelRanges.of_config(self.config),
+            self.store, prediction_id, actual, labels.Contracts.of_config(self.config)
         )
 
     def feedback_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         """Many (prediction id, actual) pairs, an answer for each (`labels.record_many`)."""
         from engine.monitoring import feedback as labels  # as in `feedback`
 
-        return labels.record_many(
-            self.store,
-            items,
-            self.config.thresholds.tolerance_points,
-            ranges=labels.LabelRanges.of_config(self.config),
-        )
+        return labels.record_many(self.store, items, labels.Contracts.of_config(self.config))
 
     # -- monitoring -----------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from tests.helpers import REPO
 from tests.serving_helpers import count, logged, logged_count, serving
 
 TOLERANCE = 5.0
+SEED = labels.Contracts()  # any finite actual; accurate within ±TOLERANCE
 ROW = [0.8, 12.0, 0.3, 0.05, 40.0]
 
 
@@ -61,10 +62,10 @@ def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
     try:
         assert prediction.score is not None
         actual = prediction.score + 2.0
-        assert labels.record(store, prediction.prediction_id, actual, TOLERANCE) == "recorded"
-        assert labels.record(store, prediction.prediction_id, actual, TOLERANCE) == "duplicate"
+        assert labels.record(store, prediction.prediction_id, actual, SEED) == "recorded"
+        assert labels.record(store, prediction.prediction_id, actual, SEED) == "duplicate"
         with pytest.raises(Conflict, match="already has actual") as caught:
-            labels.record(store, prediction.prediction_id, actual + 10, TOLERANCE)
+            labels.record(store, prediction.prediction_id, actual + 10, SEED)
         assert caught.value.http_status == 409
     finally:
         store.close()
@@ -83,10 +84,10 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
         try:
             assert early.score is not None
             far = early.score + 50.0
-            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "pending"
-            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "pending"
+            assert labels.record(store, early.prediction_id, far, SEED) == "pending"
+            assert labels.record(store, early.prediction_id, far, SEED) == "pending"
             with pytest.raises(Conflict, match="waiting"):
-                labels.record(store, early.prediction_id, far + 1, TOLERANCE)
+                labels.record(store, early.prediction_id, far + 1, SEED)
             assert count(live, "SELECT count(*) FROM pending_feedback") == 1
             assert logged_count(live) == 0  # still buffered
             log.flush()
@@ -98,7 +99,7 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
             router.predict(ROW)
             log.flush()
             assert _labelled(live) == 1
-            assert labels.record(store, early.prediction_id, far, TOLERANCE) == "duplicate"
+            assert labels.record(store, early.prediction_id, far, SEED) == "duplicate"
             assert _actual_of(live, other.prediction_id) is None
         finally:
             store.close()
@@ -115,21 +116,17 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
             third, fifth = batch[3], batch[5]
             assert third.score is not None and fifth.score is not None
             # Before the flush: pending, then matched when the batch is written.
-            assert labels.record(store, third.prediction_id, third.score, TOLERANCE) == "pending"
+            assert labels.record(store, third.prediction_id, third.score, SEED) == "pending"
             log.flush()
             assert count(live, "SELECT count(*) FROM pending_feedback") == 0
             assert _actual_of(live, third.prediction_id) == third.score
-            assert labels.record(store, fifth.prediction_id, fifth.score + 9, TOLERANCE) == (
-                "recorded"
-            )
-            assert labels.record(store, fifth.prediction_id, fifth.score + 9, TOLERANCE) == (
-                "duplicate"
-            )
+            assert labels.record(store, fifth.prediction_id, fifth.score + 9, SEED) == ("recorded")
+            assert labels.record(store, fifth.prediction_id, fifth.score + 9, SEED) == ("duplicate")
             with pytest.raises(Conflict, match="already has actual"):
-                labels.record(store, fifth.prediction_id, fifth.score, TOLERANCE)
+                labels.record(store, fifth.prediction_id, fifth.score, SEED)
             # The batch's prefix with a row number past its end is no prediction.
             beyond = third.prediction_id[: ids.PREFIX_CHARS] + f"{8:05x}"
-            assert labels.record(store, beyond, 1.0, TOLERANCE) == "pending"
+            assert labels.record(store, beyond, 1.0, SEED) == "pending"
         finally:
             store.close()
     actuals = _actuals(live)
@@ -144,7 +141,7 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     try:
         with store.write_sql() as conn:
             later = ids.issued_ms(beyond) + labels.PENDING_EXPIRY_MS + 60_000
-            assert labels.match_pending(SqliteTx(conn), TOLERANCE) == 0
+            assert labels.match_pending(SqliteTx(conn), SEED) == 0
             assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 1
     finally:
         store.close()
@@ -166,10 +163,9 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
         store = SqliteStore(live.db_path)
         try:
             with store.write_sql() as conn:
-                assert labels.label(SqliteTx(conn), lost, 70.0, TOLERANCE, now_ms=now) == "pending"
+                assert labels.label(SqliteTx(conn), lost, 70.0, SEED, now_ms=now) == "pending"
                 assert (
-                    labels.label(SqliteTx(conn), served.prediction_id, 70.0, TOLERANCE, now)
-                    == "pending"
+                    labels.label(SqliteTx(conn), served.prediction_id, 70.0, SEED, now) == "pending"
                 )
             log.flush()  # the served row arrives and its feedback is matched
             later = now + labels.PENDING_EXPIRY_MS + 1
@@ -182,7 +178,7 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
                 assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 0  # once
                 assert labels.counts(SqliteTx(conn)) == (0, 1)
             with pytest.raises(NotFound):
-                labels.record(store, lost, 70.0, TOLERANCE)
+                labels.record(store, lost, 70.0, SEED)
         finally:
             store.close()
     assert _actual_of(live, served.prediction_id) == 70.0
@@ -215,11 +211,11 @@ def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
     try:
         old = ids.new_id(time.time_ns() // 1_000_000 - 10 * 60_000)  # ten minutes old
         with pytest.raises(NotFound, match=f"no prediction {old}") as caught:
-            labels.record(store, old, 50.0, TOLERANCE)
+            labels.record(store, old, 50.0, SEED)
         assert caught.value.http_status == 404
         for bad in ("hello", "", "0" * 32, old.upper(), old[:-1], old + "0", 12345, None):
             with pytest.raises(NotFound, match="not a prediction id"):
-                labels.record(store, bad, 50.0, TOLERANCE)  # type: ignore[arg-type]
+                labels.record(store, bad, 50.0, SEED)  # type: ignore[arg-type]
     finally:
         store.close()
     assert count(live, "SELECT count(*) FROM pending_feedback") == 0
@@ -230,7 +226,7 @@ def test_the_actual_must_be_a_finite_number(live: Workspace, actual: Any) -> Non
     store = SqliteStore(live.db_path)
     try:
         with pytest.raises(BeastError, match="actual must be"):
-            labels.record(store, ids.new_id(), actual, TOLERANCE)
+            labels.record(store, ids.new_id(), actual, SEED)
     finally:
         store.close()
 
@@ -257,7 +253,7 @@ def test_a_batch_of_feedback_answers_every_item(live: Workspace) -> None:
                     ("nope", 1.0),
                     (c, math.nan),
                 ],
-                TOLERANCE,
+                SEED,
             )
         finally:
             store.close()
@@ -295,7 +291,7 @@ def test_feedback_from_two_processes_at_once_records_exactly_one(
         "out = []\n"
         "for pid in pids:\n"
         "    try:\n"
-        "        out.append(labels.record(store, pid, value, 5.0))\n"
+        "        out.append(labels.record(store, pid, value, labels.Contracts()))\n"
         "    except Conflict:\n"
         "        out.append('conflict')\n"
         "print(json.dumps(out))\n"

@@ -30,8 +30,9 @@ def test_the_default_is_the_seed_score_and_a_line_declares_its_own() -> None:
     config = parse_config(f"[lines.{LINE}]\nlabel_range = [-5, 1e3]\n[lines.other]\n")
     assert config.line(LINE) == LineSettings(label_range=(-5.0, 1000.0))
     assert config.line("other") == config.line("undeclared") == LineSettings()
-    ranges = labels.LabelRanges.of_config(config)
-    assert ranges.of(LINE) == (-5.0, 1000.0) and ranges.of("x") == (0.0, 100.0)
+    ranges = labels.Contracts.of_config(config)
+    assert ranges.of(LINE).label_range == (-5.0, 1000.0)
+    assert ranges.of("x").label_range == (0.0, 100.0)
     assert ranges.widest([LINE, "x"]) == (-5.0, 1000.0) and ranges.widest([]) == (0.0, 100.0)
     assert Config().lines == ()
 
@@ -157,15 +158,18 @@ def test_feedback_still_waiting_for_its_row_is_held_to_the_workspaces_lines(
     """The line of a prediction still in a writer's buffer is not known yet: its feedback is
     held to the widest range of the lines the workspace has (a line only named in config.toml
     widens nothing)."""
-    ranges = labels.LabelRanges(((LINE, (0.0, 10.0)), ("not-registered", (5.0, 50.0))))
+    ranges = labels.Contracts(
+        (
+            (LINE, LineSettings(label_range=(0.0, 10.0))),
+            ("not-registered", LineSettings(label_range=(5.0, 50.0))),
+        )
+    )
     store = SqliteStore(engine.workspace.db_path)
     try:
-        assert labels.record(store, ids.new_id(), 10.0, 5.0, ranges=ranges) == "pending"
+        assert labels.record(store, ids.new_id(), 10.0, ranges) == "pending"
         with pytest.raises(labels.OutOfRange, match=r"\[0, 10\]"):
-            labels.record(store, ids.new_id(), 40.0, 5.0, ranges=ranges)
-        answers = labels.record_many(
-            store, [(ids.new_id(), -1.0), (ids.new_id(), 1.0)], 5.0, ranges=ranges
-        )
+            labels.record(store, ids.new_id(), 40.0, ranges)
+        answers = labels.record_many(store, [(ids.new_id(), -1.0), (ids.new_id(), 1.0)], ranges)
         assert [a.status for a in answers] == ["invalid", "pending"]
         assert answers[0].http_status == 422
     finally:

@@ -66,7 +66,7 @@ def feed(
     good = round(len(scored) * within)
     with engine.store.write_sql() as conn:
         for i, r in enumerate(scored):
-            labels.label(SqliteTx(conn), r.pid, 52.0 if i < good else 60.0, 5.0)
+            labels.label(SqliteTx(conn), r.pid, 52.0 if i < good else 60.0, labels.Contracts())
 
 
 def version_report(report: monitoring.MonitorReport, version: str) -> monitoring.VersionReport:

@@ -46,6 +46,7 @@ from tests.serving_helpers import (
 from tests.serving_helpers import rows as query
 
 TOLERANCE = 5.0
+SEED = labels.Contracts()  # any finite actual; accurate within ±TOLERANCE
 
 
 @pytest.fixture
@@ -141,13 +142,13 @@ def test_rollups_equal_metrics_recomputed_from_the_raw_log(ab_ws: Workspace) -> 
             # Early feedback for rows still in the buffer (recent ones: "pending").
             for r in chunk[::11]:
                 if now - r.at_ms < 60_000:
-                    answers[labels.record(store, r.pid, _actual(r, rng), TOLERANCE)] += 1
+                    answers[labels.record(store, r.pid, _actual(r, rng), SEED)] += 1
             log.flush()
             flushed.extend(chunk)
             for r in rng.choice(len(flushed), size=400, replace=False):
                 rec = flushed[int(r)]
                 try:
-                    answers[labels.record(store, rec.pid, _actual(rec, rng), TOLERANCE)] += 1
+                    answers[labels.record(store, rec.pid, _actual(rec, rng), SEED)] += 1
                 except Conflict:
                     answers["conflict"] += 1
     finally:
@@ -256,9 +257,9 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
             chosen = rng.choice(len(pids), size=800, replace=False)
             return [(pids[int(i)], float(rng.normal(70, 10))) for i in chosen]
 
-        labels.record_many(store, some_feedback(), TOLERANCE)  # labelled as minutes
+        labels.record_many(store, some_feedback(), SEED)  # labelled as minutes
         folded = log.compact()
-        answers = labels.record_many(store, some_feedback(), TOLERANCE)  # some land in hours
+        answers = labels.record_many(store, some_feedback(), SEED)  # some land in hours
         assert {a.status for a in answers} >= {"recorded", "conflict"}
     finally:
         log.close()
@@ -412,7 +413,7 @@ def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Work
     store = SqliteStore(ab_ws.db_path)
     try:
         for pid, actual in wanted.items():
-            assert labels.record(store, pid, actual, TOLERANCE) == "recorded"
+            assert labels.record(store, pid, actual, SEED) == "recorded"
         with store.read_sql() as conn:
             x, y, at = sqlite_log.labelled_rows(conn, LINE, 5)
             assert sqlite_log.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
@@ -557,10 +558,10 @@ def test_a_row_that_cannot_be_written_costs_its_neighbours_nothing(
     store = SqliteStore(ab_ws.db_path)
     try:
         for r in good:  # feedback on the neighbours' ids records
-            assert labels.record(store, r.pid, 50.0, TOLERANCE) == "recorded"
+            assert labels.record(store, r.pid, 50.0, SEED) == "recorded"
         if ids.is_valid(bad.pid):  # its id and reason are kept: feedback says what happened
             with pytest.raises(NotFound, match="quarantined"):
-                labels.record(store, bad.pid, 50.0, TOLERANCE)
+                labels.record(store, bad.pid, 50.0, SEED)
             kept = query(ab_ws, "SELECT pid, rows, reason FROM quarantined_predictions")
             assert [(k["pid"], k["rows"]) for k in kept] == [(bad.pid, 1)]
             assert "\n" not in kept[0]["reason"] and kept[0]["reason"]
@@ -618,8 +619,8 @@ def test_a_bad_batch_is_quarantined_whole_and_the_batches_beside_it_are_logged(
     try:
         for pid in (bad.pids()[0], bad.pids()[-1]):
             with pytest.raises(NotFound, match="quarantined"):
-                labels.record(store, pid, 50.0, TOLERANCE)
-        assert labels.record(store, chunks[3].pids()[0], 50.0, TOLERANCE) == "recorded"
+                labels.record(store, pid, 50.0, SEED)
+        assert labels.record(store, chunks[3].pids()[0], 50.0, SEED) == "recorded"
     finally:
         store.close()
 

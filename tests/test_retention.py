@@ -29,6 +29,7 @@ from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_co
 
 DAY = predlog.DAY_MS
 TOLERANCE = 5.0
+SEED = labels.Contracts()  # any finite actual; accurate within ±TOLERANCE
 SETTINGS = LogSettings(retention_days=30, labelled_retention_days=90)
 
 
@@ -121,7 +122,7 @@ def _label(ws: Workspace, pids: list[str], actual: float = 66.0) -> None:
     store = SqliteStore(ws.db_path)
     try:
         for pid in pids:
-            assert labels.record(store, pid, actual, TOLERANCE) == "recorded"
+            assert labels.record(store, pid, actual, SEED) == "recorded"
     finally:
         store.close()
 
@@ -190,11 +191,11 @@ def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
             _x, y, _at = sqlite_log.labelled_rows(conn, LINE, 5)
         assert len(y) == len(kept_singles) + len(kept_rows)
         for pid in [*kept_singles, *kept_rows]:  # feedback still finds them
-            assert labels.record(store, pid, 66.0, TOLERANCE) == "duplicate"
+            assert labels.record(store, pid, 66.0, SEED) == "duplicate"
         for pid in (old[-1].pid, old_batches[0].pids()[0], gone_labelled[0]):
             with pytest.raises(NotFound, match=r"older than the prediction log keeps \(30 days"):
-                labels.record(store, pid, 50.0, TOLERANCE)
-        assert labels.record(store, recent[0].pid, 50.0, TOLERANCE) == "recorded"
+                labels.record(store, pid, 50.0, SEED)
+        assert labels.record(store, recent[0].pid, 50.0, SEED) == "recorded"
     finally:
         store.close()
 

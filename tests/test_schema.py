@@ -498,11 +498,22 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
         assert v2_from == max(ids.key(r[0])[0] for r in rows) + 1  # none past its bound
         with store.write_sql() as write:  # feedback finds old rows by id, single or batch
             for row in labelled[:5]:
-                assert labels.label(SqliteTx(write), row[0], row[11], 5.0) == "duplicate"
+                assert (
+                    labels.label(SqliteTx(write), row[0], row[11], labels.Contracts())
+                    == "duplicate"
+                )
             unlabelled = next(r for r in rows if r[11] is None and r[8] is not None)
-            assert labels.label(SqliteTx(write), unlabelled[0], 50.0, 5.0) == "recorded"
-            assert labels.label(SqliteTx(write), f"{prefix}00002", 63.5, 5.0) == "duplicate"
-            assert labels.label(SqliteTx(write), f"{prefix}00000", 60.0, 5.0) == "recorded"
+            assert (
+                labels.label(SqliteTx(write), unlabelled[0], 50.0, labels.Contracts()) == "recorded"
+            )
+            assert (
+                labels.label(SqliteTx(write), f"{prefix}00002", 63.5, labels.Contracts())
+                == "duplicate"
+            )
+            assert (
+                labels.label(SqliteTx(write), f"{prefix}00000", 60.0, labels.Contracts())
+                == "recorded"
+            )
         with store.read_sql() as read:
             assert (
                 read.execute(

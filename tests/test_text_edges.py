@@ -212,9 +212,9 @@ def test_feedback_with_an_unsafe_id_is_a_clean_answer(ab: Workspace, bad: str) -
     store = SqliteStore(ab.db_path)
     try:
         with pytest.raises(BeastError) as caught:
-            labels.record(store, bad, 50.0, 5.0)
+            labels.record(store, bad, 50.0, labels.Contracts())
         assert text.escape(str(caught.value)) == str(caught.value)
-        answers = labels.record_many(store, [(bad, 50.0), ("0" * 32, 50.0)], 5.0)
+        answers = labels.record_many(store, [(bad, 50.0), ("0" * 32, 50.0)], labels.Contracts())
     finally:
         store.close()
     assert [a.status for a in answers] == ["invalid", "not found"]

@@ -8,10 +8,14 @@ rows written before the edge checks existed print as safely as new ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from engine.core import text
+from engine.core import tasks, text
 from engine.core.records import DoctorReport, HistoryEntry, Snapshot, Status, percent
 from engine.facade import ModelsReport
+
+if TYPE_CHECKING:  # numpy: only `beast monitor` loads the report's module
+    from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
@@ -184,3 +188,119 @@ def doctor(report: DoctorReport) -> str:
     lines += [f"warning  {text.escape(w)}" for w in report.warnings]
     lines.append("all invariants hold" if report.ok else f"{len(report.problems)} problem(s)")
     return "\n".join(lines)
+
+
+def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+# Each task's metric columns: (JSON key, header, format), engine.core.tasks.METRICS' order.
+_METRIC_COLUMNS = {
+    tasks.REGRESSION: (
+        ("accuracy", "ACCURACY", "{:.3f}"),
+        ("mae", "MAE", "{:.2f}"),
+        ("rmse", "RMSE", "{:.2f}"),
+    ),
+    tasks.BINARY: (
+        ("auc", "AUC", "{:.3f}"),
+        ("accuracy", "ACC", "{:.3f}"),
+        ("log_loss", "LOGLOSS", "{:.3f}"),
+        ("precision", "PREC", "{:.2f}"),
+        ("recall", "RECALL", "{:.2f}"),
+        ("brier", "BRIER", "{:.3f}"),
+    ),
+}
+
+
+def monitor(report: MonitorReport) -> str:
+    """`beast monitor`'s text: one table per task (its own metric columns), each drift
+    figure beside its baseline's source, findings, tests and alerts."""
+    out = [f"health: {report.health}  (window {report.window}, {report.generated_at})"]
+    for task in tasks.TASKS:
+        versions = [v for v in report.versions if v.task == task]
+        if versions:
+            out.append(_version_table(task, versions))
+    for v in report.versions:
+        for f in v.findings:
+            out.append(text.escape(f"  {f.severity.upper():8} {v.version}: {f.message}"))
+        if v.drift.features and (v.drift.data or 0) >= 0.1:
+            # Feature names come from the model file.
+            worst = ", ".join(f"{d.name} {d.psi:.2f}" for d in v.drift.features[:3])
+            out.append(text.escape(f"  drift    {v.version}: most drifted features: {worst}"))
+        if v.drift.model is not None and v.baseline.detail:
+            out.append(text.escape(f"  baseline {v.version}: {v.baseline.detail}"))
+    if not report.versions:
+        out.append("nothing deployed")
+    if report.feedback_unmatched or report.feedback_pending:
+        out.append(
+            f"feedback: {report.feedback_pending} waiting for their prediction, "
+            f"{report.feedback_unmatched} never matched a logged prediction"
+        )
+    out += [text.escape(_experiment(e)) for e in report.experiments]
+    firing = [a for a in report.alerts if a["status"] == "firing"]
+    out.append(f"alerts: {len(firing)} firing")
+    for a in firing:
+        out.append(
+            text.escape(
+                f"  {a['severity'].upper():8} {a['line']}/{a['version']} {a['message']} "
+                f"(since {a['first_seen']})"
+            )
+        )
+    out += [text.escape(f"action: {action}") for action in report.actions]
+    return "\n".join(out)
+
+
+def _version_table(task: str, versions: list[VersionReport]) -> str:
+    columns = _METRIC_COLUMNS[task]
+    rows = []
+    for v in versions:
+        found = v.window.metrics(task)
+        rows.append(
+            [
+                v.line,
+                v.version,
+                v.role,
+                f"{v.traffic_bp / 100:g}%",
+                v.window.predictions,
+                v.window.labelled,
+                *(_fmt(found[key], pattern) for key, _, pattern in columns),
+                _fmt(v.window.latency_ms()["p95"], "{:.2f}"),
+                _fmt(v.window.error_rate),
+                _fmt(v.drift.model, "{:+.1%}"),
+                v.baseline.source or "-",
+                _fmt(v.drift.data, "{:.2f}"),
+                v.health,
+            ]
+        )
+    headers = [
+        "LINE",
+        "VERSION",
+        "ROLE",
+        "TRAFFIC",
+        "N",
+        "LABELLED",
+        *(header for _, header, _ in columns),
+        "P95 MS",
+        "ERRORS",
+        "DRIFT",
+        "BASELINE",
+        "PSI",
+        "HEALTH",
+    ]
+    return table(headers, rows, indent="")
+
+
+def _experiment(e: ExperimentReport) -> str:
+    c, k, verdict = e.control, e.candidate, e.verdict
+    if e.task == tasks.BINARY:
+        arms = (
+            f"{e.experiment.control} n={c.labelled} auc={_fmt(c.auc)} vs "
+            f"{e.experiment.candidate} n={k.labelled} auc={_fmt(k.auc)}"
+        )
+    else:
+        arms = (
+            f"{e.experiment.control} n={c.labelled} acc={_fmt(c.accuracy)} "
+            f"mae={_fmt(c.mae, '{:.2f}')} vs {e.experiment.candidate} n={k.labelled} "
+            f"acc={_fmt(k.accuracy)} mae={_fmt(k.mae, '{:.2f}')}"
+        )
+    return f"A/B {e.experiment.name}: {arms} → {verdict.outcome} ({verdict.reason})"

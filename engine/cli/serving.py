@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.cli.render import table
+from engine.cli import render
 from engine.core import text
 from engine.core.errors import BeastError
 from engine.facade import Engine
@@ -27,10 +27,6 @@ def _print_json(document: Any) -> None:
     sys.stdout.write(text.dumps(document) + "\n")
 
 
-def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
 def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     if args.readonly:
         report = engine.report(window=args.window, model=args.model)
@@ -41,81 +37,7 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_json())
         return 0
-    print(f"health: {report.health}  (window {report.window}, {report.generated_at})")
-    if report.versions:
-        print(
-            table(
-                [
-                    "LINE",
-                    "VERSION",
-                    "ROLE",
-                    "TRAFFIC",
-                    "N",
-                    "LABELLED",
-                    "ACCURACY",
-                    "MAE",
-                    "P95 MS",
-                    "ERRORS",
-                    "DRIFT",
-                    "PSI",
-                    "HEALTH",
-                ],
-                [
-                    [
-                        v.line,
-                        v.version,
-                        v.role,
-                        f"{v.traffic_bp / 100:g}%",
-                        v.window.predictions,
-                        v.window.labelled,
-                        _fmt(v.window.accuracy),
-                        _fmt(v.window.mae, "{:.2f}"),
-                        _fmt(v.window.latency_ms()["p95"], "{:.2f}"),
-                        _fmt(v.window.error_rate),
-                        _fmt(v.drift.model, "{:+.1%}"),
-                        _fmt(v.drift.data, "{:.2f}"),
-                        v.health,
-                    ]
-                    for v in report.versions
-                ],
-                indent="",
-            )
-        )
-        for v in report.versions:
-            for f in v.findings:
-                print(text.escape(f"  {f.severity.upper():8} {v.version}: {f.message}"))
-            if v.drift.features and (v.drift.data or 0) >= 0.1:
-                # Feature names come from the model file.
-                worst = ", ".join(f"{d.name} {d.psi:.2f}" for d in v.drift.features[:3])
-                print(text.escape(f"  drift    {v.version}: most drifted features: {worst}"))
-    else:
-        print("nothing deployed")
-    if report.feedback_unmatched or report.feedback_pending:
-        print(
-            f"feedback: {report.feedback_pending} waiting for their prediction, "
-            f"{report.feedback_unmatched} never matched a logged prediction"
-        )
-    for e in report.experiments:
-        c, k, verdict = e.control, e.candidate, e.verdict
-        print(
-            text.escape(
-                f"A/B {e.experiment.name}: {e.experiment.control} n={c.labelled} "
-                f"acc={_fmt(c.accuracy)} mae={_fmt(c.mae, '{:.2f}')} vs {e.experiment.candidate} "
-                f"n={k.labelled} acc={_fmt(k.accuracy)} mae={_fmt(k.mae, '{:.2f}')} → "
-                f"{verdict.outcome} ({verdict.reason})"
-            )
-        )
-    firing = [a for a in report.alerts if a["status"] == "firing"]
-    print(f"alerts: {len(firing)} firing")
-    for a in firing:
-        print(
-            text.escape(
-                f"  {a['severity'].upper():8} {a['line']}/{a['version']} {a['message']} "
-                f"(since {a['first_seen']})"
-            )
-        )
-    for action in report.actions:
-        print(text.escape(f"action: {action}"))
+    print(render.monitor(report))
     return 0
 
 

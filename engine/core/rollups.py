@@ -1,17 +1,95 @@
-"""Rollup records: what a flush adds to one rollup row, and a version's rows, stacked.
+"""Rollup records: what a flush adds to one rollup row, what one label adds, and a version's
+rows, stacked.
 
 They cross the storage seam (engine.store.rollups) in both directions, so they live here,
-below the store and the domains. numpy is imported with this module: only the prediction
-log's writer and monitoring import it (never `beast status`'s path).
+below the store and the domains. numpy is imported where a histogram is summed, not with this
+module: a label's record and its class bin are built by `beast feedback` too, which has no
+other use for numpy.
+
+Class histograms (binary lines' AUC): each labelled score falls in one of `CLASS_BINS` bins,
+uniform in logit space over [-`LOGIT_SPAN`, `LOGIT_SPAN`] (scores beyond land in the end
+bins), counted by its label's class. AUC over merged histograms counts pairs within a bin as
+half: with 1,024 bins of 0.0234 logits that is within 0.002 of the exact AUC on real scores
+(tests/test_binary_rollups.py). Stored sparse: a labelled minute holds a few bins, and a dense
+16 KB blob per minute would slow the monitor's read of every minute.
 """
 
 from __future__ import annotations
 
+import math
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-SCALARS = 7  # n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n
+# n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n,
+# log_loss_sum, pred_pos, actual_pos, true_pos
+SCALARS = 11
+CLASS_BINS = 1024
+LOGIT_SPAN = 12.0  # float32 probabilities reach logit ±16.6; beyond ±12 is p < 6e-6
+_PAIR = struct.Struct("<qq")
+
+
+def class_bin(score: float) -> int:
+    """The bin of a score in [0, 1] (engine's class histograms: this module's docstring)."""
+    if score <= 0.0:
+        return 0
+    if score >= 1.0:
+        return CLASS_BINS - 1
+    logit = math.log(score) - math.log1p(-score)
+    at = int((logit + LOGIT_SPAN) / (2 * LOGIT_SPAN) * CLASS_BINS)
+    return min(max(at, 0), CLASS_BINS - 1)
+
+
+def class_key(score: float, positive: bool) -> int:
+    """A labelled score's key in a class histogram: its bin, offset by `CLASS_BINS` for
+    class 1."""
+    return class_bin(score) + (CLASS_BINS if positive else 0)
+
+
+def encode_classes(counts: dict[int, int]) -> bytes | None:
+    """A sparse class histogram as its blob: (key, count) pairs of little-endian int64, by key."""
+    kept = sorted((k, c) for k, c in counts.items() if c)
+    return b"".join(_PAIR.pack(k, c) for k, c in kept) or None
+
+
+def decode_classes(blob: bytes | None) -> dict[int, int]:
+    """The (key → count) pairs of a class histogram blob (empty for None)."""
+    return dict(_PAIR.iter_unpack(blob)) if blob else {}
+
+
+def merge_classes(blobs: Iterable[bytes | None]) -> bytes | None:
+    """Class histogram blobs added key by key."""
+    total: dict[int, int] = {}
+    for blob in blobs:
+        for key, count in decode_classes(blob).items():
+            total[key] = total.get(key, 0) + count
+    return encode_classes(total)
+
+
+@dataclass(frozen=True)
+class LabelDelta:
+    """What one labelled prediction adds to its rollup row.
+
+    Every label: `within` (regression: |error| ≤ tolerance; binary: the prediction at the
+    decision threshold equals the label), |score − label| and its square (binary: the square
+    sums to the Brier score). Binary labels also: the log loss term, whether the score
+    predicted class 1, whether the label is 1, and the score's class histogram key.
+    """
+
+    within: bool
+    error: float
+    log_loss: float = 0.0
+    pred_pos: bool = False
+    actual_pos: bool = False
+    class_key: int | None = None
+
+    @property
+    def true_pos(self) -> bool:
+        return self.pred_pos and self.actual_pos
 
 
 @dataclass
@@ -29,6 +107,11 @@ class Delta:
     within: int = 0
     abs_err_sum: float = 0.0
     abs_err_sq_sum: float = 0.0
+    log_loss_sum: float = 0.0
+    pred_pos: int = 0
+    actual_pos: int = 0
+    true_pos: int = 0
+    class_hist: bytes | None = None  # sparse (`encode_classes`)
 
     def add(self, other: Delta) -> None:
         """Add `other` to this one (histograms bucket by bucket)."""
@@ -44,6 +127,12 @@ class Delta:
         self.within += other.within
         self.abs_err_sum += other.abs_err_sum
         self.abs_err_sq_sum += other.abs_err_sq_sum
+        self.log_loss_sum += other.log_loss_sum
+        self.pred_pos += other.pred_pos
+        self.actual_pos += other.actual_pos
+        self.true_pos += other.true_pos
+        if other.class_hist:
+            self.class_hist = merge_classes((self.class_hist, other.class_hist))
 
 
 RollupKey = tuple[int, str, int]  # (version id, A/B test name or "", minute or hour)
@@ -54,7 +143,8 @@ class StackedRollups:
     """A version's rollup rows as arrays, one row per minute (or compacted hour), by time.
 
     `scalars` holds the `SCALARS` columns; `hourly` marks compacted hours (their first
-    minute in `minutes`), None when there are none.
+    minute in `minutes`), None when there are none. `classes` holds the rows' class
+    histograms sparse, as (row, key, count) columns (None when no row has one).
     """
 
     minutes: np.ndarray
@@ -63,6 +153,7 @@ class StackedRollups:
     features: np.ndarray | None
     scores: np.ndarray | None
     hourly: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
 
 def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
@@ -71,6 +162,8 @@ def _sum(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
     if a.size == b.size:
         total: np.ndarray = a + b
         return total
+    import numpy as np  # a flush's histograms: numpy is loaded wherever they exist
+
     out = np.zeros(max(a.size, b.size), np.int64)  # a histogram of another bucket count
     out[: a.size] += a
     out[: b.size] += b

@@ -1,8 +1,13 @@
 """A/B statistics from sufficient statistics, so a verdict needs rollups, not a scan.
 
-Accuracy (within ±tolerance) is a proportion: a two-proportion z-test. Absolute error is a
-mean: Welch's t-test from each arm's n, mean and variance. The verdict also needs a minimum
-sample per arm and the configured minimum improvement in accuracy; otherwise it is
+The verdict compares the line's primary metric (engine.core.tasks.PRIMARY).
+Regression — accuracy (within ±tolerance) is a proportion: a two-proportion z-test. Absolute
+error is a mean: Welch's t-test from each arm's n, mean and variance.
+Binary — ROC AUC (read from each arm's class histograms): the z-test of two independent AUCs
+with Hanley & McNeil's (1982) standard errors, which need only each arm's AUC and its count of
+each class. An arm needs `min_samples` labelled predictions and `MIN_CLASS` of each class.
+The verdict also needs the configured minimum improvement ([retrain]
+min_accuracy_improvement: accuracy points, or AUC points on a binary line); otherwise it is
 "not enough data" or "inconclusive" — never a promotion on noise.
 """
 
@@ -38,6 +43,22 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class AucArm:
+    """What one arm of a binary line's test has seen: its AUC and its labels of each class."""
+
+    auc: float | None
+    positives: int
+    negatives: int
+
+    @property
+    def n(self) -> int:
+        return self.positives + self.negatives
+
+
+MIN_CLASS = 10  # labels of each class per arm: below it Hanley–McNeil's SE is not trusted
+
+
+@dataclass(frozen=True)
 class Verdict:
     outcome: str  # "candidate wins" | "control wins" | "inconclusive" | "not enough data"
     accuracy_diff: float  # candidate − control
@@ -45,6 +66,71 @@ class Verdict:
     mae_diff: float  # candidate − control (negative is better)
     mae_p: float
     reason: str
+    metric: str = "accuracy"  # what decided: the line's primary metric
+    auc_diff: float = math.nan  # binary: candidate − control
+    auc_p: float = math.nan
+
+
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """The standard error of an AUC from its value and class counts (Hanley & McNeil 1982)."""
+    q1 = auc / (2 - auc)
+    q2 = 2 * auc * auc / (1 + auc)
+    var = (
+        auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)
+    ) / (positives * negatives)
+    return math.sqrt(max(var, 0.0))
+
+
+def auc_p(a: AucArm, b: AucArm) -> float:
+    """Two-sided p-value of the z-test of two independent AUCs."""
+    if a.auc is None or b.auc is None:
+        return math.nan
+    se = math.hypot(
+        hanley_mcneil_se(a.auc, a.positives, a.negatives),
+        hanley_mcneil_se(b.auc, b.positives, b.negatives),
+    )
+    if se == 0:
+        return 1.0 if a.auc == b.auc else 0.0
+    return math.erfc(abs(a.auc - b.auc) / se / math.sqrt(2))
+
+
+def auc_verdict(
+    control: AucArm,
+    candidate: AucArm,
+    *,
+    min_samples: int,
+    min_improvement: float,
+    alpha: float = 0.05,
+) -> Verdict:
+    """Decide a binary line's test on AUC (this module's docstring)."""
+    nan = math.nan
+    short = [
+        f"{name} {arm.n} ({arm.positives} of class 1)"
+        for name, arm in (("control", control), ("candidate", candidate))
+        if arm.n < min_samples or min(arm.positives, arm.negatives) < MIN_CLASS
+    ]
+    if short or control.auc is None or candidate.auc is None:
+        return Verdict(
+            "not enough data",
+            nan,
+            nan,
+            nan,
+            nan,
+            f"need {min_samples} labelled predictions per arm, {MIN_CLASS} of each class "
+            f"({'; '.join(short)})",
+            "auc",
+        )
+    diff = candidate.auc - control.auc
+    p = auc_p(candidate, control)
+    found = f"AUC {diff:+.3f} (p={p:.3g})"
+    if p < alpha and diff >= min_improvement:
+        outcome, why = "candidate wins", f"{found} ≥ +{min_improvement:g}"
+    elif p < alpha and diff < 0:
+        outcome, why = "control wins", f"candidate worse: {found}"
+    else:
+        outcome = "inconclusive"
+        why = f"no significant difference: {found}, needs ≥ +{min_improvement:g} at p<{alpha:g}"
+    return Verdict(outcome, nan, nan, nan, nan, why, "auc", diff, p)
 
 
 def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:

@@ -22,17 +22,22 @@ once serialize: one records, the other sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from engine.core import ids, text
-from engine.core.config import DEFAULT_LABEL_RANGE, Config
+from engine.core import ids, tasks, text
+from engine.core.config import Config, LineSettings
 from engine.core.errors import BeastError, Conflict, NotFound, StateBusy, StoreError
+from engine.core.rollups import LabelDelta, class_key
 from engine.store.base import Store, Tx
 
+# engine.monitoring.scoring.EPS (float64's epsilon), without importing numpy for it.
+EPS = sys.float_info.epsilon
 PENDING_WINDOW_MS = 120_000  # ids younger than this may still be buffered by a writer
 PENDING_EXPIRY_MS = 600_000  # waiting feedback whose row has not come by then never will
 # Items per transaction of `record_many`: about 0.15 s of write lock on a loaded 2-core
@@ -55,36 +60,60 @@ class Outcome(NamedTuple):
 
 
 class OutOfRange(BeastError):
-    """An actual value outside its model line's label range (`[lines.NAME] label_range`)."""
+    """An actual value its model line does not accept: outside `[lines.NAME] label_range`, or
+    not a 0/1 (false/true) label on a binary line."""
 
     http_status = 422
 
 
-@dataclass(frozen=True)
-class LabelRanges:
-    """The actual values each model line accepts: `[lines.NAME] label_range` in config.toml,
-    else the seed's score range (0–100)."""
+_ANY_NUMBER = LineSettings(label_range=(-math.inf, math.inf))
 
-    lines: tuple[tuple[str, tuple[float, float]], ...] = ()
-    default: tuple[float, float] = DEFAULT_LABEL_RANGE
+
+@dataclass(frozen=True)
+class Contracts:
+    """What each model line accepts as feedback and how a label counts: its `[lines.NAME]`
+    contract in config.toml (engine.core.config.Config.line), else `default`: the seed's
+    regression (`of_config`: its label range; `Contracts()`: any finite number)."""
+
+    lines: tuple[tuple[str, LineSettings], ...] = ()
+    default: LineSettings = field(default_factory=lambda: _ANY_NUMBER)
 
     @classmethod
-    def of_config(cls, config: Config) -> LabelRanges:
-        return cls(tuple((name, line.label_range) for name, line in config.lines))
+    def of_config(cls, config: Config) -> Contracts:
+        tolerance = config.thresholds.tolerance_points
+        return cls(config.lines, LineSettings(tolerance_points=tolerance))
 
-    def of(self, line: str) -> tuple[float, float]:
-        """The range of model line `line`."""
+    def of(self, line: str) -> LineSettings:
+        """The contract of model line `line`."""
         return dict(self.lines).get(line, self.default)
 
     def widest(self, lines: Iterable[str]) -> tuple[float, float]:
         """The smallest range holding every one of `lines`' (the default when there are none)."""
-        found = [self.of(line) for line in lines] or [self.default]
+        found = [self.of(line).label_range for line in lines] or [self.default.label_range]
         return min(lo for lo, _ in found), max(hi for _, hi in found)
 
+    def ranges_checked(self) -> Contracts:
+        """These contracts without regression label ranges: for feedback that waited for its
+        row, whose range was checked on arrival (the widest of the workspace's lines)."""
+        return Contracts(
+            tuple((name, _unbounded(line)) for name, line in self.lines), _unbounded(self.default)
+        )
 
-def check_actual(actual: object, label_range: tuple[float, float] | None = None) -> float:
-    """`actual` as a finite float inside `label_range`, or a one-line refusal."""
-    if isinstance(actual, bool) or not isinstance(actual, int | float):
+    def any_binary(self, lines: Iterable[str]) -> bool:
+        """Whether one of `lines` is binary (so false/true are labels)."""
+        return any(self.of(line).binary for line in lines)
+
+
+def _unbounded(line: LineSettings) -> LineSettings:
+    return line if line.binary else dataclasses.replace(line, label_range=_ANY_NUMBER.label_range)
+
+
+def check_actual(actual: object) -> float | bool:
+    """`actual` as a finite number (false/true kept as such: a binary line takes them), or a
+    one-line refusal. Its line's contract is checked by `check_label`."""
+    if isinstance(actual, bool):
+        return actual
+    if not isinstance(actual, int | float):
         raise BeastError(f"actual must be a number, got {type(actual).__name__}")
     try:
         value = float(actual)
@@ -92,41 +121,86 @@ def check_actual(actual: object, label_range: tuple[float, float] | None = None)
         raise BeastError(f"actual must be finite, got {actual!r}") from None
     if not math.isfinite(value):
         raise BeastError(f"actual must be finite, got {actual!r}")
-    if label_range is not None and not label_range[0] <= value <= label_range[1]:
-        lo, hi = label_range
-        raise OutOfRange(f"actual {value:g} is outside the label range [{lo:g}, {hi:g}]")
     return value
 
 
-def _check_range(tx: Tx, actual: float, ranges: LabelRanges, version_id: int | None) -> None:
-    """Refuse `actual` outside its line's range; a prediction not logged yet (version_id None)
-    is held to the widest range of the workspace's lines (its line is not known yet)."""
-    if not ranges.lines:  # every line has the default: no lookup needed
-        check_actual(actual, ranges.default)
-        return
-    if version_id is None:
-        check_actual(actual, ranges.widest(tx.registry.line_names()))
-        return
+def check_label(actual: float | bool, contract: LineSettings) -> float:
+    """`actual` as its line takes it: a binary line 0 or 1 (false/true), a regression line a
+    number inside its label range; OutOfRange (422) otherwise."""
+    if contract.binary:
+        try:
+            return float(tasks.binary_label(actual))
+        except ValueError as exc:
+            raise OutOfRange(str(exc)) from None
+    if isinstance(actual, bool):
+        raise OutOfRange("actual must be a number, got bool (false/true label binary lines)")
+    lo, hi = contract.label_range
+    if not lo <= actual <= hi:
+        raise OutOfRange(f"actual {actual:g} is outside the label range [{lo:g}, {hi:g}]")
+    return float(actual)
+
+
+def _line_label(
+    tx: Tx, actual: float | bool, contracts: Contracts, version_id: int
+) -> tuple[float, LineSettings]:
+    """`actual` checked against its prediction's line, and that line's contract."""
+    if not contracts.lines:  # every line has the default: no lookup needed
+        return check_label(actual, contracts.default), contracts.default
     line = tx.registry.version_by_id(version_id).line
+    contract = contracts.of(line)
     try:
-        check_actual(actual, ranges.of(line))
+        return check_label(actual, contract), contract
     except OutOfRange as exc:
         raise OutOfRange(f"{exc} of {line}") from None
+
+
+def _any_line_label(tx: Tx, actual: float | bool, contracts: Contracts) -> float:
+    """`actual` for a prediction not logged yet (its line is not known): accepted if one of
+    the workspace's lines would take it; refused with the first line's reason otherwise."""
+    if not contracts.lines:
+        return check_label(actual, contracts.default)
+    names = tx.registry.line_names() or [""]
+    refusal: BeastError | None = None
+    for name in names:
+        try:
+            return check_label(actual, contracts.of(name))
+        except BeastError as exc:
+            refusal = refusal or exc
+    assert refusal is not None
+    raise refusal
+
+
+def label_delta(score: float, actual: float, contract: LineSettings) -> LabelDelta:
+    """What a labelled prediction adds to its rollup row under its line's contract (the
+    definitions of engine.monitoring.scoring, one row at a time)."""
+    error = abs(score - actual)
+    if not contract.binary:
+        return LabelDelta(within=error <= contract.tolerance_points, error=error)
+    positive = actual == 1
+    predicted = score >= contract.decision_threshold
+    p = min(max(score, EPS), 1 - EPS)
+    return LabelDelta(
+        within=predicted == positive,
+        error=error,
+        log_loss=-math.log(p) if positive else -math.log1p(-p),
+        pred_pos=predicted,
+        actual_pos=positive,
+        class_key=class_key(score, positive),
+    )
 
 
 def label(
     tx: Tx,
     pid: str,
-    actual: float,
-    tolerance: float,
+    actual: float | bool,
+    contracts: Contracts,
     now_ms: int | None = None,
-    *,
-    ranges: LabelRanges | None = None,
 ) -> str:
     """Attach `actual` to prediction `pid` inside the caller's write transaction.
 
-    With `ranges`, an actual outside the prediction's line's label range is refused
-    (OutOfRange); without, the caller has checked it (waiting feedback was, on arrival).
+    An actual its line does not accept (`check_label`: a binary line's 0/1, a regression
+    line's label range) is refused (OutOfRange); the label counts in the prediction's rollup
+    row by its line's contract (`label_delta`).
     """
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     if not ids.is_valid(pid):
@@ -134,29 +208,26 @@ def label(
         raise NotFound(f"no prediction {shown!r} (not a prediction id)")
     found = tx.feedback.prediction(pid)
     if found is None:
-        return _wait(tx, pid, actual, now, ranges)
-    if ranges is not None:
-        _check_range(tx, actual, ranges, found.version_id)
+        return _wait(tx, pid, actual, now, contracts)
+    value, contract = _line_label(tx, actual, contracts, found.version_id)
     if found.actual is not None:
-        if found.actual == actual:
+        if found.actual == value:
             return "duplicate"
         raise Conflict(
-            f"prediction {pid} already has actual {found.actual:g}; not replaced by {actual:g}"
+            f"prediction {pid} already has actual {found.actual:g}; not replaced by {value:g}"
         )
-    tx.feedback.set_actual(found, actual, now)
+    tx.feedback.set_actual(found, value, now)
     if found.score is not None:
-        error = abs(found.score - actual)
         tx.rollups.add_label(
             found.version_id,
             found.experiment,
             found.at_ms // 60_000,
-            within=error <= tolerance,
-            error=error,
+            label_delta(found.score, value, contract),
         )
     return "recorded"
 
 
-def _wait(tx: Tx, pid: str, actual: float, now: int, ranges: LabelRanges | None) -> str:
+def _wait(tx: Tx, pid: str, actual: float | bool, now: int, contracts: Contracts) -> str:
     """Feedback for a prediction not in the log: kept if its row may still come, else refused."""
     _why_not_logged(tx, pid)
     if tx.feedback.is_unmatched(pid):
@@ -167,17 +238,16 @@ def _wait(tx: Tx, pid: str, actual: float, now: int, ranges: LabelRanges | None)
     # Recent either way: a wall clock stepped back must not turn early feedback away.
     if abs(now - ids.issued_ms(pid)) > PENDING_WINDOW_MS:
         raise NotFound(f"no prediction {pid}")
-    if ranges is not None:
-        _check_range(tx, actual, ranges, None)
+    value = _any_line_label(tx, actual, contracts)
     existing = tx.feedback.pending_actual(pid)
     if existing is not None:
-        if existing != actual:
+        if existing != value:
             raise Conflict(
                 f"prediction {pid} already has feedback {existing:g} waiting; "
-                f"not replaced by {actual:g}"
+                f"not replaced by {value:g}"
             )
         return "pending"
-    tx.feedback.add_pending(pid, actual, now)
+    tx.feedback.add_pending(pid, value, now)
     return "pending"
 
 
@@ -200,7 +270,7 @@ def _why_not_logged(tx: Tx, pid: str) -> None:
 
 def match_pending(
     tx: Tx,
-    tolerance: float,
+    contracts: Contracts,
     singles: Collection[str] | None = None,
     batches: Mapping[str, int] | None = None,
 ) -> int:
@@ -222,16 +292,23 @@ def match_pending(
             for pid, actual in waiting
             if pid in written or ids.batch_row(pid)[1] < rows.get(pid[: ids.PREFIX_CHARS], 0)
         ]
-    applied = 0
+    applied, refused = 0, []
+    contracts = contracts.ranges_checked()
     for pid, actual in waiting:
         if not tx.feedback.is_logged(pid):
             continue
         tx.feedback.drop_pending(pid)
         applied += 1
         try:
-            label(tx, pid, actual, tolerance)
+            label(tx, pid, actual, contracts)
         except (Conflict, NotFound):  # pragma: no cover - the row is fresh and unlabelled
             continue
+        except BeastError:
+            # Accepted on arrival by another line's contract (its line was not known yet),
+            # refused by its own (a binary line's 0/1): counted as unmatched, never dropped.
+            refused.append((pid, actual, ids.issued_ms(pid)))
+    if refused:
+        tx.feedback.set_unmatched(refused, time.time_ns() // 1_000_000)
     return applied
 
 
@@ -254,31 +331,22 @@ def counts(tx: Tx) -> tuple[int, int]:
     return tx.feedback.counts()
 
 
-def record(
-    store: Store,
-    pid: str,
-    actual: object,
-    tolerance: float,
-    *,
-    ranges: LabelRanges | None = None,
-) -> str:
+def record(store: Store, pid: str, actual: object, contracts: Contracts) -> str:
     """One piece of feedback in its own write transaction; the answer, or a refusal.
 
-    `ranges` (the config's, `LabelRanges.of_config`) refuses actuals outside their line's
-    label range; None checks only that the actual is a finite number.
+    `contracts` (the config's, `Contracts.of_config`) refuses actuals their line does not
+    take (`check_label`) and counts the label by its line's task.
     """
     value = check_actual(actual)
     with store.write() as tx:
         expire_pending(tx)
-        return label(tx, pid, value, tolerance, ranges=ranges)
+        return label(tx, pid, value, contracts)
 
 
 def record_many(
     store: Store,
     items: Iterable[tuple[str, object]],
-    tolerance: float,
-    *,
-    ranges: LabelRanges | None = None,
+    contracts: Contracts,
 ) -> list[Outcome]:
     """Many (prediction id, actual) pairs, each with its own answer, committed in chunks of
     `CHUNK_ITEMS` (one transaction each, `GIVE_WAY_S` apart), so a big file never keeps the
@@ -287,8 +355,8 @@ def record_many(
     A refused item does not stop the others (a file of feedback with one bad line still
     records the rest); every item gets an answer, so nothing is dropped silently. If a chunk
     cannot be written (a busy store, a full disk), the error says how many items before it
-    were processed; sending them all again is safe: the recorded ones answer `duplicate`. `ranges`
-    as for `record`.
+    were processed; sending them all again is safe: the recorded ones answer `duplicate`.
+    `contracts` as for `record`.
     """
     pairs = list(items)
     answers: list[Outcome] = []
@@ -298,7 +366,7 @@ def record_many(
                 if not start:
                     expire_pending(tx)
                 chunk = [
-                    _answer(tx, pid, actual, tolerance, ranges)
+                    _answer(tx, pid, actual, contracts)
                     for pid, actual in pairs[start : start + CHUNK_ITEMS]
                 ]
         except (StateBusy, StoreError) as exc:
@@ -319,15 +387,14 @@ def _answer(
     tx: Tx,
     pid: str,
     actual: object,
-    tolerance: float,
-    ranges: LabelRanges | None,
+    contracts: Contracts,
 ) -> Outcome:
     """One item's answer inside the caller's transaction; a refusal is an answer too."""
     # Echoed in the answer: escaped, so it always encodes and prints on one line.
     shown = text.escape(pid) if isinstance(pid, str) else repr(pid)
     try:
         text.check("prediction id", pid, limit=text.MAX_ID_CHARS)
-        status = label(tx, pid, check_actual(actual), tolerance, ranges=ranges)
+        status = label(tx, pid, check_actual(actual), contracts)
     except Conflict as exc:
         return Outcome(shown, "conflict", exc.http_status, str(exc))
     except NotFound as exc:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core import text
+from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
@@ -32,6 +33,10 @@ from engine.monitoring import rollups as metrics
 from engine.store.base import Store, Tx
 
 AUTO_PULL_ACTOR = "beast-engine (auto-pull)"
+# A version without baseline metrics (no reference file, no training lineage) is measured
+# against its own first labelled predictions since deployment, once it has this many: enough
+# that an accuracy or AUC is within about ±0.05 (one standard error ≤ 0.035).
+FIRST_LABELLED = 200
 SEVERITY = {"healthy": 0, "no data": 0, "warning": 1, "critical": 2}
 
 
@@ -64,6 +69,23 @@ class DriftSummary:
 
 
 @dataclass(frozen=True)
+class BaselineSource:
+    """Where the figures a version's drift is measured against came from.
+
+    `source`: the metrics' ("reference", "training", "first_labelled", or None while there
+    are none), `detail` says which (a reference file, or why there is none); `reference`: the
+    drift reference's source (data drift), None without one.
+    """
+
+    source: str | None
+    detail: str | None
+    reference: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "detail": self.detail, "reference": self.reference}
+
+
+@dataclass(frozen=True)
 class VersionReport:
     line: str
     version: str
@@ -76,19 +98,28 @@ class VersionReport:
     drift: DriftSummary
     findings: tuple[Finding, ...]
     series: tuple[metrics.MinutePoint, ...] = field(default=(), repr=False)
+    task: str = tasks.REGRESSION
+    baseline: BaselineSource = BaselineSource(None, None)
+
+    @property
+    def primary(self) -> str:
+        """The line's primary metric (engine.core.tasks.PRIMARY)."""
+        return tasks.PRIMARY[self.task]
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "line": self.line,
             "version": self.version,
+            "task": self.task,
             "role": self.role,
             "traffic": self.traffic_bp / 100,
             "since": self.since,
-            **self.window.to_json(),
+            **self.window.to_json(self.task),
             "drift": self.drift.to_json(),
+            "baseline": self.baseline.to_json(),
             "health": self.health,
             "findings": [f.__dict__ for f in self.findings],
-            "windows": {k: w.to_json() for k, w in self.windows.items()},
+            "windows": {k: w.to_json(self.task) for k, w in self.windows.items()},
         }
         return out
 
@@ -99,20 +130,28 @@ class ExperimentReport:
     control: metrics.WindowMetrics
     candidate: metrics.WindowMetrics
     verdict: abstats.Verdict
+    task: str = tasks.REGRESSION
 
     def to_json(self) -> dict[str, Any]:
         v = self.verdict
-        return {
-            **self.experiment.to_json(),
-            "arms": {"control": self.control.to_json(), "candidate": self.candidate.to_json()},
-            "verdict": v.outcome,
-            "verdict_detail": {
+        if self.task == tasks.BINARY:
+            detail = {"auc_diff": _r(v.auc_diff), "auc_p": _r(v.auc_p, 6)}
+        else:
+            detail = {
                 "accuracy_diff": _r(v.accuracy_diff),
                 "accuracy_p": _r(v.accuracy_p, 6),
                 "mae_diff": _r(v.mae_diff),
                 "mae_p": _r(v.mae_p, 6),
-                "reason": v.reason,
+            }
+        return {
+            **self.experiment.to_json(),
+            "task": self.task,
+            "arms": {
+                "control": self.control.to_json(self.task),
+                "candidate": self.candidate.to_json(self.task),
             },
+            "verdict": v.outcome,
+            "verdict_detail": {"metric": v.metric, **detail, "reason": v.reason},
         }
 
 
@@ -204,49 +243,48 @@ def data_drift(
 
 
 def model_drift(
-    window: metrics.WindowMetrics, accuracy: float | None, mae: float | None, min_samples: int
+    window: metrics.WindowMetrics, task: str, baseline: Mapping[str, float], min_samples: int
 ) -> float | None:
-    """The seed's "model drift": relative degradation against the version's own baseline."""
+    """The seed's "model drift": relative degradation of the line's primary metric (and, on
+    a regression line, MAE) against the version's baseline metrics; the worse of the two."""
     if window.labelled < min_samples:
         return None
+    keys = [tasks.PRIMARY[task]] + (["mae"] if task == tasks.REGRESSION else [])
+    found = window.metrics(task)
     drops = []
-    if accuracy and window.accuracy is not None:
-        drops.append((accuracy - window.accuracy) / accuracy)
-    if mae and window.mae is not None:
-        drops.append((window.mae - mae) / mae)
+    for key in keys:
+        base, live = baseline.get(key), found.get(key)
+        if not base or live is None:
+            continue
+        drop = (live - base) / base if key in tasks.LOWER_IS_BETTER else (base - live) / base
+        drops.append(drop)
     return max(drops) if drops else None
 
 
 def assess(
-    window: metrics.WindowMetrics, summary: DriftSummary, config: Config
+    window: metrics.WindowMetrics,
+    summary: DriftSummary,
+    config: Config,
+    task: str = tasks.REGRESSION,
 ) -> tuple[str, tuple[Finding, ...]]:
-    """Health from the thresholds (seed: accuracy and errors critical; latency, drift warn)."""
+    """Health from the thresholds (seed: accuracy and errors critical; latency, drift warn).
+    A binary line's primary metric is AUC: [thresholds] auc's min warns, its alert is
+    critical, in place of accuracy's."""
     t, minimum = config.thresholds, config.monitoring.min_samples
     if window.predictions < minimum:
         return "no data", ()
     out: list[Finding] = []
-    acc = window.accuracy
-    if window.labelled >= minimum and acc is not None:
-        if acc < t.accuracy_alert:
+    # The primary metric: accuracy's thresholds on a regression line, AUC's on a binary one.
+    key = tasks.PRIMARY[task]
+    value = window.metrics(task)[key]
+    low, alert = (t.auc_min, t.auc_alert) if key == "auc" else (t.accuracy_min, t.accuracy_alert)
+    if window.labelled >= minimum and value is not None:
+        if value < alert:
             out.append(
-                Finding(
-                    "accuracy",
-                    "critical",
-                    acc,
-                    t.accuracy_alert,
-                    f"accuracy {acc:.3f} < {t.accuracy_alert:g} (alert)",
-                )
+                Finding(key, "critical", value, alert, f"{key} {value:.3f} < {alert:g} (alert)")
             )
-        elif acc < t.accuracy_min:
-            out.append(
-                Finding(
-                    "accuracy",
-                    "warning",
-                    acc,
-                    t.accuracy_min,
-                    f"accuracy {acc:.3f} < {t.accuracy_min:g} (min)",
-                )
-            )
+        elif value < low:
+            out.append(Finding(key, "warning", value, low, f"{key} {value:.3f} < {low:g} (min)"))
     rate = window.error_rate or 0.0
     if rate > t.error_rate_alert:
         out.append(
@@ -315,20 +353,20 @@ def _version_report(
     assert ref is not None
     since = state.production_since if role == "production" else (state.candidate_since or "")
     traffic = BASIS_POINTS - state.candidate_bp if role == "production" else state.candidate_bp
+    task = config.line(state.line).task
     deployed = minute_of(since) if since else None
     rollups = metrics.load(tx, ref.id, since_minute=deployed)
     windows = {name: rollups.window(_since(name, since)) for name in metrics.WINDOWS}
     chosen = windows[window]
     baseline = baselines.for_version(tx, ref.id)
     reference = baseline.reference if baseline is not None else None
-    base_acc = baseline.metrics.get("accuracy") if baseline is not None else None
-    base_mae = baseline.metrics.get("mae") if baseline is not None else None
+    base_metrics, source = _baseline_metrics(baseline, rollups, task)
     minimum = config.monitoring.min_samples
     worst_psi, score_psi, top = data_drift(reference, chosen, minimum)
     summary = DriftSummary(
-        model_drift(chosen, base_acc, base_mae, minimum), worst_psi, score_psi, top
+        model_drift(chosen, task, base_metrics, minimum), worst_psi, score_psi, top
     )
-    health, findings = assess(chosen, summary, config)
+    health, findings = assess(chosen, summary, config, task)
     return VersionReport(
         state.line,
         ref.name,
@@ -340,8 +378,29 @@ def _version_report(
         windows,
         summary,
         findings,
-        tuple(rollups.series(now_minute() - 59)),
+        tuple(rollups.series(now_minute() - 59, task)),
+        task,
+        source,
     )
+
+
+def _baseline_metrics(
+    baseline: baselines.VersionBaseline | None, rollups: metrics.VersionRollups, task: str
+) -> tuple[Mapping[str, float], BaselineSource]:
+    """The metrics model drift is measured against, and where they came from: the baseline's
+    (a reference file, training), else the version's first `FIRST_LABELLED` labelled
+    predictions since its deployment, read from its earliest rollup rows (source
+    "first_labelled"), else none yet."""
+    drift_ref = None if baseline is None or baseline.reference is None else baseline.source
+    if baseline is not None and baseline.metrics:
+        return baseline.metrics, BaselineSource(baseline.source, baseline.detail, drift_ref)
+    first = rollups.first_labelled(FIRST_LABELLED)
+    if first is None:
+        why = f"no reference or training metrics; fewer than {FIRST_LABELLED} labelled predictions"
+        return {}, BaselineSource(None, why, drift_ref)
+    found = {k: v for k, v in first.metrics(task).items() if v is not None}
+    detail = f"its first {first.labelled} labelled predictions (no reference or training metrics)"
+    return found, BaselineSource("first_labelled", detail, drift_ref)
 
 
 def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> ExperimentReport:
@@ -351,18 +410,30 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         version = tx.registry.get_version(experiment.line, name)
         arms.append(metrics.load(tx, version.id, experiment=experiment.name).window(None))
     control, candidate = arms
-    verdict = abstats.verdict(
-        _arm(control),
-        _arm(candidate),
-        min_samples=config.monitoring.ab_min_samples,
-        min_improvement=config.retrain.min_accuracy_improvement,
-        alpha=config.monitoring.ab_alpha,
-    )
-    return ExperimentReport(experiment, control, candidate, verdict)
+    task = config.line(experiment.line).task
+    least, alpha = config.monitoring.ab_min_samples, config.monitoring.ab_alpha
+    better = config.retrain.min_accuracy_improvement  # in the primary metric's points
+    if task == tasks.BINARY:
+        verdict = abstats.auc_verdict(
+            _auc_arm(control),
+            _auc_arm(candidate),
+            min_samples=least,
+            min_improvement=better,
+            alpha=alpha,
+        )
+    else:
+        verdict = abstats.verdict(
+            _arm(control), _arm(candidate), min_samples=least, min_improvement=better, alpha=alpha
+        )
+    return ExperimentReport(experiment, control, candidate, verdict, task)
 
 
 def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
     return abstats.Arm(window.labelled, window.within, window.abs_err_sum, window.abs_err_sq_sum)
+
+
+def _auc_arm(window: metrics.WindowMetrics) -> abstats.AucArm:
+    return abstats.AucArm(window.auc, window.actual_pos, window.labelled - window.actual_pos)
 
 
 def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None) -> MonitorReport:

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.rollups import Delta, RollupKey
+from engine.core import tasks
+from engine.core.rollups import CLASS_BINS, SCALARS, Delta, RollupKey
 from engine.serving import latency
 from engine.store.base import Tx
 
@@ -46,7 +47,14 @@ def window_start(span: int | None, now_minute: int) -> int | None:
 
 @dataclass(frozen=True)
 class WindowMetrics:
-    """What a version did over a window. Ratios are None when there is nothing to divide."""
+    """What a version did over a window. Ratios are None when there is nothing to divide.
+
+    Every label adds `within`, |error| and error²; a binary line's labels (score p, label y)
+    also add the log loss term, predicted / actual / true positives and the score's class
+    histogram (engine.core.rollups), from which `auc` is read. `metrics(task)` gives a task's
+    figures by engine.core.tasks.METRICS key: the same definitions as
+    engine.monitoring.scoring over the labelled rows themselves.
+    """
 
     predictions: int
     errors: int
@@ -58,6 +66,11 @@ class WindowMetrics:
     drift_n: int = 0
     feature_hist: np.ndarray | None = field(default=None, repr=False)
     score_hist: np.ndarray | None = field(default=None, repr=False)
+    log_loss_sum: float = 0.0
+    pred_pos: int = 0
+    actual_pos: int = 0
+    true_pos: int = 0
+    class_hist: np.ndarray | None = field(default=None, repr=False)  # 2 × CLASS_BINS, dense
 
     @property
     def error_rate(self) -> float | None:
@@ -72,33 +85,81 @@ class WindowMetrics:
         return self.abs_err_sum / self.labelled if self.labelled else None
 
     @property
+    def rmse(self) -> float | None:
+        return math.sqrt(self.abs_err_sq_sum / self.labelled) if self.labelled else None
+
+    @property
+    def brier(self) -> float | None:
+        return self.abs_err_sq_sum / self.labelled if self.labelled else None
+
+    @property
+    def log_loss(self) -> float | None:
+        return self.log_loss_sum / self.labelled if self.labelled else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.true_pos / self.pred_pos if self.pred_pos else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.true_pos / self.actual_pos if self.actual_pos else None
+
+    @property
+    def auc(self) -> float | None:
+        return None if self.class_hist is None else auc_of(self.class_hist)
+
+    def metrics(self, task: str) -> dict[str, float | None]:
+        """The task's figures by the exact keys of engine.core.tasks.METRICS[task]."""
+        return {key: getattr(self, key) for key in tasks.METRICS[task]}
+
+    @property
     def labelled_fraction(self) -> float | None:
         return self.labelled / self.predictions if self.predictions else None
 
     def latency_ms(self) -> dict[str, float | None]:
         return {f"p{q}": latency.percentile(self.latency_hist, q) for q in (50, 95, 99)}
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, task: str = tasks.REGRESSION) -> dict[str, Any]:
+        """The window's figures, the task's metrics by their exact keys."""
         return {
             "predictions": self.predictions,
             "errors": self.errors,
             "error_rate": _round(self.error_rate),
             "labelled": self.labelled,
             "labelled_fraction": _round(self.labelled_fraction),
-            "accuracy": _round(self.accuracy),
-            "mae": _round(self.mae),
+            **{key: _round(value) for key, value in self.metrics(task).items()},
             "latency_ms": {k: _round(v) for k, v in self.latency_ms().items()},
         }
 
 
+def auc_of(class_hist: np.ndarray) -> float | None:
+    """ROC AUC from a dense class histogram (class 0's bins, then class 1's): a positive
+    above a negative counts 1, one in the same bin ½ (None with one class only)."""
+    return aucs_of(class_hist.reshape(1, -1))[0]
+
+
+def aucs_of(class_hists: np.ndarray) -> list[float | None]:
+    """`auc_of` of each row of a (rows, 2 × CLASS_BINS) array."""
+    neg = class_hists[:, :CLASS_BINS].astype(np.float64)
+    pos = class_hists[:, CLASS_BINS:].astype(np.float64)
+    pairs = neg.sum(axis=1) * pos.sum(axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    wins = np.einsum("ij,ij->i", pos, below + neg / 2)
+    return [float(w / n) if n else None for w, n in zip(wins, pairs, strict=True)]
+
+
 @dataclass(frozen=True)
 class MinutePoint:
+    """One minute of a version for the sparklines; `primary` is its line's primary metric
+    (engine.core.tasks.PRIMARY: accuracy, or a binary line's AUC)."""
+
     minute: int
     predictions: int
     accuracy: float | None
     mae: float | None
     p95_ms: float | None
     error_rate: float | None
+    primary: float | None = None
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -110,19 +171,33 @@ class VersionRollups:
     """A version's minutes, stacked: one row per minute, one column per bucket."""
 
     minutes: np.ndarray
-    scalars: np.ndarray  # n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n
+    scalars: np.ndarray  # engine.core.rollups.SCALARS columns
     latency: np.ndarray
     features: np.ndarray | None
     scores: np.ndarray | None
     hourly: np.ndarray | None = None  # True for a compacted hour (its first minute in minutes)
+    classes: np.ndarray | None = None  # (row, key, count): engine.core.rollups.StackedRollups
 
     def window(self, since_minute: int | None) -> WindowMetrics:
+        """The figures of the rows from `since_minute` (the module's docstring: windows)."""
         mask = np.ones(self.minutes.size, bool)
         if since_minute is not None:
             mask = self.minutes >= since_minute
             if self.hourly is not None:  # an hour counts if it ends after the start
                 mask |= self.hourly & (self.minutes + 60 > since_minute)
-        s = self.scalars[mask].sum(axis=0) if mask.any() else np.zeros(7)
+        return self._masked(mask)
+
+    def first_labelled(self, at_least: int) -> WindowMetrics | None:
+        """The figures of the earliest rows holding `at_least` labelled predictions (whole
+        rows: a few more when the last one holds several); None while there are fewer."""
+        labelled = np.cumsum(self.scalars[:, 2]) if self.minutes.size else np.zeros(0)
+        if not labelled.size or labelled[-1] < at_least:
+            return None
+        last = int(np.searchsorted(labelled, at_least))
+        return self._masked(np.arange(self.minutes.size) <= last)
+
+    def _masked(self, mask: np.ndarray) -> WindowMetrics:
+        s = self.scalars[mask].sum(axis=0) if mask.any() else np.zeros(SCALARS)
         feats = (
             self.features[mask].sum(axis=0) if self.features is not None and mask.any() else None
         )
@@ -139,9 +214,22 @@ class VersionRollups:
             int(s[6]),
             feats,
             scores,
+            float(s[7]),
+            int(s[8]),
+            int(s[9]),
+            int(s[10]),
+            self._class_hist(mask),
         )
 
-    def series(self, since_minute: int) -> list[MinutePoint]:
+    def _class_hist(self, mask: np.ndarray) -> np.ndarray | None:
+        if self.classes is None:
+            return None
+        chosen = self.classes[mask[self.classes[:, 0]]]
+        if not chosen.size:
+            return None
+        return np.bincount(chosen[:, 1], weights=chosen[:, 2], minlength=2 * CLASS_BINS)
+
+    def series(self, since_minute: int, task: str = tasks.REGRESSION) -> list[MinutePoint]:
         """One point per logged minute from `since_minute` (minutes younger than
         `KEEP_MINUTES` are never compacted, so the last hour is always whole). A minute
         with rows of several tests (a test started or ended in it) is one point."""
@@ -154,20 +242,58 @@ class VersionRollups:
         np.add.at(scalars, group, self.scalars[idx])
         lat = np.zeros((minutes.size, self.latency.shape[1]), np.int64)
         np.add.at(lat, group, self.latency[idx])
+        aucs = self._minute_aucs(idx, group, minutes.size) if task == tasks.BINARY else None
         out = []
         for i, minute in enumerate(minutes.tolist()):
             n, errors, labelled, within, abs_sum = scalars[i, :5]
+            accuracy = within / labelled if labelled else None
             out.append(
                 MinutePoint(
                     minute,
                     int(n),
-                    within / labelled if labelled else None,
+                    accuracy,
                     abs_sum / labelled if labelled else None,
                     latency.percentile(lat[i], 95),
                     errors / n if n else None,
+                    accuracy if aucs is None else aucs[i],
                 )
             )
         return out
+
+    def _minute_aucs(self, idx: np.ndarray, group: np.ndarray, size: int) -> list[float | None]:
+        """Each chosen minute's AUC from its own class histogram, all at once over the sparse
+        (row, key, count) entries: a minute holds a few bins, a dense histogram 2,048."""
+        if self.classes is None:
+            return [None] * size
+        of_row = np.full(self.minutes.size, -1, np.int64)
+        of_row[idx] = group
+        where = of_row[self.classes[:, 0]]
+        kept = where >= 0
+        # One entry per (minute, key), rows of one minute merged; by minute, then bin, a bin's
+        # negatives before its positives: the negatives counted before a positive entry are
+        # those below it and in its own bin.
+        flat = where[kept] * (2 * CLASS_BINS) + self.classes[kept, 1]
+        found, at = np.unique(flat, return_inverse=True)
+        n = np.bincount(at, self.classes[kept, 2].astype(np.float64))
+        g, key = found // (2 * CLASS_BINS), found % (2 * CLASS_BINS)
+        positive = key >= CLASS_BINS
+        order = np.lexsort((positive, key % CLASS_BINS, g))
+        g, key, n, positive = g[order], key[order], n[order], positive[order]
+        negs = np.where(positive, 0.0, n)
+        before = np.cumsum(negs) - negs
+        starts = np.searchsorted(g, np.arange(size))
+        before -= (np.cumsum(negs) - negs)[np.minimum(starts, g.size - 1)][g] if g.size else 0
+        same = np.zeros_like(n)
+        if g.size > 1:  # the negatives in a positive entry's own bin: the entry just before
+            shared = (g[1:] == g[:-1]) & (key[1:] - CLASS_BINS == key[:-1]) & positive[1:]
+            same[1:][shared] = n[:-1][shared]
+        wins = np.bincount(g, np.where(positive, n * (before - same / 2), 0.0), size)
+        pos_n = np.bincount(g, np.where(positive, n, 0.0), size)
+        neg_n = np.bincount(g, negs, size)
+        return [
+            float(w / (p * q)) if p and q else None
+            for w, p, q in zip(wins, pos_n, neg_n, strict=True)
+        ]
 
 
 def load(
@@ -183,7 +309,13 @@ def load(
     if lat.shape[1] != latency.BUCKETS:
         lat = np.zeros((found.minutes.size, latency.BUCKETS), np.int64)
     return VersionRollups(
-        found.minutes, found.scalars, lat, found.features, found.scores, found.hourly
+        found.minutes,
+        found.scalars,
+        lat,
+        found.features,
+        found.scores,
+        found.hourly,
+        found.classes,
     )
 
 

@@ -33,6 +33,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric, StateSetMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from engine.core import tasks
+
 if TYPE_CHECKING:
     from engine.serving.prediction_log import LogStats
     from engine.serving.router import Prediction
@@ -223,6 +225,10 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+# Every task's metric keys (a version's JSON holds its own task's).
+_TASK_METRICS = tuple(dict.fromkeys(key for keys in tasks.METRICS.values() for key in keys))
+
+
 def monitor_families(monitor: dict[str, Any] | None, monitor_error: str | None) -> Iterator[Metric]:
     """Gauges from a `beast monitor --json` document (DESIGN.md §3), per line and version."""
     up = GaugeMetricFamily(
@@ -251,18 +257,52 @@ def monitor_families(monitor: dict[str, Any] | None, monitor_error: str | None) 
         ),
         "accuracy": GaugeMetricFamily(
             "beast_version_accuracy_ratio",
-            "Fraction of labelled predictions within ±tolerance_points of the actual.",
+            "Fraction of labelled predictions within ±tolerance_points of the actual"
+            " (binary lines: predicted the label at the decision threshold).",
             labels=labels,
         ),
         "mae": GaugeMetricFamily(
             "beast_version_mae", "Mean absolute error of labelled predictions.", labels=labels
+        ),
+        # The task's metrics: a regression line has accuracy, mae, rmse; a binary line
+        # accuracy (at its decision threshold), auc, log_loss, precision, recall, brier.
+        "rmse": GaugeMetricFamily(
+            "beast_version_rmse",
+            "Root mean squared error of labelled predictions (regression lines).",
+            labels=labels,
+        ),
+        "auc": GaugeMetricFamily(
+            "beast_version_auc",
+            "ROC AUC of labelled predictions (binary lines).",
+            labels=labels,
+        ),
+        "log_loss": GaugeMetricFamily(
+            "beast_version_log_loss",
+            "Mean log loss of labelled predictions (binary lines).",
+            labels=labels,
+        ),
+        "precision": GaugeMetricFamily(
+            "beast_version_precision_ratio",
+            "Precision at the decision threshold (binary lines).",
+            labels=labels,
+        ),
+        "recall": GaugeMetricFamily(
+            "beast_version_recall_ratio",
+            "Recall at the decision threshold (binary lines).",
+            labels=labels,
+        ),
+        "brier": GaugeMetricFamily(
+            "beast_version_brier",
+            "Brier score of labelled predictions (binary lines).",
+            labels=labels,
         ),
         "error_rate": GaugeMetricFamily(
             "beast_version_error_ratio", "Fraction of predictions the model failed.", labels=labels
         ),
         "model_drift": GaugeMetricFamily(
             "beast_version_model_drift_ratio",
-            "Relative degradation of accuracy/MAE against the version's baseline.",
+            "Relative degradation of the line's primary metric (accuracy, or AUC; and MAE)"
+            " against the version's baseline.",
             labels=labels,
         ),
         "data_drift": GaugeMetricFamily(
@@ -291,8 +331,7 @@ def monitor_families(monitor: dict[str, Any] | None, monitor_error: str | None) 
             "traffic": None if _num(v.get("traffic")) is None else float(v["traffic"]) / 100.0,
             "predictions": _num(v.get("predictions")),
             "labelled": _num(v.get("labelled")),
-            "accuracy": _num(v.get("accuracy")),
-            "mae": _num(v.get("mae")),
+            **{key: _num(v.get(key)) for key in _TASK_METRICS},
             "error_rate": _num(v.get("error_rate")),
             "model_drift": _num(drift.get("model")),
             "data_drift": _num(drift.get("data")),

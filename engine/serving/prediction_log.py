@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core import ids
-from engine.core.config import LogSettings, load_config
+from engine.core.config import LineSettings, LogSettings, load_config
 from engine.core.errors import ConfigError, StateBusy
 from engine.core.predictions import DAY_MS, Chunk, LoggedRow, Pruned, Record
 from engine.core.rollups import Delta
@@ -115,6 +115,7 @@ class PredictionLog:
         self.store: Store = open_log_store(db_path)
         self.settings = _workspace_settings(db_path) if settings is None else settings
         self.tolerance = tolerance
+        self.contracts = _workspace_contracts(db_path, tolerance)
         self.interval = interval
         self.batch = batch
         self.max_queue = max_queue
@@ -378,7 +379,7 @@ class PredictionLog:
         self._rollup(tx, chunks, records)
         labels.match_pending(
             tx,
-            self.tolerance,
+            self.contracts,
             singles=[r.pid for r in records],
             batches={c.prefix: c.rows for c in chunks},
         )
@@ -492,6 +493,16 @@ def _workspace_settings(db_path: Path) -> LogSettings:
     except ConfigError as exc:
         log.warning("prediction log uses the default [log] settings: %s", exc)
         return LogSettings()
+
+
+def _workspace_contracts(db_path: Path, tolerance: float) -> labels.Contracts:
+    """The lines' feedback contracts of the workspace's config.toml ([lines.NAME]), for
+    feedback that waited for its row; the seed's regression at `tolerance` when unreadable."""
+    try:
+        lines = load_config(db_path.parent / "config.toml").lines
+    except ConfigError:  # said once by _workspace_settings
+        lines = ()
+    return labels.Contracts(lines, LineSettings(tolerance_points=tolerance))
 
 
 class _Group:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # numpy: only where rollups are read or written
-    from engine.core.rollups import Delta, RollupKey, StackedRollups
+    from engine.core.rollups import Delta, LabelDelta, RollupKey, StackedRollups
 
 
 class RollupRepo(Protocol):
@@ -27,10 +27,9 @@ class RollupRepo(Protocol):
         """Add each delta to its (version id, test, minute) row, creating rows as needed."""
         ...
 
-    def add_label(
-        self, version_id: int, experiment: str, minute: int, *, within: bool, error: float
-    ) -> None:
-        """Count one labelled prediction of `minute` (in its hour's row once compacted)."""
+    def add_label(self, version_id: int, experiment: str, minute: int, label: LabelDelta) -> None:
+        """Count one labelled prediction of `minute` (in its hour's row once compacted): what
+        `label` adds, its class histogram key included."""
         ...
 
     def has_minutes_before(self, minute: int) -> bool:

@@ -7,8 +7,11 @@ real 200-tree models' scores on generated rows, ≈ 90% production and 10% candi
 through the real PredictionLog (submitted in big batches with chosen times, so the writer
 builds its rollups and drift histograms as it would live, and compacts minutes older than two
 hours into hours as it does once a minute and at close), and a quarter of them are labelled
-with their true value through `labels.label` in one write transaction. Building takes a
-minute or two on a busy 2-core machine; the figures say how long.
+with their true value through `labels.label` in one write transaction. Beside it, the binary
+line `revert-risk` (a real 200-tree binary:logistic classifier, deployed the same way):
+200,000 predictions more over the same day, a quarter labelled 0/1, so its minutes carry class
+histograms for AUC. Building takes a few minutes on a busy 2-core machine; the figures say
+how long.
 
 Timed: `monitoring.report` in-process (median of 20) and `monitoring.evaluate` (which also
 syncs alerts); the CLI cold, `beast monitor --json --readonly` (median of 10) and `beast
@@ -33,10 +36,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
 import engine.deploy.service
 from engine import Engine
-from engine.core import ids
+from engine.core import ids, tasks
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
 from engine.serving.prediction_log import PredictionLog, Record
@@ -55,6 +59,66 @@ CLI_RUNS = 10
 SCAN_RUNS = 3
 TARGET_S = 0.050
 TOLERANCE = 5.0
+BINARY_LINE = "revert-risk"
+BINARY_PREDICTIONS = 200_000
+
+
+def _classifier(ws: Any) -> tuple[Path, xgb.Booster, float]:
+    """A real binary:logistic model of workload's rows (label: score above its median),
+    written into models/; (path, booster, the label's cut)."""
+    data = workload.generate(workload.TRAIN_ROWS, seed=31)
+    cut = float(np.median(data.y))
+    dtrain = xgb.DMatrix(data.x, label=data.y > cut, feature_names=list(workload.FEATURES))
+    params = {"objective": "binary:logistic", "max_depth": workload.DEPTH, "nthread": 1}
+    booster = xgb.train(params, dtrain, num_boost_round=workload.TREES)
+    path = ws.models_dir / f"{BINARY_LINE}-v1.0.json"
+    booster.save_model(str(path))
+    return path, booster, cut
+
+
+def _build_binary(engine: Engine, log: PredictionLog, booster: xgb.Booster, cut: float) -> int:
+    """Log BINARY_PREDICTIONS of the binary line over the last 24 h, label a quarter 0/1."""
+    with engine.store.read_sql() as conn:
+        version_id = SqliteTx(conn).registry.get_version(BINARY_LINE, "v1.0").id
+    pool = workload.generate(POOL, seed=41)
+    blobs = [row.tobytes() for row in pool.x]
+    scores = booster.inplace_predict(pool.x).astype(np.float64).tolist()
+    truth = (pool.y > cut).tolist()
+    rng = np.random.default_rng(4)
+    end_ms = int(time.time() * 1000)
+    at_all = np.sort(rng.integers(end_ms - MINUTES * 60_000, end_ms, BINARY_PREDICTIONS))
+    rows = rng.integers(0, POOL, BINARY_PREDICTIONS).tolist()
+    chosen = (rng.random(BINARY_PREDICTIONS) < LABELLED).tolist()
+    to_label: list[tuple[str, bool]] = []
+    for lo in range(0, BINARY_PREDICTIONS, CHUNK):
+        batch = []
+        for i in range(lo, min(BINARY_PREDICTIONS, lo + CHUNK)):
+            pid, at, j = ids.new_id(int(at_all[i])), int(at_all[i]), rows[i]
+            batch.append(
+                Record(
+                    pid,
+                    at,
+                    BINARY_LINE,
+                    version_id,
+                    "production",
+                    "",
+                    None,
+                    blobs[j],
+                    scores[j],
+                    300,
+                    None,
+                )
+            )
+            if chosen[i]:
+                to_label.append((pid, truth[j]))
+        log.submit_many(batch)
+        log.flush()
+    contracts = labels.Contracts.of_config(engine.config)
+    now = int(time.time() * 1000)
+    with engine.store.write_sql() as conn:
+        for pid, value in to_label:
+            labels.label(SqliteTx(conn), pid, value, contracts, now_ms=now)
+    return len(to_label)
 
 
 def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
@@ -110,7 +174,7 @@ def _build(engine: Engine, log: PredictionLog) -> tuple[int, float, float]:
     now = int(time.time() * 1000)
     with engine.store.write_sql() as conn:
         for pid, value in to_label:
-            labels.label(SqliteTx(conn), pid, value, TOLERANCE, now_ms=now)
+            labels.label(SqliteTx(conn), pid, value, labels.Contracts(), now_ms=now)
     return len(to_label), logged - start, time.perf_counter() - logged
 
 
@@ -172,10 +236,18 @@ def test_monitor_over_a_million_logged_predictions(
             engine.deploy.service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         )
         eng = workload.workspace(tmp_path, candidate_traffic=CANDIDATE_SHARE * 100)
-    ws = eng.workspace
+        ws = eng.workspace
+        eng.close()
+        with ws.config_path.open("a", encoding="utf-8") as handle:
+            handle.write(f'\n[lines.{BINARY_LINE}]\ntask = "binary"\nlabel = "reverted"\n')
+        eng = Engine(ws)
+        path, classifier, cut = _classifier(ws)
+        eng.register(path)
+        eng.deploy(version="v1.0", model=BINARY_LINE)
     log = PredictionLog(ws.db_path, tolerance=TOLERANCE, batch=CHUNK)
     log.store.migrate()
     n_labelled, log_s, label_s = _build(eng, log)
+    n_binary = _build_binary(eng, log, classifier, cut)
     stats = log.stats()
     log.close()
     with sqlite3.connect(ws.db_path) as conn:
@@ -215,16 +287,18 @@ def test_monitor_over_a_million_logged_predictions(
     print(
         f"  built in {built:.0f} s: {logged_rows:,} predictions logged through PredictionLog in "
         f"{log_s:.0f} s ({logged_rows / log_s:,.0f} rows/s, {stats.batches} transactions), "
-        f"{n_labelled:,} labelled in one transaction in {label_s:.0f} s; "
+        f"{n_labelled:,} labelled in one transaction in {label_s:.0f} s; {BINARY_LINE}: "
+        f"{BINARY_PREDICTIONS:,} more, {n_binary:,} labelled 0/1; "
         f"{rollup_rows:,} minute and {hour_rows:,} hour rollup rows (minutes older than two "
         f"hours compacted by the writer); beast.db {db_mb:.0f} MB"
     )
     for v in doc["versions"]:
         w = v["windows"]["24h"]
+        shown = " ".join(f"{key}={w[key]}" for key in tasks.METRICS[v["task"]])
         print(
-            f"  {v['version']} ({v['role']}): 24h n={w['predictions']:,} labelled={w['labelled']:,}"
-            f" accuracy={w['accuracy']} mae={w['mae']} p99={w['latency_ms']['p99']} ms"
-            f" health={v['health']}"
+            f"  {v['line']} {v['version']} ({v['role']}): 24h n={w['predictions']:,}"
+            f" labelled={w['labelled']:,} {shown} p99={w['latency_ms']['p99']} ms"
+            f" health={v['health']} baseline={v['baseline']['source']}"
         )
     for e in doc["experiments"]:
         print(f"  A/B {e['name']}: {e['verdict']} ({e['verdict_detail']['reason']})")
@@ -246,6 +320,9 @@ def test_monitor_over_a_million_logged_predictions(
     ):
         verdict = "met" if value <= TARGET_S else "MISSED"
         print(f"  target ≤ {TARGET_S * 1000:.0f} ms ({label}): {value * 1000:.0f} ms → {verdict}")
-    assert logged_rows == PREDICTIONS
-    assert sum(v["windows"]["deploy"]["predictions"] for v in doc["versions"]) == PREDICTIONS
+    assert logged_rows == PREDICTIONS + BINARY_PREDICTIONS
+    regression = [v for v in doc["versions"] if v["line"] == workload.LINE]
+    assert sum(v["windows"]["deploy"]["predictions"] for v in regression) == PREDICTIONS
+    [binary] = [v for v in doc["versions"] if v["line"] == BINARY_LINE]
+    assert binary["windows"]["24h"]["auc"] is not None and binary["task"] == tasks.BINARY
     assert json.dumps(doc)  # the document the CLI prints serializes

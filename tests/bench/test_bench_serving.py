@@ -396,7 +396,9 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
         sample,
     )
     conn.execute("BEGIN IMMEDIATE")  # the whole feedback call, rolled back
-    feedback = _lookups(lambda pid: labels.label(SqliteTx(conn), pid, 50.0, 5.0), sample)
+    feedback = _lookups(
+        lambda pid: labels.label(SqliteTx(conn), pid, 50.0, labels.Contracts()), sample
+    )
     conn.execute("ROLLBACK")
     old.close()
 

@@ -100,7 +100,9 @@ def _traffic(ws: Workspace) -> None:
     try:
         with conn:
             for pid, actual in labelled:
-                labels.label(SqliteTx(conn), pid, actual, 5.0, now_ms=int(FROZEN * 1000))
+                labels.label(
+                    SqliteTx(conn), pid, actual, labels.Contracts(), now_ms=int(FROZEN * 1000)
+                )
     finally:
         conn.close()
 

@@ -57,7 +57,7 @@ class Api:
         self.router: Router | None = None
         self.log: PredictionLog | None = None
         self.tolerance = 0.0
-        self.ranges = labels.LabelRanges()
+        self.contracts = labels.Contracts()
         self.started_at = time.time()
         self.store_problem: str | None = None  # the last route refresh's store error
         # The facade holds one SQLite connection: one caller at a time (mutations are rare).
@@ -78,7 +78,7 @@ class Api:
             self.workspace.require()
             config = engine.config
             self.tolerance = config.thresholds.tolerance_points
-            self.ranges = labels.LabelRanges.of_config(config)
+            self.contracts = labels.Contracts.of_config(config)
             plog = PredictionLog(
                 self.workspace.db_path,
                 tolerance=self.tolerance,
@@ -156,7 +156,8 @@ class Api:
         routes = self.router.routes() if self.router is not None else {}
         return schema.Context(
             lines={line: route.schema for line, route in sorted(routes.items())},
-            label_range=self.ranges.widest(routes),
+            label_range=self.contracts.widest(routes),
+            binary=self.contracts.any_binary(routes),
             max_rows=self.settings.max_rows,
             max_body_bytes=self.settings.max_body_bytes,
             token_everywhere=self.settings.token_everywhere,

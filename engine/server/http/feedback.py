@@ -58,17 +58,17 @@ class Feedback:
             {"prediction_id": pid, "status": status}, 202 if status == "pending" else 200
         )
 
-    def _label_one(self, pid: str, actual: float) -> str:
+    def _label_one(self, pid: str, actual: float | bool) -> str:
         api = self.api
         store = api.feedback_store()
         with api.feedback_lock:
-            return labels.record(store, pid, actual, api.tolerance, ranges=api.ranges)
+            return labels.record(store, pid, actual, api.contracts)
 
     def _label_many(self, items: list[tuple[str, object]]) -> list[labels.Outcome]:
         api = self.api
         store = api.feedback_store()
         with api.feedback_lock:
-            return labels.record_many(store, items, api.tolerance, ranges=api.ranges)
+            return labels.record_many(store, items, api.contracts)
 
     async def _feedback_batch(self, document: dict[str, Any]) -> Response:
         """All items in one transaction; every item gets its own answer (200 overall).
@@ -78,6 +78,14 @@ class Feedback:
         outside the line's label range — is answered per item.
         """
         (items,) = schema.FEEDBACK_BATCH.parse(document)
+        # false/true are labels only while a binary line is deployed (as /openapi.json says).
+        flags = [i for i, (_, actual) in enumerate(items) if isinstance(actual, bool)]
+        if flags and not self.api.context().binary:
+            raise ApiError(
+                422,
+                f"items[{flags[0]}].actual must be a number, got bool (false/true label binary "
+                "lines; none is deployed)",
+            )
         if len(items) > self.settings.max_rows:
             raise ApiError(422, f"{len(items)} items is over the limit of {self.settings.max_rows}")
         outcomes = await run_in_threadpool(self._label_many, items) if items else []

@@ -127,6 +127,7 @@ class Context:
 
     lines: Mapping[str, features.Schema] = field(default_factory=dict)  # deployed lines
     label_range: tuple[float, float] = (0.0, 100.0)  # the widest over the deployed lines
+    binary: bool = False  # a deployed line is binary: false/true are labels too
     max_rows: int = 10_000
     max_body_bytes: int = 1 << 20
     token_everywhere: bool = False
@@ -243,21 +244,25 @@ class Number(Spec):
 
 @dataclass(frozen=True)
 class Actual(Spec):
-    """Feedback's actual value: a finite number; its line's label range is checked by
-    engine.monitoring.feedback once the prediction's line is known. Alone, a value outside it
+    """Feedback's actual value: a finite number, or false/true (a binary line's labels); its
+    line's contract (a regression line's label range, a binary line's 0/1) is checked by
+    engine.monitoring.feedback once the prediction's line is known. Alone, a value it refuses
     is refused (422), and the document gives the widest range; in a batch it is that item's
     answer."""
 
     bounded: bool = True
 
-    def check(self, value: Any, where: str) -> float:
+    def check(self, value: Any, where: str) -> float | bool:
+        if isinstance(value, bool):
+            return value
         return Number().check(value, where)
 
     def schema(self, ctx: Context) -> dict[str, Any]:
+        kinds: Any = ["number", "boolean"] if ctx.binary else "number"
         if not self.bounded:
-            return self.described({"type": "number"})
+            return self.described({"type": kinds})
         lo, hi = ctx.label_range
-        return self.described({"type": "number", "minimum": _num(lo), "maximum": _num(hi)})
+        return self.described({"type": kinds, "minimum": _num(lo), "maximum": _num(hi)})
 
 
 @dataclass(frozen=True)
@@ -590,7 +595,13 @@ FEEDBACK = Body(
     "feedback",
     (
         ("prediction_id", Text("The id a prediction answered.", limit=text.MAX_ID_CHARS)),
-        ("actual", Actual("The true value, within the line's label_range.")),
+        (
+            "actual",
+            Actual(
+                "The true value: within the line's label_range; a binary line's 0 or 1 "
+                "(false/true)."
+            ),
+        ),
     ),
     required=("prediction_id", "actual"),
 )

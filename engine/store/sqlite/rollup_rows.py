@@ -14,11 +14,14 @@ import numpy as np
 
 from engine.core.rollups import SCALARS, Delta, RollupKey, StackedRollups
 
-_SCALARS = "n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n"
-_BLOBS = "latency_hist, feature_hist, score_hist"
+_SCALARS = (
+    "n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n, log_loss_sum, pred_pos,"
+    " actual_pos, true_pos"
+)
+_BLOBS = "latency_hist, feature_hist, score_hist, class_hist"
 _ROLLUP_COLUMNS = (
     "n, errors, score_sum, latency_hist, drift_n, feature_hist, score_hist, labelled, within,"
-    " abs_err_sum, abs_err_sq_sum"
+    " abs_err_sum, abs_err_sq_sum, log_loss_sum, pred_pos, actual_pos, true_pos, class_hist"
 )
 _TABLES = {"minute": "rollups", "hour": "rollups_hourly"}
 
@@ -49,15 +52,28 @@ def stacked(
         )
     rows.sort(key=lambda r: r[0])
     hourly = np.array([r[1] for r in rows], dtype=bool)
-    lat = _stack([r[9] for r in rows])
+    blobs = 2 + SCALARS
+    lat = _stack([r[blobs] for r in rows])
     return StackedRollups(
         np.array([r[0] for r in rows], dtype=np.int64),
-        np.array([r[2:9] for r in rows], dtype=np.float64),
+        np.array([r[2:blobs] for r in rows], dtype=np.float64),
         np.zeros((len(rows), 0), np.int64) if lat is None else lat,
-        _stack([r[10] for r in rows]),
-        _stack([r[11] for r in rows]),
+        _stack([r[blobs + 1] for r in rows]),
+        _stack([r[blobs + 2] for r in rows]),
         hourly if hourly.any() else None,
+        _classes([r[blobs + 3] for r in rows]),
     )
+
+
+def _classes(blobs: list[bytes | None]) -> np.ndarray | None:
+    """The rows' sparse class histograms as (row, key, count) columns: only labelled rows of
+    binary lines have one, so this reads a few pairs, not a dense histogram per row."""
+    sizes = np.array([len(b) // 16 if b else 0 for b in blobs], np.int64)
+    if not sizes.any():
+        return None
+    pairs = np.frombuffer(b"".join(b for b in blobs if b), dtype="<i8").reshape(-1, 2)
+    rows = np.repeat(np.arange(len(blobs), dtype=np.int64), sizes)
+    return np.column_stack([rows, pairs.astype(np.int64)])
 
 
 def compact_before(conn: sqlite3.Connection, minute: int) -> int:
@@ -111,11 +127,17 @@ def add(conn: sqlite3.Connection, unit: str, deltas: Iterable[tuple[RollupKey, D
                 total.within,
                 total.abs_err_sum,
                 total.abs_err_sq_sum,
+                total.log_loss_sum,
+                total.pred_pos,
+                total.actual_pos,
+                total.true_pos,
+                total.class_hist,
             )
         )
+    marks = ", ".join("?" for _ in range(3 + _ROLLUP_COLUMNS.count(",") + 1))
     conn.executemany(
         f"INSERT OR REPLACE INTO {table} (version_id, experiment, {unit}, {_ROLLUP_COLUMNS})"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f" VALUES ({marks})",
         out,
     )
 
@@ -134,6 +156,11 @@ def _delta(row: Any) -> Delta:
         row[8],
         row[9],
         row[10],
+        row[11],
+        row[12],
+        row[13],
+        row[14],
+        row[15] or None,
     )
 
 

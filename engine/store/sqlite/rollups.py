@@ -10,13 +10,20 @@ import sqlite3
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from engine.core import rollups
+
 if TYPE_CHECKING:
-    from engine.core.rollups import Delta, RollupKey, StackedRollups
+    from engine.core.rollups import Delta, LabelDelta, RollupKey, StackedRollups
 
 _ADD_LABEL = (
     "UPDATE {table} SET labelled = labelled + 1, within = within + ?,"
-    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?"
-    " WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+    " abs_err_sum = abs_err_sum + ?, abs_err_sq_sum = abs_err_sq_sum + ?,"
+    " log_loss_sum = log_loss_sum + ?, pred_pos = pred_pos + ?, actual_pos = actual_pos + ?,"
+    " true_pos = true_pos + ? WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+)
+_CLASSES = "SELECT class_hist FROM {table} WHERE version_id = ? AND experiment = ? AND {unit} = ?"
+_SET_CLASSES = (
+    "UPDATE {table} SET class_hist = ? WHERE version_id = ? AND experiment = ? AND {unit} = ?"
 )
 
 
@@ -38,17 +45,33 @@ class SqliteRollups:
 
         rollup_rows.add(self.conn, "minute", deltas.items())
 
-    def add_label(
-        self, version_id: int, experiment: str, minute: int, *, within: bool, error: float
-    ) -> None:
-        delta = (int(within), error, error * error, version_id, experiment)
+    def add_label(self, version_id: int, experiment: str, minute: int, label: LabelDelta) -> None:
+        sums = (
+            int(label.within),
+            label.error,
+            label.error * label.error,
+            label.log_loss,
+            int(label.pred_pos),
+            int(label.actual_pos),
+            int(label.true_pos),
+        )
         # Its minute's row, or the hour's once that minute was compacted (never both).
+        table, unit, at = "rollups", "minute", minute
         if not self.conn.execute(
-            _ADD_LABEL.format(table="rollups", unit="minute"), (*delta, minute)
+            _ADD_LABEL.format(table=table, unit=unit), (*sums, version_id, experiment, at)
         ).rowcount:
-            self.conn.execute(
-                _ADD_LABEL.format(table="rollups_hourly", unit="hour"), (*delta, minute // 60)
-            )
+            table, unit, at = "rollups_hourly", "hour", minute // 60
+            if not self.conn.execute(
+                _ADD_LABEL.format(table=table, unit=unit), (*sums, version_id, experiment, at)
+            ).rowcount:
+                return
+        if label.class_key is not None:
+            key = (version_id, experiment, at)
+            row = self.conn.execute(_CLASSES.format(table=table, unit=unit), key).fetchone()
+            counts = rollups.decode_classes(row[0])
+            counts[label.class_key] = counts.get(label.class_key, 0) + 1
+            blob = rollups.encode_classes(counts)
+            self.conn.execute(_SET_CLASSES.format(table=table, unit=unit), (blob, *key))
 
     def has_minutes_before(self, minute: int) -> bool:
         found = self.conn.execute(

@@ -1,0 +1,235 @@
+"""A binary line's metrics read from rollups equal scikit-learn's over the labelled rows.
+
+The predictions go through the real writer (minute rows), their labels through the real
+feedback path (engine.monitoring.feedback.record_many), half before and half after a
+compaction to hours; the figures are read back as a monitor reads them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sk
+
+from engine import Engine
+from engine.core import ids, rollups, tasks
+from engine.core.config import LineSettings
+from engine.monitoring import feedback as labels
+from engine.monitoring import rollups as metrics
+from engine.monitoring import scoring
+from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.sqlite import rollup_rows
+from engine.store.sqlite.connection import SqliteStore
+from engine.store.sqlite.tx import SqliteTx
+
+LINE = "quality-predictor"
+AUC_TOLERANCE = 0.002
+
+
+@pytest.fixture
+def plumbing(engine: Engine) -> Iterator[tuple[PredictionLog, SqliteStore, int]]:
+    with engine.store.read_sql() as conn:
+        version_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").id
+    log = PredictionLog(engine.workspace.db_path, tolerance=5.0, batch=100_000)
+    log.store.migrate()
+    store = SqliteStore(engine.workspace.db_path)
+    try:
+        yield log, store, version_id
+    finally:
+        log.close()
+        store.close()
+
+
+def _scores(rng: np.random.Generator, y: np.ndarray, kind: str) -> np.ndarray:
+    """Scores as models give them (float32 probabilities), or plain random ones."""
+    n = y.size
+    if kind == "uniform":
+        return rng.random(n)
+    if kind == "rounded":  # many exact ties
+        return np.round(rng.random(n), 2)
+    separation = rng.uniform(0, 3)
+    logits = rng.normal(size=n) * rng.uniform(0.3, 3) + separation * (y - 0.5)
+    return (1 / (1 + np.exp(-logits))).astype(np.float32).astype(np.float64)
+
+
+def _log(
+    log: PredictionLog, version_id: int, scores: np.ndarray, rng: np.random.Generator
+) -> list[str]:
+    """Log one prediction per score: some minutes 3–5 hours ago (compacted later), some in
+    the last hour (kept as minutes)."""
+    now_ms = time.time_ns() // 1_000_000
+    ago = np.where(rng.random(scores.size) < 0.5, rng.integers(180, 300, scores.size), 0)
+    ago = np.where(ago == 0, rng.integers(0, 50, scores.size), ago)
+    ago[0], ago[-1] = 240, 1  # one of each, whatever the draw
+    pids = []
+    for score, minutes in zip(scores.tolist(), ago.tolist(), strict=True):
+        at_ms = now_ms - minutes * 60_000
+        pid = ids.new_id(at_ms)
+        pids.append(pid)
+        log.submit(
+            Record(pid, at_ms, LINE, version_id, "production", "", None, b"", score, 500, None)
+        )
+    log.flush()
+    return pids
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 600),
+    kind=st.sampled_from(["model", "model", "uniform", "rounded"]),
+    threshold=st.floats(0.05, 0.95),
+    positive_share=st.floats(0.02, 0.98),
+)
+def test_binary_metrics_from_rollups_equal_scikit_learns(
+    plumbing: tuple[PredictionLog, SqliteStore, int],
+    *,
+    seed: int,
+    n: int,
+    kind: str,
+    threshold: float,
+    positive_share: float,
+) -> None:
+    log, store, version_id = plumbing
+    with store.write_sql() as conn:  # each example reads its own rollups only
+        conn.execute("DELETE FROM rollups")
+        conn.execute("DELETE FROM rollups_hourly")
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < positive_share).astype(int)
+    s = _scores(rng, y, kind)
+    pids = _log(log, version_id, s, rng)
+    contracts = labels.Contracts(
+        ((LINE, LineSettings(task=tasks.BINARY, label_range=(0, 1), decision_threshold=threshold)),)
+    )
+    half = n // 2
+    # Labels as JSON sends them: 0/1 and false/true alike.
+    items = [
+        (pid, bool(v) if i % 3 == 0 else int(v))
+        for i, (pid, v) in enumerate(zip(pids, y, strict=True))
+    ]
+    first = labels.record_many(store, items[:half], contracts)
+    log.compact()  # the old minutes fold into hours (if the writer's upkeep has not yet)
+    with store.read_sql() as conn:
+        assert conn.execute("SELECT count(*) FROM rollups_hourly").fetchone()[0] > 0
+    second = labels.record_many(store, items[half:], contracts)
+    assert {a.status for a in first + second} == {"recorded"}
+
+    with store.read_sql() as conn:
+        got = metrics.load(SqliteTx(conn), version_id).window(None).metrics(tasks.BINARY)
+    predicted = (s >= threshold).astype(int)
+    assert got["accuracy"] == pytest.approx(sk.accuracy_score(y, predicted))
+    assert got["brier"] == pytest.approx(sk.brier_score_loss(y, s))
+    assert got["log_loss"] == pytest.approx(sk.log_loss(y, s, labels=[0, 1]))
+    expected = scoring.metrics(tasks.BINARY, s, y, threshold=threshold)
+    if predicted.any():
+        assert got["precision"] == pytest.approx(sk.precision_score(y, predicted))
+    else:
+        assert got["precision"] is None and "precision" not in expected
+    if y.any():
+        assert got["recall"] == pytest.approx(sk.recall_score(y, predicted))
+    else:
+        assert got["recall"] is None
+    if 0 < y.sum() < n:
+        assert got["auc"] == pytest.approx(sk.roc_auc_score(y, s), abs=AUC_TOLERANCE)
+    else:
+        assert got["auc"] is None
+
+
+def test_auc_from_class_histograms_is_within_the_tolerance_on_large_samples() -> None:
+    """The binning alone (no store): 200,000 model-like and uniform scores, as one minute's
+    histogram or as many minutes merged."""
+    rng = np.random.default_rng(5)
+    for kind in ("model", "uniform"):
+        y = (rng.random(200_000) < 0.3).astype(int)
+        s = _scores(rng, y, kind)
+        keys = [rollups.class_key(v, bool(c)) for v, c in zip(s.tolist(), y.tolist(), strict=True)]
+        parts = [
+            rollups.encode_classes(dict(zip(*np.unique(k, return_counts=True), strict=True)))
+            for k in np.array_split(np.array(keys), 7)
+        ]
+        merged = rollups.decode_classes(rollups.merge_classes(parts))
+        dense = np.zeros(2 * rollups.CLASS_BINS)
+        for key, count in merged.items():
+            dense[key] = count
+        got = metrics.auc_of(dense)
+        assert got == pytest.approx(sk.roc_auc_score(y, s), abs=AUC_TOLERANCE), kind
+
+
+def test_a_class_bin_holds_its_scores_and_the_ends_are_clipped() -> None:
+    assert rollups.class_bin(0.0) == 0 and rollups.class_bin(1e-30) == 0
+    assert rollups.class_bin(1.0) == rollups.CLASS_BINS - 1
+    assert rollups.class_bin(1 - 1e-12) == rollups.CLASS_BINS - 1
+    assert rollups.class_bin(0.5) == rollups.CLASS_BINS // 2
+    edges = np.linspace(1e-4, 1 - 1e-4, 5001)
+    bins = [rollups.class_bin(v) for v in edges.tolist()]
+    assert bins == sorted(bins)  # monotone in the score
+
+
+def test_feedbacks_eps_is_scorings() -> None:
+    assert labels.EPS == scoring.EPS
+
+
+def test_an_unlabelled_window_has_no_binary_metrics() -> None:
+    empty = metrics.VersionRollups(
+        np.zeros(0, np.int64),
+        np.zeros((0, rollups.SCALARS)),
+        np.zeros((0, 0), np.int64),
+        None,
+        None,
+    ).window(None)
+    assert empty.metrics(tasks.BINARY) == dict.fromkeys(tasks.METRICS[tasks.BINARY])
+
+
+def test_each_minutes_auc_for_the_sparklines_is_its_own_histograms() -> None:
+    """series(task="binary") reads every minute's AUC at once from the sparse entries; each
+    equals the AUC of that minute's dense histogram (rows of one minute merged)."""
+    rng = np.random.default_rng(1)
+    bins = rollups.CLASS_BINS
+    for _ in range(100):
+        rows = int(rng.integers(1, 8))
+        blobs: list[bytes | None] = []
+        for _ in range(rows):
+            if rng.random() < 0.3:
+                blobs.append(None)
+                continue
+            crowded = [5, 6, bins + 4, bins + 5, bins + 6]  # shared bins: ties across classes
+            keys = (
+                rng.integers(0, 2 * bins, int(rng.integers(1, 50)))
+                if rng.random() < 0.5
+                else rng.choice(crowded, int(rng.integers(1, 20)))
+            )
+            found, counts = np.unique(keys, return_counts=True)
+            blobs.append(
+                rollups.encode_classes(dict(zip(found.tolist(), counts.tolist(), strict=True)))
+            )
+        classes = rollup_rows._classes(blobs)
+        minutes = np.sort(rng.integers(0, 4, rows))
+        version = metrics.VersionRollups(
+            minutes,
+            np.ones((rows, rollups.SCALARS)),
+            np.zeros((rows, 0), np.int64),
+            None,
+            None,
+            None,
+            classes,
+        )
+        points = version.series(0, tasks.BINARY)
+        for point in points:
+            dense = np.zeros(2 * bins)
+            for row, key, count in classes if classes is not None else ():
+                if minutes[row] == point.minute:
+                    dense[key] += count
+            expected = metrics.auc_of(dense)
+            if expected is None:
+                assert point.primary is None
+            else:
+                assert point.primary == pytest.approx(expected, abs=1e-12)
