@@ -94,8 +94,17 @@ def test_beast_feedback_refuses_a_non_binary_label_in_one_line(binary_ws: Worksp
     assert refused.returncode == 1
     [line] = refused.stderr.splitlines()
     assert "0 or 1" in line and LINE in line and "Traceback" not in refused.stderr
-    assert beast(binary_ws, "feedback", pid, "1").returncode == 0
+    assert beast(binary_ws, "feedback", pid, "true").returncode == 0
     assert [r["actual"] for r in logged(binary_ws) if r["pid"] == pid] == [1.0]
+    assert beast(binary_ws, "feedback", pid, "1").returncode == 0  # the same label: duplicate
+    second = json.loads(
+        beast(binary_ws, "predict", json.dumps(ROW), "--model", LINE, "--json").stdout
+    )
+    labels = binary_ws.root / "labels.csv"
+    labels.write_text(f"prediction_id,actual\n{second['prediction_id']},False\n")
+    assert beast(binary_ws, "feedback", "--file", str(labels)).returncode == 0
+    assert [r["actual"] for r in logged(binary_ws) if r["pid"] == second["prediction_id"]] == [0.0]
+    assert beast(binary_ws, "feedback", pid, "maybe").returncode == 2  # usage: not a label
 
 
 def test_monitor_reports_a_binary_lines_metrics_by_their_keys(

@@ -189,10 +189,30 @@ def _feedback_items(path: Path) -> list[tuple[str, Any]]:
     out = []
     for i, row in enumerate(reader, start=2):
         try:
-            out.append((row["prediction_id"], float(row["actual"])))
+            out.append((row["prediction_id"], actual_value(row["actual"])))
         except ValueError:
-            raise BeastError(f"{path}:{i}: actual {row['actual']!r} is not a number") from None
+            raise BeastError(
+                f"{path}:{i}: actual {row['actual']!r} is not a number (or true/false)"
+            ) from None
     return out
+
+
+def actual_value(written: str) -> float | bool:
+    """An actual as written on the command line or in a CSV: a number, or true/false (a
+    binary line's label; the line's contract decides whether it is accepted)."""
+    lowered = written.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return float(written)
+
+
+def _actual_argument(written: str) -> float | bool:
+    try:
+        return actual_value(written)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"actual {written!r} is not a number (or true/false)"
+        ) from None
 
 
 def cmd_feedback(engine: Engine, args: argparse.Namespace) -> int:
@@ -253,6 +273,6 @@ def add_parsers(add: Any) -> None:
         "feedback", cmd_feedback, "record the actual value for a prediction (or a file of them)"
     )
     p.add_argument("prediction_id", nargs="?", metavar="PREDICTION_ID")
-    p.add_argument("actual", nargs="?", type=float, metavar="ACTUAL")
+    p.add_argument("actual", nargs="?", type=_actual_argument, metavar="ACTUAL")
     p.add_argument("--file", metavar="FILE", help="CSV (prediction_id,actual) or JSONL")
     p.add_argument("--json", action="store_true")
