@@ -195,6 +195,8 @@ class SqliteBaselines:
         """Every successful logged row of the version so far (features of `width`, scores),
         grouped by (A/B test name or "", minute): the rows to bin when its reference is
         built from them. The same scans as `first_rows`, without a limit."""
+        import numpy as np  # here, not at import: `beast status` reads baselines' sources cold
+
         conn = self.conn
         start = conn.execute(
             "SELECT from_key, from_batch FROM first_predictions WHERE version_id = ?",
