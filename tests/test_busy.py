@@ -27,7 +27,6 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.errors import StateBusy
-from engine.monitoring import report as monitoring
 from engine.registry import artifacts
 from engine.retrain import jobs
 from engine.server.daemon import Evaluator, Scheduler
@@ -513,5 +512,5 @@ def test_the_evaluation_hashes_model_files_before_it_takes_the_write_lock(
     monkeypatch.setattr(artifacts, "sha256_of", probing)
     monkeypatch.setattr(artifact_alerts, "_verified", {})
     with closing(Engine(live)) as engine:
-        monitoring.evaluate(engine)
+        engine.monitoring.evaluate()
     assert unlocked and all(unlocked), unlocked

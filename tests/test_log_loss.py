@@ -19,7 +19,7 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core import ids
-from engine.monitoring import report as monitoring
+from engine.monitoring.report import Monitoring
 from engine.serving.prediction_log import Record
 from tests.helpers import beast, set_config
 from tests.serving_helpers import db, version_id
@@ -48,13 +48,13 @@ def test_a_quarantined_row_fires_the_alert_and_it_outlives_the_engines_next_roun
 ) -> None:
     deploy_with_test(registered)
     calls: list[tuple[int, int]] = []
-    real = monitoring.note_log_drops
+    real = Monitoring.note_log_drops
 
-    def spy(engine: Engine, since_last: int, total: int) -> None:  # calls through
+    def spy(service: Monitoring, since_last: int, total: int) -> None:  # calls through
         calls.append((since_last, total))
-        real(engine, since_last, total)
+        real(service, since_last, total)
 
-    monkeypatch.setattr(monitoring, "note_log_drops", spy)
+    monkeypatch.setattr(Monitoring, "note_log_drops", spy)
     with client_for(registered, refresh_s=0.1) as client:
         answers = [
             client.post("/v1/predict", json={"features": ROW}, headers=AUTH) for _ in range(20)
@@ -129,19 +129,19 @@ def test_the_alert_resolves_once_its_window_has_passed_with_no_new_loss(
     set_config(registered, loss_alert_minutes="30")
     engine = Engine(registered)
     try:
-        monitoring.note_log_drops(engine, 3, 3)
+        engine.monitoring.note_log_drops(3, 3)
         _age_the_alert(registered, 29)
-        monitoring.note_log_drops(engine, 0, 3)  # the engine's next rounds
-        monitoring.evaluate(engine)  # and the next evaluations
+        engine.monitoring.note_log_drops(0, 3)  # the engine's next rounds
+        engine.monitoring.evaluate()  # and the next evaluations
         assert [a["status"] for a in _log_alerts(registered)] == ["firing"]
-        monitoring.note_log_drops(engine, 2, 5)  # a new loss: the window starts again
+        engine.monitoring.note_log_drops(2, 5)  # a new loss: the window starts again
         _age_the_alert(registered, 29)
-        monitoring.evaluate(engine)
+        engine.monitoring.evaluate()
         assert [a["status"] for a in _log_alerts(registered)] == ["firing"]
         _age_the_alert(registered, 31)
-        monitoring.evaluate(engine)  # the daemon's timer, or `beast monitor`
+        engine.monitoring.evaluate()  # the daemon's timer, or `beast monitor`
         assert [a["status"] for a in _log_alerts(registered)] == ["resolved"]
-        monitoring.note_log_drops(engine, 1, 6)  # a later loss fires a new one
+        engine.monitoring.note_log_drops(1, 6)  # a later loss fires a new one
         statuses = sorted(str(a["status"]) for a in _log_alerts(registered))
         assert statuses == ["firing", "resolved"]
     finally:

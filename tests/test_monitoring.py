@@ -81,7 +81,7 @@ def deployed(engine: Engine) -> Engine:
 
 def test_too_few_samples_is_no_data_never_an_alarm(deployed: Engine) -> None:
     feed(deployed, "v1.0", 10, within=0.0)
-    report = monitoring.evaluate(deployed)
+    report = deployed.monitoring.evaluate()
     assert version_report(report, "v1.0").health == "no data"
     assert report.alerts == ()
     assert deployed.status().health == "healthy"  # predictions exist, nothing fires
@@ -92,7 +92,7 @@ def test_too_few_samples_is_no_data_never_an_alarm(deployed: Engine) -> None:
 )
 def test_accuracy_thresholds(deployed: Engine, within: float, health: str) -> None:
     feed(deployed, "v1.0", 200, within=within)
-    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
     assert v.health == health
     assert v.window.accuracy == pytest.approx(within, abs=0.005)
     assert v.window.mae == pytest.approx(within * 2 + (1 - within) * 10, rel=1e-6)
@@ -142,12 +142,12 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
 
     # 100 values: far above monitoring.min_samples (30), still too few for PSI to mean much.
     feed(deployed, "v1.0", 100, within=1.0, rows=drifted[:100])
-    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
     assert v.drift.data is None and v.drift.features == ()
     assert v.health == "healthy" and "data_drift" not in {f.metric for f in v.findings}
 
     feed(deployed, "v1.0", 900, within=1.0, rows=drifted[100:])
-    v = version_report(monitoring.evaluate(deployed), "v1.0")
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
     assert v.drift.data is not None and v.drift.data >= 0.25
     assert v.drift.features[0].name == "duplication"
     assert v.health == "critical" and [f.metric for f in v.findings] == ["data_drift"]
@@ -155,12 +155,12 @@ def test_data_drift_waits_for_enough_values_then_names_the_drifted_feature(
 
 def test_alerts_deduplicate_while_firing_and_resolve_when_clear(deployed: Engine) -> None:
     feed(deployed, "v1.0", 200, within=0.7)
-    first = monitoring.evaluate(deployed).alerts
-    again = monitoring.evaluate(deployed).alerts
+    first = deployed.monitoring.evaluate().alerts
+    again = deployed.monitoring.evaluate().alerts
     assert [a["id"] for a in first] == [a["id"] for a in again]
     assert again[0]["status"] == "firing" and again[0]["last_seen"] >= first[0]["last_seen"]
     feed(deployed, "v1.0", 2000, within=1.0)  # the window recovers
-    cleared = monitoring.evaluate(deployed).alerts
+    cleared = deployed.monitoring.evaluate().alerts
     assert [(a["id"], a["status"]) for a in cleared] == [(first[0]["id"], "resolved")]
     assert deployed.status().health == "healthy"
 
@@ -182,17 +182,17 @@ def test_windows_start_at_the_current_deployment(deployed: Engine) -> None:
 def test_critical_candidate_is_pulled_once_and_recorded(deployed: Engine) -> None:
     deployed.deploy(version="v2.0", traffic=10, ab_test="t")
     feed(deployed, "v2.0", 200, within=0.5, experiment="t", arm="candidate")
-    report = monitoring.evaluate(deployed)
+    report = deployed.monitoring.evaluate()
     assert report.actions and "aborted" in report.actions[0]
     assert deployed.experiment("t").status == "aborted"
     last = deployed.history()[-1]
     assert last.action == "abort" and last.actor == monitoring.AUTO_PULL_ACTOR
     assert last.note is not None and "auto-pulled" in last.note
-    assert monitoring.evaluate(deployed).actions == ()
+    assert deployed.monitoring.evaluate().actions == ()
     assert len(deployed.history()) == 3  # deploy, start, one abort
     assert all(
         a["status"] == "resolved"
-        for a in monitoring.evaluate(deployed).alerts
+        for a in deployed.monitoring.evaluate().alerts
         if a["version"] == "v2.0"
     )
 
@@ -246,14 +246,14 @@ def test_monitor_json_contract(deployed: Engine) -> None:
 
 
 def test_dropped_log_rows_fire_an_alert_that_outlives_recovery(deployed: Engine) -> None:
-    monitoring.note_log_drops(deployed, 120, 120)
+    deployed.monitoring.note_log_drops(120, 120)
     firing = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert len(firing) == 1 and firing[0]["severity"] == "critical"
     assert "lost 120 acknowledged predictions" in firing[0]["message"]
-    monitoring.evaluate(deployed)  # version alerts syncing must not resolve it
-    monitoring.note_log_drops(deployed, 5, 125)
+    deployed.monitoring.evaluate()  # version alerts syncing must not resolve it
+    deployed.monitoring.note_log_drops(5, 125)
     again = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert [a["id"] for a in again] == [firing[0]["id"]] and again[0]["status"] == "firing"
-    monitoring.note_log_drops(deployed, 0, 125)  # resolved only after [log] loss_alert_minutes
+    deployed.monitoring.note_log_drops(0, 125)  # resolved only after [log] loss_alert_minutes
     done = [a for a in deployed.report().alerts if a["metric"] == "prediction_log"]
     assert done[0]["status"] == "firing"  # tests/test_log_loss.py: when it resolves

@@ -31,7 +31,6 @@ from engine.demo import workspace as demo
 from engine.demo.simulate import CHANGE_PREFIX, KEY_PREFIX, SimOptions, Simulation, with_lines
 from engine.demo.transport import InProcess
 from engine.monitoring import baselines, scoring
-from engine.monitoring import report as monitoring
 from engine.store.sqlite.prediction_log import count_logged
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 from tests.serving_helpers import logged
@@ -162,7 +161,7 @@ def test_a_simulated_minute_in_process_logs_labels_drifts_and_fires_an_alert(
     clock = VirtualClock()
 
     def evaluate() -> list[str]:
-        found = monitoring.evaluate(engine)
+        found = engine.monitoring.evaluate()
         for v in found.versions:
             if v.line == demo.LINE and v.role == "production" and v.drift.data is not None:
                 production_psi.append((clock.t, v.drift.data))

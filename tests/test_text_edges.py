@@ -463,7 +463,6 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     import numpy as np
 
     from engine.monitoring import baselines
-    from engine.monitoring import report as monitoring
     from tests.test_monitoring import LINE, feed
 
     engine.deploy(version="v1.0")
@@ -480,7 +479,7 @@ def test_auto_pull_still_pulls_when_its_note_quotes_an_unsafe_feature_name(
     drifted[:, 3] += 1.5
     feed(engine, "v2.0", 1000, within=1.0, rows=drifted, experiment="t", arm="candidate")
 
-    report = monitoring.evaluate(engine)
+    report = engine.monitoring.evaluate()
     assert report.actions and "aborted" in report.actions[0]
     assert engine.experiment("t").status == "aborted"
     note = engine.history()[-1].note or ""

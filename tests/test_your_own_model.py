@@ -15,6 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,6 +37,8 @@ CONTRACT = (
     "beast predict --csv new-changes.csv --json > predictions.json",
     "beast feedback --file labels.csv",
     "beast monitor --model revert-risk",
+    "beast promote deeper-trees --force",
+    "beast rollback --model revert-risk",
     "beast retrain --check --model revert-risk",
     "beast retrain --force --model revert-risk",
 )
@@ -102,10 +105,22 @@ def _write_changes(path: Path, n: int, *, seed: int, drift: float = 0.0) -> None
             writer.writerow([f"{v:.6g}" for v in row] + [int(label), when])
 
 
+# After these README steps the test also takes the state as JSON (later steps change it).
+SNAPSHOTS = {
+    "beast status": "beast status --json",
+    "beast monitor --model revert-risk": "beast monitor --model revert-risk --window 24h --json",
+}
+
+
 @dataclass(frozen=True)
 class Walkthrough:
     project: Path
     ran: tuple[Ran, ...]
+    snapshots: dict[str, Any]
+
+    def snapshot(self, command: str) -> Any:
+        assert command in self.snapshots, f"the README no longer runs {command!r}"
+        return self.snapshots[command]
 
     def step(self, command: str) -> Ran:
         found = [r for r in self.ran if r.command == command]
@@ -134,6 +149,7 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
     }
     env.pop("BEAST_MODE_ACTOR", None)
     ran: list[Ran] = []
+    snapshots: dict[str, Any] = {}
     for block in readme_blocks():
         if block.language == "python":
             cwd = project if project.is_dir() else root
@@ -161,7 +177,18 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
                 check=False,
             )
             ran.append(Ran(command, done.returncode, done.stdout, done.stderr))
-    return Walkthrough(project, tuple(ran))
+            if command in SNAPSHOTS:
+                taken = subprocess.run(
+                    ["bash", "-c", SNAPSHOTS[command]],
+                    cwd=cwd,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=True,
+                )
+                snapshots[command] = json.loads(taken.stdout)
+    return Walkthrough(project, tuple(ran), snapshots)
 
 
 def test_the_readme_holds_the_walkthroughs_commands_as_the_issue_names_them() -> None:
@@ -212,17 +239,11 @@ def test_deploy_and_an_ab_test_with_the_second_model(walkthrough: Walkthrough) -
     assert ab.returncode == 0, ab.why()
     status = walkthrough.step("beast status")
     assert status.returncode == 0
-    engine = Engine(walkthrough.workspace)
-    try:
-        deployments = engine.status().deployments
-        roles = {(d.version, d.role, d.traffic_bp) for d in deployments}
-        sources = {d.baseline for d in deployments}
-        test = engine.experiment("deeper-trees")
-    finally:
-        engine.close()
-    assert roles == {("v1.0", "production", 8000), ("v2.0", "candidate", 2000)}
-    assert (test.line, test.status) == (LINE, "running")
-    assert sources == {"reference"}  # both versions' baselines come from ref.csv
+    deployments = walkthrough.snapshot("beast status")["deployments"]
+    roles = {(d["version"], d["role"], d["traffic"]) for d in deployments}
+    assert roles == {("v1.0", "production", 80), ("v2.0", "candidate", 20)}
+    assert {d["experiment"] for d in deployments} == {"deeper-trees"}
+    assert {d["baseline"] for d in deployments} == {"reference"}  # both from ref.csv
 
 
 def test_predict_on_the_users_csv_ignores_label_and_time(walkthrough: Walkthrough) -> None:
@@ -242,16 +263,31 @@ def test_labels_fed_back_and_monitored_with_binary_metrics(walkthrough: Walkthro
     assert feedback.returncode == 0, feedback.why()
     monitor = walkthrough.step("beast monitor --model revert-risk")
     assert monitor.returncode == 0, monitor.why()
+    report = walkthrough.snapshot("beast monitor --model revert-risk")
+    versions = {v["version"]: v for v in report["versions"]}
+    assert sum(v["windows"]["24h"]["labelled"] for v in versions.values()) == 600
+    for figures in versions.values():
+        window = figures["windows"]["24h"]
+        assert {"auc", "log_loss", "precision", "recall", "brier"} <= window.keys()
+        assert figures["baseline"]["source"] == "reference"
+    assert "auc" in monitor.stdout
+
+
+def test_promote_then_rollback(walkthrough: Walkthrough) -> None:
+    promoted = walkthrough.step("beast promote deeper-trees --force")
+    assert promoted.returncode == 0, promoted.why()
+    assert "v2.0" in promoted.stdout
+    rolled = walkthrough.step("beast rollback --model revert-risk")
+    assert rolled.returncode == 0, rolled.why()
     engine = Engine(walkthrough.workspace)
     try:
-        report = engine.report(window="24h", model=LINE).to_json()
+        history = [h.action for h in engine.history(LINE)]
+        production = {d.version for d in engine.status().deployments if d.role == "production"}
+        test = engine.experiment("deeper-trees")
     finally:
         engine.close()
-    versions = {v["version"]: v for v in report["versions"]}
-    assert sum(v["labelled"] for v in versions.values()) == 600
-    for figures in versions.values():
-        assert {"auc", "log_loss", "precision", "recall", "brier"} <= figures.keys()
-    assert "auc" in monitor.stdout
+    assert history[-2:] == ["promote", "rollback"]
+    assert production == {"v1.0"} and test.status == "promoted"
 
 
 def test_retrain_check_lists_the_users_csv_and_retraining_uses_it(

@@ -31,9 +31,7 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     if args.readonly:
         report = engine.report(window=args.window, model=args.model)
     else:
-        from engine.monitoring import report as monitoring  # numpy: `beast status` never pays it
-
-        report = monitoring.evaluate(engine, window=args.window)
+        report = engine.monitoring.evaluate(window=args.window)
     if args.json:
         _print_json(report.to_json())
         return 0

@@ -76,10 +76,8 @@ def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def _evaluator(engine: Engine) -> Any:
-    from engine.monitoring import report as monitoring  # numpy: only `beast simulate` pays it
-
     def evaluate() -> list[str]:
-        found = monitoring.evaluate(engine)
+        found = engine.monitoring.evaluate()
         return [
             f"{a['severity']} {a['version']}: {a['message']}"
             for a in found.alerts

@@ -619,24 +619,6 @@ class Monitoring:
                 expire_log_alert(tx, self.config.log.loss_alert_minutes)
 
 
-class Monitored(Protocol):
-    """What the doors hand `evaluate` and `note_log_drops`: something with a monitoring
-    service (the facade)."""
-
-    @property
-    def monitoring(self) -> Monitoring: ...
-
-
-def evaluate(engine: Monitored, *, window: str = "1h", pull: bool = True) -> MonitorReport:
-    """`Monitoring.evaluate` of `engine`'s service (the daemon's timer, `beast monitor`)."""
-    return engine.monitoring.evaluate(window=window, pull=pull)
-
-
-def note_log_drops(engine: Monitored, dropped_since_last: int, total_dropped: int) -> None:
-    """`Monitoring.note_log_drops` of `engine`'s service (the HTTP engine's refresh timer)."""
-    engine.monitoring.note_log_drops(dropped_since_last, total_dropped)
-
-
 def expire_log_alert(tx: Tx, window_minutes: float, now: datetime | None = None) -> bool:
     """Resolve the `prediction_log` alert once no loss was seen for `window_minutes` (inside
     the caller's write transaction); whether it was resolved."""

@@ -55,7 +55,6 @@ from engine.core.engine_lock import EngineLock
 from engine.core.errors import BeastError
 from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
-from engine.monitoring import report as monitoring
 from engine.server.http import token as http_token
 from engine.server.http.settings import ApiSettings
 from engine.server.watcher import ModelWatcher, WatchOptions
@@ -225,7 +224,7 @@ class Evaluator(_Periodic):
 
     def tick(self, engine: Engine) -> None:
         """One evaluation: a log line per action it took."""
-        for action in monitoring.evaluate(engine).actions:
+        for action in engine.monitoring.evaluate().actions:
             log.warning("monitoring: %s", action)
 
 

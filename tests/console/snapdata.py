@@ -15,7 +15,6 @@ import pytest
 from engine import Engine, Workspace
 from engine.core import ids
 from engine.monitoring import feedback as labels
-from engine.monitoring import report as monitoring
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
 from tests.serving_helpers import db
@@ -53,7 +52,7 @@ def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     _traffic(ws)
     engine = Engine(ws, actor="ops")
     try:
-        monitoring.evaluate(engine, pull=False)  # the alerts fire, at the frozen time
+        engine.monitoring.evaluate(pull=False)  # the alerts fire, at the frozen time
     finally:
         engine.close()
     _fix_registration_stamps(ws)

@@ -9,7 +9,6 @@ from textual.widgets import DataTable
 from console.app import BeastConsole
 from console.gateway import Gateway
 from engine import Engine, Workspace
-from engine.monitoring import report as monitoring
 from tests.console.pilot import drive, make_app, press
 
 
@@ -18,8 +17,8 @@ def test_the_alerts_pane_shows_a_firing_prediction_log_alert(
 ) -> None:
     engine = Engine(serving)
     try:
-        monitoring.note_log_drops(engine, 4, 4)  # what the engine's loop records on a loss
-        monitoring.note_log_drops(engine, 0, 4)  # and its next round, with nothing new
+        engine.monitoring.note_log_drops(4, 4)  # what the engine's loop records on a loss
+        engine.monitoring.note_log_drops(0, 4)  # and its next round, with nothing new
     finally:
         engine.close()
     app = make_app(gateway)

@@ -13,7 +13,6 @@ import threading
 from typing import TYPE_CHECKING
 
 from engine.core.errors import BeastError
-from engine.monitoring import report as monitoring
 
 if TYPE_CHECKING:
     from engine.server.http.api import Api  # the Api starts this thread: a type only
@@ -81,7 +80,7 @@ class Refresher:
             return reported
         try:
             self.api.call_engine(
-                lambda engine: monitoring.note_log_drops(engine, dropped - reported, dropped)
+                lambda engine: engine.monitoring.note_log_drops(dropped - reported, dropped)
             )
         except BeastError as exc:
             log.warning("cannot record the dropped-rows alert: %s", exc)
