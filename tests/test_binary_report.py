@@ -16,11 +16,15 @@ from engine.monitoring import rollups as metrics
 def window(auc: float, *, labelled: int = 1000, within: int = 900) -> metrics.WindowMetrics:
     """A window whose class histogram has exactly `auc`: every negative in one bin, a share
     `auc` of the positives above it, the rest below."""
-    hist = np.zeros(2 * CLASS_BINS)
     positives = labelled // 2
-    hist[500] = labelled - positives
-    hist[CLASS_BINS + 700] = round(positives * auc)
-    hist[CLASS_BINS + 100] = positives - round(positives * auc)
+    hist = np.array(  # sparse (key, count): engine.core.rollups' class histograms
+        [
+            (500, labelled - positives),
+            (CLASS_BINS + 100, positives - round(positives * auc)),
+            (CLASS_BINS + 700, round(positives * auc)),
+        ],
+        dtype=np.int64,
+    )
     return metrics.WindowMetrics(
         labelled,
         0,

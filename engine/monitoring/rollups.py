@@ -70,7 +70,7 @@ class WindowMetrics:
     pred_pos: int = 0
     actual_pos: int = 0
     true_pos: int = 0
-    class_hist: np.ndarray | None = field(default=None, repr=False)  # 2 × CLASS_BINS, dense
+    class_hist: np.ndarray | None = field(default=None, repr=False)  # (key, count) pairs
 
     @property
     def error_rate(self) -> float | None:
@@ -133,19 +133,45 @@ class WindowMetrics:
 
 
 def auc_of(class_hist: np.ndarray) -> float | None:
-    """ROC AUC from a dense class histogram (class 0's bins, then class 1's): a positive
-    above a negative counts 1, one in the same bin ½ (None with one class only)."""
-    return aucs_of(class_hist.reshape(1, -1))[0]
+    """ROC AUC from a sparse class histogram, a (entries, 2) array of (key, count)
+    (engine.core.rollups): a positive above a negative counts 1, an equal score ½ (None with
+    one class only)."""
+    keys = class_hist[:, 0].astype(np.int64)
+    return grouped_aucs(np.zeros(keys.size, np.int64), keys, class_hist[:, 1], 1)[0]
 
 
-def aucs_of(class_hists: np.ndarray) -> list[float | None]:
-    """`auc_of` of each row of a (rows, 2 × CLASS_BINS) array."""
-    neg = class_hists[:, :CLASS_BINS].astype(np.float64)
-    pos = class_hists[:, CLASS_BINS:].astype(np.float64)
-    pairs = neg.sum(axis=1) * pos.sum(axis=1)
-    below = np.cumsum(neg, axis=1) - neg
-    wins = np.einsum("ij,ij->i", pos, below + neg / 2)
-    return [float(w / n) if n else None for w, n in zip(wins, pairs, strict=True)]
+def grouped_aucs(
+    group: np.ndarray, key: np.ndarray, count: np.ndarray, size: int
+) -> list[float | None]:
+    """The AUC of each of `size` groups from sparse entries (group, key, count), all at once.
+
+    Entries of one (group, key) are merged; then, by group, by score, a score's negatives
+    before its positives: the negatives counted before a positive entry are those below it
+    and at its own score (the entry just before), which count half.
+    """
+    if not key.size:
+        return [None] * size
+    flat = group.astype(np.int64) * (2 * CLASS_BINS) + key
+    found, at = np.unique(flat, return_inverse=True)
+    n = np.bincount(at, count.astype(np.float64))
+    g, key = found // (2 * CLASS_BINS), found % (2 * CLASS_BINS)
+    positive = key >= CLASS_BINS
+    order = np.lexsort((positive, key % CLASS_BINS, g))
+    g, key, n, positive = g[order], key[order], n[order], positive[order]
+    negs = np.where(positive, 0.0, n)
+    before = np.cumsum(negs) - negs
+    starts = np.searchsorted(g, np.arange(size))
+    before -= before[np.minimum(starts, g.size - 1)][g]
+    same = np.zeros_like(n)
+    if g.size > 1:
+        shared = (g[1:] == g[:-1]) & (key[1:] - CLASS_BINS == key[:-1]) & positive[1:]
+        same[1:][shared] = n[:-1][shared]
+    wins = np.bincount(g, np.where(positive, n * (before - same / 2), 0.0), size)
+    pos_n = np.bincount(g, np.where(positive, n, 0.0), size)
+    neg_n = np.bincount(g, negs, size)
+    return [
+        float(w / (p * q)) if p and q else None for w, p, q in zip(wins, pos_n, neg_n, strict=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -222,12 +248,14 @@ class VersionRollups:
         )
 
     def _class_hist(self, mask: np.ndarray) -> np.ndarray | None:
+        """The chosen rows' class histogram, merged: (key, count) pairs by key."""
         if self.classes is None:
             return None
         chosen = self.classes[mask[self.classes[:, 0]]]
         if not chosen.size:
             return None
-        return np.bincount(chosen[:, 1], weights=chosen[:, 2], minlength=2 * CLASS_BINS)
+        keys, at = np.unique(chosen[:, 1], return_inverse=True)
+        return np.column_stack((keys, np.bincount(at, weights=chosen[:, 2]).astype(np.int64)))
 
     def series(self, since_minute: int, task: str = tasks.REGRESSION) -> list[MinutePoint]:
         """One point per logged minute from `since_minute` (minutes younger than
@@ -262,38 +290,14 @@ class VersionRollups:
 
     def _minute_aucs(self, idx: np.ndarray, group: np.ndarray, size: int) -> list[float | None]:
         """Each chosen minute's AUC from its own class histogram, all at once over the sparse
-        (row, key, count) entries: a minute holds a few bins, a dense histogram 2,048."""
+        (row, key, count) entries (rows of one minute merged)."""
         if self.classes is None:
             return [None] * size
         of_row = np.full(self.minutes.size, -1, np.int64)
         of_row[idx] = group
         where = of_row[self.classes[:, 0]]
         kept = where >= 0
-        # One entry per (minute, key), rows of one minute merged; by minute, then bin, a bin's
-        # negatives before its positives: the negatives counted before a positive entry are
-        # those below it and in its own bin.
-        flat = where[kept] * (2 * CLASS_BINS) + self.classes[kept, 1]
-        found, at = np.unique(flat, return_inverse=True)
-        n = np.bincount(at, self.classes[kept, 2].astype(np.float64))
-        g, key = found // (2 * CLASS_BINS), found % (2 * CLASS_BINS)
-        positive = key >= CLASS_BINS
-        order = np.lexsort((positive, key % CLASS_BINS, g))
-        g, key, n, positive = g[order], key[order], n[order], positive[order]
-        negs = np.where(positive, 0.0, n)
-        before = np.cumsum(negs) - negs
-        starts = np.searchsorted(g, np.arange(size))
-        before -= (np.cumsum(negs) - negs)[np.minimum(starts, g.size - 1)][g] if g.size else 0
-        same = np.zeros_like(n)
-        if g.size > 1:  # the negatives in a positive entry's own bin: the entry just before
-            shared = (g[1:] == g[:-1]) & (key[1:] - CLASS_BINS == key[:-1]) & positive[1:]
-            same[1:][shared] = n[:-1][shared]
-        wins = np.bincount(g, np.where(positive, n * (before - same / 2), 0.0), size)
-        pos_n = np.bincount(g, np.where(positive, n, 0.0), size)
-        neg_n = np.bincount(g, negs, size)
-        return [
-            float(w / (p * q)) if p and q else None
-            for w, p, q in zip(wins, pos_n, neg_n, strict=True)
-        ]
+        return grouped_aucs(where[kept], self.classes[kept, 1], self.classes[kept, 2], size)
 
 
 def load(
