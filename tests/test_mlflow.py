@@ -1,7 +1,7 @@
 """MLflow, the optional extra: training runs logged to a real local store and read back with
 MlflowClient, None without MLflow or when disabled, one-line failures, and `beast mlflow`
-really serving the UI over the workspace's store. Tests that need mlflow skip, saying so,
-only where it is not installed (CI installs the extra)."""
+really serving the UI over the workspace's store. `make venv` installs the extra, so a missing
+mlflow fails these tests rather than skipping them."""
 
 from __future__ import annotations
 
@@ -30,9 +30,6 @@ from tests.helpers import REPO, model_path, set_config, train_model
 
 # mlflow 3.17's own use of SQLAlchemy 2.1, not ours (matched by text: sqlalchemy is optional).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
-NEEDS_MLFLOW = pytest.mark.skipif(
-    not mlflow_tracking.available(), reason="mlflow is not installed (pip install '.[mlflow]')"
-)
 PARAMS = {"max_depth": 3, "eta": 0.3, "objective": "reg:squarederror"}
 METRICS = {"holdout_accuracy": 0.875, "holdout_mae": 3.25}
 
@@ -46,11 +43,8 @@ def _no_telemetry(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new, migrated MLflow store to copy: MLflow's seconds of migrations paid once."""
-    if not mlflow_tracking.available():
-        # `make venv` installs the mlflow extra; only a hand-made environment may lack it.
-        if os.environ.get("CI") == "true":
-            pytest.fail("mlflow is not installed, and CI must test the tracking (make venv)")
-        pytest.skip("mlflow is not installed (pip install '.[mlflow]')")
+    # `make venv` installs the mlflow extra: without it the tracking is untested, a failure.
+    assert mlflow_tracking.available(), "mlflow is not installed (make venv installs .[mlflow])"
     ws = Workspace(tmp_path_factory.mktemp("mlflow-store") / ".beast-mode")
     mlflow_tracking.prepare_store(ws, Config())
     return ws.root / mlflow_tracking.STORE_FILENAME
@@ -118,7 +112,6 @@ def test_mlflow_config_values_are_validated(line: str, key: str) -> None:
         parse_config(f"[mlflow]\n{line}\n")
 
 
-@NEEDS_MLFLOW
 def test_a_training_run_is_logged_to_the_workspace_store(
     workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,7 +144,6 @@ def test_a_training_run_is_logged_to_the_workspace_store(
     assert client.get_run(second).info.experiment_id == experiment.experiment_id
 
 
-@NEEDS_MLFLOW
 def test_a_configured_store_and_experiment_are_used(
     workspace: Workspace, empty_store: Path
 ) -> None:
@@ -170,7 +162,6 @@ def test_a_configured_store_and_experiment_are_used(
     assert not (workspace.root / "mlflow.db").exists()
 
 
-@NEEDS_MLFLOW
 def test_a_logging_failure_is_one_beast_error_and_a_failed_run(
     workspace: Workspace, empty_store: Path
 ) -> None:
@@ -278,7 +269,6 @@ def _first_page(process: subprocess.Popen[bytes], url: str, log: Path) -> bytes:
     raise AssertionError(f"the UI never answered (exit code {process.poll()}):\n{tail}")
 
 
-@NEEDS_MLFLOW
 def test_beast_mlflow_serves_the_ui_over_the_workspace_store(
     workspace: Workspace, tmp_path: Path, ui: tuple[subprocess.Popen[bytes], str]
 ) -> None:
@@ -299,7 +289,6 @@ def test_beast_mlflow_serves_the_ui_over_the_workspace_store(
     assert process.poll() is None
 
 
-@NEEDS_MLFLOW
 def test_a_forced_retrain_logs_its_run(workspace: Workspace, empty_store: Path) -> None:
     from engine.demo import sample_data
     from tests.retrain_helpers import LINE, run_job, train_on_samples
