@@ -10,7 +10,7 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.errors import StoreError
-from engine.core.records import Expect, LineSchema
+from engine.core.records import Baseline, Expect, LineSchema
 from engine.deploy import rules
 from engine.deploy import service as deploy_service
 
@@ -153,19 +153,21 @@ def test_a_baseline_is_added_once_replaced_on_demand_and_named_by_its_source(
             ref = tx.registry.add_version("line-a", "v1", artifact_id, kind="version", at=at,
                                           actor="tester")  # fmt: skip
             assert tx.baselines.sources([ref.id]) == {}
-            tx.baselines.add(artifact_id, "training", reference=None, accuracy=0.5, mae=9.0,
-                             at=at)  # fmt: skip
-            tx.baselines.add(artifact_id, "first_predictions", reference={"x": 1},
-                             accuracy=None, mae=None, at=at)  # fmt: skip
+            tx.baselines.add(artifact_id, Baseline(None, 0.5, 9.0, source="training"), at)
+            tx.baselines.add(
+                artifact_id, Baseline({"x": 1}, None, None, source="first_predictions"), at
+            )
         with engine.store.read() as tx:
             assert tx.baselines.sources([ref.id, ref.id + 99]) == {ref.id: "training"}
             kept = tx.baselines.for_version(ref.id)
             assert kept is not None and kept.figures() == {"accuracy": 0.5, "mae": 9.0}
             assert tx.baselines.binned(artifact_id) is False
         with engine.store.write() as tx:
-            tx.baselines.replace(artifact_id, "reference", reference={"y": 2}, accuracy=0.9,
-                                 mae=None, at=at, metrics={"rmse": 3.0},
-                                 detail="ref.csv (10 rows)")  # fmt: skip
+            tx.baselines.replace(
+                artifact_id,
+                Baseline({"y": 2}, 0.9, None, (("rmse", 3.0),), "reference", "ref.csv (10 rows)"),
+                at,
+            )
         with engine.store.read() as tx:
             assert tx.baselines.sources([ref.id]) == {ref.id: "reference"}
             found = tx.baselines.for_version(ref.id)

@@ -89,25 +89,38 @@ def generate(
     ]
     x = np.column_stack(cols).astype(np.float32)
     y = np.clip(quality_score(x) + rng.normal(0, NOISE_POINTS, n), 0, 100).astype(np.float32)
-    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
-    step = timedelta(minutes=7)
-    times = tuple((t0 + i * step).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n))
+    times = _times(n, start)
     return Samples(x, y, times)
 
 
-def write_csv(path: Path, samples: Samples) -> Path:
-    """Write samples with the documented schema (atomically: temp file, then rename)."""
+def _times(n: int, start: datetime | None) -> tuple[str, ...]:
+    """One row every 7 minutes from `start` (2026-01-01 UTC), as UTC ISO-8601."""
+    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
+    step = timedelta(minutes=7)
+    return tuple((t0 + i * step).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n))
+
+
+def _write_rows(
+    path: Path, header: list[str], features: np.ndarray, labels: list[str], times: tuple[str, ...]
+) -> Path:
+    """Write rows of features, a label and a time atomically (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow([*FEATURES, LABEL, TIME])
-        for row, score, when in zip(
-            samples.features, samples.scores, samples.observed_at, strict=True
-        ):
-            writer.writerow([f"{v:.6g}" for v in row] + [f"{score:.3f}", when])
+        writer.writerow(header)
+        for row, label, when in zip(features, labels, times, strict=True):
+            writer.writerow([f"{v:.6g}" for v in row] + [label, when])
     tmp.replace(path)
     return path
+
+
+def write_csv(path: Path, samples: Samples) -> Path:
+    """Write samples with the documented schema (atomically: temp file, then rename)."""
+    labels = [f"{score:.3f}" for score in samples.scores]
+    return _write_rows(
+        path, [*FEATURES, LABEL, TIME], samples.features, labels, samples.observed_at
+    )
 
 
 # -- revert-risk: the demo's binary line ------------------------------------------------------
@@ -172,22 +185,12 @@ def generate_reverts(
     ]
     x = np.column_stack(cols).astype(np.float32)
     y = (rng.random(n) < revert_probability(x)).astype(np.float32)
-    t0 = start or datetime(2026, 1, 1, tzinfo=UTC)
-    step = timedelta(minutes=7)
-    times = tuple((t0 + i * step).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n))
+    times = _times(n, start)
     return RevertSamples(x, y, times)
 
 
 def write_reverts_csv(path: Path, samples: RevertSamples) -> Path:
     """Write changes with the documented schema (atomically: temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*REVERT_FEATURES, REVERT_LABEL, REVERT_TIME])
-        for row, label, when in zip(
-            samples.features, samples.reverted, samples.merged_at, strict=True
-        ):
-            writer.writerow([f"{v:.6g}" for v in row] + [str(int(label)), when])
-    tmp.replace(path)
-    return path
+    labels = [str(int(label)) for label in samples.reverted]
+    header = [*REVERT_FEATURES, REVERT_LABEL, REVERT_TIME]
+    return _write_rows(path, header, samples.features, labels, samples.merged_at)

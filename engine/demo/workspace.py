@@ -85,30 +85,51 @@ def train_versions(
             verbose_eval=False,
         )
         final = ws.models_dir / f"{LINE}-{version}.json"
-        _write_lineage(final, booster, samples, cut, names)
-        # XGBoost picks the format from the extension, so the temp name keeps `.json`.
-        tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
-        booster.save_model(str(tmp))
-        tmp.replace(final)
+        _write_lineage(
+            final,
+            booster,
+            samples.features,
+            samples.scores,
+            task="regression",
+            cut=cut,
+            names=names,
+        )
+        _save(booster, final)
         paths.append(final)
     return data, tuple(paths)
 
 
-def _write_lineage(model: Path, booster: Any, samples: Any, cut: int, names: list[str]) -> None:
+def _write_lineage(
+    model: Path,
+    booster: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    task: str,
+    cut: int,
+    names: list[str],
+) -> None:
     """The sidecar registration reads: drift reference (training rows and scores) and the
-    validation accuracy (within ±5 points) and MAE that model drift is measured against."""
-    train_scores = booster.inplace_predict(samples.features[:cut])
-    valid = booster.predict(xgb.DMatrix(samples.features[cut:], feature_names=names))
-    errors = np.abs(valid - samples.scores[cut:])
+    holdout's metrics for the line's task (engine.monitoring.scoring) that model drift is
+    measured against."""
     reference = baselines.VersionReference.build(
-        samples.features[:cut], np.asarray(train_scores), tuple(names)
+        x[:cut], np.asarray(booster.inplace_predict(x[:cut])), tuple(names)
     )
+    holdout = np.asarray(booster.predict(xgb.DMatrix(x[cut:], feature_names=names)), np.float64)
     baselines.write_sidecar(
         model,
         reference,
-        metrics={"accuracy": float(np.mean(errors <= 5.0)), "mae": float(np.mean(errors))},
+        metrics=scoring.metrics(task, holdout, y[cut:].astype(np.float64)),
         extra={"demo": True, "rows": int(cut), "generator": "engine.demo.sample_data"},
     )
+
+
+def _save(booster: Any, final: Path) -> None:
+    """Save atomically; XGBoost picks the format from the extension, so the temp name keeps
+    `.json`."""
+    tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
+    booster.save_model(str(tmp))
+    tmp.replace(final)
 
 
 def train_revert_versions(
@@ -139,19 +160,8 @@ def train_revert_versions(
             verbose_eval=False,
         )
         final = ws.models_dir / f"{REVERT_LINE}-{version}.json"
-        reference = baselines.VersionReference.build(
-            x[:cut], np.asarray(booster.inplace_predict(x[:cut])), tuple(names)
-        )
-        holdout = np.asarray(booster.predict(valid), dtype=np.float64)
-        baselines.write_sidecar(
-            final,
-            reference,
-            metrics=scoring.metrics("binary", holdout, y[cut:].astype(np.float64)),
-            extra={"demo": True, "rows": int(cut), "generator": "engine.demo.sample_data"},
-        )
-        tmp = final.with_name(f".{final.stem}.partial{final.suffix}")
-        booster.save_model(str(tmp))
-        tmp.replace(final)
+        _write_lineage(final, booster, x, y, task="binary", cut=cut, names=names)
+        _save(booster, final)
         paths.append(final)
     return data, tuple(paths)
 

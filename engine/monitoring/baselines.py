@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.core.clock import utc_now
+from engine.core.records import Baseline
 from engine.core.rollups import Delta
 from engine.monitoring import drift
 from engine.store.base import Tx
@@ -161,18 +162,17 @@ def store(
 
     A "reference" (a labelled file the user gave) replaces whatever baseline the artifact
     had; any other source is kept only by an artifact that has none yet (the first stays)."""
-    others = {k: v for k, v in metrics.items() if k not in ("accuracy", "mae")}
-    keep = tx.baselines.replace if source == "reference" else tx.baselines.add
-    keep(
-        artifact_id,
+    others = tuple(sorted((k, v) for k, v in metrics.items() if k not in ("accuracy", "mae")))
+    baseline = Baseline(
+        reference.to_json() if reference else None,
+        metrics.get("accuracy"),
+        metrics.get("mae"),
+        others,
         source,
-        reference=reference.to_json() if reference else None,
-        accuracy=metrics.get("accuracy"),
-        mae=metrics.get("mae"),
-        at=utc_now(),
-        metrics=others,
-        detail=detail,
+        detail,
     )
+    keep = tx.baselines.replace if source == "reference" else tx.baselines.add
+    keep(artifact_id, baseline, utc_now())
 
 
 def for_version(tx: Tx, version_id: int) -> VersionBaseline | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.core.records import Baseline, FirstPredictionSource
@@ -14,37 +13,13 @@ if TYPE_CHECKING:  # numpy: only where references are built
 class BaselineRepo(Protocol):
     """Baselines of one transaction."""
 
-    def add(
-        self,
-        artifact_id: int,
-        source: str,
-        *,
-        reference: dict[str, Any] | None,
-        accuracy: float | None,
-        mae: float | None,
-        at: str,
-        metrics: Mapping[str, float] | None = None,
-        detail: str | None = None,
-    ) -> None:
-        """The artifact's baseline, unless it has one already (the first one stays).
-
-        `metrics`: the task's other figures by key; `detail` names the source (a file)."""
+    def add(self, artifact_id: int, baseline: Baseline, at: str) -> None:
+        """Keep `baseline` as the artifact's, unless it has one already (the first stays)."""
         ...
 
-    def replace(
-        self,
-        artifact_id: int,
-        source: str,
-        *,
-        reference: dict[str, Any] | None,
-        accuracy: float | None,
-        mae: float | None,
-        at: str,
-        metrics: Mapping[str, float] | None = None,
-        detail: str | None = None,
-    ) -> None:
-        """The artifact's baseline, replacing whatever it had (an explicit reference file
-        outranks training's sidecar and the first predictions)."""
+    def replace(self, artifact_id: int, baseline: Baseline, at: str) -> None:
+        """Make `baseline` the artifact's, replacing whatever it had (an explicit reference
+        file outranks training's sidecar and the first predictions)."""
         ...
 
     def binned(self, artifact_id: int) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.core.records import Baseline, FirstPredictionSource
@@ -22,56 +21,25 @@ class SqliteBaselines:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
-    def add(
-        self,
-        artifact_id: int,
-        source: str,
-        *,
-        reference: dict[str, Any] | None,
-        accuracy: float | None,
-        mae: float | None,
-        at: str,
-        metrics: Mapping[str, float] | None = None,
-        detail: str | None = None,
-    ) -> None:
+    def add(self, artifact_id: int, baseline: Baseline, at: str) -> None:
         self.conn.execute(
             "INSERT OR IGNORE INTO baselines (artifact_id, source, reference, accuracy, mae,"
             " created_at, metrics, source_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 artifact_id,
-                source,
-                json.dumps(reference) if reference is not None else None,
-                accuracy,
-                mae,
+                baseline.source,
+                json.dumps(baseline.reference) if baseline.reference is not None else None,
+                baseline.accuracy,
+                baseline.mae,
                 at,
-                json.dumps(dict(metrics)) if metrics else None,
-                detail,
+                json.dumps(dict(baseline.metrics)) if baseline.metrics else None,
+                baseline.detail,
             ),
         )
 
-    def replace(
-        self,
-        artifact_id: int,
-        source: str,
-        *,
-        reference: dict[str, Any] | None,
-        accuracy: float | None,
-        mae: float | None,
-        at: str,
-        metrics: Mapping[str, float] | None = None,
-        detail: str | None = None,
-    ) -> None:
+    def replace(self, artifact_id: int, baseline: Baseline, at: str) -> None:
         self.conn.execute("DELETE FROM baselines WHERE artifact_id = ?", (artifact_id,))
-        self.add(
-            artifact_id,
-            source,
-            reference=reference,
-            accuracy=accuracy,
-            mae=mae,
-            at=at,
-            metrics=metrics,
-            detail=detail,
-        )
+        self.add(artifact_id, baseline, at)
 
     def binned(self, artifact_id: int) -> bool:
         for table in ("rollups", "rollups_hourly"):
