@@ -6,11 +6,13 @@ the records they return, never to SQL.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine import Engine, Workspace
 from engine.core.errors import StoreError
-from engine.core.records import Baseline, Expect, LineSchema
+from engine.core.records import Baseline, Expect, LineSchema, Snapshot
 from engine.deploy import rules
 from engine.deploy import service as deploy_service
 
@@ -176,3 +178,62 @@ def test_a_baseline_is_added_once_replaced_on_demand_and_named_by_its_source(
             assert found.detail == "ref.csv (10 rows)"
     finally:
         engine.close()
+
+
+def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) -> None:
+    """The figures a change was decided on travel with its row (JSON, read back equal, and in
+    the history.json export); an ended test keeps the verdict it ended with and how. Read back
+    inside the transaction, then rolled back: rows without their line state would break the
+    workspace's invariants."""
+    evidence = {"health": "critical", "verdict": {"outcome": "inconclusive", "n": [40, 5]}}
+    now = "2025-01-01T00:00:00Z"
+    with pytest.raises(_RolledBack), engine.store.write() as tx:
+        line = tx.registry.line_names()[0]
+        v1, v2 = (tx.registry.get_version(line, v) for v in ("v1.0", "v2.0"))
+        tx.deployments.start_experiment(
+            "t1", control=v1, candidate=v2, traffic_bp=1000, at=now, actor="ops"
+        )
+        tx.deployments.end_experiment(
+            "t1",
+            status="aborted",
+            at=now,
+            actor="ops",
+            reason="auto-pulled: health critical",
+            forced=False,
+            verdict="inconclusive",
+            ending="auto-pulled",
+        )
+        states = (Snapshot("v1.0", "v2.0", 1000), Snapshot("v1.0", None, 0))
+        entry = tx.history.append(
+            line=line,
+            at=now,
+            actor="ops",
+            action="abort",
+            version="v2.0",
+            experiment="t1",
+            from_state=states[0],
+            to_state=states[1],
+            evidence=evidence,
+        )
+        plain = tx.history.append(
+            line=line,
+            at=now,
+            actor="ops",
+            action="rollback",
+            version="v1.0",
+            experiment=None,
+            from_state=states[1],
+            to_state=states[1],
+        )
+        assert tx.history.entries(line)[-2].evidence == evidence == entry.evidence
+        assert plain.evidence is None
+        ended = tx.deployments.experiment("t1")
+        assert ended is not None
+        assert (ended.verdict, ended.ending) == ("inconclusive", "auto-pulled")
+        exported = json.loads(tx.history.export_text())
+        assert exported[-2]["evidence"] == evidence and exported[-1]["evidence"] is None
+        raise _RolledBack
+
+
+class _RolledBack(Exception):
+    """Ends a test's write transaction without committing it."""

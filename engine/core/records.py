@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 Role = Literal["production", "candidate"]
 ExperimentStatus = Literal["running", "promoted", "aborted"]
+Ending = Literal["promoted on verdict", "forced", "aborted", "auto-pulled"]
 Action = Literal["deploy", "ab_start", "promote", "abort", "rollback"]
 
 BASIS_POINTS = 10_000
@@ -119,7 +120,10 @@ class Experiment:
     ended_by: str | None = None
     end_reason: str | None = None
     forced: bool = False
+    # The verdict it ended with ("candidate wins", …), None while running or when none was
+    # read; how it ended: "promoted on verdict" | "forced" | "aborted" | "auto-pulled".
     verdict: str | None = None
+    ending: Ending | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -141,6 +145,9 @@ class HistoryEntry:
     undoes: tuple[int, ...] = ()
     note: str | None = None
     forced: bool = False
+    # The figures the change was decided on (a JSON object: health, firing alerts, verdict,
+    # drift by feature), None when nothing measured stood behind it.
+    evidence: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine.core.records import Experiment, ExperimentStatus, LineState, VersionRef
+from engine.core.records import Ending, Experiment, ExperimentStatus, LineState, VersionRef
 
 
 class DeploymentRepo(Protocol):
@@ -48,7 +48,17 @@ class DeploymentRepo(Protocol):
         ...
 
     def end_experiment(
-        self, name: str, *, status: ExperimentStatus, at: str, actor: str, reason: str, forced: bool
+        self,
+        name: str,
+        *,
+        status: ExperimentStatus,
+        at: str,
+        actor: str,
+        reason: str,
+        forced: bool,
+        verdict: str | None = None,
+        ending: Ending | None = None,
     ) -> None:
-        """End the running test `name` (promoted or aborted); a test not running is left."""
+        """End the running test `name` (promoted or aborted), keeping the verdict it ended
+        with and how it ended; a test not running is left."""
         ...

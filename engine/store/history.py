@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from engine.core.records import Action, HistoryEntry, Snapshot
 
@@ -32,8 +33,10 @@ class HistoryRepo(Protocol):
         undoes: tuple[int, ...] = (),
         note: str | None = None,
         forced: bool = False,
+        evidence: Mapping[str, Any] | None = None,
     ) -> HistoryEntry:
-        """Add one row inside this transaction; return it as stored (with its id)."""
+        """Add one row inside this transaction; return it as stored (with its id). `evidence`:
+        the figures the change was decided on (JSON-able, no NaN)."""
         ...
 
     def export_text(self) -> str:

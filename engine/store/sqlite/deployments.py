@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from engine.core.records import Experiment, ExperimentStatus, LineState, VersionRef
+from engine.core.records import Ending, Experiment, ExperimentStatus, LineState, VersionRef
 from engine.store.sqlite.registry import SqliteRegistry
 
 _EXPERIMENT_SQL = """
@@ -29,6 +29,8 @@ def _experiment(row: sqlite3.Row) -> Experiment:
         ended_by=row["ended_by"],
         end_reason=row["end_reason"],
         forced=bool(row["forced"]),
+        verdict=row["verdict"],
+        ending=row["ending"],
     )
 
 
@@ -122,10 +124,19 @@ class SqliteDeployments:
         )
 
     def end_experiment(
-        self, name: str, *, status: ExperimentStatus, at: str, actor: str, reason: str, forced: bool
+        self,
+        name: str,
+        *,
+        status: ExperimentStatus,
+        at: str,
+        actor: str,
+        reason: str,
+        forced: bool,
+        verdict: str | None = None,
+        ending: Ending | None = None,
     ) -> None:
         self.conn.execute(
             "UPDATE experiments SET status = ?, ended_at = ?, ended_by = ?, end_reason = ?,"
-            " forced = ? WHERE name = ? AND status = 'running'",
-            (status, at, actor, reason, int(forced), name),
+            " forced = ?, verdict = ?, ending = ? WHERE name = ? AND status = 'running'",
+            (status, at, actor, reason, int(forced), verdict, ending, name),
         )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
 from engine.core.records import Action, HistoryEntry, Snapshot
 
 _COLUMNS = (
-    "id, line, at, actor, action, version, experiment, from_state, to_state, undoes, note, forced"
+    "id, line, at, actor, action, version, experiment, from_state, to_state, undoes, note, forced,"
+    " evidence"
 )
 
 # SQLite builds each row's JSON itself: rewriting the export after every change stays cheap
@@ -18,7 +21,8 @@ SELECT json_object(
     'id', id, 'line', line, 'at', at, 'actor', actor, 'action', action, 'version', version,
     'experiment', experiment, 'from_state', json(from_state), 'to_state', json(to_state),
     'undoes', json(undoes), 'note', note,
-    'forced', json(CASE WHEN forced THEN 'true' ELSE 'false' END)
+    'forced', json(CASE WHEN forced THEN 'true' ELSE 'false' END),
+    'evidence', json(evidence)
 ) FROM history ORDER BY id
 """
 
@@ -37,6 +41,7 @@ def _entry(row: sqlite3.Row) -> HistoryEntry:
         undoes=tuple(json.loads(row["undoes"])),
         note=row["note"],
         forced=bool(row["forced"]),
+        evidence=json.loads(row["evidence"]) if row["evidence"] is not None else None,
     )
 
 
@@ -75,10 +80,12 @@ class SqliteHistory:
         undoes: tuple[int, ...] = (),
         note: str | None = None,
         forced: bool = False,
+        evidence: Mapping[str, Any] | None = None,
     ) -> HistoryEntry:
         new_id = self.conn.execute(
             "INSERT INTO history (line, at, actor, action, version, experiment, from_state,"
-            " to_state, undoes, note, forced) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " to_state, undoes, note, forced, evidence)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 line,
                 at,
@@ -91,6 +98,7 @@ class SqliteHistory:
                 json.dumps(list(undoes)),
                 note,
                 int(forced),
+                None if evidence is None else json.dumps(evidence, sort_keys=True, allow_nan=False),
             ),
         ).lastrowid
         stored = self.conn.execute(

@@ -605,6 +605,23 @@ ALTER TABLE artifacts ADD COLUMN objective TEXT;
 ALTER TABLE jobs ADD COLUMN input_hash TEXT;
 """,
     ),
+    (
+        "0010_evidence",
+        """
+-- The figures a change was decided on (health, firing alerts, the verdict with n and p,
+-- drift by feature), as one JSON object on its history row: `enter` on a history entry and
+-- `beast history --json` show them. NULL for rows written before, or a change decided on
+-- nothing measured (a first deployment).
+ALTER TABLE history ADD COLUMN evidence TEXT CHECK (evidence IS NULL OR json_valid(evidence));
+
+-- How a test ended, kept with it: the verdict it ended with ('candidate wins', …; NULL when
+-- none was read) and the way it ended.
+ALTER TABLE experiments ADD COLUMN verdict TEXT;
+ALTER TABLE experiments ADD COLUMN ending TEXT CHECK (
+    ending IS NULL OR ending IN ('promoted on verdict', 'forced', 'aborted', 'auto-pulled')
+);
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"
