@@ -26,7 +26,7 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Input, Log, Static
+from textual.widgets import DataTable, Input, Log, Static
 
 from console import format as fmt
 from console import proposals, styles
@@ -34,6 +34,7 @@ from console.commands import ConsoleCommands
 from console.data import ConsoleData, fetch
 from console.dialogs import ConfirmScreen, DeployForm
 from console.gateway import Gateway
+from console.keybar import KeyBar, Shown
 from console.nudge import Nudge
 from console.panes import (
     ABPane,
@@ -156,7 +157,7 @@ class BeastConsole(App[None]):
             yield JobsPane(5, "Jobs", id="pane-5")
             yield Log(max_lines=200, id="actions", auto_scroll=True)
         yield Input(placeholder="filter rows (enter keeps it, escape clears)", id="filter")
-        yield Footer()
+        yield KeyBar(shown=self._key_shown, acting=_acting, id="keys")
 
     @property
     def main_screen(self) -> Screen[Any]:
@@ -215,7 +216,8 @@ class BeastConsole(App[None]):
         self._polling = False
         self.data = data
         if data.report is not None:
-            self.series.feed(data.report.versions)
+            at = fmt.epoch_of(data.report.generated_at)
+            self.series.feed(data.report.versions, None if at is None else int(at // 60))
         self._draw()
         for problem in set(data.problems) - self._problems:  # once, not on every poll
             self.log_action(problem)
@@ -254,7 +256,7 @@ class BeastConsole(App[None]):
         applicable = tuple(self.mutation_allowed(kind) for kind in MUTATIONS)
         if applicable != self._applicable:
             self._applicable = applicable
-            self.refresh_bindings()
+            main.query_one(KeyBar).redraw()
 
     @_while_mounted
     def _draw_metrics(self) -> None:
@@ -263,7 +265,12 @@ class BeastConsole(App[None]):
         row = data.row(key) if data is not None and key is not None else None
         report = data.version_report(key) if data is not None and key is not None else None
         series = self.series.get(key) if key is not None else None
-        self.main_screen.query_one(MetricsPane).draw(row, report, series, self._config)
+        self.main_screen.query_one(MetricsPane).draw(
+            row, report, series, self._config, ascii_only=self.ascii_only
+        )
+
+    def on_resize(self) -> None:
+        self._draw_header()
 
     def on_clock_tick(self) -> None:
         """Every second: the header's "updated Ns ago" moves on (nothing is read)."""
@@ -273,14 +280,27 @@ class BeastConsole(App[None]):
     def _draw_header(self) -> None:
         self.main_screen.query_one("#header", Static).update(self.header_text())
 
-    def header_text(self) -> Text:
-        """RO · PAUSED · workspace · engine state · health · updated Ns ago · host.
+    def header_text(self, width: int | None = None) -> Text:
+        """RO · PAUSED · workspace · engine state · health · updated Ns ago · host, on ONE
+        line of `width` columns (the terminal's by default).
 
-        Most important first: on a narrow terminal the header wraps to a second line and
-        the badges never fall off the edge.
+        The richest form that fits: the host goes first, then "updated Ns ago" shortens to
+        "Ns ago", the workspace label to its last part, the engine's pid, the brand, the
+        workspace and the age; the environment, RO, PAUSED, the engine state and the health
+        always stay (they come first, so even a cut line keeps them).
         """
+        width = width or self.size.width or 80
+        text = Text()
+        for level in range(len(_HEADER_LEVELS)):
+            text = self._header(*_HEADER_LEVELS[level])
+            if text.cell_len <= width:
+                return text
+        text.truncate(width, overflow="ellipsis")
+        return text
+
+    def _header(self, brand: bool, ws: str, pid: bool, age: str, host: bool) -> Text:
         data = self.data
-        text = Text(" beast ", style="bold")
+        text = Text(" beast " if brand else "", style="bold", no_wrap=True, overflow="ellipsis")
         if self.environment:
             text.append(
                 f" {fmt.safe(self.environment)} ", style=_environment_style(self.environment)
@@ -292,23 +312,28 @@ class BeastConsole(App[None]):
         if self.paused:
             text.append(" PAUSED ", style="bold reverse")
             text.append(" ")
-        text.append(f"· ws {fmt.safe(self.workspace_label)} · ")
-        text.append_text(self._engine_state(data))
+        if ws:
+            label = self.workspace_label if ws == "full" else _short(self.workspace_label)
+            text.append(f"· ws {fmt.safe(label)} · ")
+        text.append_text(self._engine_state(data, pid=pid))
         if data is None:
             text.append(" · loading…")
         else:
             text.append(" · health ")
             text.append_text(fmt.health_text(data.health, ascii_only=self.ascii_only))
-            text.append(f" · updated {fmt.age(self.clock() - data.fetched_at)} ago")
-        text.append(f" · {fmt.safe(self.host)}")
+            ago = fmt.age(self.clock() - data.fetched_at)
+            if age:
+                text.append(f" · updated {ago} ago" if age == "long" else f" · {ago} ago")
+        if host:
+            text.append(f" · {fmt.safe(self.host)}")
         return text
 
-    def _engine_state(self, data: ConsoleData | None) -> Text:
-        pid = data.engine_pid if data is not None else "unknown"
-        if isinstance(pid, int):
+    def _engine_state(self, data: ConsoleData | None, *, pid: bool = True) -> Text:
+        found = data.engine_pid if data is not None else "unknown"
+        if isinstance(found, int):
             on = "*" if self.ascii_only else "●"
-            return Text(f"engine {on} running (pid {pid})", style="green")
-        if pid is None:
+            return Text(f"engine {on} running" + (f" (pid {found})" if pid else ""), style="green")
+        if found is None:
             off = "o" if self.ascii_only else "○"
             return Text(f"engine {off} not running", style="yellow")
         return Text("engine ? unavailable", style="dim")
@@ -385,9 +410,7 @@ class BeastConsole(App[None]):
         rows = []
         keymap = self._keymap
         for binding in self.BINDINGS:
-            assert isinstance(binding, Binding)
-            if binding.action.startswith("mutate(") and not self.action_applies(binding.action):
-                continue
+            assert isinstance(binding, Binding)  # every key, applicable now or not
             key = keymap.get(binding.id or "", binding.key)
             rows.append((key.replace("question_mark", "?").replace("slash", "/"), _what(binding)))
         rows[1:1] = [("ctrl+p", "command palette"), ("tab", "next pane"), ("j / k", "down / up")]
@@ -434,9 +457,18 @@ class BeastConsole(App[None]):
     # -- mutations --------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "mutate":
-            return self.mutation_allowed(str(parameters[0]) if parameters else "")
+        # Every key answers: a mutation that does not apply runs `action_mutate`, which says
+        # why in a notice; hiding or disabling it here would swallow the key in silence.
         return True
+
+    def _key_shown(self, binding: Binding) -> Shown:
+        """How the footer draws a key: a mutation is hidden in read-only mode (pressed, it
+        still says why) and dimmed while it does not apply."""
+        if not binding.action.startswith("mutate("):
+            return "on"
+        if self.gateway.readonly:
+            return "hidden"
+        return "on" if self.action_applies(binding.action) else "dim"
 
     def action_applies(self, action: str) -> bool:
         """For the palette: an action string as bound to a key, applicable now?"""
@@ -446,21 +478,56 @@ class BeastConsole(App[None]):
 
     def mutation_allowed(self, kind: str) -> bool:
         """The one gate of every mutation: never in read-only mode; only when it applies."""
-        if self.gateway.readonly or kind not in MUTATIONS:
-            return False
-        if kind in ("promote", "abort") and self.data is not None:
-            line = self._line()
-            return line is not None and proposals.running_test(self.data, line) is not None
-        return True
+        return kind in MUTATIONS and self.why_not(kind) is None
+
+    def why_not(self, kind: str) -> str | None:
+        """Why the mutation `kind` does not apply now, as the notice its key shows (`P: no
+        A/B test is running`), or None when it does."""
+        key = self._key_of(kind)
+        if self.gateway.readonly:
+            return f"read-only console: {kind} refused"
+        data, line = self.data, self._line()
+        if data is None:
+            return f"{key}: nothing to act on yet (the first refresh is still running)"
+        if line is None:
+            return f"{key}: select a version of the line to act on"
+        if kind in ("promote", "abort") and proposals.running_test(data, line) is None:
+            return f"{key}: no A/B test is running" + self._on(line)
+        if kind == "rollback":
+            target = data.rollback_to.get(line, "refused: unknown")
+            if data.production(line) is None:
+                return f"{key}: nothing is deployed" + self._on(line)
+            if target.startswith("refused: "):
+                return f"{key}: no rollback target ({target.removeprefix('refused: ')})"
+        if kind == "deploy" and not self._free_versions(line):
+            return f"{key}: no free version to deploy (every registered one is serving)"
+        return None
+
+    def _on(self, line: str) -> str:
+        many = self.data is not None and len(self.data.status.lines) > 1
+        return f" on {line}" if many else ""
+
+    def _key_of(self, kind: str) -> str:
+        """The key bound to an action now (remapped keys as remapped)."""
+        binding = next(b for b in self.BINDINGS if isinstance(b, Binding) and b.id == kind)
+        return self._keymap.get(kind, binding.key)
+
+    def _free_versions(self, line: str) -> list[str]:
+        """Registered versions of `line` that serve nothing (one per artifact)."""
+        if self.data is None:
+            return []
+        serving = {d.version for d in self.data.status.deployments if d.line == line}
+        return [
+            v.version for v in self.data.versions if v.line == line and v.version not in serving
+        ]
 
     def action_mutate(self, kind: str) -> None:
-        if not self.mutation_allowed(kind):
-            self._report(f"{kind} is not available here", "warning")
+        why = self.why_not(kind) if kind in MUTATIONS else f"{kind}: no such action"
+        if why is not None or self.data is None:
+            self._report(why or f"{kind}: nothing to act on yet", "warning")
             return
         line = self._line()
-        if self.data is None or line is None:
-            self.notify("nothing to act on yet", severity="warning")
-            return
+        assert line is not None  # why_not said it applies
         if kind == "deploy":
             self._open_deploy_form(line)
             return
@@ -478,14 +545,7 @@ class BeastConsole(App[None]):
         return lines[0] if len(lines) == 1 else None
 
     def _open_deploy_form(self, line: str) -> None:
-        assert self.data is not None
-        serving = {d.version for d in self.data.status.deployments if d.line == line}
-        versions = [
-            v.version for v in self.data.versions if v.line == line and v.version not in serving
-        ]
-        if not versions:
-            self._report(f"deploy refused: no free registered version of {line}", "warning")
-            return
+        versions = self._free_versions(line)
         chosen = self.selected.split("/", 1)[1] if self.selected else None
 
         def submitted(request: DeployRequest | None) -> None:
@@ -541,6 +601,11 @@ def _outcome(action: str, result: Any) -> str:
     return f"{action}: {message}" + ("" if changed else " (nothing changed)")
 
 
+def _acting(binding: Binding) -> bool:
+    """The footer's second group: the keys that change something, and quit."""
+    return binding.action.startswith("mutate(") or binding.action == "quit"
+
+
 def _what(binding: Binding) -> str:
     words = {
         "focus_pane": "focus pane " + binding.action[-2:-1],
@@ -559,6 +624,27 @@ def _what(binding: Binding) -> str:
     action = binding.action
     head = action.split("(")[0] if action.startswith("focus_pane") else action
     return words.get(head, binding.description)
+
+
+# The header's forms, richest first: (brand, workspace "full" | "short" | "", engine pid,
+# age "long" | "short" | "", host). `header_text` takes the first that fits on one line.
+_HEADER_LEVELS: tuple[tuple[bool, str, bool, str, bool], ...] = (
+    (True, "full", True, "long", True),
+    (True, "full", True, "long", False),
+    (True, "full", True, "short", False),
+    (True, "short", True, "short", False),
+    (True, "short", False, "short", False),
+    (False, "short", False, "short", False),
+    (False, "", False, "short", False),
+    (False, "", False, "", False),
+)
+
+
+def _short(label: str, most: int = 16) -> str:
+    """A workspace label's last part, cut to `most` columns: `~/work/acme/.beast-mode` is
+    `.beast-mode`."""
+    tail = label.rstrip("/").rsplit("/", 1)[-1] or label
+    return tail if len(tail) <= most else tail[: most - 1] + "…"
 
 
 def _environment_style(name: str) -> str:

@@ -32,10 +32,17 @@ class VersionRow:
     traffic_bp: int
     since: str | None
     experiment: str | None
+    # The artifact's other names: aliases (ab-winner-T) and byte-identical copies.
+    aliases: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.line}/{self.version}"
+
+    @property
+    def label(self) -> str:
+        """`v3.0 (best, ab-winner-x)`: the version and its artifact's other names."""
+        return self.version + (f" ({', '.join(self.aliases)})" if self.aliases else "")
 
 
 @dataclass(frozen=True)
@@ -78,20 +85,37 @@ class ConsoleData:
 
 
 def version_rows(status: Status, models: ModelsReport | None) -> tuple[VersionRow, ...]:
-    """Serving versions first (production, candidate), then the registered rest."""
+    """One row per artifact: serving versions first (production, candidate), then the
+    registered rest. An artifact's other names (aliases, byte-identical copies) go with its
+    row, keyed by the name that serves, or its first name."""
+    artifacts = [a for a in (models.artifacts if models else ()) if a.status == "valid" and a.line]
+
+    def others(line: str, name: str) -> tuple[str, ...]:
+        found = next((a for a in artifacts if a.line == line and name in a.versions), None)
+        return tuple(v for v in found.versions if v != name) if found else ()
+
     rows = [
-        VersionRow(d.line, d.version, d.role, d.traffic_bp, d.since, d.experiment)
+        VersionRow(
+            d.line,
+            d.version,
+            d.role,
+            d.traffic_bp,
+            d.since,
+            d.experiment,
+            others(d.line, d.version),
+        )
         for d in status.deployments
     ]
     serving = {r.key for r in rows}
-    for artifact in models.artifacts if models else ():
-        if artifact.status != "valid" or artifact.line is None:
+    for artifact in artifacts:
+        line = artifact.line
+        assert line is not None
+        if not artifact.versions or any(f"{line}/{v}" in serving for v in artifact.versions):
             continue
-        for name in artifact.versions:
-            row = VersionRow(artifact.line, name, "registered", 0, artifact.registered_at, None)
-            if row.key not in serving:
-                serving.add(row.key)
-                rows.append(row)
+        first, *rest = artifact.versions
+        rows.append(
+            VersionRow(line, first, "registered", 0, artifact.registered_at, None, tuple(rest))
+        )
     return tuple(rows)
 
 

@@ -121,3 +121,9 @@ def sig(value: float | None, digits: int = 3) -> str:
         return f"{value:.{digits - 1}e}"
     decimals = max(0, digits - 1 - magnitude)
     return f"{rounded:.{decimals}f}"
+
+
+def setting(value: float) -> str:
+    """A configured threshold as written in config.toml (`0.75`, `250`, `0.01`): a setting,
+    not a measurement, so not rounded to `sig`'s three digits (`0.0100`)."""
+    return f"{value:g}"

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.widgets import DataTable, Label, Sparkline, Static
+from textual.widgets import DataTable, Label, Static
 
 from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
+from console.sparkline import MetricSpark, Scale, band
 from engine import Config, ExperimentReport, VersionReport
 
 Cells = tuple[Any, ...]
@@ -23,6 +25,9 @@ class SyncTable(DataTable[Any]):
     """A DataTable kept in step with a list of keyed rows: update, add, remove, reorder.
 
     The cursor follows its row key, so a refresh never moves what the operator points at.
+    Columns size to their content, growing and shrinking as cells change; the `flex` column
+    (free text: an alert's message, a job's result) is cut with `…` to the room the others
+    leave, and only when the table is narrower than its content.
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -30,13 +35,21 @@ class SyncTable(DataTable[Any]):
         Binding("k", "cursor_up", "Up", show=False, id="up"),
     ]
 
-    def __init__(self, columns: Sequence[tuple[str, str]], **kw: Any) -> None:
+    def __init__(
+        self, columns: Sequence[tuple[str, str]], *, flex: str | None = None, **kw: Any
+    ) -> None:
         super().__init__(cursor_type="row", zebra_stripes=False, **kw)
         self._columns = columns
+        self._flex = flex
+        self._wanted: list[tuple[str, Cells]] = []
 
     def on_mount(self) -> None:
         for key, label in self._columns:
             self.add_column(label, key=key)
+
+    def on_resize(self) -> None:
+        if self._wanted:
+            self.sync(self._wanted)
 
     @property
     def cursor_key(self) -> str | None:
@@ -47,6 +60,8 @@ class SyncTable(DataTable[Any]):
 
     def sync(self, rows: Sequence[tuple[str, Cells]]) -> None:
         """Make the table show `rows` (key, cells) in that order, keeping the cursor's row."""
+        self._wanted = list(rows)
+        rows = self._fit(rows)
         keep = self.cursor_key
         wanted = dict(rows)
         for gone in [k for k in list(self.rows) if k.value not in wanted]:
@@ -57,7 +72,9 @@ class SyncTable(DataTable[Any]):
                 old = self.get_row(key)
                 for column, value, before in zip(column_keys, cells, old, strict=True):
                     if value != before:
-                        self.update_cell(key, column, value)
+                        # The column follows its widest cell: `running` after `queued`
+                        # must not read `runnin`.
+                        self.update_cell(key, column, value, update_width=True)
             else:
                 self.add_row(*cells, key=key)
         order = {_plain(cells[0]): i for i, (_, cells) in enumerate(rows)}
@@ -68,6 +85,26 @@ class SyncTable(DataTable[Any]):
             if index != self.cursor_row:
                 self.move_cursor(row=index, animate=False)
 
+    def _fit(self, rows: Sequence[tuple[str, Cells]]) -> list[tuple[str, Cells]]:
+        """The rows with the flex column's cells cut to the room left, when there is less
+        room than text (an unmeasured table, before its first layout, cuts nothing)."""
+        width = self.scrollable_content_region.width
+        if self._flex is None or width <= 0 or not rows:
+            return list(rows)
+        keys = [key for key, _ in self._columns]
+        at = keys.index(self._flex)
+        pad = 2 * self.cell_padding
+        widths = [
+            max(cell_len(label), *(cell_len(_plain(cells[i])) for _, cells in rows)) + pad
+            for i, (_, label) in enumerate(self._columns)
+        ]
+        room = max(8, width - (sum(widths) - widths[at]) - pad)
+        if widths[at] - pad <= room:
+            return list(rows)
+        return [
+            (key, (*cells[:at], _cut(cells[at], room), *cells[at + 1 :])) for key, cells in rows
+        ]
+
     def _row_order(self) -> list[Any]:
         return sorted(self.rows, key=self.get_row_index)
 
@@ -75,6 +112,13 @@ class SyncTable(DataTable[Any]):
         # The first column holds each row's key text (unique), so it can carry the order.
         first = self._columns[0][0]
         self.sort(first, key=lambda cell: order.get(_plain(cell), len(order)))
+
+
+def _cut(cell: Any, width: int) -> Any:
+    text = cell.copy() if isinstance(cell, Text) else Text(str(cell))
+    if text.cell_len > width:
+        text.truncate(width, overflow="ellipsis")
+    return text
 
 
 def _plain(cell: Any) -> str:
@@ -122,7 +166,8 @@ class DeploymentsPane(Pane):
         many = len(data.status.lines) > 1
         rows = []
         for row in data.versions:
-            if needle and needle not in f"{row.key} {row.role} {row.experiment or ''}".lower():
+            words = f"{row.key} {' '.join(row.aliases)} {row.role} {row.experiment or ''}"
+            if needle and needle not in words.lower():
                 continue
             report = data.version_report(row.key)
             health = (
@@ -134,7 +179,7 @@ class DeploymentsPane(Pane):
                 (
                     row.key,
                     (
-                        fmt.cell(row.key if many else row.version),
+                        fmt.cell(f"{row.line}/{row.label}" if many else row.label),
                         _role(row),
                         fmt.percent(row.traffic_bp) if row.role != "registered" else "-",
                         health,
@@ -180,7 +225,7 @@ class MetricsPane(Pane):
         for metric, label in _ROWS:
             with Horizontal(classes="metric-row", id=f"metric-{metric}"):
                 yield Label(label, classes="metric-name")
-                yield Sparkline((), classes="metric-spark", id=f"spark-{metric}")
+                yield MetricSpark(classes="metric-spark", id=f"spark-{metric}")
                 yield Label("-", classes="metric-value", id=f"value-{metric}")
 
     @property
@@ -193,6 +238,8 @@ class MetricsPane(Pane):
         report: VersionReport | None,
         series: VersionSeries | None,
         config: Config,
+        *,
+        ascii_only: bool = False,
     ) -> None:
         self.query_one("#metrics-empty", Static).display = row is None or report is None
         if row is None:
@@ -206,41 +253,60 @@ class MetricsPane(Pane):
         self.query_one("#metric-primary .metric-name", Label).update("auc" if binary else "acc")
         self.query_one("#metric-second .metric-name", Label).update("acc" if binary else "mae")
         for metric, _ in _ROWS:
-            spark = self.query_one(f"#spark-{metric}", Sparkline)
             data = series.values(metric) if series is not None else ()
-            if tuple(spark.data or ()) != data:
-                spark.data = data
+            scale = _scale(metric, data, config, binary=binary)
+            self.query_one(f"#spark-{metric}", MetricSpark).show(data, scale, ascii_only=ascii_only)
             self.query_one(f"#value-{metric}", Label).update(values[metric])
+
+
+def _scale(metric: str, values: tuple[float | None, ...], config: Config, *, binary: bool) -> Scale:
+    """Each sparkline's band: its alert threshold in view, a ratio's ceiling at 1."""
+    t = config.thresholds
+    if metric == "primary":
+        least = t.auc_min if binary else t.accuracy_min
+        return band(values, threshold=least, ceiling=1.0)
+    if metric == "second" and binary:
+        return band(values, ceiling=1.0)
+    if metric == "p95":
+        return band(values, threshold=t.latency_max_ms, higher_is_better=False)
+    if metric == "errors":
+        return band(values, threshold=t.error_rate_max, higher_is_better=False)
+    if metric == "drift":
+        return band(values, threshold=t.drift_threshold, higher_is_better=False)
+    return band(values, higher_is_better=False)  # MAE, traffic: from 0 to their highest
 
 
 def _metric_values(report: VersionReport | None, config: Config) -> dict[str, str]:
     t = config.thresholds
     if report is None:
         return {metric: "-" for metric, _ in _ROWS}
-    w = report.window
+    w, sig = report.window, fmt.sig
     p95 = w.latency_ms()["p95"]
     drift = report.drift
-    psi = f" psi {fmt.num(drift.data, '{:.2f}')}" if drift.data is not None else ""
+    psi = f" psi {sig(drift.data)}" if drift.data is not None else ""
     # A drift figure names its baseline's source (reference file, training, first labels).
     source = _SOURCES.get(report.baseline.source or "", "") if drift.model is not None else ""
     if report.task == "binary":
-        primary = f"{fmt.num(w.auc)} (min {t.auc_min:g}) ll {fmt.num(w.log_loss, '{:.2f}')}"
-        second = (
-            f"{fmt.num(w.accuracy, '{:.2f}')} p {fmt.num(w.precision, '{:.2f}')}"
-            f" r {fmt.num(w.recall, '{:.2f}')} br {fmt.num(w.brier, '{:.2f}')}"
-        )
+        primary = f"{sig(w.auc)} (min {fmt.setting(t.auc_min)}) ll {sig(w.log_loss)}"
+        second = f"{sig(w.accuracy)} p {sig(w.precision)} r {sig(w.recall)} br {sig(w.brier)}"
     else:
-        primary = f"{fmt.num(w.accuracy)} (min {t.accuracy_min:g})"
+        primary = f"{sig(w.accuracy)} (min {fmt.setting(t.accuracy_min)})"
         tolerance = config.line(report.line).tolerance_points
-        second = f"{fmt.num(w.mae, '{:.2f}')} pts (±{tolerance:g} ok)"
+        second = f"{sig(w.mae)} pts (±{fmt.setting(tolerance)} ok)"
+    model = drift.model
     return {
         "primary": primary,
         "second": second,
-        "p95": f"{fmt.num(p95, '{:.1f}')} ms (max {t.latency_max_ms:g})",
-        "errors": f"{fmt.num(w.error_rate, '{:.3f}')} (max {t.error_rate_max:g})",
-        "traffic": f"{w.predictions} n, {fmt.percent(report.traffic_bp)}",
-        "drift": f"{fmt.num(drift.model, '{:.1%}')} (max {t.drift_threshold:.0%}){source}{psi}",
+        "p95": f"{sig(p95)} ms (max {fmt.setting(t.latency_max_ms)})",
+        "errors": f"{sig(w.error_rate)} (max {fmt.setting(t.error_rate_max)})",
+        "traffic": f"{sig(w.predictions)} pred, {sig(w.labelled)} lab,"
+        f" {fmt.percent(report.traffic_bp)}",
+        "drift": f"{_pct(model)} (max {fmt.setting(t.drift_threshold * 100)}%){source}{psi}",
     }
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{fmt.sig(ratio * 100)}%"
 
 
 _SOURCES = {"reference": " ref", "training": " train", "first_labelled": " 1st"}
@@ -260,6 +326,7 @@ class AlertsPane(Pane):
                 ("message", "alert"),
                 ("age", "age"),
             ],
+            flex="message",
             id="alerts-table",
             classes="pane-focus",
         )
@@ -297,14 +364,18 @@ class AlertsPane(Pane):
 
 
 class ABPane(Pane):
+    """Per arm: predictions (`pred`) and labelled predictions (`lab`), the metrics and p95,
+    all from the `ExperimentReport` whose verdict the line below reads: one source."""
+
     def compose(self) -> ComposeResult:
         yield SyncTable(
             [
                 ("arm", "arm"),
                 ("version", "version"),
-                ("n", "n"),
-                ("accuracy", "acc"),
-                ("mae", "mae"),
+                ("pred", "pred"),
+                ("lab", "lab"),
+                ("first", "acc"),
+                ("second", "mae"),
                 ("p95", "p95 ms"),
             ],
             id="ab-table",
@@ -315,6 +386,7 @@ class ABPane(Pane):
     def draw(self, data: ConsoleData) -> None:
         tests = data.report.experiments if data.report is not None else ()
         rows = []
+        sig = fmt.sig
         for test in tests:
             exp = test.experiment
             for arm, version, window in (
@@ -323,20 +395,20 @@ class ABPane(Pane):
             ):
                 share = exp.traffic_bp if arm == "candidate" else 10_000 - exp.traffic_bp
                 if test.task == "binary":  # the cells name their metric: auc, log loss
-                    first = f"auc {fmt.num(window.auc)}"
-                    second = f"ll {fmt.num(window.log_loss, '{:.2f}')}"
+                    first, second = f"auc {sig(window.auc)}", f"ll {sig(window.log_loss)}"
                 else:
-                    first, second = fmt.num(window.accuracy), fmt.num(window.mae, "{:.2f}")
+                    first, second = sig(window.accuracy), sig(window.mae)
                 rows.append(
                     (
                         f"{exp.name}:{arm}",
                         (
                             fmt.cell(f"{exp.name}:{arm}"),
                             fmt.cell(f"{version} {fmt.percent(share)}"),
-                            str(window.labelled),
+                            sig(window.predictions),
+                            sig(window.labelled),
                             first,
                             second,
-                            fmt.num(window.latency_ms()["p95"], "{:.1f}"),
+                            sig(window.latency_ms()["p95"]),
                         ),
                     )
                 )
@@ -348,11 +420,14 @@ class ABPane(Pane):
 
 
 def _verdict(test: ExperimentReport) -> str:
-    v = test.verdict
+    """`retrain-v3: inconclusive · lab 1,080 / 120 · acc p=0.412 · mae p=0.09 · reason`:
+    the labelled predictions per arm (control / candidate) the test was judged on."""
+    v, name = test.verdict, test.experiment.name
+    n = f"lab {fmt.sig(test.control.labelled)} / {fmt.sig(test.candidate.labelled)}"
     if test.task == "binary":
-        return f"{test.experiment.name}: {v.outcome} · auc p={fmt.p_value(v.auc_p)} · {v.reason}"
+        return f"{name}: {v.outcome} · {n} · auc p={fmt.p_value(v.auc_p)} · {v.reason}"
     return (
-        f"{test.experiment.name}: {v.outcome} · acc p={fmt.p_value(v.accuracy_p)}"
+        f"{name}: {v.outcome} · {n} · acc p={fmt.p_value(v.accuracy_p)}"
         f" · mae p={fmt.p_value(v.mae_p)} · {v.reason}"
     )
 
@@ -370,6 +445,7 @@ class JobsPane(Pane):
                 ("progress", "progress"),
                 ("result", "result"),
             ],
+            flex="result",
             id="jobs-table",
             classes="pane-focus",
         )
@@ -387,7 +463,7 @@ class JobsPane(Pane):
                     f"#{job.id}",
                     fmt.cell(job.trigger),
                     job.status,
-                    f"{job.progress:.0%}",
+                    f"{fmt.sig(job.progress * 100)}%",
                     fmt.cell(
                         _job_result(job.status, job.version, job.deployed, job.reason, job.error)
                         or job.message

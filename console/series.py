@@ -1,13 +1,14 @@
-"""Bounded per-version metric histories that feed the sparklines.
+"""Bounded per-version metric histories that feed the sparklines, a value per MINUTE.
 
-Per-minute points come from the engine's rollups (merged by minute, so the current minute is
-updated in place); drift has no per-minute history in the store, so it is sampled once per
-poll. Each series is a bounded deque; a sparkline is handed a fresh tuple of it.
+Per-minute points come from the engine's rollups (`VersionReport.series`, merged by minute,
+so the current minute is updated in place); drift has no per-minute history in the store, so
+it is sampled once per poll, into the minute of the report. `values` lays the last POINTS
+minutes side by side up to the report's own minute, with None for a minute without data: a
+minute with no traffic is a gap on screen, never a value.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from engine import MinutePoint, VersionReport
@@ -27,31 +28,49 @@ _PICK: dict[str, Callable[[MinutePoint], float | None]] = {
 
 
 class VersionSeries:
-    """The last POINTS values of each metric of one version."""
+    """The last POINTS minutes of each metric of one version."""
 
     def __init__(self) -> None:
-        self._minutes: deque[MinutePoint] = deque(maxlen=POINTS)
-        self._drift: deque[float] = deque(maxlen=POINTS)
+        self._minutes: dict[int, MinutePoint] = {}
+        self._drift: dict[int, float] = {}
         self._binary = False
+        self.last_minute: int | None = None
 
-    def feed(self, report: VersionReport) -> None:
+    def feed(self, report: VersionReport, minute: int | None = None) -> None:
+        """Take a report's minutes; `minute` is the report's own (now), the right edge."""
         self._binary = report.task == "binary"
         for point in report.series:
-            if self._minutes and point.minute < self._minutes[-1].minute:
-                continue
-            if self._minutes and point.minute == self._minutes[-1].minute:
-                self._minutes[-1] = point
-            else:
-                self._minutes.append(point)
+            self._minutes[point.minute] = point
+        newest = max(self._minutes, default=None)
+        now = minute if minute is not None else newest
+        if now is None:
+            return
+        self.last_minute = max(now, self.last_minute or now)
         drift = report.drift.model if report.drift.model is not None else report.drift.data
         if drift is not None:
-            self._drift.append(drift)
+            self._drift[now] = drift
+        oldest = self.last_minute - POINTS + 1
+        for book in (self._minutes, self._drift):
+            for gone in [m for m in book if m < oldest]:
+                del book[gone]
 
-    def values(self, metric: str) -> tuple[float, ...]:
+    def values(self, metric: str) -> tuple[float | None, ...]:
+        """The metric minute by minute, oldest first, None where a minute has no value."""
+        if self.last_minute is None:
+            return ()
+        minutes = range(self.last_minute - POINTS + 1, self.last_minute + 1)
         if metric == "drift":
-            return tuple(self._drift)
-        pick = _PICK[f"{metric}-binary" if self._binary and metric == "second" else metric]
-        return tuple(float(v) for v in (pick(p) for p in self._minutes) if v is not None)
+            found: list[float | None] = [self._drift.get(m) for m in minutes]
+        else:
+            pick = _PICK[f"{metric}-binary" if self._binary and metric == "second" else metric]
+            points = [self._minutes.get(m) for m in minutes]
+            found = [None if p is None else _float(pick(p)) for p in points]
+        first = next((i for i, v in enumerate(found) if v is not None), len(found))
+        return tuple(found[first:])  # from the first minute with data: no leading blanks
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 class SeriesBook:
@@ -60,12 +79,12 @@ class SeriesBook:
     def __init__(self) -> None:
         self._by_key: dict[str, VersionSeries] = {}
 
-    def feed(self, reports: tuple[VersionReport, ...]) -> None:
+    def feed(self, reports: tuple[VersionReport, ...], minute: int | None = None) -> None:
         keys = set()
         for report in reports:
             key = f"{report.line}/{report.version}"
             keys.add(key)
-            self._by_key.setdefault(key, VersionSeries()).feed(report)
+            self._by_key.setdefault(key, VersionSeries()).feed(report, minute)
         for gone in set(self._by_key) - keys:
             del self._by_key[gone]
 

@@ -4,8 +4,7 @@ CSS = """
 /* beast console. Two columns from 100 columns up, one scrolling column below. */
 
 #header {
-    height: auto;
-    max-height: 2;
+    height: 1;
     background: $boost;
 }
 
@@ -50,7 +49,7 @@ Screen.-narrow Pane DataTable { height: auto; max-height: 8; }
 .metric-row { height: 1; }
 .metric-name { width: 6; }
 .metric-spark { width: 1fr; height: 1; min-width: 8; }
-.metric-value { width: 30; padding-left: 1; }
+.metric-value { width: 34; padding-left: 1; }
 #metrics-empty { height: 1; color: $text-muted; }
 
 #ab-verdict { height: auto; max-height: 3; padding: 0 1; }

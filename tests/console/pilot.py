@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import DataTable
 
@@ -68,3 +70,27 @@ def action_log(app: BeastConsole) -> str:
     from textual.widgets import Log
 
     return "\n".join(app.query_one("#actions", Log).lines)
+
+
+def screen_lines(app: BeastConsole) -> list[str]:
+    """The screen as text, a line per terminal row: what an operator reads (the way
+    `App.export_screenshot` renders it, without the colours)."""
+    width, height = app.size
+    console = Console(
+        width=width,
+        height=height,
+        file=io.StringIO(),
+        force_terminal=True,
+        color_system=None,
+        record=True,
+        legacy_windows=False,
+        safe_box=False,
+    )
+    console.print(app.screen._compositor.render_update(full=True))
+    lines = console.export_text().split("\n")
+    return [line.rstrip() for line in lines[:height]]
+
+
+def notices(app: BeastConsole) -> list[str]:
+    """The notifications (toasts) shown so far, oldest first."""
+    return [str(n.message) for n in app._notifications]

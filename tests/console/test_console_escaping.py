@@ -112,7 +112,7 @@ def test_stored_text_draws_escaped_in_panes_details_dialog_and_log(
         assert last.endswith("refused: evil[bold]\\n\\u202eline-v2.0.json")
         assert_safe(action_log(app))
 
-    drive(make_app(gateway), scenario)
+    drive(make_app(gateway), scenario, size=(200, 50))  # room for every alert's whole text
 
 
 def test_escaping_leaves_ordinary_names_alone(serving: Workspace, gateway: Gateway) -> None:

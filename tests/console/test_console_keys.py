@@ -10,25 +10,37 @@ from console.app import BeastConsole
 from console.commands import ConsoleCommands
 from console.dialogs import ConfirmScreen
 from console.gateway import Gateway, ReadOnlyRefused
+from console.keybar import KeyBar
 from console.screens import DetailsScreen, HelpScreen
 from engine import Engine, Expect, Workspace
-from tests.console.pilot import action_log, drive, make_app, press, rows, settle, state
+from tests.console.pilot import (
+    action_log,
+    drive,
+    make_app,
+    notices,
+    press,
+    rows,
+    settle,
+    state,
+)
+from tests.helpers import model_path, train_model
 
 
-def test_readonly_hides_and_refuses_every_mutation(testing: Workspace) -> None:
+def test_readonly_hides_the_mutation_keys_and_each_says_why(testing: Workspace) -> None:
     gateway = Gateway(testing, readonly=True)
     app = make_app(gateway)
 
     async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
         assert "RO read-only" in app.header_text().plain
-        footer_keys = {b.binding.id for b in app.screen.active_bindings.values()}
-        assert footer_keys.isdisjoint({"rollback", "promote", "abort", "retrain", "deploy"})
-        for action in ("rollback", "promote", "abort", "retrain", "deploy"):
-            assert app.check_action("mutate", (action,)) is False
+        footer = {word for _, word, _, _ in app.query_one(KeyBar).items}
+        assert footer.isdisjoint({"Rollback", "Promote", "Abort", "Retrain", "Deploy"})
+        assert {"Help", "Quit"} <= footer
         await press(app, pilot, "R", "P", "A", "T", "D")
         assert not isinstance(app.screen, ConfirmScreen)
-        app.action_mutate("rollback")  # even a direct call is refused, with a reason
-        assert "rollback is not available here" in action_log(app)
+        said = notices(app)
+        for action in ("rollback", "promote", "abort", "retrain", "deploy"):
+            assert f"read-only console: {action} refused" in said
+            assert not app.mutation_allowed(action)
         palette = [c[0] for c in ConsoleCommands.__dict__["_available"](_Commands(app))]
         assert palette and not any(text.startswith(("Deploy", "Retrain")) for text in palette)
 
@@ -40,6 +52,60 @@ def test_readonly_hides_and_refuses_every_mutation(testing: Workspace) -> None:
     finally:
         gateway.close()
     assert state(testing) == before
+
+
+def _said(ws: Workspace, *keys: str) -> tuple[list[str], dict[str, str]]:
+    """(the notices after pressing `keys`, how the footer draws each key), nothing changed."""
+    gateway = Gateway(ws, actor="console-test")
+    app = make_app(gateway)
+    shown: dict[str, str] = {}
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        shown.update({key: how for key, _, how, _ in app.query_one(KeyBar).items})
+        await press(app, pilot, *keys)
+        assert not isinstance(app.screen, ConfirmScreen)
+
+    before = state(ws)
+    try:
+        drive(app, scenario)
+    finally:
+        gateway.close()
+    assert state(ws) == before
+    return notices(app), shown
+
+
+def test_promote_and_abort_without_a_test_say_so_and_are_dimmed(serving: Workspace) -> None:
+    said, shown = _said(serving, "P", "A")
+    assert said == ["P: no A/B test is running", "A: no A/B test is running"]
+    assert shown["P"] == shown["A"] == "dim" and shown["R"] == shown["T"] == "on"
+
+
+def test_rollback_with_nothing_deployed_says_so(registered: Workspace) -> None:
+    said, shown = _said(registered, "R")
+    assert said == ["R: nothing is deployed"] and shown["R"] == "dim"
+
+
+def test_rollback_without_a_target_says_why(registered: Workspace) -> None:
+    engine = Engine(registered, actor="setup")
+    try:
+        engine.deploy(version="v1.0")
+    finally:
+        engine.close()
+    said, _ = _said(registered, "R")
+    assert len(said) == 1 and said[0].startswith("R: no rollback target ("), said
+
+
+def test_deploy_with_no_free_version_says_so(workspace: Workspace) -> None:
+    path = train_model(model_path(workspace, "v1.0"), seed=1)
+    engine = Engine(workspace, actor="setup")
+    try:
+        engine.register(path)
+        engine.deploy(version="v1.0")
+    finally:
+        engine.close()
+    said, shown = _said(workspace, "D")
+    assert said == ["D: no free version to deploy (every registered one is serving)"]
+    assert shown["D"] == "dim"
 
 
 class _Commands:

@@ -32,4 +32,4 @@ def test_the_alerts_pane_shows_a_firing_prediction_log_alert(
         lost = [c for c in cells if "prediction log lost 4 acknowledged" in c]
         assert len(lost) == 1 and "firing" in lost[0] and "CRIT" in lost[0].upper(), cells
 
-    drive(app, scenario)
+    drive(app, scenario, size=(200, 50))  # room for the whole message: it is cut at 120
