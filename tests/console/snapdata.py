@@ -36,10 +36,13 @@ def freeze_engine_time(monkeypatch: pytest.MonkeyPatch, at: float = FROZEN) -> N
     monkeypatch.setattr("engine.monitoring.report.utc_now", lambda: iso(at))
 
 
-def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 10%), 30 minutes of traffic."""
+def build(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch, at: float = FROZEN, unlabelled_every: int = 0
+) -> None:
+    """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 10%), 30 minutes of traffic, all
+    before `at` (FROZEN for pictures; now for a test that also asks the real CLI)."""
     for hours, step in ((3, "v1.0"), (2, "v2.0"), (1, "v3.0")):
-        monkeypatch.setattr("engine.deploy.service.utc_now", lambda h=hours: iso(FROZEN - h * 3600))
+        monkeypatch.setattr("engine.deploy.service.utc_now", lambda h=hours: iso(at - h * 3600))
         engine = Engine(ws, actor="ops")
         try:
             if step == "v3.0":
@@ -48,17 +51,20 @@ def build(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
                 engine.deploy(version=step)
         finally:
             engine.close()
-    freeze_engine_time(monkeypatch)
-    _traffic(ws)
+    freeze_engine_time(monkeypatch, at)
+    traffic(ws, at, unlabelled_every)
     engine = Engine(ws, actor="ops")
     try:
         engine.monitoring.evaluate(pull=False)  # the alerts fire, at the frozen time
     finally:
         engine.close()
-    _fix_registration_stamps(ws)
+    _fix_registration_stamps(ws, at)
 
 
-def _traffic(ws: Workspace) -> None:
+def traffic(ws: Workspace, at: float = FROZEN, unlabelled_every: int = 0) -> None:
+    """30 minutes of fixed-seed traffic up to `at`, on production v2.0 and candidate v3.0 of
+    A/B test retrain-v3, labelled (the candidate worse, both drifting): every prediction, or
+    all but every `unlabelled_every`-th (the same draws either way)."""
     rng = np.random.default_rng(7)
     engine = Engine(ws)
     try:
@@ -69,8 +75,9 @@ def _traffic(ws: Workspace) -> None:
     log = PredictionLog(ws.db_path, tolerance=5.0)
     log.store.migrate()
     labelled: list[tuple[str, float]] = []
+    made = 0
     for minute in range(30, 0, -1):
-        at_ms = int((FROZEN - minute * 60) * 1000)
+        at_ms = int((at - minute * 60) * 1000)
         for version, arm, n, err in (
             ("v2.0", "production", 36, 3.0),
             ("v3.0", "candidate", 4, 9.0),
@@ -93,27 +100,28 @@ def _traffic(ws: Workspace) -> None:
                 )
                 log.submit(record)
                 drift = err * (1 + (30 - minute) / 30)
-                labelled.append((record.pid, score + float(rng.normal(0, drift))))
+                actual = score + float(rng.normal(0, drift))
+                made += 1
+                if not unlabelled_every or made % unlabelled_every:
+                    labelled.append((record.pid, actual))
     log.close()
     conn = db(ws)
     try:
         with conn:
             for pid, actual in labelled:
-                labels.label(
-                    SqliteTx(conn), pid, actual, labels.Contracts(), now_ms=int(FROZEN * 1000)
-                )
+                labels.label(SqliteTx(conn), pid, actual, labels.Contracts(), now_ms=int(at * 1000))
     finally:
         conn.close()
 
 
-def _fix_registration_stamps(ws: Workspace) -> None:
+def _fix_registration_stamps(ws: Workspace, at: float) -> None:
     """The template registered its models at real time, as the OS user: pin both."""
     conn = db(ws)
     try:
         with conn:
             conn.execute(
                 "UPDATE artifacts SET registered_at = ?, registered_by = 'ops'",
-                (iso(FROZEN - 4 * 3600),),
+                (iso(at - 4 * 3600),),
             )
     finally:
         conn.close()
