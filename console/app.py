@@ -82,6 +82,8 @@ class BeastConsole(App[None]):
     # Textual declares this an instance attribute; a class-level list is how it is meant to be set.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]  # noqa: RUF012
     COMMANDS = App.COMMANDS | {ConsoleCommands}
+    # A maximized pane keeps the header (engine, health, RO) and every key above and below it.
+    ALLOW_IN_MAXIMIZED_VIEW = "#header, KeyBar"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", id="help"),
         *(

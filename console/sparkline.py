@@ -46,13 +46,15 @@ def band(
 ) -> Scale:
     """The scale of a metric: from the worst of its data and its threshold to `ceiling`
     (1 for a ratio that is better higher), or from 0 to the worst of both when lower is
-    better; the data's own range when there is neither."""
+    better (a flat series without a threshold: from 0 to twice its value)."""
     seen = [v for v in values if v is not None and not math.isnan(v)]
     if higher_is_better:
         floor = min([*seen, *([threshold] if threshold is not None else [])], default=0.0)
         top = ceiling if ceiling is not None else max(seen, default=1.0)
         return Scale(floor, max(top, floor), threshold, True)
     top = max([*seen, *([threshold] if threshold is not None else [])], default=1.0)
+    if threshold is None and seen and min(seen) == top:
+        top *= 2  # a flat series with nothing to compare it to sits mid-height, not full
     return Scale(0.0, top, threshold, False)
 
 

@@ -4,6 +4,7 @@ CSS = """
 /* beast console. Two columns from 100 columns up, one scrolling column below. */
 
 #header {
+    dock: top;
     height: 1;
     background: $boost;
 }
@@ -60,6 +61,10 @@ Screen.-narrow Pane DataTable { height: auto; max-height: 8; }
 }
 
 Screen.-narrow #actions { height: 5; }
+
+/* A maximized pane fills the screen between the header and the keys, at any width. */
+Screen Pane.-maximized { height: 1fr; max-height: 100%; }
+Screen Pane.-maximized DataTable { height: 1fr; max-height: 100%; }
 
 #filter { display: none; dock: bottom; margin-bottom: 1; }
 

@@ -86,7 +86,7 @@ def traffic(ws: Workspace, at: float = FROZEN, unlabelled_every: int = 0) -> Non
             for _ in range(n):
                 score = float(rng.uniform(40, 90))
                 record = Record(
-                    ids.new_id(at_ms),
+                    _pid(at_ms, made),
                     at_ms,
                     LINE,
                     vid[version],
@@ -112,6 +112,16 @@ def traffic(ws: Workspace, at: float = FROZEN, unlabelled_every: int = 0) -> Non
                 labels.label(SqliteTx(conn), pid, actual, labels.Contracts(), now_ms=int(at * 1000))
     finally:
         conn.close()
+
+
+def _pid(at_ms: int, n: int) -> str:
+    """A prediction id as `ids.new_id(at_ms)` makes it, numbered instead of random: which
+    predictions come first within a minute (a first-labelled baseline, a sample) is the same
+    on every run, so the pictures are."""
+    fresh = int(ids.new_id(at_ms), 16)
+    # UUIDv7: time (48 bits) | version (4) | rand_a (12) | variant (2) | rand_b (62).
+    keep = ((1 << 48) - 1) << 80 | 0xF << 76 | 0b11 << 62
+    return (fresh & keep | n).to_bytes(16, "big").hex()
 
 
 def _fix_registration_stamps(ws: Workspace, at: float) -> None:
