@@ -4,6 +4,8 @@ A tmux server of the test's own (`-S`, a socket in a fresh directory) runs the c
 120×40 on a workspace with production v2.0 (v1.0 before it). `send-keys` presses `R` and
 confirms with `y`; `capture-pane -p` shows the dialog and the result; `beast status --json`
 must say the same; and killing the tmux session must end the console process within 2 s.
+A second session at 80×24, the design size, reads every key of the footer and the one-line
+header off the real terminal.
 """
 
 from __future__ import annotations
@@ -107,3 +109,38 @@ def test_rollback_in_tmux_then_kill_session_ends_the_console(
     while _alive(pid) and time.monotonic() - start < 2.0:
         time.sleep(0.02)
     assert not _alive(pid), "the console outlived its tmux session by more than 2 s"
+
+
+KEYS_AT_80 = (
+    "? Help",
+    "/ Filter",
+    "z Zoom",
+    "p Pause",
+    "^r Refresh",
+    "^p palette",
+    "R Rollback",
+    "P Promote",
+    "A Abort",
+    "T Retrain",
+    "D Deploy",
+    "q Quit",
+)
+
+
+def test_every_key_shows_at_80x24_and_the_header_is_one_line(
+    serving: Workspace, tmux: Tmux
+) -> None:
+    command = [sys.executable, "-m", "engine.cli.main", "--workspace", str(serving.root), "console"]
+    tmux("new-session", "-d", "-s", SESSION, "-x", "80", "-y", "24", "-c", str(REPO), *command)
+    shown = tmux.wait_for("Deployments", "v2.0", "q Quit", "health")
+    lines = shown.rstrip("\n").split("\n")
+    assert len(lines) == 24, shown
+    footer = "\n".join(lines[-2:])  # what looks, then what acts: two lines at 80 columns
+    for key in KEYS_AT_80:
+        assert key in footer, f"{key!r} not in the footer:\n{shown}"
+    assert "engine" in lines[0] and "health" in lines[0], shown
+    assert lines[1].startswith("╭─ 1 Deployments"), shown  # the header took one line
+    assert all(len(line) <= 80 for line in lines)
+    tmux("send-keys", "-t", SESSION, "P")  # no A/B test: the key says so
+    tmux.wait_for("P: no A/B test is running", timeout_s=15)
+    tmux("send-keys", "-t", SESSION, "q")
