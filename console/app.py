@@ -370,8 +370,10 @@ class BeastConsole(App[None]):
         focused = screen.focused
         chain = (focused, *focused.ancestors) if focused is not None else ()
         pane = next((a for a in chain if isinstance(a, Pane)), None)
-        if pane is not None:
-            screen.maximize(pane, container=False)
+        if pane is None:
+            self.notify("z: focus a pane first (1–5)", severity="warning", markup=False)
+            return
+        screen.maximize(pane, container=False)
 
     def action_filter(self) -> None:
         box = self.main_screen.query_one("#filter", Input)

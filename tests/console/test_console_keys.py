@@ -243,3 +243,15 @@ def test_the_palette_runs_rollback(serving: Workspace, gateway: Gateway) -> None
 
     drive(app, scenario)
     assert state(serving)[0] == "v1.0"
+
+
+def test_z_with_no_pane_focused_says_so(gateway: Gateway) -> None:
+    app = make_app(gateway)
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        app.set_focus(None)
+        await press(app, pilot, "z")
+        assert app.screen.maximized is None
+        assert notices(app) == ["z: focus a pane first (1–5)"]
+
+    drive(app, scenario)
