@@ -293,8 +293,8 @@ class BeastConsole(App[None]):
         """
         width = width or self.size.width or 80
         text = Text()
-        for level in range(len(_HEADER_LEVELS)):
-            text = self._header(*_HEADER_LEVELS[level])
+        for level in _HEADER_LEVELS:
+            text = self._header(*level)
             if text.cell_len <= width:
                 return text
         text.truncate(width, overflow="ellipsis")
