@@ -149,6 +149,26 @@ class HistoryEntry:
     # drift by feature), None when nothing measured stood behind it.
     evidence: dict[str, Any] | None = None
 
+    def evidence_summary(self) -> str:
+        """The evidence in one line for people ("" without any): `health critical; 2 alerts;
+        verdict inconclusive n 514/47` (n: labelled predictions, control/candidate)."""
+        found = self.evidence
+        if not found:
+            return ""
+        alerts = found.get("alerts") or []
+        parts = [
+            f"health {found.get('health', '?')}",
+            f"{len(alerts)} alert{'' if len(alerts) == 1 else 's'}",
+        ]
+        test = found.get("test")
+        if isinstance(test, dict):
+            arms = test.get("arms") or {}
+            n = "/".join(
+                str((arms.get(arm) or {}).get("labelled", "?")) for arm in ("control", "candidate")
+            )
+            parts.append(f"verdict {test.get('verdict', '?')} n {n}")
+        return "; ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["from_state"] = self.from_state.to_json()
