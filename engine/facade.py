@@ -222,6 +222,21 @@ class Engine:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
         return self.monitoring.report(window=window, model=model)
 
+    def incident_report(self, out_dir: Path, *, window: str = "1h") -> tuple[Path, Path]:
+        """Write the incident snapshot into `out_dir`: beast-report-TIME.md and its JSON (the
+        source the Markdown is rendered from); return (markdown, json).
+
+        Status, firing alerts, metrics per window of every serving version, the running
+        tests' figures per arm, drift by feature and the last 50 history entries with their
+        evidence. Reads only (alerts as the last evaluation left them); each file is written
+        atomically. An unwritable directory is a BeastError naming it.
+        """
+        from engine.monitoring import incident  # numpy: only the report pays
+
+        report = self.report(window=window)
+        doc = incident.document(self.status(), report, self.history(), str(self.workspace.root))
+        return incident.write(Path(out_dir), doc)
+
     # -- registry -------------------------------------------------------------------------
 
     def register(

@@ -7,11 +7,11 @@ rows written before the edge checks existed print as safely as new ones.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.core import tasks, text
+from engine.core.figures import pct, sig, signed
 from engine.core.records import (
     DoctorReport,
     Experiment,
@@ -209,33 +209,6 @@ def doctor(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
-def sig(value: float | None, digits: int = 3) -> str:
-    """A number for people, as the console shows it (console.format.sig): `digits`
-    significant digits below 10^(digits-1), whole and grouped above (`0.821`, `41.2`,
-    `1,653`); `-` for none or NaN. JSON keeps full precision."""
-    if value is None or math.isnan(value):
-        return "-"
-    if math.isinf(value) or abs(value) >= 10 ** (digits - 1) - 0.5:
-        return str(value) if math.isinf(value) else f"{round(value):,}"
-    if value == 0:
-        return "0"
-    magnitude = math.floor(math.log10(abs(value)))
-    # Rounding may carry into the next power of ten (0.9996 → 1.00): measure after it.
-    rounded = round(value, digits - 1 - magnitude)
-    magnitude = math.floor(math.log10(abs(rounded)))
-    if magnitude < -4:
-        return f"{value:.{digits - 1}e}"
-    return f"{rounded:.{max(0, digits - 1 - magnitude)}f}"
-
-
-def _pct(value: float | None) -> str:
-    """A relative change in percent, three significant digits (`+12.3%`)."""
-    if value is None or math.isnan(value):
-        return "-"
-    shown = sig(abs(value) * 100)
-    return f"{'-' if value < 0 else '+'}{shown}%"
-
-
 # Each task's metric columns: (JSON key, header), engine.core.tasks.METRICS' order.
 _METRIC_COLUMNS = {
     tasks.REGRESSION: (("accuracy", "ACCURACY"), ("mae", "MAE"), ("rmse", "RMSE")),
@@ -304,7 +277,7 @@ def _version_table(task: str, versions: list[VersionReport]) -> str:
                 *(sig(found[key]) for key, _ in columns),
                 sig(v.window.latency_ms()["p95"]),
                 sig(v.window.error_rate),
-                _pct(v.drift.model),
+                pct(v.drift.model),
                 v.baseline.source or "-",
                 sig(v.drift.data),
                 v.health,
@@ -351,7 +324,7 @@ def experiment(e: ExperimentReport) -> str:
         (verdict.auc_diff, verdict.auc_p) if binary else (verdict.accuracy_diff, verdict.accuracy_p)
     )
     head = f"A/B {e.experiment.name}: {verdict.outcome} ({verdict.reason})"
-    figures = f"  {verdict.metric} diff {_signed(diff)}, p {sig(p)}"
+    figures = f"  {verdict.metric} diff {signed(diff)}, p {sig(p)}"
     return "\n".join(
         [
             text.escape(head),
@@ -359,8 +332,3 @@ def experiment(e: ExperimentReport) -> str:
             figures,
         ]
     )
-
-
-def _signed(value: float | None) -> str:
-    shown = sig(value)
-    return shown if shown == "-" or shown.startswith("-") else f"+{shown}"
