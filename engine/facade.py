@@ -9,9 +9,9 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engine.core import history_export as history
 from engine.core import text
@@ -222,6 +222,21 @@ class Engine:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
         return self.monitoring.report(window=window, model=model)
 
+    def incident_report(self, out_dir: Path, *, window: str = "1h") -> tuple[Path, Path]:
+        """Write the incident snapshot into `out_dir`: beast-report-TIME.md and its JSON (the
+        source the Markdown is rendered from); return (markdown, json).
+
+        Status, firing alerts, metrics per window of every serving version, the running
+        tests' figures per arm, drift by feature and the last 50 history entries with their
+        evidence. Reads only (alerts as the last evaluation left them); each file is written
+        atomically. An unwritable directory is a BeastError naming it.
+        """
+        from engine.monitoring import incident  # numpy: only the report pays
+
+        report = self.report(window=window)
+        doc = incident.document(self.status(), report, self.history(), str(self.workspace.root))
+        return incident.write(Path(out_dir), doc)
+
     # -- registry -------------------------------------------------------------------------
 
     def register(
@@ -288,7 +303,9 @@ class Engine:
         """The candidate of a running test becomes production at 100%, aliased ab-winner-TEST.
 
         It follows the test's verdict: only "candidate wins" promotes; `force` overrides any
-        other verdict and is recorded as forced.
+        other verdict and is recorded as forced. The verdict it was decided on, with the
+        line's health, firing alerts and drift (one monitoring report), is kept with the
+        history row (`HistoryEntry.evidence`) and the test (`Experiment.verdict`, `ending`).
         """
         _check_entry(note, expect, test=test)
         found = self.experiment(test)
@@ -302,20 +319,37 @@ class Engine:
         expect: Expect | None = None,
         reason: str = "aborted",
         actor: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
+        pulled: bool = False,
     ) -> Change:
         """End a running test: the candidate goes to 0%, production back to 100%.
 
-        `actor` names an automatic caller (the monitor's auto-pull) instead of the OS user.
+        `actor` names an automatic caller (the monitor's auto-pull) instead of the OS user;
+        `pulled`: the test ends as auto-pulled, not aborted. `evidence`: the figures the
+        decision read (the auto-pull's report); without it, the line's monitoring report is
+        read now. Kept with the history row, the verdict in it with the test.
         """
         _check_entry(note, expect, test=test)
         if actor is not None:
             acting = Engine(self.workspace, actor=actor)
             try:
-                return acting.abort(test, note=note, expect=expect, reason=reason)
+                return acting.abort(
+                    test, note=note, expect=expect, reason=reason, evidence=evidence, pulled=pulled
+                )
             finally:
                 acting.close()
         found = self.experiment(test)
-        return self._deploys().abort(found, reason=reason, note=note, expect=expect)
+        if evidence is None:
+            evidence = self._evidence(found.line, found.name)
+        return self._deploys().abort(
+            found,
+            reason=reason,
+            note=note,
+            expect=expect,
+            ending="auto-pulled" if pulled else "aborted",
+            verdict=_verdict(evidence),
+            evidence=evidence,
+        )
 
     def rollback(
         self,
@@ -325,10 +359,17 @@ class Engine:
         note: str | None = None,
         expect: Expect | None = None,
     ) -> Change:
-        """Back to the production before the newest change, or to a named version."""
+        """Back to the production before the newest change, or to a named version.
+
+        The line's health, firing alerts, running test's verdict and drift (one monitoring
+        report, read first) are kept with the history row as its evidence.
+        """
         _check_entry(note, expect, version=version)
         line = self._line(model)
-        return self._deploys().rollback(line, version, note=note, expect=expect)
+        evidence = self._evidence(line)
+        return self._deploys().rollback(
+            line, version, note=note, expect=expect, verdict=_verdict(evidence), evidence=evidence
+        )
 
     # -- retraining -----------------------------------------------------------------------
 
@@ -463,10 +504,21 @@ class Engine:
         with self.store.read() as tx:
             return tx.registry.get_version(line, version), None
 
-    def _judge(self, found: Experiment) -> tuple[str, str]:
-        """A running test's verdict (outcome, reason), from its monitoring report."""
-        judged = self.monitoring.experiment(found).verdict
-        return judged.outcome, judged.reason
+    def _judge(self, found: Experiment) -> deploy_service.Judged:
+        """A running test's verdict and the evidence it was read with (one report)."""
+        evidence = self._evidence(found.line, found.name)
+        test = evidence["test"]
+        if test is None:  # it ended meanwhile: the promotion's planner refuses it
+            judged = self.monitoring.experiment(found).verdict
+            return deploy_service.Judged(judged.outcome, judged.reason, evidence)
+        return deploy_service.Judged(test["verdict"], test["reason"], evidence)
+
+    def _evidence(self, line: str, test: str | None = None) -> dict[str, Any]:
+        """The figures a change of `line` is decided on, from one monitoring report read now
+        (engine.monitoring.evidence): health, firing alerts, the test's verdict, drift."""
+        from engine.monitoring.evidence import evidence_of  # numpy: changes pay, not status
+
+        return evidence_of(self.report(model=line), line, test=test)
 
     def _export_after_commit(self) -> str:
         """Rewrite history.json; the change is committed already, so a failure only warns."""
@@ -494,6 +546,12 @@ def _check_names(**names: str | None) -> None:
     (`naming.check_name` is for names being created; whatever is stored passes both)."""
     for what, value in names.items():
         text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
+
+
+def _verdict(evidence: Mapping[str, Any]) -> str | None:
+    """The verdict of the test in `evidence` (None without a running test)."""
+    test = evidence.get("test")
+    return str(test["verdict"]) if isinstance(test, Mapping) else None
 
 
 def _health(tx: Tx, states: list[LineState]) -> str:

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.core import tasks, text
-from engine.core.records import DoctorReport, HistoryEntry, Snapshot, Status, percent
+from engine.core.figures import pct, sig, signed
+from engine.core.records import (
+    DoctorReport,
+    Experiment,
+    HistoryEntry,
+    Snapshot,
+    Status,
+    percent,
+)
 from engine.facade import ModelsReport
 
 if TYPE_CHECKING:  # numpy: only `beast monitor` loads the report's module
@@ -72,6 +80,7 @@ def status(report: Status) -> str:
                     "STARTED",
                     "ENDED",
                     "VERDICT",
+                    "ENDING",
                 ],
                 [
                     [
@@ -82,7 +91,8 @@ def status(report: Status) -> str:
                         f"{percent(e.traffic_bp):g}%",
                         e.started_at,
                         e.ended_at or "-",
-                        e.verdict or "n/a",
+                        _verdict_cell(e),
+                        e.ending or "-",
                     ]
                     for e in report.experiments
                 ],
@@ -100,6 +110,14 @@ def status(report: Status) -> str:
     return "\n".join(out)
 
 
+def _verdict_cell(e: Experiment) -> str:
+    """An ended test's verdict as it ended; a running one's is `beast monitor`'s to compute
+    (status stays cold-fast: no numpy), and pre-0010 endings were never kept."""
+    if e.status == "running":
+        return "running (see beast monitor)"
+    return e.verdict or "not kept"
+
+
 def _snap(state: Snapshot) -> str:
     if state.production is None:
         return "(nothing)"
@@ -113,7 +131,7 @@ def history_rows(entries: Sequence[HistoryEntry]) -> str:
     if not entries:
         return "no deployment history yet"
     return table(
-        ["#", "WHEN", "WHO", "LINE", "ACTION", "FROM", "TO", "TEST", "NOTE"],
+        ["#", "WHEN", "WHO", "LINE", "ACTION", "FROM", "TO", "TEST", "NOTE", "EVIDENCE"],
         [
             [
                 e.id,
@@ -125,6 +143,7 @@ def history_rows(entries: Sequence[HistoryEntry]) -> str:
                 _snap(e.to_state),
                 e.experiment or "",
                 e.note or "",
+                e.evidence_summary(),
             ]
             for e in entries
         ],
@@ -190,24 +209,16 @@ def doctor(report: DoctorReport) -> str:
     return "\n".join(lines)
 
 
-def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
-    return "-" if value is None else pattern.format(value)
-
-
-# Each task's metric columns: (JSON key, header, format), engine.core.tasks.METRICS' order.
+# Each task's metric columns: (JSON key, header), engine.core.tasks.METRICS' order.
 _METRIC_COLUMNS = {
-    tasks.REGRESSION: (
-        ("accuracy", "ACCURACY", "{:.3f}"),
-        ("mae", "MAE", "{:.2f}"),
-        ("rmse", "RMSE", "{:.2f}"),
-    ),
+    tasks.REGRESSION: (("accuracy", "ACCURACY"), ("mae", "MAE"), ("rmse", "RMSE")),
     tasks.BINARY: (
-        ("auc", "AUC", "{:.3f}"),
-        ("accuracy", "ACC", "{:.3f}"),
-        ("log_loss", "LOGLOSS", "{:.3f}"),
-        ("precision", "PREC", "{:.2f}"),
-        ("recall", "RECALL", "{:.2f}"),
-        ("brier", "BRIER", "{:.3f}"),
+        ("auc", "AUC"),
+        ("accuracy", "ACC"),
+        ("log_loss", "LOGLOSS"),
+        ("precision", "PREC"),
+        ("recall", "RECALL"),
+        ("brier", "BRIER"),
     ),
 }
 
@@ -225,7 +236,7 @@ def monitor(report: MonitorReport) -> str:
             out.append(text.escape(f"  {f.severity.upper():8} {v.version}: {f.message}"))
         if v.drift.features and (v.drift.data or 0) >= 0.1:
             # Feature names come from the model file.
-            worst = ", ".join(f"{d.name} {d.psi:.2f}" for d in v.drift.features[:3])
+            worst = ", ".join(f"{d.name} {sig(d.psi)}" for d in v.drift.features[:3])
             out.append(text.escape(f"  drift    {v.version}: most drifted features: {worst}"))
         if v.drift.model is not None and v.baseline.detail:
             out.append(text.escape(f"  baseline {v.version}: {v.baseline.detail}"))
@@ -236,7 +247,7 @@ def monitor(report: MonitorReport) -> str:
             f"feedback: {report.feedback_pending} waiting for their prediction, "
             f"{report.feedback_unmatched} never matched a logged prediction"
         )
-    out += [text.escape(_experiment(e)) for e in report.experiments]
+    out += [experiment(e) for e in report.experiments]
     firing = [a for a in report.alerts if a["status"] == "firing"]
     out.append(f"alerts: {len(firing)} firing")
     for a in firing:
@@ -261,14 +272,14 @@ def _version_table(task: str, versions: list[VersionReport]) -> str:
                 v.version,
                 v.role,
                 f"{v.traffic_bp / 100:g}%",
-                v.window.predictions,
-                v.window.labelled,
-                *(_fmt(found[key], pattern) for key, _, pattern in columns),
-                _fmt(v.window.latency_ms()["p95"], "{:.2f}"),
-                _fmt(v.window.error_rate),
-                _fmt(v.drift.model, "{:+.1%}"),
+                f"{v.window.predictions:,}",
+                f"{v.window.labelled:,}",
+                *(sig(found[key]) for key, _ in columns),
+                sig(v.window.latency_ms()["p95"]),
+                sig(v.window.error_rate),
+                pct(v.drift.model),
                 v.baseline.source or "-",
-                _fmt(v.drift.data, "{:.2f}"),
+                sig(v.drift.data),
                 v.health,
             ]
         )
@@ -277,9 +288,9 @@ def _version_table(task: str, versions: list[VersionReport]) -> str:
         "VERSION",
         "ROLE",
         "TRAFFIC",
-        "N",
+        "PRED",
         "LABELLED",
-        *(header for _, header, _ in columns),
+        *(header for _, header in columns),
         "P95 MS",
         "ERRORS",
         "DRIFT",
@@ -290,17 +301,34 @@ def _version_table(task: str, versions: list[VersionReport]) -> str:
     return table(headers, rows, indent="")
 
 
-def _experiment(e: ExperimentReport) -> str:
-    c, k, verdict = e.control, e.candidate, e.verdict
-    if e.task == tasks.BINARY:
-        arms = (
-            f"{e.experiment.control} n={c.labelled} auc={_fmt(c.auc)} vs "
-            f"{e.experiment.candidate} n={k.labelled} auc={_fmt(k.auc)}"
+def experiment(e: ExperimentReport) -> str:
+    """A test's verdict, then per arm its predictions and labelled predictions (PRED,
+    LABELLED: the test's own, since it started) and the metrics the verdict compares."""
+    verdict = e.verdict
+    binary = e.task == tasks.BINARY
+    keys = (("auc", "AUC"),) if binary else (("accuracy", "ACCURACY"), ("mae", "MAE"))
+    rows = [
+        [
+            arm,
+            version,
+            f"{window.predictions:,}",
+            f"{window.labelled:,}",
+            *(sig(window.metrics(e.task)[key]) for key, _ in keys),
+        ]
+        for arm, version, window in (
+            ("control", e.experiment.control, e.control),
+            ("candidate", e.experiment.candidate, e.candidate),
         )
-    else:
-        arms = (
-            f"{e.experiment.control} n={c.labelled} acc={_fmt(c.accuracy)} "
-            f"mae={_fmt(c.mae, '{:.2f}')} vs {e.experiment.candidate} n={k.labelled} "
-            f"acc={_fmt(k.accuracy)} mae={_fmt(k.mae, '{:.2f}')}"
-        )
-    return f"A/B {e.experiment.name}: {arms} → {verdict.outcome} ({verdict.reason})"
+    ]
+    diff, p = (
+        (verdict.auc_diff, verdict.auc_p) if binary else (verdict.accuracy_diff, verdict.accuracy_p)
+    )
+    head = f"A/B {e.experiment.name}: {verdict.outcome} ({verdict.reason})"
+    figures = f"  {verdict.metric} diff {signed(diff)}, p {sig(p)}"
+    return "\n".join(
+        [
+            text.escape(head),
+            table(["ARM", "VERSION", "PRED", "LABELLED", *(h for _, h in keys)], rows),
+            figures,
+        ]
+    )

@@ -39,6 +39,17 @@ def cmd_monitor(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(engine: Engine, args: argparse.Namespace) -> int:
+    out = Path(args.out).expanduser().absolute()
+    markdown, document = engine.incident_report(out, window=args.window)
+    if args.json:
+        _print_json({"markdown": str(markdown), "json": str(document)})
+    else:
+        print(text.escape(str(markdown)))
+        print(text.escape(str(document)))
+    return 0
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
     """A CSV's header and its rows as text (blank lines skipped); BeastError naming the line
     of a row whose width differs from the header's."""
@@ -252,6 +263,18 @@ def add_parsers(add: Any) -> None:
         help="only report: do not sync alerts or pull a critical candidate",
     )
     p.add_argument("--json", action="store_true")
+
+    p = add(
+        "report",
+        cmd_report,
+        "incident snapshot: one Markdown file and its JSON (status, alerts, metrics, A/B, "
+        "drift, the last 50 changes with their evidence)",
+    )
+    p.add_argument(
+        "--out", default=".", metavar="DIR", help="where to write (default: this directory)"
+    )
+    p.add_argument("--window", default="1h", choices=["1h", "24h", "deploy"])
+    p.add_argument("--json", action="store_true", help="print the two paths as JSON")
 
     p = add("predict", cmd_predict, "score features with what serves (logged like any prediction)")
     p.add_argument(

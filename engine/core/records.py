@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -131,6 +132,26 @@ class Experiment:
         return out
 
 
+def evidence_summary(evidence: Mapping[str, Any] | None) -> str:
+    """A history row's evidence in one line for people ("" without any): `health critical;
+    2 alerts; verdict inconclusive n 514/47` (n: labelled predictions, control/candidate)."""
+    if not evidence:
+        return ""
+    alerts = evidence.get("alerts") or []
+    parts = [
+        f"health {evidence.get('health', '?')}",
+        f"{len(alerts)} alert{'' if len(alerts) == 1 else 's'}",
+    ]
+    test = evidence.get("test")
+    if isinstance(test, Mapping):
+        arms = test.get("arms") or {}
+        n = "/".join(
+            str((arms.get(arm) or {}).get("labelled", "?")) for arm in ("control", "candidate")
+        )
+        parts.append(f"verdict {test.get('verdict', '?')} n {n}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     id: int
@@ -148,6 +169,10 @@ class HistoryEntry:
     # The figures the change was decided on (a JSON object: health, firing alerts, verdict,
     # drift by feature), None when nothing measured stood behind it.
     evidence: dict[str, Any] | None = None
+
+    def evidence_summary(self) -> str:
+        """The evidence in one line for people (`evidence_summary`)."""
+        return evidence_summary(self.evidence)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

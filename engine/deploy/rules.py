@@ -13,13 +13,15 @@ change that left that version, or, if it never served, is itself a forward chang
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from engine.core.errors import BeastError, Conflict
 from engine.core.records import (
     BASIS_POINTS,
     Action,
+    Ending,
     Experiment,
     ExperimentStatus,
     HistoryEntry,
@@ -47,6 +49,11 @@ class Plan:
     end_test: tuple[str, ExperimentStatus, str] | None = None  # (name, status, reason)
     undoes: tuple[int, ...] = ()
     forced: bool = False
+    # How the test it ends ends, and the verdict read when it was decided (the caller's).
+    ending: Ending | None = None
+    verdict: str | None = None
+    # The figures the change was decided on, kept with its history row (the caller's).
+    evidence: Mapping[str, Any] | None = None
 
 
 def traffic_bp(value: float) -> int:
@@ -138,10 +145,11 @@ def plan_promote(state: LineState, test: Experiment, *, forced: bool) -> Plan:
         history_experiment=test.name,
         end_test=(test.name, "promoted", "forced" if forced else "verdict"),
         forced=forced,
+        ending="forced" if forced else "promoted on verdict",
     )
 
 
-def plan_abort(state: LineState, test: Experiment, reason: str) -> Plan:
+def plan_abort(state: LineState, test: Experiment, reason: str, ending: Ending = "aborted") -> Plan:
     _running(state, test)
     assert state.candidate is not None
     message = (
@@ -158,6 +166,7 @@ def plan_abort(state: LineState, test: Experiment, reason: str) -> Plan:
         version=state.candidate.name,
         history_experiment=test.name,
         end_test=(test.name, "aborted", reason),
+        ending=ending,
     )
 
 
@@ -242,4 +251,5 @@ def plan_rollback(state: LineState, target: VersionRef, undoes: tuple[int, ...])
         end_test=end,
         undoes=undoes,
         forced=False,
+        ending="aborted" if end is not None else None,
     )

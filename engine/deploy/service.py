@@ -9,9 +9,10 @@ winner, the history row and the new state — before the transaction commits. Th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.core.clock import utc_now
 from engine.core.errors import BeastError, StateChanged
@@ -20,6 +21,7 @@ from engine.core.records import (
     BASIS_POINTS,
     Change,
     Deployment,
+    Ending,
     Expect,
     Experiment,
     HistoryEntry,
@@ -34,7 +36,19 @@ from engine.store.base import Store, Tx
 
 Planner = Callable[[Tx, LineState | None], rules.Plan]
 Rerun = Callable[[HistoryEntry | None, Expect | None], str | None]
-Judge = Callable[[Experiment], tuple[str, str]]  # a running test's (outcome, reason)
+Evidence = Mapping[str, Any]  # the figures a change was decided on (a JSON object)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A running test's verdict as read for a decision, and the figures it was read with."""
+
+    outcome: str  # "candidate wins" | "control wins" | "inconclusive" | "not enough data"
+    reason: str
+    evidence: Evidence | None = None
+
+
+Judge = Callable[[Experiment], Judged]
 
 
 def traffic_for(traffic: float | None, ab_test: str | None) -> int:
@@ -97,11 +111,14 @@ class Deployments:
         expect: Expect | None,
     ) -> Change:
         """The candidate of a running test becomes production, following the test's verdict:
-        only "candidate wins" promotes unless `force` (then recorded as forced)."""
+        only "candidate wins" promotes unless `force` (then recorded as forced). The verdict
+        and the figures `judge` read it with are kept with the test and the history row."""
         test = found.name
         verdict_text = "forced"
+        judged: Judged | None = None
         if found.status == "running":
-            outcome, reason = judge(found)
+            judged = judge(found)
+            outcome, reason = judged.outcome, judged.reason
             verdict_text = f"verdict: {outcome} ({reason})"
             if outcome != "candidate wins" and not force:
                 raise BeastError(
@@ -117,15 +134,27 @@ class Deployments:
                 raise BeastError(f"nothing is deployed on {current.line}")
             plan = rules.plan_promote(state, current, forced=force)
             return dataclasses.replace(
-                plan, end_test=(test, "promoted", verdict_text if not force else "forced")
+                plan,
+                end_test=(test, "promoted", verdict_text if not force else "forced"),
+                verdict=judged.outcome if judged else None,
+                evidence=judged.evidence if judged else None,
             )
 
         return self.mutate(found.line, expect, note, planner)
 
     def abort(
-        self, found: Experiment, *, reason: str, note: str | None, expect: Expect | None
+        self,
+        found: Experiment,
+        *,
+        reason: str,
+        note: str | None,
+        expect: Expect | None,
+        ending: Ending = "aborted",
+        verdict: str | None = None,
+        evidence: Evidence | None = None,
     ) -> Change:
-        """End a running test: the candidate goes to 0%, production back to 100%."""
+        """End a running test: the candidate goes to 0%, production back to 100%; the test
+        keeps `ending` and the `verdict` read at the time, the history row `evidence`."""
         test = found.name
 
         def planner(tx: Tx, state: LineState | None) -> rules.Plan:
@@ -133,21 +162,32 @@ class Deployments:
             assert current is not None
             if state is None:
                 raise BeastError(f"nothing is deployed on {current.line}")
-            return rules.plan_abort(state, current, reason)
+            plan = rules.plan_abort(state, current, reason, ending)
+            return dataclasses.replace(plan, verdict=verdict, evidence=evidence)
 
         return self.mutate(found.line, expect, note, planner)
 
     def rollback(
-        self, line: str, version: str | None, *, note: str | None, expect: Expect | None
+        self,
+        line: str,
+        version: str | None,
+        *,
+        note: str | None,
+        expect: Expect | None,
+        verdict: str | None = None,
+        evidence: Evidence | None = None,
     ) -> Change:
-        """Back to the production before the newest change, or to a named version."""
+        """Back to the production before the newest change, or to a named version; a test
+        it aborts keeps the `verdict` read at the time, the history row `evidence`."""
 
         def planner(tx: Tx, state: LineState | None) -> rules.Plan:
             if state is None:
                 raise BeastError(f"nothing is deployed on {line}: nothing to roll back")
             where = rules.rollback_target(state, _undo_stack(tx, line), version)
             target = tx.registry.get_version(line, where.production)
-            return rules.plan_rollback(state, target, where.undoes)
+            plan = rules.plan_rollback(state, target, where.undoes)
+            ended = verdict if plan.end_test is not None else None
+            return dataclasses.replace(plan, verdict=ended, evidence=evidence)
 
         return self.mutate(line, expect, note, planner, rerun=_rollback_rerun)
 
@@ -192,12 +232,20 @@ def apply(
     actor: str,
     now: str,
 ) -> HistoryEntry:
-    """Write `plan` inside `tx`: the test it ends or starts, the winner's alias, the history
-    row and the line's new state (whose revision is that row)."""
+    """Write `plan` inside `tx`: the test it ends or starts (an ended one with its verdict and
+    ending), the winner's alias, the history row with its evidence and the line's new state
+    (whose revision is that row)."""
     if plan.end_test is not None:
         name, status, reason = plan.end_test
         tx.deployments.end_experiment(
-            name, status=status, at=now, actor=actor, reason=reason, forced=plan.forced
+            name,
+            status=status,
+            at=now,
+            actor=actor,
+            reason=reason,
+            forced=plan.forced,
+            verdict=plan.verdict,
+            ending=plan.ending,
         )
     if plan.action == "promote" and plan.history_experiment:
         catalog.add_alias(tx, line, winner_alias(plan.history_experiment), plan.production, actor)
@@ -229,6 +277,7 @@ def apply(
         undoes=plan.undoes,
         note=note,
         forced=plan.forced,
+        evidence=plan.evidence,
     )
     tx.deployments.put_state(_next_state(line, state, plan, entry.id, actor=actor, now=now))
     return entry

@@ -27,7 +27,7 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift
+from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.store.base import Store, Tx
@@ -135,13 +135,13 @@ class ExperimentReport:
     def to_json(self) -> dict[str, Any]:
         v = self.verdict
         if self.task == tasks.BINARY:
-            detail = {"auc_diff": _r(v.auc_diff), "auc_p": _r(v.auc_p, 6)}
+            detail = {"auc_diff": _r(v.auc_diff), "auc_p": _r(v.auc_p)}
         else:
             detail = {
                 "accuracy_diff": _r(v.accuracy_diff),
-                "accuracy_p": _r(v.accuracy_p, 6),
+                "accuracy_p": _r(v.accuracy_p),
                 "mae_diff": _r(v.mae_diff),
-                "mae_p": _r(v.mae_p, 6),
+                "mae_p": _r(v.mae_p),
             }
         return {
             **self.experiment.to_json(),
@@ -187,8 +187,9 @@ class MonitorReport:
         }
 
 
-def _r(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, digits)
+def _r(value: float | None) -> float | None:
+    """A figure for JSON: full precision (screens round for people), None for NaN."""
+    return None if value is None or math.isnan(value) or math.isinf(value) else value
 
 
 def now_minute() -> int:
@@ -509,9 +510,19 @@ LOG_ALERT_KEY = ("*", "*", "prediction_log")
 
 
 class Abort(Protocol):
-    """Ends a running A/B test (the deploy service's abort, recorded in history)."""
+    """Ends a running A/B test (the deploy service's abort, recorded in history with the
+    `evidence` it was decided on; `pulled`: the test ends as auto-pulled)."""
 
-    def __call__(self, test: str, *, note: str | None, reason: str, actor: str) -> Change: ...
+    def __call__(
+        self,
+        test: str,
+        *,
+        note: str | None,
+        reason: str,
+        actor: str,
+        evidence: Mapping[str, Any] | None,
+        pulled: bool,
+    ) -> Change: ...
 
 
 class Monitoring:
@@ -558,7 +569,13 @@ class Monitoring:
                 # capped, so the note check never stands between a critical candidate and its pull.
                 note = text.escape(f"auto-pulled: health critical ({why})")[: text.MAX_NOTE_CHARS]
                 change = self.abort(
-                    test, note=note, reason="auto-pulled: health critical", actor=AUTO_PULL_ACTOR
+                    test,
+                    note=note,
+                    reason="auto-pulled: health critical",
+                    actor=AUTO_PULL_ACTOR,
+                    # The figures of the report it was decided on, not a later read.
+                    evidence=evidence.evidence_of(current, version.line, test=test),
+                    pulled=True,
                 )
                 actions.append(change.message)
         if actions:  # what was pulled no longer serves: its alerts resolve now, not next time

@@ -188,8 +188,9 @@ class MinutePoint:
     primary: float | None = None
 
 
-def _round(value: float | None, digits: int = 4) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, digits)
+def _round(value: float | None) -> float | None:
+    """A figure for JSON: full precision (screens round for people), None for NaN."""
+    return None if value is None or math.isnan(value) or math.isinf(value) else value
 
 
 @dataclass(frozen=True)
