@@ -25,7 +25,7 @@ from console import format as fmt
 from engine import HistoryEntry
 
 NO_EVIDENCE = "no evidence recorded (decided before evidence was kept, or on nothing measured)"
-COLUMNS = ("#", "when", "who", "line", "action", "from → to", "test", "evidence", "note")
+COLUMNS = ("#", "when", "who", "line", "action", "from → to", "test", "ev", "note")
 
 
 def scalar(value: object) -> str:
@@ -95,7 +95,8 @@ def _table(rows: Iterable[Mapping[str, Any]]) -> Table:
 
 
 def when(entry: HistoryEntry) -> str:
-    return entry.at[:19].replace("T", " ")
+    """The minute of a change (UTC), as the action log and the details show times."""
+    return entry.at[:16].replace("T", " ")
 
 
 def action_of(entry: HistoryEntry) -> str:
@@ -123,6 +124,8 @@ class HistoryScreen(ModalScreen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "evidence", "Evidence", priority=True, id="history-evidence"),
         Binding("escape,q", "close", "Close", id="history-close"),
+        Binding("j", "move(1)", "Down", show=False, id="history-down"),
+        Binding("k", "move(-1)", "Up", show=False, id="history-up"),
     ]
 
     def __init__(self, entries: Sequence[HistoryEntry]) -> None:
@@ -131,14 +134,16 @@ class HistoryScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         count = len(self.entries)
-        yield Static(
-            f"History · {count:,} change{'s' if count != 1 else ''}, newest first",
-            id="history-title",
-        )
+        lines = sorted({e.line for e in self.entries})
+        # One line: named once in the title, so 80 columns keep the test and the note.
+        single = lines[0] if len(lines) == 1 else None
+        title = Text("History" + (f" of {fmt.safe(single)}" if single else ""), style="bold")
+        title.append(f" · {count:,} change{'s' if count != 1 else ''}, newest first")
+        yield Static(title, id="history-title")
         table: DataTable[str | Text] = DataTable(id="history-table", cursor_type="row")
-        table.add_columns(*COLUMNS)
+        table.add_columns(*(c for c in COLUMNS if not (single and c == "line")))
         for e in self.entries:
-            table.add_row(
+            cells: list[str | Text] = [
                 str(e.id),
                 when(e),
                 fmt.cell(e.actor),
@@ -148,10 +153,12 @@ class HistoryScreen(ModalScreen[None]):
                 fmt.cell(e.experiment or "-"),
                 "yes" if e.evidence is not None else "-",
                 fmt.cell(e.note or ""),
-                key=str(e.id),
-            )
+            ]
+            if single:
+                del cells[3]
+            table.add_row(*cells, key=str(e.id))
         if not self.entries:
-            table.add_row("-", "", "", "", "no changes yet", "", "", "", "")
+            table.add_row("-", "", "", "no changes yet", *[""] * (len(COLUMNS) - 4))
         yield table
         yield Footer()
 
@@ -169,6 +176,11 @@ class HistoryScreen(ModalScreen[None]):
         entry = self.selected()
         if entry is not None:
             self.app.push_screen(EvidenceScreen(entry))
+
+    def action_move(self, step: int) -> None:
+        """`j` / `k` as in the panes."""
+        table = self.query_one(DataTable)
+        table.action_cursor_down() if step > 0 else table.action_cursor_up()
 
     def action_close(self) -> None:
         self.dismiss(None)

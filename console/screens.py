@@ -44,6 +44,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(Text(note, style="italic"))
             yield Static("escape closes")
+        yield Footer()
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -4,7 +4,10 @@ shows, and copy as command — the `beast …` that makes the same change from a
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -12,6 +15,7 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Label, Select, Static
 
@@ -20,10 +24,11 @@ from console.data import fetch
 from console.dialogs import FIELDS, ConfirmScreen, DeployForm
 from console.gateway import Gateway
 from console.proposals import command_line, firing_alerts, rollback
+from console.screens import DetailsScreen
 from engine import Engine, Workspace
 from tests.console import snapdata
 from tests.console.pilot import action_log, drive, make_app, press, settle, state
-from tests.helpers import REPO, history_of, set_config, train_model
+from tests.helpers import REPO, history_of, model_path, set_config, train_model
 
 
 def _revision(ws: Workspace) -> int:
@@ -249,3 +254,30 @@ def test_the_deploy_form_labels_its_fields_and_names_where_it_deploys(
     finally:
         gateway.close()
     assert state(serving)[0] == "v2.0"
+
+
+def test_version_details_round_every_number(serving: Workspace) -> None:
+    """Issue 15: details printed a sidecar's raw floats (`0.8208333333333333`)."""
+    sidecar = model_path(serving, "v2.0").with_name("quality-predictor-v2.0.json.lineage")
+    sidecar.write_text(
+        json.dumps({"validation": {"accuracy": 0.8208333333333333, "mae": 2.72489}, "rows": 16000}),
+        encoding="utf-8",
+    )
+    gateway = Gateway(serving, actor="console-test")
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot, "enter")  # the first row: production v2.0
+        assert isinstance(app.screen, DetailsScreen)
+        out = io.StringIO()
+        console = Console(file=out, width=120, color_system=None)
+        for section in app.screen.query(".details-section").results(Static):
+            console.print(section.content)
+        text = out.getvalue()
+        assert re.search(r"validation\.accuracy\s+0\.821\b", text), text
+        assert re.search(r"validation\.mae\s+2\.72\b", text) and re.search(r"rows\s+16,000", text)
+        assert not re.search(r"\d\.\d{4,}", text), text  # no raw float anywhere
+
+    try:
+        drive(make_app(gateway), scenario)
+    finally:
+        gateway.close()

@@ -56,23 +56,6 @@ def test_main_screen_120x40(frozen: Gateway) -> None:
     assert "-wide" in _picture(frozen, "main-120x40", (120, 40))
 
 
-def test_confirm_dialog(frozen: Gateway) -> None:
-    _picture(frozen, "confirm-promote", (120, 40), ("P",))
-
-
-def test_type_to_confirm_dialog_half_typed(frozen: Gateway) -> None:
-    keys = ("P", "v", "3")  # the name is v3.0: OK stays disabled
-    _picture(frozen, "confirm-promote-typed", (120, 40), keys, type_to_confirm=True)
-
-
-def test_help_screen(frozen: Gateway) -> None:
-    _picture(frozen, "help", (120, 40), ("question_mark",))
-
-
-def test_details_screen(frozen: Gateway) -> None:
-    _picture(frozen, "details-v3", (120, 40), ("j", "enter"))
-
-
 def test_readonly_badge(registered: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     snapdata.build(registered, monkeypatch)
     gateway = Gateway(registered, readonly=True, actor="ops")
