@@ -137,14 +137,8 @@ def test_details(frozen: Gateway, size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_history(decided: Gateway, size: tuple[int, int]) -> None:
     footer = ("⏎ Evidence", "esc Close")
-    _picture(
-        decided,
-        "history",
-        size,
-        ("H",),
-        footer,
-        ("History of quality-predictor · 5 changes, newest first",),
-    )
+    whole = ("History of quality-predictor · 5 changes, newest first",)
+    _picture(decided, "history", size, ("H",), footer, whole=whole)
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")

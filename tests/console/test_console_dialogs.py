@@ -128,6 +128,18 @@ def test_the_copied_rollback_rolls_back_once_even_pasted_twice(
     assert state(serving)[2].count("rollback") == 1
 
 
+def test_a_copied_command_is_refused_once_someone_else_changed_the_line(
+    serving: Workspace,
+) -> None:
+    command = _copy_then_cancel(serving, "R")
+    with closing(Engine(serving, actor="someone-else")) as other:
+        other.deploy(version="v4.0")  # after the dialog showed v2.0
+    code, out = run_copied(command)
+    assert code == 1 and "state changed since you looked, retry" in out, out
+    assert len(out.strip().splitlines()) == 1
+    assert state(serving)[0] == "v4.0"
+
+
 def test_the_copied_promote_is_forced_like_the_dialog(testing: Workspace) -> None:
     code, out = run_copied(_copy_then_cancel(testing, "P"))
     assert code == 0, out
