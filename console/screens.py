@@ -124,7 +124,16 @@ def fact(value: str) -> str:
 
 def _metrics(report: VersionReport | None) -> Table:
     table = _section("Metrics")
-    for name in ("window", "n", "labelled", "accuracy", "mae", "p95 ms", "errors", "health"):
+    for name in (
+        "window",
+        "predictions",
+        "labelled",
+        "accuracy",
+        "mae",
+        "p95 ms",
+        "errors",
+        "health",
+    ):
         table.add_column(name)
     if report is None:
         table.add_row("-", "not serving")
