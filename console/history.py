@@ -66,6 +66,12 @@ def _block(value: Mapping[str, Any], depth: int) -> list[RenderableType]:
         elif isinstance(item, list | tuple) and _is_rows(item):
             out.append(Text(label, style=style))
             out.append(Padding(_table(item), (0, 0, 0, 2 * depth + 2)))
+        elif isinstance(item, list | tuple) and item and all(isinstance(i, Mapping) for i in item):
+            out.append(Text(label, style=style))  # objects holding objects: a block each
+            for n, part in enumerate(item, 1):
+                name = part.get("version") or part.get("name") or n
+                out.append(Text(f"{pad}  - {fmt.safe(name)}", style="bold"))
+                out += _block(part, depth + 2)
         elif isinstance(item, list | tuple) and len(scalar(item)) > 60:
             out.append(Text(label, style=style))
             out += [Text(f"{pad}  {scalar(v)}") for v in item]
@@ -77,7 +83,12 @@ def _block(value: Mapping[str, Any], depth: int) -> list[RenderableType]:
 
 
 def _is_rows(items: Sequence[object]) -> bool:
-    return bool(items) and all(isinstance(i, Mapping) for i in items)
+    """Objects of plain values (alerts, features): rows of one table."""
+    return bool(items) and all(
+        isinstance(i, Mapping)
+        and not any(isinstance(v, Mapping | list | tuple) for v in i.values())
+        for i in items
+    )
 
 
 def _table(rows: Iterable[Mapping[str, Any]]) -> Table:

@@ -33,6 +33,13 @@ EVIDENCE: dict[str, Any] = {
         "p": {"accuracy": 0.0004128, "mae": 0.03141592},
     },
     "drift": {"coverage": 0.8208333333333333, "churn": 0.0123456},
+    "versions": [
+        {
+            "version": "v3.0",
+            "findings": [{"metric": "accuracy", "value": 0.7466666, "threshold": 0.75}],
+            "drift": {"model": 0.1234567, "features": [{"name": "churn", "psi": 0.31234}]},
+        }
+    ],
 }
 
 
@@ -80,6 +87,10 @@ def test_evidence_is_drawn_generically_with_numbers_for_people() -> None:
     assert "    accuracy: 0.000413" in text and "    mae: 0.0314" in text
     assert "  coverage: 0.821" in text and "  churn: 0.0123" in text
     assert "0.8208333" not in text
+    # objects holding objects: a block each, their plain lists still tables
+    assert "versions:" in text and "  - v3.0" in text and "    findings:" in text
+    assert re.search(r"accuracy\s+0\.747\s+0\.750?", text) and "      model: 0.123" in text
+    assert re.search(r"churn\s+0\.312", text)
     assert _text(evidence_view(None)).strip() == NO_EVIDENCE
 
 
