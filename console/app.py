@@ -34,6 +34,7 @@ from console.commands import ConsoleCommands
 from console.data import ConsoleData, fetch
 from console.dialogs import ConfirmScreen, DeployForm
 from console.gateway import Gateway
+from console.history import HistoryScreen
 from console.keybar import KeyBar, Shown
 from console.nudge import Nudge
 from console.panes import (
@@ -100,6 +101,8 @@ class BeastConsole(App[None]):
         Binding("T", "mutate('retrain')", "Retrain", id="retrain"),
         Binding("D", "mutate('deploy')", "Deploy", id="deploy"),
         Binding("q", "quit", "Quit", id="quit"),
+        # -- history (h2)
+        Binding("H", "history", "History", id="history"),
     ]
 
     def __init__(
@@ -594,6 +597,15 @@ class BeastConsole(App[None]):
     def _report(self, line: str, severity: str) -> None:
         self.notify(fmt.safe(line), severity=severity, markup=False)  # type: ignore[arg-type]
         self.log_action(line)
+
+    # -- history (h2) -----------------------------------------------------------------------
+
+    def action_history(self) -> None:
+        """The History view: every change, newest first; `enter` shows its evidence."""
+        if self.data is None:
+            self.notify("history: nothing read yet", severity="warning")
+            return
+        self.push_screen(HistoryScreen(self.data.history))
 
 
 def _outcome(action: str, result: Any) -> str:

@@ -18,6 +18,7 @@ COMMANDS = (
     ("Deploy: deploy a registered version…", "mutate('deploy')", "production or A/B candidate"),
     ("Retrain: start a retraining job…", "mutate('retrain')", "a background worker process"),
     ("View: details of the selected version", "details", "lineage, metrics, drift, history"),
+    ("View: history of changes", "history", "newest first; enter shows the evidence"),
     ("View: refresh now", "refresh", "read the engine again"),
     ("View: pause / resume live refresh", "pause", "freeze the panes"),
     ("View: filter", "filter", "show matching rows only"),

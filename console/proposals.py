@@ -3,18 +3,26 @@
 Built from the `ConsoleData` on screen, never from a fresh read: the dialog names the state
 the operator saw, and the call carries that state as an `Expect`, so a change made meanwhile
 by anyone else is refused by the engine ("state changed, retry") rather than acted on.
+
+The figures come from the report the panes draw (`ConsoleData.report`): the alerts firing
+now as in the Alerts pane, and a test's verdict and arms as in the A/B pane. Each proposal
+also carries the `beast …` arguments that do the same from a shell, with the same `--expect`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from console.data import ConsoleData
-from console.format import percent
+from console.format import p_value, percent, sig
 from console.gateway import Gateway
-from engine import Experiment, ExperimentReport
+from engine import Experiment, ExperimentReport, Workspace
+
+WORKSPACE_WIDE = "*"  # the line of an alert that is no line's (the prediction log's loss)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,9 @@ class Proposal:
     # The version that becomes production, when production changes: with type-to-confirm on,
     # the dialog asks for this name to be typed (CONSOLE.md: operators ask for it).
     new_production: str | None = None
+    # `beast` arguments that make the same change from a shell (`command_line` adds the rest).
+    argv: tuple[str, ...] = ()
+    alerts: tuple[str, ...] = ()  # the alerts firing now, as the Alerts pane shows them
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,15 @@ class Refused(Exception):
     """The action does not apply to what is on screen; the message says why."""
 
 
+def command_line(argv: Sequence[str], workspace: Path) -> str:
+    """`beast ARGV`, quoted for a POSIX shell, with `--workspace` unless `workspace` is the
+    one a bare `beast` would open here (`$BEAST_HOME`, else `./.beast-mode`)."""
+    words = ["beast", *argv]
+    if workspace.absolute() != Workspace.locate().root:
+        words += ["--workspace", str(workspace.absolute())]
+    return shlex.join(words)
+
+
 def running_test(data: ConsoleData, line: str) -> Experiment | None:
     return next(
         (e for e in data.status.experiments if e.line == line and e.status == "running"), None
@@ -55,19 +75,53 @@ def _test_report(data: ConsoleData, name: str) -> ExperimentReport | None:
     return next((e for e in data.report.experiments if e.experiment.name == name), None)
 
 
-def _verdict(data: ConsoleData, test: Experiment) -> str:
+def _verdict(data: ConsoleData, test: Experiment) -> tuple[str, ...]:
+    """The verdict, and per arm predictions and labelled predictions, with the p-values."""
     found = _test_report(data, test.name)
     if found is None:
-        return "unknown"
-    return f"{found.verdict.outcome} ({found.verdict.reason})"
+        return ("verdict: unknown (no report for this test)",)
+    v = found.verdict
+    arms = tuple(
+        f"  {arm} {version}: {count(window.predictions)} predictions, "
+        f"{count(window.labelled)} labelled"
+        for arm, version, window in (
+            ("control", test.control, found.control),
+            ("candidate", test.candidate, found.candidate),
+        )
+    )
+    if found.task == "binary":
+        p = f"  auc p = {p_value(v.auc_p)} (diff {sig(v.auc_diff)})"
+    else:
+        p = f"  accuracy p = {p_value(v.accuracy_p)} · mae p = {p_value(v.mae_p)}"
+    return (f"verdict: {v.outcome} ({v.reason})", *arms, p)
 
 
-def _alerts(data: ConsoleData, line: str, limit: int = 3) -> tuple[str, ...]:
+def count(n: int) -> str:
+    """A count, whole and grouped (`1,653`)."""
+    return f"{n:,}"
+
+
+def firing_alerts(data: ConsoleData, line: str, limit: int = 3) -> tuple[str, ...]:
+    """The alerts firing now that concern `line`: its own and the workspace-wide ones (the
+    prediction log's loss is every line's), from the report the Alerts pane draws; and how
+    many more fire on other lines."""
     if data.report is None:
-        return ()
-    firing = [a for a in data.report.alerts if a["status"] == "firing" and a["line"] == line]
-    lines = [f"alert: {a['severity']} {a['version']} {a['message']}" for a in firing[:limit]]
-    return tuple(lines) or ("alerts: none firing",)
+        return ("alerts: unknown (monitoring could not be read)",)
+    firing = [a for a in data.report.alerts if a["status"] == "firing"]
+    here = [a for a in firing if a["line"] in (line, WORKSPACE_WIDE)]
+    elsewhere = len(firing) - len(here)
+    shown = [
+        f"  {a['severity']} {'workspace' if a['line'] == WORKSPACE_WIDE else a['version']}: "
+        f"{a['message']}"
+        for a in here[:limit]
+    ]
+    if len(here) > limit:
+        shown.append(f"  … and {len(here) - limit} more (Alerts pane)")
+    other = f"; {elsewhere} on other lines" if elsewhere else ""
+    head = f"alerts firing now: {len(here)} on {line} or workspace-wide{other}"
+    if not firing:
+        head = "alerts firing now: none"
+    return (head, *shown)
 
 
 def _traffic(data: ConsoleData, line: str) -> str:
@@ -84,6 +138,22 @@ def _production(data: ConsoleData, line: str) -> str:
     return prod.version
 
 
+def _expect_args(data: ConsoleData, line: str) -> tuple[str, ...]:
+    """`--expect` and `--expect-revision` of what the dialog shows (as `data.expect`)."""
+    expect = data.expect(line)
+    words: tuple[str, ...] = ()
+    if expect.production is not None:
+        words += ("--expect", expect.production)
+    if expect.revision is not None:
+        words += ("--expect-revision", str(expect.revision))
+    return words
+
+
+def _model_args(data: ConsoleData, line: str) -> tuple[str, ...]:
+    """`--model LINE`, needed when the workspace has more than one line."""
+    return ("--model", line) if len(data.status.lines) > 1 else ()
+
+
 def rollback(data: ConsoleData, line: str) -> Proposal:
     current = _production(data, line)
     target = data.rollback_to.get(line, "refused: unknown")
@@ -95,16 +165,20 @@ def rollback(data: ConsoleData, line: str) -> Proposal:
         if target != current
         else f"production stays {current} (100%)"
     ]
+    context = [_traffic(data, line)]
     if test is not None:
         changes.append(f"A/B test {test.name} ends (aborted): {test.candidate} → 0%")
+        context += _verdict(data, test)
     expect = data.expect(line)
     return Proposal(
         "rollback",
         f"Roll back {line}",
         tuple(changes),
-        (_traffic(data, line), *_alerts(data, line)),
+        tuple(context),
         lambda gw: gw.rollback(line, expect),
         target if target != current else None,
+        ("rollback", *_model_args(data, line), *_expect_args(data, line)),
+        firing_alerts(data, line),
     )
 
 
@@ -115,10 +189,11 @@ def promote(data: ConsoleData, line: str) -> Proposal:
         raise Refused(f"no running A/B test on {line} to promote")
     found = _test_report(data, test.name)
     wins = found is not None and found.verdict.outcome == "candidate wins"
-    context = [f"verdict: {_verdict(data, test)}", _traffic(data, line)]
+    context = [*_verdict(data, test), _traffic(data, line)]
     if not wins:
         context.insert(1, "the verdict is not 'candidate wins': recorded as a forced promotion")
     expect = data.expect(line)
+    force = () if wins else ("--force",)
     return Proposal(
         "promote",
         f"Promote {test.name} on {line}",
@@ -126,9 +201,11 @@ def promote(data: ConsoleData, line: str) -> Proposal:
             f"production {current} → {test.candidate} (100%)",
             f"A/B test {test.name} ends (promoted), alias ab-winner-{test.name}",
         ),
-        (*context, *_alerts(data, line)),
+        tuple(context),
         lambda gw: gw.promote(test.name, force=not wins, expect=expect),
         test.candidate,
+        ("promote", test.name, *force, *_expect_args(data, line)),
+        firing_alerts(data, line),
     )
 
 
@@ -145,8 +222,10 @@ def abort(data: ConsoleData, line: str) -> Proposal:
             f"candidate {test.candidate} {percent(test.traffic_bp)} → 0%",
             f"production {current} → 100%",
         ),
-        (f"verdict: {_verdict(data, test)}", _traffic(data, line), *_alerts(data, line)),
+        (*_verdict(data, test), _traffic(data, line)),
         lambda gw: gw.abort(test.name, expect),
+        argv=("abort", test.name, *_expect_args(data, line)),
+        alerts=firing_alerts(data, line),
     )
 
 
@@ -159,8 +238,11 @@ def retrain(data: ConsoleData, line: str) -> Proposal:
             "start a retraining job in a background worker process",
             "the new version is registered if valid; nothing is deployed",
         ),
-        (f"production: {current.version if current else 'none'}", *_alerts(data, line)),
+        (f"production: {current.version if current else 'none'}",),
         lambda gw: gw.retrain(line),
+        # --detach: like the console, start the job and return (`beast jobs ID` follows it).
+        argv=("retrain", "--force", "--detach", *_model_args(data, line)),
+        alerts=firing_alerts(data, line),
     )
 
 
@@ -171,6 +253,7 @@ def deploy(data: ConsoleData, request: DeployRequest) -> Proposal:
     test = running_test(data, line)
     if test is not None:
         raise Refused(f"A/B test {test.name} is running on {line}: promote or abort it first")
+    argv: tuple[str, ...] = ("deploy", "--version", version, *_model_args(data, line))
     if request.share is None:
         changes: tuple[str, ...] = (f"production {before} → {version} (100%)",)
     else:
@@ -180,16 +263,19 @@ def deploy(data: ConsoleData, request: DeployRequest) -> Proposal:
             f"A/B test {request.test}: candidate {version} at {request.share}%",
             f"production {before} {100 - request.share}%",
         )
+        argv += ("--traffic", str(request.share), "--ab-test", str(request.test))
     expect = data.expect(line)
     return Proposal(
         "deploy",
         f"Deploy {version} on {line}",
         changes,
-        (_traffic(data, line), *_alerts(data, line)),
+        (_traffic(data, line),),
         lambda gw: gw.deploy(
             line, version, traffic=request.share, ab_test=request.test, expect=expect
         ),
         version if request.share is None and version != before else None,
+        (*argv, *_expect_args(data, line)),
+        firing_alerts(data, line),
     )
 
 

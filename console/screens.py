@@ -44,6 +44,7 @@ class HelpScreen(ModalScreen[None]):
             yield Static(table)
             yield Static(Text(note, style="italic"))
             yield Static("escape closes")
+        yield Footer()
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)
@@ -103,16 +104,36 @@ def _lineage(lineage: Lineage | None) -> Table:
     table.add_row("file", cell(a.path.rsplit("/", 1)[-1]))
     table.add_row("sha256", a.sha256[:16])
     table.add_row("registered", cell(f"{a.registered_at} by {a.registered_by}"))
-    table.add_row("features", cell(f"{a.n_features} ({', '.join(a.feature_names or ())[:60]})"))
+    table.add_row("features", cell(f"{a.n_features:,} ({', '.join(a.feature_names or ())[:60]})"))
     table.add_row("names", cell(", ".join(a.versions)))
     for key, value in lineage.facts or (("sidecar", "none"),):
-        table.add_row(cell(key), cell(value))
+        table.add_row(cell(key), cell(fact(value)))
     return table
+
+
+def fact(value: str) -> str:
+    """A sidecar fact as people read it: a number rounded (`0.821`, `16,000`), else as is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if value.strip().lstrip("+-").isdigit():
+        return f"{int(value):,}"
+    return fmt.sig(number)
 
 
 def _metrics(report: VersionReport | None) -> Table:
     table = _section("Metrics")
-    for name in ("window", "n", "labelled", "accuracy", "mae", "p95 ms", "errors", "health"):
+    for name in (
+        "window",
+        "predictions",
+        "labelled",
+        "accuracy",
+        "mae",
+        "p95 ms",
+        "errors",
+        "health",
+    ):
         table.add_column(name)
     if report is None:
         table.add_row("-", "not serving")
@@ -120,12 +141,12 @@ def _metrics(report: VersionReport | None) -> Table:
     for window, w in report.windows.items():
         table.add_row(
             window,
-            str(w.predictions),
-            str(w.labelled),
-            fmt.num(w.accuracy),
-            fmt.num(w.mae, "{:.2f}"),
-            fmt.num(w.latency_ms()["p95"], "{:.1f}"),
-            fmt.num(w.error_rate),
+            f"{w.predictions:,}",
+            f"{w.labelled:,}",
+            fmt.sig(w.accuracy),
+            fmt.sig(w.mae),
+            fmt.sig(w.latency_ms()["p95"]),
+            fmt.sig(w.error_rate),
             report.health if window == "1h" else "",
         )
     return table
@@ -137,15 +158,16 @@ def _drift(report: VersionReport | None) -> Table:
         table.add_column(name)
     features = report.drift.features if report is not None else ()
     if report is not None:
+        model = report.drift.model
         table.add_row(
             "model",
-            fmt.num(report.drift.model, "{:.1%}"),
+            "-" if model is None else f"{fmt.sig(model * 100)}%",
             "",
             "relative to the version's baseline",
         )
-        table.add_row("score", fmt.num(report.drift.score_psi, "{:.3f}"), "", "")
+        table.add_row("score", fmt.sig(report.drift.score_psi), "", "")
     for f in features:
-        table.add_row(fmt.cell(f.name), fmt.num(f.psi, "{:.3f}"), fmt.num(f.ks, "{:.3f}"), f.level)
+        table.add_row(fmt.cell(f.name), fmt.sig(f.psi), fmt.sig(f.ks), f.level)
     if report is None or (not features and report.drift.data is None):
         table.add_row("-", "-", "-", "not enough data")
     return table

@@ -114,7 +114,10 @@ def test_deploy_form_starts_an_ab_test_with_the_selected_version(
         await press(app, pilot, "j", "j")
         assert app.selected == "quality-predictor/v3.0"
         await press(app, pilot, "D")
-        assert isinstance(app.screen, DeployForm)
+        form = app.screen
+        assert isinstance(form, DeployForm)
+        assert form.focused is not None and form.focused.id == "cancel"  # enter cancels
+        await press(app, pilot, "shift+tab", "shift+tab")  # back to Traffic %
         dialog = await open_confirm(app, pilot, "backspace", "backspace", "2", "5", "enter")
         assert "A/B test ab-v3.0: candidate v3.0 at 25%" in dialog.proposal.changes
         await press(app, pilot, "y")
@@ -132,6 +135,7 @@ def test_deploy_form_as_production_and_a_bad_share_is_refused(
         await press(app, pilot, "D")
         form = app.screen
         assert isinstance(form, DeployForm)
+        await press(app, pilot, "shift+tab", "shift+tab")  # Cancel has the focus: to Traffic %
         await press(app, pilot, "backspace", "backspace", "0", "enter")  # 0% is no share
         assert app.screen is form
         assert "1–99" in str(form.query_one("#form-error").render())

@@ -102,7 +102,7 @@ def test_stored_text_draws_escaped_in_panes_details_dialog_and_log(
 
         await press(app, pilot, "R")  # the rollback dialog quotes the firing alert
         assert isinstance(app.screen, ConfirmScreen)
-        context = str(app.screen.query_one("#dialog-context", Static).render())
+        context = str(app.screen.query_one("#dialog-alerts", Static).render())
         assert_safe(context)
         assert "accuracy fell [/]on evil\\nline\\x1b[31m" in context
         await press(app, pilot, "escape")

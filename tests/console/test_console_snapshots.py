@@ -85,23 +85,6 @@ def test_a_maximized_ab_pane_keeps_the_header_and_the_keys(
         assert key in footer, footer
 
 
-def test_confirm_dialog(frozen: Gateway) -> None:
-    _picture(frozen, "confirm-promote", (120, 40), ("P",))
-
-
-def test_type_to_confirm_dialog_half_typed(frozen: Gateway) -> None:
-    keys = ("P", "v", "3")  # the name is v3.0: OK stays disabled
-    _picture(frozen, "confirm-promote-typed", (120, 40), keys, type_to_confirm=True)
-
-
-def test_help_screen(frozen: Gateway) -> None:
-    _picture(frozen, "help", (120, 40), ("question_mark",))
-
-
-def test_details_screen(frozen: Gateway) -> None:
-    _picture(frozen, "details-v3", (120, 40), ("j", "enter"))
-
-
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_readonly_badge(
     registered: Workspace, monkeypatch: pytest.MonkeyPatch, size: tuple[int, int]

@@ -88,3 +88,20 @@ def test_the_workspace_config_turns_it_on(serving: Workspace) -> None:
     finally:
         gateway.close()
     assert state(serving)[0] == "v2.0"
+
+
+def test_c_is_a_letter_in_the_name_field_and_copies_once_tabbed_out(
+    serving: Workspace, gateway: Gateway
+) -> None:
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot, "R", "c")
+        dialog = _dialog(app)
+        assert dialog.query_one("#confirm-name", Input).value == "c"
+        assert app.clipboard == ""
+        await press(app, pilot, "tab", "c")
+        assert app.clipboard == dialog.command
+        assert dialog.command.startswith("beast rollback --expect v2.0 --expect-revision 2")
+        await press(app, pilot, "escape")
+
+    drive(make_app(gateway, type_to_confirm=True), scenario)
+    assert state(serving)[0] == "v2.0"
