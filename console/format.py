@@ -103,26 +103,6 @@ def p_value(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def sig(value: float | None, digits: int = 3) -> str:
-    """A number for people: `digits` significant digits below 10^(digits-1), whole above it
-    with thousands grouped (`0.821`, `3.42`, `41.2`, `1,653`, never `1.65e+03`); `-` for
-    none or NaN. JSON keeps full precision; this is only what a screen shows."""
-    if value is None or math.isnan(value):
-        return "-"
-    if math.isinf(value) or abs(value) >= 10 ** (digits - 1) - 0.5:
-        return str(value) if math.isinf(value) else f"{round(value):,}"
-    if value == 0:
-        return "0"
-    magnitude = math.floor(math.log10(abs(value)))
-    # Rounding may carry into the next power of ten (0.9996 → 1.00): measure after it.
-    rounded = round(value, digits - 1 - magnitude)
-    magnitude = math.floor(math.log10(abs(rounded)))
-    if magnitude < -4:
-        return f"{value:.{digits - 1}e}"
-    decimals = max(0, digits - 1 - magnitude)
-    return f"{rounded:.{decimals}f}"
-
-
 def setting(value: float) -> str:
     """A configured threshold as written in config.toml (`0.75`, `250`, `0.01`): a setting,
     not a measurement, so not rounded to `sig`'s three digits (`0.0100`)."""

@@ -22,7 +22,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from console import format as fmt
-from engine import HistoryEntry
+from engine import HistoryEntry, sig
 
 NO_EVIDENCE = "no evidence recorded (decided before evidence was kept, or on nothing measured)"
 COLUMNS = ("#", "when", "who", "line", "action", "from → to", "test", "ev", "note")
@@ -37,7 +37,7 @@ def scalar(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return fmt.sig(value)
+        return sig(value)
     if isinstance(value, Mapping):
         return ", ".join(f"{fmt.safe(k)} {scalar(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):

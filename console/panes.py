@@ -16,7 +16,7 @@ from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
 from console.sparkline import MetricSpark, Scale, band
-from engine import Config, ExperimentReport, VersionReport
+from engine import Config, ExperimentReport, VersionReport, sig
 
 Cells = tuple[Any, ...]
 
@@ -280,7 +280,7 @@ def _metric_values(report: VersionReport | None, config: Config) -> dict[str, st
     t = config.thresholds
     if report is None:
         return {metric: "-" for metric, _ in _ROWS}
-    w, sig = report.window, fmt.sig
+    w = report.window
     p95 = w.latency_ms()["p95"]
     drift = report.drift
     psi = f" psi {sig(drift.data)}" if drift.data is not None else ""
@@ -306,7 +306,7 @@ def _metric_values(report: VersionReport | None, config: Config) -> dict[str, st
 
 
 def _pct(ratio: float | None) -> str:
-    return "-" if ratio is None else f"{fmt.sig(ratio * 100)}%"
+    return "-" if ratio is None else f"{sig(ratio * 100)}%"
 
 
 _SOURCES = {"reference": " ref", "training": " train", "first_labelled": " 1st"}
@@ -386,7 +386,6 @@ class ABPane(Pane):
     def draw(self, data: ConsoleData) -> None:
         tests = data.report.experiments if data.report is not None else ()
         rows = []
-        sig = fmt.sig
         for test in tests:
             exp = test.experiment
             for arm, version, window in (
@@ -423,7 +422,7 @@ def _verdict(test: ExperimentReport) -> str:
     """`retrain-v3: inconclusive · lab 1,080 / 120 · acc p=0.412 · mae p=0.09 · reason`:
     the labelled predictions per arm (control / candidate) the test was judged on."""
     v, name = test.verdict, test.experiment.name
-    n = f"lab {fmt.sig(test.control.labelled)} / {fmt.sig(test.candidate.labelled)}"
+    n = f"lab {sig(test.control.labelled)} / {sig(test.candidate.labelled)}"
     if test.task == "binary":
         return f"{name}: {v.outcome} · {n} · auc p={fmt.p_value(v.auc_p)} · {v.reason}"
     return (
@@ -463,7 +462,7 @@ class JobsPane(Pane):
                     f"#{job.id}",
                     fmt.cell(job.trigger),
                     job.status,
-                    f"{fmt.sig(job.progress * 100)}%",
+                    f"{sig(job.progress * 100)}%",
                     fmt.cell(
                         _job_result(job.status, job.version, job.deployed, job.reason, job.error)
                         or job.message

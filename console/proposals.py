@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from console.data import ConsoleData
-from console.format import p_value, percent, sig
+from console.format import p_value, percent
 from console.gateway import Gateway
-from engine import Experiment, ExperimentReport, Workspace
+from engine import Experiment, ExperimentReport, Workspace, sig
 
 WORKSPACE_WIDE = "*"  # the line of an alert that is no line's (the prediction log's loss)
 

@@ -13,7 +13,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Static
 
 from console import format as fmt
-from engine import HistoryEntry, Lineage, VersionReport
+from engine import HistoryEntry, Lineage, VersionReport, sig
 
 
 class HelpScreen(ModalScreen[None]):
@@ -119,7 +119,7 @@ def fact(value: str) -> str:
         return value
     if value.strip().lstrip("+-").isdigit():
         return f"{int(value):,}"
-    return fmt.sig(number)
+    return sig(number)
 
 
 def _metrics(report: VersionReport | None) -> Table:
@@ -143,10 +143,10 @@ def _metrics(report: VersionReport | None) -> Table:
             window,
             f"{w.predictions:,}",
             f"{w.labelled:,}",
-            fmt.sig(w.accuracy),
-            fmt.sig(w.mae),
-            fmt.sig(w.latency_ms()["p95"]),
-            fmt.sig(w.error_rate),
+            sig(w.accuracy),
+            sig(w.mae),
+            sig(w.latency_ms()["p95"]),
+            sig(w.error_rate),
             report.health if window == "1h" else "",
         )
     return table
@@ -161,13 +161,13 @@ def _drift(report: VersionReport | None) -> Table:
         model = report.drift.model
         table.add_row(
             "model",
-            "-" if model is None else f"{fmt.sig(model * 100)}%",
+            "-" if model is None else f"{sig(model * 100)}%",
             "",
             "relative to the version's baseline",
         )
-        table.add_row("score", fmt.sig(report.drift.score_psi), "", "")
+        table.add_row("score", sig(report.drift.score_psi), "", "")
     for f in features:
-        table.add_row(fmt.cell(f.name), fmt.sig(f.psi), fmt.sig(f.ks), f.level)
+        table.add_row(fmt.cell(f.name), sig(f.psi), sig(f.ks), f.level)
     if report is None or (not features and report.drift.data is None):
         table.add_row("-", "-", "-", "not enough data")
     return table

@@ -4,10 +4,10 @@ The public surface is `__all__`, and it is small: `Engine` (the facade) and `Wor
 records the facade returns (deployment state, history, lineage, jobs, the monitoring report)
 and the `Config` it reads; the errors it raises; and the few helpers a front end needs to
 behave as the engine does (`check_name`, the name rule; `escape`, the terminal-safe text
-rule; `BackgroundThread`, the engine's long-running worker thread). The console imports
-nothing else (tests/test_wall.py holds it, as httpx keeps its private modules behind one
-`__all__`); every other module is private and may move. This package never imports Textual
-or the console.
+rule; `sig`, how a number reads to people; `BackgroundThread`, the engine's long-running
+worker thread). The console imports nothing else (tests/test_wall.py holds it, as httpx
+keeps its private modules behind one `__all__`); every other module is private and may move.
+This package never imports Textual or the console.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from engine.core.errors import (
     StateChanged,
     StoreError,
 )
+from engine.core.figures import sig
 from engine.core.naming import check_name
 from engine.core.records import (
     Change,
@@ -74,6 +75,7 @@ __all__ = [
     "Workspace",
     "check_name",
     "escape",
+    "sig",
 ]
 
 # What `import engine` must not load (the cold start: `beast status` ≤ 0.4 s) is imported on

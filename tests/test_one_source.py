@@ -5,14 +5,12 @@ predictions and labelled predictions per arm, rounded for people."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
 import pytest
 
 from engine import Engine
-from engine.core import figures
 from tests.helpers import beast
 from tests.test_http_api import client_for
 from tests.test_monitoring import feed
@@ -72,14 +70,3 @@ def test_the_text_shows_predictions_and_labelled_per_arm(testing: Engine) -> Non
         assert cells[:4] == [arm, version, str(figures["predictions"]), str(figures["labelled"])]
         assert cells[4] == f"{figures['accuracy']:.3f}"  # three significant digits
     assert "0.80066" not in out.stdout
-
-
-@pytest.mark.parametrize(
-    "value",
-    [None, math.nan, math.inf, 0.0, 0.8006644518272426, 0.00656, 4.7712, 41.25, 99.96, 1653.0]
-    + [(-1) ** i * 10 ** (i / 3 - 6) * 1.2345 for i in range(30)],
-)
-def test_the_cli_rounds_as_the_console_does(value: float | None) -> None:
-    from console.format import sig as console_sig
-
-    assert figures.sig(value) == console_sig(value)

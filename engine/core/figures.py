@@ -1,5 +1,6 @@
-"""Numbers for people: what the CLI's tables and the incident report print (the console has
-its own, console.format.sig, with the same rule). JSON keeps full precision; only text rounds."""
+"""Numbers for people: what the CLI's tables, the incident report and the console print
+(`engine.sig` is the console's too, so a figure reads the same everywhere). JSON keeps full
+precision; only text rounds."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import math
 
 def sig(value: float | None, digits: int = 3) -> str:
     """`digits` significant digits below 10^(digits-1), whole and grouped above (`0.821`,
-    `41.2`, `1,653`, never `1.65e+03`); `-` for none or NaN."""
+    `41.2`, `1,653`, never `1.65e+03`); a count (an int) whole (`5`, not `5.00`); `-` for
+    none or NaN."""
     if value is None or math.isnan(value):
         return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
     if math.isinf(value) or abs(value) >= 10 ** (digits - 1) - 0.5:
         return str(value) if math.isinf(value) else f"{round(value):,}"
     if value == 0:

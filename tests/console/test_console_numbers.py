@@ -18,9 +18,9 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Label, Static
 
 from console.app import BeastConsole
-from console.format import p_value, sig
+from console.format import p_value
 from console.gateway import Gateway
-from engine import Workspace
+from engine import Workspace, sig
 from tests.console import snapdata
 from tests.console.pilot import drive, make_app
 from tests.helpers import beast

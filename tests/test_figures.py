@@ -1,10 +1,13 @@
-"""Numbers for people: three significant digits on screen, whole numbers grouped."""
+"""Numbers for people: three significant digits in text (the CLI, the incident report, the
+console: one rule, `engine.sig`), counts whole and grouped; JSON keeps full precision."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from console.format import sig
+from engine import sig
 
 
 @pytest.mark.parametrize(
@@ -17,6 +20,9 @@ from console.format import sig
         (0.9996, "1.00"),
         (9.996, "10.0"),
         (1653, "1,653"),  # counts stay whole, grouped
+        (5, "5"),
+        (5.0, "5.00"),  # a measured figure keeps its digits
+        (math.inf, "inf"),
         (1234567.8, "1,234,568"),
         (-2.345, "-2.35"),
         (0.05, "0.0500"),
