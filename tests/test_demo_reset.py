@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from engine import Engine, Workspace
+from engine.core import engine_lock
 from engine.demo import live as demo_live
 from engine.demo import workspace as demo
 from tests.helpers import REPO, assert_invariants, beast
@@ -27,6 +29,31 @@ def test_reset_refuses_a_workspace_the_demo_did_not_build(tmp_path: Path) -> Non
     _one_line_refusal(beast(ws, "init", "--demo", "--reset"), "is not a demo workspace")
     assert sorted(p.relative_to(ws.root) for p in ws.root.rglob("*")) == before
     assert (ws.data_dir / "mine.csv").read_text() == "precious\n"
+
+
+def test_reset_refuses_a_demo_workspace_an_engine_serves(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / ".beast-mode")
+    engine, _ = Engine.init(ws)
+    engine.close()
+    (ws.root / demo.MARKER).write_text(json.dumps({"demo": True, "built_at": "2026-12-06"}))
+    port = demo_live.free_port()
+    log = tmp_path / "engine.log"
+    with log.open("ab") as out:
+        served = subprocess.Popen(
+            demo_live.beast_command(ws, "engine", "--port", str(port)),
+            stdout=out,
+            stderr=out,
+            cwd=str(REPO),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while engine_lock.running_pid(ws) is None:  # its lock: taken before it serves
+            assert served.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        _one_line_refusal(beast(ws, "init", "--demo", "--reset"), f"(pid {served.pid})")
+        assert ws.db_path.is_file() and (ws.root / demo.MARKER).is_file()
+    finally:
+        assert demo_live.stop(served) == 0, log.read_text()
 
 
 def test_reset_wants_demo(tmp_path: Path) -> None:

@@ -325,6 +325,8 @@ def test_demo_live_runs_engine_and_traffic_and_stops_both(demo_ws: Workspace) ->
             pytest.fail("the demo's traffic never reached the engine's log")
     assert _wait_gone(pids, 1) == []
     assert lines and live.url in lines[-1]
+    # An existing workspace is not rebuilt: one line says so, and how to start fresh.
+    assert lines[0].startswith("demo workspace ") and "start fresh:" in lines[0]
     assert "beast engine stopped" in (live.logs / "demo-engine.log").read_text()
 
 

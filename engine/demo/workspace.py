@@ -245,7 +245,7 @@ def built_at(ws: Workspace) -> datetime | None:
 def reset(ws: Workspace) -> DemoResult:
     """Delete the demo workspace and build it again from nothing. Refused, touching nothing,
     unless `build` made it (demo.json) and no engine serves it."""
-    if ws.root.exists():
+    if ws.root.exists() and any(ws.root.iterdir()):
         if built_at(ws) is None:
             raise BeastError(
                 f"{ws.root} is not a demo workspace (no {MARKER}): --reset deletes only what "
