@@ -6,12 +6,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test lint typecheck check bench clean demo demo-reset venv
 
-# One progress line instead of pip's pages; pip still prints what fails.
+# One progress line instead of pip's pages: -qq leaves pip its errors only (a machine whose pip
+# config names missing indexes would otherwise print a warning per package).
 $(STAMP): pyproject.toml constraints.txt
-	@echo "building $(VENV) (pip install, ~2 min)…"
+	@echo "building $(VENV) (pip install, 2–5 min)…"
 	@$(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mlflow]"
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq -c constraints.txt -e ".[dev,mlflow]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

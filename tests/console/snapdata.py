@@ -73,7 +73,7 @@ def _traffic(ws: Workspace) -> None:
         at_ms = int((FROZEN - minute * 60) * 1000)
         for version, arm, n, err in (
             ("v2.0", "production", 36, 3.0),
-            ("v3.0", "candidate", 4, 9.0),
+            ("v3.0", "candidate", 8, 9.0),  # 240 labelled: over [monitoring] min_labelled
         ):
             spike = 40_000 if minute in (12, 11) and arm == "production" else 0
             for _ in range(n):
