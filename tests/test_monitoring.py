@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine import BeastError, Engine
-from engine.core import ids
+from engine.core import ids, tasks
+from engine.core.config import Config
 from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
@@ -123,6 +124,24 @@ def test_accuracy_is_critical_only_when_surely_below_the_alert_line(deployed: En
     assert [f.message for f in v.findings] == [
         "accuracy 0.740 < 0.75 (alert; 95% upper bound 0.747) over 10,000 labelled"
     ]
+
+
+def test_auc_waits_for_labels_and_is_critical_only_when_surely_under_its_alert() -> None:
+    from tests.test_binary_report import window  # a window holding exactly a given AUC
+
+    config, none = Config(), monitoring.DriftSummary(None, None, None)
+    assert monitoring.assess(window(0.5, labelled=150), none, config, tasks.BINARY) == (
+        "healthy",
+        (),
+    )
+    # AUC 0.57 over 200 labels: under the 0.60 alert, but Hanley & McNeil's bound (0.636) is not.
+    health, (finding,) = monitoring.assess(window(0.57, labelled=200), none, config, tasks.BINARY)
+    assert (health, finding.message) == ("warning", "auc 0.570 < 0.7 (min) over 200 labelled")
+    health, (finding,) = monitoring.assess(window(0.57, labelled=2000), none, config, tasks.BINARY)
+    assert (health, finding.message) == (
+        "critical",
+        "auc 0.570 < 0.6 (alert; 95% upper bound 0.591) over 2,000 labelled",
+    )
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ nullable_features = []
 min_samples = 30
 # accuracy (AUC on a binary line) and model drift are judged over at least this many labelled
 # predictions: below it "not enough labelled data", never an alarm. At 200 one standard error
-# of an accuracy near 0.75-0.80 is 0.03; critical also needs the 95% upper bound under the alert
+# of an accuracy near 0.75-0.80 is 0.03. Critical also needs its 95% upper bound under `alert`
 min_labelled = 200
 # an A/B verdict needs this many labelled predictions per arm, at this significance level
 ab_min_samples = 100
