@@ -101,6 +101,10 @@ def test_a_handful_of_labelled_rows_is_never_an_accuracy_alarm(deployed: Engine)
     v = version_report(report, "v1.0")
     assert (v.health, v.findings, v.drift.model) == ("healthy", (), None)
     assert report.alerts == ()
+    config = deployed.config
+    assert monitoring.labelled_wait(v.window, config, tasks.REGRESSION) == (
+        "accuracy: not enough labelled data (199 of 200)"
+    )
     feed(deployed, "v1.0", 1, within=0.0)  # the 200th: judged now
     v = version_report(deployed.monitoring.evaluate(), "v1.0")
     assert v.health == "critical"
@@ -109,6 +113,7 @@ def test_a_handful_of_labelled_rows_is_never_an_accuracy_alarm(deployed: Engine)
         "accuracy 0.500 < 0.75 (alert; 95% upper bound 0.558) over 200 labelled"
     )
     assert v.findings[1].message == "model drift 47.4% > 10% of baseline over 200 labelled"
+    assert monitoring.labelled_wait(v.window, config, tasks.REGRESSION) is None
 
 
 def test_accuracy_is_critical_only_when_surely_below_the_alert_line(deployed: Engine) -> None:

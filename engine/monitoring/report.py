@@ -283,6 +283,15 @@ def upper_bound(window: metrics.WindowMetrics, key: str, value: float) -> float:
     return value + Z_ONE_SIDED_95 * se
 
 
+def labelled_wait(window: metrics.WindowMetrics, config: Config, task: str) -> str | None:
+    """What the line's primary metric says while it waits for labels, for those who show it:
+    "accuracy: not enough labelled data (40 of 200)"; None once it is judged."""
+    least = config.monitoring.min_labelled
+    if window.labelled >= least:
+        return None
+    return f"{tasks.PRIMARY[task]}: not enough labelled data ({window.labelled:,} of {least:,})"
+
+
 def _primary_finding(window: metrics.WindowMetrics, config: Config, task: str) -> Finding | None:
     """The line's primary metric judged: nothing below [monitoring] min_labelled labelled
     predictions ("not enough labelled data", never an alarm); under its min line a warning;
