@@ -4,13 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck check bench clean demo venv
+.PHONY: test lint typecheck check bench clean demo demo-reset venv
 
+# One progress line instead of pip's pages: -qq leaves pip its errors only (a machine whose pip
+# config names missing indexes would otherwise print a warning per package).
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,mlflow]"
-	touch $(STAMP)
+	@echo "building $(VENV) (pip install, 2–5 min)…"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -qq --upgrade pip
+	@$(BIN)/python -m pip install -qq -c constraints.txt -e ".[dev,mlflow]"
+	@touch $(STAMP)
 
 venv: $(STAMP)
 
@@ -33,6 +36,10 @@ bench: $(STAMP)
 # the workspace first if it is empty (generated data, three trained versions, an A/B test).
 demo: $(STAMP)
 	$(BIN)/beast --workspace demo/.beast-mode console --demo
+
+# The demo workspace rebuilt from nothing (refused unless it is the demo's: its demo.json).
+demo-reset: $(STAMP)
+	$(BIN)/beast --workspace demo/.beast-mode init --demo --reset
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -22,6 +22,8 @@ def test_default_file_holds_the_seed_values() -> None:
         0.01,
         False,
     )
+    m = config.monitoring
+    assert (m.min_samples, m.min_labelled, m.ab_min_samples) == (30, 200, 100)
 
 
 def test_partial_file_keeps_defaults_for_the_rest() -> None:
@@ -43,6 +45,7 @@ def test_partial_file_keeps_defaults_for_the_rest() -> None:
         ("[retrain]\nauto_deploy = 'yes'", "retrain.auto_deploy", "'yes'"),
         ("[retrain]\ninterval_days = true", "retrain.interval_days", "True"),
         ("[registry]\nmax_artifact_mb = 0", "registry.max_artifact_mb", "0"),
+        ("[monitoring]\nmin_labelled = 0", "monitoring.min_labelled", "0"),
         ("[console]\ntype_to_confirm = 1", "console.type_to_confirm", "1"),
         ("[console]\nenvironment = 'production-eu-west-primary'", "console.environment", "eu-west"),
     ],

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from engine import BeastError, Engine
-from engine.core import ids
+from engine.core import ids, tasks
+from engine.core.config import Config
 from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
@@ -87,11 +88,72 @@ def test_too_few_samples_is_no_data_never_an_alarm(deployed: Engine) -> None:
     assert deployed.status().health == "healthy"  # predictions exist, nothing fires
 
 
+def test_a_handful_of_labelled_rows_is_never_an_accuracy_alarm(deployed: Engine) -> None:
+    # 199 labelled at accuracy 0.5: enough predictions to judge latency and errors, too few
+    # labels to judge accuracy ([monitoring] min_labelled = 200) or model drift.
+    with deployed.store.write_sql() as conn:
+        artifact_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").artifact_id
+        baselines.store(
+            SqliteTx(conn), artifact_id, "training", reference=None, metrics={"accuracy": 0.95}
+        )
+    feed(deployed, "v1.0", 199, within=0.5)
+    report = deployed.monitoring.evaluate()
+    v = version_report(report, "v1.0")
+    assert (v.health, v.findings, v.drift.model) == ("healthy", (), None)
+    assert report.alerts == ()
+    config = deployed.config
+    assert monitoring.labelled_wait(v.window, config, tasks.REGRESSION) == (
+        "accuracy: not enough labelled data (199 of 200)"
+    )
+    feed(deployed, "v1.0", 1, within=0.0)  # the 200th: judged now
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
+    assert v.health == "critical"
+    assert [f.metric for f in v.findings] == ["accuracy", "model_drift"]
+    assert v.findings[0].message == (
+        "accuracy 0.500 < 0.75 (alert; 95% upper bound 0.558) over 200 labelled"
+    )
+    assert v.findings[1].message == "model drift 47.4% > 10% of baseline over 200 labelled"
+    assert monitoring.labelled_wait(v.window, config, tasks.REGRESSION) is None
+
+
+def test_accuracy_is_critical_only_when_surely_below_the_alert_line(deployed: Engine) -> None:
+    # 0.74 over 300 labelled: below 0.75, but its one-sided 95% upper bound (0.782) is not.
+    # A warning (it is below the 0.80 min), never the critical that pulls a candidate.
+    feed(deployed, "v1.0", 300, within=0.74)
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
+    assert v.health == "warning"
+    assert [f.message for f in v.findings] == ["accuracy 0.740 < 0.8 (min) over 300 labelled"]
+    feed(deployed, "v1.0", 9700, within=0.74)  # the same accuracy, surely below: critical
+    v = version_report(deployed.monitoring.evaluate(), "v1.0")
+    assert v.health == "critical"
+    assert [f.message for f in v.findings] == [
+        "accuracy 0.740 < 0.75 (alert; 95% upper bound 0.747) over 10,000 labelled"
+    ]
+
+
+def test_auc_waits_for_labels_and_is_critical_only_when_surely_under_its_alert() -> None:
+    from tests.test_binary_report import window  # a window holding exactly a given AUC
+
+    config, none = Config(), monitoring.DriftSummary(None, None, None)
+    assert monitoring.assess(window(0.5, labelled=150), none, config, tasks.BINARY) == (
+        "healthy",
+        (),
+    )
+    # AUC 0.57 over 200 labels: under the 0.60 alert, but Hanley & McNeil's bound (0.636) is not.
+    health, (finding,) = monitoring.assess(window(0.57, labelled=200), none, config, tasks.BINARY)
+    assert (health, finding.message) == ("warning", "auc 0.570 < 0.7 (min) over 200 labelled")
+    health, (finding,) = monitoring.assess(window(0.57, labelled=2000), none, config, tasks.BINARY)
+    assert (health, finding.message) == (
+        "critical",
+        "auc 0.570 < 0.6 (alert; 95% upper bound 0.591) over 2,000 labelled",
+    )
+
+
 @pytest.mark.parametrize(
     ("within", "health"), [(0.9, "healthy"), (0.78, "warning"), (0.7, "critical")]
 )
 def test_accuracy_thresholds(deployed: Engine, within: float, health: str) -> None:
-    feed(deployed, "v1.0", 200, within=within)
+    feed(deployed, "v1.0", 400, within=within)  # 0.7 over 400: surely below the 0.75 alert
     v = version_report(deployed.monitoring.evaluate(), "v1.0")
     assert v.health == health
     assert v.window.accuracy == pytest.approx(within, abs=0.005)

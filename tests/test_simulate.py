@@ -28,7 +28,14 @@ from engine import Engine, Workspace
 from engine.demo import live as demo_live
 from engine.demo import sample_data
 from engine.demo import workspace as demo
-from engine.demo.simulate import CHANGE_PREFIX, KEY_PREFIX, SimOptions, Simulation, with_lines
+from engine.demo.simulate import (
+    CHANGE_PREFIX,
+    KEY_PREFIX,
+    SimOptions,
+    SimulatedClock,
+    Simulation,
+    with_lines,
+)
 from engine.demo.transport import InProcess
 from engine.monitoring import baselines, scoring
 from engine.store.sqlite.prediction_log import count_logged
@@ -36,19 +43,6 @@ from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 from tests.serving_helpers import logged
 
 DEMO_ROWS = 3000
-
-
-class VirtualClock:
-    """Simulated seconds: a sleep moves time on at once."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 def _train(ws: Workspace, version: str, depth: int, rounds: int) -> Path:
@@ -158,7 +152,7 @@ def test_a_simulated_minute_in_process_logs_labels_drifts_and_fires_an_alert(
     engine = Engine(demo_ws, actor="tester")
     transport = InProcess(engine)
     production_psi: list[tuple[float, float]] = []
-    clock = VirtualClock()
+    clock = SimulatedClock()
 
     def evaluate() -> list[str]:
         found = engine.monitoring.evaluate()
@@ -331,6 +325,8 @@ def test_demo_live_runs_engine_and_traffic_and_stops_both(demo_ws: Workspace) ->
             pytest.fail("the demo's traffic never reached the engine's log")
     assert _wait_gone(pids, 1) == []
     assert lines and live.url in lines[-1]
+    # An existing workspace is not rebuilt: one line says so, and how to start fresh.
+    assert lines[0].startswith("demo workspace ") and "start fresh:" in lines[0]
     assert "beast engine stopped" in (live.logs / "demo-engine.log").read_text()
 
 

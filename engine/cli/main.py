@@ -81,10 +81,14 @@ def _report(change: Change, args: argparse.Namespace) -> int:
 
 
 def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
+    if args.reset and not args.demo:
+        raise BeastError("--reset rebuilds the demo workspace: use it with --demo")
     if args.demo:
         from engine.demo import workspace as demo  # numpy and XGBoost: only the demo trains
 
-        result = demo.build(engine.workspace)
+        if not args.json:
+            print("building the demo workspace: training 5 versions of 2 lines…", flush=True)
+        result = demo.reset(engine.workspace) if args.reset else demo.build(engine.workspace)
         if args.json:
             _print_json(
                 {
@@ -426,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="also generate demo data, train three versions, deploy and start a test",
+    )
+    p.add_argument(
+        "--reset",
+        action="store_true",
+        help="with --demo: delete the demo workspace (only one --demo built) and build it anew",
     )
     p.add_argument("--json", action="store_true")
 

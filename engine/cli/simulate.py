@@ -142,7 +142,7 @@ def add_parsers(add: Any) -> None:
         metavar="X",
         help="drift added per minute, 0–1 scale of sample_data.generate (0.5)",
     )
-    p.add_argument("--max-drift", type=float, default=0.25, metavar="X", help="drift cap (0.25)")
+    p.add_argument("--max-drift", type=float, default=0.5, metavar="X", help="drift cap (0.5)")
     p.add_argument(
         "--backlog",
         type=int,

@@ -96,10 +96,7 @@ def needs_build(workspace: Workspace) -> bool:
 
 def build(workspace: Workspace, say: Callable[[str], None]) -> None:
     """`beast init --demo` in a child process (it trains five XGBoost models)."""
-    say(
-        f"building the demo workspace in {workspace.root} "
-        "(data, five models of two lines, two A/B tests)…"
-    )
+    say(f"building the demo workspace in {workspace.root}: training 5 versions of 2 lines (~30 s)…")
     done = subprocess.run(
         beast_command(workspace, "init", "--demo"),
         capture_output=True,
@@ -131,6 +128,10 @@ def running(
     tell = say or (lambda line: print(line, file=sys.stderr, flush=True))
     if needs_build(workspace):
         build(workspace, tell)
+    else:
+        from engine.demo import workspace as demo  # XGBoost: only once it is needed
+
+        tell(demo.describe(workspace))
     logs = workspace.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     chosen = port or free_port()

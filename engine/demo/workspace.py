@@ -13,20 +13,30 @@ of an A/B test:
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xgboost as xgb
 
-from engine.core.errors import Conflict
+from engine.core import engine_lock
+from engine.core.clock import utc_now
+from engine.core.errors import BeastError, Conflict
 from engine.core.workspace import Workspace
 from engine.demo import sample_data
 from engine.facade import Engine
 from engine.monitoring import baselines, scoring
+from engine.monitoring.report import AUTO_PULL_ACTOR
 
 LINE = "quality-predictor"
+# Written last by `build`: what marks a workspace as the demo's, the only kind `reset` deletes.
+MARKER = "demo.json"
+RESET_HINT = "make demo-reset"  # = beast init --demo --reset on the demo's workspace
 DEMO_ROWS = 6000
 DEMO_TEST = "retrain-v3"
 REVERT_LINE = sample_data.REVERT_LINE
@@ -208,8 +218,80 @@ def build(ws: Workspace) -> DemoResult:
         )
     finally:
         engine.close()
+    _write_marker(ws)
     return DemoResult(ws.root, data, (*paths, *revert_paths), revert_data)
 
 
 def raise_existing(ws: Workspace) -> None:
     raise Conflict(f"{ws.root} already has deployments; use an empty directory for the demo")
+
+
+def _write_marker(ws: Workspace) -> None:
+    marker = {"demo": True, "built_at": utc_now(), "generator": "engine.demo.workspace"}
+    tmp = ws.root / f".{MARKER}.partial"
+    tmp.write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    tmp.replace(ws.root / MARKER)
+
+
+def built_at(ws: Workspace) -> datetime | None:
+    """When `build` made this workspace (its demo.json), None when it holds no demo marker."""
+    try:
+        marker = json.loads((ws.root / MARKER).read_text(encoding="utf-8"))
+        return datetime.fromisoformat(str(marker["built_at"]).replace("Z", "+00:00"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reset(ws: Workspace) -> DemoResult:
+    """Delete the demo workspace and build it again from nothing. Refused, touching nothing,
+    unless `build` made it (demo.json) and no engine serves it."""
+    if ws.root.exists() and any(ws.root.iterdir()):
+        if built_at(ws) is None:
+            raise BeastError(
+                f"{ws.root} is not a demo workspace (no {MARKER}): --reset deletes only what "
+                "`beast init --demo` built"
+            )
+        pid = engine_lock.running_pid(ws)
+        if pid is not None:
+            raise BeastError(f"a beast engine (pid {pid}) is serving {ws.root}; stop it first")
+        shutil.rmtree(ws.root)
+    return build(ws)
+
+
+def describe(ws: Workspace, now: datetime | None = None) -> str:
+    """One line on an existing demo workspace: where, how old, how its test stands, and how to
+    start fresh."""
+    where = _shown(ws.root)
+    at = built_at(ws)
+    if at is None:
+        return f"demo workspace {where} (built before {MARKER}); start fresh: rm -r {where}"
+    hours = ((now or datetime.now(UTC)) - at).total_seconds() / 3600
+    age = f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.0f} h"
+    local = at.astimezone().strftime("%Y-%m-%d %H:%M")
+    return (
+        f"demo workspace {where} from {local} ({age} ago, {_test_state(ws)}); "
+        f"start fresh: {RESET_HINT}"
+    )
+
+
+def _test_state(ws: Workspace) -> str:
+    engine = Engine(ws)
+    try:
+        test = engine.experiment(DEMO_TEST)
+    except BeastError:
+        return f"no test {DEMO_TEST}"
+    finally:
+        engine.close()
+    if test.status == "running":
+        return f"{test.candidate} on test"
+    if test.ending == "auto-pulled" or test.ended_by == AUTO_PULL_ACTOR:
+        return f"{test.candidate} pulled"
+    return f"{test.candidate} {test.status}"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (as `make demo` names it)."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)

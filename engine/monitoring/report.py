@@ -244,11 +244,13 @@ def data_drift(
 
 
 def model_drift(
-    window: metrics.WindowMetrics, task: str, baseline: Mapping[str, float], min_samples: int
+    window: metrics.WindowMetrics, task: str, baseline: Mapping[str, float], min_labelled: int
 ) -> float | None:
     """The seed's "model drift": relative degradation of the line's primary metric (and, on
-    a regression line, MAE) against the version's baseline metrics; the worse of the two."""
-    if window.labelled < min_samples:
+    a regression line, MAE) against the version's baseline metrics; the worse of the two.
+    None below `min_labelled` labelled predictions ([monitoring] min_labelled): a drop
+    measured on a handful of labels is noise, never an alarm."""
+    if window.labelled < min_labelled:
         return None
     keys = [tasks.PRIMARY[task]] + (["mae"] if task == tasks.REGRESSION else [])
     found = window.metrics(task)
@@ -262,6 +264,55 @@ def model_drift(
     return max(drops) if drops else None
 
 
+# A primary metric under its alert line is critical (a candidate is pulled on it) only when
+# its one-sided 95% upper confidence bound is under the line too: accuracy 0.74 over 300
+# labels (bound 0.782) may well be a 0.76 model; over 10,000 (bound 0.747) it is not.
+Z_ONE_SIDED_95 = 1.645
+
+
+def upper_bound(window: metrics.WindowMetrics, key: str, value: float) -> float:
+    """The one-sided 95% upper confidence bound of the primary metric `key` ("accuracy", a
+    proportion: its normal bound; "auc": Hanley & McNeil's standard error)."""
+    n = window.labelled
+    if key == "auc":
+        negatives = n - window.actual_pos
+        if window.actual_pos < 1 or negatives < 1:
+            return math.inf
+        se = abstats.hanley_mcneil_se(value, window.actual_pos, negatives)
+    else:
+        se = math.sqrt(max(value * (1 - value), 0.0) / n) if n else math.inf
+    return value + Z_ONE_SIDED_95 * se
+
+
+def labelled_wait(window: metrics.WindowMetrics, config: Config, task: str) -> str | None:
+    """What the line's primary metric says while it waits for labels, for those who show it:
+    "accuracy: not enough labelled data (40 of 200)"; None once it is judged."""
+    least = config.monitoring.min_labelled
+    if window.labelled >= least:
+        return None
+    return f"{tasks.PRIMARY[task]}: not enough labelled data ({window.labelled:,} of {least:,})"
+
+
+def _primary_finding(window: metrics.WindowMetrics, config: Config, task: str) -> Finding | None:
+    """The line's primary metric judged: nothing below [monitoring] min_labelled labelled
+    predictions ("not enough labelled data", never an alarm); under its min line a warning;
+    critical only when surely under its alert line (`upper_bound`)."""
+    t, least = config.thresholds, config.monitoring.min_labelled
+    key = tasks.PRIMARY[task]
+    value = window.metrics(task)[key]
+    if window.labelled < least or value is None:
+        return None
+    low, alert = (t.auc_min, t.auc_alert) if key == "auc" else (t.accuracy_min, t.accuracy_alert)
+    over = f"over {window.labelled:,} labelled"
+    bound = upper_bound(window, key, value)
+    if bound < alert:
+        why = f"{key} {value:.3f} < {alert:g} (alert; 95% upper bound {bound:.3f}) {over}"
+        return Finding(key, "critical", value, alert, why)
+    if value < low:
+        return Finding(key, "warning", value, low, f"{key} {value:.3f} < {low:g} (min) {over}")
+    return None
+
+
 def assess(
     window: metrics.WindowMetrics,
     summary: DriftSummary,
@@ -270,22 +321,15 @@ def assess(
 ) -> tuple[str, tuple[Finding, ...]]:
     """Health from the thresholds (seed: accuracy and errors critical; latency, drift warn).
     A binary line's primary metric is AUC: [thresholds] auc's min warns, its alert is
-    critical, in place of accuracy's."""
-    t, minimum = config.thresholds, config.monitoring.min_samples
-    if window.predictions < minimum:
+    critical, in place of accuracy's. Each message names what it was measured over."""
+    t = config.thresholds
+    if window.predictions < config.monitoring.min_samples:
         return "no data", ()
     out: list[Finding] = []
-    # The primary metric: accuracy's thresholds on a regression line, AUC's on a binary one.
-    key = tasks.PRIMARY[task]
-    value = window.metrics(task)[key]
-    low, alert = (t.auc_min, t.auc_alert) if key == "auc" else (t.accuracy_min, t.accuracy_alert)
-    if window.labelled >= minimum and value is not None:
-        if value < alert:
-            out.append(
-                Finding(key, "critical", value, alert, f"{key} {value:.3f} < {alert:g} (alert)")
-            )
-        elif value < low:
-            out.append(Finding(key, "warning", value, low, f"{key} {value:.3f} < {low:g} (min)"))
+    primary = _primary_finding(window, config, task)
+    if primary is not None:
+        out.append(primary)
+    served = f"over {window.predictions:,} predictions"
     rate = window.error_rate or 0.0
     if rate > t.error_rate_alert:
         out.append(
@@ -294,7 +338,7 @@ def assess(
                 "critical",
                 rate,
                 t.error_rate_alert,
-                f"error rate {rate:.3f} > {t.error_rate_alert:g} (alert)",
+                f"error rate {rate:.3f} > {t.error_rate_alert:g} (alert) {served}",
             )
         )
     elif rate > t.error_rate_max:
@@ -304,7 +348,7 @@ def assess(
                 "warning",
                 rate,
                 t.error_rate_max,
-                f"error rate {rate:.3f} > {t.error_rate_max:g} (max)",
+                f"error rate {rate:.3f} > {t.error_rate_max:g} (max) {served}",
             )
         )
     p95 = window.latency_ms()["p95"]
@@ -317,7 +361,7 @@ def assess(
                 "warning",
                 p95,
                 limit,
-                f"p95 latency {p95:.1f} ms > {limit:g} ms ({kind})",
+                f"p95 latency {p95:.1f} ms > {limit:g} ms ({kind}) {served}",
             )
         )
     if summary.model is not None and summary.model > t.drift_threshold:
@@ -327,7 +371,8 @@ def assess(
                 "warning",
                 summary.model,
                 t.drift_threshold,
-                f"model drift {summary.model:.1%} > {t.drift_threshold:.0%} of baseline",
+                f"model drift {summary.model:.1%} > {t.drift_threshold:.0%} of baseline "
+                f"over {window.labelled:,} labelled",
             )
         )
     if summary.data is not None and summary.data >= drift.PSI_WARNING:
@@ -340,7 +385,8 @@ def assess(
                 severity,
                 summary.data,
                 limit,
-                f"data drift PSI {summary.data:.2f} ≥ {limit:g} (worst: {top})",
+                f"data drift PSI {summary.data:.2f} ≥ {limit:g} (worst: {top}) "
+                f"over {window.drift_n:,} rows",
             )
         )
     worst = max((SEVERITY[f.severity] for f in out), default=0)
@@ -365,7 +411,10 @@ def _version_report(
     minimum = config.monitoring.min_samples
     worst_psi, score_psi, top = data_drift(reference, chosen, minimum)
     summary = DriftSummary(
-        model_drift(chosen, task, base_metrics, minimum), worst_psi, score_psi, top
+        model_drift(chosen, task, base_metrics, config.monitoring.min_labelled),
+        worst_psi,
+        score_psi,
+        top,
     )
     health, findings = assess(chosen, summary, config, task)
     return VersionReport(

@@ -80,7 +80,7 @@ def traffic(ws: Workspace, at: float = FROZEN, unlabelled_every: int = 0) -> Non
         at_ms = int((at - minute * 60) * 1000)
         for version, arm, n, err in (
             ("v2.0", "production", 36, 3.0),
-            ("v3.0", "candidate", 4, 9.0),
+            ("v3.0", "candidate", 8, 9.0),  # 240 labelled: over [monitoring] min_labelled
         ):
             spike = 40_000 if minute in (12, 11) and arm == "production" else 0
             for _ in range(n):
