@@ -95,14 +95,14 @@ class BeastConsole(App[None]):
         Binding("z", "maximize_pane", "Zoom", id="maximize"),
         Binding("p", "pause", "Pause", id="pause"),
         Binding("ctrl+r", "refresh", "Refresh", id="refresh"),
+        Binding("H", "history", "History", id="history"),
         Binding("R", "mutate('rollback')", "Rollback", id="rollback"),
         Binding("P", "mutate('promote')", "Promote", id="promote"),
         Binding("A", "mutate('abort')", "Abort", id="abort"),
         Binding("T", "mutate('retrain')", "Retrain", id="retrain"),
         Binding("D", "mutate('deploy')", "Deploy", id="deploy"),
+        Binding("I", "incident_report", "Report", id="report"),
         Binding("q", "quit", "Quit", id="quit"),
-        # -- history (h2)
-        Binding("H", "history", "History", id="history"),
     ]
 
     def __init__(
@@ -598,7 +598,7 @@ class BeastConsole(App[None]):
         self.notify(fmt.safe(line), severity=severity, markup=False)  # type: ignore[arg-type]
         self.log_action(line)
 
-    # -- history (h2) -----------------------------------------------------------------------
+    # -- history and the incident report ----------------------------------------------------
 
     def action_history(self) -> None:
         """The History view: every change, newest first; `enter` shows its evidence."""
@@ -606,6 +606,24 @@ class BeastConsole(App[None]):
             self.notify("history: nothing read yet", severity="warning")
             return
         self.push_screen(HistoryScreen(self.data.history))
+
+    def action_incident_report(self) -> None:
+        """`beast report` from here: the incident snapshot (Markdown + JSON) written into the
+        directory the console was started in, for the console's window. It only reads, so a
+        read-only console writes it too."""
+        self.log_action("report: writing the incident snapshot…")
+        self._write_report()
+
+    @work(thread=True, group="report", exit_on_error=False)
+    def _write_report(self) -> None:
+        try:
+            # The working directory, read now: it may have been removed since the start.
+            markdown, _ = self.gateway.incident_report(Path.cwd(), window=self.window)
+        except (BeastError, OSError) as exc:
+            outcome, severity = f"report refused: {exc}", "error"
+        else:
+            outcome, severity = f"report written: {markdown} (and its .json)", "information"
+        self._from_thread(self._report, outcome, severity)
 
 
 def _outcome(action: str, result: Any) -> str:
@@ -618,8 +636,8 @@ def _outcome(action: str, result: Any) -> str:
 
 
 def _acting(binding: Binding) -> bool:
-    """The footer's second group: the keys that change something, and quit."""
-    return binding.action.startswith("mutate(") or binding.action == "quit"
+    """The footer's second group: the keys that change something, write something, or quit."""
+    return binding.action.startswith("mutate(") or binding.action in ("incident_report", "quit")
 
 
 def _what(binding: Binding) -> str:
@@ -635,6 +653,8 @@ def _what(binding: Binding) -> str:
         "refresh": "refresh now",
         "filter": "filter rows",
         "help": "this help",
+        "history": "history of changes; enter shows the evidence behind one",
+        "incident_report": "write an incident report here (Markdown + JSON, as beast report)",
         "quit": "quit",
     }
     action = binding.action

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from engine import (
@@ -80,6 +81,10 @@ class Gateway:
     def jobs(self, limit: int = 8) -> list[Job]:
         """Retraining jobs, newest first."""
         return self._read(lambda e: e.jobs(limit=limit))
+
+    def incident_report(self, out_dir: Path, *, window: str = "1h") -> tuple[Path, Path]:
+        """Write the incident snapshot into `out_dir` (a read: allowed when read-only)."""
+        return self._read(lambda e: e.incident_report(out_dir, window=window))
 
     def engine_pid(self) -> int | None:
         """The running `beast engine`'s pid, None when none runs on this workspace."""

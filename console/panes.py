@@ -293,6 +293,9 @@ def _metric_values(report: VersionReport | None, config: Config) -> dict[str, st
         primary = f"{sig(w.accuracy)} (min {fmt.setting(t.accuracy_min)})"
         tolerance = config.line(report.line).tolerance_points
         second = f"{sig(w.mae)} pts (±{fmt.setting(tolerance)} ok)"
+    if report.waiting is not None:  # not judged yet: say how many labels it waits for
+        least = config.monitoring.min_labelled
+        primary = f"{primary.split(' (')[0]} (wait: {w.labelled:,}/{least:,} lab)"
     model = drift.model
     return {
         "primary": primary,

@@ -232,6 +232,8 @@ def monitor(report: MonitorReport) -> str:
         if versions:
             out.append(_version_table(task, versions))
     for v in report.versions:
+        if v.waiting is not None and v.window.predictions:
+            out.append(text.escape(f"  waiting  {v.version}: {v.waiting}"))
         for f in v.findings:
             out.append(text.escape(f"  {f.severity.upper():8} {v.version}: {f.message}"))
         if v.drift.features and (v.drift.data or 0) >= 0.1:

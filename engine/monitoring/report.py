@@ -100,6 +100,9 @@ class VersionReport:
     series: tuple[metrics.MinutePoint, ...] = field(default=(), repr=False)
     task: str = tasks.REGRESSION
     baseline: BaselineSource = BaselineSource(None, None)
+    # Why the primary metric is not judged yet: "accuracy: not enough labelled data (40 of
+    # 200)"; None once it is (`labelled_wait`).
+    waiting: str | None = None
 
     @property
     def primary(self) -> str:
@@ -117,6 +120,7 @@ class VersionReport:
             **self.window.to_json(self.task),
             "drift": self.drift.to_json(),
             "baseline": self.baseline.to_json(),
+            "waiting": self.waiting,
             "health": self.health,
             "findings": [f.__dict__ for f in self.findings],
             "windows": {k: w.to_json(self.task) for k, w in self.windows.items()},
@@ -431,6 +435,7 @@ def _version_report(
         tuple(rollups.series(now_minute() - 59, task)),
         task,
         source,
+        labelled_wait(chosen, config, task),
     )
 
 

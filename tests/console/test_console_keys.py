@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable
@@ -255,3 +257,48 @@ def test_z_with_no_pane_focused_says_so(gateway: Gateway) -> None:
         assert notices(app) == ["z: focus a pane first (1–5)"]
 
     drive(app, scenario)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["read-write", "read-only"])
+def test_i_writes_the_incident_report_where_the_console_was_started(
+    testing: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, readonly: bool
+) -> None:
+    """`I` is `beast report` from the console: the Markdown and its JSON in the working
+    directory, the notice naming the file; it only reads, so a read-only console writes it."""
+    monkeypatch.chdir(tmp_path)
+    gateway = Gateway(testing, readonly=readonly, actor="console-test")
+    app = make_app(gateway)
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot, "I")
+        written = sorted(tmp_path.glob("beast-report-*"))
+        assert [p.suffix for p in written] == [".json", ".md"]
+        assert f"report written: {written[1]} (and its .json)" in notices(app)
+        assert "quality-predictor" in written[1].read_text()
+
+    before = state(testing)
+    try:
+        drive(app, scenario)
+    finally:
+        gateway.close()
+    assert state(testing) == before
+
+
+def test_i_says_why_when_the_report_cannot_be_written(
+    testing: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()  # the directory the console was started in no longer exists
+    gateway = Gateway(testing, actor="console-test")
+    app = make_app(gateway)
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot, "I")
+        assert any(n.startswith("report refused: ") for n in notices(app)), notices(app)
+
+    try:
+        drive(app, scenario)
+    finally:
+        gateway.close()

@@ -22,8 +22,9 @@ from tests.console import snapdata
 from tests.console.pilot import drive, make_app, press, rows, screen_lines
 from tests.helpers import model_path, set_config
 
-VIEW_KEYS = ("? Help", "/ Filter", "z Zoom", "p Pause", "^r Refresh", "^p palette")
-ACT_KEYS = ("R Rollback", "P Promote", "A Abort", "T Retrain", "D Deploy", "q Quit")
+VIEW_KEYS = ("? Help", "/ Filter", "z Zoom", "p Pause", "^r Refresh", "H History", "^p palette")
+MUTATION_KEYS = ("R Rollback", "P Promote", "A Abort", "T Retrain", "D Deploy")
+ACT_KEYS = (*MUTATION_KEYS, "I Report", "q Quit")
 
 
 @pytest.fixture
@@ -64,13 +65,16 @@ def test_every_key_is_in_the_footer(frozen: Workspace, size: tuple[int, int]) ->
     assert all(len(line) <= size[0] for line in footer)
 
 
-def test_read_only_footer_shows_no_mutation_key_on_one_line(frozen: Workspace) -> None:
+def test_read_only_footer_shows_no_mutation_key(frozen: Workspace) -> None:
+    """Read-only: the keys that look, then the two that only read or leave (the incident
+    report, quit); no key that changes state."""
     _, footer, _ = _screen(frozen, (80, 24), readonly=True)
-    assert len(footer) == 1
-    for key in (*VIEW_KEYS, "q Quit"):
+    assert len(footer) == 2
+    for key in VIEW_KEYS:
         assert key in footer[0]
-    for key in ACT_KEYS[:-1]:
-        assert key not in footer[0]
+    assert footer[1].split() == ["I", "Report", "q", "Quit"]
+    for key in MUTATION_KEYS:
+        assert key not in "\n".join(footer)
 
 
 def test_header_is_one_line_at_80_columns_and_keeps_its_badges(frozen: Workspace) -> None:

@@ -27,8 +27,9 @@ def _app(gateway: Gateway, **kw: bool) -> BeastConsole:
     return make_app(gateway, clock=lambda: snapdata.FROZEN, workspace_label=".beast-mode", **kw)
 
 
-VIEW_KEYS = ("? Help", "/ Filter", "z Zoom", "p Pause", "^r Refresh", "^p palette")
-ACT_KEYS = ("R Rollback", "P Promote", "A Abort", "T Retrain", "D Deploy", "q Quit")
+VIEW_KEYS = ("? Help", "/ Filter", "z Zoom", "p Pause", "^r Refresh", "H History", "^p palette")
+MUTATION_KEYS = ("R Rollback", "P Promote", "A Abort", "T Retrain", "D Deploy")
+ACT_KEYS = (*MUTATION_KEYS, "I Report", "q Quit")
 SIZES = [(80, 24), (200, 50)]
 
 
@@ -96,10 +97,10 @@ def test_readonly_badge(
     finally:
         gateway.close()
     assert "RO read-only" in lines[0]
-    footer = lines[-1]  # what looks, and quit: one line at 80 columns too
-    for key in (*VIEW_KEYS, "q Quit"):
+    footer = "\n".join(lines[-2:])  # what looks, the report and quit: no key that changes
+    for key in (*VIEW_KEYS, "I Report", "q Quit"):
         assert key in footer, footer
-    for key in ACT_KEYS[:-1]:
+    for key in MUTATION_KEYS:
         assert key not in "\n".join(lines), key
 
 

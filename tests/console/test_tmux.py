@@ -117,12 +117,14 @@ KEYS_AT_80 = (
     "z Zoom",
     "p Pause",
     "^r Refresh",
+    "H History",
     "^p palette",
     "R Rollback",
     "P Promote",
     "A Abort",
     "T Retrain",
     "D Deploy",
+    "I Report",
     "q Quit",
 )
 
