@@ -87,7 +87,7 @@ DIALOGS = {
         ("P",),
         (
             "beast promote retrain-v3 --force --expect v2.0 --expect-revision 3",
-            "alerts firing now: 3 on quality-predictor",
+            "alerts firing now: 4 on quality-predictor",
         ),
     ),
     "confirm-abort": (("A",), ("beast abort retrain-v3 --expect v2.0 --expect-revision 3",)),
