@@ -27,7 +27,7 @@ def incident_ws(engine: Engine) -> Engine:
     warning firing and drifted features, v3.0 its candidate in test t with labelled traffic."""
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0")
-    feed(engine, "v2.0", 200, within=0.7)
+    feed(engine, "v2.0", 200, within=0.6)
     engine.monitoring.evaluate()
     engine.rollback(note="accuracy | fell")
     rng = np.random.default_rng(3)

@@ -7,9 +7,12 @@ writes: it syncs the alerts table (one firing row per version and metric, dedupl
 it fires, resolved when it clears) and pulls a running test's candidate to 0% when its health
 is critical — once, recorded in history like any abort.
 
-Below `monitoring.min_samples` predictions (labelled ones, for accuracy and MAE) a figure
-is "not enough data": never an alarm. Data drift asks for more: PSI over fewer values than
-`drift.min_samples` (360 for ten bins) is mostly sampling noise.
+Below `monitoring.min_samples` predictions a version is "no data"; its primary metric (and
+model drift) waits for `monitoring.min_labelled` labelled predictions ("not enough labelled
+data (n of N)", `VersionReport.waiting`) and is critical only when its 95% upper bound is
+under the alert line: never an alarm on a handful of labels. Data drift asks for more: PSI
+over fewer values than `drift.min_samples` (360 for ten bins) is mostly sampling noise.
+Every finding's message names the n it was judged over.
 """
 
 from __future__ import annotations

@@ -26,12 +26,24 @@ def make_app(gateway: Gateway, **kw: Any) -> BeastConsole:
 
 
 async def settle(app: BeastConsole, pilot: Pilot[None]) -> None:
-    """Wait until every worker (poll, action, details) has finished and its result drawn."""
+    """Wait until every worker (poll, action, details) has finished and its result drawn,
+    column widths included: a DataTable measures updated cells when its message queue is
+    idle, and a key pressed before that (a dialog over the table) pictured `100` for `100%`."""
     for _ in range(5):
         await app.workers.wait_for_complete()
         await pilot.pause()
         if not any(w.is_running for w in app.workers):
+            break
+    for _ in range(50):
+        if not any(_measuring(t) for t in app.main_screen.query(DataTable)):
             return
+        await pilot.pause(0.01)
+
+
+def _measuring(table: DataTable[Any]) -> bool:
+    """Cells updated whose column widths the table has not measured yet (Textual 8 does it
+    on idle: `_on_idle`)."""
+    return bool(table._updated_cells) or table._require_update_dimensions
 
 
 async def press(app: BeastConsole, pilot: Pilot[None], *keys: str) -> None:
