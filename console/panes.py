@@ -287,15 +287,16 @@ def _metric_values(report: VersionReport | None, config: Config) -> dict[str, st
     # A drift figure names its baseline's source (reference file, training, first labels).
     source = _SOURCES.get(report.baseline.source or "", "") if drift.model is not None else ""
     if report.task == "binary":
-        primary = f"{sig(w.auc)} (min {fmt.setting(t.auc_min)}) ll {sig(w.log_loss)}"
+        value, low, tail = w.auc, t.auc_min, f" ll {sig(w.log_loss)}"
         second = f"{sig(w.accuracy)} p {sig(w.precision)} r {sig(w.recall)} br {sig(w.brier)}"
     else:
-        primary = f"{sig(w.accuracy)} (min {fmt.setting(t.accuracy_min)})"
+        value, low, tail = w.accuracy, t.accuracy_min, ""
         tolerance = config.line(report.line).tolerance_points
         second = f"{sig(w.mae)} pts (±{fmt.setting(tolerance)} ok)"
-    if report.waiting is not None:  # not judged yet: say how many labels it waits for
-        least = config.monitoring.min_labelled
-        primary = f"{primary.split(' (')[0]} (wait: {w.labelled:,}/{least:,} lab)"
+    if report.waiting is None:
+        primary = f"{sig(value)} (min {fmt.setting(low)}){tail}"
+    else:  # not judged yet: how many labels it waits for
+        primary = f"{sig(value)} (wait: {w.labelled:,}/{config.monitoring.min_labelled:,} lab)"
     model = drift.model
     return {
         "primary": primary,

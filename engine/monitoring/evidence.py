@@ -10,7 +10,7 @@ deployments/history.json and the incident report carry it as it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from engine.core import tasks
@@ -47,8 +47,9 @@ def evidence_of(report: MonitorReport, line: str, *, test: str | None = None) ->
     }
 
 
-def line_health(versions: list[VersionReport]) -> str:
-    """The worst health of a line's versions, as `MonitorReport.health` judges a report."""
+def line_health(versions: Iterable[VersionReport]) -> str:
+    """The worst health of some versions ("no data" for none): a line's in a change's
+    evidence, a whole report's in `MonitorReport.health`."""
     order = {"no data": 0, "healthy": 1, "warning": 2, "critical": 3}
     return max((v.health for v in versions), key=order.__getitem__, default="no data")
 

@@ -175,11 +175,8 @@ class MonitorReport:
 
     @property
     def health(self) -> str:
-        worst = max((SEVERITY[v.health] for v in self.versions), default=0)
-        if worst == 0:
-            seen = any(v.health == "healthy" for v in self.versions)
-            return "healthy" if seen else "no data"
-        return "warning" if worst == 1 else "critical"
+        """The worst health of what serves (a change's evidence judges a line by the same rule)."""
+        return evidence.line_health(self.versions)
 
     def to_json(self) -> dict[str, Any]:
         return {
