@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "building $(VENV) (pip install, 2–5 min)…"
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -qq --upgrade pip
-	@$(BIN)/python -m pip install -qq -c constraints.txt -e ".[dev,mlflow]"
+	@$(BIN)/python -m pip install -qq -c constraints.txt -e ".[dev,mlflow,postgresql,dask]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

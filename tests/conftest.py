@@ -1,18 +1,30 @@
 """Fixtures: fresh workspaces, a template workspace with registered real models (validation
 runs in a child process that imports XGBoost, so it is done once per session and copied), and
-an invariant check after every test that used a workspace."""
+an invariant check after every test that used a workspace.
+
+The store's backend is SQLite unless a test module asks for both: `pytestmark = BOTH_BACKENDS`
+runs each of its tests once on SQLite and once on a real PostgreSQL server (tests/pg.py), the
+workspace fixtures pointing the engine at a database of the test's own (`BEAST_STORE_URL`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from engine import Engine, Workspace
 from tests.helpers import assert_invariants, copy_workspace, model_path, train_model
+from tests.pg import STORE_URL_ENV, PgServer, database, start_server
 
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
+BACKENDS = ("sqlite", "postgresql")
+# A module's `pytestmark = BOTH_BACKENDS`: its tests run on each backend (the `store_backend`
+# fixture, parametrized).
+BOTH_BACKENDS = pytest.mark.parametrize("store_backend", BACKENDS, indirect=True)
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +32,55 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BEAST_HOME", raising=False)
     monkeypatch.delenv("SSH_CLIENT", raising=False)
     monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    monkeypatch.delenv(STORE_URL_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """This test process's PostgreSQL server (started on first use, stopped at exit)."""
+    server = start_server()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Iterator[Workspace]:
+def store_backend(request: pytest.FixtureRequest) -> str:
+    """ "sqlite", or "postgresql" where a module runs on both (BOTH_BACKENDS)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def store_url(
+    store_backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str | None]:
+    """The test's PostgreSQL database (set as BEAST_STORE_URL), or None on SQLite."""
+    if store_backend == "sqlite":
+        yield None
+        return
+    server: PgServer = request.getfixturevalue("postgres")
+    with database(server) as url:
+        monkeypatch.setenv(STORE_URL_ENV, url)
+        yield url
+
+
+@contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    before = os.environ.get(name)
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
     """A fresh, initialised workspace; its invariants are checked after the test."""
     ws = Workspace(tmp_path / ".beast-mode")
     engine, _ = Engine.init(ws)
@@ -32,23 +89,71 @@ def workspace(tmp_path: Path) -> Iterator[Workspace]:
     assert_invariants(ws)
 
 
+class _Templates:
+    """The registered template per backend, built on first use (PostgreSQL's: a database
+    that each test's is created from)."""
+
+    def __init__(self, factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+        self.factory = factory
+        self.request = request
+        self.built: dict[str, tuple[Workspace, str | None]] = {}
+
+    def get(self, backend: str) -> tuple[Workspace, str | None]:
+        if backend not in self.built:
+            self.built[backend] = self._build(backend)
+        return self.built[backend]
+
+    def _build(self, backend: str) -> tuple[Workspace, str | None]:
+        url = None
+        if backend == "postgresql":
+            server: PgServer = self.request.getfixturevalue("postgres")
+            url = server.create_database()
+        ws = Workspace(self.factory.mktemp(f"template-{backend}") / ".beast-mode")
+        with _env(STORE_URL_ENV, url):
+            engine, _ = Engine.init(ws)
+            for seed, version in enumerate(VERSIONS, start=1):
+                path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
+                engine.register(path)
+            engine.close()
+        if url is not None:
+            from engine.store.postgres.connection import close_pools
+
+            close_pools(url)  # a template database must have no session open
+        return ws, url
+
+
 @pytest.fixture(scope="session")
-def _template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    ws = Workspace(tmp_path_factory.mktemp("template") / ".beast-mode")
-    engine, _ = Engine.init(ws)
-    for seed, version in enumerate(VERSIONS, start=1):
-        path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
-        engine.register(path)
-    engine.close()
-    return ws
+def _templates(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> _Templates:
+    return _Templates(tmp_path_factory, request)
 
 
 @pytest.fixture
-def registered(_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+def _template(_templates: _Templates, store_backend: str) -> Workspace:
+    return _templates.get(store_backend)[0]
+
+
+@pytest.fixture
+def registered(
+    _templates: _Templates,
+    store_backend: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Workspace]:
     """A workspace with four real models registered (v1.0–v4.0 of quality-predictor)."""
-    ws = copy_workspace(_template, tmp_path / "ws" / ".beast-mode")
-    yield ws
-    assert_invariants(ws)
+    template, template_url = _templates.get(store_backend)
+    ws = copy_workspace(template, tmp_path / "ws" / ".beast-mode")
+    if template_url is None:
+        yield ws
+        assert_invariants(ws)
+        return
+    server: PgServer = request.getfixturevalue("postgres")
+    with database(server, template=template_url.rsplit("/", 1)[-1]) as url:
+        monkeypatch.setenv(STORE_URL_ENV, url)
+        yield ws
+        assert_invariants(ws)
 
 
 @pytest.fixture

@@ -51,6 +51,8 @@ def copy_workspace(src: Workspace, dst_root: Path) -> Workspace:
     shutil.copytree(
         src.root, dst_root, ignore=shutil.ignore_patterns("beast.db", "beast.db-*", ".*.lock")
     )
+    if not src.db_path.exists():
+        return Workspace(dst_root)  # its state is on a server (BEAST_STORE_URL)
     with sqlite3.connect(src.db_path) as source, sqlite3.connect(dst_root / "beast.db") as target:
         source.backup(target)
     source.close()
@@ -87,7 +89,7 @@ def beast(
 
 def assert_invariants(ws: Workspace) -> None:
     """The invariants of DESIGN.md §5 (doctor, integrity_check, foreign_key_check)."""
-    if not ws.db_path.exists():
+    if not ws.db_path.exists() and not os.environ.get("BEAST_STORE_URL"):
         return
     engine = Engine(ws)
     try:

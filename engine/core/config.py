@@ -47,6 +47,15 @@ timeout_s = 900
 lease_s = 15
 # the scheduler starts no new job on a line within this many minutes of the last one
 cooldown_minutes = 60
+# train on a Dask cluster (xgboost.dask; the dask extra), e.g. "tcp://scheduler:8786";
+# "" trains in a local worker process
+dask_scheduler = ""
+
+[store]
+# where the state lives: "" is the workspace's own SQLite file (beast.db); a PostgreSQL URL
+# ("postgresql://user@host/db", the postgresql extra) shares it between engine replicas.
+# BEAST_STORE_URL overrides it.
+url = ""
 
 [serving]
 # features for which NaN ("missing", as XGBoost reads it) is accepted; all others refuse NaN
@@ -146,6 +155,7 @@ class RetrainSettings:
     timeout_s: float = 900.0
     lease_s: float = 15.0
     cooldown_minutes: float = 60.0
+    dask_scheduler: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,13 @@ class RegistrySettings:
     @property
     def max_artifact_bytes(self) -> int:
         return int(self.max_artifact_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """[store]: where the state lives ("" the workspace's SQLite file, else a PostgreSQL URL)."""
+
+    store_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +204,7 @@ class ConsoleSettings:
 
 
 TOKEN_POLICIES = ("auto", "always", "mutations")
+STORE_URL_SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_LABEL_RANGE = (0.0, 100.0)  # the seed's score
 # A host name or address as a client writes it in `Host`, optionally with a port; or "*".
 HOST_PATTERN = re.compile(
@@ -244,6 +262,7 @@ class Config:
     console: ConsoleSettings = ConsoleSettings()
     log: LogSettings = LogSettings()
     api: ApiConfig = ApiConfig()
+    store: StoreSettings = StoreSettings()
     # (line name, its settings), sorted by name; a line not listed has the defaults
     lines: tuple[tuple[str, LineSettings], ...] = ()
 
@@ -300,6 +319,14 @@ def _tracking_uri(value: Any) -> bool:
     return isinstance(value, str) and (
         value in ("", "databricks") or re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
     )
+
+
+def _store_url(value: Any) -> bool:
+    return isinstance(value, str) and (value == "" or value.startswith(STORE_URL_SCHEMES))
+
+
+def _scheduler(value: Any) -> bool:
+    return isinstance(value, str) and (value == "" or re.match(r"[a-z]+://\S+$", value) is not None)
 
 
 def _label(value: Any) -> bool:
@@ -369,6 +396,16 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "retrain.timeout_s": ("timeout_s", _positive, "a positive number of seconds"),
     "retrain.lease_s": ("lease_s", _lease, "a number of seconds between 2 and 3600"),
     "retrain.cooldown_minutes": ("cooldown_minutes", _non_negative, "a number of minutes ≥ 0"),
+    "retrain.dask_scheduler": (
+        "dask_scheduler",
+        _scheduler,
+        'a Dask scheduler address such as "tcp://host:8786", or "" to train locally',
+    ),
+    "store.url": (
+        "store_url",
+        _store_url,
+        'a PostgreSQL URL ("postgresql://user@host:5432/db"), or "" for beast.db',
+    ),
     "serving.nullable_features": ("nullable_features", _names, "a list of feature names"),
     "monitoring.min_samples": ("min_samples", _count, "a whole number ≥ 1"),
     "monitoring.min_labelled": ("min_labelled", _count, "a whole number ≥ 1"),
@@ -476,6 +513,7 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         console=section(ConsoleSettings),
         log=section(LogSettings),
         api=section(ApiConfig),
+        store=section(StoreSettings),
         lines=lines,
     )
 
@@ -558,6 +596,7 @@ def _defaults() -> dict[str, Any]:
         ConsoleSettings(),
         LogSettings(),
         ApiConfig(),
+        StoreSettings(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

@@ -622,6 +622,24 @@ ALTER TABLE experiments ADD COLUMN ending TEXT CHECK (
 );
 """,
     ),
+    (
+        "0011_replicas",
+        """
+-- The engine processes serving this state (several on PostgreSQL; one per workspace on
+-- SQLite), each renewing seen_at while it runs; leader_since is set while it holds the
+-- leadership (PostgreSQL: an advisory lock), which runs alerts, auto-pull, the retraining
+-- scheduler and the reaping of lost jobs. `beast status` names the leader from here.
+CREATE TABLE replicas (
+    id TEXT PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 200),
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    address TEXT,  -- its HTTP API (host:port); NULL when it serves none
+    started_at TEXT NOT NULL,
+    seen_at TEXT NOT NULL,
+    leader_since TEXT
+);
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

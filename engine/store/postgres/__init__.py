@@ -1,0 +1,1 @@
+"""The PostgreSQL backend: shared state for several engine replicas (`[store] url`)."""

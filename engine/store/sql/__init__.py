@@ -1,0 +1,1 @@
+"""The repositories whose SQL both backends speak (placeholders `?` and `:name`)."""
