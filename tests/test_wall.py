@@ -4,7 +4,8 @@
 - Nothing below the facade imports it: only the doors and `engine/__init__.py` may.
 - No import cycle among engine modules, function-level imports counted.
 - The console imports only `engine`, the names of its `__all__`.
-- All SQL lives in engine/store/sqlite/.
+- All SQL lives in the store's backends: engine/store/sqlite/, engine/store/postgres/ and the
+  SQL both speak, engine/store/sql/; only engine/store/postgres/ imports psycopg.
 - Importing the engine (and the `beast` command) loads no heavy dependency and opens no file.
 
 The graph is read with `ast` from every `import` and `from … import` anywhere in a file
@@ -28,9 +29,22 @@ from tests.helpers import REPO
 ENGINE = REPO / "engine"
 DOORS = ("engine/cli/", "engine/server/", "engine/demo/")
 CONSOLE_DOOR = "engine/cli/console.py"  # `beast console`: imports the console in a function
-SQL_HOME = "engine/store/sqlite/"
+SQL_HOMES = ("engine/store/sqlite/", "engine/store/postgres/", "engine/store/sql/")
+DRIVERS = {"sqlite3": "engine/store/sqlite/", "psycopg": "engine/store/postgres/"}
 SQL_CALLS = {"execute", "executemany", "executescript", "read_sql", "write_sql"}
-HEAVY = ("textual", "console", "numpy", "scipy", "pandas", "sklearn", "xgboost", "sqlite_utils")
+HEAVY = (
+    "textual",
+    "console",
+    "numpy",
+    "scipy",
+    "pandas",
+    "sklearn",
+    "xgboost",
+    "sqlite_utils",
+    "psycopg",
+    "dask",
+    "distributed",
+)
 
 
 @dataclass(frozen=True)
@@ -287,27 +301,26 @@ def test_the_console_imports_only_the_engines_public_surface() -> None:
     assert not offenders, "the console reaches past `engine`'s __all__:" + _listing(offenders)
 
 
-def test_all_sql_lives_in_the_sqlite_store() -> None:
+def test_all_sql_lives_in_the_store_backends() -> None:
     offenders = []
     for rel, path in engine_files():
-        if rel.startswith(SQL_HOME):
-            continue
         found = [
-            f"import sqlite3 (line {imp.where.rpartition(':')[2]})"
+            f"import {imp.root} (line {imp.where.rpartition(':')[2]})"
             for imp in imports(path)
-            if imp.root == "sqlite3"
+            if imp.root in DRIVERS and not rel.startswith(DRIVERS[imp.root])
         ]
-        calls = sorted(
-            (node.lineno, node.attr)
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
-            if isinstance(node, ast.Attribute) and node.attr in SQL_CALLS
-        )
-        for attr in sorted({attr for _, attr in calls}):
-            lines = [str(line) for line, a in calls if a == attr]
-            found.append(f".{attr} ×{len(lines)} (lines {', '.join(lines)})")
+        if not rel.startswith(SQL_HOMES):
+            calls = sorted(
+                (node.lineno, node.attr)
+                for node in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+                if isinstance(node, ast.Attribute) and node.attr in SQL_CALLS
+            )
+            for attr in sorted({attr for _, attr in calls}):
+                lines = [str(line) for line, a in calls if a == attr]
+                found.append(f".{attr} ×{len(lines)} (lines {', '.join(lines)})")
         if found:
             offenders.append(f"{rel}: {'; '.join(found)}")
-    assert not offenders, f"SQL outside {SQL_HOME}:" + _listing(offenders)
+    assert not offenders, f"SQL outside {', '.join(SQL_HOMES)}:" + _listing(offenders)
 
 
 # -- the rules, read from a fresh interpreter ---------------------------------------------------
