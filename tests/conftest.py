@@ -129,9 +129,10 @@ def _templates(
     return _Templates(tmp_path_factory, request)
 
 
-@pytest.fixture
-def _template(_templates: _Templates, store_backend: str) -> Workspace:
-    return _templates.get(store_backend)[0]
+@pytest.fixture(scope="session")
+def _template(_templates: _Templates) -> Workspace:
+    """The SQLite template, for module-scoped fixtures that copy it once."""
+    return _templates.get("sqlite")[0]
 
 
 @pytest.fixture
