@@ -6,11 +6,17 @@ SQL; a domain whose SQL differs has its module here. Made on first use, as Sqlit
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import psycopg
 
 from engine.store.postgres.conn import PgConn
+from engine.store.sql.alerts import SqlAlerts
+from engine.store.sql.deployments import SqlDeployments
+from engine.store.sql.history import SqlHistory
+from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.routes import SqlRoutes
 
 
 class PostgresTx:
@@ -19,3 +25,23 @@ class PostgresTx:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.conn = PgConn(raw)
+
+    @cached_property
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.conn)
+
+    @cached_property
+    def deployments(self) -> SqlDeployments:
+        return SqlDeployments(self.conn)
+
+    @cached_property
+    def history(self) -> SqlHistory:
+        return SqlHistory(self.conn)
+
+    @cached_property
+    def routes(self) -> SqlRoutes:
+        return SqlRoutes(self.conn)
+
+    @cached_property
+    def alerts(self) -> SqlAlerts:
+        return SqlAlerts(self.conn)
