@@ -12,6 +12,11 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from engine.store.postgres.conn import PgConn
+from engine.store.sql.alerts import SqlAlerts
+from engine.store.sql.deployments import SqlDeployments
+from engine.store.sql.history import SqlHistory
+from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.routes import SqlRoutes
 
 if TYPE_CHECKING:
     from engine.store.postgres.feedback import PostgresFeedback
@@ -26,6 +31,26 @@ class PostgresTx:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.conn = PgConn(raw)
+
+    @cached_property
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.conn)
+
+    @cached_property
+    def deployments(self) -> SqlDeployments:
+        return SqlDeployments(self.conn)
+
+    @cached_property
+    def history(self) -> SqlHistory:
+        return SqlHistory(self.conn)
+
+    @cached_property
+    def routes(self) -> SqlRoutes:
+        return SqlRoutes(self.conn)
+
+    @cached_property
+    def alerts(self) -> SqlAlerts:
+        return SqlAlerts(self.conn)
 
     # -- the prediction log, rollups, feedback and baselines (i16-h2) -------------------
 

@@ -12,11 +12,11 @@ import sqlite3
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from engine.store.sql.alerts import SqlAlerts
+from engine.store.sql.deployments import SqlDeployments
+from engine.store.sql.registry import SqlRegistry
 from engine.store.sql.rollups import SqlRollups
-from engine.store.sqlite.alerts import SqliteAlerts
-from engine.store.sqlite.deployments import SqliteDeployments
 from engine.store.sqlite.history import SqliteHistory
-from engine.store.sqlite.registry import SqliteRegistry
 
 if TYPE_CHECKING:
     from engine.store.sql.baselines import SqlBaselines
@@ -33,12 +33,12 @@ class SqliteTx:
         self.conn = conn
 
     @cached_property
-    def registry(self) -> SqliteRegistry:
-        return SqliteRegistry(self.conn)
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.conn)
 
     @cached_property
-    def deployments(self) -> SqliteDeployments:
-        return SqliteDeployments(self.conn)
+    def deployments(self) -> SqlDeployments:
+        return SqlDeployments(self.conn)
 
     @cached_property
     def history(self) -> SqliteHistory:
@@ -49,8 +49,8 @@ class SqliteTx:
         return SqlRollups(self.conn)
 
     @cached_property
-    def alerts(self) -> SqliteAlerts:
-        return SqliteAlerts(self.conn)
+    def alerts(self) -> SqlAlerts:
+        return SqlAlerts(self.conn)
 
     @cached_property
     def feedback(self) -> SqlFeedback:
