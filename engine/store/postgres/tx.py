@@ -6,11 +6,15 @@ SQL; a domain whose SQL differs has its module here. Made on first use, as Sqlit
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from engine.store.postgres.conn import PgConn
+
+if TYPE_CHECKING:
+    from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
 
 
 class PostgresTx:
@@ -19,3 +23,15 @@ class PostgresTx:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.conn = PgConn(raw)
+
+    @cached_property
+    def jobs(self) -> SqlJobs:
+        from engine.store.sql.jobs import SqlJobs  # on first use, as SqliteTx's
+
+        return SqlJobs(self.conn)
+
+    @cached_property
+    def retrain_inputs(self) -> SqlRetrainInputs:
+        from engine.store.sql.jobs import SqlRetrainInputs  # on first use, as SqliteTx's
+
+        return SqlRetrainInputs(self.conn)
