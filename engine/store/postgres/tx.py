@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.store.postgres.prediction_log import PostgresPredictionLog
     from engine.store.postgres.rollups import PostgresRollups
     from engine.store.sql.baselines import SqlBaselines
+    from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
 
 
 class PostgresTx:
@@ -78,3 +79,15 @@ class PostgresTx:
         from engine.store.sql.baselines import SqlBaselines  # numpy on first use
 
         return SqlBaselines(self.conn)
+
+    @cached_property
+    def jobs(self) -> SqlJobs:
+        from engine.store.sql.jobs import SqlJobs  # on first use, as SqliteTx's
+
+        return SqlJobs(self.conn)
+
+    @cached_property
+    def retrain_inputs(self) -> SqlRetrainInputs:
+        from engine.store.sql.jobs import SqlRetrainInputs  # on first use, as SqliteTx's
+
+        return SqlRetrainInputs(self.conn)
