@@ -26,6 +26,8 @@ from engine.retrain import jobs
 from engine.store.postgres.connection import close_pools
 from engine.store.postgres.transfer import BEAST_TABLES, IDENTITY_TABLES, TABLES, migrate
 from engine.store.sqlite.connection import SqliteStore
+from tests.conftest import _Templates
+from tests.helpers import copy_workspace
 from tests.pg import STORE_URL_ENV, PgServer, database
 from tests.serving_helpers import LINE, serving
 from tests.test_reference_file import reference_frame
@@ -110,26 +112,16 @@ def _feedback_and_upkeep(store: SqliteStore) -> None:
 
 
 @pytest.fixture(scope="module")
-def _built(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Workspace:
-    """The full workspace, built once for the module (on the registered template)."""
-    from tests.conftest import VERSIONS
-    from tests.helpers import model_path, train_model
-
-    ws = Workspace(tmp_path_factory.mktemp("migrate") / ".beast-mode")
-    engine, _ = Engine.init(ws)
-    try:
-        for seed, version in enumerate(VERSIONS, start=1):
-            engine.register(train_model(model_path(ws, version), seed=seed, rounds=3 + seed))
-    finally:
-        engine.close()
+def _built(tmp_path_factory: pytest.TempPathFactory, _templates: _Templates) -> Workspace:
+    """The full workspace, built once for the module on the session's registered template."""
+    template, _url = _templates.get("sqlite")
+    ws = copy_workspace(template, tmp_path_factory.mktemp("migrate") / ".beast-mode")
     _build(ws)
     return ws
 
 
 @pytest.fixture
 def source(_built: Workspace, tmp_path: Path) -> Workspace:
-    from tests.helpers import copy_workspace
-
     return copy_workspace(_built, tmp_path / "ws" / ".beast-mode")
 
 
@@ -310,3 +302,20 @@ def test_backup_and_restore_point_a_postgresql_store_to_pg_dump(
     assert not dest.exists()
     code, _out, err = _beast(source, "restore", str(source.db_path), capsys=capsys)
     assert code == 1 and "pg_restore" in err and err.count("\n") == 1
+
+
+def test_the_target_must_be_a_postgresql_url_and_the_source_beast_db(
+    source: Workspace,
+    target: str,
+    postgres: PgServer,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code, _out, err = _beast(source, "migrate", "--to", "mysql://db/beast", capsys=capsys)
+    assert code == 1 and "--to takes a PostgreSQL URL" in err and err.count("\n") == 1
+    with database(postgres) as elsewhere:
+        monkeypatch.setenv(STORE_URL_ENV, elsewhere)  # the workspace already lives there
+        code, _out, err = _beast(source, "migrate", "--to", target, capsys=capsys)
+        close_pools(elsewhere)
+    assert code == 1 and "already in PostgreSQL" in err and err.count("\n") == 1
+    assert _target_tables(target) == []
