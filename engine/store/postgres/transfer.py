@@ -267,30 +267,35 @@ class _Copy:
             "UPDATE workspace SET id = %s, created_at = %s", (self.workspace_id, row[1])
         )
 
-    def _columns(self, table: str) -> list[str]:
+    def _columns(self, table: str) -> list[tuple[str, str]]:
+        """The table's columns in the source's order, each with its PostgreSQL type."""
         lite = [str(row[1]) for row in self.lite.execute(f"PRAGMA table_info({table})")]
-        pg = [
-            str(row[0])
+        pg = {
+            str(row[0]): str(row[1])
             for row in self.pg.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = %s"
-                " AND table_schema = current_schema() ORDER BY ordinal_position",
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_name = %s AND table_schema = current_schema()",
                 (table,),
             ).fetchall()
-        ]
+        }
         if sorted(lite) != sorted(pg):
             raise StoreError(
-                f"table {table} has columns {lite} in the source but {pg} in PostgreSQL; "
-                "nothing was written"
+                f"table {table} has columns {lite} in the source but {sorted(pg)} in "
+                "PostgreSQL; nothing was written"
             )
-        return lite
+        return [(name, pg[name]) for name in lite]
 
     def _copy_table(self, table: str) -> int:
-        columns = ", ".join(self._columns(table))
+        columns = self._columns(table)
+        names = ", ".join(name for name, _type in columns)
         cursor = self.lite.cursor()
         cursor.row_factory = None  # plain tuples: what COPY writes
-        cursor.execute(f"SELECT {columns} FROM {table}")
+        cursor.execute(f"SELECT {names} FROM {table}")
         copied = 0
-        with self.pg.cursor() as out, out.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        # Binary: no text rendering and parsing of every value (about 2x the rows/s).
+        sql = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+        with self.pg.cursor() as out, out.copy(sql) as copy:
+            copy.set_types([pg_type for _name, pg_type in columns])
             while rows := cursor.fetchmany(_FETCH):
                 for row in rows:
                     copy.write_row(row)
