@@ -189,6 +189,7 @@ class _Copy:
         self.lite = lite
         self.pg = pg
         self.models_dir = models_dir
+        self.url = url
         self.where = redact(url)
         self.workspace_id = ""
         self.counts: dict[str, int] = {}
@@ -207,7 +208,15 @@ class _Copy:
         self._create_schema()
         self._copy_identity()
         for table in TABLES:
-            self.counts[table] = self._copy_table(table)
+            try:
+                self.counts[table] = self._copy_table(table)
+            except psycopg.Error as exc:
+                # Named: which table, and that the rows before it were rolled back too.
+                detail = translate(exc, self.url, CONNECT_TIMEOUT_S)
+                raise StoreError(
+                    f"copying {table} failed ({detail}); the copy was rolled back: nothing "
+                    f"was written to {self.where}"
+                ) from None
         self._copy_files()
         self._set_sequences()
 
