@@ -399,7 +399,8 @@ class _Copy:
         out = []
         for table in TABLES:
             source = int(self.lite.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-            target = int(self.pg.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+            found = self.pg.execute(f"SELECT count(*) FROM {table}").fetchone()
+            target = int(found[0]) if found else 0
             if source != target:
                 out.append(f"{table} has {source} rows in the source, {target} in the copy")
         return out
