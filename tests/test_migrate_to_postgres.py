@@ -211,7 +211,7 @@ def test_the_plain_output_says_what_was_copied_and_the_next_step(
     assert (code, err) == (0, "")
     assert out.startswith(f"copied {source.db_path} into {target} in one transaction")
     assert "history 5" in out and "4 model files" in out
-    assert "verified before the commit: row counts, history replay, id sequences" in out
+    assert "verified before the commit: doctor, row counts, history replay, id sequences" in out
     assert out.rstrip().endswith(
         "in config.toml (or BEAST_STORE_URL) on every host, start the engines"
     )
@@ -320,3 +320,28 @@ def test_the_target_must_be_a_postgresql_url_and_the_source_beast_db(
         close_pools(elsewhere)
     assert code == 1 and "already in PostgreSQL" in err and err.count("\n") == 1
     assert _target_tables(target) == []
+
+
+def test_the_source_is_read_in_one_snapshot_while_the_engine_goes_on_writing(
+    source: Workspace, target: str
+) -> None:
+    before = _source_counts(source)
+    writer = Engine(source, actor="engine")
+
+    def write_meanwhile(tx: object) -> list[str]:
+        # Every row is copied; the counts and the replay read beast.db after this commit.
+        writer.abort("second-test", note="during the copy")
+        return []
+
+    try:
+        done = migrate(source.db_path, source.models_dir, target, check=write_meanwhile)
+    finally:
+        writer.close()
+    assert dict(done.tables) == before  # the snapshot's rows, checked against themselves
+    after = _source_counts(source)
+    assert after["history"] == before["history"] + 1  # the write went to beast.db, unharmed
+    with psycopg.connect(target) as conn:
+        assert conn.execute("SELECT count(*) FROM history").fetchone() == (before["history"],)
+        assert conn.execute(
+            "SELECT count(*) FROM experiments WHERE status = 'running'"
+        ).fetchone() == (1,)

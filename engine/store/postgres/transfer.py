@@ -376,15 +376,16 @@ class _Copy:
 
     def verify(self, check: Check | None) -> tuple[str, ...]:
         """Every check over the copy, inside its transaction; the first problem raises."""
-        steps: list[tuple[str, Callable[[], list[str]]]] = [
+        steps: list[tuple[str, Callable[[], list[str]]]] = []
+        if check is not None:
+            steps.append(("doctor", lambda: list(check(PostgresTx(self.pg)))))
+        steps += [
             ("row counts", self._counts),
             ("history replay", self._replay),
             ("id sequences", self._sequences),
             ("artifact bytes", self._hashes),
             ("schema guards", self._guards),
         ]
-        if check is not None:
-            steps.append(("doctor", lambda: list(check(PostgresTx(self.pg)))))
         for name, step in steps:
             problems = step()
             if problems:
