@@ -463,7 +463,8 @@ class Engine:
         self.workspace.require()
         self.config  # noqa: B018 - a bad config.toml is refused by every command
         if not url.startswith(STORE_URL_SCHEMES):
-            raise BeastError(f"--to takes a PostgreSQL URL (postgresql://user@host/db), not {url}")
+            # Not echoed: a URL of another scheme may hold a password too.
+            raise BeastError("--to takes a PostgreSQL URL: postgresql://user@host:5432/db")
         configured = store_url(self.workspace.root)
         try:
             from engine.store.postgres import transfer  # the postgresql extra
