@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.core import history_export as history
 from engine.core import text
-from engine.core.config import Config, load_config
+from engine.core.config import STORE_URL_SCHEMES, Config, load_config
 from engine.core.engine_lock import running_pid
 from engine.core.errors import BeastError, NotFound
 from engine.core.identity import current_actor
@@ -36,7 +36,7 @@ from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
 from engine.store.base import Store, Tx
-from engine.store.opening import open_store
+from engine.store.opening import STORE_URL_ENV, open_store, store_url
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from engine.retrain.jobs import Job
     from engine.retrain.service import RetrainService
     from engine.retrain.triggers import TriggerReport
+    from engine.store.postgres.transfer import Migrated
 
 
 class Engine:
@@ -451,6 +452,42 @@ class Engine:
     def engine_pid(self) -> int | None:
         """The pid of the `beast engine` serving this workspace, or None when none runs."""
         return running_pid(self.workspace)
+
+    # -- moving the state -----------------------------------------------------------------
+
+    def migrate_to(self, url: str) -> Migrated:
+        """Copy this workspace's SQLite state into the empty PostgreSQL database at `url` and
+        verify it there, `beast doctor`'s invariants included, in one transaction
+        (engine/store/postgres/transfer.py). The workspace goes on using beast.db until its
+        store URL is set."""
+        self.workspace.require()
+        self.config  # noqa: B018 - a bad config.toml is refused by every command
+        if not url.startswith(STORE_URL_SCHEMES):
+            # Not echoed: a URL of another scheme may hold a password too.
+            raise BeastError("--to takes a PostgreSQL URL: postgresql://user@host:5432/db")
+        configured = store_url(self.workspace.root)
+        try:
+            from engine.store.postgres import transfer  # the postgresql extra
+            from engine.store.postgres.connection import redact
+        except ImportError as exc:
+            raise BeastError(
+                f"migrating to PostgreSQL needs its driver ({exc.name}): "
+                "pip install 'beast-mode[postgresql]'"
+            ) from None
+        if configured and configured != url:
+            raise BeastError(
+                f"this workspace's state is already in PostgreSQL "
+                f"({redact(configured)}, {STORE_URL_ENV} or [store] url): migrate "
+                "copies its SQLite beast.db; unset the URL to copy that"
+            )
+        from engine.deploy import invariants  # `beast doctor`'s checks, run on the copy
+
+        def doctor(tx: Tx) -> tuple[str, ...]:
+            return invariants.check(tx, self.workspace).problems
+
+        return transfer.migrate(
+            self.workspace.db_path, self.workspace.models_dir, url, check=doctor
+        )
 
     # -- internals ------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli import console as cli_console
+from engine.cli import migrate as cli_migrate
 from engine.cli import mlflow as cli_mlflow
 from engine.cli import render
 from engine.cli import retrain as cli_retrain
@@ -25,6 +26,7 @@ from engine.core.errors import BeastError
 from engine.core.records import Change, Expect
 from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
+from engine.store.opening import store_url
 from engine.store.sqlite.backup import backup, restore
 
 Handler = Callable[[Engine, argparse.Namespace], int]
@@ -248,7 +250,17 @@ def cmd_register(engine: Engine, args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _refuse_on_postgresql(engine: Engine, how: str) -> None:
+    """backup and restore copy beast.db: a PostgreSQL store is the server's to dump."""
+    if store_url(engine.workspace.root):
+        raise BeastError(
+            "this workspace's state is in PostgreSQL (BEAST_STORE_URL or [store] url), not "
+            f"beast.db: {how}; nothing was done"
+        )
+
+
 def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
+    _refuse_on_postgresql(engine, "back it up with `pg_dump -Fc -f FILE URL`")
     source = engine.workspace.db_path
     dest = backup(source, Path(args.dest).expanduser().absolute())
     if args.json:
@@ -259,6 +271,9 @@ def cmd_backup(engine: Engine, args: argparse.Namespace) -> int:
 
 
 def cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
+    _refuse_on_postgresql(
+        engine, "restore a `pg_dump -Fc` file with `pg_restore --clean -d URL FILE`"
+    )
     done = restore(engine.workspace, Path(args.backup), force=args.force)
     status, report = engine.status(), engine.doctor()
     if args.json:
@@ -482,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_retrain.add_parsers(add)
     cli_simulate.add_parsers(add)
     cli_mlflow.add_parsers(add)
+    cli_migrate.add_parsers(add)
     cli_console.add_parsers(add)
 
     _add_engine_parser(add)
@@ -502,7 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         builds = args.command in ("init", "restore") or getattr(args, "demo", False)
         if not builds:  # init and the demo build one; restore may be a workspace's first step
             workspace.require()
-        if not builds and args.command != "doctor":  # doctor examines what the store refuses
+        # doctor examines what the store refuses; migrate reads beast.db whatever the URL
+        if not builds and args.command not in ("doctor", "migrate"):
             engine.store  # noqa: B018 - a lost or swapped database is refused by every command
         return int(args.handler(engine, args))
     except _Usage as exc:
