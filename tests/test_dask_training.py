@@ -51,6 +51,14 @@ def test_an_unreachable_scheduler_is_one_line_within_the_connect_timeout() -> No
     assert "\n" not in str(caught.value) and address in str(caught.value)
 
 
+def test_a_scheduler_without_workers_is_refused_not_waited_on_forever() -> None:
+    with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as empty:
+        address = str(empty.scheduler_address)
+        refused = pytest.raises(BeastError, match=r"has no workers \(waited 0.5 s\)")
+        with dask_training.connect(address) as client, refused:
+            dask_training.workers(client, address, timeout_s=0.5)
+
+
 def _columns() -> retrain_data.Columns:
     names = tuple(sample_data.FEATURES)
     return retrain_data.Columns(names, "score", "observed_at", "regression", (0.0, 100.0))

@@ -75,8 +75,15 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
         ) from None
 
 
-def workers(client: Any) -> int:
-    """How many workers the cluster has now."""
+def workers(client: Any, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+    """How many workers the cluster has, waiting up to `timeout_s` for a first one: a
+    scheduler without workers would hold a job until its timeout. BeastError when none."""
+    try:
+        client.wait_for_workers(1, timeout=timeout_s)
+    except TimeoutError:
+        raise BeastError(
+            f"the Dask scheduler at {address} has no workers (waited {timeout_s:g} s)"
+        ) from None
     return len(client.scheduler_info(n_workers=-1)["workers"])
 
 
@@ -421,6 +428,8 @@ def load(
     if with_predictions:
         used, dropped = _counted(counts.get(len(parts), {}), _reasons(columns, predictions=True))
         sources.append(retrain_data.Source(retrain_data.PREDICTIONS, used, dropped=dropped))
+    if not sum(s.rows for s in sources):  # nothing to sort (and dask's sort needs rows)
+        return ClusterData(None, (), tuple(sources), _empty_digest())
     kept = checked[(checked[DROP] == KEEP) & ~checked[SOURCE].isin(unusable)]
     names = columns.features
     rows = kept.map_partitions(keyed, names, meta=keyed(_meta(names), names))

@@ -440,11 +440,21 @@ def _log_mlflow(job: RunningJob, run_name: str, lineage: dict[str, Any], model: 
             metrics=metrics,
             model_path=model,
             lineage_path=baselines.sidecar_path(model),
+            tags=_trainer_tags(lineage["trainer"]),
         )
     except Exception as exc:
         job.log(f"MLflow logging failed: {type(exc).__name__}: {exc}")
         return
     job.log(f"MLflow: {result}" if result else "MLflow: off or not installed; run not logged")
+
+
+def _trainer_tags(trainer: dict[str, Any]) -> dict[str, str]:
+    """The run's tags naming who trained it: `beast.trainer` local or dask (and the
+    scheduler's address)."""
+    tags = {"beast.trainer": str(trainer["kind"])}
+    if "scheduler" in trainer:
+        tags["beast.dask_scheduler"] = str(trainer["scheduler"])
+    return tags
 
 
 def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[bool, str]:
@@ -587,7 +597,7 @@ def _run_on_cluster(
 
     job.step(0.02, f"connecting to the Dask scheduler at {scheduler}")
     with dask_training.connect(scheduler) as client:
-        count = dask_training.workers(client)
+        count = dask_training.workers(client, scheduler)
         job.step(
             0.05,
             f"reading data/ and labelled predictions in partitions on {count} Dask workers "
