@@ -55,6 +55,21 @@ def test_a_scheduler_without_workers_is_refused_not_waited_on_forever() -> None:
             dask_training.workers(client, address, timeout_s=0.5)
 
 
+def test_what_the_cluster_raises_fails_the_job_in_one_line() -> None:
+    address = "tcp://scheduler:8786"
+    with pytest.raises(BeastError) as caught, dask_training.reported(address):
+        raise ValueError("\nXGBoostError: Check failed: max_bin\nStack trace:\n  [bt] (0) …")
+    assert str(caught.value) == (
+        f"training on the Dask cluster at {address} failed: ValueError: XGBoostError: "
+        "Check failed: max_bin"
+    )
+    with (
+        pytest.raises(BeastError, match=r"^not enough training data$"),
+        dask_training.reported(address),
+    ):
+        raise BeastError("not enough training data")  # the engine's own: as it is
+
+
 def _columns() -> retrain_data.Columns:
     names = tuple(sample_data.FEATURES)
     return retrain_data.Columns(names, "score", "observed_at", "regression", (0.0, 100.0))

@@ -30,7 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,21 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
         raise BeastError(
             f"cannot reach the Dask scheduler at {address} ([retrain] dask_scheduler): {reason}"
         ) from None
+
+
+@contextmanager
+def reported(address: str) -> Iterator[None]:
+    """What the cluster raises, as one line (a worker's error carries its whole traceback);
+    the engine's own errors pass as they are."""
+    try:
+        yield
+    except BeastError:
+        raise
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
+        raise BeastError(
+            f"training on the Dask cluster at {address} failed: {type(exc).__name__}: {first}"
+        ) from exc
 
 
 def workers(client: Any, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:

@@ -598,7 +598,7 @@ def _run_on_cluster(
     from engine.retrain import dask_training  # dask and distributed: only with a scheduler
 
     job.step(0.02, f"connecting to the Dask scheduler at {scheduler}")
-    with dask_training.connect(scheduler) as client:
+    with dask_training.connect(scheduler) as client, dask_training.reported(scheduler):
         count = dask_training.workers(client, scheduler)
         job.step(
             0.05,
