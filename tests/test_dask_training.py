@@ -19,8 +19,9 @@ from engine.demo import sample_data
 from engine.retrain import dask_training
 from engine.retrain import data as retrain_data
 from engine.retrain import search as retrain
+from engine.server import train_worker
 from tests.helpers import FEATURES
-from tests.retrain_helpers import LINE, set_retrain
+from tests.retrain_helpers import LINE, queue_job, set_retrain
 
 distributed = pytest.importorskip("distributed", reason="pip install 'beast-mode[dask]'")
 
@@ -53,6 +54,25 @@ def test_a_scheduler_without_workers_is_refused_not_waited_on_forever() -> None:
         refused = pytest.raises(BeastError, match=r"has no workers \(waited 0.5 s\)")
         with dask_training.connect(address) as client, refused:
             dask_training.workers(client, address, timeout_s=0.5)
+
+
+def test_a_job_whose_scheduler_cannot_be_reached_fails_in_one_line(
+    registered: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    set_retrain(registered, dask_scheduler=f'"{address}"')
+    monkeypatch.setattr(dask_training, "CONNECT_TIMEOUT_S", 0.5)
+    engine = Engine(registered, actor="tester")
+    try:
+        with engine.store.write() as tx:
+            job_id = queue_job(tx)
+        assert train_worker._work(engine, job_id) == 1  # the worker's own steps, in-process
+        job = engine.job(job_id)
+    finally:
+        engine.close()
+    assert job.status == "failed" and job.error is not None
+    assert job.error.startswith(f"cannot reach the Dask scheduler at {address} ")
+    assert "\n" not in job.error and "after 0.5 s" in job.error
 
 
 def test_what_the_cluster_raises_fails_the_job_in_one_line() -> None:

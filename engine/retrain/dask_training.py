@@ -61,12 +61,13 @@ Y, AT, DROP, SOURCE, SEQ, KEY = (
 KEEP, BAD_LABEL, BAD_TIME, INFINITE, NON_NUMERIC = 0, 1, 2, 3, 4
 
 
-def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+def connect(address: str, timeout_s: float | None = None) -> Any:
     """A distributed.Client on the scheduler at `address`, dask's default scheduler in this
     process until it is closed (every `.compute()` here runs on the cluster); BeastError (one
-    line) when it cannot be reached within `timeout_s`."""
+    line) when it cannot be reached within `timeout_s` (default `CONNECT_TIMEOUT_S`)."""
     from distributed import Client  # the dask extra: only a job with a scheduler pays it
 
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         return Client(address, timeout=timeout_s)
     except Exception as exc:  # refused, timed out, a malformed address: all one answer
@@ -91,9 +92,11 @@ def reported(address: str) -> Iterator[None]:
         ) from exc
 
 
-def workers(client: Any, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
-    """How many workers the cluster has, waiting up to `timeout_s` for a first one: a
-    scheduler without workers would hold a job until its timeout. BeastError when none."""
+def workers(client: Any, address: str, timeout_s: float | None = None) -> int:
+    """How many workers the cluster has, waiting up to `timeout_s` (`CONNECT_TIMEOUT_S`) for a
+    first one: a scheduler without workers would hold a job until its timeout. BeastError
+    when none."""
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         client.wait_for_workers(1, timeout=timeout_s)
     except TimeoutError:
