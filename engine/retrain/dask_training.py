@@ -44,7 +44,7 @@ from engine.retrain import data as retrain_data
 from engine.retrain import search
 
 CONNECT_TIMEOUT_S = 10.0
-BLOCK_BYTES = 64 * 1024 * 1024  # a CSV partition: dask's default size, tens of MB a task
+BLOCK_BYTES = 64 * 1024 * 1024  # a CSV partition: a task long enough that its overhead is noise
 PREDICTION_ROWS = 100_000  # a partition of labelled predictions sent from this host
 REFERENCE_ROWS = 100_000  # the training rows the drift reference is built from, at most
 
