@@ -6,11 +6,14 @@ SQL; a domain whose SQL differs has its module here. Made on first use, as Sqlit
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import psycopg
 
+from engine.store.postgres.artifacts import PgArtifactBytes
 from engine.store.postgres.conn import PgConn
+from engine.store.sql.replicas import SqlReplicas
 
 
 class PostgresTx:
@@ -19,3 +22,11 @@ class PostgresTx:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.conn = PgConn(raw)
+
+    @cached_property
+    def replicas(self) -> SqlReplicas:
+        return SqlReplicas(self.conn)
+
+    @cached_property
+    def artifact_bytes(self) -> PgArtifactBytes:
+        return PgArtifactBytes(self.conn)

@@ -19,6 +19,8 @@ from engine.store.sqlite.registry import SqliteRegistry
 from engine.store.sqlite.rollups import SqliteRollups
 
 if TYPE_CHECKING:
+    from engine.store.sql.replicas import SqlReplicas
+    from engine.store.sqlite.artifacts import SqliteArtifactBytes
     from engine.store.sqlite.baselines import SqliteBaselines
     from engine.store.sqlite.feedback import SqliteFeedback
     from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
@@ -89,3 +91,15 @@ class SqliteTx:
         from engine.store.sqlite.prediction_log import SqlitePredictionLog
 
         return SqlitePredictionLog(self.conn)
+
+    @cached_property
+    def replicas(self) -> SqlReplicas:
+        from engine.store.sql.replicas import SqlReplicas  # on first use: see the top
+
+        return SqlReplicas(self.conn)
+
+    @cached_property
+    def artifact_bytes(self) -> SqliteArtifactBytes:
+        from engine.store.sqlite.artifacts import SqliteArtifactBytes  # on first use
+
+        return SqliteArtifactBytes()
