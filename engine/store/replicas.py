@@ -108,3 +108,21 @@ class ChangeFeed(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+STALE_S = 10.0  # a replica not seen for this long is taken for gone (it beats every 2 s)
+
+
+def live_leader(replicas: list[Replica], now_ms: int) -> Replica | None:
+    """The replica that leads, if it is still seen (a leader killed before anyone took over
+    keeps its `leader_since` until then: it is not named as leading)."""
+    for replica in replicas:
+        if replica.leader_since is not None and now_ms - _ms(replica.seen_at) <= STALE_S * 1000:
+            return replica
+    return None
+
+
+def _ms(stamp: str) -> int:
+    from datetime import datetime  # only where a leader is looked for
+
+    return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
