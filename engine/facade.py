@@ -37,7 +37,7 @@ from engine.registry import artifacts
 from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
 from engine.store.base import Store, Tx
-from engine.store.opening import open_store
+from engine.store.opening import open_store, store_url
 from engine.store.replicas import Replica, live_leader
 from engine.store.sqlite.integrity import integrity_report
 
@@ -140,13 +140,18 @@ class Engine:
     def doctor(self, *, repair: bool = False) -> DoctorReport:
         """Check every invariant; with repair, rewrite a stale history export first.
 
-        The database's integrity comes first: on a damaged file the other checks would read
-        garbage (a row its index points to is gone), and a repair would export it.
+        The store's integrity comes first (SQLite: the file; PostgreSQL: the schema's guards):
+        on a damaged file the other checks would read garbage (a row its index points to is
+        gone), and a repair would export it.
         """
         try:
             store = self.store
         except WorkspaceLost:
-            # Lost changes may be damage: if so, say that, else the refusal stands.
+            # Lost changes may be damage: if so, say that, else the refusal stands. Only a
+            # SQLite workspace's file can be (a beast.db left beside a PostgreSQL store is not
+            # the store).
+            if store_url(self.workspace.root):
+                raise
             report = integrity_report(self.workspace.db_path)
             if report is None:
                 raise

@@ -1,7 +1,9 @@
-"""Helpers for the serving, prediction-log and feedback tests (real models, real SQLite)."""
+"""Helpers for the serving, prediction-log and feedback tests (real models, real SQLite, or
+the real PostgreSQL server of BEAST_STORE_URL where a test runs on both backends)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,13 +54,35 @@ def serving(
         engine.close()
 
 
-def db(ws: Workspace) -> sqlite3.Connection:
+def db(ws: Workspace) -> Any:
+    """A connection of the test's own to the workspace's database, taking sqlite3's SQL and
+    rows (on PostgreSQL: a PgConn in autocommit; `close()` it the same)."""
+    url = os.environ.get("BEAST_STORE_URL")
+    if url:
+        import psycopg
+
+        from engine.store.postgres.conn import PgConn
+        from engine.store.postgres.rows import row_factory
+
+        raw = psycopg.connect(url, autocommit=True, row_factory=row_factory)
+        pg = PgConn(raw)
+        pg.close = raw.close  # type: ignore[attr-defined]
+        return pg
     conn = sqlite3.connect(ws.db_path, timeout=30)
     conn.row_factory = sqlite3.Row
     return conn
 
 
-def rows(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+def tx_of(conn: Any) -> Any:
+    """The repositories over a connection of `db` (SqliteTx or PostgresTx)."""
+    if isinstance(conn, sqlite3.Connection):
+        return SqliteTx(conn)
+    from engine.store.postgres.tx import PostgresTx
+
+    return PostgresTx(conn.raw)
+
+
+def rows(ws: Workspace, sql: str, params: tuple[object, ...] = ()) -> list[Any]:
     """Rows of a read query on the workspace's database, from a connection of its own."""
     conn = db(ws)
     try:
@@ -83,7 +107,7 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
         names = dict(conn.execute("SELECT id, name FROM versions").fetchall())
         return [
             {**row._asdict(), "version": names[row.version_id]}
-            for row in SqliteTx(conn).predictions.logged_rows()
+            for row in tx_of(conn).predictions.logged_rows()
         ]
     finally:
         conn.close()
@@ -92,7 +116,7 @@ def logged(ws: Workspace) -> list[dict[str, Any]]:
 def logged_count(ws: Workspace) -> int:
     conn = db(ws)
     try:
-        return SqliteTx(conn).predictions.count()
+        return int(tx_of(conn).predictions.count())
     finally:
         conn.close()
 

@@ -23,7 +23,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.monitoring import scoring
 from engine.serving.prediction_log import PredictionLog, Record
-from engine.store.sqlite import rollup_rows
+from engine.store.sql import rollup_rows
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.tx import SqliteTx
 

@@ -32,7 +32,7 @@ from engine.retrain import jobs
 from engine.server.daemon import Evaluator, Scheduler
 from engine.server.train_worker import FAULT_ENV, RunningJob, register_model
 from engine.server.watcher import ModelWatcher, WatchOptions
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sql import prediction_log as sql_log
 from engine.store.sqlite.connection import BUSY_ENV, SqliteStore
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import (
@@ -318,7 +318,7 @@ def test_reading_training_data_is_not_blocked_by_a_writer(live: Workspace) -> No
         writer.execute("BEGIN IMMEDIATE")
         writer.execute("DELETE FROM batch_labels")  # uncommitted: a long labelling write
         with reader.read_sql() as conn:
-            x, y, _at = sqlite_log.labelled_rows(conn, LINE, len(ROW))
+            x, y, _at = sql_log.labelled_rows(conn, LINE, len(ROW))
         writer.execute("ROLLBACK")
     finally:
         writer.close()

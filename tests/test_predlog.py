@@ -29,7 +29,7 @@ from engine.monitoring import rollups as metrics
 from engine.monitoring.baselines import FIRST_PREDICTIONS
 from engine.serving import latency
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sql import prediction_log as sql_log
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.tx import SqliteTx
 from tests.helpers import FEATURES, REPO
@@ -412,8 +412,8 @@ def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Work
         for pid, actual in wanted.items():
             assert labels.record(store, pid, actual, SEED) == "recorded"
         with store.read_sql() as conn:
-            x, y, at = sqlite_log.labelled_rows(conn, LINE, 5)
-            assert sqlite_log.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
+            x, y, at = sql_log.labelled_rows(conn, LINE, 5)
+            assert sql_log.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
     finally:
         store.close()
     expected = {11.0: x_single[1], 13.0: x_single[3], 20.0: x_batch[0], 24.0: x_batch[4]}

@@ -22,7 +22,7 @@ from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sql import prediction_log as sql_log
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.tx import SqliteTx
 from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_count, version_id
@@ -133,7 +133,7 @@ def _prune_all(log: PredictionLog, at: int, budget: int) -> list[predlog.Pruned]
     steps = []
     while True:
         with log.store.write_sql() as conn:
-            step = sqlite_log.prune(conn, log.settings, at, budget=budget)
+            step = sql_log.prune(conn, log.settings, at, budget=budget)
         steps.append(step)
         assert step.singles + step.batch_rows <= budget + 1  # +1: rows sharing a key's half
         if not step.more:
@@ -188,7 +188,7 @@ def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
     store = SqliteStore(ws.db_path)
     try:
         with store.read_sql() as conn:
-            _x, y, _at = sqlite_log.labelled_rows(conn, LINE, 5)
+            _x, y, _at = sql_log.labelled_rows(conn, LINE, 5)
         assert len(y) == len(kept_singles) + len(kept_rows)
         for pid in [*kept_singles, *kept_rows]:  # feedback still finds them
             assert labels.record(store, pid, 66.0, SEED) == "duplicate"

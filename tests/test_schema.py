@@ -22,7 +22,7 @@ from engine.core import ids
 from engine.core.errors import StoreError
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sql import prediction_log as sql_log
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.sqlite.tx import SqliteTx
@@ -471,9 +471,9 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
         ]
         assert store.integrity_errors() == []
         with store.read_sql() as read:
-            logged = {r.pid: r for r in sqlite_log.logged_rows(read)}
-            assert sqlite_log.count_logged(read) == len(rows) + 3
-            x, y, _at = sqlite_log.labelled_rows(read, LINE, 5)
+            logged = {r.pid: r for r in sql_log.logged_rows(read)}
+            assert sql_log.count_logged(read) == len(rows) + 3
+            x, y, _at = sql_log.labelled_rows(read, LINE, 5)
             v1_from = read.execute(
                 "SELECT from_key FROM first_predictions WHERE version_id = 1"
             ).fetchone()[0]

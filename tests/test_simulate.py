@@ -38,7 +38,7 @@ from engine.demo.simulate import (
 )
 from engine.demo.transport import InProcess
 from engine.monitoring import baselines, scoring
-from engine.store.sqlite.prediction_log import count_logged
+from engine.store.sql.prediction_log import count_logged
 from tests.helpers import REPO, assert_invariants, beast, copy_workspace
 from tests.serving_helpers import logged
 

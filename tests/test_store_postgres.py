@@ -103,3 +103,25 @@ def test_a_wiped_database_is_not_taken_for_a_new_one(
         monkeypatch.setenv(STORE_URL_ENV, empty)
         with pytest.raises(WorkspaceLost, match="holds no schema"):
             Engine(ws).status()
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True)
+def test_doctor_checks_a_postgresql_workspace_and_names_a_disabled_guard(engine: Engine) -> None:
+    """`beast doctor` on PostgreSQL: the invariants over the repositories, as on SQLite, and
+    the server's counterpart of SQLite's file check (the schema's guards, each trigger that
+    enforces an invariant), asked first."""
+    engine.deploy(version="v1.0")
+    engine.deploy(version="v2.0", traffic=10, ab_test="t1")
+    healthy = engine.doctor()
+    assert (healthy.ok, healthy.problems, healthy.warnings) == (True, (), ())
+    with engine.store.write() as tx:
+        tx.conn.execute("ALTER TABLE history DISABLE TRIGGER history_append_only_update")
+    report = engine.doctor()
+    assert not report.ok
+    summary = report.problems[0]
+    assert summary.startswith(f"database integrity: {engine.store.location} is not whole (")
+    assert "history_append_only_update" in summary and "PRAGMA" not in summary
+    assert "\n" not in summary and "beast restore" in summary
+    with engine.store.write() as tx:
+        tx.conn.execute("ALTER TABLE history ENABLE TRIGGER history_append_only_update")
+    assert engine.doctor().ok

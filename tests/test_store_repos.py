@@ -1,7 +1,8 @@
-"""The registry and deployments repositories' write side, through the `Tx` protocol only.
+"""The core state's repositories (registry, deployments, history, routes, alerts), through the
+`Tx` protocol only.
 
-What a second backend must do the same: these speak to `store.write()` / `store.read()` and
-the records they return, never to SQL.
+What every backend must do the same: these speak to `store.write()` / `store.read()` and the
+records they return, never to SQL, and each runs on SQLite and on PostgreSQL (BOTH_BACKENDS).
 """
 
 from __future__ import annotations
@@ -15,8 +16,24 @@ from engine.core.errors import StoreError
 from engine.core.records import Baseline, Expect, LineSchema, Snapshot
 from engine.deploy import rules
 from engine.deploy import service as deploy_service
+from tests.conftest import BOTH_BACKENDS
 
 SHA = "ab" * 32
+_EXPORT_KEYS = [
+    "id",
+    "line",
+    "at",
+    "actor",
+    "action",
+    "version",
+    "experiment",
+    "from_state",
+    "to_state",
+    "undoes",
+    "note",
+    "forced",
+    "evidence",
+]
 
 
 def _put_valid(engine: Engine, sha: str = SHA) -> int:
@@ -49,6 +66,7 @@ def _put_rejected(engine: Engine, reason: str, sha: str = SHA) -> None:
         )
 
 
+@BOTH_BACKENDS
 def test_rejected_bytes_become_valid_in_place_and_valid_bytes_are_never_downgraded(
     workspace: Workspace,
 ) -> None:
@@ -75,6 +93,7 @@ def test_rejected_bytes_become_valid_in_place_and_valid_bytes_are_never_downgrad
         engine.close()
 
 
+@BOTH_BACKENDS
 def test_a_line_keeps_the_schema_it_was_created_with(workspace: Workspace) -> None:
     engine = Engine(workspace, actor="tester")
     try:
@@ -88,6 +107,7 @@ def test_a_line_keeps_the_schema_it_was_created_with(workspace: Workspace) -> No
         engine.close()
 
 
+@BOTH_BACKENDS
 def test_a_version_names_one_artifact_and_an_alias_names_it_again(workspace: Workspace) -> None:
     engine = Engine(workspace, actor="tester")
     try:
@@ -110,6 +130,7 @@ def test_a_version_names_one_artifact_and_an_alias_names_it_again(workspace: Wor
         engine.close()
 
 
+@BOTH_BACKENDS
 def test_a_test_start_keeps_production_since_and_its_end_keeps_it_too(engine: Engine) -> None:
     """The deploy service writes the new state through put_state: an arm that stays keeps
     when and by whom it started serving; the revision is the change's history row."""
@@ -180,6 +201,7 @@ def test_a_baseline_is_added_once_replaced_on_demand_and_named_by_its_source(
         engine.close()
 
 
+@BOTH_BACKENDS
 def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) -> None:
     """The figures a change was decided on travel with its row (JSON, read back equal, and in
     the history.json export); an ended test keeps the verdict it ended with and how. Read back
@@ -237,3 +259,96 @@ def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) 
 
 class _RolledBack(Exception):
     """Ends a test's write transaction without committing it."""
+
+
+@BOTH_BACKENDS
+def test_one_alert_fires_per_metric_is_refreshed_in_place_and_resolved_for_good(
+    engine: Engine,
+) -> None:
+    serving = [("quality-predictor", "v1.0"), ("quality-predictor", "v2.0")]
+    with engine.store.write() as tx:
+        assert tx.alerts.worst_firing(serving) is None and tx.alerts.worst_firing([]) is None
+        for metric, version in (("mae", "v1.0"), ("drift", "v1.0"), ("mae", "v3.0")):
+            tx.alerts.fire(line="quality-predictor", version=version, metric=metric,
+                           severity="warning", value=2.5, threshold=2.0, message=f"{metric} high",
+                           at="t1")  # fmt: skip
+    with engine.store.write() as tx:
+        mae = tx.alerts.firing_one("quality-predictor", "v1.0", "mae")
+        assert mae is not None and (mae.value, mae.threshold, mae.first_seen) == (2.5, 2.0, "t1")
+        assert tx.alerts.firing_one("quality-predictor", "v2.0", "mae") is None
+        assert tx.alerts.worst_firing(serving) == "warning"
+        tx.alerts.refresh(mae.id, message="mae higher", at="t2", severity="critical", value=3.5)
+        drift = tx.alerts.firing_one("quality-predictor", "v1.0", "drift")
+        assert drift is not None
+        tx.alerts.refresh(drift.id, message="still", at="t2")  # figures not given: kept
+    with pytest.raises(StoreError), engine.store.write() as tx:
+        tx.alerts.fire(line="quality-predictor", version="v1.0", metric="mae", severity="warning",
+                       value=1.0, threshold=2.0, message="twice", at="t3")  # fmt: skip
+    with engine.store.write() as tx:
+        assert tx.alerts.worst_firing(serving) == "critical"
+        refreshed = tx.alerts.firing_one("quality-predictor", "v1.0", "drift")
+        assert refreshed is not None and (refreshed.severity, refreshed.value) == ("warning", 2.5)
+        assert (refreshed.message, refreshed.first_seen, refreshed.last_seen) == ("still", "t1",
+                                                                                  "t2")  # fmt: skip
+        tx.alerts.resolve(mae.id, "t3")
+        tx.alerts.resolve(drift.id, "t3")
+    with engine.store.read() as tx:
+        firing = tx.alerts.firing()
+        assert [(a.version, a.metric) for a in firing] == [("v3.0", "mae")]
+        assert tx.alerts.worst_firing(serving) is None
+        recent = tx.alerts.recent(1)
+        assert len(recent) == 2 and {a.resolved_at for a in recent} == {None, "t3"}
+        resolved = [a for a in tx.alerts.recent(5) if a.resolved_at is not None]
+        assert sorted(a.id for a in resolved) == sorted((mae.id, drift.id))
+        assert max(resolved, key=lambda a: a.id).severity in ("critical", "warning")
+
+
+@BOTH_BACKENDS
+def test_routes_follow_each_deployment_change_and_its_counter_moves_with_it(
+    engine: Engine,
+) -> None:
+    """What the router reads: the served lines, and a counter that moves when another
+    connection commits a change of deployment (the router reloads only when it moved)."""
+    other = Engine(engine.workspace, actor="other")  # the change comes from elsewhere
+    try:
+        with engine.store.read() as tx:
+            assert tx.routes.served_lines() == []
+            before = tx.routes.change_counter()
+        other.deploy(version="v1.0")
+        with engine.store.read() as tx:
+            (served,) = tx.routes.served_lines()
+            deployed = tx.routes.change_counter()
+            v1, v2 = (tx.registry.get_version(served.line, v) for v in ("v1.0", "v2.0"))
+        assert deployed != before
+        assert (served.production_id, served.candidate_id, served.candidate_bp) == (v1.id, None, 0)
+        assert served.feature_names is not None and served.n_features == len(served.feature_names)
+        other.deploy(version="v2.0", traffic=10, ab_test="t1")
+    finally:
+        other.close()
+    with engine.store.read() as tx:
+        (started,) = tx.routes.served_lines()
+        assert tx.routes.change_counter() != deployed
+    assert (started.candidate_id, started.candidate_bp, started.experiment) == (v2.id, 1000, "t1")
+    assert started.revision > served.revision
+
+
+@BOTH_BACKENDS
+def test_the_history_export_is_one_row_a_line_equal_to_the_rows(engine: Engine) -> None:
+    """Whichever backend writes it: the seed's deployments/history.json, byte for byte the
+    same text for the same rows (a workspace moved to PostgreSQL keeps its export)."""
+    with engine.store.read() as tx:
+        assert tx.history.export_text() == "[]\n"
+    engine.deploy(version="v1.0", note="first — ünïcode")
+    engine.deploy(version="v2.0", traffic=20, ab_test="t1")
+    with engine.store.read() as tx:
+        text = tx.history.export_text()
+        entries = tx.history.entries()
+    lines = text.splitlines()
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == 2 + len(entries)
+    rows = json.loads(text)
+    assert [row["id"] for row in rows] == [entry.id for entry in entries]
+    first = json.loads(lines[1].rstrip(","))
+    assert list(first) == [*_EXPORT_KEYS]
+    assert first["note"] == "first — ünïcode" and first["forced"] is False
+    assert first["to_state"] == entries[0].to_state.to_json() and first["undoes"] == []
+    assert ": " not in lines[1] and ", " not in lines[1].replace(first["note"], "")

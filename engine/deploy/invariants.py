@@ -5,8 +5,8 @@ so a database edited by hand (or by a bug) is caught. Problems break an invarian
 warnings are repairable drift (a stale history.json after a crash between commit and export).
 
 The checks are pure over what the repositories read, so every backend is held to the same
-invariants by the same code; the file's own integrity is the backend's
-(engine.store.sqlite.integrity).
+invariants by the same code; the store's own integrity is the backend's (Store.integrity_check,
+reported by engine.store.sqlite.integrity).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import pytest
 import engine.deploy.service
 from engine import Workspace
 from engine.serving.prediction_log import PredictionLog
-from engine.store.sqlite.prediction_log import count_logged
+from engine.store.sql.prediction_log import count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine, summary
 from tests.bench.test_bench_monitor import CANDIDATE_SHARE, CHUNK, TOLERANCE, _build

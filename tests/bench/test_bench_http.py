@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.store.sqlite.prediction_log import count_logged
+from engine.store.sql.prediction_log import count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine
 

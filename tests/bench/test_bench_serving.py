@@ -42,9 +42,9 @@ from engine.serving import prediction_log as predlog
 from engine.serving import router as serving
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.serving.router import Router
-from engine.store.sqlite import prediction_log as sqlite_log
+from engine.store.sql import prediction_log as sql_log
+from engine.store.sql.prediction_log import _INSERT
 from engine.store.sqlite.connection import PAGE_SIZE
-from engine.store.sqlite.prediction_log import _INSERT
 from engine.store.sqlite.schema import MIGRATIONS
 from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
@@ -123,7 +123,7 @@ def _sqlite_floor(db: Path, scratch: Path, x: np.ndarray) -> Callable[[], float]
     def run() -> float:
         at = time.time_ns() // 1_000_000
         rows = [
-            sqlite_log.row(
+            sql_log.row(
                 Record(
                     ids.new_id(at),
                     at,
@@ -374,7 +374,7 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
     assert singles == SIZE_ROWS + KEYED_ROWS
     now_bytes = keyless / SIZE_ROWS
     keyed_bytes = (_table_bytes(conn, "predictions") - keyless) / KEYED_ROWS
-    logged = [r for r in sqlite_log.logged_rows(conn) if len(r.pid) == 32][:singles]
+    logged = [r for r in sql_log.logged_rows(conn) if len(r.pid) == 32][:singles]
     old = _layout_0006(tmp_path / "layout-0006.db", logged[:singles])
     old_bytes = _table_bytes(old, "predictions") / singles
 
@@ -409,10 +409,10 @@ def test_bytes_per_logged_row_feedback_lookup_and_retention(tmp_path: Path) -> N
     while not pruned or pruned[-1].more:
         t0 = time.perf_counter()
         conn.execute("BEGIN IMMEDIATE")
-        pruned.append(sqlite_log.prune(conn, settings, later, predlog.PRUNE_CHUNK_ROWS))
+        pruned.append(sql_log.prune(conn, settings, later, predlog.PRUNE_CHUNK_ROWS))
         conn.execute("COMMIT")
         steps.append(time.perf_counter() - t0)
-    left = sqlite_log.count_logged(conn)
+    left = sql_log.count_logged(conn)
     conn.close()
 
     print(f"\n[bench serving: the log's size] {machine()} · {workload.load_average()}")

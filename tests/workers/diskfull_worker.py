@@ -18,7 +18,7 @@ import numpy as np
 from engine import Engine, Workspace
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
-from engine.store.sqlite.prediction_log import count_logged
+from engine.store.sql.prediction_log import count_logged
 
 ROWS = 400
 

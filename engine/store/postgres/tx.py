@@ -7,13 +7,24 @@ SQL; a domain whose SQL differs has its module here. Made on first use, as Sqlit
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from engine.store.postgres.artifacts import PgArtifactBytes
 from engine.store.postgres.conn import PgConn
+from engine.store.sql.alerts import SqlAlerts
+from engine.store.sql.deployments import SqlDeployments
+from engine.store.sql.history import SqlHistory
+from engine.store.sql.registry import SqlRegistry
 from engine.store.sql.replicas import SqlReplicas
+from engine.store.sql.routes import SqlRoutes
+
+if TYPE_CHECKING:
+    from engine.store.postgres.feedback import PostgresFeedback
+    from engine.store.postgres.prediction_log import PostgresPredictionLog
+    from engine.store.postgres.rollups import PostgresRollups
+    from engine.store.sql.baselines import SqlBaselines
 
 
 class PostgresTx:
@@ -22,6 +33,53 @@ class PostgresTx:
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.conn = PgConn(raw)
+
+    @cached_property
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.conn)
+
+    @cached_property
+    def deployments(self) -> SqlDeployments:
+        return SqlDeployments(self.conn)
+
+    @cached_property
+    def history(self) -> SqlHistory:
+        return SqlHistory(self.conn)
+
+    @cached_property
+    def routes(self) -> SqlRoutes:
+        return SqlRoutes(self.conn)
+
+    @cached_property
+    def alerts(self) -> SqlAlerts:
+        return SqlAlerts(self.conn)
+
+    # -- the prediction log, rollups, feedback and baselines (i16-h2) -------------------
+
+    @cached_property
+    def predictions(self) -> PostgresPredictionLog:
+        # numpy (the batch blobs): imported on first use, as SqliteTx's
+        from engine.store.postgres.prediction_log import PostgresPredictionLog
+
+        return PostgresPredictionLog(self.conn)
+
+    @cached_property
+    def rollups(self) -> PostgresRollups:
+        from engine.store.postgres.rollups import PostgresRollups
+
+        return PostgresRollups(self.conn)
+
+    @cached_property
+    def feedback(self) -> PostgresFeedback:
+        from engine.store.postgres.feedback import PostgresFeedback
+
+        return PostgresFeedback(self.conn)
+
+    @cached_property
+    def baselines(self) -> SqlBaselines:
+        from engine.store.sql.baselines import SqlBaselines  # numpy on first use
+
+        return SqlBaselines(self.conn)
 
     @cached_property
     def replicas(self) -> SqlReplicas:

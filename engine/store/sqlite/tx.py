@@ -12,17 +12,17 @@ import sqlite3
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from engine.store.sqlite.alerts import SqliteAlerts
-from engine.store.sqlite.deployments import SqliteDeployments
+from engine.store.sql.alerts import SqlAlerts
+from engine.store.sql.deployments import SqlDeployments
+from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.rollups import SqlRollups
 from engine.store.sqlite.history import SqliteHistory
-from engine.store.sqlite.registry import SqliteRegistry
-from engine.store.sqlite.rollups import SqliteRollups
 
 if TYPE_CHECKING:
+    from engine.store.sql.baselines import SqlBaselines
+    from engine.store.sql.feedback import SqlFeedback
     from engine.store.sql.replicas import SqlReplicas
     from engine.store.sqlite.artifacts import SqliteArtifactBytes
-    from engine.store.sqlite.baselines import SqliteBaselines
-    from engine.store.sqlite.feedback import SqliteFeedback
     from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
     from engine.store.sqlite.prediction_log import SqlitePredictionLog
     from engine.store.sqlite.routes import SqliteRoutes
@@ -35,37 +35,37 @@ class SqliteTx:
         self.conn = conn
 
     @cached_property
-    def registry(self) -> SqliteRegistry:
-        return SqliteRegistry(self.conn)
+    def registry(self) -> SqlRegistry:
+        return SqlRegistry(self.conn)
 
     @cached_property
-    def deployments(self) -> SqliteDeployments:
-        return SqliteDeployments(self.conn)
+    def deployments(self) -> SqlDeployments:
+        return SqlDeployments(self.conn)
 
     @cached_property
     def history(self) -> SqliteHistory:
         return SqliteHistory(self.conn)
 
     @cached_property
-    def rollups(self) -> SqliteRollups:
-        return SqliteRollups(self.conn)
+    def rollups(self) -> SqlRollups:
+        return SqlRollups(self.conn)
 
     @cached_property
-    def alerts(self) -> SqliteAlerts:
-        return SqliteAlerts(self.conn)
+    def alerts(self) -> SqlAlerts:
+        return SqlAlerts(self.conn)
 
     @cached_property
-    def feedback(self) -> SqliteFeedback:
-        from engine.store.sqlite.feedback import SqliteFeedback  # on first use: see the top
+    def feedback(self) -> SqlFeedback:
+        from engine.store.sql.feedback import SqlFeedback  # on first use: see the top
 
-        return SqliteFeedback(self.conn)
+        return SqlFeedback(self.conn)
 
     @cached_property
-    def baselines(self) -> SqliteBaselines:
+    def baselines(self) -> SqlBaselines:
         # numpy: imported on first use, not with the store (`beast status` cold ≤ 0.4 s)
-        from engine.store.sqlite.baselines import SqliteBaselines
+        from engine.store.sql.baselines import SqlBaselines
 
-        return SqliteBaselines(self.conn)
+        return SqlBaselines(self.conn)
 
     @cached_property
     def jobs(self) -> SqliteJobs:

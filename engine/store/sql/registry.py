@@ -1,13 +1,13 @@
-"""The registry in SQLite: `model_lines`, `artifacts`, `versions`."""
+"""The registry in SQL (both backends): `model_lines`, `artifacts`, `versions`."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from typing import Literal
+from typing import Any, Literal
 
 from engine.core.errors import NotFound
 from engine.core.records import Artifact, LineSchema, VersionRef
+from engine.store.sql.conn import Conn
 
 _VERSION_SQL = """
 SELECT v.id, v.line, v.name, v.artifact_id, v.kind, a.sha256
@@ -15,7 +15,7 @@ FROM versions v JOIN artifacts a ON a.id = v.artifact_id
 """
 
 
-def version_from_row(row: sqlite3.Row) -> VersionRef:
+def version_from_row(row: Any) -> VersionRef:
     return VersionRef(
         id=row["id"],
         line=row["line"],
@@ -26,10 +26,10 @@ def version_from_row(row: sqlite3.Row) -> VersionRef:
     )
 
 
-class SqliteRegistry:
-    """engine.store.registry.RegistryRepo over one SQLite transaction."""
+class SqlRegistry:
+    """engine.store.registry.RegistryRepo over one transaction (SQLite or PostgreSQL)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def line_names(self) -> list[str]:
@@ -107,8 +107,8 @@ class SqliteRegistry:
 
     def add_line(self, schema: LineSchema, *, at: str) -> None:
         self.conn.execute(
-            "INSERT OR IGNORE INTO model_lines (name, n_features, feature_names, created_at)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO model_lines (name, n_features, feature_names, created_at)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (schema.line, schema.n_features, _names_json(schema.feature_names), at),
         )
 
@@ -143,14 +143,14 @@ class SqliteRegistry:
             "SELECT id FROM artifacts WHERE sha256 = ?", (sha256,)
         ).fetchone()
         if existing is None:
-            new_id = self.conn.execute(
-                "INSERT INTO artifacts (path, size, format, line, n_features, feature_names,"
-                " xgboost_version, registered_at, registered_by, objective, sha256, status)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
-                (*values, sha256),
-            ).lastrowid
-            assert new_id is not None
-            return new_id
+            return int(
+                self.conn.execute(
+                    "INSERT INTO artifacts (path, size, format, line, n_features, feature_names,"
+                    " xgboost_version, registered_at, registered_by, objective, sha256, status)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid') RETURNING id",
+                    (*values, sha256),
+                ).fetchone()[0]
+            )
         self.conn.execute(
             "UPDATE artifacts SET path = ?, size = ?, format = ?, line = ?, n_features = ?,"
             " feature_names = ?, xgboost_version = ?, registered_at = ?, registered_by = ?,"
@@ -202,11 +202,10 @@ class SqliteRegistry:
     ) -> VersionRef:
         version_id = self.conn.execute(
             "INSERT INTO versions (line, name, artifact_id, kind, created_at, created_by)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (line, name, artifact_id, kind, at, actor),
-        ).lastrowid
-        assert version_id is not None
-        return self.version_by_id(version_id)
+        ).fetchone()[0]
+        return self.version_by_id(int(version_id))
 
 
 def _names_of(stored: str | None) -> tuple[str, ...] | None:
@@ -218,7 +217,7 @@ def _names_json(names: tuple[str, ...] | None) -> str | None:
     return json.dumps(list(names)) if names else None
 
 
-def _artifact(row: sqlite3.Row, names: tuple[str, ...]) -> Artifact:
+def _artifact(row: Any, names: tuple[str, ...]) -> Artifact:
     return Artifact(
         id=row["id"],
         sha256=row["sha256"],

@@ -1,13 +1,13 @@
-"""Baselines in SQLite: the `baselines` table (one row per artifact; the reference as JSON),
-and the reads of the log that find a version's first predictions."""
+"""Baselines in SQL (both backends): the `baselines` table (one row per artifact; the
+reference as JSON), and the reads of the log that find a version's first predictions."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from engine.core.records import Baseline, FirstPredictionSource
+from engine.store.sql.conn import Conn
 
 if TYPE_CHECKING:  # numpy: only where the first predictions are read (see first_rows)
     import numpy as np
@@ -15,16 +15,17 @@ if TYPE_CHECKING:  # numpy: only where the first predictions are read (see first
 _OF_VERSION = " JOIN versions v ON v.artifact_id = b.artifact_id WHERE v.id = ?"
 
 
-class SqliteBaselines:
-    """engine.store.baselines.BaselineRepo over one SQLite transaction."""
+class SqlBaselines:
+    """engine.store.baselines.BaselineRepo over one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def add(self, artifact_id: int, baseline: Baseline, at: str) -> None:
         self.conn.execute(
-            "INSERT OR IGNORE INTO baselines (artifact_id, source, reference, accuracy, mae,"
-            " created_at, metrics, source_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO baselines (artifact_id, source, reference, accuracy, mae,"
+            " created_at, metrics, source_detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             (
                 artifact_id,
                 baseline.source,
@@ -92,7 +93,7 @@ class SqliteBaselines:
         self.conn.execute(
             "INSERT INTO baselines (artifact_id, source, reference, created_at)"
             " VALUES (?, 'first_predictions', ?, ?) ON CONFLICT(artifact_id) DO UPDATE"
-            " SET reference = excluded.reference WHERE reference IS NULL",
+            " SET reference = excluded.reference WHERE baselines.reference IS NULL",
             (artifact_id, json.dumps(reference), at),
         )
 

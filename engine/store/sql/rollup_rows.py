@@ -1,18 +1,23 @@
-"""The numpy side of the SQLite rollups: histogram blobs in and out, rows stacked and added.
+"""The numpy side of the rollups: histogram blobs in and out, rows stacked and added.
 
-Kept apart from engine.store.sqlite.rollups so that opening a store (and `beast status`,
-which asks the rollups one question) never imports numpy.
+Kept apart from engine.store.sql.rollups so that opening a store (and `beast status`,
+which asks the rollups one question) never imports numpy. Both backends' SQL: how a delta is
+added to a row that other writers may add to at the same time is the backend's (`add` here
+reads then writes the row, which SQLite's one writer at a time makes safe;
+engine.store.postgres.rollups merges under the row's lock).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
 from engine.core.rollups import SCALARS, Delta, RollupKey, StackedRollups
+from engine.store.sql.conn import Conn
+
+Add = Callable[[Conn, str, Iterable[tuple[RollupKey, Delta]]], None]
 
 _SCALARS = (
     "n, errors, labelled, within, abs_err_sum, abs_err_sq_sum, drift_n, log_loss_sum, pred_pos,"
@@ -27,7 +32,7 @@ _TABLES = {"minute": "rollups", "hour": "rollups_hourly"}
 
 
 def stacked(
-    conn: sqlite3.Connection, version_id: int, since_minute: int | None, experiment: str | None
+    conn: Conn, version_id: int, since_minute: int | None, experiment: str | None
 ) -> StackedRollups:
     """engine.store.rollups.RollupRepo.stacked."""
     minute_sql = f"SELECT minute, 0, {_SCALARS}, {_BLOBS} FROM rollups WHERE version_id = ?"
@@ -76,11 +81,13 @@ def _classes(blobs: list[bytes | None]) -> np.ndarray | None:
     return np.column_stack([rows, pairs.astype(np.int64)])
 
 
-def compact_before(conn: sqlite3.Connection, minute: int) -> int:
-    """engine.store.rollups.RollupRepo.compact_before."""
+def compact_before(conn: Conn, minute: int, add: Add, lock: str = "") -> int:
+    """engine.store.rollups.RollupRepo.compact_before, adding to hours with `add`; `lock`
+    ends the read of the minute rows (PostgreSQL's FOR UPDATE: two replicas' writers that
+    compact at once fold each minute once, the second waits and then finds it gone)."""
     rows = conn.execute(
         f"SELECT version_id, experiment, minute, {_ROLLUP_COLUMNS} FROM rollups"
-        " WHERE minute < ? ORDER BY minute",
+        f" WHERE minute < ? ORDER BY version_id, experiment, minute{lock}",
         (minute,),
     ).fetchall()
     if not rows:
@@ -94,12 +101,18 @@ def compact_before(conn: sqlite3.Connection, minute: int) -> int:
         else:
             hours[key] = delta
     add(conn, "hour", hours.items())
-    conn.execute("DELETE FROM rollups WHERE minute < ?", (minute,))
+    # The rows folded, not every row before `minute`: on PostgreSQL another replica's writer
+    # may have committed a late minute since the read (the next compaction folds it).
+    conn.executemany(
+        "DELETE FROM rollups WHERE version_id = ? AND experiment = ? AND minute = ?",
+        [tuple(r[:3]) for r in rows],
+    )
     return len(rows)
 
 
-def add(conn: sqlite3.Connection, unit: str, deltas: Iterable[tuple[RollupKey, Delta]]) -> None:
-    """Add each delta to its row of `unit`: one read per row, then one executemany."""
+def add(conn: Conn, unit: str, deltas: Iterable[tuple[RollupKey, Delta]]) -> None:
+    """Add each delta to its row of `unit`: one read per row, then one executemany (one
+    writer at a time: SQLite's)."""
     table = _TABLES[unit]
     select = (
         f"SELECT {_ROLLUP_COLUMNS} FROM {table}"
@@ -112,33 +125,37 @@ def add(conn: sqlite3.Connection, unit: str, deltas: Iterable[tuple[RollupKey, D
         if old is not None:
             total = _delta(old)
             total.add(delta)
-        lat = total.latency_hist
-        out.append(
-            (
-                *key,
-                total.n,
-                total.errors,
-                total.score_sum,
-                _blob(lat) if lat is not None else b"",
-                total.drift_n,
-                _blob(total.feature_hist),
-                _blob(total.score_hist),
-                total.labelled,
-                total.within,
-                total.abs_err_sum,
-                total.abs_err_sq_sum,
-                total.log_loss_sum,
-                total.pred_pos,
-                total.actual_pos,
-                total.true_pos,
-                total.class_hist,
-            )
-        )
+        out.append(values(key, total))
     marks = ", ".join("?" for _ in range(3 + _ROLLUP_COLUMNS.count(",") + 1))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _ROLLUP_COLUMNS.split(", "))
     conn.executemany(
-        f"INSERT OR REPLACE INTO {table} (version_id, experiment, {unit}, {_ROLLUP_COLUMNS})"
-        f" VALUES ({marks})",
+        f"INSERT INTO {table} (version_id, experiment, {unit}, {_ROLLUP_COLUMNS})"
+        f" VALUES ({marks}) ON CONFLICT (version_id, experiment, {unit}) DO UPDATE SET {updates}",
         out,
+    )
+
+
+def values(key: RollupKey, total: Delta) -> tuple[Any, ...]:
+    """A row's key and its `_ROLLUP_COLUMNS`, as parameters."""
+    lat = total.latency_hist
+    return (
+        *key,
+        total.n,
+        total.errors,
+        total.score_sum,
+        _blob(lat) if lat is not None else b"",
+        total.drift_n,
+        _blob(total.feature_hist),
+        _blob(total.score_hist),
+        total.labelled,
+        total.within,
+        total.abs_err_sum,
+        total.abs_err_sq_sum,
+        total.log_loss_sum,
+        total.pred_pos,
+        total.actual_pos,
+        total.true_pos,
+        total.class_hist,
     )
 
 

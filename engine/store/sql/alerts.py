@@ -1,10 +1,11 @@
-"""Alerts in SQLite: the `alerts` table (a firing row has `resolved_at` NULL)."""
+"""Alerts in SQL (both backends): the `alerts` table (a firing row has `resolved_at` NULL)."""
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 from engine.core.records import Alert
+from engine.store.sql.conn import Conn
 
 _COLUMNS = (
     "id, line, version, metric, severity, value, threshold, message, first_seen, last_seen,"
@@ -12,14 +13,14 @@ _COLUMNS = (
 )
 
 
-def _alert(row: sqlite3.Row) -> Alert:
+def _alert(row: Any) -> Alert:
     return Alert(*row)
 
 
-class SqliteAlerts:
-    """engine.store.alerts.AlertRepo over one SQLite transaction."""
+class SqlAlerts:
+    """engine.store.alerts.AlertRepo over one transaction (SQLite or PostgreSQL)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def firing(self) -> list[Alert]:
@@ -38,7 +39,7 @@ class SqliteAlerts:
         rows = self.conn.execute(
             f"SELECT {_COLUMNS} FROM alerts WHERE resolved_at IS NULL"
             f" UNION ALL SELECT * FROM (SELECT {_COLUMNS} FROM alerts"
-            " WHERE resolved_at IS NOT NULL ORDER BY id DESC LIMIT ?)",
+            " WHERE resolved_at IS NOT NULL ORDER BY id DESC LIMIT ?) AS resolved",
             (resolved,),
         )
         return [_alert(row) for row in rows]

@@ -1,20 +1,20 @@
-"""Feedback in SQLite: `predictions.actual` and `batch_labels` (the labels),
+"""Feedback in SQL (both backends): `predictions.actual` and `batch_labels` (the labels),
 `pending_feedback` and `unmatched_feedback`; reads of the log to find a prediction."""
 
 from __future__ import annotations
 
 import math
-import sqlite3
 import struct
 
 from engine.core import ids
 from engine.core.records import LoggedPrediction
+from engine.store.sql.conn import Conn
 
 
-class SqliteFeedback:
-    """engine.store.feedback.FeedbackRepo over one SQLite transaction."""
+class SqlFeedback:
+    """engine.store.feedback.FeedbackRepo over one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def prediction(self, pid: str) -> LoggedPrediction | None:
@@ -38,8 +38,9 @@ class SqliteFeedback:
         """A batch's row: its version id and score are read out of the batch's blobs."""
         prefix, i = ids.batch_row(pid)
         found = self.conn.execute(
-            "SELECT b.id, substr(b.version_ids, 8 * ? + 1, 8), b.experiment, b.at_ms,"
-            " substr(b.scores, 8 * ? + 1, 8), l.actual FROM prediction_batches b"
+            "SELECT b.id, substr(b.version_ids, CAST(8 * ? + 1 AS INTEGER), 8), b.experiment,"
+            " b.at_ms, substr(b.scores, CAST(8 * ? + 1 AS INTEGER), 8), l.actual"
+            " FROM prediction_batches b"
             " LEFT JOIN batch_labels l ON l.batch_id = b.id AND l.row = ?"
             " WHERE b.prefix = ? AND b.rows > ?",
             (i, i, i, prefix, i),
@@ -125,8 +126,8 @@ class SqliteFeedback:
 
     def set_unmatched(self, items: list[tuple[str, float, int]], expired_ms: int) -> None:
         self.conn.executemany(
-            "INSERT OR IGNORE INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
-            " VALUES (?, ?, ?, ?)",
+            "INSERT INTO unmatched_feedback (pid, actual, received_ms, expired_ms)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [(pid, actual, received, expired_ms) for pid, actual, received in items],
         )
         self.conn.executemany(

@@ -1,11 +1,12 @@
-"""Deployments in SQLite: `line_state` (one row per line) and `experiments`."""
+"""Deployments in SQL (both backends): `line_state` (one row per line) and `experiments`."""
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 from engine.core.records import Ending, Experiment, ExperimentStatus, LineState, VersionRef
-from engine.store.sqlite.registry import SqliteRegistry
+from engine.store.sql.conn import Conn
+from engine.store.sql.registry import SqlRegistry
 
 _EXPERIMENT_SQL = """
     SELECT e.*, c.name AS control_name, k.name AS candidate_name
@@ -14,7 +15,7 @@ _EXPERIMENT_SQL = """
 """
 
 
-def _experiment(row: sqlite3.Row) -> Experiment:
+def _experiment(row: Any) -> Experiment:
     return Experiment(
         id=row["id"],
         name=row["name"],
@@ -34,10 +35,10 @@ def _experiment(row: sqlite3.Row) -> Experiment:
     )
 
 
-class SqliteDeployments:
-    """engine.store.deployments.DeploymentRepo over one SQLite transaction."""
+class SqlDeployments:
+    """engine.store.deployments.DeploymentRepo over one transaction (SQLite or PostgreSQL)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def state(self, line: str) -> LineState | None:
@@ -45,7 +46,7 @@ class SqliteDeployments:
         row = conn.execute("SELECT * FROM line_state WHERE line = ?", (line,)).fetchone()
         if row is None:
             return None
-        versions = SqliteRegistry(conn)
+        versions = SqlRegistry(conn)
         candidate = versions.version_by_id(row["candidate_id"]) if row["candidate_id"] else None
         experiment = None
         if row["experiment_id"] is not None:

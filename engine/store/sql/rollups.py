@@ -1,16 +1,18 @@
-"""Rollups in SQLite: `rollups` (per minute) and `rollups_hourly` (compacted hours).
+"""Rollups in SQL: `rollups` (per minute) and `rollups_hourly` (compacted hours).
 
-Histograms are stored as blobs of little-endian int64 counts (engine.store.sqlite.rollup_rows,
-imported where they are read or written: numpy stays off the path of `beast status`).
+Histograms are stored as blobs of little-endian int64 counts (engine.store.sql.rollup_rows,
+imported where they are read or written: numpy stays off the path of `beast status`). Both
+backends' SQL; how a flush's deltas are merged into rows that several writers add to is the
+backend's (`_add`: PostgreSQL's in engine.store.postgres.rollups).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from engine.core import rollups
+from engine.store.sql.conn import Conn
 
 if TYPE_CHECKING:
     from engine.core.rollups import Delta, LabelDelta, RollupKey, StackedRollups
@@ -27,23 +29,29 @@ _SET_CLASSES = (
 )
 
 
-class SqliteRollups:
-    """engine.store.rollups.RollupRepo over one SQLite transaction."""
+class SqlRollups:
+    """engine.store.rollups.RollupRepo over one transaction (SQLite's as it is)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    _LOCK = ""  # what ends a read of rows about to be rewritten (PostgreSQL: FOR UPDATE)
+
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
+
+    def _add(self, unit: str, deltas: Iterable[tuple[RollupKey, Delta]]) -> None:
+        """Add each delta to its row of `unit` ("minute" or "hour")."""
+        from engine.store.sql import rollup_rows  # numpy: not on `beast status`'s path
+
+        rollup_rows.add(self.conn, unit, deltas)
 
     def stacked(
         self, version_id: int, *, since_minute: int | None = None, experiment: str | None = None
     ) -> StackedRollups:
-        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
+        from engine.store.sql import rollup_rows  # numpy: not on `beast status`'s path
 
         return rollup_rows.stacked(self.conn, version_id, since_minute, experiment)
 
     def add_minutes(self, deltas: Mapping[RollupKey, Delta]) -> None:
-        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
-
-        rollup_rows.add(self.conn, "minute", deltas.items())
+        self._add("minute", deltas.items())
 
     def add_label(self, version_id: int, experiment: str, minute: int, label: LabelDelta) -> None:
         sums = (
@@ -80,14 +88,17 @@ class SqliteRollups:
         return found is not None
 
     def compact_before(self, minute: int) -> int:
-        from engine.store.sqlite import rollup_rows  # numpy: not on `beast status`'s path
+        from engine.store.sql import rollup_rows  # numpy: not on `beast status`'s path
 
-        return rollup_rows.compact_before(self.conn, minute)
+        return rollup_rows.compact_before(
+            self.conn, minute, lambda _conn, unit, deltas: self._add(unit, deltas), self._LOCK
+        )
 
     def successes(self, version_id: int) -> int:
         found = self.conn.execute(
-            "SELECT coalesce(sum(n - errors), 0) FROM rollups WHERE version_id = ? UNION ALL"
-            " SELECT coalesce(sum(n - errors), 0) FROM rollups_hourly WHERE version_id = ?",
+            "SELECT CAST(coalesce(sum(n - errors), 0) AS BIGINT) FROM rollups"
+            " WHERE version_id = ? UNION ALL SELECT CAST(coalesce(sum(n - errors), 0) AS BIGINT)"
+            " FROM rollups_hourly WHERE version_id = ?",
             (version_id, version_id),
         ).fetchall()
         return int(sum(row[0] for row in found))
