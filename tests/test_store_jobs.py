@@ -1,15 +1,18 @@
-"""The jobs repository's contract (engine.store.jobs), on the SQLite backend: what a second
-backend must answer the same way. Clock readings are the caller's, so they are given here."""
+"""The jobs repository's contract (engine.store.jobs), on both backends (SQLite and
+PostgreSQL answer the same way). Clock readings are the caller's, so they are given here."""
 
 from __future__ import annotations
 
 import pytest
 
 from engine import Engine
-from engine.core.errors import NotFound
+from engine.core.errors import NotFound, StoreError
 from engine.retrain import jobs
 from engine.store.base import Tx
+from tests.conftest import BOTH_BACKENDS
 from tests.retrain_helpers import LINE
+
+pytestmark = BOTH_BACKENDS
 
 BOOT = "this-boot"
 
@@ -79,6 +82,19 @@ def test_a_job_ends_once_and_keeps_its_recorded_version(engine: Engine) -> None:
         assert not tx.jobs.renew(job_id, 1e9), "a finished job's lease is not renewed"
         assert tx.jobs.active(LINE) is None and tx.jobs.last_finished(LINE) == done
     assert (done.status, done.version, done.error, done.finished) == ("failed", "v9.0", "e", True)
+
+
+def test_a_joined_trigger_may_ask_for_a_deploy_and_never_takes_it_back(engine: Engine) -> None:
+    with engine.store.write() as tx:
+        job_id = _create(tx)
+        tx.jobs.join(job_id, trigger="t+drift", deploy=True)
+        tx.jobs.join(job_id, trigger="t+drift+manual", deploy=False)
+        lease, job = tx.jobs.lease(job_id), tx.jobs.get(job_id)
+    assert lease.deploy and job.trigger == "t+drift+manual"
+    with pytest.raises(StoreError, match="refused"), engine.store.write() as tx:
+        _create(tx)  # a second active job on the line: the store's unique index refuses it
+    with engine.store.read() as tx:
+        assert [j.id for j in tx.jobs.recent(5)] == [job_id], "the refused write left nothing"
 
 
 def test_expired_and_overdue_jobs_by_the_callers_clock(engine: Engine) -> None:

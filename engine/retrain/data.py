@@ -128,7 +128,8 @@ class Dataset:
         return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """A file's sha256, read in chunks (lineage names each data file by it)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -191,15 +192,15 @@ def read_file(path: Path, columns: Columns) -> tuple[tuple[np.ndarray, ...] | No
     ) as exc:
         return None, Source(name, 0, skipped=f"cannot read: {exc}")
     found = tuple(str(c) for c in frame.columns)
-    source = Source(name, 0, _file_sha256(path), found)
+    source = Source(name, 0, file_sha256(path), found)
     missing = [c for c in columns.required if c not in frame.columns]
     if missing:
         reason = f"missing columns {', '.join(missing)} (it has {', '.join(found) or 'none'})"
-        return None, _skip(source, reason)
+        return None, skip(source, reason)
     try:
         x = frame[list(columns.features)].to_numpy(dtype=np.float32)
     except (ValueError, TypeError) as exc:
-        return None, _skip(source, f"non-numeric feature values: {exc}")
+        return None, skip(source, f"non-numeric feature values: {exc}")
     y, label_reason = labels(frame[columns.label], columns)
     times = pd.to_datetime(frame[columns.time], utc=True, errors="coerce", format="ISO8601")
     valid_time = times.notna().to_numpy()
@@ -222,11 +223,12 @@ def read_file(path: Path, columns: Columns) -> tuple[tuple[np.ndarray, ...] | No
     source = Source(name, rows, source.sha256, found, tuple(dropped))
     if rows == 0:
         left = "; ".join(f"{why} in {n}" for why, n in dropped)
-        return None, _skip(source, f"no usable rows ({left or 'the file is empty'})")
+        return None, skip(source, f"no usable rows ({left or 'the file is empty'})")
     return (x[keep], y[keep], at_ms[keep]), source
 
 
-def _skip(source: Source, reason: str) -> Source:
+def skip(source: Source, reason: str) -> Source:
+    """`source` as skipped for `reason`, nothing of it used."""
     return Source(source.name, 0, source.sha256, source.columns, source.dropped, reason)
 
 

@@ -39,7 +39,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -252,12 +252,9 @@ def _load(job: RunningJob, columns: retrain_data.Columns) -> retrain_data.Datase
         0.05,
         f"loading data/ and labelled predictions (label {columns.label}, time {columns.time})",
     )
-    with job.engine.store.read() as tx:
-        labelled = tx.predictions.labelled_rows(job.line, len(columns.features))
+    labelled = _labelled(job, columns)
     data = retrain_data.load(job.engine.workspace.data_dir, columns, labelled)
-    for source in data.sources:
-        job.log(source.note())
-    job.log(f"{data.rows} rows ({retrain_data.summary(data.sources)})")
+    _loaded(job, data)
     return data
 
 
@@ -270,19 +267,17 @@ def _production(engine: Engine, line: str) -> tuple[str, Path] | None:
     return state.production.name, path
 
 
-def _predict(model_path: Path, x: np.ndarray) -> np.ndarray:
+def _booster(model_path: Path) -> Any:
     import xgboost as xgb  # ~2 s to import (measured): only a job that gets this far pays it
 
-    booster = xgb.Booster(params={"nthread": retrain.THREADS}, model_file=str(model_path))
-    out: np.ndarray = booster.inplace_predict(x, validate_features=False)
-    return out
+    return xgb.Booster(params={"nthread": retrain.THREADS}, model_file=str(model_path))
 
 
 def _judge(
-    job: RunningJob, trained: retrain.Trained, data: retrain_data.Dataset, split: retrain.Split
+    job: RunningJob, fit: Fitted
 ) -> tuple[retrain.Scores, retrain.Scores | None, str | None]:
     line = job.engine.config.line(job.line)
-    x, y = data.x[split.holdout], data.y[split.holdout]
+    y = fit.holdout_actual()
 
     def score(predicted: np.ndarray) -> retrain.Scores:
         return retrain.score(
@@ -293,7 +288,7 @@ def _judge(
             threshold=line.decision_threshold,
         )
 
-    predicted = trained.booster.inplace_predict(x)
+    predicted = fit.predict_holdout(fit.trained.booster)
     if _fault() == "nan":
         predicted = np.full_like(predicted, np.nan)
     new = score(predicted)
@@ -302,25 +297,81 @@ def _judge(
         return new, None, None
     name, path = found
     try:
-        production = score(_predict(path, x))
+        production = score(fit.predict_holdout(_booster(path)))
     except Exception as exc:  # the artifact is gone or unreadable: no comparison, no deploy
         job.log(f"production {name} could not be scored ({type(exc).__name__}: {exc})")
         return new, None, name
     return new, production, name
 
 
+class Rows(Protocol):
+    """The rows a job trained and judged on, as its lineage tells them."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def sources(self) -> tuple[retrain_data.Source, ...]: ...
+
+    @property
+    def used(self) -> tuple[retrain_data.Source, ...]: ...
+
+    @property
+    def skipped(self) -> tuple[retrain_data.Source, ...]: ...
+
+    def sha256(self) -> str: ...
+
+
+class Fitted(Protocol):
+    """What the search produced, whoever trained it (this process, or a Dask cluster:
+    engine.retrain.dask_training.ClusterFit): the judging and writing ask it for rows."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def data(self) -> Rows: ...
+
+    @property
+    def trained(self) -> retrain.Trained: ...
+
+    def holdout_actual(self) -> np.ndarray:
+        """The holdout's actual values, in time order."""
+        ...
+
+    def predict_holdout(self, booster: Any) -> np.ndarray:
+        """`booster`'s predictions on the holdout."""
+        ...
+
+    def reference_rows(self) -> np.ndarray:
+        """The training rows the drift reference is built from."""
+        ...
+
+
 @dataclass(frozen=True)
 class Fit:
-    """What the search produced, with the data and split it came from."""
+    """What the search produced in this process, with the data and split it came from."""
 
     names: tuple[str, ...]
     data: retrain_data.Dataset
     split: retrain.Split
     trained: retrain.Trained
 
+    def holdout_actual(self) -> np.ndarray:
+        return self.data.y[self.split.holdout]
+
+    def predict_holdout(self, booster: Any) -> np.ndarray:
+        out: np.ndarray = booster.inplace_predict(
+            self.data.x[self.split.holdout], validate_features=False
+        )
+        return out
+
+    def reference_rows(self) -> np.ndarray:
+        return self.data.x[self.split.train]
+
 
 def _lineage(
-    job: RunningJob, version: str, parent: str | None, fit: Fit, scores: dict[str, Any]
+    job: RunningJob, version: str, parent: str | None, fit: Fitted, scores: dict[str, Any]
 ) -> dict[str, Any]:
     data, trained = fit.data, fit.trained
     return {
@@ -342,7 +393,7 @@ def _lineage(
 
 
 def _write_artifact(
-    job: RunningJob, version: str, fit: Fit, lineage: dict[str, Any], holdout: retrain.Scores
+    job: RunningJob, version: str, fit: Fitted, lineage: dict[str, Any], holdout: retrain.Scores
 ) -> Path:
     """Sidecar first, then the model under a temp name that keeps `.json`, then renames:
     whoever sees the final model file (the watcher) finds its sidecar already there."""
@@ -350,7 +401,7 @@ def _write_artifact(
     final = models_dir / f"{job.line}-{version}.json"
     temp = workers.temp_model_path(models_dir, job.id)
     trained = fit.trained
-    train_x = fit.data.x[fit.split.train]
+    train_x = fit.reference_rows()
     reference = baselines.VersionReference.build(
         train_x, np.asarray(trained.booster.inplace_predict(train_x)), fit.names
     )
@@ -389,11 +440,21 @@ def _log_mlflow(job: RunningJob, run_name: str, lineage: dict[str, Any], model: 
             metrics=metrics,
             model_path=model,
             lineage_path=baselines.sidecar_path(model),
+            tags=_trainer_tags(lineage["trainer"]),
         )
     except Exception as exc:
         job.log(f"MLflow logging failed: {type(exc).__name__}: {exc}")
         return
     job.log(f"MLflow: {result}" if result else "MLflow: off or not installed; run not logged")
+
+
+def _trainer_tags(trainer: dict[str, Any]) -> dict[str, str]:
+    """The run's tags naming who trained it: `beast.trainer` local or dask (and the
+    scheduler's address)."""
+    tags = {"beast.trainer": str(trainer["kind"])}
+    if "scheduler" in trainer:
+        tags["beast.dask_scheduler"] = str(trainer["scheduler"])
+    return tags
 
 
 def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[bool, str]:
@@ -418,20 +479,23 @@ def _deploy(job: RunningJob, version: str, decision: retrain.Decision) -> tuple[
     return True, f"{decision.reason}; A/B test {test} at {settings.candidate_traffic:g}%"
 
 
-def _train(job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Dataset) -> Fit:
-    """Split and the bounded search (the faults of the test hooks strike here)."""
-    names = columns.features
+def _faults() -> None:
+    """The test hooks that strike once the data is loaded (whoever trains)."""
     if _fault() == "crash":
         raise RuntimeError("test fault: trainer crashed")
     if _fault() == "abort":
         os.abort()
-    if _fault() == "hang":
-        _hang(job)
+
+
+def _split(rows: int) -> retrain.Split:
     try:
-        split = retrain.time_split(data.rows)
+        return retrain.time_split(rows)
     except ValueError as exc:  # too little data: the job's error says so, plainly
         raise BeastError(str(exc)) from None
-    count = len(retrain.SEARCH)
+
+
+def _on_trial(job: RunningJob, task: str) -> Callable[[int, retrain.Trial], None]:
+    count, metric = len(retrain.SEARCH), retrain.params_for(task)["eval_metric"]
     job.step(0.15, f"searching {count} configurations")
 
     def on_trial(i: int, trial: retrain.Trial) -> None:
@@ -441,9 +505,18 @@ def _train(job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Da
             f"{trial.rounds} rounds, validation {metric} {trial.valid_score:.3f}",
         )
 
-    metric = retrain.params_for(columns.task)["eval_metric"]
-    trained = retrain.search(data, split, names, on_trial, task=columns.task)
-    return Fit(names, data, split, trained)
+    return on_trial
+
+
+def _train(job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Dataset) -> Fit:
+    """Split and the bounded search (the faults of the test hooks strike here)."""
+    _faults()
+    if _fault() == "hang":
+        _hang(job)
+    split = _split(data.rows)
+    on_trial = _on_trial(job, columns.task)
+    trained = retrain.search(data, split, columns.features, on_trial, task=columns.task)
+    return Fit(columns.features, data, split, trained)
 
 
 def _next_version(job: RunningJob) -> str:
@@ -478,11 +551,8 @@ def register_model(job: RunningJob, model: Path, version: str) -> None:
     )
 
 
-def _same_input(
-    job: RunningJob, columns: retrain_data.Columns, data: retrain_data.Dataset
-) -> str | None:
+def _same_input(job: RunningJob, input_hash: str) -> str | None:
     """Record the job's input hash; the version trained on the same input, or None."""
-    input_hash = data.input_hash(columns, retrain.settings(columns.task))
     job.log(f"input hash {input_hash[:16]} (rows and training settings)")
     return job.commit(
         "recording the input hash",
@@ -490,18 +560,71 @@ def _same_input(
     )
 
 
+def _labelled(
+    job: RunningJob, columns: retrain_data.Columns
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with job.engine.store.read() as tx:
+        return tx.predictions.labelled_rows(job.line, len(columns.features))
+
+
+def _loaded(job: RunningJob, data: Rows) -> None:
+    for source in data.sources:
+        job.log(source.note())
+    job.log(f"{data.rows} rows ({retrain_data.summary(data.sources)})")
+
+
 def run(job: RunningJob) -> tuple[str | None, bool, str]:
     """Train, judge, write, register and maybe deploy; (version, deployed, reason). A job
     whose rows and settings equal those the line's last version was trained on registers
-    nothing: (None, False, "no new data since vN")."""
+    nothing: (None, False, "no new data since vN"). With `[retrain] dask_scheduler` set, the
+    rows are read and the model trained on that Dask cluster (engine.retrain.dask_training)."""
     columns = line_columns(job.engine, job.line)
+    scheduler = job.engine.config.retrain.dask_scheduler
+    if scheduler:
+        return _run_on_cluster(job, columns, scheduler)
     data = _load(job, columns)
-    same = _same_input(job, columns, data)
+    same = _same_input(job, data.input_hash(columns, retrain.settings(columns.task)))
     if same is not None:
         return None, False, jobs.no_new_data(same)
-    fit = _train(job, columns, data)
+    return _publish(job, _train(job, columns, data), {"kind": "local"})
+
+
+def _run_on_cluster(
+    job: RunningJob, columns: retrain_data.Columns, scheduler: str
+) -> tuple[str | None, bool, str]:
+    """`run`'s steps with the rows and the boosting on the Dask cluster at `scheduler`."""
+    from engine.retrain import dask_training  # dask and distributed: only with a scheduler
+
+    job.step(0.02, f"connecting to the Dask scheduler at {scheduler}")
+    with dask_training.connect(scheduler) as client:
+        count = dask_training.workers(client, scheduler)
+        job.step(
+            0.05,
+            f"reading data/ and labelled predictions in partitions on {count} Dask workers "
+            f"(label {columns.label}, time {columns.time})",
+        )
+        labelled = _labelled(job, columns)
+        data = dask_training.load(client, job.engine.workspace.data_dir, columns, labelled)
+        _loaded(job, data)
+        settings = {**retrain.settings(columns.task), "trainer": "dask"}
+        same = _same_input(job, data.input_hash(columns, settings))
+        if same is not None:
+            return None, False, jobs.no_new_data(same)
+        _faults()
+        split = _split(data.rows)
+        on_trial = _on_trial(job, columns.task)
+        trained = dask_training.train(
+            client, data, split, columns.features, on_trial=on_trial, task=columns.task
+        )
+        fit = dask_training.ClusterFit(client, columns.features, data, split, trained)
+        trainer = {"kind": "dask", "scheduler": scheduler, "workers": count}
+        return _publish(job, fit, trainer)
+
+
+def _publish(job: RunningJob, fit: Fitted, trainer: dict[str, Any]) -> tuple[str | None, bool, str]:
+    """Judge the fit against production, write and register it, deploy it if it passes."""
     job.step(0.8, "scoring the new model and production on the same holdout")
-    new, production, parent = _judge(job, fit.trained, fit.data, fit.split)
+    new, production, parent = _judge(job, fit)
     scores = {
         "holdout": new.to_json(),
         "production_holdout": production.to_json() if production is not None else None,
@@ -515,7 +638,7 @@ def run(job: RunningJob) -> tuple[str | None, bool, str]:
     )
     version = _next_version(job)
     job.step(0.85, f"writing {job.line}-{version}.json and its lineage")
-    lineage = _lineage(job, version, parent, fit, scores)
+    lineage = {**_lineage(job, version, parent, fit, scores), "trainer": trainer}
     path = _write_artifact(job, version, fit, lineage, new)
     job.step(0.9, f"registering {version} (validated in a child process)")
     register_model(job, path, version)

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from engine.store.postgres.rollups import PostgresRollups
     from engine.store.sql.baselines import SqlBaselines
 
+if TYPE_CHECKING:
+    from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
+
 
 class PostgresTx:
     """engine.store.base.Tx over one psycopg connection inside one transaction."""
@@ -88,3 +91,15 @@ class PostgresTx:
     @cached_property
     def artifact_bytes(self) -> PgArtifactBytes:
         return PgArtifactBytes(self.conn)
+
+    @cached_property
+    def jobs(self) -> SqlJobs:
+        from engine.store.sql.jobs import SqlJobs  # on first use, as SqliteTx's
+
+        return SqlJobs(self.conn)
+
+    @cached_property
+    def retrain_inputs(self) -> SqlRetrainInputs:
+        from engine.store.sql.jobs import SqlRetrainInputs  # on first use, as SqliteTx's
+
+        return SqlRetrainInputs(self.conn)

@@ -21,9 +21,9 @@ from engine.store.sqlite.history import SqliteHistory
 if TYPE_CHECKING:
     from engine.store.sql.baselines import SqlBaselines
     from engine.store.sql.feedback import SqlFeedback
+    from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
     from engine.store.sql.replicas import SqlReplicas
     from engine.store.sqlite.artifacts import SqliteArtifactBytes
-    from engine.store.sqlite.jobs import SqliteJobs, SqliteRetrainInputs
     from engine.store.sqlite.prediction_log import SqlitePredictionLog
     from engine.store.sqlite.routes import SqliteRoutes
 
@@ -68,16 +68,16 @@ class SqliteTx:
         return SqlBaselines(self.conn)
 
     @cached_property
-    def jobs(self) -> SqliteJobs:
-        from engine.store.sqlite.jobs import SqliteJobs  # on first use: see the top
+    def jobs(self) -> SqlJobs:
+        from engine.store.sql.jobs import SqlJobs  # on first use: see the top
 
-        return SqliteJobs(self.conn)
+        return SqlJobs(self.conn)
 
     @cached_property
-    def retrain_inputs(self) -> SqliteRetrainInputs:
-        from engine.store.sqlite.jobs import SqliteRetrainInputs  # on first use: see the top
+    def retrain_inputs(self) -> SqlRetrainInputs:
+        from engine.store.sql.jobs import SqlRetrainInputs  # on first use: see the top
 
-        return SqliteRetrainInputs(self.conn)
+        return SqlRetrainInputs(self.conn)
 
     @cached_property
     def routes(self) -> SqliteRoutes:

@@ -1,21 +1,22 @@
-"""Jobs in SQLite: `jobs` and `job_log`; and the narrow reads retraining makes elsewhere.
+"""Jobs in SQL: `jobs` and `job_log`; and the narrow reads retraining makes elsewhere.
 
-The partial UNIQUE index `jobs_one_active_per_line` keeps one queued or running job per line.
+Written once in the SQL SQLite and PostgreSQL both speak (engine.store.sql.conn). The partial
+UNIQUE index `jobs_one_active_per_line` keeps one queued or running job per line, on both.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from engine.core.errors import NotFound
 from engine.core.records import Job, JobLease
+from engine.store.sql.conn import Conn
 
 _ACTIVE = "status IN ('queued', 'running')"
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Any) -> Job:
     return Job(
         id=row["id"],
         line=row["line"],
@@ -33,7 +34,7 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-def _lease(row: sqlite3.Row) -> JobLease:
+def _lease(row: Any) -> JobLease:
     return JobLease(
         id=row["id"],
         line=row["line"],
@@ -49,16 +50,14 @@ def _lease(row: sqlite3.Row) -> JobLease:
     )
 
 
-class SqliteJobs:
-    """engine.store.jobs.JobRepo over one SQLite transaction."""
+class SqlJobs:
+    """engine.store.jobs.JobRepo over one transaction (either backend)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
-    def _row(self, job_id: int) -> sqlite3.Row:
-        found: sqlite3.Row | None = self.conn.execute(
-            "SELECT * FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
+    def _row(self, job_id: int) -> Any:
+        found = self.conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:
             raise NotFound(f"no job {job_id}")
         return found
@@ -106,10 +105,10 @@ class SqliteJobs:
         lease_expires: float,
         timeout_s: float,
     ) -> int:
-        job_id = self.conn.execute(
+        found = self.conn.execute(
             "INSERT INTO jobs (line, trigger, status, message, force, deploy, created_at,"
             " created_by, boot_id, lease_expires, timeout_s)"
-            " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 line,
                 trigger,
@@ -122,13 +121,14 @@ class SqliteJobs:
                 lease_expires,
                 timeout_s,
             ),
-        ).lastrowid
-        assert job_id is not None
-        return job_id
+        ).fetchone()
+        return int(found[0])
 
     def join(self, job_id: int, *, trigger: str, deploy: bool) -> None:
         self.conn.execute(
-            "UPDATE jobs SET trigger = ?, deploy = max(deploy, ?) WHERE id = ?",
+            # a CASE, not SQLite's scalar max(): the wish is only ever added, never taken back
+            "UPDATE jobs SET trigger = ?, deploy = CASE WHEN CAST(? AS BIGINT) = 1 THEN 1"
+            " ELSE deploy END WHERE id = ?",
             (trigger, int(deploy), job_id),
         )
 
@@ -202,8 +202,8 @@ class SqliteJobs:
         where = "status = 'running'" if expect_running else _ACTIVE
         return bool(
             self.conn.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, progress = CASE WHEN ? ="
-                " 'succeeded' THEN 1 ELSE progress END, message = ?, version = coalesce(?,"
+                "UPDATE jobs SET status = ?, finished_at = ?, progress = CASE WHEN CAST(? AS TEXT)"
+                " = 'succeeded' THEN 1 ELSE progress END, message = ?, version = coalesce(?,"
                 f" version), deployed = ?, reason = ?, error = ? WHERE id = ? AND {where}",
                 (status, at, status, message, version, int(deployed), reason, error, job_id),
             ).rowcount
@@ -244,10 +244,10 @@ class SqliteJobs:
         ]
 
 
-class SqliteRetrainInputs:
-    """engine.store.jobs.RetrainInputRepo over one SQLite transaction."""
+class SqlRetrainInputs:
+    """engine.store.jobs.RetrainInputRepo over one transaction (either backend)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def production_registered_at(self, line: str) -> str | None:
@@ -259,24 +259,15 @@ class SqliteRetrainInputs:
         return str(found[0]) if found else None
 
     def labelled_since(self, line: str, minute: int) -> int:
+        # Both tables exist on a migrated store (0005); PostgreSQL's sum of BIGINT is NUMERIC.
         found = self.conn.execute(
-            "SELECT coalesce(sum(r.labelled), 0) FROM rollups r"
-            " JOIN versions v ON v.id = r.version_id WHERE v.line = ? AND r.minute >= ?",
-            (line, minute),
-        ).fetchone()
-        total = int(found[0])
-        hourly = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollups_hourly'"
-        ).fetchone()
-        if hourly:
-            total += int(
-                self.conn.execute(
-                    "SELECT coalesce(sum(r.labelled), 0) FROM rollups_hourly r"
-                    " JOIN versions v ON v.id = r.version_id WHERE v.line = ? AND r.hour >= ?",
-                    (line, minute // 60),
-                ).fetchone()[0]
-            )
-        return total
+            "SELECT CAST(coalesce(sum(r.labelled), 0) AS BIGINT) FROM rollups r"
+            " JOIN versions v ON v.id = r.version_id WHERE v.line = ? AND r.minute >= ?"
+            " UNION ALL SELECT CAST(coalesce(sum(r.labelled), 0) AS BIGINT) FROM rollups_hourly r"
+            " JOIN versions v ON v.id = r.version_id WHERE v.line = ? AND r.hour >= ?",
+            (line, minute, line, minute // 60),
+        ).fetchall()
+        return sum(int(row[0]) for row in found)
 
     def critical_alerts(self, line: str, version: str) -> list[str]:
         return [
