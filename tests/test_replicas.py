@@ -7,16 +7,29 @@ In-process first (the store's pieces on a real server), then real `beast engine`
 from __future__ import annotations
 
 import hashlib
+import json
+import signal
 import time
 from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
 
+import httpx
+import numpy as np
 import pytest
 
+from engine import Engine, Workspace
 from engine.core.clock import utc_now
 from engine.store.postgres.connection import PostgresStore
 from engine.store.replicas import Replica
 from engine.store.sqlite.connection import SqliteStore
+from tests.helpers import beast
 from tests.pg import PgServer, database
+from tests.serving_helpers import logged
+from tests.test_engine_process import ROW, beast_engine, free_port, wait_healthy
+
+LINE = "quality-predictor"
 
 
 def until(condition: Callable[[], object], what: str, timeout: float = 5.0) -> None:
@@ -158,3 +171,116 @@ def test_artifact_bytes_are_kept_once_by_sha256(postgres: PgServer) -> None:
         with store.read() as tx:
             assert tx.artifact_bytes.get(sha) == data and tx.artifact_bytes.has(sha)
             assert tx.artifact_bytes.get("0" * 64) is None
+
+
+# -- two `beast engine` processes on one PostgreSQL ------------------------------------------
+
+
+def _healthz(port: int) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+    except httpx.TransportError:
+        return {}
+    return doc
+
+
+def _candidate(port: int) -> str | None:
+    serving = _healthz(port).get("serving", {}).get(LINE, {})
+    return serving.get("candidate") if serving else None
+
+
+def _predict_batch(port: int, n: int, seed: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    rows = [dict(zip(ROW, map(float, rng.random(len(ROW))), strict=True)) for _ in range(n)]
+    keys = [f"k{seed}-{i}" for i in range(n)]
+    answer = httpx.post(
+        f"http://127.0.0.1:{port}/v1/predict", json={"rows": rows, "keys": keys}, timeout=30
+    )
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, Any]] = answer.json()["predictions"]
+    return found
+
+
+def _label_the_candidate_wrong(port: int, predictions: list[dict[str, Any]]) -> None:
+    """Production's predictions labelled right, the candidate's 50 points off: the candidate's
+    accuracy is surely under its alert line, so the leader pulls it."""
+    items = [
+        {
+            "prediction_id": p["prediction_id"],
+            "actual": p["score"] if p["arm"] == "production" else (p["score"] + 50) % 100,
+        }
+        for p in predictions
+    ]
+    answer = httpx.post(f"http://127.0.0.1:{port}/v1/feedback", json={"items": items}, timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True)
+def test_two_replicas_share_changes_artifacts_and_the_leadership(
+    registered: Workspace, tmp_path: Path
+) -> None:
+    """A deploy through one is served by the other within 1 s (a version whose file the other
+    never saw); `kill -9` of the leader: the other leads within 5 s and pulls a failing
+    candidate; every prediction the survivor acknowledged is in the log."""
+    first = registered
+    second = Workspace(tmp_path / "second" / ".beast-mode")
+    Engine.init(second)[0].close()  # its own directory, the same database: no models/ files
+    with closing(Engine(first, actor="tester")) as engine:
+        engine.deploy(version="v1.0")
+    ports = {first: free_port(), second: free_port()}
+    logs = {ws: tmp_path / f"engine-{i}.log" for i, ws in enumerate(ports)}
+    procs = {
+        ws: beast_engine(ws, "--port", str(port), "--evaluate-every", "0.5", log=logs[ws])
+        for ws, port in ports.items()
+    }
+    try:
+        for ws, proc in procs.items():
+            wait_healthy(proc, ports[ws], logs[ws])
+        until(
+            lambda: (
+                sorted(_healthz(p).get("leader") is True for p in ports.values()) == [False, True]
+            ),
+            "exactly one leader",
+        )
+        leader = next(ws for ws, p in ports.items() if _healthz(p)["leader"])
+        survivor = second if leader is first else first
+        status = json.loads(beast(survivor, "status", "--json").stdout)
+        assert status["leader"]["pid"] == procs[leader].pid
+        assert f"leader: replica {status['leader']['id']}" in beast(survivor, "status").stdout
+
+        # Served by the second although its models/ never held the file.
+        answer = httpx.post(f"http://127.0.0.1:{ports[second]}/v1/predict", json={"features": ROW})
+        assert answer.status_code == 200 and answer.json()["version"] == "v1.0", answer.text
+        assert not any(second.models_dir.iterdir())
+
+        with closing(Engine(first, actor="tester")) as engine:
+            engine.deploy(version="v2.0", traffic=50, ab_test="t")
+        changed = time.monotonic()
+        until(lambda: _candidate(ports[second]) == "v2.0", "the deploy on the second", 5.0)
+        assert time.monotonic() - changed < 1.0
+
+        acknowledged = [p["prediction_id"] for p in _predict_batch(ports[survivor], 50, seed=1)]
+        procs[leader].kill()  # kill -9: its session ends, its lock with it
+        procs[leader].wait()
+        killed = time.monotonic()
+        until(lambda: _healthz(ports[survivor]).get("leader") is True, "the takeover", 10.0)
+        assert time.monotonic() - killed < 5.0
+
+        predictions = _predict_batch(ports[survivor], 600, seed=2)
+        acknowledged += [p["prediction_id"] for p in predictions]
+        _label_the_candidate_wrong(ports[survivor], predictions)
+        until(lambda: _candidate(ports[survivor]) is None, "the auto-pull", 30.0)
+        with closing(Engine(survivor)) as engine:
+            last = engine.history()[-1]
+        assert last.action == "abort" and "auto-pulled" in (last.note or "")
+
+        procs[survivor].send_signal(signal.SIGTERM)
+        assert procs[survivor].wait(timeout=60) == 0, logs[survivor].read_text()
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stored = {row["pid"] for row in logged(survivor)}
+    assert len(acknowledged) == 650 and set(acknowledged) - stored == set()
