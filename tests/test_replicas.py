@@ -21,6 +21,8 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.clock import utc_now
+from engine.server.http.api import Api
+from engine.server.http.settings import ApiSettings
 from engine.store.postgres.connection import PostgresStore
 from engine.store.replicas import Replica
 from engine.store.sqlite.connection import SqliteStore
@@ -284,3 +286,29 @@ def test_two_replicas_share_changes_artifacts_and_the_leadership(
                 proc.wait()
     stored = {row["pid"] for row in logged(survivor)}
     assert len(acknowledged) == 650 and set(acknowledged) - stored == set()
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True)
+def test_a_change_is_served_on_its_notice_not_at_the_next_poll(
+    registered: Workspace, tmp_path: Path
+) -> None:
+    """The other replica's refresh thread polls once a minute here: only the NOTIFY sent in
+    the deploy's transaction can make it serve the change within a second."""
+    second = Workspace(tmp_path / "second" / ".beast-mode")
+    Engine.init(second)[0].close()
+    with closing(Engine(registered, actor="tester")) as engine:
+        engine.deploy(version="v1.0")
+        api = Api(second, ApiSettings(refresh_s=120.0))
+        api.start()
+        try:
+            assert api.serving().route(LINE).production.ref.name == "v1.0"
+            time.sleep(0.2)  # the refresh thread is listening
+            engine.deploy(version="v2.0")
+            until(
+                lambda: api.serving().routes()[LINE].production.ref.name == "v2.0",
+                "the change served on its notice",
+                timeout=2.0,
+            )
+        finally:
+            api.stop()
+    assert (second.root / ".artifact-cache").is_dir()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("beast.api")
 LEADER_CHECK_S = 1.0
+STOP_CHECK_S = 0.25
 
 
 class Refresher:
@@ -66,11 +67,17 @@ class Refresher:
         warned: str | None = None
         problems: dict[str, str] = {}
         reported_drops = 0
+        every = api.settings.refresh_s / 2
+        due = time.monotonic() + every
         while not self._stop.is_set():
-            notified = feed.wait(api.settings.refresh_s / 2)
+            # Waits are short whatever `refresh_s` is: `stop` must not wait for a long poll.
+            notified = feed.wait(max(0.0, min(STOP_CHECK_S, due - time.monotonic())))
             router, plog = api.router, api.log
             if self._stop.is_set() or router is None or plog is None:
                 return
+            if not notified and time.monotonic() < due:
+                continue
+            due = time.monotonic() + every
             self._check_leader()
             try:
                 # A notice means another replica changed the state: reload whatever its
