@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -21,8 +22,11 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.core.clock import utc_now
+from engine.registry import fetch
 from engine.server.http.api import Api
 from engine.server.http.settings import ApiSettings
+from engine.server.replica import ReplicaHeart
+from engine.store.opening import STORE_URL_ENV
 from engine.store.postgres.connection import PostgresStore
 from engine.store.replicas import Replica
 from engine.store.sqlite.connection import SqliteStore
@@ -312,3 +316,54 @@ def test_a_change_is_served_on_its_notice_not_at_the_next_poll(
         finally:
             api.stop()
     assert (second.root / ".artifact-cache").is_dir()
+
+
+@pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True)
+def test_a_fetched_copy_is_checked_by_sha256_each_time_it_is_used(
+    registered: Workspace, tmp_path: Path
+) -> None:
+    second = Workspace(tmp_path / "second" / ".beast-mode")
+    Engine.init(second)[0].close()
+    store = PostgresStore(os.environ[STORE_URL_ENV])
+    with store.read() as tx:
+        ref = tx.registry.get_version(LINE, "v1.0")
+        relative = tx.registry.artifact_file(ref.artifact_id)
+    original = (registered.models_dir / relative).read_bytes()
+
+    def copy() -> Path:
+        with store.read() as tx:
+            return fetch.local_copy(tx, second.models_dir, relative, ref.sha256)
+
+    fetched = copy()
+    assert fetched.parent == second.root / fetch.CACHE_DIR and fetched.read_bytes() == original
+    fetched.write_bytes(b"{}")  # damaged on this host's disk: fetched again
+    assert copy().read_bytes() == original
+    fetched.unlink()
+    with store.write() as tx:  # damaged in the store: never kept, never served
+        tx.conn.execute("UPDATE artifact_bytes SET data = ? WHERE sha256 = ?", (b"{}", ref.sha256))
+    assert copy() == second.models_dir / relative and not fetched.exists()
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite", "postgresql"], indirect=True)
+def test_replica_hearts_record_one_leader_and_hand_it_over(registered: Workspace) -> None:
+    """SQLite: the one engine leads. PostgreSQL: of two, one leads; when it stops, the other."""
+    hearts = [ReplicaHeart(registered, address=f"127.0.0.1:{9000 + i}") for i in range(2)]
+    if STORE_URL_ENV not in os.environ:  # SQLite: one engine per workspace
+        hearts = hearts[:1]
+    for i, heart in enumerate(hearts):
+        heart.id = f"test/{i}"  # one process plays both replicas
+        heart.start()
+    try:
+        until(lambda: sum(h.is_leader() for h in hearts) == 1, "one leader")
+        leader = next(h for h in hearts if h.is_leader())
+        with closing(Engine(registered)) as engine:
+            until(lambda: (found := engine.leader()) is not None and found.id == leader.id, "it")
+        if len(hearts) == 2:
+            leader.stop()
+            other = next(h for h in hearts if h is not leader)
+            until(other.is_leader, "the other to lead", timeout=5.0)
+    finally:
+        for heart in hearts:
+            heart.stop()
+    with closing(Engine(registered)) as engine, engine.store.read() as tx:
+        assert tx.replicas.all() == []  # each stopped replica removed its row

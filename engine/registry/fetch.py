@@ -4,8 +4,9 @@ the bytes the store keeps (PostgreSQL: `artifact_bytes`, written when it was reg
 A replica serves versions registered on another host, whose file never reached its models/:
 the bytes are fetched once, checked against the registered sha256, and kept under
 `<workspace>/.artifact-cache/` (atomically: a crash leaves no half-written copy that could
-pass for the artifact). Every load checks the sha256 again (engine.serving.router.load_booster),
-so neither a damaged copy nor a damaged row can serve.
+pass for the artifact). A copy is hashed again each time it is used (a load: rare), and a
+damaged one is fetched anew; bytes in the store that do not hash to the artifact's sha256 are
+never kept, so the version is then refused as missing, never served.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from engine.registry import artifacts
 from engine.store.base import Tx
 
 CACHE_DIR = ".artifact-cache"
@@ -36,7 +38,9 @@ def local_copy(tx: Tx, models_dir: Path, relative: str, sha256: str) -> Path:
         return path
     cached = cache_path(models_dir, relative, sha256)
     if cached.is_file():
-        return cached
+        if artifacts.sha256_of(cached) == sha256:
+            return cached
+        cached.unlink()  # damaged since it was fetched: fetched again below
     if not tx.artifact_bytes.keeps:
         return path
     data = tx.artifact_bytes.get(sha256)
