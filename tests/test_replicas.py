@@ -253,7 +253,10 @@ def test_two_replicas_share_changes_artifacts_and_the_leadership(
         survivor = second if leader is first else first
         status = json.loads(beast(survivor, "status", "--json").stdout)
         assert status["leader"]["pid"] == procs[leader].pid
-        assert f"leader: replica {status['leader']['id']}" in beast(survivor, "status").stdout
+        assert (
+            f"leader: {status['leader']['id']} at 127.0.0.1:{ports[leader]}"
+            in beast(survivor, "status").stdout
+        )
 
         # Served by the second although its models/ never held the file.
         answer = httpx.post(f"http://127.0.0.1:{ports[second]}/v1/predict", json={"features": ROW})

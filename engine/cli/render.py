@@ -44,9 +44,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str 
 def leader(replica: Replica) -> str:
     """The engine replica that runs alerts, auto-pull and retraining, in one line."""
     where = f" at {replica.address}" if replica.address else ""
-    return text.escape(
-        f"leader: replica {replica.id}{where} (pid {replica.pid}, since {replica.leader_since})"
-    )
+    return text.escape(f"leader: {replica.id}{where} (since {replica.leader_since})")
 
 
 def status(report: Status) -> str:
