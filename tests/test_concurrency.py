@@ -9,11 +9,13 @@ and versions; every assertion holds whatever the interleaving.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import random
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from engine import Engine, Workspace
 from engine.core.records import HistoryEntry, Snapshot
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from tests.helpers import assert_invariants, beast, history_of, production_of
+from tests.pg import STORE_URL_ENV
 from tests.workers import race_worker
 
 CTX = mp.get_context("spawn")
@@ -82,8 +85,13 @@ def _assert_history_chain(entries: list[HistoryEntry]) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("procs", "rounds"),
-    [pytest.param(2, 150, id="2procs-300"), pytest.param(8, 50, id="8procs-400")],
+    ("procs", "rounds", "store_backend"),
+    [
+        pytest.param(2, 150, "sqlite", id="2procs-300-sqlite"),
+        pytest.param(8, 50, "sqlite", id="8procs-400-sqlite"),
+        pytest.param(8, 25, "postgresql", id="8procs-200-postgresql"),
+    ],
+    indirect=["store_backend"],
 )
 def test_racing_mutations_keep_the_invariants_and_one_history_row_per_change(
     registered: Workspace, procs: int, rounds: int
@@ -275,15 +283,42 @@ def test_the_same_rollback_from_two_processes_at_once_rolls_back_once(
 # -- a writer holding the lock past the busy timeout ------------------------------------------
 
 
+@contextmanager
+def _writer_lock_held(ws: Workspace) -> Iterator[None]:
+    """Another process's write transaction, open for the block: SQLite's BEGIN IMMEDIATE, or
+    PostgreSQL's writers' advisory lock (what every write transaction takes first)."""
+    store_url = os.environ.get(STORE_URL_ENV)
+    if not store_url:
+        holder = sqlite3.connect(ws.db_path, isolation_level=None, timeout=0)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        return
+    import psycopg
+
+    from engine.store.postgres.connection import WRITE_LOCK
+
+    with psycopg.connect(store_url) as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+        yield
+
+
 @pytest.mark.parametrize(
-    "args",
+    ("args", "store_backend"),
     [
-        pytest.param(("rollback",), id="rollback"),
-        pytest.param(("deploy", "--version", "v3.0"), id="deploy"),
+        pytest.param(("rollback",), "sqlite", id="rollback"),
+        pytest.param(("deploy", "--version", "v3.0"), "sqlite", id="deploy"),
         pytest.param(
-            ("deploy", "--version", "v3.0", "--traffic", "10", "--ab-test", "held"), id="ab-start"
+            ("deploy", "--version", "v3.0", "--traffic", "10", "--ab-test", "held"),
+            "sqlite",
+            id="ab-start",
         ),
+        pytest.param(("rollback",), "postgresql", id="rollback-postgresql"),
     ],
+    indirect=["store_backend"],
 )
 def test_cli_reports_state_busy_when_a_writer_holds_the_lock(
     registered: Workspace, args: tuple[str, ...]
@@ -297,15 +332,10 @@ def test_cli_reports_state_busy_when_a_writer_holds_the_lock(
         engine.close()
     export_before = registered.history_export_path.read_bytes()
 
-    holder = sqlite3.connect(registered.db_path, isolation_level=None, timeout=0)
-    try:
-        holder.execute("BEGIN IMMEDIATE")
+    with _writer_lock_held(registered):
         started = time.monotonic()
         proc = beast(registered, *args, env={"BEAST_BUSY_TIMEOUT_S": "0.5"})
         elapsed = time.monotonic() - started
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
 
     assert proc.returncode == 1, proc
     lines = proc.stderr.splitlines()

@@ -1,4 +1,10 @@
-"""Deployment rules through the facade: one transaction and one history row per change."""
+"""Deployment rules through the facade: one transaction and one history row per change.
+
+The tests that state what the store must keep (a change's state and its one history row, the
+one running test, the "state changed since you looked" rule, rollback through history, the
+export) run on SQLite and on PostgreSQL (BOTH_BACKENDS); the refusals of bad input are the
+rules' own, decided before the store is asked, and run on SQLite only.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import pytest
 
 from engine import BeastError, Conflict, Engine, Expect, NotFound, StateChanged
 from engine.core.records import Snapshot
+from tests.conftest import BOTH_BACKENDS
 from tests.helpers import production
 
 
@@ -15,6 +22,7 @@ def roles(engine: Engine) -> dict[str, tuple[str, float]]:
     return {d.version: (d.role, d.traffic_bp / 100) for d in engine.status().deployments}
 
 
+@BOTH_BACKENDS
 def test_first_deploy_goes_to_production_at_100(engine: Engine) -> None:
     change = engine.deploy(version="v1.0", note="first")
     assert roles(engine) == {"v1.0": ("production", 100.0)}
@@ -23,6 +31,7 @@ def test_first_deploy_goes_to_production_at_100(engine: Engine) -> None:
     assert change.entry.actor == "tester"
 
 
+@BOTH_BACKENDS
 def test_replacing_production_records_from_and_to(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     change = engine.deploy(version="v2.0")
@@ -35,6 +44,7 @@ def test_replacing_production_records_from_and_to(engine: Engine) -> None:
     assert "v1.0 → v2.0" in change.message
 
 
+@BOTH_BACKENDS
 def test_ab_test_splits_traffic_and_is_listed(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v3.0", traffic=10, ab_test="retrain-v3")
@@ -68,6 +78,7 @@ def test_ab_test_without_production_is_refused(engine: Engine) -> None:
     assert engine.history() == []
 
 
+@BOTH_BACKENDS
 def test_second_running_test_and_duplicate_name_are_refused(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0", traffic=10, ab_test="a")
@@ -119,6 +130,7 @@ def test_promote_needs_force_until_statistics_exist(engine: Engine) -> None:
     assert alias_sha == v3_sha
 
 
+@BOTH_BACKENDS
 def test_promote_unknown_or_ended_test_is_refused(engine: Engine) -> None:
     with pytest.raises(NotFound):
         engine.promote("nope", force=True)
@@ -131,6 +143,7 @@ def test_promote_unknown_or_ended_test_is_refused(engine: Engine) -> None:
         engine.abort("t")
 
 
+@BOTH_BACKENDS
 def test_abort_returns_all_traffic_to_production(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0", traffic=30, ab_test="t")
@@ -140,6 +153,7 @@ def test_abort_returns_all_traffic_to_production(engine: Engine) -> None:
     assert change.entry is not None and change.entry.note == "looks wrong"
 
 
+@BOTH_BACKENDS
 def test_rollback_goes_back_through_history_not_flipping(engine: Engine) -> None:
     for version in ("v1.0", "v2.0", "v3.0"):
         engine.deploy(version=version)
@@ -161,6 +175,7 @@ def test_rollback_after_a_new_deploy_continues_the_stack(engine: Engine) -> None
     assert production(engine) == "v1.0"
 
 
+@BOTH_BACKENDS
 def test_rollback_during_a_test_aborts_it_and_keeps_production(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0")
@@ -173,6 +188,7 @@ def test_rollback_during_a_test_aborts_it_and_keeps_production(engine: Engine) -
     assert production(engine) == "v1.0"
 
 
+@BOTH_BACKENDS
 def test_rollback_of_a_promotion_returns_to_the_control(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0", traffic=10, ab_test="t")
@@ -220,6 +236,7 @@ def test_rollback_refusals(engine: Engine) -> None:
         engine.rollback("v9")
 
 
+@BOTH_BACKENDS
 def test_expected_state_refuses_a_stale_view(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     seen = engine.status().revisions["quality-predictor"]
@@ -233,6 +250,7 @@ def test_expected_state_refuses_a_stale_view(engine: Engine) -> None:
     assert production(engine) == "v3.0"
 
 
+@BOTH_BACKENDS
 def test_rerunning_a_rollback_with_the_seen_state_is_a_noop(engine: Engine) -> None:
     engine.deploy(version="v1.0")
     engine.deploy(version="v2.0")
@@ -245,6 +263,7 @@ def test_rerunning_a_rollback_with_the_seen_state_is_a_noop(engine: Engine) -> N
     assert production(engine) == "v1.0"
 
 
+@BOTH_BACKENDS
 def test_history_export_matches_the_table(engine: Engine) -> None:
     engine.deploy(version="v1.0", note="go")
     engine.deploy(version="v2.0", traffic=10, ab_test="t")
@@ -257,6 +276,7 @@ def test_history_export_matches_the_table(engine: Engine) -> None:
     assert leftovers == []
 
 
+@BOTH_BACKENDS
 def test_every_change_writes_exactly_one_history_row(engine: Engine) -> None:
     steps = [
         lambda: engine.deploy(version="v1.0"),

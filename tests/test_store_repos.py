@@ -18,6 +18,7 @@ from engine.deploy import rules
 from engine.deploy import service as deploy_service
 from tests.conftest import BOTH_BACKENDS
 
+pytestmark = BOTH_BACKENDS
 SHA = "ab" * 32
 _EXPORT_KEYS = [
     "id",
@@ -66,7 +67,6 @@ def _put_rejected(engine: Engine, reason: str, sha: str = SHA) -> None:
         )
 
 
-@BOTH_BACKENDS
 def test_rejected_bytes_become_valid_in_place_and_valid_bytes_are_never_downgraded(
     workspace: Workspace,
 ) -> None:
@@ -93,7 +93,6 @@ def test_rejected_bytes_become_valid_in_place_and_valid_bytes_are_never_downgrad
         engine.close()
 
 
-@BOTH_BACKENDS
 def test_a_line_keeps_the_schema_it_was_created_with(workspace: Workspace) -> None:
     engine = Engine(workspace, actor="tester")
     try:
@@ -107,7 +106,6 @@ def test_a_line_keeps_the_schema_it_was_created_with(workspace: Workspace) -> No
         engine.close()
 
 
-@BOTH_BACKENDS
 def test_a_version_names_one_artifact_and_an_alias_names_it_again(workspace: Workspace) -> None:
     engine = Engine(workspace, actor="tester")
     try:
@@ -130,7 +128,6 @@ def test_a_version_names_one_artifact_and_an_alias_names_it_again(workspace: Wor
         engine.close()
 
 
-@BOTH_BACKENDS
 def test_a_test_start_keeps_production_since_and_its_end_keeps_it_too(engine: Engine) -> None:
     """The deploy service writes the new state through put_state: an arm that stays keeps
     when and by whom it started serving; the revision is the change's history row."""
@@ -201,7 +198,6 @@ def test_a_baseline_is_added_once_replaced_on_demand_and_named_by_its_source(
         engine.close()
 
 
-@BOTH_BACKENDS
 def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) -> None:
     """The figures a change was decided on travel with its row (JSON, read back equal, and in
     the history.json export); an ended test keeps the verdict it ended with and how. Read back
@@ -261,7 +257,6 @@ class _RolledBack(Exception):
     """Ends a test's write transaction without committing it."""
 
 
-@BOTH_BACKENDS
 def test_one_alert_fires_per_metric_is_refreshed_in_place_and_resolved_for_good(
     engine: Engine,
 ) -> None:
@@ -303,7 +298,6 @@ def test_one_alert_fires_per_metric_is_refreshed_in_place_and_resolved_for_good(
         assert max(resolved, key=lambda a: a.id).severity in ("critical", "warning")
 
 
-@BOTH_BACKENDS
 def test_routes_follow_each_deployment_change_and_its_counter_moves_with_it(
     engine: Engine,
 ) -> None:
@@ -332,7 +326,6 @@ def test_routes_follow_each_deployment_change_and_its_counter_moves_with_it(
     assert started.revision > served.revision
 
 
-@BOTH_BACKENDS
 def test_the_history_export_is_one_row_a_line_equal_to_the_rows(engine: Engine) -> None:
     """Whichever backend writes it: the seed's deployments/history.json, byte for byte the
     same text for the same rows (a workspace moved to PostgreSQL keeps its export)."""

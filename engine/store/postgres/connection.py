@@ -39,6 +39,7 @@ from engine.store.postgres.notify import ListenFeed
 from engine.store.postgres.rows import row_factory
 from engine.store.postgres.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.postgres.tx import PostgresTx
+from engine.store.sqlite.connection import _busy_timeout  # BEAST_BUSY_TIMEOUT_S, as SQLite's
 
 DEFAULT_BUSY_TIMEOUT_S = 5.0
 POOL_MAX = 8  # connections per process: a replica's stores and threads, each brief
@@ -134,7 +135,7 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.workspace = workspace
-        self.busy_s = DEFAULT_BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
+        self.busy_s = _busy_timeout() if busy_timeout_s is None else busy_timeout_s
         self.log_writer = log_writer
 
     @property
