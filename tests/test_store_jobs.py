@@ -134,6 +134,27 @@ def test_what_retraining_reads_of_the_other_domains(engine: Engine) -> None:
         assert tx.retrain_inputs.labelled_since(LINE, 0) == 0
 
 
+def test_labelled_predictions_are_counted_from_minutes_and_compacted_hours(
+    engine: Engine,
+) -> None:
+    from engine.core.rollups import Delta
+
+    hour, later = 60 * 100, 60 * 200  # minutes since the epoch
+    with engine.store.write() as tx:
+        version_id = tx.registry.get_version(LINE, "v1.0").id
+        tx.rollups.add_minutes(
+            {
+                (version_id, "", hour + 5): Delta(n=2, labelled=2, within=2),
+                (version_id, "", later + 1): Delta(n=4, labelled=3, within=1),
+            }
+        )
+        tx.rollups.compact_before(hour + 60)  # the first minute is now its hour's row
+    with engine.store.read() as tx:
+        counted = [tx.retrain_inputs.labelled_since(LINE, m) for m in (0, hour + 30, later + 2)]
+        assert tx.retrain_inputs.labelled_since("another-line", 0) == 0
+    assert counted == [5, 5, 0], "an hour holding the minute counts whole"
+
+
 def _succeed(tx: Tx, job_id: int, version: str | None) -> bool:
     return tx.jobs.finish(
         job_id,

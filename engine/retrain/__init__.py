@@ -1,3 +1,3 @@
 """Retraining: triggers, the training search and its gate, jobs and their worker processes,
-and MLflow tracking.
+training on a Dask cluster (dask_training), and MLflow tracking.
 """

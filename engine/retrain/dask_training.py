@@ -30,7 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from engine.retrain import data as retrain_data
 from engine.retrain import search
 
 CONNECT_TIMEOUT_S = 10.0
-BLOCK_BYTES = 64 * 1024 * 1024  # a CSV partition: dask's default size, tens of MB a task
+BLOCK_BYTES = 64 * 1024 * 1024  # a CSV partition: a task long enough that its overhead is noise
 PREDICTION_ROWS = 100_000  # a partition of labelled predictions sent from this host
 REFERENCE_ROWS = 100_000  # the training rows the drift reference is built from, at most
 
@@ -60,12 +61,13 @@ Y, AT, DROP, SOURCE, SEQ, KEY = (
 KEEP, BAD_LABEL, BAD_TIME, INFINITE, NON_NUMERIC = 0, 1, 2, 3, 4
 
 
-def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
+def connect(address: str, timeout_s: float | None = None) -> Any:
     """A distributed.Client on the scheduler at `address`, dask's default scheduler in this
     process until it is closed (every `.compute()` here runs on the cluster); BeastError (one
-    line) when it cannot be reached within `timeout_s`."""
+    line) when it cannot be reached within `timeout_s` (default `CONNECT_TIMEOUT_S`)."""
     from distributed import Client  # the dask extra: only a job with a scheduler pays it
 
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         return Client(address, timeout=timeout_s)
     except Exception as exc:  # refused, timed out, a malformed address: all one answer
@@ -75,9 +77,26 @@ def connect(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> Any:
         ) from None
 
 
-def workers(client: Any, address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> int:
-    """How many workers the cluster has, waiting up to `timeout_s` for a first one: a
-    scheduler without workers would hold a job until its timeout. BeastError when none."""
+@contextmanager
+def reported(address: str) -> Iterator[None]:
+    """What the cluster raises, as one line (a worker's error carries its whole traceback);
+    the engine's own errors pass as they are."""
+    try:
+        yield
+    except BeastError:
+        raise
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
+        raise BeastError(
+            f"training on the Dask cluster at {address} failed: {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def workers(client: Any, address: str, timeout_s: float | None = None) -> int:
+    """How many workers the cluster has, waiting up to `timeout_s` (`CONNECT_TIMEOUT_S`) for a
+    first one: a scheduler without workers would hold a job until its timeout. BeastError
+    when none."""
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     try:
         client.wait_for_workers(1, timeout=timeout_s)
     except TimeoutError:
@@ -232,6 +251,8 @@ def _key_sums(frame: Any) -> Any:
 
 
 def _rows_of(frame: Any, bounds: list[tuple[int, int]], partition_info: Any = None) -> Any:
+    if partition_info is None:  # dask inferring the result's columns on a made-up frame
+        return frame.iloc[0:0]
     start, stop = bounds[partition_info["number"]]
     return frame.iloc[start:stop]
 
@@ -374,12 +395,10 @@ class ClusterData:
                 last = i
                 bounds.append((lo, hi))
             offset += length
-        if first is None or last is None:
-            return self.frame.partitions[0:1].map_partitions(
-                _rows_of, [(0, 0)], meta=self.frame._meta
-            )
+        if first is None or last is None:  # time_split never asks for no rows
+            raise ValueError(f"no rows between {start} and {stop} (of {self.rows})")
         chosen = self.frame.partitions[first : last + 1]
-        return chosen.map_partitions(_rows_of, bounds, meta=self.frame._meta)
+        return chosen.map_partitions(_rows_of, bounds)
 
 
 def load(

@@ -7,7 +7,9 @@ temp files and SIGKILLs the whole process group (this worker and anything it sta
 as the validation child). The main thread loads the line's data by its declared columns
 (engine.retrain.data) and records its input hash: a job whose rows and settings equal those
 of the line's last version ends there ("no new data since vN", nothing registered). Otherwise
-it trains for the line's task (engine.retrain.search), writes the artifact
+it trains for the line's task (engine.retrain.search) — or, with `[retrain] dask_scheduler`
+set, has that Dask cluster read the rows and train (engine.retrain.dask_training: the same
+split, search and gate; only the judging's few numbers come back) — writes the artifact
 atomically into `models/` with its `.lineage` sidecar, registers it through
 `Engine.register`, logs the run to MLflow when `engine.retrain.mlflow_tracking` is there, and
 deploys the model as an A/B candidate only when asked and only if it beats production.
@@ -596,7 +598,7 @@ def _run_on_cluster(
     from engine.retrain import dask_training  # dask and distributed: only with a scheduler
 
     job.step(0.02, f"connecting to the Dask scheduler at {scheduler}")
-    with dask_training.connect(scheduler) as client:
+    with dask_training.connect(scheduler) as client, dask_training.reported(scheduler):
         count = dask_training.workers(client, scheduler)
         job.step(
             0.05,

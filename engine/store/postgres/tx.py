@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from engine.store.postgres.prediction_log import PostgresPredictionLog
     from engine.store.postgres.rollups import PostgresRollups
     from engine.store.sql.baselines import SqlBaselines
-
-if TYPE_CHECKING:
     from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
 
 
