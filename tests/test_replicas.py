@@ -251,11 +251,12 @@ def test_two_replicas_share_changes_artifacts_and_the_leadership(
         )
         leader = next(ws for ws, p in ports.items() if _healthz(p)["leader"])
         survivor = second if leader is first else first
-        status = json.loads(beast(survivor, "status", "--json").stdout)
+        status = json.loads(beast(second, "status", "--json").stdout)
         assert status["leader"]["pid"] == procs[leader].pid
+        assert [d["artifact_present"] for d in status["deployments"]] == [True]  # in the store
         assert (
             f"leader: {status['leader']['id']} at 127.0.0.1:{ports[leader]}"
-            in beast(survivor, "status").stdout
+            in beast(second, "status").stdout
         )
 
         # Served by the second although its models/ never held the file.
