@@ -199,10 +199,12 @@ def _other_version(production: str | None, n: int) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("store_backend", "rounds"), [("sqlite", 150), ("postgresql", 20)], indirect=["store_backend"]
+)
 def test_promote_and_abort_of_the_same_test_at_the_same_instant_one_wins(
-    registered: Workspace,
+    registered: Workspace, rounds: int
 ) -> None:
-    rounds = 150
     rng = random.Random(7)
     expected_status: list[str] = []
 
@@ -244,10 +246,12 @@ def test_promote_and_abort_of_the_same_test_at_the_same_instant_one_wins(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("store_backend", "rounds"), [("sqlite", 100), ("postgresql", 20)], indirect=["store_backend"]
+)
 def test_the_same_rollback_from_two_processes_at_once_rolls_back_once(
-    registered: Workspace,
+    registered: Workspace, rounds: int
 ) -> None:
-    rounds = 100
     previous: list[str] = []
 
     def setup(engine: Engine, n: int) -> list[dict[str, Any]]:

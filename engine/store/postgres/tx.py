@@ -13,9 +13,9 @@ import psycopg
 
 from engine.store.postgres.artifacts import PgArtifactBytes
 from engine.store.postgres.conn import PgConn
+from engine.store.postgres.history import PostgresHistory
 from engine.store.sql.alerts import SqlAlerts
 from engine.store.sql.deployments import SqlDeployments
-from engine.store.sql.history import SqlHistory
 from engine.store.sql.registry import SqlRegistry
 from engine.store.sql.replicas import SqlReplicas
 from engine.store.sql.routes import SqlRoutes
@@ -44,8 +44,8 @@ class PostgresTx:
         return SqlDeployments(self.conn)
 
     @cached_property
-    def history(self) -> SqlHistory:
-        return SqlHistory(self.conn)
+    def history(self) -> PostgresHistory:
+        return PostgresHistory(self.conn)
 
     @cached_property
     def routes(self) -> SqlRoutes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from engine.core.records import Action, HistoryEntry, Snapshot
 from engine.store.sql.conn import Conn
@@ -35,7 +35,13 @@ def _entry(row: Any) -> HistoryEntry:
 
 
 class SqlHistory:
-    """engine.store.history.HistoryRepo over one transaction (SQLite or PostgreSQL)."""
+    """engine.store.history.HistoryRepo over one transaction (SQLite or PostgreSQL).
+
+    `export_sql` is the dialect's: a statement that writes each row's JSON (one column, in id
+    order), set by each backend's subclass (JSON is built differently by each database).
+    """
+
+    export_sql: ClassVar[str]
 
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
@@ -93,11 +99,7 @@ class SqlHistory:
         return _entry(stored)
 
     def export_text(self) -> str:
-        # Each row as SQLite's json_object writes it (compact, keys in this order, the stored
-        # JSON columns parsed in place): one export, byte for byte, whichever backend wrote it.
-        # The stored JSON is parsed, never a HistoryEntry: no dataclass round-trip per row.
-        rows = self.conn.execute(f"SELECT {_COLUMNS} FROM history ORDER BY id")
-        return export_lines([_export_row(row) for row in rows])
+        return export_lines([row[0] for row in self.conn.execute(self.export_sql)])
 
 
 def export_lines(rows: list[str]) -> str:
@@ -105,26 +107,3 @@ def export_lines(rows: list[str]) -> str:
     if not rows:
         return "[]\n"
     return "[\n" + ",\n".join(rows) + "\n]\n"
-
-
-def _export_row(row: Any) -> str:
-    evidence = row["evidence"]
-    return json.dumps(
-        {
-            "id": row["id"],
-            "line": row["line"],
-            "at": row["at"],
-            "actor": row["actor"],
-            "action": row["action"],
-            "version": row["version"],
-            "experiment": row["experiment"],
-            "from_state": json.loads(row["from_state"]),
-            "to_state": json.loads(row["to_state"]),
-            "undoes": json.loads(row["undoes"]),
-            "note": row["note"],
-            "forced": bool(row["forced"]),
-            "evidence": None if evidence is None else json.loads(evidence),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )

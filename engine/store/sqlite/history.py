@@ -1,9 +1,9 @@
-"""History in SQLite: the shared SQL (engine.store.sql.history), with SQLite writing the
-export's JSON itself."""
+"""History in SQLite: the shared SQL (engine.store.sql.history); SQLite writes the export's
+JSON itself."""
 
 from __future__ import annotations
 
-from engine.store.sql.history import SqlHistory, export_lines
+from engine.store.sql.history import SqlHistory
 
 # SQLite builds each row's JSON itself: rewriting the export after every change stays cheap
 # with thousands of rows (Python dataclass round-trips made it 0.3 s at 1,000 rows).
@@ -21,5 +21,4 @@ SELECT json_object(
 class SqliteHistory(SqlHistory):
     """engine.store.history.HistoryRepo over one SQLite transaction."""
 
-    def export_text(self) -> str:
-        return export_lines([row[0] for row in self.conn.execute(_EXPORT_SQL)])
+    export_sql = _EXPORT_SQL
