@@ -160,6 +160,13 @@ def _run_writers(ws: Workspace, gate: Path, now_ms: int, v1: int, v2: int) -> li
     return [json.loads(out.strip().splitlines()[-1])["stats"] for out, _ in outputs]
 
 
+def test_the_log_writer_shares_the_writers_lock_by_its_key() -> None:
+    from engine.store.postgres import connection, prediction_log
+
+    assert prediction_log.WRITE_LOCK == connection.WRITE_LOCK
+    assert prediction_log.PRUNE_LOCK not in (connection.WRITE_LOCK, connection.MIGRATE_LOCK)
+
+
 @ON_POSTGRESQL
 def test_two_replicas_writers_add_into_the_same_rollups_and_lose_nothing(
     registered: Workspace, tmp_path: Path
