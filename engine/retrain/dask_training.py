@@ -423,6 +423,27 @@ def load(
     counts: dict[int, dict[int, int]] = {}
     for (source, code), n in tally.items():
         counts.setdefault(int(source), {})[int(code)] = int(n)
+    sources, unusable = _sources(parts, counts, columns)
+    if with_predictions:
+        used, dropped = _counted(counts.get(len(parts), {}), _reasons(columns, predictions=True))
+        sources.append(retrain_data.Source(retrain_data.PREDICTIONS, used, dropped=dropped))
+    if not sum(s.rows for s in sources):  # nothing to sort (and dask's sort needs rows)
+        return ClusterData(None, (), tuple(sources), _empty_digest())
+    kept = checked[(checked[DROP] == KEEP) & ~checked[SOURCE].isin(unusable)]
+    names = columns.features
+    rows = kept.map_partitions(keyed, names, meta=keyed(_meta(names), names))
+    ordered = client.persist(rows.sort_values([AT, SEQ]))
+    del checked  # the checked partitions are released once the ordered ones exist
+    sums = ordered.map_partitions(_key_sums).compute()
+    lengths = tuple(int(n) for n in sums["n"])
+    return ClusterData(ordered, lengths, tuple(sources), _digest(sums))
+
+
+def _sources(
+    parts: list[_Part], counts: dict[int, dict[int, int]], columns: retrain_data.Columns
+) -> tuple[list[retrain_data.Source], list[int]]:
+    """Each data file's Source from its rows counted by drop code; and the files skipped
+    whole (a non-numeric feature value, or no usable row), as local loading skips them."""
     sources, unusable = [], []
     for i, part in enumerate(parts):
         found = counts.get(i, {})
@@ -444,19 +465,7 @@ def load(
                     source, f"no usable rows ({left or 'the file is empty'})"
                 )
             sources.append(source)
-    if with_predictions:
-        used, dropped = _counted(counts.get(len(parts), {}), _reasons(columns, predictions=True))
-        sources.append(retrain_data.Source(retrain_data.PREDICTIONS, used, dropped=dropped))
-    if not sum(s.rows for s in sources):  # nothing to sort (and dask's sort needs rows)
-        return ClusterData(None, (), tuple(sources), _empty_digest())
-    kept = checked[(checked[DROP] == KEEP) & ~checked[SOURCE].isin(unusable)]
-    names = columns.features
-    rows = kept.map_partitions(keyed, names, meta=keyed(_meta(names), names))
-    ordered = client.persist(rows.sort_values([AT, SEQ]))
-    del checked  # the checked partitions are released once the ordered ones exist
-    sums = ordered.map_partitions(_key_sums).compute()
-    lengths = tuple(int(n) for n in sums["n"])
-    return ClusterData(ordered, lengths, tuple(sources), _digest(sums))
+    return sources, unusable
 
 
 def _numeric_error(raw: Any, columns: retrain_data.Columns) -> str:
