@@ -9,6 +9,7 @@ its history row. The history export (`deployments/history.json`) is rewritten af
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from engine.registry import catalog as registry
 from engine.registry.service import ModelsReport, Registry
 from engine.store.base import Store, Tx
 from engine.store.opening import STORE_URL_ENV, open_store, store_url
+from engine.store.replicas import Replica, live_leader
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
@@ -453,6 +455,13 @@ class Engine:
         return RetrainService(self.store, self.config.retrain, self.workspace, self.actor)
 
     # -- daemon ---------------------------------------------------------------------------
+
+    def leader(self) -> Replica | None:
+        """The engine replica that leads now (engine.store.replicas), or None when none is
+        running or the last leader stopped being seen."""
+        with self.store.read() as tx:
+            found = tx.replicas.all()
+        return live_leader(found, time.time_ns() // 1_000_000)
 
     def engine_pid(self) -> int | None:
         """The pid of the `beast engine` serving this workspace, or None when none runs."""

@@ -14,6 +14,7 @@ import numpy as np
 from engine import Engine, Workspace
 from engine.monitoring.baselines import FIRST_PREDICTIONS
 from engine.serving.router import Prediction
+from tests.conftest import BOTH_BACKENDS
 from tests.helpers import copy_workspace
 from tests.serving_helpers import count, deploy_changes, serving
 
@@ -105,6 +106,7 @@ def test_data_drift_from_batches_as_from_single_rows(registered: Workspace, tmp_
     )
 
 
+@BOTH_BACKENDS
 def test_a_reference_built_mid_stream_bins_the_rows_before_it(registered: Workspace) -> None:
     """The rows logged before the reference existed (its own first rows among them) are
     binned when it is built, and every row after it at once, whatever the flush boundaries."""

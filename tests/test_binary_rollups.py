@@ -23,21 +23,21 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.monitoring import scoring
 from engine.serving.prediction_log import PredictionLog, Record
+from engine.store.base import Store
+from engine.store.opening import open_store
 from engine.store.sql import rollup_rows
-from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.tx import SqliteTx
 
 LINE = "quality-predictor"
 AUC_TOLERANCE = 0.002
 
 
 @pytest.fixture
-def plumbing(engine: Engine) -> Iterator[tuple[PredictionLog, SqliteStore, int]]:
-    with engine.store.read_sql() as conn:
-        version_id = SqliteTx(conn).registry.get_version(LINE, "v1.0").id
+def plumbing(engine: Engine) -> Iterator[tuple[PredictionLog, Store, int]]:
+    with engine.store.read() as tx:
+        version_id = tx.registry.get_version(LINE, "v1.0").id
     log = PredictionLog(engine.workspace.db_path, tolerance=5.0, batch=100_000)
     log.store.migrate()
-    store = SqliteStore(engine.workspace.db_path)
+    store = open_store(engine.workspace.db_path)
     try:
         yield log, store, version_id
     finally:
@@ -91,7 +91,7 @@ def _log(
     positive_share=st.floats(0.02, 0.98),
 )
 def test_binary_metrics_from_rollups_equal_scikit_learns(
-    plumbing: tuple[PredictionLog, SqliteStore, int],
+    plumbing: tuple[PredictionLog, Store, int],
     *,
     seed: int,
     n: int,
@@ -100,9 +100,9 @@ def test_binary_metrics_from_rollups_equal_scikit_learns(
     positive_share: float,
 ) -> None:
     log, store, version_id = plumbing
-    with store.write_sql() as conn:  # each example reads its own rollups only
-        conn.execute("DELETE FROM rollups")
-        conn.execute("DELETE FROM rollups_hourly")
+    with store.write() as tx:  # each example reads its own rollups only
+        tx.conn.execute("DELETE FROM rollups")
+        tx.conn.execute("DELETE FROM rollups_hourly")
     rng = np.random.default_rng(seed)
     y = (rng.random(n) < positive_share).astype(int)
     s = _scores(rng, y, kind)
@@ -118,13 +118,13 @@ def test_binary_metrics_from_rollups_equal_scikit_learns(
     ]
     first = labels.record_many(store, items[:half], contracts)
     log.compact()  # the old minutes fold into hours (if the writer's upkeep has not yet)
-    with store.read_sql() as conn:
-        assert conn.execute("SELECT count(*) FROM rollups_hourly").fetchone()[0] > 0
+    with store.read() as tx:
+        assert tx.conn.execute("SELECT count(*) FROM rollups_hourly").fetchone()[0] > 0
     second = labels.record_many(store, items[half:], contracts)
     assert {a.status for a in first + second} == {"recorded"}
 
-    with store.read_sql() as conn:
-        got = metrics.load(SqliteTx(conn), version_id).window(None).metrics(tasks.BINARY)
+    with store.read() as tx:
+        got = metrics.load(tx, version_id).window(None).metrics(tasks.BINARY)
     predicted = (s >= threshold).astype(int)
     assert got["accuracy"] == pytest.approx(sk.accuracy_score(y, predicted))
     assert got["brier"] == pytest.approx(sk.brier_score_loss(y, s))

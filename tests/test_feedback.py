@@ -20,8 +20,8 @@ from engine import Engine, Workspace
 from engine.core import ids
 from engine.core.errors import BeastError, Conflict, NotFound
 from engine.monitoring import feedback as labels
-from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.tx import SqliteTx
+from engine.store.opening import open_store
+from tests.conftest import BOTH_BACKENDS
 from tests.helpers import REPO
 from tests.serving_helpers import count, logged, logged_count, serving
 
@@ -53,12 +53,13 @@ def _actual_of(ws: Workspace, pid: str) -> Any:
     return _actuals(ws)[pid]
 
 
+@BOTH_BACKENDS
 def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         prediction = router.predict(ROW)
         log.flush()
-    store = SqliteStore(live.db_path)
+    store = open_store(live.db_path)
     try:
         assert prediction.score is not None
         actual = prediction.score + 2.0
@@ -74,13 +75,14 @@ def test_recorded_then_duplicate_then_conflict(live: Workspace) -> None:
     assert count(live, "SELECT sum(within) FROM rollups") == 1  # |error| = 2 ≤ 5
 
 
+@BOTH_BACKENDS
 def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
     live: Workspace,
 ) -> None:
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         early, other = router.predict(ROW), router.predict(ROW)
-        store = SqliteStore(live.db_path)
+        store = open_store(live.db_path)
         try:
             assert early.score is not None
             far = early.score + 50.0
@@ -105,13 +107,14 @@ def test_early_feedback_is_pending_then_matched_once_when_the_row_is_flushed(
             store.close()
 
 
+@BOTH_BACKENDS
 def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     live: Workspace,
 ) -> None:
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         batch = router.predict_batch([ROW] * 8)
-        store = SqliteStore(live.db_path)
+        store = open_store(live.db_path)
         try:
             third, fifth = batch[3], batch[5]
             assert third.score is not None and fifth.score is not None
@@ -137,18 +140,19 @@ def test_a_batch_rows_feedback_has_the_same_answers_as_a_single_predictions(
     assert count(live, "SELECT sum(within) FROM rollups") == 1  # 0 and 9 points off
     assert count(live, "SELECT count(*) FROM batch_labels") == 2
     # The row past the end never comes: its feedback expires as unmatched, the rest stays.
-    store = SqliteStore(live.db_path)
+    store = open_store(live.db_path)
     try:
-        with store.write_sql() as conn:
+        with store.write() as tx:
             later = ids.issued_ms(beyond) + labels.PENDING_EXPIRY_MS + 60_000
-            assert labels.match_pending(SqliteTx(conn), SEED) == 0
-            assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 1
+            assert labels.match_pending(tx, SEED) == 0
+            assert labels.expire_pending(tx, now_ms=later) == 1
     finally:
         store.close()
     assert count(live, "SELECT count(*) FROM unmatched_feedback") == 1
     assert count(live, "SELECT count(*) FROM pending_feedback") == 0
 
 
+@BOTH_BACKENDS
 def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
     live: Workspace,
 ) -> None:
@@ -160,23 +164,18 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
         served = router.predict(ROW)  # logged below: its feedback must not expire
         now = ids.issued_ms(served.prediction_id)
         lost = ids.new_id(now)  # an id whose row never arrives
-        store = SqliteStore(live.db_path)
+        store = open_store(live.db_path)
         try:
-            with store.write_sql() as conn:
-                assert labels.label(SqliteTx(conn), lost, 70.0, SEED, now_ms=now) == "pending"
-                assert (
-                    labels.label(SqliteTx(conn), served.prediction_id, 70.0, SEED, now) == "pending"
-                )
+            with store.write() as tx:
+                assert labels.label(tx, lost, 70.0, SEED, now_ms=now) == "pending"
+                assert labels.label(tx, served.prediction_id, 70.0, SEED, now) == "pending"
             log.flush()  # the served row arrives and its feedback is matched
             later = now + labels.PENDING_EXPIRY_MS + 1
-            with store.write_sql() as conn:
-                assert (
-                    labels.expire_pending(SqliteTx(conn), now_ms=now + labels.PENDING_EXPIRY_MS)
-                    == 0
-                )
-                assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 1
-                assert labels.expire_pending(SqliteTx(conn), now_ms=later) == 0  # once
-                assert labels.counts(SqliteTx(conn)) == (0, 1)
+            with store.write() as tx:
+                assert labels.expire_pending(tx, now_ms=now + labels.PENDING_EXPIRY_MS) == 0
+                assert labels.expire_pending(tx, now_ms=later) == 1
+                assert labels.expire_pending(tx, now_ms=later) == 0  # once
+                assert labels.counts(tx) == (0, 1)
             with pytest.raises(NotFound):
                 labels.record(store, lost, 70.0, SEED)
         finally:
@@ -206,8 +205,9 @@ def test_pending_feedback_whose_row_never_comes_expires_and_is_reported(
     assert "1 never matched a logged prediction" in done.stdout
 
 
+@BOTH_BACKENDS
 def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
-    store = SqliteStore(live.db_path)
+    store = open_store(live.db_path)
     try:
         old = ids.new_id(time.time_ns() // 1_000_000 - 10 * 60_000)  # ten minutes old
         with pytest.raises(NotFound, match=f"no prediction {old}") as caught:
@@ -223,7 +223,7 @@ def test_unknown_and_malformed_ids_are_not_found(live: Workspace) -> None:
 
 @pytest.mark.parametrize("actual", [math.nan, math.inf, -math.inf, True, "70", None, 10**400])
 def test_the_actual_must_be_a_finite_number(live: Workspace, actual: Any) -> None:
-    store = SqliteStore(live.db_path)
+    store = open_store(live.db_path)
     try:
         with pytest.raises(BeastError, match="actual must be"):
             labels.record(store, ids.new_id(), actual, SEED)
@@ -231,13 +231,14 @@ def test_the_actual_must_be_a_finite_number(live: Workspace, actual: Any) -> Non
         store.close()
 
 
+@BOTH_BACKENDS
 def test_a_batch_of_feedback_answers_every_item(live: Workspace) -> None:
     with serving(live, interval=3600) as (router, log):
         assert log is not None
         done = router.predict_batch(np.random.default_rng(1).random((3, 5)))
         log.flush()
         buffered = router.predict(ROW)
-        store = SqliteStore(live.db_path)
+        store = open_store(live.db_path)
         try:
             a, b, c = (p.prediction_id for p in done)
             old = ids.new_id(time.time_ns() // 1_000_000 - 3_600_000)
@@ -283,10 +284,9 @@ def test_feedback_from_two_processes_at_once_records_exactly_one(
         "import json, sys, time\n"
         "from engine.monitoring import feedback as labels\n"
         "from engine.core.errors import Conflict\n"
-        "from engine.store.sqlite.connection import SqliteStore\n"
+        "from engine.store.opening import open_store\n"
         "pids = json.load(open(sys.argv[1])); value = float(sys.argv[3])\n"
-        "store = SqliteStore(__import__('pathlib').Path(sys.argv[2]))\n"
-        "store.conn\n"
+        "store = open_store(__import__('pathlib').Path(sys.argv[2]))\n"
         "time.sleep(max(0, float(sys.argv[4]) - time.time()))\n"
         "out = []\n"
         "for pid in pids:\n"

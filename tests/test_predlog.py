@@ -29,9 +29,8 @@ from engine.monitoring import rollups as metrics
 from engine.monitoring.baselines import FIRST_PREDICTIONS
 from engine.serving import latency
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.sql import prediction_log as sql_log
-from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.tx import SqliteTx
+from engine.store.opening import open_store
+from tests.conftest import BOTH_BACKENDS
 from tests.helpers import FEATURES, REPO
 from tests.serving_helpers import (
     LINE,
@@ -41,6 +40,7 @@ from tests.serving_helpers import (
     logged,
     logged_count,
     serving,
+    tx_of,
     version_id,
 )
 from tests.serving_helpers import rows as query
@@ -83,6 +83,7 @@ def test_every_prediction_goes_through_the_batched_writer(ab_ws: Workspace) -> N
     assert stats.batches <= served / 5, (stats.batches, served)  # never one per request
 
 
+@BOTH_BACKENDS
 def test_close_flushes_everything_still_queued(ab_ws: Workspace) -> None:
     with serving(ab_ws, interval=3600, batch=10**6) as (router, log):
         assert log is not None
@@ -131,7 +132,7 @@ def test_rollups_equal_metrics_recomputed_from_the_raw_log(ab_ws: Workspace) -> 
     rng = np.random.default_rng(6)
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=700)  # flushed by hand
     log.store.migrate()
-    store = SqliteStore(ab_ws.db_path)
+    store = open_store(ab_ws.db_path)
     answers: dict[str, int] = defaultdict(int)
     try:
         flushed: list[Record] = []
@@ -244,7 +245,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
     rng = np.random.default_rng(11)
     log = PredictionLog(ab_ws.db_path, tolerance=TOLERANCE, batch=900)  # flushed by hand
     log.store.migrate()
-    store = SqliteStore(ab_ws.db_path)
+    store = open_store(ab_ws.db_path)
     pids = [r.pid for r in records] + [p for c in chunks for p in c.pids()]
     try:
         for r in records:
@@ -275,7 +276,7 @@ def test_compacted_hours_keep_metrics_equal_to_the_raw_log(ab_ws: Workspace) -> 
     try:
         for version in ("v1.0", "v2.0"):
             vid = version_id(ab_ws, version)
-            loaded = metrics.load(SqliteTx(conn), vid)
+            loaded = metrics.load(tx_of(conn), vid)
             raw = [r for r in logged(ab_ws) if r["version_id"] == vid]
             for since in starts:
                 chosen = [r for r in raw if since is None or r["at_ms"] // 60_000 >= since]
@@ -397,6 +398,7 @@ def test_a_busy_database_loses_nothing(ab_ws: Workspace, monkeypatch: pytest.Mon
     assert logged_count(ab_ws) == 300
 
 
+@BOTH_BACKENDS
 def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Workspace) -> None:
     rng = np.random.default_rng(21)
     x_single, x_batch = rng.random((4, 5)), rng.random((6, 5))
@@ -407,13 +409,13 @@ def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Work
         log.flush()
     wanted = {singles[1].prediction_id: 11.0, batch[0].prediction_id: 20.0}
     wanted |= {batch[4].prediction_id: 24.0, singles[3].prediction_id: 13.0}
-    store = SqliteStore(ab_ws.db_path)
+    store = open_store(ab_ws.db_path)
     try:
         for pid, actual in wanted.items():
             assert labels.record(store, pid, actual, SEED) == "recorded"
-        with store.read_sql() as conn:
-            x, y, at = sql_log.labelled_rows(conn, LINE, 5)
-            assert sql_log.labelled_rows(conn, LINE, 4)[0].shape == (0, 4)  # other widths: none
+        with store.read() as tx:
+            x, y, at = tx.predictions.labelled_rows(LINE, 5)
+            assert tx.predictions.labelled_rows(LINE, 4)[0].shape == (0, 4)  # other widths: none
     finally:
         store.close()
     expected = {11.0: x_single[1], 13.0: x_single[3], 20.0: x_batch[0], 24.0: x_batch[4]}
@@ -423,6 +425,7 @@ def test_labelled_rows_reads_single_predictions_and_batch_rows_alike(ab_ws: Work
     assert list(at) == sorted(at)  # oldest first
 
 
+@BOTH_BACKENDS
 def test_the_first_predictions_build_a_reference_for_a_version_without_a_sidecar(
     registered: Workspace,
 ) -> None:
@@ -525,6 +528,7 @@ POISONS = {
 }
 
 
+@BOTH_BACKENDS
 @pytest.mark.parametrize("poison", list(POISONS.values()), ids=list(POISONS))
 def test_a_row_that_cannot_be_written_costs_its_neighbours_nothing(
     ab_ws: Workspace, poison: dict[str, object]
@@ -552,7 +556,7 @@ def test_a_row_that_cannot_be_written_costs_its_neighbours_nothing(
     assert {r["pid"] for r in logged(ab_ws)} == {r.pid for r in [*good, *more]}
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == 50
     _assert_rollups_match_raw(ab_ws)
-    store = SqliteStore(ab_ws.db_path)
+    store = open_store(ab_ws.db_path)
     try:
         for r in good:  # feedback on the neighbours' ids records
             assert labels.record(store, r.pid, 50.0, SEED) == "recorded"
@@ -594,6 +598,7 @@ def test_isolating_a_bad_row_costs_no_transaction_while_every_row_is_good(
         log.close()
 
 
+@BOTH_BACKENDS
 def test_a_bad_batch_is_quarantined_whole_and_the_batches_beside_it_are_logged(
     ab_ws: Workspace,
 ) -> None:
@@ -612,7 +617,7 @@ def test_a_bad_batch_is_quarantined_whole_and_the_batches_beside_it_are_logged(
     finally:
         log.close()
     assert logged_count(ab_ws) == good_rows
-    store = SqliteStore(ab_ws.db_path)
+    store = open_store(ab_ws.db_path)
     try:
         for pid in (bad.pids()[0], bad.pids()[-1]):
             with pytest.raises(NotFound, match="quarantined"):

@@ -22,9 +22,8 @@ from engine.monitoring import baselines
 from engine.monitoring import feedback as labels
 from engine.serving import prediction_log as predlog
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
-from engine.store.sql import prediction_log as sql_log
-from engine.store.sqlite.connection import SqliteStore
-from engine.store.sqlite.tx import SqliteTx
+from engine.store.opening import open_store
+from tests.conftest import BOTH_BACKENDS
 from tests.serving_helpers import LINE, count, deploy_changes, logged, logged_count, version_id
 
 DAY = predlog.DAY_MS
@@ -43,18 +42,18 @@ def _with_reference(ws: Workspace, *versions: str) -> None:
     """Give versions a drift reference (as a training sidecar would): their rows are no
     longer needed to build one."""
     rng = np.random.default_rng(0)
-    store = SqliteStore(ws.db_path)
+    store = open_store(ws.db_path)
     try:
-        with store.write_sql() as conn:
+        with store.write() as tx:
             for name in versions:
-                artifact = conn.execute(
+                artifact = tx.conn.execute(
                     "SELECT artifact_id FROM versions WHERE id = ?", (version_id(ws, name),)
                 ).fetchone()[0]
                 reference = baselines.VersionReference.build(
                     rng.random((600, 5)), rng.normal(70, 10, 600), tuple(f"f{i}" for i in range(5))
                 )
                 baselines.store(
-                    SqliteTx(conn),
+                    tx,
                     artifact,
                     "training",
                     reference=reference,
@@ -119,7 +118,7 @@ def _log(ws: Workspace, *items: Record | Chunk) -> PredictionLog:
 
 
 def _label(ws: Workspace, pids: list[str], actual: float = 66.0) -> None:
-    store = SqliteStore(ws.db_path)
+    store = open_store(ws.db_path)
     try:
         for pid in pids:
             assert labels.record(store, pid, actual, SEED) == "recorded"
@@ -132,8 +131,8 @@ def _prune_all(log: PredictionLog, at: int, budget: int) -> list[predlog.Pruned]
     rows looked at."""
     steps = []
     while True:
-        with log.store.write_sql() as conn:
-            step = sql_log.prune(conn, log.settings, at, budget=budget)
+        with log.store.write() as tx:
+            step = tx.predictions.prune(log.settings, at, budget)
         steps.append(step)
         assert step.singles + step.batch_rows <= budget + 1  # +1: rows sharing a key's half
         if not step.more:
@@ -141,6 +140,7 @@ def _prune_all(log: PredictionLog, at: int, budget: int) -> list[predlog.Pruned]
         assert len(steps) < 1000
 
 
+@BOTH_BACKENDS
 def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
     ws: Workspace,
 ) -> None:
@@ -185,10 +185,10 @@ def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
     )  # the metrics are the rollups: untouched
     assert count(ws, "SELECT count(*) FROM first_predictions") == first
     assert logged_count(ws) == len(expected)
-    store = SqliteStore(ws.db_path)
+    store = open_store(ws.db_path)
     try:
-        with store.read_sql() as conn:
-            _x, y, _at = sql_log.labelled_rows(conn, LINE, 5)
+        with store.read() as tx:
+            _x, y, _at = tx.predictions.labelled_rows(LINE, 5)
         assert len(y) == len(kept_singles) + len(kept_rows)
         for pid in [*kept_singles, *kept_rows]:  # feedback still finds them
             assert labels.record(store, pid, 66.0, SEED) == "duplicate"
@@ -200,6 +200,7 @@ def test_old_rows_are_pruned_in_bounded_steps_and_what_the_engine_needs_is_kept(
         store.close()
 
 
+@BOTH_BACKENDS
 def test_a_version_still_waiting_for_its_reference_keeps_the_rows_it_will_be_built_from(
     ws: Workspace,
 ) -> None:
@@ -212,8 +213,8 @@ def test_a_version_still_waiting_for_its_reference_keeps_the_rows_it_will_be_bui
         _prune_all(log, now, budget=1000)
         assert {r["pid"] for r in logged(ws)} == {r.pid for r in old if r.score is not None}
         _with_reference(ws, "v1.0")  # built: the rows are raw log now
-        with log.store.write_sql() as conn:  # a new pass (a restart resumes where it stopped)
-            conn.execute("DELETE FROM log_retention")
+        with log.store.write() as tx:  # a new pass (a restart resumes where it stopped)
+            tx.conn.execute("DELETE FROM log_retention")
         _prune_all(log, now, budget=1000)
     finally:
         log.close()
@@ -239,6 +240,7 @@ def test_retention_0_keeps_everything_and_takes_no_lock(ws: Workspace) -> None:
     assert logged_count(ws) == 50
 
 
+@BOTH_BACKENDS
 def test_the_writer_prunes_on_its_own_schedule(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:

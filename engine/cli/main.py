@@ -122,10 +122,13 @@ def cmd_init(engine: Engine, args: argparse.Namespace) -> int:
 
 def cmd_status(engine: Engine, args: argparse.Namespace) -> int:
     report = engine.status()
+    leader = engine.leader()
     if args.json:
-        _print_json(report.to_json())
+        _print_json(dict(report.to_json(), leader=leader.to_json() if leader else None))
     else:
         print(render.status(report))
+        if leader is not None:
+            print(render.leader(leader))
     return 0
 
 

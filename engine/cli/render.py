@@ -21,6 +21,7 @@ from engine.core.records import (
     percent,
 )
 from engine.facade import ModelsReport
+from engine.store.replicas import Replica
 
 if TYPE_CHECKING:  # numpy: only `beast monitor` loads the report's module
     from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
@@ -38,6 +39,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str 
         for row in cells
     ]
     return "\n".join(lines)
+
+
+def leader(replica: Replica) -> str:
+    """The engine replica that runs alerts, auto-pull and retraining, in one line."""
+    where = f" at {replica.address}" if replica.address else ""
+    return text.escape(f"leader: {replica.id}{where} (since {replica.leader_since})")
 
 
 def status(report: Status) -> str:

@@ -31,7 +31,7 @@ from engine.core.records import (
     VersionRef,
 )
 from engine.deploy import rules
-from engine.registry import catalog
+from engine.registry import catalog, fetch
 from engine.store.base import Store, Tx
 
 Planner = Callable[[Tx, LineState | None], rules.Plan]
@@ -363,8 +363,12 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
         lines = tx.registry.line_names()
         states = tx.deployments.states()
         experiments = tx.deployments.experiments()
-        files = {
-            v.artifact_id: models_dir / tx.registry.artifact_file(v.artifact_id)
+        # Present: in this host's models/, or kept by the store for every replica to fetch.
+        present = {
+            v.artifact_id: (
+                models_dir / (relative := tx.registry.artifact_file(v.artifact_id))
+            ).is_file()
+            or fetch.kept_elsewhere(tx, models_dir, relative, v.sha256)
             for s in states
             for v in (s.production, s.candidate)
             if v
@@ -385,7 +389,7 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
                 state.production_since,
                 state.production_by,
                 state.production.sha256,
-                files[state.production.artifact_id].is_file(),
+                present[state.production.artifact_id],
                 baselines.get(state.production.id),
             )
         )
@@ -400,7 +404,7 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
                     state.candidate_since or "",
                     state.candidate_by or "",
                     state.candidate.sha256,
-                    files[state.candidate.artifact_id].is_file(),
+                    present[state.candidate.artifact_id],
                     baselines.get(state.candidate.id),
                 )
             )

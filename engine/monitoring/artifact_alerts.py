@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.core.clock import utc_now
 from engine.core.records import VersionRef
-from engine.registry import artifacts
+from engine.registry import artifacts, fetch
 from engine.store.base import Tx
 
 METRIC = "artifact"
@@ -63,7 +63,8 @@ def problems(tx: Tx, models_dir: Path) -> dict[tuple[str, str], str]:
                 if ref is not None:
                     serving[ref.id] = ref
     for ref in serving.values():
-        path = models_dir / tx.registry.artifact_file(ref.artifact_id)
+        relative = tx.registry.artifact_file(ref.artifact_id)
+        path = fetch.local_copy(tx, models_dir, relative, ref.sha256)
         try:
             intact = sha256(path) == ref.sha256
         except FileNotFoundError:

@@ -99,6 +99,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def validated_bytes(path: Path, sha256: str) -> bytes:
+    """The file's bytes, refused unless they still are the ones hashed and validated."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactRejected(f"{path.name}: cannot read it: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise ArtifactRejected(
+            f"{path.name}: the file changed while it was being registered; register it again "
+            "once it is complete"
+        )
+    return data
+
+
 class Validator(Protocol):
     """How `Engine.register` judges a file: `validate_in_child`, or a warm child's pool."""
 

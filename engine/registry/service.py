@@ -72,6 +72,7 @@ class Registry:
             known = tx.registry.artifact_by_sha(sha)
             if known is not None and known.status != "valid":
                 known = None
+            keep = tx.artifact_bytes.keeps and not tx.artifact_bytes.has(sha)
         naming = catalog.naming_for(
             resolved,
             # Known bytes under another file name are that artifact, not a new version: only
@@ -89,6 +90,8 @@ class Registry:
         built = None
         if reference is not None and reason is None:
             built = _reference_baseline(reference, resolved, sha, validation, self.get_line(line))
+        # Read before the write lock is taken (a model may be hundreds of MB).
+        data = artifacts.validated_bytes(resolved, sha) if keep and reason is None else None
         with store.write() as tx:
             if reason is None and known is None:
                 assert validation.n_features is not None
@@ -104,6 +107,8 @@ class Registry:
                 outcome = catalog.store_valid(
                     tx, checked, sha, validation, naming=naming, actor=self.actor
                 )
+                if data is not None:  # where every replica fetches it (engine.registry.fetch)
+                    tx.artifact_bytes.put(sha, data)
                 if outcome[2]:  # new: keep what training said normal looks like, if it did
                     _store_sidecar_baseline(tx, resolved, outcome[0], validation)
                 if built is not None:  # given by the user: it outranks the sidecar

@@ -19,6 +19,10 @@ What it takes care of, in order:
 - SIGTERM/SIGINT: uvicorn stops accepting, finishes in-flight requests, then runs the
   lifespan shutdown, which flushes the prediction log; the process exits 0. (uvicorn raises
   the signal again once it is done; the no-op handler installed here makes that harmless.)
+- Replicas (engine.server.replica): several engines may share one PostgreSQL store; a
+  heartbeat thread records this one in `replicas` and holds or tries the leadership. Only
+  the leader runs the evaluator and the retraining scheduler below (on SQLite the one
+  engine always leads).
 - Every `evaluate_every_s` it runs `monitoring.evaluate` (alerts fire and resolve, the
   `artifact` alert among them; a candidate whose health turns critical is pulled to 0%), in
   this one process whatever the number of workers.
@@ -42,6 +46,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -57,6 +62,7 @@ from engine.core.workspace import ENV_VAR, Workspace
 from engine.facade import Engine
 from engine.server.http import token as http_token
 from engine.server.http.settings import ApiSettings
+from engine.server.replica import REPLICA_ENV, ReplicaHeart
 from engine.server.watcher import ModelWatcher, WatchOptions
 
 log = logging.getLogger("beast.engine")
@@ -174,6 +180,7 @@ def bind(host: str, port: int) -> socket.socket:
 class _Periodic(BackgroundThread):
     """Calls `tick` every `every_s` seconds in a thread with its own engine connection.
 
+    Only on the replica that leads (engine.server.replica): on the others a round is skipped.
     A round that fails with a refusal (a store kept busy by a long writer past its busy
     timeout, a full disk) is skipped and tried again next round, logged once while it repeats
     (`Trouble`); anything else is logged with its traceback. The thread never dies of a round.
@@ -184,10 +191,13 @@ class _Periodic(BackgroundThread):
     actor = "beast-engine"
     what = "periodic work"  # as the log names a round
 
-    def __init__(self, workspace: Workspace, every_s: float) -> None:
+    def __init__(
+        self, workspace: Workspace, every_s: float, leading: Callable[[], bool] = lambda: True
+    ) -> None:
         super().__init__()
         self.workspace = workspace
         self.every_s = every_s
+        self.leading = leading  # a round runs only while this replica leads
 
     def start(self) -> Self:
         if self.every_s > 0:
@@ -199,6 +209,8 @@ class _Periodic(BackgroundThread):
         trouble = Trouble(log, self.what)
         try:
             while not self._stop.wait(self.every_s):
+                if not self.leading():
+                    continue  # another replica does it
                 try:
                     self.tick(engine)
                 except BeastError as exc:
@@ -258,8 +270,10 @@ class Background:
     """The daemon's threads beside the HTTP server: evaluation, watcher, retrain scheduler."""
 
     def __init__(self, workspace: Workspace, options: EngineOptions) -> None:
-        self.evaluator = Evaluator(workspace, options.evaluate_every_s)
-        self.scheduler = Scheduler(workspace, options.retrain_check_every_s)
+        self.replica = ReplicaHeart(workspace, address=None)
+        leading = self.replica.is_leader
+        self.evaluator = Evaluator(workspace, options.evaluate_every_s, leading)
+        self.scheduler = Scheduler(workspace, options.retrain_check_every_s, leading)
         self.watcher = (
             ModelWatcher(workspace, WatchOptions(rescan_every_s=options.rescan_every_s))
             if options.watch
@@ -269,6 +283,7 @@ class Background:
 
     def start(self) -> None:
         self._started = True
+        self.replica.start()
         if self.watcher is not None:
             self.watcher.start()
         self.evaluator.start()
@@ -279,6 +294,7 @@ class Background:
         self.evaluator.stop()
         if self.watcher is not None and self._started:
             self.watcher.stop()
+        self.replica.stop()  # last: the leadership is given up once its work has stopped
 
 
 def _preflight(workspace: Workspace) -> None:
@@ -395,6 +411,7 @@ def serve(workspace: Workspace, options: EngineOptions) -> int:
     background = Background(workspace, options)
     try:
         sock = bind(options.host, options.port)
+        background.replica.address = f"{options.host}:{sock.getsockname()[1]}"
         if created:
             log.info("created the API token file %s (mode 0600)", http_token.token_path(workspace))
         from_env = os.environ.get(http_token.TOKEN_ENV)
@@ -456,6 +473,7 @@ def _run_one(
 
     with _StopSignals() as signals:
         api = http_api.Api(workspace, settings, token)
+        api.leader = background.replica.is_leader
         api.start()  # loads the deployed models; the lifespan's start is then a no-op
         if signals.received is not None:
             api.stop()
@@ -493,6 +511,7 @@ def _run_workers(
     os.environ[ENV_VAR] = str(workspace.root)
     os.environ[http_api.SETTINGS_ENV] = settings.to_env()
     os.environ[prom.MULTIPROC_ENV] = metrics_dir
+    os.environ[REPLICA_ENV] = background.replica.id
     try:
         config = uvicorn.Config(
             "engine.server.http.app:app_from_env",

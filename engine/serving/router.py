@@ -5,7 +5,9 @@ in one assignment, so the hot path takes no lock. Every `refresh_s` a predict ca
 `PRAGMA data_version` (it changes when any other connection commits) and reloads the routes
 whose revision moved: a deploy, promote or rollback by any process is picked up within a
 second, without a restart. Models load from their artifact's bytes after a sha256 check and
-stay in memory, so a deleted file keeps serving (and status says the artifact is missing).
+stay in memory, so a deleted file keeps serving (and status says the artifact is missing). A
+version registered on another replica (PostgreSQL) loads from the bytes the store keeps,
+copied into this workspace once (engine.registry.fetch).
 
 A line whose new deployment cannot be loaded (artifact missing or changed on disk) keeps
 serving the last routes that loaded, and says so in `problems()`; the load is retried on every
@@ -38,7 +40,7 @@ from engine.core.config import Config
 from engine.core.errors import BeastError, NotFound, StoreError
 from engine.core.records import BASIS_POINTS, VersionRef
 from engine.core.workspace import Workspace
-from engine.registry import artifacts
+from engine.registry import artifacts, fetch
 from engine.serving import features
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.base import Store, Tx
@@ -262,7 +264,13 @@ class Router:
         ref = tx.registry.version_by_id(version_id)
         loaded = self._boosters.get(ref.artifact_id)
         if loaded is None:
-            path = self.workspace.models_dir / tx.registry.artifact_file(ref.artifact_id)
+            relative = tx.registry.artifact_file(ref.artifact_id)
+            try:  # registered on another replica: its kept bytes, copied here once
+                path = fetch.local_copy(tx, self.workspace.models_dir, relative, ref.sha256)
+            except OSError as exc:
+                raise Unavailable(
+                    f"cannot copy {relative} from the state store: {exc.strerror or exc}"
+                ) from None
             booster = load_booster(path, ref.sha256)
             loaded = (booster, scorer(booster, width))
             self._boosters[ref.artifact_id] = loaded

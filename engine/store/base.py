@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from engine.store.jobs import JobRepo, RetrainInputRepo
     from engine.store.prediction_log import PredictionLogRepo
     from engine.store.registry import RegistryRepo
+    from engine.store.replicas import ArtifactBytesRepo, ChangeFeed, Leadership, ReplicaRepo
     from engine.store.rollups import RollupRepo
     from engine.store.routes import RouteRepo
 
@@ -95,6 +96,16 @@ class Tx(Protocol):
         """The prediction log: every logged prediction, single or in a batch."""
         ...
 
+    @property
+    def replicas(self) -> ReplicaRepo:
+        """The engine processes serving this state, and which of them leads."""
+        ...
+
+    @property
+    def artifact_bytes(self) -> ArtifactBytesRepo:
+        """Registered model files' bytes by sha256, for replicas that never saw the file."""
+        ...
+
 
 class Store(Protocol):
     """A workspace's state store: transactions, and the upkeep of the store itself."""
@@ -137,4 +148,13 @@ class Store(Protocol):
 
     def file_problem(self) -> str | None:
         """Why the store this process has open is no longer the workspace's, or None."""
+        ...
+
+    def leadership(self) -> Leadership:
+        """A claim on the leadership among the replicas of this store (engine.store.replicas),
+        for one process to hold while it runs; `release` it when done."""
+        ...
+
+    def changes(self) -> ChangeFeed:
+        """A feed of other processes' changes, for one thread to wait on; `close` it when done."""
         ...

@@ -66,6 +66,11 @@ class Api:
         self.feedback_lock = threading.Lock()
         self._feedback_store: Store | None = None
         self._refresher: Refresher | None = None
+        # Whether this replica leads: the daemon's heartbeat thread answers in its process
+        # (`beast engine`); a worker process (`--workers N`) reads its replica's row instead,
+        # once a second on the refresh thread, into `leading`.
+        self.leader: Callable[[], bool] | None = None
+        self.leading = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -124,6 +129,10 @@ class Api:
         self.metrics.process_exit()
 
     # -- what handlers reach -----------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """Whether the replica this process serves for leads (/healthz's `leader`)."""
+        return self.leader() if self.leader is not None else self.leading
 
     def serving(self) -> Router:
         """The router (503 while the engine starts or stops)."""

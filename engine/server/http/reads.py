@@ -68,7 +68,9 @@ class Reads:
         prediction log writer is doing."""
         router, plog = self.api.router, self.api.log
         if router is None or plog is None:
-            return json_response({"status": "starting", "pid": os.getpid()}, 503)
+            return json_response(
+                {"status": "starting", "pid": os.getpid(), "leader": self.api.is_leader()}, 503
+            )
         status, reason = self.api.readiness()
         stats = plog.stats()
         return json_response(
@@ -77,6 +79,7 @@ class Reads:
                 "reason": reason,
                 "problems": router.problems(),
                 "pid": os.getpid(),
+                "leader": self.api.is_leader(),
                 "uptime_s": round(time.time() - self.api.started_at, 3),
                 "log": {
                     "queued": stats.queued,

@@ -2,22 +2,32 @@
 
 The router re-reads the deployment state when a predict call finds its snapshot older than
 `refresh_s`; refreshing here at twice that rate means no request pays for a SQLite query or
-a model load. The same thread carries the prediction log's counters to Prometheus and turns
+a model load. On PostgreSQL the thread waits on the store's change notices (LISTEN) instead
+of sleeping: a change committed by any replica is served here within milliseconds, and the
+poll still runs between notices, should one be lost with its connection.
+
+The same thread carries the prediction log's counters to Prometheus and turns
 rows the writer dropped into an alert (resolved once drops stop).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from engine.core.errors import BeastError
+from engine.server.replica import REPLICA_ENV
 
 if TYPE_CHECKING:
     from engine.server.http.api import Api  # the Api starts this thread: a type only
+    from engine.store.replicas import ChangeFeed
 
 log = logging.getLogger("beast.api")
+LEADER_CHECK_S = 1.0
+STOP_CHECK_S = 0.25
 
 
 class Refresher:
@@ -28,6 +38,7 @@ class Refresher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._drop_alert_open = False
+        self._leader_checked = -LEADER_CHECK_S
 
     def start(self) -> None:
         self._stop.clear()
@@ -41,16 +52,37 @@ class Refresher:
             self._thread = None
 
     def _loop(self) -> None:
+        engine = self.api.engine
+        if engine is None:
+            return
+        # Opened and closed by this thread only: a LISTEN connection is not shared.
+        feed = engine.store.changes()
+        try:
+            self._rounds(feed)
+        finally:
+            feed.close()
+
+    def _rounds(self, feed: ChangeFeed) -> None:
         api = self.api
         warned: str | None = None
         problems: dict[str, str] = {}
         reported_drops = 0
-        while not self._stop.wait(api.settings.refresh_s / 2):
+        every = api.settings.refresh_s / 2
+        due = time.monotonic() + every
+        while not self._stop.is_set():
+            # Waits are short whatever `refresh_s` is: `stop` must not wait for a long poll.
+            notified = feed.wait(max(0.0, min(STOP_CHECK_S, due - time.monotonic())))
             router, plog = api.router, api.log
-            if router is None or plog is None:
+            if self._stop.is_set() or router is None or plog is None:
                 return
+            if not notified and time.monotonic() < due:
+                continue
+            due = time.monotonic() + every
+            self._check_leader()
             try:
-                router.refresh()
+                # A notice means another replica changed the state: reload whatever its
+                # change counter says (the poll, without a notice, trusts the counter).
+                router.refresh(force=notified)
                 warned = api.store_problem = None
             except BeastError as exc:
                 api.store_problem = str(exc)
@@ -69,6 +101,21 @@ class Refresher:
             stats = plog.stats()
             api.metrics.sync_log(stats)
             reported_drops = self._alert_drops(stats.dropped, reported_drops)
+
+    def _check_leader(self) -> None:
+        """In a worker process: whether its replica leads, read from the store once a second."""
+        api = self.api
+        replica = os.environ.get(REPLICA_ENV)
+        if api.leader is not None or replica is None:
+            return
+        if time.monotonic() - self._leader_checked < LEADER_CHECK_S:
+            return
+        self._leader_checked = time.monotonic()
+        try:
+            leader = api.call_engine(lambda engine: engine.leader())
+        except BeastError:
+            return  # the store's trouble is the route refresh's to report
+        api.leading = leader is not None and leader.id == replica
 
     def _alert_drops(self, dropped: int, reported: int) -> int:
         """Turn rows this process's writer dropped into an alert (and resolve it after).

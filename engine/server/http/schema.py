@@ -968,6 +968,11 @@ def _response_schemas() -> dict[str, Any]:
                     "description": "Model lines whose deployment could not be loaded, and why.",
                 },
                 "pid": {"type": "integer"},
+                "leader": {
+                    "type": "boolean",
+                    "description": "Whether this replica leads: runs alerts, auto-pull and "
+                    "retraining (one replica at a time; on SQLite, the engine).",
+                },
                 "uptime_s": {"type": "number"},
                 "log": {
                     "type": "object",

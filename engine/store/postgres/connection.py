@@ -34,6 +34,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import Workspace
+from engine.store.postgres.leadership import AdvisoryLeadership
+from engine.store.postgres.notify import ListenFeed
 from engine.store.postgres.rows import row_factory
 from engine.store.postgres.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.postgres.tx import PostgresTx
@@ -189,6 +191,14 @@ class PostgresStore:
 
     def file_problem(self) -> str | None:
         return None  # a server's database cannot be swapped under a connection
+
+    def leadership(self) -> AdvisoryLeadership:
+        """An advisory lock on a connection of its own (engine.store.postgres.leadership)."""
+        return AdvisoryLeadership(self.url)
+
+    def changes(self) -> ListenFeed:
+        """LISTEN on a connection of its own (engine.store.postgres.notify)."""
+        return ListenFeed(self.url)
 
     # -- schema -------------------------------------------------------------------------
 

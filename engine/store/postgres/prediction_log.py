@@ -38,7 +38,10 @@ _COPY_BATCHES = (
 )
 _BATCH_TYPES = ["text", "int8", "text", "text", "int8", "int8", "bytea", "bytea", "bytea"]
 _BATCH_TYPES += ["bytea", "text", "text", "int8"]
-# Advisory lock keys of this schema (engine.store.postgres.connection's are 0x…7401, 02).
+# Advisory lock keys of this schema. WRITE_LOCK is engine.store.postgres.connection's writers'
+# lock, the same key (that module imports this one, through tx: it cannot be imported here;
+# tests/test_log_replicas.py holds them equal).
+WRITE_LOCK = 0x6265_6173_7401
 PRUNE_LOCK = 0x6265_6173_7410  # "beast" 0x10: one replica's writer prunes at a time
 _LO_OFFSET = 1 << 63  # ids.key's
 _LOW64 = (1 << 64) - 1
@@ -75,8 +78,6 @@ class PostgresPredictionLog(SqlPredictionLog):
     def _share_writers_lock(self) -> None:
         """The writers' lock, shared, for the rest of this transaction (module docstring)."""
         if not self._shared:
-            from engine.store.postgres.connection import WRITE_LOCK  # it imports this module
-
             self.conn.raw.execute("SELECT pg_advisory_xact_lock_shared(%s)", (WRITE_LOCK,))
             self._shared = True
 

@@ -540,4 +540,22 @@ CREATE TABLE artifact_bytes (
 );
 """,
     ),
+    (
+        "0012_change_notices",
+        """
+-- Every change of state writes its history row in its own transaction: a NOTIFY from this
+-- trigger is sent when (and only if) that transaction commits, to every replica LISTENing
+-- (engine.store.postgres.notify), which then reloads its routes at once instead of at its
+-- next poll. One notice per statement: PostgreSQL folds identical notices of a transaction.
+CREATE FUNCTION beast_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('beast_changes', '');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER history_notify AFTER INSERT ON history
+    FOR EACH STATEMENT EXECUTE FUNCTION beast_notify_change();
+""",
+    ),
 ]

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from engine.store.postgres.artifacts import PgArtifactBytes
 from engine.store.postgres.conn import PgConn
 from engine.store.postgres.history import PostgresHistory
 from engine.store.sql.alerts import SqlAlerts
 from engine.store.sql.deployments import SqlDeployments
 from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.replicas import SqlReplicas
 from engine.store.sql.routes import SqlRoutes
 
 if TYPE_CHECKING:
@@ -79,6 +81,14 @@ class PostgresTx:
         from engine.store.sql.baselines import SqlBaselines  # numpy on first use
 
         return SqlBaselines(self.conn)
+
+    @cached_property
+    def replicas(self) -> SqlReplicas:
+        return SqlReplicas(self.conn)
+
+    @cached_property
+    def artifact_bytes(self) -> PgArtifactBytes:
+        return PgArtifactBytes(self.conn)
 
     @cached_property
     def jobs(self) -> SqlJobs:

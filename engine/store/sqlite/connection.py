@@ -28,6 +28,8 @@ from typing import Any
 
 from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import WAY_BACK, Workspace
+from engine.store.sqlite.leadership import SoleLeadership
+from engine.store.sqlite.notify import PollFeed
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.sqlite.tx import SqliteTx
 
@@ -278,6 +280,14 @@ class SqliteStore:
         if stat.st_size == 0:
             return f"{self.path} was emptied (0 bytes) while this process had it open; {WAY_BACK}"
         return None
+
+    def leadership(self) -> SoleLeadership:
+        """Always the leader: one engine per workspace (engine.core.engine_lock)."""
+        return SoleLeadership()
+
+    def changes(self) -> PollFeed:
+        """No notices: the router polls `PRAGMA data_version` (engine.store.sqlite.notify)."""
+        return PollFeed()
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         """Put the database in WAL mode (a no-op once it is: the mode is kept in the file).

@@ -640,6 +640,16 @@ CREATE TABLE replicas (
 );
 """,
     ),
+    (
+        "0012_change_notices",
+        """
+-- Change notices (PostgreSQL: a NOTIFY from a trigger on history, so several replicas serve a
+-- deployment change within a second). Nothing on SQLite: one engine per workspace, whose
+-- router sees another process's commit through PRAGMA data_version. The step keeps the
+-- numbering the same on both backends.
+SELECT 1;
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from engine.store.sql.baselines import SqlBaselines
     from engine.store.sql.feedback import SqlFeedback
     from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
+    from engine.store.sql.replicas import SqlReplicas
+    from engine.store.sqlite.artifacts import SqliteArtifactBytes
     from engine.store.sqlite.prediction_log import SqlitePredictionLog
     from engine.store.sqlite.routes import SqliteRoutes
 
@@ -89,3 +91,15 @@ class SqliteTx:
         from engine.store.sqlite.prediction_log import SqlitePredictionLog
 
         return SqlitePredictionLog(self.conn)
+
+    @cached_property
+    def replicas(self) -> SqlReplicas:
+        from engine.store.sql.replicas import SqlReplicas  # on first use: see the top
+
+        return SqlReplicas(self.conn)
+
+    @cached_property
+    def artifact_bytes(self) -> SqliteArtifactBytes:
+        from engine.store.sqlite.artifacts import SqliteArtifactBytes  # on first use
+
+        return SqliteArtifactBytes()
