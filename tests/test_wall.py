@@ -30,7 +30,12 @@ ENGINE = REPO / "engine"
 DOORS = ("engine/cli/", "engine/server/", "engine/demo/")
 CONSOLE_DOOR = "engine/cli/console.py"  # `beast console`: imports the console in a function
 SQL_HOMES = ("engine/store/sqlite/", "engine/store/postgres/", "engine/store/sql/")
-DRIVERS = {"sqlite3": "engine/store/sqlite/", "psycopg": "engine/store/postgres/"}
+# Where each driver may be imported. `beast migrate --to` (postgres/transfer.py) is the one
+# module that holds both: it reads a SQLite workspace's snapshot into PostgreSQL.
+DRIVERS = {
+    "sqlite3": ("engine/store/sqlite/", "engine/store/postgres/transfer.py"),
+    "psycopg": ("engine/store/postgres/",),
+}
 SQL_CALLS = {"execute", "executemany", "executescript", "read_sql", "write_sql"}
 HEAVY = (
     "textual",
