@@ -32,8 +32,9 @@ from engine.retrain import jobs
 from engine.server.daemon import Evaluator, Scheduler
 from engine.server.train_worker import FAULT_ENV, RunningJob, register_model
 from engine.server.watcher import ModelWatcher, WatchOptions
+from engine.store.busy import BUSY_ENV
 from engine.store.sql import prediction_log as sql_log
-from engine.store.sqlite.connection import BUSY_ENV, SqliteStore
+from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import (
     LINE,

@@ -34,14 +34,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import Workspace
+from engine.store.busy import busy_timeout
 from engine.store.postgres.leadership import AdvisoryLeadership
 from engine.store.postgres.notify import ListenFeed
 from engine.store.postgres.rows import row_factory
 from engine.store.postgres.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.postgres.tx import PostgresTx
-from engine.store.sqlite.connection import _busy_timeout  # BEAST_BUSY_TIMEOUT_S, as SQLite's
 
-DEFAULT_BUSY_TIMEOUT_S = 5.0
 POOL_MAX = 8  # connections per process: a replica's stores and threads, each brief
 CONNECT_TIMEOUT_S = 10.0
 # Advisory lock keys (any bigint, fixed by this schema): the writers' lock, the migrators'.
@@ -69,6 +68,7 @@ def pool_for(url: str) -> ConnectionPool:
     with _pools_lock:
         pool = _pools.get(key)
         if pool is None:
+            _probe(url)
             pool = ConnectionPool(
                 url,
                 min_size=1,
@@ -86,6 +86,15 @@ def pool_for(url: str) -> ConnectionPool:
                 raise unreachable(url, exc) from None
             _pools[key] = pool
         return pool
+
+
+def _probe(url: str) -> None:
+    """One connection first: a pool retries a refused connection until its timeout (10 s
+    for every `beast` command while the server is down); a probe says so at once."""
+    try:
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+    except psycopg.Error as exc:
+        raise unreachable(url, exc) from None
 
 
 def unreachable(url: str, exc: BaseException) -> StoreError:
@@ -135,7 +144,7 @@ class PostgresStore:
     ) -> None:
         self.url = url
         self.workspace = workspace
-        self.busy_s = _busy_timeout() if busy_timeout_s is None else busy_timeout_s
+        self.busy_s = busy_timeout() if busy_timeout_s is None else busy_timeout_s
         self.log_writer = log_writer
 
     @property

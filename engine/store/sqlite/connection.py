@@ -28,25 +28,13 @@ from typing import Any
 
 from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import WAY_BACK, Workspace
+from engine.store.busy import busy_timeout
 from engine.store.sqlite.leadership import SoleLeadership
 from engine.store.sqlite.notify import PollFeed
 from engine.store.sqlite.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.sqlite.tx import SqliteTx
 
-DEFAULT_BUSY_TIMEOUT_S = 5.0
-BUSY_ENV = "BEAST_BUSY_TIMEOUT_S"
 PAGE_SIZE = 16384  # bytes, for new databases (see SqliteStore._connect)
-
-
-def _busy_timeout() -> float:
-    raw = os.environ.get(BUSY_ENV)
-    if raw is None:
-        return DEFAULT_BUSY_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        return DEFAULT_BUSY_TIMEOUT_S
-    return value if value >= 0 else DEFAULT_BUSY_TIMEOUT_S
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -194,7 +182,7 @@ class SqliteStore:
         self, path: Path, *, busy_timeout_s: float | None = None, check_workspace: bool = True
     ) -> None:
         self.path = path
-        self.busy_s = _busy_timeout() if busy_timeout_s is None else busy_timeout_s
+        self.busy_s = busy_timeout() if busy_timeout_s is None else busy_timeout_s
         around = Workspace(path.parent)
         # Only a workspace's own beast.db: a backup or a copy beside it is just a file.
         self.workspace = around if check_workspace and around.db_path == path else None
