@@ -49,7 +49,7 @@ LOG_TARGET_ROWS_S = 100_000
 REFRESH_TARGET_S = 0.050
 ROWS = 100_000
 BATCH_ROWS = 1000
-ROUNDS = 5
+ROUNDS = 3
 WRITERS = 2
 REFRESH_ROWS = 1_000_000
 REFRESH_RUNS = 20
@@ -127,13 +127,20 @@ def _chunks(v1: int, v2: int, seed: int) -> list[Chunk]:
     return out
 
 
+def _submit_records(log: PredictionLog, records: list[Record]) -> None:
+    """The rows again under new ids (a prediction id is logged once)."""
+    now = int(time.time() * 1000)
+    log.submit_many([r._replace(pid=ids.new_id(now), at_ms=now) for r in records])
+
+
 def _submit_chunks(log: PredictionLog, chunks: list[Chunk]) -> None:
+    now = int(time.time() * 1000)
     for chunk in chunks:
-        log.submit_chunk(chunk)
+        log.submit_chunk(chunk._replace(prefix=ids.batch_prefix(now), at_ms=now))
 
 
 def _flush_round(log: PredictionLog, submit: Callable[[], None]) -> float:
-    submit()
+    submit()  # not timed: queued rows, as serving threads leave them
     start = time.perf_counter()
     log.flush()
     return time.perf_counter() - start
@@ -233,7 +240,7 @@ def test_batched_logging_rows_per_second_postgresql_beside_sqlite(
         per_round = statistics.median(samples)
         print(f"  {name}: {rate(name):,.0f} rows/s (median {per_round * 1e3:.0f} ms per round)")
     for s in stats:
-        assert s.dropped == 0, s
+        assert s.dropped == 0 and s.quarantined == 0, s
     for kind in ("single rows", f"{BATCH_ROWS}-row batches"):
         got = rate(f"PostgreSQL: PredictionLog.flush, {kind}")
         verdict = "met" if got >= LOG_TARGET_ROWS_S else "MISSED"
