@@ -303,7 +303,7 @@ def _writer_lock_held(ws: Workspace) -> Iterator[None]:
         return
     import psycopg
 
-    from engine.store.postgres.connection import WRITE_LOCK
+    from engine.store.postgres.locks import WRITE_LOCK
 
     with psycopg.connect(store_url) as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))

@@ -24,6 +24,7 @@ from engine import Workspace
 from engine.monitoring import baselines
 from engine.serving import latency
 from engine.store.opening import open_store
+from engine.store.postgres.locks import LEADER_LOCK, MIGRATE_LOCK, PRUNE_LOCK, WRITE_LOCK
 from tests.helpers import REPO
 from tests.serving_helpers import db, deploy_changes, logged_count, version_id
 from tests.workers.log_worker import workload
@@ -160,11 +161,9 @@ def _run_writers(ws: Workspace, gate: Path, now_ms: int, v1: int, v2: int) -> li
     return [json.loads(out.strip().splitlines()[-1])["stats"] for out, _ in outputs]
 
 
-def test_the_log_writer_shares_the_writers_lock_by_its_key() -> None:
-    from engine.store.postgres import connection, prediction_log
-
-    assert prediction_log.WRITE_LOCK == connection.WRITE_LOCK
-    assert prediction_log.PRUNE_LOCK not in (connection.WRITE_LOCK, connection.MIGRATE_LOCK)
+def test_the_advisory_lock_keys_are_distinct() -> None:
+    keys = [WRITE_LOCK, MIGRATE_LOCK, LEADER_LOCK, PRUNE_LOCK]
+    assert len(set(keys)) == len(keys)
 
 
 @ON_POSTGRESQL

@@ -36,6 +36,7 @@ from engine.core.errors import StateBusy, StoreError
 from engine.core.workspace import Workspace
 from engine.store.busy import busy_timeout
 from engine.store.postgres.leadership import AdvisoryLeadership
+from engine.store.postgres.locks import MIGRATE_LOCK, WRITE_LOCK
 from engine.store.postgres.notify import ListenFeed
 from engine.store.postgres.rows import row_factory
 from engine.store.postgres.schema import MIGRATION_SET, MIGRATIONS
@@ -43,9 +44,6 @@ from engine.store.postgres.tx import PostgresTx
 
 POOL_MAX = 8  # connections per process: a replica's stores and threads, each brief
 CONNECT_TIMEOUT_S = 10.0
-# Advisory lock keys (any bigint, fixed by this schema): the writers' lock, the migrators'.
-WRITE_LOCK = 0x6265_6173_7401  # "beast" 1
-MIGRATE_LOCK = 0x6265_6173_7402
 LEDGER = "beast_migrations"
 
 _pools: dict[tuple[str, int], ConnectionPool] = {}

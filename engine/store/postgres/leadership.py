@@ -17,7 +17,8 @@ from typing import Any
 
 import psycopg
 
-LEADER_LOCK = 0x6265_6173_7403  # "beast" 3: beside the writers' and the migrators' keys
+from engine.store.postgres.locks import LEADER_LOCK
+
 CONNECT_TIMEOUT_S = 10
 # Seconds: either side gives up on a silent peer after idle + interval × count (10 s).
 _SESSION_KEEPALIVE = (

@@ -24,6 +24,7 @@ import psycopg
 from engine.core.config import LogSettings
 from engine.core.predictions import ARMS, Chunk, Pruned, Record
 from engine.store.postgres.conn import PgConn
+from engine.store.postgres.locks import PRUNE_LOCK, WRITE_LOCK
 from engine.store.sql.prediction_log import SqlPredictionLog, batch_params
 
 _COPY_ROWS = (
@@ -38,11 +39,6 @@ _COPY_BATCHES = (
 )
 _BATCH_TYPES = ["text", "int8", "text", "text", "int8", "int8", "bytea", "bytea", "bytea"]
 _BATCH_TYPES += ["bytea", "text", "text", "int8"]
-# Advisory lock keys of this schema. WRITE_LOCK is engine.store.postgres.connection's writers'
-# lock, the same key (that module imports this one, through tx: it cannot be imported here;
-# tests/test_log_replicas.py holds them equal).
-WRITE_LOCK = 0x6265_6173_7401
-PRUNE_LOCK = 0x6265_6173_7410  # "beast" 0x10: one replica's writer prunes at a time
 _LO_OFFSET = 1 << 63  # ids.key's
 _LOW64 = (1 << 64) - 1
 

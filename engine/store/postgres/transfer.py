@@ -41,11 +41,11 @@ from engine.store.postgres.connection import (
     CONNECT_TIMEOUT_S,
     GUARD_TRIGGERS,
     LEDGER,
-    MIGRATE_LOCK,
     redact,
     translate,
     unreachable,
 )
+from engine.store.postgres.locks import MIGRATE_LOCK
 from engine.store.postgres.rows import row_factory
 from engine.store.postgres.schema import MIGRATION_SET, MIGRATIONS
 from engine.store.postgres.tx import PostgresTx
