@@ -36,9 +36,9 @@ import numpy as np
 import psycopg
 import pytest
 
-import engine.deploy.service
 from engine import Engine
 from engine.core import ids
+from engine.deploy import service as deploy_service
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.postgres.prediction_log import _COPY_ROWS, _ROW_TYPES, copy_rows
 from engine.store.sql.prediction_log import _INSERT
@@ -73,7 +73,7 @@ def _workspace(root: Path, url: str | None, monkeypatch: pytest.MonkeyPatch) -> 
     deployed_at = datetime.now(UTC) - timedelta(hours=25)
     with _backend(url, monkeypatch), monkeypatch.context() as patch:
         patch.setattr(
-            engine.deploy.service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            deploy_service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
         )
         return workload.workspace(root, candidate_traffic=10)
 
