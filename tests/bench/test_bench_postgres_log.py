@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import pytest
 
 from engine import Engine
 from engine.core import ids
+from engine.deploy import service as deploy_service
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.store.postgres.prediction_log import _COPY_ROWS, _ROW_TYPES, copy_rows
 from engine.store.sql.prediction_log import _INSERT
@@ -66,7 +68,13 @@ def _backend(url: str | None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 
 
 def _workspace(root: Path, url: str | None, monkeypatch: pytest.MonkeyPatch) -> Engine:
-    with _backend(url, monkeypatch):
+    """`workload`'s workspace, deployed 25 hours ago (as the monitor bench's: the facade's
+    clock set back while deploying), so its 24-hour window holds every row logged."""
+    deployed_at = datetime.now(UTC) - timedelta(hours=25)
+    with _backend(url, monkeypatch), monkeypatch.context() as patch:
+        patch.setattr(
+            deploy_service, "utc_now", lambda: deployed_at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        )
         return workload.workspace(root, candidate_traffic=10)
 
 

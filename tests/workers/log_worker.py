@@ -87,11 +87,10 @@ def main(argv: list[str]) -> int:
     deadline = time.monotonic() + 60
     while not (gate / "go").exists() and time.monotonic() < deadline:
         time.sleep(0.002)
-    per_step = len(records) // STEPS
     for step in range(STEPS):
         for chunk in chunks[step::STEPS]:
             log.submit_chunk(chunk)
-        log.submit_many(records[step * per_step : (step + 1) * per_step])
+        log.submit_many(records[step * len(records) // STEPS : (step + 1) * len(records) // STEPS])
         time.sleep(0.005)
     log.close()
     stats = log.stats()
