@@ -59,9 +59,16 @@ def _as_server_user(argv: list[str]) -> list[str]:
 class PgServer:
     """A server the tests may create databases on (`admin_url`: its `postgres` database)."""
 
-    def __init__(self, admin_url: str, stop: list[str] | None = None, home: Path | None = None):
+    def __init__(
+        self,
+        admin_url: str,
+        stop: list[str] | None = None,
+        home: Path | None = None,
+        start: list[str] | None = None,
+    ):
         self.admin_url = admin_url
         self._stop = stop
+        self._start = start
         self._home = home
         self._names = itertools.count()
 
@@ -87,6 +94,27 @@ class PgServer:
         close_pools(url)
         name = urlsplit(url).path.lstrip("/")
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+    @contextmanager
+    def outage(self) -> Iterator[None]:
+        """The server down for the length of the block (shut down, started again after):
+        the throwaway cluster's; a server of yours only has its sessions ended (a dropped
+        connection, not a down server)."""
+        if self._stop is None or self._start is None:
+            self.admin(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            yield
+            return
+        # fast, not immediate: the cluster runs without fsync and synchronous_commit, so only
+        # a clean shutdown keeps the last commits (a real server keeps them either way)
+        fast = [arg if arg != "immediate" else "fast" for arg in self._stop]
+        subprocess.run(fast, capture_output=True, check=True, timeout=60)
+        try:
+            yield
+        finally:
+            subprocess.run(self._start, capture_output=True, check=True, timeout=120)
 
     def stop(self) -> None:
         if self._stop is not None:
@@ -116,14 +144,10 @@ def _start_cluster(pg_bin: Path) -> PgServer:
         "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
     )
     pg_ctl = [str(pg_bin / "pg_ctl"), "-D", str(data)]
-    subprocess.run(
-        _as_server_user([*pg_ctl, "-o", options, "-l", str(home / "log"), "-w", "start"]),
-        capture_output=True,
-        check=True,
-        timeout=120,
-    )
-    stop = _as_server_user([*pg_ctl, "-m", "immediate", "stop"])
-    return PgServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", stop, home)
+    start = _as_server_user([*pg_ctl, "-o", options, "-l", str(home / "log"), "-w", "start"])
+    subprocess.run(start, capture_output=True, check=True, timeout=120)
+    stop = _as_server_user([*pg_ctl, "-m", "immediate", "-w", "stop"])
+    return PgServer(f"postgresql://postgres@127.0.0.1:{port}/postgres", stop, home, start)
 
 
 def start_server() -> PgServer:

@@ -23,9 +23,11 @@ import pytest
 from engine import Workspace
 from engine.monitoring import baselines
 from engine.serving import latency
+from engine.serving.prediction_log import PredictionLog
 from engine.store.opening import open_store
 from engine.store.postgres.locks import LEADER_LOCK, MIGRATE_LOCK, PRUNE_LOCK, WRITE_LOCK
 from tests.helpers import REPO
+from tests.pg import PgServer
 from tests.serving_helpers import db, deploy_changes, logged_count, version_id
 from tests.workers.log_worker import workload
 
@@ -204,3 +206,32 @@ def test_two_replicas_writers_add_into_the_same_rollups_and_lose_nothing(
     finally:
         conn.close()
     assert cutoff is not None and cutoff >= now_ms // 60_000 - 180  # the old hours compacted
+
+
+@ON_POSTGRESQL
+def test_the_log_keeps_its_rows_while_postgresql_is_down_and_writes_them_when_it_is_back(
+    registered: Workspace, postgres: PgServer
+) -> None:
+    """RELIABILITY: PostgreSQL restarts, the network drops — serving goes on from memory and
+    nothing acknowledged is lost. An unreachable server is a busy store to the writer: its
+    rows stay queued and are written once the server answers (they were counted as dropped)."""
+    deploy_changes(
+        registered, {"version": "v1.0"}, {"version": "v2.0", "traffic": 50, "ab_test": "t"}
+    )
+    v1, v2 = version_id(registered, "v1.0"), version_id(registered, "v2.0")
+    _, records = workload(3, time.time_ns() // 1_000_000, v1, v2)
+    log = PredictionLog(registered.db_path, tolerance=5.0, interval=0.01, batch=200).start()
+    try:
+        log.submit_many(records[:500])
+        deadline = time.monotonic() + 30
+        while log.stats().written < 500 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with postgres.outage():
+            log.submit_many(records[500:])  # acknowledged while the server is down
+            time.sleep(1.0)  # several flush attempts fail meanwhile
+            assert log.stats().dropped == 0
+    finally:
+        log.close()
+    stats = log.stats()
+    assert (stats.written, stats.dropped, stats.queued) == (len(records), 0, 0)
+    assert logged_count(registered) == len(records)

@@ -34,6 +34,14 @@ class StateBusy(BeastError):
     http_status = 503
 
 
+class StoreUnreachable(StateBusy):
+    """The store's server could not be reached (PostgreSQL down, restarting, the network).
+
+    A kind of busy: nothing was changed, and what waits for the store (the prediction log's
+    rows, a job's progress, a file the watcher saw) is kept and retried, not dropped.
+    """
+
+
 class ConfigError(BeastError):
     """config.toml holds a value the engine cannot use."""
 

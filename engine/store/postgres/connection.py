@@ -32,7 +32,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from engine.core.errors import StateBusy, StoreError
+from engine.core.errors import StateBusy, StoreError, StoreUnreachable
 from engine.core.workspace import Workspace
 from engine.store.busy import busy_timeout
 from engine.store.postgres.leadership import AdvisoryLeadership
@@ -95,9 +95,13 @@ def _probe(url: str) -> None:
         raise unreachable(url, exc) from None
 
 
-def unreachable(url: str, exc: BaseException) -> StoreError:
+def unreachable(url: str, exc: BaseException) -> StoreUnreachable:
     detail = " ".join(str(exc).split()) or type(exc).__name__
-    return StoreError(f"cannot reach PostgreSQL at {redact(url)}: {detail}")
+    return StoreUnreachable(f"cannot reach PostgreSQL at {redact(url)}: {detail}")
+
+
+# SQLSTATEs of a server that went away under a connection: shutdown, crash, restart.
+_GONE = ("57P01", "57P02", "57P03")
 
 
 def translate(exc: psycopg.Error, url: str, busy_s: float) -> StoreError | StateBusy:
@@ -120,6 +124,8 @@ def translate(exc: psycopg.Error, url: str, busy_s: float) -> StoreError | State
         return StoreError(f"PostgreSQL at {redact(url)} is out of space: nothing was changed")
     if state == "25006":
         return StoreError(f"{redact(url)} is read-only: this command needs to write state")
+    if state.startswith("08") or state in _GONE:
+        return unreachable(url, exc)
     if isinstance(exc, psycopg.OperationalError) and not state:
         return unreachable(url, exc)
     return StoreError(f"state store error on {redact(url)}: {detail}")
