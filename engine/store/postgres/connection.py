@@ -290,26 +290,32 @@ class PostgresStore:
         """What is missing of the schema's own guards ([] when whole): the migrations this
         beast-mode knows, and every trigger that enforces an invariant (a superuser can
         drop one; SQLite's file check has no counterpart on a server that checks its pages)."""
-        known = [name for name, _sql in MIGRATIONS]
-        findings: list[str] = []
-        applied = self.applied_migrations()
-        if applied != known[: len(applied)] or len(applied) < len(known):
-            findings.append(f"schema migrations {applied} are not this beast-mode's {known}")
         with self.connection() as conn:
-            present = {
-                row[0]
-                for row in conn.execute(
-                    "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled != 'D'"
-                ).fetchall()
-            }
-        missing = sorted(set(GUARD_TRIGGERS) - present)
-        if missing:
-            findings.append(f"invariant triggers missing or disabled: {', '.join(missing)}")
-        return findings
+            return schema_findings(conn)
 
     def foreign_key_errors(self) -> list[str]:
         """[]: PostgreSQL checks every foreign key when a row is written (none is deferred)."""
         return []
+
+
+def schema_findings(conn: psycopg.Connection[Any]) -> list[str]:
+    """What is missing of the schema's guards, read on `conn` (its transaction's view: `beast
+    migrate --to` asks before its copy commits): the migrations, every invariant trigger."""
+    known = [name for name, _sql in MIGRATIONS]
+    applied = PostgresStore._applied(conn)
+    findings = (
+        [] if applied == known else [f"migrations {applied} are not this beast-mode's {known}"]
+    )
+    present = {
+        row[0]
+        for row in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled != 'D'"
+        ).fetchall()
+    }
+    missing = sorted(set(GUARD_TRIGGERS) - present)
+    if missing:
+        findings.append(f"invariant triggers missing or disabled: {', '.join(missing)}")
+    return findings
 
 
 # Every trigger the migrations create: doctor asks that each is present and enabled.

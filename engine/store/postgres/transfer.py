@@ -39,9 +39,9 @@ from engine.core.records import Snapshot
 from engine.store.base import Tx
 from engine.store.postgres.connection import (
     CONNECT_TIMEOUT_S,
-    GUARD_TRIGGERS,
     LEDGER,
     redact,
+    schema_findings,
     translate,
     unreachable,
 )
@@ -384,7 +384,7 @@ class _Copy:
             ("history replay", self._replay),
             ("id sequences", self._sequences),
             ("artifact bytes", self._hashes),
-            ("schema guards", self._guards),
+            ("schema guards", lambda: schema_findings(self.pg)),
         ]
         for name, step in steps:
             problems = step()
@@ -460,27 +460,4 @@ class _Copy:
         out = [f"the stored bytes of {row[0][:12]}… do not hash to it" for row in rows]
         if stored is None or int(stored[0]) != self.files:
             out.append(f"{self.files} files were stored, artifact_bytes holds {stored}")
-        return out
-
-    def _guards(self) -> list[str]:
-        """What `beast doctor` asks of a PostgreSQL schema (PostgresStore.integrity_check),
-        on this transaction's connection: the migrations and every invariant trigger."""
-        known = [name for name, _sql in MIGRATIONS]
-        applied = [
-            row[0]
-            for row in self.pg.execute(
-                f"SELECT name FROM {LEDGER} WHERE migration_set = %s ORDER BY id",
-                (MIGRATION_SET,),
-            ).fetchall()
-        ]
-        out = [] if applied == known else [f"migrations {applied} are not {known}"]
-        present = {
-            row[0]
-            for row in self.pg.execute(
-                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled != 'D'"
-            ).fetchall()
-        }
-        missing = sorted(set(GUARD_TRIGGERS) - present)
-        if missing:
-            out.append(f"invariant triggers missing: {', '.join(missing)}")
         return out
