@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Workspace
-from engine.core.errors import StoreError
+from engine.core.errors import StoreError, StoreUnreachable
 from engine.core.workspace import WorkspaceLost
 from engine.store.opening import STORE_URL_ENV, open_store, store_url
 from engine.store.postgres.conn import to_pyformat
@@ -68,7 +68,7 @@ def test_refusals_are_one_line_store_errors(postgres: PgServer) -> None:
 
 def test_an_unreachable_server_is_one_line_without_the_password() -> None:
     store = PostgresStore("postgresql://me:secret@127.0.0.1:1/none?connect_timeout=1")
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreUnreachable) as caught:
         store.migrate()
     message = str(caught.value)
     assert "cannot reach PostgreSQL at postgresql://me:***@127.0.0.1:1/none" in message
