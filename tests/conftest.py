@@ -9,6 +9,7 @@ workspace fixtures pointing the engine at a database of the test's own (`BEAST_S
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -90,6 +91,16 @@ def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
     assert_invariants(ws)
 
 
+def _registered(ws: Workspace) -> Workspace:
+    """`ws` initialised, with v1.0–v4.0 trained and registered."""
+    engine, _ = Engine.init(ws)
+    for seed, version in enumerate(VERSIONS, start=1):
+        path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
+        engine.register(path)
+    engine.close()
+    return ws
+
+
 class _Templates:
     """The registered template per backend, built on first use (PostgreSQL's: a database
     that each test's is created from)."""
@@ -107,12 +118,19 @@ class _Templates:
     def _build(self, backend: str) -> tuple[Workspace, str | None]:
         if backend == "postgresql":
             return self._copied_to_postgresql(self.get("sqlite")[0])
-        ws = Workspace(self.factory.mktemp(f"template-{backend}") / ".beast-mode")
-        engine, _ = Engine.init(ws)
-        for seed, version in enumerate(VERSIONS, start=1):
-            path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
-            engine.register(path)
-        engine.close()
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        if run is None:
+            return _registered(Workspace(self.factory.mktemp("template") / ".beast-mode")), None
+        # Under xdist the workers of one run share one template (each built its own: ~10 s
+        # of training and validation apiece); the first to take the lock builds it.
+        shared = self.factory.getbasetemp().parent / f"beast-template-{run}"
+        shared.mkdir(exist_ok=True)
+        with (shared / "lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ws = Workspace(shared / ".beast-mode")
+            if not (shared / "ready").exists():
+                _registered(ws)
+                (shared / "ready").touch()
         return ws, None
 
     def _copied_to_postgresql(self, source: Workspace) -> tuple[Workspace, str]:
