@@ -221,7 +221,7 @@ def test_batched_logging_rows_per_second_postgresql_beside_sqlite(
             log = PredictionLog(engine.workspace.db_path, tolerance=5.0, interval=3600).start()
         logs.append(log)
         variants[f"{name}: PredictionLog.flush, single rows"] = lambda log=log, records=records: (
-            _flush_round(log, lambda: log.submit_many(records))
+            _flush_round(log, lambda: _submit_records(log, records))
         )
         variants[f"{name}: PredictionLog.flush, {BATCH_ROWS}-row batches"] = (
             lambda log=log, chunks=chunks: _flush_round(log, lambda: _submit_chunks(log, chunks))
