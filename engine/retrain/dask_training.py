@@ -546,25 +546,13 @@ def train(
         sample = _matrix(client, newest, names, None)
         start = max(split.valid.start, split.valid.stop - search.SEARCH_ROWS // 2)
         judge = _matrix(client, data.between(start, split.valid.stop), names, sample)
-    base = cluster_params(task)
-    trials: list[search.Trial] = []
-    best: tuple[search.Trial, Any] | None = None
-    for i, extra in enumerate(grid):
-        booster = _fit(client, {**base, **extra}, sample, judge)
-        trial = search.Trial(extra, int(booster.best_iteration) + 1, float(booster.best_score))
-        trials.append(trial)
-        if on_trial is not None:
-            on_trial(i, trial)
-        if best is None or trial.valid_score < best[0].valid_score:
-            best = (trial, booster)
-    assert best is not None, "the search grid is empty"
-    winner, booster = best
-    params = {**base, **winner.params}
-    if sample is not full:
-        booster = _fit(client, params, full, valid)
-    rounds = int(booster.best_iteration) + 1
-    return search.Trained(
-        booster[:rounds], params, rounds, float(booster.best_score), tuple(trials)
+    return search.best_of(
+        lambda params, train, valid: _fit(client, params, train, valid),
+        cluster_params(task),
+        grid,
+        (sample, judge),
+        (full, valid),
+        on_trial=on_trial,
     )
 
 

@@ -137,11 +137,30 @@ def search(
     if y.shape[0] > SEARCH_ROWS:
         sample = matrix(x[-SEARCH_ROWS:], y[-SEARCH_ROWS:], None)
         judge = matrix(vx[-SEARCH_ROWS // 2 :], vy[-SEARCH_ROWS // 2 :], sample)
-    base = params_for(task)
+    return best_of(_fit, params_for(task), grid, (sample, judge), (full, valid), on_trial=on_trial)
+
+
+Fit = Callable[
+    [dict[str, Any], Any, Any], Any
+]  # (params, train, valid) -> an early-stopped booster
+
+
+def best_of(
+    fit: Fit,
+    base: dict[str, Any],
+    grid: Iterable[dict[str, Any]],
+    compared: tuple[Any, Any],
+    whole: tuple[Any, Any],
+    *,
+    on_trial: Callable[[int, Trial], None] | None = None,
+) -> Trained:
+    """The search itself, wherever `fit` trains (in this process, or on a Dask cluster):
+    each configuration fitted on `compared` (train, valid), the best kept, and retrained on
+    `whole` when the comparison was on a sample of it (`compared is not whole`)."""
     trials: list[Trial] = []
     best: tuple[Trial, Any] | None = None
     for i, extra in enumerate(grid):
-        booster = _fit({**base, **extra}, sample, judge)
+        booster = fit({**base, **extra}, *compared)
         trial = Trial(extra, int(booster.best_iteration) + 1, float(booster.best_score))
         trials.append(trial)
         if on_trial is not None:
@@ -151,8 +170,8 @@ def search(
     assert best is not None, "the search grid is empty"
     winner, booster = best
     params = {**base, **winner.params}
-    if sample is not full:
-        booster = _fit(params, full, valid)
+    if compared[0] is not whole[0]:
+        booster = fit(params, *whole)
     rounds = int(booster.best_iteration) + 1
     return Trained(booster[:rounds], params, rounds, float(booster.best_score), tuple(trials))
 
