@@ -423,16 +423,12 @@ class ABPane(Pane):
 
 
 def _verdict(test: ExperimentReport) -> str:
-    """`retrain-v3: inconclusive · lab 1,080 / 120 · acc p=0.412 · mae p=0.09 · reason`:
-    the labelled predictions per arm (control / candidate) the test was judged on."""
+    """`retrain-v3: not enough data · lab 1,080 / 120 · acc p=0.412 · reason`: the labelled
+    predictions per arm (control / candidate) the test was judged on, the always-valid p."""
     v, name = test.verdict, test.experiment.name
     n = f"lab {sig(test.control.labelled)} / {sig(test.candidate.labelled)}"
-    if test.task == "binary":
-        return f"{name}: {v.outcome} · {n} · auc p={fmt.p_value(v.auc_p)} · {v.reason}"
-    return (
-        f"{name}: {v.outcome} · {n} · acc p={fmt.p_value(v.accuracy_p)}"
-        f" · mae p={fmt.p_value(v.mae_p)} · {v.reason}"
-    )
+    short = "auc" if v.metric == "auc" else "acc"
+    return f"{name}: {v.outcome} · {n} · {short} p={fmt.p_value(v.p)} · {v.reason}"
 
 
 # -- 5 Jobs ------------------------------------------------------------------------------------

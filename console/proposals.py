@@ -89,10 +89,7 @@ def _verdict(data: ConsoleData, test: Experiment) -> tuple[str, ...]:
             ("candidate", test.candidate, found.candidate),
         )
     )
-    if found.task == "binary":
-        p = f"  auc p = {p_value(v.auc_p)} (diff {sig(v.auc_diff)})"
-    else:
-        p = f"  accuracy p = {p_value(v.accuracy_p)} · mae p = {p_value(v.mae_p)}"
+    p = f"  {v.metric} diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] · p = {p_value(v.p)}"
     return (f"verdict: {v.outcome} ({v.reason})", *arms, p)
 
 

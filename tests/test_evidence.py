@@ -78,7 +78,8 @@ def test_a_promotion_keeps_its_verdict_with_n_and_p_per_arm(deployed: Engine) ->
     test = change.entry.evidence["test"]
     assert test["name"] == "t" and test["verdict"] == "candidate wins"
     assert test["metric"] == "accuracy" and test["reason"] == read.verdict.reason
-    assert test["p"] == pytest.approx(read.verdict.accuracy_p, rel=1e-12)
+    assert test["p"] == pytest.approx(read.verdict.p, rel=1e-12)
+    assert test["lo"] == pytest.approx(read.verdict.lo, rel=1e-12) and test["lo"] > 0
     assert test["diff"] == pytest.approx(0.15)
     assert test["arms"] == {
         "control": {"version": "v1.0", "predictions": 300, "labelled": 300, "accuracy": 0.8},

@@ -82,7 +82,10 @@ def test_the_markdown_names_the_figures_of_its_json(incident_ws: Engine, tmp_pat
             f"| {arm} | {test[arm]} | {figures['predictions']:,} | {figures['labelled']:,} |" in md
         )
     detail = test["verdict_detail"]
-    assert f"diff {signed(detail['accuracy_diff'])}, p {sig(detail['accuracy_p'])}" in md
+    assert (
+        f"diff {signed(detail['diff'])} [{signed(detail['lo'])}, {signed(detail['hi'])}], "
+        f"always-valid p {sig(detail['p'])}"
+    ) in md
     drift = next(v for v in monitor["versions"] if v["version"] == "v1.0")["drift"]
     assert drift["features"] and drift["features"][0]["name"] == "coverage"
     for f in drift["features"]:

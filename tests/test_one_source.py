@@ -51,8 +51,9 @@ def test_json_keeps_full_precision(testing: Engine) -> None:
     report = testing.report()
     [test] = document["experiments"]
     verdict = report.experiments[0].verdict
-    assert test["verdict_detail"]["accuracy_diff"] == verdict.accuracy_diff
-    assert test["verdict_detail"]["accuracy_p"] == verdict.accuracy_p
+    assert test["verdict_detail"]["diff"] == verdict.diff
+    assert test["verdict_detail"]["p"] == verdict.p
+    assert test["verdict_detail"]["lo"] == verdict.lo and test["verdict_detail"]["hi"] == verdict.hi
     assert test["arms"]["control"]["mae"] == report.experiments[0].control.mae
 
 

@@ -468,6 +468,7 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
             "0010_evidence",
             "0011_replicas",
             "0012_change_notices",
+            "0013_decisions",
         ]
         assert store.integrity_errors() == []
         with store.read_sql() as read:

@@ -329,11 +329,12 @@ def experiment(e: ExperimentReport) -> str:
             ("candidate", e.experiment.candidate, e.candidate),
         )
     ]
-    diff, p = (
-        (verdict.auc_diff, verdict.auc_p) if binary else (verdict.accuracy_diff, verdict.accuracy_p)
-    )
     head = f"A/B {e.experiment.name}: {verdict.outcome} ({verdict.reason})"
-    figures = f"  {verdict.metric} diff {signed(diff)}, p {sig(p)}"
+    figures = (
+        f"  {verdict.metric} diff {signed(verdict.diff)} "
+        f"[{signed(verdict.lo)}, {signed(verdict.hi)}] (margin ±{verdict.margin:g}), "
+        f"always-valid p {sig(verdict.p)}"
+    )
     return "\n".join(
         [
             text.escape(head),

@@ -68,9 +68,45 @@ min_samples = 30
 # predictions: below it "not enough labelled data", never an alarm. At 200 one standard error
 # of an accuracy near 0.75-0.80 is 0.03. Critical also needs its 95% upper bound under `alert`
 min_labelled = 200
-# an A/B verdict needs this many labelled predictions per arm, at this significance level
+# an A/B verdict needs this many labelled predictions per arm, at this significance level;
+# the verdict is always valid (read it as often as you like: its error stays at ab_alpha)
 ab_min_samples = 100
 ab_alpha = 0.05
+# the planned labelled predictions in the smaller arm: the verdict's interval is narrowest there
+ab_max_samples = 2000
+# non-inferiority margin, in the primary metric's points (accuracy, or AUC on a binary line):
+# an interval inside ±ab_margin is "no difference"; a rollout step needs its lower bound above
+# -ab_margin
+ab_margin = 0.02
+# a test whose realized split has an always-valid p below this is a sample-ratio mismatch (an
+# `srm` alert; promotion waits until it is acknowledged)
+srm_p = 0.001
+
+[deploy]
+# refuse `beast deploy` while an item of its preflight checklist is unchecked (--strict)
+strict = false
+
+[rollout]
+# each step of a progressive rollout (--rollout 5,25,50,100) needs this many labelled
+# predictions per arm before it can advance
+min_samples = 200
+# a step still undecided after this many minutes fails its gate (the candidate is pulled)
+max_step_minutes = 60
+# the candidate's health gates: its error rate at most production's plus this, its p99
+# latency at most production's times this
+error_rate_margin = 0.01
+latency_p99_ratio = 1.25
+
+[rollback]
+# roll back to the previous production when production turns critical within watch_minutes
+# of a change (the leader does it once, with its evidence, never back and forth)
+automatic = false
+watch_minutes = 30
+
+[shadow]
+# a shadow version (beast deploy --shadow) is scored after the response is sent; a request
+# whose shadow score would start later than this after it is skipped, never queued without end
+budget_ms = 50
 
 [registry]
 # files larger than this are refused before they are parsed
@@ -106,6 +142,8 @@ require_token = "auto"
 # task = "binary"
 # label = "reverted"         # 0/1 (or false/true)
 # decision_threshold = 0.5   # binary: a score ≥ it predicts class 1
+# prediction_changes_outcome = false  # true: the served score changes the label (a shadow's
+#                                     # paired verdict is then not valid; served arms decide)
 
 [console]
 # production changes (rollback, promote, deploy as production) ask for the new production
@@ -186,6 +224,41 @@ class MonitoringSettings:
     min_labelled: int = 200
     ab_min_samples: int = 100
     ab_alpha: float = 0.05
+    ab_max_samples: int = 2_000
+    ab_margin: float = 0.02
+    srm_p: float = 0.001
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """[deploy] (field names distinct from other sections': fields are merged by name)."""
+
+    deploy_strict: bool = False
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """[rollout]: a progressive rollout's gates."""
+
+    rollout_min_samples: int = 200
+    max_step_minutes: float = 60.0
+    error_rate_margin: float = 0.01
+    latency_p99_ratio: float = 1.25
+
+
+@dataclass(frozen=True)
+class RollbackSettings:
+    """[rollback]: the guide's automatic rollback, opt-in."""
+
+    automatic_rollback: bool = False
+    rollback_watch_minutes: float = 30.0
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    """[shadow]: scoring a version beside production without serving it."""
+
+    shadow_budget_ms: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -236,6 +309,10 @@ class LineSettings:
     label_range: tuple[float, float] = DEFAULT_LABEL_RANGE
     tolerance_points: float = 5.0
     decision_threshold: float = 0.5
+    # The served prediction changes the outcome it is labelled with (a score that decides
+    # whether a change is reviewed changes whether it is reverted): a shadow's paired test is
+    # not valid, so its verdict falls back to the test between served arms.
+    prediction_changes_outcome: bool = False
 
     @property
     def binary(self) -> bool:
@@ -263,6 +340,10 @@ class Config:
     log: LogSettings = LogSettings()
     api: ApiConfig = ApiConfig()
     store: StoreSettings = StoreSettings()
+    deploy: DeploySettings = DeploySettings()
+    rollout: RolloutSettings = RolloutSettings()
+    rollback: RollbackSettings = RollbackSettings()
+    shadow: ShadowSettings = ShadowSettings()
     # (line name, its settings), sorted by name; a line not listed has the defaults
     lines: tuple[tuple[str, LineSettings], ...] = ()
 
@@ -335,6 +416,10 @@ def _label(value: Any) -> bool:
 
 def _environment(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= 24 and value.isprintable()
+
+
+def _at_least_one(value: Any) -> bool:
+    return _number(value) and value >= 1.0
 
 
 def _significance(value: Any) -> bool:
@@ -411,6 +496,17 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "monitoring.min_labelled": ("min_labelled", _count, "a whole number ≥ 1"),
     "monitoring.ab_min_samples": ("ab_min_samples", _count, "a whole number ≥ 1"),
     "monitoring.ab_alpha": ("ab_alpha", _significance, "a significance level between 0 and 0.5"),
+    "monitoring.ab_max_samples": ("ab_max_samples", _count, "a whole number ≥ 1"),
+    "monitoring.ab_margin": ("ab_margin", _open_fraction, "a fraction strictly between 0 and 1"),
+    "monitoring.srm_p": ("srm_p", _significance, "a significance level between 0 and 0.5"),
+    "deploy.strict": ("deploy_strict", _boolean, "true or false"),
+    "rollout.min_samples": ("rollout_min_samples", _count, "a whole number ≥ 1"),
+    "rollout.max_step_minutes": ("max_step_minutes", _positive, "a positive number of minutes"),
+    "rollout.error_rate_margin": ("error_rate_margin", _fraction, "a fraction between 0 and 1"),
+    "rollout.latency_p99_ratio": ("latency_p99_ratio", _at_least_one, "a number ≥ 1"),
+    "rollback.automatic": ("automatic_rollback", _boolean, "true or false"),
+    "rollback.watch_minutes": ("rollback_watch_minutes", _positive, "a positive number of minutes"),
+    "shadow.budget_ms": ("shadow_budget_ms", _positive, "a positive number of ms"),
     "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
     "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
     "mlflow.enabled": ("tracking_enabled", _boolean, "true or false"),
@@ -444,6 +540,7 @@ _LINE_RULES: dict[str, tuple[Check, str]] = {
     "label_range": (_range, "[lo, hi]: two finite numbers with lo < hi"),
     "tolerance_points": (_positive, "a positive number"),
     "decision_threshold": (_open_fraction, "a number strictly between 0 and 1"),
+    "prediction_changes_outcome": (_boolean, "true or false"),
 }
 # Keys that belong to one task only: set on a line of the other task, they are refused
 # rather than silently ignored.
@@ -514,6 +611,10 @@ def parse_config(text: str, source: str = "config.toml") -> Config:
         log=section(LogSettings),
         api=section(ApiConfig),
         store=section(StoreSettings),
+        deploy=section(DeploySettings),
+        rollout=section(RolloutSettings),
+        rollback=section(RollbackSettings),
+        shadow=section(ShadowSettings),
         lines=lines,
     )
 
@@ -578,6 +679,7 @@ def _line(name: str, values: dict[str, Any], source: str, tolerance: float) -> L
         label_range=(lo, hi),
         tolerance_points=float(values.get("tolerance_points", tolerance)),
         decision_threshold=float(values.get("decision_threshold", 0.5)),
+        prediction_changes_outcome=bool(values.get("prediction_changes_outcome", False)),
     )
 
 
@@ -597,6 +699,10 @@ def _defaults() -> dict[str, Any]:
         LogSettings(),
         ApiConfig(),
         StoreSettings(),
+        DeploySettings(),
+        RolloutSettings(),
+        RollbackSettings(),
+        ShadowSettings(),
     )
     out: dict[str, Any] = {}
     for key, (field, _check, _meaning) in _RULES.items():

@@ -9,7 +9,18 @@ from typing import Any, Literal
 Role = Literal["production", "candidate"]
 ExperimentStatus = Literal["running", "promoted", "aborted"]
 Ending = Literal["promoted on verdict", "forced", "aborted", "auto-pulled"]
-Action = Literal["deploy", "ab_start", "promote", "abort", "rollback"]
+Action = Literal[
+    "deploy",
+    "ab_start",
+    "promote",
+    "abort",
+    "rollback",
+    "shadow_start",
+    "shadow_end",
+    "rollout_step",
+    "rollout_pause",
+    "rollout_resume",
+]
 
 BASIS_POINTS = 10_000
 

@@ -1,25 +1,77 @@
-"""A/B statistics from sufficient statistics, so a verdict needs rollups, not a scan.
+"""Always-valid A/B statistics from sufficient statistics: a verdict needs rollups, not a scan.
 
-The verdict compares the line's primary metric (engine.core.tasks.PRIMARY).
-Regression — accuracy (within ±tolerance) is a proportion: a two-proportion z-test. Absolute
-error is a mean: Welch's t-test from each arm's n, mean and variance.
-Binary — ROC AUC (read from each arm's class histograms): the z-test of two independent AUCs
-with Hanley & McNeil's (1982) standard errors, which need only each arm's AUC and its count of
-each class. An arm needs `min_samples` labelled predictions and `MIN_CLASS` of each class.
-The verdict also needs the configured minimum improvement ([retrain]
-min_accuracy_improvement: accuracy points, or AUC points on a binary line); otherwise it is
-"not enough data" or "inconclusive" — never a promotion on noise.
+The console redraws a test's verdict every two seconds and an operator promotes the moment it
+says "candidate wins": the test is peeked at continuously. A fixed-horizon test read that way
+declares a winner between two equal models far more often than its α (tests/test_abstats_sim.py
+measures it). So every verdict here is always valid: its error rate holds however often, and
+whenever, it is read.
+
+The method is the mixture sequential probability ratio test (mSPRT) with a normal mixture
+(Johari, Koomen, Pekelis & Walsh 2017, "Peeking at A/B tests"; the normal-mixture confidence
+sequence of Howard, Ramdas, McAuliffe & Sekhon 2021), in its asymptotic form (Waudby-Smith et
+al. 2023): the difference θ̂ (candidate − control) of the line's primary metric is treated as
+normal with the variance V its arms estimate now. With a N(0, τ²) mixture over the true
+difference θ, the likelihood ratio against θ = 0 is
+
+    Λ = sqrt(V / (V + τ²)) · exp(θ̂² τ² / (2 V (V + τ²)))
+
+Λ is a nonnegative martingale under θ = 0, so by Ville's inequality P(ever Λ ≥ 1/α) ≤ α: the
+always-valid p-value is p = min(1, 1/Λ), and rejecting whenever p < α, at any look, keeps the
+error at α. Inverting the test gives the confidence sequence — an interval that covers θ at
+every look at once with probability 1 − α:
+
+    θ̂ ± sqrt( V (V + τ²) / τ² · (2 log(1/α) + log((V + τ²) / V)) )
+
+τ² is chosen for the planned maximum sample ([monitoring] ab_max_samples labelled predictions
+in the smaller arm), as Johari et al. do: the interval is narrowest there when τ² = x · V_max,
+where V_max is the variance the difference will have at that sample (V scaled by n / n_max)
+and x solves x = 2 log(1/α) + log(1 + x) (x = 8.2 at α = 0.05). At that sample the interval is
+θ̂ ± sqrt((1 + x) · V_max) = ±3.0 standard errors, against 1.96 for a fixed-horizon test read once:
+the price of reading it at will.
+
+What V is, per test:
+- regression, accuracy (a proportion, the primary metric): p(1 − p)/n per arm, summed;
+- regression, MAE (a guard: a candidate whose MAE is surely worse never wins): Welch's
+  s²/n per arm, summed;
+- binary, ROC AUC: Hanley & McNeil's (1982) standard errors from each arm's AUC and class
+  counts, squared and summed;
+- paired (a shadow, or a replay, scores both models on the same requests): the variance of
+  the per-request loss differences over n.
+
+The verdict: "candidate wins" when the interval lies above 0 and the estimate reaches the
+configured least improvement ([retrain] min_accuracy_improvement); "control wins" when it
+lies below 0; "no difference" when it lies inside ±margin ([monitoring] ab_margin, the
+non-inferiority margin, in the primary metric's points); otherwise "not enough data" — as it
+is below `min_samples` labelled predictions per arm. Only the primary metric declares: two
+tests that could each declare would spend α twice.
+
+Sample-ratio mismatch (`srm_p`): the sequential Dirichlet–multinomial test of Lindon & Malek
+(2020), which GrowthBook uses: its p is always valid too, so checking the split at every
+evaluation never cries wolf more often than its threshold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+
+from engine.core.config import Config
+
+CANDIDATE_WINS = "candidate wins"
+CONTROL_WINS = "control wins"
+NO_DIFFERENCE = "no difference"
+NOT_ENOUGH = "not enough data"
+OUTCOMES = (CANDIDATE_WINS, CONTROL_WINS, NO_DIFFERENCE, NOT_ENOUGH)
+
+MIN_CLASS = 10  # labels of each class per arm: below it Hanley–McNeil's SE is not trusted
+# A variance of exactly 0 (every label right in both arms) would divide by zero: floored.
+_TINY = 1e-12
 
 
 @dataclass(frozen=True)
 class Arm:
-    """What one arm of a test has seen: labelled predictions and their errors."""
+    """What one arm of a regression test has seen: labelled predictions and their errors."""
 
     n: int  # labelled predictions
     within: int  # of those, |prediction − actual| ≤ tolerance
@@ -55,20 +107,175 @@ class AucArm:
         return self.positives + self.negatives
 
 
-MIN_CLASS = 10  # labels of each class per arm: below it Hanley–McNeil's SE is not trusted
+@dataclass(frozen=True)
+class Paired:
+    """Per-request differences (candidate − control) of one loss over the same requests:
+    their count, sum and sum of squares."""
+
+    n: int
+    total: float
+    squares: float
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else math.nan
+
+    @property
+    def var_of_mean(self) -> float:
+        """The variance of the mean difference (sample variance over n)."""
+        if self.n < 2:
+            return math.nan
+        mean = self.mean
+        return max(0.0, (self.squares - self.n * mean * mean) / (self.n - 1)) / self.n
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a test is decided ([monitoring] ab_*, [retrain] min_accuracy_improvement)."""
+
+    min_samples: int = 100  # labelled predictions per arm before any verdict
+    min_improvement: float = 0.01  # primary metric points a winner must gain
+    margin: float = 0.02  # non-inferiority margin, primary metric points
+    max_samples: int = 2_000  # planned labelled predictions in the smaller arm (τ²)
+    alpha: float = 0.05
+
+    @staticmethod
+    def of(config: Config) -> Rules:
+        """The rules a workspace's config.toml sets."""
+        m = config.monitoring
+        return Rules(
+            m.ab_min_samples,
+            config.retrain.min_accuracy_improvement,
+            m.ab_margin,
+            m.ab_max_samples,
+            m.ab_alpha,
+        )
+
+
+@dataclass(frozen=True)
+class Sequence:
+    """One always-valid comparison: the estimate, its confidence sequence, its p."""
+
+    diff: float  # candidate − control
+    lo: float
+    hi: float
+    p: float  # always-valid p-value, min(1, 1/Λ)
+
+    @staticmethod
+    def none() -> Sequence:
+        return Sequence(math.nan, math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str  # "candidate wins" | "control wins" | "inconclusive" | "not enough data"
-    accuracy_diff: float  # candidate − control
-    accuracy_p: float
-    mae_diff: float  # candidate − control (negative is better)
-    mae_p: float
+    """A test's verdict and what decided it. `diff`, `lo`, `hi`, `p` are the primary
+    metric's (higher is better for accuracy and AUC); `mae_*` a regression line's guard."""
+
+    outcome: str  # one of OUTCOMES
+    metric: str  # the line's primary metric: "accuracy" | "auc"
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    margin: float
+    n_control: int
+    n_candidate: int
     reason: str
-    metric: str = "accuracy"  # what decided: the line's primary metric
-    auc_diff: float = math.nan  # binary: candidate − control
-    auc_p: float = math.nan
+    paired: bool = False
+    mae_diff: float = math.nan
+    mae_lo: float = math.nan
+    mae_hi: float = math.nan
+
+    @property
+    def non_inferior(self) -> bool:
+        """The candidate is surely no worse than the margin: the gate a rollout step needs."""
+        return not math.isnan(self.lo) and self.lo > -self.margin
+
+
+def mixture_x(alpha: float) -> float:
+    """x solving x = 2 log(1/α) + log(1 + x): τ² = x · V_max makes the confidence sequence
+    narrowest at the planned maximum sample (this module's docstring)."""
+    x = 2 * math.log(1 / alpha)
+    for _ in range(50):  # a contraction: converges to 1e-12 in a dozen steps
+        x = 2 * math.log(1 / alpha) + math.log1p(x)
+    return x
+
+
+def sequence(diff: float, var: float, *, alpha: float, n: int, n_max: int) -> Sequence:
+    """The always-valid p and confidence sequence of an estimate `diff` with variance `var`,
+    seen over `n` labelled predictions (the smaller arm's) of a planned `n_max`."""
+    if math.isnan(diff) or math.isnan(var) or n <= 0:
+        return Sequence.none()
+    v = max(var, _TINY)
+    v_max = v * n / max(n_max, n)  # never plan below what was already seen
+    tau2 = mixture_x(alpha) * v_max
+    log_lambda = 0.5 * math.log(v / (v + tau2)) + diff * diff * tau2 / (2 * v * (v + tau2))
+    p = 1.0 if log_lambda <= 0 else math.exp(-log_lambda)
+    half = math.sqrt(v * (v + tau2) / tau2 * (2 * math.log(1 / alpha) + math.log((v + tau2) / v)))
+    return Sequence(diff, diff - half, diff + half, p)
+
+
+def _decide(primary: Sequence, rules: Rules, *, mae_worse: bool = False) -> tuple[str, str]:
+    """The outcome and its reason from the primary metric's sequence (the module docstring)."""
+    found = f"{primary.diff:+.3f} [{primary.lo:+.3f}, {primary.hi:+.3f}] (p={primary.p:.3g})"
+    better, margin = rules.min_improvement, rules.margin
+    if primary.lo > 0 and primary.diff >= better and not mae_worse:
+        return CANDIDATE_WINS, f"{found} above 0, ≥ +{better:g}"
+    if primary.hi < 0:
+        return CONTROL_WINS, f"candidate worse: {found} below 0"
+    if -margin < primary.lo and primary.hi < margin:
+        return NO_DIFFERENCE, f"{found} inside ±{margin:g}"
+    if primary.lo > 0 and mae_worse:
+        return NOT_ENOUGH, f"{found} but MAE surely worse"
+    return NOT_ENOUGH, f"undecided: {found} at α={rules.alpha:g}"
+
+
+def _sequence(diff: float, var: float, n: int, rules: Rules) -> Sequence:
+    return sequence(diff, var, alpha=rules.alpha, n=n, n_max=rules.max_samples)
+
+
+def _judged(
+    primary: Sequence,
+    rules: Rules,
+    metric: str,
+    n: tuple[int, int],
+    *,
+    mae: Sequence | None = None,
+    paired: bool = False,
+    label: str,
+) -> Verdict:
+    outcome, reason = _decide(primary, rules, mae_worse=mae is not None and mae.lo > 0)
+    guard = mae or Sequence.none()
+    return Verdict(
+        outcome,
+        metric,
+        primary.diff,
+        primary.lo,
+        primary.hi,
+        primary.p,
+        rules.margin,
+        n[0],
+        n[1],
+        f"{label}{reason}",
+        paired=paired,
+        mae_diff=guard.diff,
+        mae_lo=guard.lo,
+        mae_hi=guard.hi,
+    )
+
+
+def verdict(control: Arm, candidate: Arm, rules: Rules) -> Verdict:
+    """A regression line's test on accuracy, MAE guarding (the module docstring)."""
+    least = min(control.n, candidate.n)
+    if least < rules.min_samples:
+        return _short("accuracy", control.n, candidate.n, rules)
+    pc, pt = control.accuracy, candidate.accuracy
+    var = pt * (1 - pt) / candidate.n + pc * (1 - pc) / control.n
+    primary = _sequence(pt - pc, var, least, rules)
+    mae_var = candidate.err_var / candidate.n + control.err_var / control.n
+    mae = _sequence(candidate.mae - control.mae, mae_var, least, rules)
+    n = (control.n, candidate.n)
+    return _judged(primary, rules, "accuracy", n, mae=mae, label="accuracy ")
 
 
 def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
@@ -81,132 +288,92 @@ def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
     return math.sqrt(max(var, 0.0))
 
 
-def auc_p(a: AucArm, b: AucArm) -> float:
-    """Two-sided p-value of the z-test of two independent AUCs."""
-    if a.auc is None or b.auc is None:
-        return math.nan
-    se = math.hypot(
-        hanley_mcneil_se(a.auc, a.positives, a.negatives),
-        hanley_mcneil_se(b.auc, b.positives, b.negatives),
+def auc_verdict(control: AucArm, candidate: AucArm, rules: Rules) -> Verdict:
+    """A binary line's test on ROC AUC (the module docstring)."""
+    short = min(control.n, candidate.n) < rules.min_samples or any(
+        min(arm.positives, arm.negatives) < MIN_CLASS for arm in (control, candidate)
     )
-    if se == 0:
-        return 1.0 if a.auc == b.auc else 0.0
-    return math.erfc(abs(a.auc - b.auc) / se / math.sqrt(2))
-
-
-def auc_verdict(
-    control: AucArm,
-    candidate: AucArm,
-    *,
-    min_samples: int,
-    min_improvement: float,
-    alpha: float = 0.05,
-) -> Verdict:
-    """Decide a binary line's test on AUC (this module's docstring)."""
-    nan = math.nan
-    short = [
-        f"{name} {arm.n} ({arm.positives} of class 1)"
-        for name, arm in (("control", control), ("candidate", candidate))
-        if arm.n < min_samples or min(arm.positives, arm.negatives) < MIN_CLASS
-    ]
     if short or control.auc is None or candidate.auc is None:
-        return Verdict(
-            "not enough data",
-            nan,
-            nan,
-            nan,
-            nan,
-            f"need {min_samples} labelled predictions per arm, {MIN_CLASS} of each class "
-            f"({'; '.join(short)})",
-            "auc",
+        classes = "; ".join(
+            f"{name} {arm.positives} of class 1"
+            for name, arm in (("control", control), ("candidate", candidate))
         )
-    diff = candidate.auc - control.auc
-    p = auc_p(candidate, control)
-    found = f"AUC {diff:+.3f} (p={p:.3g})"
-    if p < alpha and diff >= min_improvement:
-        outcome, why = "candidate wins", f"{found} ≥ +{min_improvement:g}"
-    elif p < alpha and diff < 0:
-        outcome, why = "control wins", f"candidate worse: {found}"
-    else:
-        outcome = "inconclusive"
-        why = f"no significant difference: {found}, needs ≥ +{min_improvement:g} at p<{alpha:g}"
-    return Verdict(outcome, nan, nan, nan, nan, why, "auc", diff, p)
-
-
-def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:
-    """Two-sided p-value of the pooled two-proportion z-test."""
-    if n1 == 0 or n2 == 0:
-        return math.nan
-    pooled = (x1 + x2) / (n1 + n2)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if se == 0:
-        return 1.0 if x1 / n1 == x2 / n2 else 0.0
-    z = (x1 / n1 - x2 / n2) / se
-    return math.erfc(abs(z) / math.sqrt(2))
-
-
-def welch_p(a: Arm, b: Arm) -> float:
-    """Two-sided p-value of Welch's t-test on absolute error, from each arm's moments."""
-    # scipy.special, not scipy.stats: the same Student t tail, without 1.5 s of import.
-    from scipy.special import stdtr
-
-    m1, v1, n1, m2, v2, n2 = a.mae, a.err_var, a.n, b.mae, b.err_var, b.n
-    if n1 < 2 or n2 < 2:
-        return math.nan
-    se2 = v1 / n1 + v2 / n2
-    if se2 == 0:
-        return 1.0 if m1 == m2 else 0.0
-    t = (m1 - m2) / math.sqrt(se2)
-    df = se2**2 / ((v1 / n1) ** 2 / (n1 - 1) + (v2 / n2) ** 2 / (n2 - 1))
-    return float(2 * stdtr(df, -abs(t)))
-
-
-def verdict(
-    control: Arm, candidate: Arm, *, min_samples: int, min_improvement: float, alpha: float = 0.05
-) -> Verdict:
-    """Decide a test. Accuracy decides; MAE must not be significantly worse for a win."""
-    acc_diff = candidate.accuracy - control.accuracy if control.n and candidate.n else math.nan
-    mae_diff = candidate.mae - control.mae if control.n and candidate.n else math.nan
-    if min(control.n, candidate.n) < min_samples:
-        return Verdict(
-            "not enough data",
-            acc_diff,
-            math.nan,
-            mae_diff,
-            math.nan,
-            f"need {min_samples} labelled predictions per arm "
-            f"(control {control.n}, candidate {candidate.n})",
-        )
-    acc_p = two_proportion_p(candidate.within, candidate.n, control.within, control.n)
-    mae_p = welch_p(candidate, control)
-    mae_worse = mae_diff > 0 and mae_p < alpha
-    mae_better = mae_diff < 0 and mae_p < alpha
-    if acc_p < alpha and acc_diff >= min_improvement and not mae_worse:
-        return Verdict(
-            "candidate wins",
-            acc_diff,
-            acc_p,
-            mae_diff,
-            mae_p,
-            f"accuracy +{acc_diff:.3f} (p={acc_p:.3g}) ≥ +{min_improvement:g}",
-        )
-    if (acc_p < alpha and acc_diff < 0) or (mae_worse and not acc_diff > 0):
-        return Verdict(
-            "control wins",
-            acc_diff,
-            acc_p,
-            mae_diff,
-            mae_p,
-            f"candidate worse: accuracy {acc_diff:+.3f} (p={acc_p:.3g}), "
-            f"MAE {mae_diff:+.2f} (p={mae_p:.3g})",
-        )
-    detail = "MAE better" if mae_better else "no significant difference"
-    return Verdict(
-        "inconclusive",
-        acc_diff,
-        acc_p,
-        mae_diff,
-        mae_p,
-        f"{detail}: accuracy {acc_diff:+.3f} (p={acc_p:.3g}), "
-        f"needs ≥ +{min_improvement:g} at p<{alpha:g}",
+        found = _short("auc", control.n, candidate.n, rules)
+        why = f"{found.reason}, {MIN_CLASS} of each class ({classes})"
+        return dataclasses.replace(found, reason=why)
+    var = (
+        hanley_mcneil_se(candidate.auc, candidate.positives, candidate.negatives) ** 2
+        + hanley_mcneil_se(control.auc, control.positives, control.negatives) ** 2
     )
+    least = min(control.n, candidate.n)
+    primary = _sequence(candidate.auc - control.auc, var, least, rules)
+    return _judged(primary, rules, "auc", (control.n, candidate.n), label="AUC ")
+
+
+def paired_verdict(
+    gain: Paired, rules: Rules, *, metric: str, mae_loss: Paired | None = None
+) -> Verdict:
+    """The test on per-request differences over the same requests (a shadow, a replay).
+
+    `gain`: candidate − control per request of the primary metric's per-request value (for
+    accuracy, 1 when the prediction is within tolerance, else 0), so higher is better as for
+    the two-arm verdicts; `mae_loss`: of absolute error (higher is worse), the guard."""
+    if gain.n < rules.min_samples:
+        return _short(metric, gain.n, gain.n, rules, paired=True)
+    primary = _sequence(gain.mean, gain.var_of_mean, gain.n, rules)
+    mae = None
+    if mae_loss is not None and mae_loss.n >= 2:
+        mae = _sequence(mae_loss.mean, mae_loss.var_of_mean, mae_loss.n, rules)
+    label = f"{metric} paired over {gain.n:,} requests: "
+    return _judged(primary, rules, metric, (gain.n, gain.n), mae=mae, paired=True, label=label)
+
+
+def _short(
+    metric: str, n_control: int, n_candidate: int, rules: Rules, *, paired: bool = False
+) -> Verdict:
+    nan = math.nan
+    counted = f"{n_control} paired" if paired else f"control {n_control}, candidate {n_candidate}"
+    return Verdict(
+        NOT_ENOUGH,
+        metric,
+        nan,
+        nan,
+        nan,
+        nan,
+        rules.margin,
+        n_control,
+        n_candidate,
+        f"need {rules.min_samples} labelled predictions per arm ({counted})",
+        paired=paired,
+    )
+
+
+# Sample-ratio mismatch: the prior's concentration around the configured split. Lindon &
+# Malek's test is valid for any; 100 pseudo-observations makes a mismatch of a few percent
+# of the traffic visible within a few thousand predictions without reacting to the first few.
+SRM_CONCENTRATION = 100.0
+
+
+def srm_p(n_control: int, n_candidate: int, candidate_share: float) -> float:
+    """The always-valid p-value that the realized split (predictions per arm) comes from the
+    configured one (`candidate_share`, 0–1): the sequential Dirichlet–multinomial test
+    (Lindon & Malek 2020). Its Bayes factor against the configured split is
+
+        BF = [B(a_c + n_c, a_t + n_t) / B(a_c, a_t)] / (p_c^n_c · p_t^n_t),  a_i = k · p_i
+
+    and p = min(1, 1/BF): below `[monitoring] srm_p` (0.001) the split is broken."""
+    if not 0 < candidate_share < 1 or n_control < 0 or n_candidate < 0:
+        raise ValueError(f"a split needs a share in (0, 1) and counts ≥ 0, got {candidate_share}")
+    pt, pc = candidate_share, 1 - candidate_share
+    at, ac = SRM_CONCENTRATION * pt, SRM_CONCENTRATION * pc
+    log_bf = (
+        _log_beta(ac + n_control, at + n_candidate)
+        - _log_beta(ac, at)
+        - n_control * math.log(pc)
+        - n_candidate * math.log(pt)
+    )
+    return 1.0 if log_bf <= 0 else math.exp(-log_bf)
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)

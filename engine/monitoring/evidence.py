@@ -82,14 +82,17 @@ def test_figures(e: ExperimentReport) -> dict[str, Any]:
     """A test's verdict with what decided it: the metric, the difference and its p, and per
     arm the predictions and labelled predictions (the same figures `beast monitor` shows)."""
     v = e.verdict
-    binary = e.task == tasks.BINARY
     return {
         "name": e.experiment.name,
         "verdict": v.outcome,
         "reason": v.reason,
         "metric": v.metric,
-        "diff": safe(v.auc_diff if binary else v.accuracy_diff),
-        "p": safe(v.auc_p if binary else v.accuracy_p),
+        "diff": safe(v.diff),
+        "lo": safe(v.lo),
+        "hi": safe(v.hi),
+        "p": safe(v.p),
+        "margin": v.margin,
+        "paired": v.paired,
         "arms": {
             "control": _arm(e.experiment.control, e.control, e.task),
             "candidate": _arm(e.experiment.candidate, e.candidate, e.task),

@@ -229,8 +229,9 @@ def _tests(experiments: Sequence[Mapping[str, Any]]) -> list[str]:
         )
         out += [
             "",
-            f"{cell(metric)}: diff {signed(detail.get(f'{metric}_diff'))}, "
-            f"p {sig(detail.get(f'{metric}_p'))}",
+            f"{cell(metric)}: diff {signed(detail.get('diff'))} "
+            f"[{signed(detail.get('lo'))}, {signed(detail.get('hi'))}], "
+            f"always-valid p {sig(detail.get('p'))}",
         ]
     return out
 

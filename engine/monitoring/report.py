@@ -140,16 +140,6 @@ class ExperimentReport:
     task: str = tasks.REGRESSION
 
     def to_json(self) -> dict[str, Any]:
-        v = self.verdict
-        if self.task == tasks.BINARY:
-            detail = {"auc_diff": _r(v.auc_diff), "auc_p": _r(v.auc_p)}
-        else:
-            detail = {
-                "accuracy_diff": _r(v.accuracy_diff),
-                "accuracy_p": _r(v.accuracy_p),
-                "mae_diff": _r(v.mae_diff),
-                "mae_p": _r(v.mae_p),
-            }
         return {
             **self.experiment.to_json(),
             "task": self.task,
@@ -157,8 +147,8 @@ class ExperimentReport:
                 "control": self.control.to_json(self.task),
                 "candidate": self.candidate.to_json(self.task),
             },
-            "verdict": v.outcome,
-            "verdict_detail": {"metric": v.metric, **detail, "reason": v.reason},
+            "verdict": self.verdict.outcome,
+            "verdict_detail": verdict_detail(self.verdict, self.task),
         }
 
 
@@ -189,6 +179,25 @@ class MonitorReport:
             "actions": list(self.actions),
             "feedback": {"pending": self.feedback_pending, "unmatched": self.feedback_unmatched},
         }
+
+
+def verdict_detail(v: abstats.Verdict, task: str) -> dict[str, Any]:
+    """A verdict's figures as JSON: the primary metric's difference (candidate − control),
+    its always-valid interval and p, the margin, n per arm; a regression line's MAE guard."""
+    out: dict[str, Any] = {
+        "metric": v.metric,
+        "diff": _r(v.diff),
+        "lo": _r(v.lo),
+        "hi": _r(v.hi),
+        "p": _r(v.p),
+        "margin": v.margin,
+        "paired": v.paired,
+        "n": {"control": v.n_control, "candidate": v.n_candidate},
+    }
+    if task != tasks.BINARY:
+        out.update(mae_diff=_r(v.mae_diff), mae_lo=_r(v.mae_lo), mae_hi=_r(v.mae_hi))
+    out["reason"] = v.reason
+    return out
 
 
 def _r(value: float | None) -> float | None:
@@ -466,20 +475,11 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         arms.append(metrics.load(tx, version.id, experiment=experiment.name).window(None))
     control, candidate = arms
     task = config.line(experiment.line).task
-    least, alpha = config.monitoring.ab_min_samples, config.monitoring.ab_alpha
-    better = config.retrain.min_accuracy_improvement  # in the primary metric's points
+    rules = abstats.Rules.of(config)
     if task == tasks.BINARY:
-        verdict = abstats.auc_verdict(
-            _auc_arm(control),
-            _auc_arm(candidate),
-            min_samples=least,
-            min_improvement=better,
-            alpha=alpha,
-        )
+        verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
-        verdict = abstats.verdict(
-            _arm(control), _arm(candidate), min_samples=least, min_improvement=better, alpha=alpha
-        )
+        verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
     return ExperimentReport(experiment, control, candidate, verdict, task)
 
 

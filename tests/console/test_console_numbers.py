@@ -85,8 +85,7 @@ def test_the_console_shows_beast_monitor_json_figures(
     detail = test["verdict_detail"]
     n = f"lab {sig(arms['control']['labelled'])} / {sig(arms['candidate']['labelled'])}"
     assert shown["verdict"].startswith(
-        f"retrain-v3: {test['verdict']} · {n} · acc p={p_value(detail['accuracy_p'])}"
-        f" · mae p={p_value(detail['mae_p'])} · "
+        f"retrain-v3: {test['verdict']} · {n} · acc p={p_value(detail['p'])} · "
     ), shown["verdict"]
 
     versions = {v["version"]: v for v in report["versions"]}

@@ -558,4 +558,28 @@ CREATE TRIGGER history_notify AFTER INSERT ON history
     FOR EACH STATEMENT EXECUTE FUNCTION beast_notify_change();
 """,
     ),
+    (
+        "0013_decisions",
+        """
+ALTER TABLE history DROP CONSTRAINT history_action_check;
+ALTER TABLE history ADD CONSTRAINT history_action_check CHECK (action IN (
+    'deploy', 'ab_start', 'promote', 'abort', 'rollback',
+    'shadow_start', 'shadow_end', 'rollout_step', 'rollout_pause', 'rollout_resume'
+));
+
+ALTER TABLE alerts ADD COLUMN acknowledged_at TEXT;
+ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+
+CREATE TABLE rollouts (
+    experiment_id BIGINT PRIMARY KEY REFERENCES experiments(id),
+    steps TEXT NOT NULL CHECK (json_valid(steps)),
+    step BIGINT NOT NULL CHECK (step >= 0),
+    state TEXT NOT NULL CHECK (
+        state IN ('running', 'paused', 'completed', 'rolled back', 'aborted')
+    ),
+    step_since TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+""",
+    ),
 ]

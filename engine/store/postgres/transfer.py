@@ -59,6 +59,7 @@ TABLES: tuple[str, ...] = (
     "artifacts",
     "versions",
     "experiments",
+    "rollouts",
     "history",
     "line_state",
     "predictions",

@@ -429,16 +429,32 @@ class SqliteStore:
         for name, sql in MIGRATIONS:
             migrations(name=name)(_script(sql))
         known = {name for name, _sql in MIGRATIONS}
-        with self.write_sql() as conn:
-            unknown = [name for name in self.applied_migrations() if name not in known]
-            if unknown:
-                raise StoreError(
-                    f"{self.path} was written by a newer beast-mode (migrations "
-                    f"{', '.join(unknown)}); upgrade beast-mode to use it"
-                )
-            db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-            pending = [migration.name for migration in migrations.pending(db)]
-            migrations.apply(db)
+        # Foreign keys off while migrating (SQLite's procedure for changing a table): a
+        # migration that rebuilds a table others point at (0013: history) drops the old one,
+        # and with them on the drop's implicit delete counts violations that the renamed
+        # copy never clears. The keys are checked before the commit instead. The pragma is a
+        # no-op inside a transaction, so it is set before the write begins.
+        self.conn.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self.write_sql() as conn:
+                unknown = [name for name in self.applied_migrations() if name not in known]
+                if unknown:
+                    raise StoreError(
+                        f"{self.path} was written by a newer beast-mode (migrations "
+                        f"{', '.join(unknown)}); upgrade beast-mode to use it"
+                    )
+                db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+                pending = [migration.name for migration in migrations.pending(db)]
+                migrations.apply(db)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise StoreError(
+                        f"{self.path}: migrating would break {len(broken)} foreign keys "
+                        f"(first: {broken[0][0]} row {broken[0][1]} → {broken[0][2]}); "
+                        "nothing was changed"
+                    )
+        finally:
+            self.conn.execute("PRAGMA foreign_keys = ON")
         return pending
 
     def integrity_errors(self) -> list[str]:

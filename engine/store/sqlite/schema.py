@@ -650,6 +650,74 @@ CREATE TABLE replicas (
 SELECT 1;
 """,
     ),
+    (
+        "0013_decisions",
+        """
+-- Decisions you can watch. History records the changes that come with them: a shadow started
+-- or ended (the served state is unchanged, from_state = to_state), a progressive rollout's
+-- step (the candidate's share moves) and its pause and resume. SQLite cannot change a CHECK,
+-- so history is rebuilt, ids and rows as they were (the migration runs with foreign keys off:
+-- line_state.revision points at history's ids, which do not move; foreign_key_check runs
+-- before the commit).
+CREATE TABLE history_0013 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL CHECK (action IN (
+        'deploy', 'ab_start', 'promote', 'abort', 'rollback',
+        'shadow_start', 'shadow_end', 'rollout_step', 'rollout_pause', 'rollout_resume'
+    )),
+    version TEXT,
+    experiment TEXT,
+    from_state TEXT NOT NULL CHECK (json_valid(from_state)),
+    to_state TEXT NOT NULL CHECK (json_valid(to_state)),
+    undoes TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(undoes)),
+    note TEXT,
+    forced INTEGER NOT NULL DEFAULT 0 CHECK (forced IN (0, 1)),
+    evidence TEXT CHECK (evidence IS NULL OR json_valid(evidence))
+);
+INSERT INTO history_0013 (
+    id, line, at, actor, action, version, experiment, from_state, to_state, undoes, note,
+    forced, evidence
+)
+SELECT id, line, at, actor, action, version, experiment, from_state, to_state, undoes, note,
+    forced, evidence
+FROM history ORDER BY id;
+DROP TABLE history;
+ALTER TABLE history_0013 RENAME TO history;
+CREATE INDEX history_line ON history(line, id);
+
+CREATE TRIGGER history_append_only_update BEFORE UPDATE ON history
+BEGIN
+    SELECT RAISE(ABORT, 'history is append-only');
+END;
+
+CREATE TRIGGER history_append_only_delete BEFORE DELETE ON history
+BEGIN
+    SELECT RAISE(ABORT, 'history is append-only');
+END;
+
+-- An alert someone has seen and taken responsibility for: an `srm` alert blocks promotion
+-- until it is acknowledged (`beast alerts ack ID`).
+ALTER TABLE alerts ADD COLUMN acknowledged_at TEXT;
+ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+
+-- A progressive rollout (`beast deploy … --ab-test NAME --rollout 5,25,50,100`): the test's
+-- candidate share steps up through `steps` (basis points, rising; the last 10000 promotes),
+-- `step` is the index of the share serving now, `step_since` when it began. One per test.
+CREATE TABLE rollouts (
+    experiment_id INTEGER PRIMARY KEY REFERENCES experiments(id),
+    steps TEXT NOT NULL CHECK (json_valid(steps)),
+    step INTEGER NOT NULL CHECK (step >= 0),
+    state TEXT NOT NULL CHECK (
+        state IN ('running', 'paused', 'completed', 'rolled back', 'aborted')
+    ),
+    step_since TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"
