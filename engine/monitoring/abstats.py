@@ -328,6 +328,22 @@ def paired_verdict(
     return _judged(primary, rules, metric, (gain.n, gain.n), mae=mae, paired=True, label=label)
 
 
+def paired_from(diff: float, var: float, n: int, rules: Rules, *, metric: str) -> Verdict:
+    """The paired verdict from a difference over `n` shared requests and its variance (a
+    binary line's AUC difference with DeLong's variance, engine.monitoring.paired)."""
+    if n < rules.min_samples:
+        return _short(metric, n, n, rules, paired=True)
+    label = f"{metric} paired over {n:,} requests: "
+    primary = _sequence(diff, var, n, rules)
+    return _judged(primary, rules, metric, (n, n), paired=True, label=label)
+
+
+def short_of_classes(found: Verdict, positives: int, negatives: int) -> Verdict:
+    """`found` ("not enough data") saying it waits for labels of each class."""
+    why = f"need {MIN_CLASS} labels of each class ({positives} of class 1, {negatives} of class 0)"
+    return dataclasses.replace(found, reason=why)
+
+
 def _short(
     metric: str, n_control: int, n_candidate: int, rules: Rules, *, paired: bool = False
 ) -> Verdict:
