@@ -117,6 +117,31 @@ class LineState:
         )
 
 
+RolloutState = Literal["running", "paused", "completed", "rolled back", "aborted"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A test's progressive rollout: the candidate's share steps up through `steps` (basis
+    points, rising; reaching the last, 10,000, promotes), `step` is the index serving now."""
+
+    steps: tuple[int, ...]
+    step: int
+    state: RolloutState
+    step_since: str
+    updated_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        """`steps` in percent, as `--rollout` takes them."""
+        return {
+            "steps": [percent(bp) for bp in self.steps],
+            "step": self.step,
+            "state": self.state,
+            "step_since": self.step_since,
+            "updated_at": self.updated_at,
+        }
+
+
 @dataclass(frozen=True)
 class Experiment:
     id: int
@@ -136,10 +161,12 @@ class Experiment:
     # read; how it ended: "promoted on verdict" | "forced" | "aborted" | "auto-pulled".
     verdict: str | None = None
     ending: Ending | None = None
+    rollout: Rollout | None = None  # a progressive rollout's steps, None for a plain test
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["traffic"] = percent(self.traffic_bp)
+        out["rollout"] = None if self.rollout is None else self.rollout.to_json()
         return out
 
 

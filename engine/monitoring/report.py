@@ -132,12 +132,49 @@ class VersionReport:
 
 
 @dataclass(frozen=True)
+class IntervalPoint:
+    """The verdict's interval as it stood at the end of one minute of the test."""
+
+    minute: int  # minutes since the epoch
+    diff: float
+    lo: float
+    hi: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"minute": self.minute, "diff": _r(self.diff), "lo": _r(self.lo), "hi": _r(self.hi)}
+
+
+@dataclass(frozen=True)
+class SrmCheck:
+    """A test's realized split against its configured one ([monitoring] srm_p)."""
+
+    p: float  # always-valid p (abstats.srm_p)
+    mismatch: bool  # p < srm_p
+    control: int  # predictions served per arm, over what was checked
+    candidate: int
+    share: float  # the candidate's configured share, 0–1
+    acknowledged: bool = False  # an srm alert of this test was acknowledged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "p": _r(self.p),
+            "mismatch": self.mismatch,
+            "predictions": {"control": self.control, "candidate": self.candidate},
+            "share": self.share,
+            "acknowledged": self.acknowledged,
+        }
+
+
+@dataclass(frozen=True)
 class ExperimentReport:
     experiment: Experiment
     control: metrics.WindowMetrics
     candidate: metrics.WindowMetrics
     verdict: abstats.Verdict
     task: str = tasks.REGRESSION
+    # The interval minute by minute since the test began (the console draws it narrowing).
+    interval: tuple[IntervalPoint, ...] = ()
+    srm: SrmCheck | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,6 +186,8 @@ class ExperimentReport:
             },
             "verdict": self.verdict.outcome,
             "verdict_detail": verdict_detail(self.verdict, self.task),
+            "interval": [point.to_json() for point in self.interval],
+            "srm": None if self.srm is None else self.srm.to_json(),
         }
 
 
