@@ -27,7 +27,8 @@ in the smaller arm), as Johari et al. do: the interval is narrowest there when �
 where V_max is the variance the difference will have at that sample (V scaled by n / n_max)
 and x solves x = 2 log(1/α) + log(1 + x) (x = 8.2 at α = 0.05). At that sample the interval is
 θ̂ ± sqrt((1 + x) · V_max) = ±3.0 standard errors, against 1.96 for a fixed-horizon test read once:
-the price of reading it at will.
+the price of reading it at will. Past the plan τ² stays what it was (a fixed mixture is what
+makes Λ a martingale), so the boundary widens slowly in standard errors instead of staying at 3.
 
 What V is, per test:
 - regression, accuracy (a proportion, the primary metric): p(1 − p)/n per arm, summed;
@@ -207,7 +208,10 @@ def sequence(diff: float, var: float, *, alpha: float, n: int, n_max: int) -> Se
     if math.isnan(diff) or math.isnan(var) or n <= 0:
         return Sequence.none()
     v = max(var, _TINY)
-    v_max = v * n / max(n_max, n)  # never plan below what was already seen
+    # τ² stays the plan's past n_max too: the mixture must be one fixed distribution for Λ to
+    # be a martingale. Re-planning at n (τ² ∝ 1/n) makes the boundary a constant 3 standard
+    # errors, which a long A/A test crosses more often than α (5.7% by 200 × n_max).
+    v_max = v * n / max(n_max, 1)
     tau2 = mixture_x(alpha) * v_max
     log_lambda = 0.5 * math.log(v / (v + tau2)) + diff * diff * tau2 / (2 * v * (v + tau2))
     p = 1.0 if log_lambda <= 0 else math.exp(-log_lambda)
