@@ -54,6 +54,7 @@ evaluation never cries wolf more often than its threshold.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -193,6 +194,8 @@ class Verdict:
         return not math.isnan(self.lo) and self.lo > -self.margin
 
 
+# Every sequence needs it, for one α or two: its 50 logs were most of a verdict's cost.
+@functools.cache
 def mixture_x(alpha: float) -> float:
     """x solving x = 2 log(1/α) + log(1 + x): τ² = x · V_max makes the confidence sequence
     narrowest at the planned maximum sample (this module's docstring)."""
@@ -268,14 +271,23 @@ def _judged(
     )
 
 
+def accuracy_sequence(control: Arm, candidate: Arm, rules: Rules) -> Sequence:
+    """A regression test's primary sequence (accuracy, candidate − control), as `verdict`
+    judges it; none below `min_samples` per arm (a test's interval over time is these)."""
+    least = min(control.n, candidate.n)
+    if least < rules.min_samples:
+        return Sequence.none()
+    pc, pt = control.accuracy, candidate.accuracy
+    var = pt * (1 - pt) / candidate.n + pc * (1 - pc) / control.n
+    return _sequence(pt - pc, var, least, rules)
+
+
 def verdict(control: Arm, candidate: Arm, rules: Rules) -> Verdict:
     """A regression line's test on accuracy, MAE guarding (the module docstring)."""
     least = min(control.n, candidate.n)
     if least < rules.min_samples:
         return _short("accuracy", control.n, candidate.n, rules)
-    pc, pt = control.accuracy, candidate.accuracy
-    var = pt * (1 - pt) / candidate.n + pc * (1 - pc) / control.n
-    primary = _sequence(pt - pc, var, least, rules)
+    primary = accuracy_sequence(control, candidate, rules)
     mae_var = candidate.err_var / candidate.n + control.err_var / control.n
     mae = _sequence(candidate.mae - control.mae, mae_var, least, rules)
     n = (control.n, candidate.n)
@@ -292,12 +304,30 @@ def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
     return math.sqrt(max(var, 0.0))
 
 
-def auc_verdict(control: AucArm, candidate: AucArm, rules: Rules) -> Verdict:
-    """A binary line's test on ROC AUC (the module docstring)."""
-    short = min(control.n, candidate.n) < rules.min_samples or any(
+def _auc_short(control: AucArm, candidate: AucArm, rules: Rules) -> bool:
+    few = min(control.n, candidate.n) < rules.min_samples or any(
         min(arm.positives, arm.negatives) < MIN_CLASS for arm in (control, candidate)
     )
-    if short or control.auc is None or candidate.auc is None:
+    return few or control.auc is None or candidate.auc is None
+
+
+def auc_sequence(control: AucArm, candidate: AucArm, rules: Rules) -> Sequence:
+    """A binary test's primary sequence (ROC AUC, candidate − control), as `auc_verdict`
+    judges it; none below `min_samples` per arm or `MIN_CLASS` labels of each class."""
+    if _auc_short(control, candidate, rules):
+        return Sequence.none()
+    assert control.auc is not None and candidate.auc is not None
+    var = (
+        hanley_mcneil_se(candidate.auc, candidate.positives, candidate.negatives) ** 2
+        + hanley_mcneil_se(control.auc, control.positives, control.negatives) ** 2
+    )
+    least = min(control.n, candidate.n)
+    return _sequence(candidate.auc - control.auc, var, least, rules)
+
+
+def auc_verdict(control: AucArm, candidate: AucArm, rules: Rules) -> Verdict:
+    """A binary line's test on ROC AUC (the module docstring)."""
+    if _auc_short(control, candidate, rules):
         classes = "; ".join(
             f"{name} {arm.positives} of class 1"
             for name, arm in (("control", control), ("candidate", candidate))
@@ -305,12 +335,7 @@ def auc_verdict(control: AucArm, candidate: AucArm, rules: Rules) -> Verdict:
         found = _short("auc", control.n, candidate.n, rules)
         why = f"{found.reason}, {MIN_CLASS} of each class ({classes})"
         return dataclasses.replace(found, reason=why)
-    var = (
-        hanley_mcneil_se(candidate.auc, candidate.positives, candidate.negatives) ** 2
-        + hanley_mcneil_se(control.auc, control.positives, control.negatives) ** 2
-    )
-    least = min(control.n, candidate.n)
-    primary = _sequence(candidate.auc - control.auc, var, least, rules)
+    primary = auc_sequence(control, candidate, rules)
     return _judged(primary, rules, "auc", (control.n, candidate.n), label="AUC ")
 
 

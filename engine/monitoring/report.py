@@ -26,6 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
@@ -507,19 +509,52 @@ def _baseline_metrics(
 
 
 def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> ExperimentReport:
-    """Per-arm figures over the test's own predictions, and the verdict."""
-    arms = []
+    """Per-arm figures over the test's own predictions, the verdict, and its interval over
+    time (`interval_series`)."""
+    rollups = []
     for name in (experiment.control, experiment.candidate):
         version = tx.registry.get_version(experiment.line, name)
-        arms.append(metrics.load(tx, version.id, experiment=experiment.name).window(None))
-    control, candidate = arms
+        rollups.append(metrics.load(tx, version.id, experiment=experiment.name))
+    control, candidate = (arm.window(None) for arm in rollups)
     task = config.line(experiment.line).task
     rules = abstats.Rules.of(config)
     if task == tasks.BINARY:
         verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
-    return ExperimentReport(experiment, control, candidate, verdict, task)
+    interval = interval_series(rollups[0], rollups[1], task, rules)
+    return ExperimentReport(experiment, control, candidate, verdict, task, interval)
+
+
+# Points of a test's interval over time: its last two hours of minutes (what the console draws).
+INTERVAL_POINTS = 120
+
+
+def interval_series(
+    control: metrics.VersionRollups,
+    candidate: metrics.VersionRollups,
+    task: str,
+    rules: abstats.Rules,
+) -> tuple[IntervalPoint, ...]:
+    """The verdict's interval at the end of each minute of the test (the last
+    `INTERVAL_POINTS`; a compacted hour is one point, at its last minute): each arm's sums up
+    to that minute, judged by the live verdict's own sequence (abstats.accuracy_sequence,
+    auc_sequence), so the last point is the live verdict's diff, lo and hi. Minutes before
+    the interval exists (below `ab_min_samples` per arm) have no point."""
+    ends = np.unique(np.concatenate((control.row_ends(), candidate.row_ends())))
+    cutoffs = ends[-INTERVAL_POINTS:]
+    (c_sums, c_aucs), (t_sums, t_aucs) = (r.until(cutoffs, task) for r in (control, candidate))
+    out = []
+    for i, minute in enumerate(cutoffs.tolist()):
+        if task == tasks.BINARY:
+            found = abstats.auc_sequence(
+                _auc_arm_of(c_sums[i], c_aucs[i]), _auc_arm_of(t_sums[i], t_aucs[i]), rules
+            )
+        else:
+            found = abstats.accuracy_sequence(_arm_of(c_sums[i]), _arm_of(t_sums[i]), rules)
+        if not math.isnan(found.lo):
+            out.append(IntervalPoint(int(minute), found.diff, found.lo, found.hi))
+    return tuple(out)
 
 
 def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
@@ -528,6 +563,16 @@ def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
 
 def _auc_arm(window: metrics.WindowMetrics) -> abstats.AucArm:
     return abstats.AucArm(window.auc, window.actual_pos, window.labelled - window.actual_pos)
+
+
+def _arm_of(sums: np.ndarray) -> abstats.Arm:
+    """An arm from a row of `SCALARS` sums (as WindowMetrics reads them)."""
+    return abstats.Arm(int(sums[2]), int(sums[3]), float(sums[4]), float(sums[5]))
+
+
+def _auc_arm_of(sums: np.ndarray, auc: float | None) -> abstats.AucArm:
+    labelled, positives = int(sums[2]), int(sums[9])
+    return abstats.AucArm(auc, positives, labelled - positives)
 
 
 def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None) -> MonitorReport:

@@ -174,6 +174,42 @@ def grouped_aucs(
     ]
 
 
+# Cutoffs × entries held at once by `prefix_aucs` (floats: 16 MB per array).
+_PREFIX_CELLS = 2_000_000
+
+
+def prefix_aucs(
+    classes: np.ndarray, row_ends: np.ndarray, cutoffs: np.ndarray
+) -> list[float | None]:
+    """The AUC over the rows ending by each cutoff, from sparse (row, key, count) entries.
+
+    The entries are sorted once by score, a score's negatives before its positives; a cutoff
+    keeps the entries of its rows, and a positive beats the kept negatives before its score
+    and half those at it. Counts are whole, so every sum is exact: the last cutoff's AUC is
+    `auc_of`'s over the same rows to the bit."""
+    key = classes[:, 1]
+    score, positive = key % CLASS_BINS, key >= CLASS_BINS
+    order = np.lexsort((positive, score))
+    score, positive = score[order], positive[order]
+    count = classes[order, 2].astype(np.float64)
+    end = row_ends[classes[order, 0]]
+    first = np.searchsorted(score, score, side="left")  # where each entry's score begins
+    out: list[float | None] = []
+    step = max(1, _PREFIX_CELLS // max(1, count.size))
+    for lo in range(0, cutoffs.size, step):
+        kept = np.where(end[None, :] <= cutoffs[lo : lo + step, None], count, 0.0)
+        negs = np.where(positive, 0.0, kept)
+        below = np.cumsum(negs, axis=1) - negs  # kept negatives before each entry
+        wins = np.where(positive, kept * (below + below[:, first]) / 2, 0.0).sum(axis=1)
+        pos_n = np.where(positive, kept, 0.0).sum(axis=1)
+        neg_n = negs.sum(axis=1)
+        out.extend(
+            float(w / (p * q)) if p and q else None
+            for w, p, q in zip(wins, pos_n, neg_n, strict=True)
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class MinutePoint:
     """One minute of a version for the sparklines; `primary` is its line's primary metric
@@ -288,6 +324,27 @@ class VersionRollups:
                 )
             )
         return out
+
+    def row_ends(self) -> np.ndarray:
+        """Each row's last minute: its own, or a compacted hour's last."""
+        if self.hourly is None:
+            return self.minutes
+        ends: np.ndarray = self.minutes + np.where(self.hourly, 59, 0)
+        return ends
+
+    def until(self, cutoffs: np.ndarray, task: str) -> tuple[np.ndarray, list[float | None]]:
+        """The figures of the rows ending by each of `cutoffs` (minutes, ascending): one row of
+        `SCALARS` sums per cutoff, and a binary line's AUC over the same rows (else None) —
+        a test's figures as they stood at the end of each minute."""
+        ends = self.row_ends()
+        order = np.argsort(ends, kind="stable")
+        sums = np.cumsum(self.scalars[order], axis=0)
+        at = np.searchsorted(ends[order], cutoffs, side="right") - 1
+        out = np.where((at >= 0)[:, None], sums[np.maximum(at, 0)], 0.0) if sums.size else None
+        found = np.zeros((cutoffs.size, self.scalars.shape[1])) if out is None else out
+        if task != tasks.BINARY or self.classes is None:
+            return found, [None] * cutoffs.size
+        return found, prefix_aucs(self.classes, ends, cutoffs)
 
     def _minute_aucs(self, idx: np.ndarray, group: np.ndarray, size: int) -> list[float | None]:
         """Each chosen minute's AUC from its own class histogram, all at once over the sparse
