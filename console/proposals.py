@@ -76,7 +76,8 @@ def _test_report(data: ConsoleData, name: str) -> ExperimentReport | None:
 
 
 def _verdict(data: ConsoleData, test: Experiment) -> tuple[str, ...]:
-    """The verdict, and per arm predictions and labelled predictions, with the p-values."""
+    """The verdict, per arm predictions and labelled predictions, and the difference with its
+    always-valid interval and p (engine.monitoring.abstats)."""
     found = _test_report(data, test.name)
     if found is None:
         return ("verdict: unknown (no report for this test)",)
@@ -89,7 +90,10 @@ def _verdict(data: ConsoleData, test: Experiment) -> tuple[str, ...]:
             ("candidate", test.candidate, found.candidate),
         )
     )
-    p = f"  {v.metric} diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] · p = {p_value(v.p)}"
+    p = (
+        f"  {v.metric} diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] (margin ±{v.margin:g})"
+        f" · always-valid p = {p_value(v.p)}"
+    )
     return (f"verdict: {v.outcome} ({v.reason})", *arms, p)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine import Engine
 from engine.core import tasks
+from engine.core.figures import sig, signed
 from engine.core.rollups import CLASS_BINS, SCALARS
 from engine.monitoring import abstats
 from engine.monitoring import report as monitoring
@@ -44,6 +45,15 @@ def test_the_interval_narrows_minute_by_minute_and_ends_at_the_live_verdict(
     assert all(p.lo < p.diff < p.hi for p in points)
     last, live = points[-1], found.verdict
     assert (last.diff, last.lo, last.hi) == (live.diff, live.lo, live.hi)
+    text = beast(engine.workspace, "monitor", "--readonly")
+    assert text.returncode == 0, text.stderr
+    assert (
+        f"accuracy diff {signed(live.diff)} [{signed(live.lo)}, {signed(live.hi)}]" in text.stdout
+    )
+    assert f"always-valid p {sig(live.p)}" in text.stdout
+    first = points[0]
+    assert f"interval ±{sig((first.hi - first.lo) / 2)} at " in text.stdout
+    assert "(5 minutes with labels)" in text.stdout
     out = beast(engine.workspace, "monitor", "--json", "--readonly")
     assert out.returncode == 0, out.stderr
     [doc] = json.loads(out.stdout)["experiments"]

@@ -142,3 +142,46 @@ def test_an_unwritable_directory_is_one_line(incident_ws: Engine, tmp_path: Path
 def test_stored_text_cannot_break_a_table() -> None:
     assert incident.cell("a|b\nc") == "a\\|b\\nc"
     assert incident.cell(None) == "-"
+
+
+def _test_evidence(**figures: Any) -> dict[str, Any]:
+    arm = {"version": "v1.0", "predictions": 400, "labelled": 300, "accuracy": 0.8}
+    test = {"name": "t", "verdict": "candidate wins", "metric": "accuracy", "diff": 0.1}
+    return {
+        "health": "healthy",
+        "test": {**test, **figures, "arms": {"control": arm, "candidate": arm}},
+    }
+
+
+def test_a_tests_evidence_shows_its_interval_and_says_which_p() -> None:
+    [line] = [
+        x
+        for x in incident._evidence(1, _test_evidence(lo=0.05, hi=0.15, p=0.001, margin=0.02))
+        if x.startswith("- test")
+    ]
+    assert "(accuracy diff +0.100 [+0.0500, +0.150], always-valid p 0.00100)" in line
+    # Evidence kept before verdicts were always valid: no interval, a fixed-horizon p.
+    old = _test_evidence(verdict="inconclusive", p=0.03)
+    [line] = [x for x in incident._evidence(2, old) if x.startswith("- test")]
+    assert "inconclusive (accuracy diff +0.100 fixed-horizon p 0.0300)" in line
+
+
+def test_the_tests_section_shows_the_margin_and_how_the_interval_narrowed() -> None:
+    detail = {"metric": "accuracy", "diff": 0.1, "lo": 0.05, "hi": 0.15, "p": 0.001}
+    arm = {"predictions": 400, "labelled": 300, "accuracy": 0.8, "mae": 3.0}
+    experiment = {
+        "name": "t",
+        "task": "regression",
+        "control": "v1.0",
+        "candidate": "v2.0",
+        "verdict": "candidate wins",
+        "verdict_detail": {**detail, "margin": 0.02, "reason": "why"},
+        "arms": {"control": arm, "candidate": arm},
+        "interval": [
+            {"minute": 29_000_000, "diff": 0.1, "lo": -0.1, "hi": 0.3},
+            {"minute": 29_000_040, "diff": 0.1, "lo": 0.05, "hi": 0.15},
+        ],
+    }
+    md = "\n".join(incident._tests([experiment]))
+    assert "always-valid p 0.00100, margin ±0.0200" in md
+    assert "interval ±0.200 at 21:20 → ±0.0500 at 22:00 UTC (2 minutes with labels)" in md

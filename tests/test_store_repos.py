@@ -203,7 +203,7 @@ def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) 
     the history.json export); an ended test keeps the verdict it ended with and how. Read back
     inside the transaction, then rolled back: rows without their line state would break the
     workspace's invariants."""
-    evidence = {"health": "critical", "verdict": {"outcome": "inconclusive", "n": [40, 5]}}
+    evidence = {"health": "critical", "verdict": {"outcome": "not enough data", "n": [40, 5]}}
     now = "2025-01-01T00:00:00Z"
     with pytest.raises(_RolledBack), engine.store.write() as tx:
         line = tx.registry.line_names()[0]
@@ -218,7 +218,7 @@ def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) 
             actor="ops",
             reason="auto-pulled: health critical",
             forced=False,
-            verdict="inconclusive",
+            verdict="not enough data",
             ending="auto-pulled",
         )
         states = (Snapshot("v1.0", "v2.0", 1000), Snapshot("v1.0", None, 0))
@@ -247,7 +247,7 @@ def test_a_history_row_keeps_its_evidence_and_a_test_its_ending(engine: Engine) 
         assert plain.evidence is None
         ended = tx.deployments.experiment("t1")
         assert ended is not None
-        assert (ended.verdict, ended.ending) == ("inconclusive", "auto-pulled")
+        assert (ended.verdict, ended.ending) == ("not enough data", "auto-pulled")
         exported = json.loads(tx.history.export_text())
         assert exported[-2]["evidence"] == evidence and exported[-1]["evidence"] is None
         raise _RolledBack

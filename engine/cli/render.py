@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from engine.core import tasks, text
-from engine.core.figures import pct, sig, signed
+from engine.core.figures import narrowing, pct, sig, signed
 from engine.core.records import (
     DoctorReport,
     Experiment,
@@ -340,5 +340,15 @@ def experiment(e: ExperimentReport) -> str:
             text.escape(head),
             table(["ARM", "VERSION", "PRED", "LABELLED", *(h for _, h in keys)], rows),
             figures,
+            *_narrowing(e),
         ]
     )
+
+
+def _narrowing(e: ExperimentReport) -> list[str]:
+    """How the interval narrowed over the minutes `e.interval` holds (none under two)."""
+    if len(e.interval) < 2:
+        return []
+    first, last = e.interval[0], e.interval[-1]
+    ends = ((p.minute, p.lo, p.hi) for p in (first, last))
+    return [f"  {narrowing(next(ends), next(ends), len(e.interval))}"]

@@ -172,7 +172,7 @@ class Experiment:
 
 def evidence_summary(evidence: Mapping[str, Any] | None) -> str:
     """A history row's evidence in one line for people ("" without any): `health critical;
-    2 alerts; verdict inconclusive n 514/47` (n: labelled predictions, control/candidate)."""
+    2 alerts; verdict not enough data n 514/47` (n: labelled predictions, control/candidate)."""
     if not evidence:
         return ""
     alerts = evidence.get("alerts") or []

@@ -43,7 +43,9 @@ Evidence = Mapping[str, Any]  # the figures a change was decided on (a JSON obje
 class Judged:
     """A running test's verdict as read for a decision, and the figures it was read with."""
 
-    outcome: str  # "candidate wins" | "control wins" | "inconclusive" | "not enough data"
+    # engine.monitoring.abstats.OUTCOMES: "candidate wins" | "control wins" | "no difference"
+    # | "not enough data" (always valid: read at any time, its error stays at ab_alpha)
+    outcome: str
     reason: str
     evidence: Evidence | None = None
 
@@ -122,8 +124,9 @@ class Deployments:
             verdict_text = f"verdict: {outcome} ({reason})"
             if outcome != "candidate wins" and not force:
                 raise BeastError(
-                    f"cannot promote {test}: the verdict is {outcome} ({reason}); "
-                    "pass --force to promote anyway (recorded as forced)"
+                    f"cannot promote {test}: the verdict is {outcome} ({reason}), and only"
+                    ' "candidate wins" promotes; pass --force to promote anyway'
+                    " (recorded as forced)"
                 )
             force = force and outcome != "candidate wins"
 

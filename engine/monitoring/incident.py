@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.core import tasks, text
 from engine.core.errors import BeastError
-from engine.core.figures import pct, sig, signed
+from engine.core.figures import narrowing, pct, sig, signed
 from engine.core.history_export import atomic_write
 from engine.core.records import HistoryEntry, Status, evidence_summary
 
@@ -231,8 +231,12 @@ def _tests(experiments: Sequence[Mapping[str, Any]]) -> list[str]:
             "",
             f"{cell(metric)}: diff {signed(detail.get('diff'))} "
             f"[{signed(detail.get('lo'))}, {signed(detail.get('hi'))}], "
-            f"always-valid p {sig(detail.get('p'))}",
+            f"always-valid p {sig(detail.get('p'))}, margin ±{sig(detail.get('margin'))}",
         ]
+        points = e.get("interval") or []
+        if len(points) >= 2:
+            ends = ((p["minute"], p["lo"], p["hi"]) for p in (points[0], points[-1]))
+            out += ["", narrowing(next(ends), next(ends), len(points))]
     return out
 
 
@@ -326,8 +330,15 @@ def _evidence(entry_id: int, evidence: Mapping[str, Any]) -> list[str]:
             f"{arms[arm]['labelled']:,} labelled"
             for arm in ("control", "candidate")
         )
+        # Evidence kept before the verdicts were always valid has no interval, and its p was
+        # a fixed-horizon test's: said as such.
+        figures = (
+            f"[{signed(test['lo'])}, {signed(test['hi'])}], always-valid p {sig(test['p'])}"
+            if "lo" in test
+            else f"fixed-horizon p {sig(test.get('p'))}"
+        )
         out.append(
             f"- test {cell(test['name'])}: {cell(test['verdict'])} ({cell(test['metric'])} "
-            f"diff {signed(test['diff'])}, p {sig(test['p'])}); {per_arm}"
+            f"diff {signed(test.get('diff'))} {figures}); {per_arm}"
         )
     return out
