@@ -79,8 +79,9 @@ def _version(v: VersionReport) -> dict[str, Any]:
 
 
 def test_figures(e: ExperimentReport) -> dict[str, Any]:
-    """A test's verdict with what decided it: the metric, the difference and its p, and per
-    arm the predictions and labelled predictions (the same figures `beast monitor` shows)."""
+    """A test's verdict with what decided it: the metric, the difference with its always-valid
+    interval (`lo`, `hi`) and p, the margin, whether it was paired, and per arm the
+    predictions and labelled predictions (the same figures `beast monitor` shows)."""
     v = e.verdict
     return {
         "name": e.experiment.name,
