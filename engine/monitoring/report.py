@@ -540,7 +540,9 @@ def interval_series(
     `INTERVAL_POINTS`; a compacted hour is one point, at its last minute): each arm's sums up
     to that minute, judged by the live verdict's own sequence (abstats.accuracy_sequence,
     auc_sequence), so the last point is the live verdict's diff, lo and hi. Minutes before
-    the interval exists (below `ab_min_samples` per arm) have no point."""
+    the interval exists (below `ab_min_samples` per arm) have no point. A label counts at its
+    prediction's minute (where the rollups keep it), so a late label still moves its minute's
+    point: the series is the evidence as it stands now, minute by minute."""
     ends = np.unique(np.concatenate((control.row_ends(), candidate.row_ends())))
     cutoffs = ends[-INTERVAL_POINTS:]
     (c_sums, c_aucs), (t_sums, t_aucs) = (r.until(cutoffs, task) for r in (control, candidate))
