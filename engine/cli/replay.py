@@ -59,7 +59,7 @@ def render_replay(r: Replay) -> str:
             )
     else:
         out.append("  no feature quartile where it loses")
-    return text.escape("\n".join(out))
+    return "\n".join(text.escape(line) for line in out)
 
 
 def render_preflight(p: Preflight) -> str:
@@ -67,7 +67,7 @@ def render_preflight(p: Preflight) -> str:
     width = max(len(i.name) for i in p.items)
     out = [f"preflight {p.line} {p.version}:"]
     out += [f"  [{'x' if i.checked else ' '}] {i.name:<{width}}  {i.figure}" for i in p.items]
-    return text.escape("\n".join(out))
+    return "\n".join(text.escape(line) for line in out)
 
 
 @dataclass(frozen=True)
