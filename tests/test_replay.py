@@ -82,8 +82,10 @@ def test_replay_scores_the_version_on_productions_rows_paired(live: Workspace) -
     assert found.verdict.outcome == abstats.CANDIDATE_WINS and found.verdict.paired
     assert found.enough
     # the same verdict as the one paired comparison on the same rows' logged scores
-    labelled = [r for r in rows if r.actual is not None]
-    x = np.frombuffer(b"".join(r.features for r in labelled), dtype=np.float32).reshape(-1, 5)
+    labelled = [r for r in rows if r.actual is not None and r.features is not None]
+    x = np.frombuffer(b"".join(r.features or b"" for r in labelled), dtype=np.float32).reshape(
+        -1, 5
+    )
     logged = np.array([r.score for r in labelled])
     actual = np.array([r.actual for r in labelled])
     same = paired.compare(
