@@ -186,3 +186,37 @@ def test_require_replay_accepts_a_better_model_and_refuses_a_worse(
         assert "refused (--require-replay)" in done.stderr and "control wins" in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
         assert production_of(registered) == "v1.0"  # nothing changed
+
+
+@BOTH_BACKENDS
+def test_served_rows_are_productions_within_the_window_most_recent_first_capped(
+    registered: Workspace,
+) -> None:
+    _wide_labels(registered)
+    engine = Engine(registered, actor="tester")
+    try:
+        engine.deploy(version="v1.0")
+        engine.deploy(version="v3.0", traffic=50, ab_test="half")
+    finally:
+        engine.close()
+    traffic(registered, truth="v2.0", n=200)
+    engine = Engine(registered)
+    try:
+        with engine.store.read() as tx:
+            logged = [r for r in tx.predictions.logged_rows(LINE) if r.actual is not None]
+            v1 = tx.registry.get_version(LINE, "v1.0")
+            x, scores, actual, at = tx.predictions.served_rows(v1.id, 5, 0, 1000)
+            capped = tx.predictions.served_rows(v1.id, 5, 0, 10)
+            later = tx.predictions.served_rows(v1.id, 5, int(at.max()) + 1, 1000)
+            target = tx.registry.get_version(LINE, "v2.0")
+        ours = [r for r in logged if r.version_id == v1.id]
+        assert 0 < len(ours) < len(logged)  # the candidate's rows are not production's
+        assert sorted(scores.tolist()) == sorted(r.score or 0.0 for r in ours)
+        assert sorted(actual.tolist()) == sorted(r.actual or 0.0 for r in ours)
+        assert x.shape == (len(ours), 5) and list(at) == sorted(at)
+        assert capped[0].shape == (10, 5) and list(capped[3]) == list(at[-10:])
+        assert later[0].shape == (0, 5)
+        found = replay.replay(engine.store, engine.config, registered.models_dir, target, limit=50)
+        assert found.capped and found.n == 50  # the most recent 50 of production's rows
+    finally:
+        engine.close()
