@@ -220,3 +220,12 @@ def test_served_rows_are_productions_within_the_window_most_recent_first_capped(
         assert found.capped and found.n == 50  # the most recent 50 of production's rows
     finally:
         engine.close()
+
+
+def test_binary_slices_compare_auc_and_skip_a_bin_of_one_class() -> None:
+    x = np.arange(400, dtype=np.float32).reshape(-1, 1)
+    actual = np.where(np.arange(400) < 100, 0.0, np.arange(400) % 2)  # Q1: negatives only
+    control = actual * 0.8 + 0.1  # ranks every bin perfectly
+    candidate = np.where(np.arange(400) >= 300, 1 - control, control)  # Q4 reversed
+    found = replay.slices("binary", ("f",), x, actual, candidate=candidate, control=control)
+    assert [(s.quartile, s.n, s.production, s.candidate) for s in found] == [(4, 100, 1.0, 0.0)]
