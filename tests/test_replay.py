@@ -11,6 +11,7 @@ import pytest
 import xgboost as xgb
 
 from engine import Engine, Workspace
+from engine.cli.replay import render_replay
 from engine.core.errors import BeastError, NotFound
 from engine.monitoring import abstats, paired, replay
 from tests.conftest import BOTH_BACKENDS
@@ -134,16 +135,20 @@ def test_replay_json_and_its_errors(live: Workspace) -> None:
     )
     assert set(doc["verdict_detail"]) >= {"diff", "lo", "hi", "p", "margin", "n"}
     assert doc["limit"] == replay.LIMIT and doc["capped"] is False
-    text = beast(live, "replay", "v3.0")
-    assert text.returncode == 0 and "where it loses most" in text.stdout
-    for args, said in (
-        (("v9.0",), "no registered version v9.0"),
-        (("v2.0", "--window", "1m", "--model", "other"), "no model line other"),
-        (("v2.0", "--window", "soon"), "--window takes"),
-    ):
-        done = beast(live, "replay", *args)
-        assert done.returncode == 1 and said in done.stderr, done.stderr
-        assert len(done.stderr.strip().splitlines()) == 1
+    done = beast(live, "replay", "v9.0")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["beast: no registered version v9.0"]
+    engine = Engine(live)
+    try:
+        shown = render_replay(engine.replay("v3.0"))
+        with pytest.raises(NotFound, match="no model line other"):
+            engine.replay("v2.0", model="other")
+        with pytest.raises(BeastError, match="--window takes"):
+            engine.replay("v2.0", window="soon")
+    finally:
+        engine.close()
+    assert shown.splitlines()[0].startswith("replay of v3.0 on quality-predictor: 400 labelled")
+    assert "verdict: " in shown and "where it loses most (accuracy" in shown
 
 
 def test_no_labelled_rows_in_the_window_and_another_lines_version(registered: Workspace) -> None:
