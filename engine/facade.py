@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.core import history_export as history
-from engine.core import text
+from engine.core import tasks, text
 from engine.core.config import STORE_URL_SCHEMES, Config, load_config
 from engine.core.engine_lock import running_pid
 from engine.core.errors import BeastError, NotFound
@@ -42,7 +42,9 @@ from engine.store.replicas import Replica, live_leader
 from engine.store.sqlite.integrity import integrity_report
 
 if TYPE_CHECKING:
+    from engine.deploy.preflight import Preflight
     from engine.monitoring import feedback as labels
+    from engine.monitoring.replay import Replay
     from engine.monitoring.report import Monitoring, MonitorReport
     from engine.retrain.data import Source
     from engine.retrain.jobs import Job
@@ -379,6 +381,88 @@ class Engine:
             line, version, note=note, expect=expect, verdict=_verdict(evidence), evidence=evidence
         )
 
+    # -- replay and the deploy preflight --------------------------------------------------
+
+    def replay(self, version: str, *, model: str | None = None, window: str = "7d") -> Replay:
+        """Score a registered version on the labelled requests its line's production served
+        within `window` (the most recent `replay.LIMIT`) and compare the two, paired
+        (engine.monitoring.replay). Nothing is served or changed."""
+        _check_names(version=version, model=model)
+        target = self._replay_target(version, model)
+        from engine.monitoring import replay as replays  # numpy and XGBoost: replays only
+
+        return replays.replay(
+            self.store, self.config, self.workspace.models_dir, target, window=window
+        )
+
+    def preflight(
+        self,
+        path: str | Path | None = None,
+        *,
+        version: str | None = None,
+        model: str | None = None,
+        traffic: float | None = None,
+        ab_test: str | None = None,
+        reference: str | Path | None = None,
+        replayed: Replay | None = None,
+    ) -> tuple[VersionRef, Preflight]:
+        """The deployment checklist of a deploy (engine.deploy.preflight), judged on one
+        read; a PATH is registered first (as the deploy would), nothing is deployed.
+        `replayed`: a replay of the version, whose figures count as its validation set."""
+        _check_names(version=version, model=model, ab_test=ab_test)
+        bp = deploy_service.traffic_for(traffic, ab_test)
+        target, _ = self._deploy_target(path, version, model, reference)
+        from engine.deploy import preflight as checklist
+
+        settings = self.config.line(target.line)
+        metric = tasks.PRIMARY[settings.task]
+        limits = self.config.thresholds
+        now_ms = time.time_ns() // 1_000_000
+        with self.store.read() as tx:
+            baseline = tx.baselines.for_version(target.id)
+            state = tx.deployments.state(target.line)
+            leader = live_leader(tx.replicas.all(), now_ms)
+        figures = baseline.figures() if baseline is not None else {}
+        facts = checklist.Facts(
+            line=target.line,
+            version=target.name,
+            metric=metric,
+            metric_min=limits.auc_min if settings.binary else limits.accuracy_min,
+            baseline_source=baseline.source if baseline is not None else None,
+            baseline_detail=baseline.detail if baseline is not None else None,
+            baseline=_primary_first(figures, metric),
+            production=state.production.name if state is not None else None,
+            share_bp=bp,
+            ab_test=ab_test,
+            leader=leader.id if leader is not None else None,
+            replay_n=replayed.n if replayed is not None else 0,
+            replay=_primary_first(replayed.comparison.candidate, metric) if replayed else (),
+            replay_production=(
+                _primary_first(replayed.comparison.control, metric) if replayed else ()
+            ),
+        )
+        return target, checklist.check(facts)
+
+    def _replay_target(self, version: str, model: str | None) -> VersionRef:
+        """The version a replay scores: of `model`, else of the one line that has it."""
+        if model is not None:
+            self._line(model)  # an unknown line is refused first
+        with self.store.read() as tx:
+            found = {
+                line: ref
+                for line in tx.registry.line_names()
+                if (ref := tx.registry.find_version(line, version)) is not None
+            }
+        if model is not None and model in found:
+            return found[model]
+        if model is not None and found:
+            raise BeastError(f"{version} is a version of {', '.join(found)}, not of {model}")
+        if len(found) == 1:
+            return next(iter(found.values()))
+        if not found:
+            raise NotFound(f"no registered version {version}" + (f" of {model}" if model else ""))
+        raise BeastError(f"{version} is a version of {', '.join(found)}: pass --model NAME")
+
     # -- retraining -----------------------------------------------------------------------
 
     def retrain_check(self, model: str | None = None) -> TriggerReport:
@@ -603,6 +687,11 @@ def _verdict(evidence: Mapping[str, Any]) -> str | None:
     """The verdict of the test in `evidence` (None without a running test)."""
     test = evidence.get("test")
     return str(test["verdict"]) if isinstance(test, Mapping) else None
+
+
+def _primary_first(figures: Mapping[str, float], metric: str) -> tuple[tuple[str, float], ...]:
+    """Metrics as pairs, the line's primary one first (a checklist figure names it first)."""
+    return tuple(sorted(figures.items(), key=lambda kv: kv[0] != metric))
 
 
 def _health(tx: Tx, states: list[LineState]) -> str:

@@ -18,6 +18,7 @@ from engine.cli import console as cli_console
 from engine.cli import migrate as cli_migrate
 from engine.cli import mlflow as cli_mlflow
 from engine.cli import render
+from engine.cli import replay as cli_replay
 from engine.cli import retrain as cli_retrain
 from engine.cli import serving as cli_serving
 from engine.cli import simulate as cli_simulate
@@ -146,6 +147,7 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
         return cmd_promote(engine, args)
     if args.path is None and args.version is None:
         raise _Usage("deploy needs a model file PATH (or --version V of a registered one)")
+    checked = cli_replay.preflight(engine, args)
     change = engine.deploy(
         args.path,
         version=args.version,
@@ -156,7 +158,7 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
         expect=_expect(args),
         reference=args.reference,
     )
-    return _report(change, args)
+    return cli_replay.report(change, args, checked)
 
 
 def cmd_rollback(engine: Engine, args: argparse.Namespace) -> int:
@@ -354,6 +356,7 @@ def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
     p.add_argument("--reference", metavar="FILE", help=_REFERENCE_HELP)
     p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
+    cli_replay.add_deploy_options(p)
     _mutation_options(p)
 
 
@@ -499,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serving.add_parsers(add)
     cli_retrain.add_parsers(add)
     cli_simulate.add_parsers(add)
+    cli_replay.add_parsers(add)
     cli_mlflow.add_parsers(add)
     cli_migrate.add_parsers(add)
     cli_console.add_parsers(add)

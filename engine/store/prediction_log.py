@@ -66,6 +66,14 @@ class PredictionLogRepo(Protocol):
         float32 matrix, actuals, at_ms), oldest first."""
         ...
 
+    def served_rows(
+        self, version_id: int, width: int, since_ms: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The labelled, successful predictions `version_id` served from `since_ms` on (the
+        most recent `limit`): (features as a float32 (n, width) matrix, the logged scores,
+        actuals, at_ms), oldest first."""
+        ...
+
     def count(self) -> int:
         """How many predictions the log holds: single ones plus every batch's rows."""
         ...

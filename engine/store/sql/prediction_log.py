@@ -167,6 +167,43 @@ def labelled_rows(conn: Conn, line: str, width: int) -> tuple[np.ndarray, np.nda
     return x[order], y[order], at[order]
 
 
+def served_rows(
+    conn: Conn, version_id: int, width: int, since_ms: int, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The labelled, successful predictions `version_id` served from `since_ms` on, the most
+    recent `limit` of them: (features as float32 (n, width), logged scores, actuals, at_ms),
+    oldest first. What a replay scores another version on (engine.monitoring.replay)."""
+    singles = conn.execute(
+        "SELECT features, score, actual, coalesce(at_ms, hi >> 16) FROM predictions"
+        " WHERE version_id = ? AND actual IS NOT NULL AND error IS NULL"
+        " AND length(features) = ? AND coalesce(at_ms, hi >> 16) >= ?"
+        " ORDER BY hi DESC, lo DESC LIMIT ?",
+        (version_id, 4 * width, since_ms, limit),
+    ).fetchall()
+    # A batch row's version is the 8 bytes at its place in `version_ids`: compared there, so
+    # the limit counts only this version's rows.
+    in_batches = conn.execute(
+        "SELECT substr(b.features, CAST(4 * b.width * l.row + 1 AS INTEGER),"
+        " CAST(4 * b.width AS INTEGER)), substr(b.scores, CAST(8 * l.row + 1 AS INTEGER), 8),"
+        " l.actual, b.at_ms FROM batch_labels l JOIN prediction_batches b ON b.id = l.batch_id"
+        " WHERE b.width = ? AND b.at_ms >= ?"
+        " AND substr(b.version_ids, CAST(8 * l.row + 1 AS INTEGER), 8) = ?"
+        " ORDER BY b.id DESC, l.row LIMIT ?",
+        (width, since_ms, np.int64(version_id).astype("<i8").tobytes(), limit),
+    ).fetchall()
+    found = singles + [
+        (f, score, a, at)
+        for f, s, a, at in in_batches
+        if not math.isnan(score := float(np.frombuffer(s, dtype="<f8")[0]))  # a failed row
+    ]
+    x = np.frombuffer(b"".join(r[0] for r in found), dtype=np.float32).reshape(-1, width)
+    scores = np.array([r[1] for r in found], dtype=np.float64)
+    y = np.array([r[2] for r in found], dtype=np.float64)
+    at = np.array([r[3] for r in found], dtype=np.int64)
+    keep = np.argsort(at, kind="stable")[-limit:]
+    return x[keep], scores[keep], y[keep], at[keep]
+
+
 def count_logged(conn: Conn) -> int:
     """How many predictions the log holds: single ones plus every batch's rows."""
     found = conn.execute(
@@ -475,6 +512,11 @@ class SqlPredictionLog(ABC):
 
     def labelled_rows(self, line: str, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return labelled_rows(self.conn, line, width)
+
+    def served_rows(
+        self, version_id: int, width: int, since_ms: int, limit: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return served_rows(self.conn, version_id, width, since_ms, limit)
 
     def count(self) -> int:
         return count_logged(self.conn)
