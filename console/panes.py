@@ -505,7 +505,7 @@ def _srm(test: ExperimentReport) -> list[Text]:
     return [
         Text(
             f"SRM p={fmt.p_value(srm.p)} ({state}) · pred {sig(srm.control)} /"
-            f" {sig(srm.candidate)}, expected {sig(srm.share * 100)}% candidate",
+            f" {sig(srm.candidate)}, expected {fmt.percent(round(srm.share * 10_000))} candidate",
             style="yellow" if srm.acknowledged else "bold red",
         )
     ]

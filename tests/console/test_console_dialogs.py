@@ -22,10 +22,11 @@ from textual.widgets import Label, Select, Static
 from console.app import BeastConsole
 from console.data import fetch
 from console.dialogs import FIELDS, ConfirmScreen, DeployForm
+from console.format import p_value
 from console.gateway import Gateway
 from console.proposals import command_line, firing_alerts, rollback
 from console.screens import DetailsScreen
-from engine import Engine, Workspace
+from engine import Engine, Workspace, sig
 from tests.console import snapdata
 from tests.console.pilot import action_log, drive, make_app, press, settle, state
 from tests.helpers import REPO, history_of, model_path, set_config, train_model
@@ -227,7 +228,11 @@ def test_the_verdict_figures_are_the_reports_own_per_arm(
             line = f"{arm} {version}: {window.predictions:,} predictions, "
             assert f"{line}{window.labelled:,} labelled" in text
         assert f"verdict: {test.verdict.outcome}" in text
-        assert "accuracy p = " in text and "mae p = " in text
+        v = test.verdict
+        assert (
+            f"accuracy diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] (always-valid 95%)"
+            f" · margin ±{v.margin:g} · p = {p_value(v.p)}"
+        ) in text
         await press(app, pilot, "escape")
 
     try:
