@@ -133,11 +133,18 @@ def interval_rows(
     *,
     ascii_only: bool,
 ) -> tuple[Text, Text, str]:
-    """An interval's bounds as two sparklines on one scale that holds ±`margin` (the
-    upper row, then the lower), and the ramp's character at −margin. A lower bound above
-    −margin (non-inferior) is green; an upper bound below it (surely worse) is red."""
-    seen = [v for v in (*lo, *hi) if v is not None and not math.isnan(v)]
-    scale = Scale(min([*seen, -margin, 0.0]), max([*seen, margin, 0.0]))
+    """An interval's bounds as two sparklines on one scale (the upper row, then the
+    lower), and the ramp's character at −margin. A lower bound above −margin
+    (non-inferior) is green; an upper bound below it (surely worse) is red.
+
+    The scale is the latest interval and ±margin, with as much again above and below: a
+    confidence sequence's first minutes are many times wider than its last, and a scale
+    that held them flattened the rest of the run to one level; they run off the ends
+    (full, empty) and the narrowing stays visible around the margin."""
+    last_lo = next((v for v in reversed(lo) if v is not None and not math.isnan(v)), 0.0)
+    last_hi = next((v for v in reversed(hi) if v is not None and not math.isnan(v)), 0.0)
+    low, high = min(last_lo, -margin, 0.0), max(last_hi, margin, 0.0)
+    scale = Scale(low - (high - low), high + (high - low))
     upper = render(hi, Scale(scale.low, scale.high, -margin), width, ascii_only=ascii_only)
     lower = render(lo, scale, width, ascii_only=ascii_only)
     offset = max(0, width) - len(list(lo)[-width:] if width > 0 else [])

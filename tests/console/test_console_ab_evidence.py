@@ -90,6 +90,10 @@ def test_the_interval_narrows_around_the_margin_a_cell_per_minute() -> None:
     assert len(his) == len(los) == 40  # every minute, newest on the right
     assert his[0] > his[-1] and los[0] < los[-1]  # the bounds close in
     assert max(his) == len(BLOCKS) - 1 and min(los) == 0  # one scale for both rows
+    # The scale is the latest interval's: the first minutes run off its ends, the latest
+    # bounds sit inside it (not flattened to one level by the first, widest minutes).
+    assert 0 < los[-1] < his[-1] < len(BLOCKS) - 1
+    assert len(set(his[len(his) // 4 :])) > 1 and len(set(los[len(los) // 4 :])) > 1
     # Numbers beside the lines: the last minute's bounds, three significant digits.
     assert hi.plain.endswith(f" {sig(points[-1].hi)}")
     assert lo.plain.split(" · ")[0].endswith(f" {sig(points[-1].lo)}")
