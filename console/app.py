@@ -255,7 +255,7 @@ class BeastConsole(App[None]):
                 self.selected = main.query_one(DeploymentTable).cursor_key
             self._draw_metrics()
             main.query_one(AlertsPane).draw(data, ascii_only=ascii_only, needle=needle)
-            main.query_one(ABPane).draw(data)
+            main.query_one(ABPane).draw(data, ascii_only=ascii_only)
             main.query_one(JobsPane).draw(data)
             self._draw_header()
         applicable = tuple(self.mutation_allowed(kind) for kind in MUTATIONS)

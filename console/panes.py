@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Label, Static
 from console import format as fmt
 from console.data import ConsoleData, VersionRow
 from console.series import VersionSeries
-from console.sparkline import MetricSpark, Scale, band
+from console.sparkline import MetricSpark, Scale, band, by_cell, interval_rows
 from engine import Config, ExperimentReport, VersionReport, sig
 
 Cells = tuple[Any, ...]
@@ -369,7 +369,7 @@ class AlertsPane(Pane):
 
 class ABPane(Pane):
     """Per arm: predictions (`pred`) and labelled predictions (`lab`), the metrics and p95,
-    all from the `ExperimentReport` whose verdict the line below reads: one source."""
+    all from the `ExperimentReport` whose evidence the lines below draw: one source."""
 
     def compose(self) -> ComposeResult:
         yield SyncTable(
@@ -385,9 +385,9 @@ class ABPane(Pane):
             id="ab-table",
             classes="pane-focus",
         )
-        yield Static("no running A/B test", id="ab-verdict")
+        yield ABEvidence(id="ab-verdict")
 
-    def draw(self, data: ConsoleData) -> None:
+    def draw(self, data: ConsoleData, *, ascii_only: bool = False) -> None:
         tests = data.report.experiments if data.report is not None else ()
         rows = []
         for test in tests:
@@ -416,19 +416,115 @@ class ABPane(Pane):
                     )
                 )
         self.query_one(SyncTable).sync(rows)
-        verdicts = [_verdict(t) for t in tests]
-        shown = "\n".join(fmt.safe(v) for v in verdicts) or "no running A/B test"
-        self.query_one("#ab-verdict", Static).update(Text(shown))
+        self.query_one(ABEvidence).show(tuple(tests), ascii_only=ascii_only)
         self.retitle(f" {fmt.safe(tests[0].experiment.name)}" if len(tests) == 1 else "")
 
 
-def _verdict(test: ExperimentReport) -> str:
-    """`retrain-v3: not enough data · lab 1,080 / 120 · acc p=0.412 · reason`: the labelled
-    predictions per arm (control / candidate) the test was judged on, the always-valid p."""
+class ABEvidence(Static):
+    """Each running test's evidence (`evidence`), redrawn in place when what it shows
+    changes (a poll with the same figures draws nothing) or its width does."""
+
+    # A line too long for the pane is cut with `…` at its edge, never wrapped: the pane's
+    # height stays the number of lines, and the figures come first on each line.
+    DEFAULT_CSS = "ABEvidence { height: auto; text-wrap: nowrap; text-overflow: ellipsis; }"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__("no running A/B test", **kw)
+        self.tests: tuple[ExperimentReport, ...] = ()
+        self.ascii_only = False
+        self._drawn: tuple[object, ...] = ()
+
+    def show(self, tests: tuple[ExperimentReport, ...], *, ascii_only: bool = False) -> None:
+        self.tests, self.ascii_only = tests, ascii_only
+        self._redraw()
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        width = self.content_region.width
+        lines = [
+            line for t in self.tests for line in evidence(t, width, ascii_only=self.ascii_only)
+        ]
+        text = Text("\n").join(lines) if lines else Text("no running A/B test")
+        drawn = (text.plain, tuple(text.spans))
+        if drawn != self._drawn:
+            self._drawn = drawn
+            self.update(text)
+
+
+def evidence(test: ExperimentReport, width: int, *, ascii_only: bool = False) -> list[Text]:
+    """A test's evidence, a line each, cut to `width`: the always-valid verdict (outcome,
+    the primary metric's difference, its interval and the margin, p), what it was judged
+    on and why; the interval's bounds minute by minute around −margin; the sample-ratio
+    check; the rollout's steps with the current one marked. A part without data is left
+    out (a plain test has no rollout)."""
     v, name = test.verdict, test.experiment.name
-    n = f"lab {sig(test.control.labelled)} / {sig(test.candidate.labelled)}"
     short = "auc" if v.metric == "auc" else "acc"
-    return f"{name}: {v.outcome} · {n} · {short} p={fmt.p_value(v.p)} · {v.reason}"
+    n = f"lab {sig(test.control.labelled)} / {sig(test.candidate.labelled)}"
+    lines = [
+        fmt.cell(f"{name}: {v.outcome} · p={fmt.p_value(v.p)} · {n}"),
+        Text.assemble(
+            f"{short} {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] · margin ±{fmt.setting(v.margin)}",
+            fmt.cell(f" · {v.reason}", style="dim"),
+        ),
+        *_interval(test, width, ascii_only=ascii_only),
+        *_srm(test),
+        *_rollout(test, ascii_only=ascii_only),
+    ]
+    return lines
+
+
+def _interval(test: ExperimentReport, width: int, *, ascii_only: bool) -> list[Text]:
+    """`hi ▇▆▅▅▄ -0.305` over `lo ▁▂▂▃▃ -0.545 · −margin at ▅`: the bounds narrowing."""
+    points = sorted(test.interval, key=lambda p: p.minute)
+    if not points:
+        return []
+    last, margin = points[-1], test.verdict.margin
+    his, los = f" {sig(last.hi)}", f" {sig(last.lo)} · -margin at "
+    room = max(0, width - 3 - max(len(his), len(los) + 1))
+    cells = by_cell([p.minute for p in points], room)
+    hi = [None if i is None else points[i].hi for i in cells]
+    lo = [None if i is None else points[i].lo for i in cells]
+    upper, lower, mark = interval_rows(lo, hi, margin, room, ascii_only=ascii_only)
+    return [
+        Text.assemble("hi ", upper, his),
+        Text.assemble("lo ", lower, los, mark),
+    ]
+
+
+def _srm(test: ExperimentReport) -> list[Text]:
+    """Nothing before the split was checked; `srm ok p=…`, or the mismatch in red (yellow
+    once acknowledged: it no longer blocks promotion)."""
+    srm = test.srm
+    if srm is None:
+        return []
+    if not srm.mismatch:
+        return [Text(f"srm ok p={fmt.p_value(srm.p)}")]
+    state = "acknowledged" if srm.acknowledged else "unacknowledged"
+    return [
+        Text(
+            f"SRM p={fmt.p_value(srm.p)} ({state}) · pred {sig(srm.control)} /"
+            f" {sig(srm.candidate)}, expected {fmt.percent(round(srm.share * 10_000))} candidate",
+            style="yellow" if srm.acknowledged else "bold red",
+        )
+    ]
+
+
+_ROLLOUT_STYLE = {"paused": "yellow", "rolled back": "bold red", "aborted": "dim"}
+
+
+def _rollout(test: ExperimentReport, *, ascii_only: bool) -> list[Text]:
+    """`rollout 5% → [25%] → 50% → 100% · running`: the current step in brackets."""
+    rollout = test.experiment.rollout
+    if rollout is None:
+        return []
+    arrow = " -> " if ascii_only else " → "
+    steps = [fmt.percent(bp) for bp in rollout.steps]
+    if 0 <= rollout.step < len(steps):
+        steps[rollout.step] = f"[{steps[rollout.step]}]"
+    state = Text(rollout.state, style=_ROLLOUT_STYLE.get(rollout.state, "bold"))
+    return [Text.assemble(f"rollout {arrow.join(steps)} · ", state)]
 
 
 # -- 5 Jobs ------------------------------------------------------------------------------------

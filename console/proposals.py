@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from console.data import ConsoleData
-from console.format import p_value, percent
+from console.format import p_value, percent, setting
 from console.gateway import Gateway
 from engine import Experiment, ExperimentReport, Workspace, sig
 
@@ -91,10 +91,34 @@ def _verdict(data: ConsoleData, test: Experiment) -> tuple[str, ...]:
         )
     )
     p = (
-        f"  {v.metric} diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] (margin ±{v.margin:g})"
-        f" · always-valid p = {p_value(v.p)}"
+        f"  {v.metric} diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}]"
+        f" (always-valid 95%) · margin ±{setting(v.margin)} · p = {p_value(v.p)}"
     )
     return (f"verdict: {v.outcome} ({v.reason})", *arms, p)
+
+
+def srm_block(data: ConsoleData, test: Experiment) -> str | None:
+    """`promotion is blocked …` while the test's split mismatches its share (SRM) and no
+    one has acknowledged it: the engine refuses the promotion until `beast alerts ack ID`
+    (the firing srm alert's id, as the Alerts pane shows it)."""
+    found = _test_report(data, test.name)
+    srm = found.srm if found is not None else None
+    if srm is None or not srm.mismatch or srm.acknowledged:
+        return None
+    alerts = data.report.alerts if data.report is not None else ()
+    alert = next(
+        (
+            a
+            for a in alerts
+            if a["status"] == "firing" and a.get("metric") == "srm" and a["line"] == test.line
+        ),
+        None,
+    )
+    ack = f"beast alerts ack {alert['id']}" if alert is not None else "beast alerts ack ID"
+    return (
+        f"promotion is blocked: sample-ratio mismatch (SRM p = {p_value(srm.p)}, "
+        f"{count(srm.control)} / {count(srm.candidate)} predictions) until `{ack}`"
+    )
 
 
 def count(n: int) -> str:
@@ -193,6 +217,9 @@ def promote(data: ConsoleData, line: str) -> Proposal:
     context = [*_verdict(data, test), _traffic(data, line)]
     if not wins:
         context.insert(1, "the verdict is not 'candidate wins': recorded as a forced promotion")
+    blocked = srm_block(data, test)
+    if blocked is not None:
+        context.insert(0, blocked)
     expect = data.expect(line)
     force = () if wins else ("--force",)
     return Proposal(

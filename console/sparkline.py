@@ -102,3 +102,54 @@ class MetricSpark(Static):
         if drawn != self._drawn:  # a poll with the same minutes draws nothing
             self._drawn = drawn
             self.update(render(self.values, self.scale, width, ascii_only=self.ascii_only))
+
+
+def by_cell(minutes: Sequence[int], width: int) -> list[int | None]:
+    """Which point each of at most `width` cells draws (the index into `minutes`, rising;
+    None: a blank cell). A cell per minute from the first to the last while they fit;
+    over a longer span each cell is a stretch of minutes drawing its last point, so the
+    whole run stays on screen (an A/B interval narrows most in its first minutes)."""
+    if not minutes or width <= 0:
+        return []
+    first = minutes[0]
+    span = minutes[-1] - first + 1
+    cells = min(width, span)
+    out: list[int | None] = []
+    at = 0
+    for cell in range(cells):
+        end = first + (cell + 1) * span / cells  # this cell's stretch ends before `end`
+        last = None
+        while at < len(minutes) and minutes[at] < end:
+            last, at = at, at + 1
+        out.append(last)
+    return out
+
+
+def interval_rows(
+    lo: Sequence[float | None],
+    hi: Sequence[float | None],
+    margin: float,
+    width: int,
+    *,
+    ascii_only: bool,
+) -> tuple[Text, Text, str]:
+    """An interval's bounds as two sparklines on one scale (the upper row, then the
+    lower), and the ramp's character at −margin. A lower bound above −margin
+    (non-inferior) is green; an upper bound below it (surely worse) is red.
+
+    The scale is the latest interval and ±margin, with as much again above and below: a
+    confidence sequence's first minutes are many times wider than its last, and a scale
+    that held them flattened the rest of the run to one level; they run off the ends
+    (full, empty) and the narrowing stays visible around the margin."""
+    last_lo = next((v for v in reversed(lo) if v is not None and not math.isnan(v)), 0.0)
+    last_hi = next((v for v in reversed(hi) if v is not None and not math.isnan(v)), 0.0)
+    low, high = min(last_lo, -margin, 0.0), max(last_hi, margin, 0.0)
+    scale = Scale(low - (high - low), high + (high - low))
+    upper = render(hi, Scale(scale.low, scale.high, -margin), width, ascii_only=ascii_only)
+    lower = render(lo, scale, width, ascii_only=ascii_only)
+    offset = max(0, width) - len(list(lo)[-width:] if width > 0 else [])
+    for i, value in enumerate(list(lo)[-width:] if width > 0 else []):
+        if value is not None and not math.isnan(value) and value > -margin:
+            lower.stylize("green", offset + i, offset + i + 1)
+    mark = render([-margin], scale, 1, ascii_only=ascii_only).plain
+    return upper, lower, mark

@@ -36,6 +36,7 @@ from engine.core.records import (
     HistoryEntry,
     Job,
     Lineage,
+    Rollout,
     Status,
 )
 from engine.core.text import escape
@@ -44,7 +45,13 @@ from engine.facade import Engine, ModelsReport
 
 if TYPE_CHECKING:
     from engine.core.background import BackgroundThread
-    from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
+    from engine.monitoring.report import (
+        ExperimentReport,
+        IntervalPoint,
+        MonitorReport,
+        SrmCheck,
+        VersionReport,
+    )
     from engine.monitoring.rollups import MinutePoint
 
 __all__ = [
@@ -61,12 +68,15 @@ __all__ = [
     "Experiment",
     "ExperimentReport",
     "HistoryEntry",
+    "IntervalPoint",
     "Job",
     "Lineage",
     "MinutePoint",
     "ModelsReport",
     "MonitorReport",
     "NotFound",
+    "Rollout",
+    "SrmCheck",
     "StateBusy",
     "StateChanged",
     "Status",
@@ -84,6 +94,8 @@ __all__ = [
 _LAZY = {
     "BackgroundThread": "engine.core.background",
     "ExperimentReport": "engine.monitoring.report",
+    "IntervalPoint": "engine.monitoring.report",
+    "SrmCheck": "engine.monitoring.report",
     "MonitorReport": "engine.monitoring.report",
     "VersionReport": "engine.monitoring.report",
     "MinutePoint": "engine.monitoring.rollups",

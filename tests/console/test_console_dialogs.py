@@ -229,8 +229,10 @@ def test_the_verdict_figures_are_the_reports_own_per_arm(
             assert f"{line}{window.labelled:,} labelled" in text
         assert f"verdict: {test.verdict.outcome}" in text
         v = test.verdict
-        figures = f"accuracy diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] (margin ±{v.margin:g})"
-        assert f"{figures} · always-valid p = {p_value(v.p)}" in text
+        assert (
+            f"accuracy diff {sig(v.diff)} [{sig(v.lo)}, {sig(v.hi)}] (always-valid 95%)"
+            f" · margin ±{v.margin:g} · p = {p_value(v.p)}"
+        ) in text
         await press(app, pilot, "escape")
 
     try:

@@ -82,11 +82,7 @@ def test_the_console_shows_beast_monitor_json_figures(
         assert p95 == sig(figures["latency_ms"]["p95"]), row
     assert arms["control"]["predictions"] == 30 * 36  # real data, three in four labelled
     assert arms["control"]["labelled"] == 30 * 36 * 3 // 4
-    detail = test["verdict_detail"]
-    n = f"lab {sig(arms['control']['labelled'])} / {sig(arms['candidate']['labelled'])}"
-    assert shown["verdict"].startswith(
-        f"retrain-v3: {test['verdict']} · {n} · acc p={p_value(detail['p'])} · "
-    ), shown["verdict"]
+    _evidence_agrees(shown["verdict"].splitlines(), test)
 
     versions = {v["version"]: v for v in report["versions"]}
     healths = {name: cells[3].split(" ", 1)[-1] for name, cells in shown["deployments"].items()}
@@ -104,3 +100,35 @@ def test_the_console_shows_beast_monitor_json_figures(
     assert values["traffic"] == f"{sig(v2['predictions'])} pred, {sig(v2['labelled'])} lab, 90%"
     drift = v2["drift"]["model"]
     assert values["drift"].startswith(f"{sig(drift * 100)}% (max" if drift is not None else "-")
+
+
+def _evidence_agrees(lines: list[str], test: dict[str, Any]) -> None:
+    """The A/B pane's evidence lines against the test's JSON: the verdict, p, n, the
+    interval and margin; the last minute of the interval series, the SRM check and the
+    rollout where the JSON has them (and no line for them where it has none)."""
+    arms, detail = test["arms"], test["verdict_detail"]
+    n = f"lab {sig(arms['control']['labelled'])} / {sig(arms['candidate']['labelled'])}"
+    assert lines[0] == f"retrain-v3: {test['verdict']} · p={p_value(detail['p'])} · {n}", lines
+    assert lines[1].startswith(
+        f"acc {sig(detail['diff'])} [{sig(detail['lo'])}, {sig(detail['hi'])}]"
+        f" · margin ±{detail['margin']:g} · "
+    ), lines
+    rest = lines[2:]
+    if test["interval"]:
+        last = test["interval"][-1]
+        hi, lo, *rest = rest
+        assert hi.startswith("hi ") and hi.endswith(f" {sig(last['hi'])}"), hi
+        assert lo.startswith("lo ") and f" {sig(last['lo'])} · -margin at " in lo, lo
+    if test["srm"] is not None:
+        srm, *rest = rest
+        mark = f"srm ok p={p_value(test['srm']['p'])}"
+        if test["srm"]["mismatch"]:
+            mark = f"SRM p={p_value(test['srm']['p'])}"
+        assert srm.startswith(mark), srm
+    if test["rollout"] is not None:
+        rollout, *rest = rest
+        rollout_json = test["rollout"]
+        steps = [f"{step:g}%" for step in rollout_json["steps"]]  # percent in the JSON
+        steps[rollout_json["step"]] = f"[{steps[rollout_json['step']]}]"
+        assert rollout == f"rollout {' → '.join(steps)} · {rollout_json['state']}", rollout
+    assert rest == [], rest
