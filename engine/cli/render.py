@@ -74,6 +74,13 @@ def status(report: Status) -> str:
                 ],
             )
         )
+        out += [
+            f"  shadow {text.escape(s.version)}: scored on {percent(s.share_bp):g}% of "
+            f"production's requests, never served ({s.scored} scored, {s.dropped} skipped; "
+            f"since {s.started_at} by {text.escape(s.started_by)})"
+            for s in report.shadows
+            if s.line == line
+        ]
     if report.experiments:
         out.append("A/B tests")
         out.append(
