@@ -30,7 +30,7 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence
+from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence, shadow_report
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.store.base import Store, Tx
@@ -201,6 +201,7 @@ class MonitorReport:
     actions: tuple[str, ...] = ()
     feedback_pending: int = 0  # early feedback waiting for its prediction's row
     feedback_unmatched: int = 0  # feedback whose prediction never reached the log (labels)
+    shadows: tuple[shadow_report.ShadowReport, ...] = ()  # running shadows, paired verdicts
 
     @property
     def health(self) -> str:
@@ -217,6 +218,10 @@ class MonitorReport:
             "experiments": [e.to_json() for e in self.experiments],
             "actions": list(self.actions),
             "feedback": {"pending": self.feedback_pending, "unmatched": self.feedback_unmatched},
+            "shadows": [
+                {**s.to_json(), "verdict_detail": verdict_detail(s.verdict, s.task)}
+                for s in self.shadows
+            ],
         }
 
 
@@ -519,6 +524,8 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
+    # A candidate that is also the line's shadow is judged on the same requests (paired).
+    verdict = shadow_report.experiment_verdict(tx, config, experiment) or verdict
     return ExperimentReport(experiment, control, candidate, verdict, task)
 
 
@@ -550,8 +557,9 @@ def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None
     )
     alerts = tuple(_alerts(tx))
     pending, unmatched = labels.counts(tx)
+    shadows = shadow_report.shadow_reports(tx, config, model)
     return MonitorReport(
-        window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched
+        window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched, shadows
     )
 
 

@@ -290,7 +290,9 @@ class Router:
             _log.warning("shadow of %s not scored: %s", served.line, exc)
             return None
         self.shadows.start()
-        return ShadowArm(served.shadow_id, arm.ref, arm.score, served.shadow_bp)
+        return ShadowArm(
+            served.shadow_id, arm.ref, arm.score, served.shadow_bp, served.production_id
+        )
 
     def _arm(self, tx: Tx, role: str, version_id: int, width: int) -> Arm:
         ref = tx.registry.version_by_id(version_id)

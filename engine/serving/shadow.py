@@ -49,6 +49,7 @@ class ShadowArm(NamedTuple):
     ref: VersionRef
     score: Callable[[np.ndarray], np.ndarray]  # float32 rows -> float32 scores
     bp: int  # share of production's requests scored, basis points
+    control_id: int  # the production version whose requests it scores
 
 
 class _Item(NamedTuple):
@@ -245,7 +246,16 @@ def _scores(group: list[_Item]) -> list[ShadowScore]:
             if why is not None:
                 score = None
             found.append(
-                ShadowScore(arm.shadow_id, pid, item.batch, float(control), score, why, per_row_us)
+                ShadowScore(
+                    arm.shadow_id,
+                    pid,
+                    item.batch,
+                    arm.control_id,
+                    float(control),
+                    score,
+                    why,
+                    per_row_us,
+                )
             )
             i += 1
     return found

@@ -18,6 +18,7 @@ class ShadowScore(NamedTuple):
     shadow_id: int
     pid: str
     batch: bool  # a row of a logged batch (its id's prefix names the batch)
+    control_id: int  # the production version that answered the request
     control: float  # production's score of the same request
     score: float | None  # None: the shadow failed on it (`error` says why)
     error: str | None
@@ -55,6 +56,7 @@ class ShadowRepo(Protocol):
         """Every score a shadow kept, by prediction id (None: failed)."""
         ...
 
-    def pairs(self, shadow_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(shadow scores, production's scores, actuals) of the labelled requests both scored."""
+    def pairs(self, shadow_id: int, control_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shadow scores, production's scores, actuals) of the labelled requests both scored,
+        of those production version `control_id` answered."""
         ...

@@ -605,6 +605,7 @@ CREATE TABLE shadow_scores (
     lo BIGINT NOT NULL,
     prefix TEXT CHECK (prefix IS NULL OR length(prefix) = 27),
     row BIGINT CHECK ((prefix IS NULL) = (row IS NULL)),
+    control_id BIGINT NOT NULL REFERENCES versions(id),
     control DOUBLE PRECISION NOT NULL,
     score DOUBLE PRECISION,
     error TEXT,

@@ -61,12 +61,12 @@ class SqlShadows:
         for s in scores:
             hi, lo = ids.key(s.pid)
             prefix, row = ids.batch_row(s.pid) if s.batch else (None, None)
-            rows.append(
-                (s.shadow_id, hi, lo, prefix, row, s.control, s.score, s.error, s.latency_us)
-            )
+            where = (s.shadow_id, hi, lo, prefix, row)
+            rows.append((*where, s.control_id, s.control, s.score, s.error, s.latency_us))
         self.conn.executemany(
-            "INSERT INTO shadow_scores (shadow_id, hi, lo, prefix, row, control, score, error,"
-            " latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO shadow_scores (shadow_id, hi, lo, prefix, row, control_id, control,"
+            " score, error, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             rows,
         )
 
@@ -81,19 +81,19 @@ class SqlShadows:
         ).fetchall()
         return {ids.from_key(hi, lo): score for hi, lo, score in rows}
 
-    def pairs(self, shadow_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def pairs(self, shadow_id: int, control_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # A single prediction's label is on its row (same key); a batch row's in batch_labels.
         rows = self.conn.execute(
             "SELECT s.score, s.control, p.actual FROM shadow_scores s"
             " JOIN predictions p ON p.hi = s.hi AND p.lo = s.lo"
-            " WHERE s.shadow_id = ? AND s.prefix IS NULL AND s.score IS NOT NULL"
-            " AND p.actual IS NOT NULL"
+            " WHERE s.shadow_id = ? AND s.control_id = ? AND s.prefix IS NULL"
+            " AND s.score IS NOT NULL AND p.actual IS NOT NULL"
             " UNION ALL "
             "SELECT s.score, s.control, l.actual FROM shadow_scores s"
             " JOIN prediction_batches b ON b.prefix = s.prefix"
             " JOIN batch_labels l ON l.batch_id = b.id AND l.row = s.row"
-            " WHERE s.shadow_id = ? AND s.score IS NOT NULL",
-            (shadow_id, shadow_id),
+            " WHERE s.shadow_id = ? AND s.control_id = ? AND s.score IS NOT NULL",
+            (shadow_id, control_id, shadow_id, control_id),
         ).fetchall()
         import numpy as np  # here: `beast status` reads shadows, and starts cold in ≤ 0.4 s
 

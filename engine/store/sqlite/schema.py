@@ -740,13 +740,15 @@ CREATE UNIQUE INDEX shadows_running ON shadows(line) WHERE ended_at IS NULL;
 
 -- A shadow's score of one logged prediction, keyed as the log keys it (engine.ids.key: hi, lo);
 -- a batch row also names its batch's prefix and row (the log keeps batches as one record).
--- `control` is production's score of the same request (the pair's other half).
+-- `control` is production's score of the same request (the pair's other half), `control_id`
+-- the production version that answered it.
 CREATE TABLE shadow_scores (
     shadow_id INTEGER NOT NULL REFERENCES shadows(id),
     hi INTEGER NOT NULL,
     lo INTEGER NOT NULL,
     prefix TEXT CHECK (prefix IS NULL OR length(prefix) = 27),
     row INTEGER CHECK ((prefix IS NULL) = (row IS NULL)),
+    control_id INTEGER NOT NULL REFERENCES versions(id),
     control REAL NOT NULL,
     score REAL,
     error TEXT,
