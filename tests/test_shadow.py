@@ -109,7 +109,7 @@ def test_shadow_scores_are_logged_against_production_ids_and_labels_pair_both(
     x = np.array(_rows(12) + _rows(40, seed=1), dtype=np.float32)
     expected = booster.inplace_predict(x, validate_features=False)
     got = [scores[p.prediction_id] for p in served]
-    assert np.allclose(got, expected, rtol=1e-6)
+    assert np.allclose(np.array(got, dtype=np.float64), expected, rtol=1e-6)
     # Feedback on a prediction's id labels both models' scores of it.
     labelled = [served[0], served[5], served[20], served[45]]
     for p in labelled:
