@@ -4,6 +4,7 @@ models, and the paired verdict it gives (and gives an A/B test whose candidate i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import xgboost as xgb
 
 from engine import Engine, Workspace
+from engine.cli.main import main
 from engine.core.errors import BeastError, Conflict
 from engine.store.opening import open_store
 from tests.conftest import BOTH_BACKENDS
@@ -219,3 +221,30 @@ def test_an_ab_test_whose_candidate_is_shadowed_is_judged_paired_unless_the_line
         assert shadow.valid is False
     finally:
         again.close()
+
+
+def test_the_cli_starts_shows_and_stops_a_shadow(
+    engine: Engine, registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def beast(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(["--workspace", str(registered.root), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    engine.deploy(version="v1.0")
+    code, out, _ = beast("deploy", "--version", "v2.0", "--shadow", "--shadow-traffic", "50")
+    assert code == 0 and "shadow v2.0 started" in out
+    code, out, _ = beast("status", "--json")
+    assert json.loads(out)["shadows"][0]["share"] == 50.0
+    code, out, _ = beast("status")
+    assert "shadow v2.0: scored on 50% of production's requests" in out
+    code, out, _ = beast("monitor", "--readonly")
+    assert code == 0 and "paired verdict not enough data" in out
+    code, _, err = beast("deploy", "--version", "v3.0", "--shadow")
+    assert code == 1 and err.count("\n") == 1 and "already running" in err
+    code, _, err = beast("deploy", "--version", "v3.0", "--shadow-traffic", "5")
+    assert code == 2 and "--shadow-traffic needs --shadow" in err
+    code, out, _ = beast("deploy", "--shadow-stop", "--model", LINE)
+    assert code == 0 and "shadow v2.0 stopped" in out
+    assert [e.action for e in history_of(registered)[-2:]] == ["shadow_start", "shadow_end"]
