@@ -23,7 +23,6 @@ row (`shadows.dropped`) with its scores, so `beast status` shows them from any p
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -37,7 +36,7 @@ import numpy as np
 from engine.core.records import VersionRef
 from engine.store.base import Store
 from engine.store.opening import open_log_store
-from engine.store.shadows import ShadowScore
+from engine.store.shadows import ShadowScores
 
 log = logging.getLogger("beast.shadow")
 
@@ -92,7 +91,7 @@ class ShadowScorer:
         self.write_every_s = write_every_s
         self.write_rows = write_rows
         self._queue: deque[_Item] = deque()
-        self._pending: list[ShadowScore] = []
+        self._pending: list[ShadowScores] = []
         self._dropped: dict[int, int] = {}  # shadow id -> rows skipped, not yet written
         self._count_lock = threading.Lock()
         self._work = threading.Lock()  # one drain at a time (the thread, or `flush`)
@@ -176,7 +175,7 @@ class ShadowScorer:
             if items:
                 self._score(items)
             due = time.monotonic() - self._last_write >= self.write_every_s
-            if write or due or len(self._pending) >= self.write_rows:
+            if write or due or sum(len(p.pids) for p in self._pending) >= self.write_rows:
                 self._write()
 
     def _score(self, items: list[_Item]) -> None:
@@ -191,7 +190,7 @@ class ShadowScorer:
         for shadow_id, rows in late.items():
             self._skip(shadow_id, rows)
         for group in by_shadow.values():
-            self._pending += _scores(group)
+            self._pending.append(_scores(group))
         scored = sum(len(item.pids) for group in by_shadow.values() for item in group)
         with self._count_lock:
             self.scored += scored
@@ -212,14 +211,14 @@ class ShadowScorer:
                     tx.shadows.add_dropped(shadow_id, count)
         except Exception as exc:  # a shadow never takes the engine down with it
             with self._count_lock:
-                self.write_failed += len(pending)
+                self.write_failed += sum(len(p.pids) for p in pending)
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("shadow scores not written: %s", self.last_error)
         else:
             self.last_error = None
 
 
-def _scores(group: list[_Item]) -> list[ShadowScore]:
+def _scores(group: list[_Item]) -> ShadowScores:
     """One shadow's queued rows scored in one call."""
     arm = group[0].arm
     x = group[0].x if len(group) == 1 else np.vstack([item.x for item in group])
@@ -234,31 +233,20 @@ def _scores(group: list[_Item]) -> list[ShadowScore]:
     if out.size != n:
         error, out = f"model returned {out.size} values for {n} rows", np.full(n, np.nan)
     per_row_us = (time.perf_counter_ns() - start) // 1000 // max(n, 1)
-    values: list[float] = out.astype(np.float64).tolist()
-    found = []
-    i = 0
-    for item in group:
-        for pid, control in zip(item.pids, item.control, strict=True):
-            score: float | None = values[i]
-            why = error
-            if why is None and not math.isfinite(values[i]):
-                why = "model returned a non-finite score"
-            if why is not None:
-                score = None
-            found.append(
-                ShadowScore(
-                    arm.shadow_id,
-                    pid,
-                    item.batch,
-                    arm.control_id,
-                    float(control),
-                    score,
-                    why,
-                    per_row_us,
-                )
-            )
-            i += 1
-    return found
+    scores = out.astype(np.float64)
+    bad = ~np.isfinite(scores)
+    errors: list[str | None] = [None] * n
+    if bad.any():
+        scores[bad] = np.nan
+        why = error or "model returned a non-finite score"
+        for i in np.flatnonzero(bad).tolist():
+            errors[i] = why
+    pids = [pid for item in group for pid in item.pids]
+    batch = np.fromiter((item.batch for item in group for _ in item.pids), dtype=bool, count=n)
+    control = np.fromiter((c for item in group for c in item.control), dtype=np.float64, count=n)
+    return ShadowScores(
+        arm.shadow_id, arm.control_id, pids, batch, control, scores, errors, per_row_us
+    )
 
 
 __all__ = ["ShadowArm", "ShadowScorer", "ShadowStats"]

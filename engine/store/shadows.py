@@ -4,7 +4,8 @@ scores of logged predictions (keyed by the predictions' ids)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from engine.core.records import Shadow
 
@@ -12,17 +13,19 @@ if TYPE_CHECKING:
     import numpy as np
 
 
-class ShadowScore(NamedTuple):
-    """One shadow score of one logged prediction (`pid`: its id, a batch row's included)."""
+@dataclass(frozen=True)
+class ShadowScores:
+    """One shadow's scores of logged predictions, as columns (the scorer's hot loop builds
+    no object per row)."""
 
     shadow_id: int
-    pid: str
-    batch: bool  # a row of a logged batch (its id's prefix names the batch)
-    control_id: int  # the production version that answered the request
-    control: float  # production's score of the same request
-    score: float | None  # None: the shadow failed on it (`error` says why)
-    error: str | None
-    latency_us: int
+    control_id: int  # the production version that answered these requests
+    pids: list[str]  # the predictions' ids, a batch row's included
+    batch: np.ndarray  # bool: a row of a logged batch (its id's prefix names the batch)
+    control: np.ndarray  # float64: production's scores of the same requests
+    scores: np.ndarray  # float64: the shadow's, NaN where it failed (`errors` says why)
+    errors: list[str | None]
+    latency_us: int  # per row: the scoring call's time shared
 
 
 class ShadowRepo(Protocol):
@@ -44,7 +47,7 @@ class ShadowRepo(Protocol):
         """End a running shadow (its scores stay)."""
         ...
 
-    def add_scores(self, scores: Sequence[ShadowScore]) -> None:
+    def add_scores(self, scores: Sequence[ShadowScores]) -> None:
         """Keep shadow scores (a score already kept for the same id is left as it is)."""
         ...
 

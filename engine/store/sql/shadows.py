@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from engine.core import ids
 from engine.core.errors import Conflict, NotFound
 from engine.core.records import Shadow
-from engine.store.shadows import ShadowScore
+from engine.store.shadows import ShadowScores
 from engine.store.sql.conn import Conn
 
 if TYPE_CHECKING:
@@ -56,19 +58,39 @@ class SqlShadows:
             (at, actor, shadow_id),
         )
 
-    def add_scores(self, scores: Sequence[ShadowScore]) -> None:
-        rows = []
-        for s in scores:
-            hi, lo = ids.key(s.pid)
-            prefix, row = ids.batch_row(s.pid) if s.batch else (None, None)
-            where = (s.shadow_id, hi, lo, prefix, row)
-            rows.append((*where, s.control_id, s.control, s.score, s.error, s.latency_us))
-        self.conn.executemany(
-            "INSERT INTO shadow_scores (shadow_id, hi, lo, prefix, row, control_id, control,"
-            " score, error, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT DO NOTHING",
-            rows,
-        )
+    def add_scores(self, scores: Sequence[ShadowScores]) -> None:
+        import numpy as np  # as in `pairs`
+
+        for found in scores:
+            # The log's key of each id (engine.ids.key), for all rows at once: the first 64
+            # bits, and the last 64 less the variant's top bit; a batch row's number is the
+            # id's last 20 bits, its prefix the first 27 characters.
+            raw = np.frombuffer(bytes.fromhex("".join(found.pids)), dtype=">u8").reshape(-1, 2)
+            hi = raw[:, 0].astype(np.int64)
+            lo = (raw[:, 1] - np.uint64(1 << 63)).astype(np.int64)
+            batch = found.batch.tolist()
+            prefixes = [
+                p[: ids.PREFIX_CHARS] if b else None for p, b in zip(found.pids, batch, strict=True)
+            ]
+            rows = [r if b else None for r, b in zip((lo & 0xFFFFF).tolist(), batch, strict=True)]
+            values = [None if math.isnan(v) else v for v in found.scores.tolist()]  # NaN: failed
+            self.conn.executemany(
+                "INSERT INTO shadow_scores (shadow_id, hi, lo, prefix, row, control_id, control,"
+                " score, error, latency_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                zip(
+                    repeat(found.shadow_id),
+                    hi.tolist(),
+                    lo.tolist(),
+                    prefixes,
+                    rows,
+                    repeat(found.control_id),
+                    found.control.tolist(),
+                    values,
+                    found.errors,
+                    repeat(found.latency_us),
+                ),
+            )
 
     def add_dropped(self, shadow_id: int, count: int) -> None:
         self.conn.execute(
