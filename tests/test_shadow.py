@@ -14,6 +14,7 @@ import xgboost as xgb
 from engine import Engine, Workspace
 from engine.cli.main import main
 from engine.core.errors import BeastError, Conflict
+from engine.serving import router, shadow
 from engine.store.opening import open_store
 from tests.conftest import BOTH_BACKENDS
 from tests.helpers import history_of, model_path, set_config
@@ -248,3 +249,8 @@ def test_the_cli_starts_shows_and_stops_a_shadow(
     code, out, _ = beast("deploy", "--shadow-stop", "--model", LINE)
     assert code == 0 and "shadow v2.0 stopped" in out
     assert [e.action for e in history_of(registered)[-2:]] == ["shadow_start", "shadow_end"]
+
+
+def test_a_shadows_scoring_call_always_releases_the_gil() -> None:
+    # The router's scorer holds the GIL up to HELD_ROWS rows; the shadow pads past it.
+    assert shadow.RELEASED_ROWS > router.HELD_ROWS

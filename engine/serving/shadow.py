@@ -39,6 +39,11 @@ from engine.store.opening import open_log_store
 from engine.store.shadows import ShadowScores
 
 log = logging.getLogger("beast.shadow")
+# The router's scorer holds the GIL on a call of at most `router.HELD_ROWS` rows (16): right for
+# production's own one-row call, wrong beside it. A shadow's call always has more rows (the
+# first row repeated, its scores discarded), so XGBoost releases the GIL and a serving thread
+# never waits on the shadow's trees.
+RELEASED_ROWS = 17
 
 
 class ShadowArm(NamedTuple):
@@ -223,15 +228,19 @@ def _scores(group: list[_Item]) -> ShadowScores:
     arm = group[0].arm
     x = group[0].x if len(group) == 1 else np.vstack([item.x for item in group])
     n = x.shape[0]
+    if n < RELEASED_ROWS:
+        x = np.vstack([x, np.repeat(x[:1], RELEASED_ROWS - n, axis=0)])
     start = time.perf_counter_ns()
     error: str | None = None
     try:
         out = arm.score(np.ascontiguousarray(x, dtype=np.float32)).ravel()
     except Exception as exc:  # the model's own refusal: every row carries it
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
-        error, out = f"model error: {lines[0][:200]}", np.full(n, np.nan)
-    if out.size != n:
-        error, out = f"model returned {out.size} values for {n} rows", np.full(n, np.nan)
+        error, out = f"model error: {lines[0][:200]}", np.full(x.shape[0], np.nan)
+    if out.size != x.shape[0]:
+        error = f"model returned {out.size} values for {x.shape[0]} rows"
+        out = np.full(x.shape[0], np.nan)
+    out = out[:n]
     per_row_us = (time.perf_counter_ns() - start) // 1000 // max(n, 1)
     scores = out.astype(np.float64)
     bad = ~np.isfinite(scores)

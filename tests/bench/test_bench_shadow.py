@@ -29,8 +29,8 @@ from tests.bench.test_bench_serving import line, pct
 
 TARGET_P99_RATIO = 1.1
 WARMUP = 300
-ROUNDS = 12
-PER_ROUND = 500  # 6 rounds × 500 = 3,000 timed calls per variant and pacing
+ROUNDS = 24
+PER_ROUND = 250  # 12 rounds × 250 = 3,000 timed calls per variant and pacing
 PAUSE_S = 0.0005  # the spaced variant: a request every ~0.5 ms plus its own time
 
 
