@@ -22,7 +22,9 @@ row (`shadows.dropped`) with its scores, so `beast status` shows them from any p
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -44,6 +46,7 @@ log = logging.getLogger("beast.shadow")
 # first row repeated, its scores discarded), so XGBoost releases the GIL and a serving thread
 # never waits on the shadow's trees.
 RELEASED_ROWS = 17
+NICE = 10  # the scorer thread's nice value (see ShadowScorer._run)
 
 
 class ShadowArm(NamedTuple):
@@ -150,6 +153,10 @@ class ShadowScorer:
     # -- the scorer's thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        # Below the serving threads for the CPU (Linux: a thread's own nice value): on a busy
+        # machine the shadow's trees wait, production's do not. Where it cannot be set, as is.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         while not self._stop.wait(self.tick):
             try:
                 self._drain(write=False)
