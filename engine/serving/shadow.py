@@ -22,9 +22,7 @@ row (`shadows.dropped`) with its scores, so `beast status` shows them from any p
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -46,7 +44,8 @@ log = logging.getLogger("beast.shadow")
 # first row repeated, its scores discarded), so XGBoost releases the GIL and a serving thread
 # never waits on the shadow's trees.
 RELEASED_ROWS = 17
-NICE = 10  # the scorer thread's nice value (see ShadowScorer._run)
+# Not below the serving threads in CPU priority: a niced scorer descheduled while it holds
+# the interpreter lock made production wait for it (priority inversion; `make bench`).
 
 
 class ShadowArm(NamedTuple):
@@ -153,10 +152,6 @@ class ShadowScorer:
     # -- the scorer's thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        # Below the serving threads for the CPU (Linux: a thread's own nice value): on a busy
-        # machine the shadow's trees wait, production's do not. Where it cannot be set, as is.
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
         while not self._stop.wait(self.tick):
             try:
                 self._drain(write=False)
