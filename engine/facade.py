@@ -32,6 +32,7 @@ from engine.core.records import (
     VersionRef,
 )
 from engine.core.workspace import Workspace, WorkspaceLost
+from engine.deploy import rules as deploy_rules
 from engine.deploy import service as deploy_service
 from engine.registry import artifacts
 from engine.registry import catalog as registry
@@ -301,6 +302,31 @@ class Engine:
         if detail is None:
             return change
         return dataclasses.replace(change, message=f"{change.message}; baseline: {detail}")
+
+    def shadow(
+        self,
+        path: str | Path | None = None,
+        *,
+        version: str | None = None,
+        model: str | None = None,
+        traffic: float | None = None,
+        note: str | None = None,
+        expect: Expect | None = None,
+    ) -> Change:
+        """Score a version on `traffic`% (default 100) of its line's production requests
+        without serving it (`beast deploy … --shadow`); its scores are logged against the
+        same prediction ids, so labels pair with both models."""
+        _check_entry(note, expect, version=version, model=model)
+        bp = deploy_rules.shadow_bp(100.0 if traffic is None else traffic)
+        target, _ = self._deploy_target(path, version, model)
+        return self._deploys().shadow_start(target, bp=bp, note=note, expect=expect)
+
+    def shadow_stop(
+        self, *, model: str | None = None, note: str | None = None, expect: Expect | None = None
+    ) -> Change:
+        """End the running shadow of `model` (the only line when None)."""
+        _check_entry(note, expect, model=model)
+        return self._deploys().shadow_end(self._line(model), note=note, expect=expect)
 
     def promote(
         self,

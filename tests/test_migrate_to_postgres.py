@@ -48,6 +48,7 @@ def _build(ws: Workspace) -> None:
         engine.deploy(version="v3.0", traffic=20, ab_test="first-test")
         engine.abort("first-test", note="not now")
         engine.deploy(version="v4.0", traffic=10, ab_test="second-test")
+        engine.shadow(version="v3.0")  # its scores come with the traffic below
     finally:
         engine.close()
     store = SqliteStore(ws.db_path)
@@ -210,7 +211,7 @@ def test_the_plain_output_says_what_was_copied_and_the_next_step(
     code, out, err = _beast(source, "migrate", "--to", target, capsys=capsys)
     assert (code, err) == (0, "")
     assert out.startswith(f"copied {source.db_path} into {target} in one transaction")
-    assert "history 5" in out and "4 model files" in out
+    assert "history 6" in out and "4 model files" in out
     assert "verified before the commit: doctor, row counts, history replay, id sequences" in out
     assert out.rstrip().endswith(
         "in config.toml (or BEAST_STORE_URL) on every host, start the engines"

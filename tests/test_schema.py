@@ -469,6 +469,7 @@ def test_0008_moves_the_rows_the_0006_schema_holds_and_every_reader_finds_them(
             "0011_replicas",
             "0012_change_notices",
             "0013_decisions",
+            "0014_shadows",
         ]
         assert store.integrity_errors() == []
         with store.read_sql() as read:

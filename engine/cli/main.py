@@ -145,8 +145,28 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
     if args.promote is not None:
         args.name = args.promote
         return cmd_promote(engine, args)
+    if args.shadow_stop:
+        if args.path or args.shadow or args.version:
+            raise _Usage("--shadow-stop takes no PATH, --version or --shadow (use --model LINE)")
+        return _report(
+            engine.shadow_stop(model=args.model, note=args.note, expect=_expect(args)), args
+        )
     if args.path is None and args.version is None:
         raise _Usage("deploy needs a model file PATH (or --version V of a registered one)")
+    if args.shadow_traffic is not None and not args.shadow:
+        raise _Usage("--shadow-traffic needs --shadow")
+    if args.shadow:
+        if args.ab_test or args.traffic is not None or args.reference:
+            raise _Usage("--shadow takes no --ab-test, --traffic or --reference")
+        change = engine.shadow(
+            args.path,
+            version=args.version,
+            model=args.model,
+            traffic=args.shadow_traffic,
+            note=args.note,
+            expect=_expect(args),
+        )
+        return _report(change, args)
     checked = cli_replay.preflight(engine, args)
     change = engine.deploy(
         args.path,
@@ -356,6 +376,20 @@ def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--promote", metavar="NAME", help="seed spelling of `beast promote NAME`")
     p.add_argument("--reference", metavar="FILE", help=_REFERENCE_HELP)
     p.add_argument("--force", action="store_true", help="with --promote: promote without a verdict")
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="score this version beside production on its requests, never serving it",
+    )
+    p.add_argument(
+        "--shadow-traffic",
+        type=float,
+        metavar="P",
+        help="with --shadow: the share of production's requests scored, in percent (default 100)",
+    )
+    p.add_argument(
+        "--shadow-stop", action="store_true", help="end the running shadow of --model LINE"
+    )
     cli_replay.add_deploy_options(p)
     _mutation_options(p)
 

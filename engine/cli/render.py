@@ -25,6 +25,7 @@ from engine.store.replicas import Replica
 
 if TYPE_CHECKING:  # numpy: only `beast monitor` loads the report's module
     from engine.monitoring.report import ExperimentReport, MonitorReport, VersionReport
+    from engine.monitoring.shadow_report import ShadowReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  ") -> str:
@@ -74,6 +75,13 @@ def status(report: Status) -> str:
                 ],
             )
         )
+        out += [
+            f"  shadow {text.escape(s.version)}: scored on {percent(s.share_bp):g}% of "
+            f"production's requests, never served ({s.scored} scored, {s.dropped} skipped; "
+            f"since {s.started_at} by {text.escape(s.started_by)})"
+            for s in report.shadows
+            if s.line == line
+        ]
     if report.experiments:
         out.append("A/B tests")
         out.append(
@@ -257,6 +265,7 @@ def monitor(report: MonitorReport) -> str:
             f"{report.feedback_unmatched} never matched a logged prediction"
         )
     out += [experiment(e) for e in report.experiments]
+    out += [_shadow(s) for s in report.shadows]
     firing = [a for a in report.alerts if a["status"] == "firing"]
     out.append(f"alerts: {len(firing)} firing")
     for a in firing:
@@ -268,6 +277,17 @@ def monitor(report: MonitorReport) -> str:
         )
     out += [text.escape(f"action: {action}") for action in report.actions]
     return "\n".join(out)
+
+
+def _shadow(found: ShadowReport) -> str:
+    v, s = found.verdict, found.shadow
+    valid = "" if found.valid else " (not valid: the line's prediction changes the outcome)"
+    return text.escape(
+        f"shadow {s.line}/{s.version} beside production {found.production}: "
+        f"{percent(s.share_bp):g}% of requests, {s.scored:,} scored, {s.dropped:,} skipped, "
+        f"{found.comparison.n:,} labelled pairs; paired verdict {v.outcome} on {v.metric} "
+        f"(diff {sig(v.diff)}, interval {sig(v.lo)} to {sig(v.hi)}, p {sig(v.p)}){valid}"
+    )
 
 
 def _version_table(task: str, versions: list[VersionReport]) -> str:

@@ -143,6 +143,37 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A version scored beside a line's production on `share_bp` of its requests, never
+    served (`beast deploy … --shadow`): what it has scored and what it had to skip."""
+
+    id: int
+    line: str
+    version: str
+    version_id: int
+    share_bp: int
+    started_at: str
+    started_by: str
+    ended_at: str | None = None
+    ended_by: str | None = None
+    scored: int = 0  # requests it scored (a failed score counts: it is logged with its error)
+    dropped: int = 0  # requests skipped: over [shadow] budget_ms, or its queue full
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "version": self.version,
+            "share": percent(self.share_bp),
+            "started_at": self.started_at,
+            "started_by": self.started_by,
+            "ended_at": self.ended_at,
+            "ended_by": self.ended_by,
+            "scored": self.scored,
+            "dropped": self.dropped,
+        }
+
+
+@dataclass(frozen=True)
 class Experiment:
     id: int
     name: str
@@ -250,6 +281,7 @@ class Status:
     lines: tuple[str, ...]
     revisions: dict[str, int] = field(default_factory=dict)
     health: str = "no data"
+    shadows: tuple[Shadow, ...] = ()  # the running shadows, one per line at most
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -258,6 +290,7 @@ class Status:
             "experiments": [e.to_json() for e in self.experiments],
             "revisions": dict(self.revisions),
             "health": self.health,
+            "shadows": [s.to_json() for s in self.shadows],
         }
 
 
@@ -449,3 +482,7 @@ class ServedLine:
     revision: int  # the line state's: a route whose revision did not move is kept as it is
     feature_names: tuple[str, ...] | None  # None: unnamed, f0 … f{n_features - 1}
     n_features: int
+    # The line's running shadow (beast deploy --shadow): its id, version and share; 0: none.
+    shadow_id: int = 0
+    shadow_version_id: int = 0
+    shadow_bp: int = 0

@@ -26,6 +26,7 @@ from engine.core.records import (
     ExperimentStatus,
     HistoryEntry,
     LineState,
+    Shadow,
     VersionRef,
     percent,
 )
@@ -54,6 +55,8 @@ class Plan:
     verdict: str | None = None
     # The figures the change was decided on, kept with its history row (the caller's).
     evidence: Mapping[str, Any] | None = None
+    start_shadow: int | None = None  # a shadow of `version` starts, on this share (bp)
+    end_shadow: int | None = None  # this running shadow ends (its id)
 
 
 def traffic_bp(value: float) -> int:
@@ -64,6 +67,67 @@ def traffic_bp(value: float) -> int:
             f"traffic must be a percentage from 1 to 99 (two decimals at most), got {value:g}"
         )
     return bp
+
+
+def shadow_bp(value: float) -> int:
+    """A shadow's share of production's requests in percent (above 0, up to 100, two decimals
+    at most) as basis points."""
+    bp = round(value * 100)
+    if not 1 <= bp <= BASIS_POINTS or abs(bp - value * 100) > 1e-6:
+        raise BeastError(
+            f"--shadow-traffic must be a percentage above 0 and up to 100 (two decimals at "
+            f"most), got {value:g}"
+        )
+    return bp
+
+
+def _unchanged(state: LineState, action: Action, message: str, **more: Any) -> Plan:
+    """A plan that leaves what serves as it is (a shadow's start or end)."""
+    return Plan(
+        action,
+        state.production,
+        state.candidate,
+        state.candidate_bp,
+        state.experiment,
+        message,
+        history_experiment=state.experiment,
+        **more,
+    )
+
+
+def plan_shadow_start(
+    state: LineState | None, target: VersionRef, bp: int, running: Shadow | None
+) -> Plan:
+    """Score `target` on `bp` of production's requests without serving it. A line has one
+    shadow at a time: a second is refused while one runs (stop it first), so a running
+    shadow's scores are never mixed with another version's."""
+    if state is None:
+        raise BeastError(
+            f"no production on {target.line} yet: deploy one first, then shadow a version beside it"
+        )
+    if running is not None:
+        raise Conflict(
+            f"shadow {running.version} is already running on {state.line}: stop it first "
+            f"(beast deploy --shadow-stop --model {state.line})"
+        )
+    if target.id == state.production.id or target.sha256 == state.production.sha256:
+        raise Conflict(f"{target.name} is production already; a shadow needs another version")
+    message = (
+        f"shadow {target.name} started on {state.line}: scored on {percent(bp):g}% of "
+        f"production {state.production.name}'s requests, never served"
+    )
+    return _unchanged(state, "shadow_start", message, version=target.name, start_shadow=bp)
+
+
+def plan_shadow_end(state: LineState | None, line: str, running: Shadow | None) -> Plan:
+    """End the line's running shadow (its scores stay, for its verdict and replay)."""
+    if state is None or running is None:
+        raise BeastError(f"no shadow is running on {line}")
+    message = (
+        f"shadow {running.version} stopped on {line} after {running.scored} scored requests "
+        f"({running.dropped} skipped)"
+    )
+    return _unchanged(state, "shadow_end", message, version=running.version, end_shadow=running.id)
 
 
 def plan_deploy(state: LineState | None, target: VersionRef) -> Plan:

@@ -194,6 +194,27 @@ class Deployments:
 
         return self.mutate(line, expect, note, planner, rerun=_rollback_rerun)
 
+    def shadow_start(
+        self, target: VersionRef, *, bp: int, note: str | None, expect: Expect | None
+    ) -> Change:
+        """Score `target` on `bp` of its line's production requests without serving it."""
+
+        def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            running = tx.shadows.running(target.line)
+            catalog.require_intact(tx, self.models_dir, target)
+            return rules.plan_shadow_start(state, target, bp, running[0] if running else None)
+
+        return self.mutate(target.line, expect, note, planner)
+
+    def shadow_end(self, line: str, *, note: str | None, expect: Expect | None) -> Change:
+        """End `line`'s running shadow."""
+
+        def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            running = tx.shadows.running(line)
+            return rules.plan_shadow_end(state, line, running[0] if running else None)
+
+        return self.mutate(line, expect, note, planner)
+
     def rollback_target(self, line: str, version: str | None) -> str:
         """The production a rollback would go to now, or refuse why not."""
         with self.store.read() as tx:
@@ -262,6 +283,12 @@ def apply(
             at=now,
             actor=actor,
         )
+    if plan.start_shadow is not None:
+        assert plan.version is not None
+        shadowed = tx.registry.get_version(line, plan.version)
+        tx.shadows.start(line, shadowed.id, plan.start_shadow, at=now, actor=actor)
+    if plan.end_shadow is not None:
+        tx.shadows.end(plan.end_shadow, at=now, actor=actor)
     to_state = Snapshot(
         plan.production.name,
         plan.candidate.name if plan.candidate else None,
@@ -308,8 +335,9 @@ def _next_state(
         candidate_bp=plan.candidate_bp,
         candidate_since=(kept.candidate_since if kept else now) if plan.candidate else None,
         candidate_by=(kept.candidate_by if kept else actor) if plan.candidate else None,
-        # The schema ties a candidate to its test: only a test's start leaves one.
-        experiment=plan.start_test,
+        # The schema ties a candidate to its test: only a test's start leaves one, and a
+        # change that leaves what serves as it is (a shadow's start or end) keeps it.
+        experiment=plan.experiment,
     )
 
 
@@ -380,6 +408,7 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
             [v.id for s in states for v in (s.production, s.candidate) if v]
         )
         healthy = health(tx, states)
+        shadows = tuple(tx.shadows.running())
     rows: list[Deployment] = []
     for state in states:
         rows.append(
@@ -417,4 +446,5 @@ def status(store: Store, models_dir: Path, health: Callable[[Tx, list[LineState]
         lines=tuple(lines),
         revisions={s.line: s.revision for s in states},
         health=healthy,
+        shadows=shadows,
     )

@@ -32,7 +32,7 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence
+from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence, shadow_report
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.store.base import Store, Tx
@@ -203,6 +203,7 @@ class MonitorReport:
     actions: tuple[str, ...] = ()
     feedback_pending: int = 0  # early feedback waiting for its prediction's row
     feedback_unmatched: int = 0  # feedback whose prediction never reached the log (labels)
+    shadows: tuple[shadow_report.ShadowReport, ...] = ()  # running shadows, paired verdicts
 
     @property
     def health(self) -> str:
@@ -219,6 +220,10 @@ class MonitorReport:
             "experiments": [e.to_json() for e in self.experiments],
             "actions": list(self.actions),
             "feedback": {"pending": self.feedback_pending, "unmatched": self.feedback_unmatched},
+            "shadows": [
+                {**s.to_json(), "verdict_detail": verdict_detail(s.verdict, s.task)}
+                for s in self.shadows
+            ],
         }
 
 
@@ -522,6 +527,11 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
+    # A candidate that is also the line's shadow is judged on the same requests (paired); the
+    # interval over time is the served arms' and would not be that verdict's, so it is left out.
+    paired = shadow_report.experiment_verdict(tx, config, experiment)
+    if paired is not None:
+        return ExperimentReport(experiment, control, candidate, paired, task)
     interval = interval_series(rollups[0], rollups[1], task, rules)
     return ExperimentReport(experiment, control, candidate, verdict, task, interval)
 
@@ -597,8 +607,9 @@ def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None
     )
     alerts = tuple(_alerts(tx))
     pending, unmatched = labels.counts(tx)
+    shadows = shadow_report.shadow_reports(tx, config, model)
     return MonitorReport(
-        window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched
+        window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched, shadows
     )
 
 

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import logging
 import math
 import os
 import random
@@ -38,11 +39,12 @@ import numpy as np
 from engine.core import ids, text
 from engine.core.config import Config
 from engine.core.errors import BeastError, NotFound, StoreError
-from engine.core.records import BASIS_POINTS, VersionRef
+from engine.core.records import BASIS_POINTS, ServedLine, VersionRef
 from engine.core.workspace import Workspace
 from engine.registry import artifacts, fetch
 from engine.serving import features
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
+from engine.serving.shadow import ShadowArm, ShadowScorer
 from engine.store.base import Store, Tx
 from engine.store.opening import open_store
 
@@ -54,6 +56,7 @@ _find_unsafe = text.find_unsafe  # a module global: one lookup on the one-row pa
 # as one chunk held the write lock for 1.0 s on a loaded 2-core machine, in 10,000-row
 # chunks 7 to 22 ms each.
 LOG_CHUNK_ROWS = 10_000
+_log = logging.getLogger("beast.router")
 
 
 class Served(Protocol):
@@ -116,6 +119,9 @@ class Route(NamedTuple):
     candidate_bp: int
     experiment: str | None
     revision: int
+    # The line's shadow: scored on its share of production's requests once they are
+    # answered, never served (engine.serving.shadow).
+    shadow: ShadowArm | None = None
 
     def pick(self, key: str | None) -> Arm:
         if self.candidate is None:
@@ -188,9 +194,17 @@ class Router:
         self._data_version: int | None = None
         self._refreshing = threading.Lock()
         self.nullable = frozenset(served.config.serving.nullable_features)
+        # Shadow scores pair with logged predictions: without a log there is nothing to pair.
+        self.shadows = (
+            ShadowScorer(served.workspace.db_path, budget_ms=served.config.shadow.shadow_budget_ms)
+            if log is not None
+            else None
+        )
         self.refresh(force=True)
 
     def close(self) -> None:
+        if self.shadows is not None:
+            self.shadows.close()
         with self._refreshing:
             self._store.close()
 
@@ -250,15 +264,35 @@ class Router:
                     served.candidate_bp,
                     served.experiment,
                     revision,
+                    self._shadow_arm(tx, served, len(names)),
                 )
         in_use = {
             arm.ref.artifact_id
             for route in routes.values()
-            for arm in (route.production, route.candidate)
+            for arm in (route.production, route.candidate, route.shadow)
             if arm is not None
         }
         self._boosters = {k: v for k, v in self._boosters.items() if k in in_use}
         return routes, broken
+
+    def _shadow_arm(self, tx: Tx, served: ServedLine, width: int) -> ShadowArm | None:
+        """The line's shadow, loaded; None without one (or one that is production now, or
+        without a log to pair with). A shadow that cannot load never stops production."""
+        if (
+            self.shadows is None
+            or not served.shadow_id
+            or served.shadow_version_id == served.production_id
+        ):
+            return None
+        try:
+            arm = self._arm(tx, "shadow", served.shadow_version_id, width)
+        except Unavailable as exc:
+            _log.warning("shadow of %s not scored: %s", served.line, exc)
+            return None
+        self.shadows.start()
+        return ShadowArm(
+            served.shadow_id, arm.ref, arm.score, served.shadow_bp, served.production_id
+        )
 
     def _arm(self, tx: Tx, role: str, version_id: int, width: int) -> Arm:
         ref = tx.registry.version_by_id(version_id)
@@ -355,6 +389,16 @@ class Router:
                     )
                 )
             )
+            shadow = route.shadow
+            # After production's answer is made and logged: its row, for the shadow (a route
+            # has a shadow only where the router has a scorer).
+            if (
+                shadow is not None
+                and score is not None
+                and arm is route.production
+                and (shadow.bp >= BASIS_POINTS or random.randrange(BASIS_POINTS) < shadow.bp)
+            ):
+                self._shadow_scorer().submit(shadow, pid, x, score)
         return _new_prediction(
             (pid, score, ref.name, route.line, experiment, arm.name, latency_us / 1000, error)
         )
@@ -415,6 +459,8 @@ class Router:
             pids += chunk.pids()
             if self.log is not None:
                 self.log.submit_chunk(chunk)
+        if route.shadow is not None and self.log is not None:
+            self._shadow_batch(route, x, version_ids, scores, pids)
         return list(
             map(
                 _new_prediction,
@@ -430,6 +476,30 @@ class Router:
                 ),
             )
         )
+
+    def _shadow_scorer(self) -> ShadowScorer:
+        assert self.shadows is not None  # a route has a shadow only where there is a scorer
+        return self.shadows
+
+    def _shadow_batch(
+        self,
+        route: Route,
+        x: np.ndarray,
+        version_ids: np.ndarray,
+        scores: np.ndarray,
+        pids: list[str],
+    ) -> None:
+        """The batch's rows production answered (its share of them) to the shadow, at once."""
+        shadow = route.shadow
+        assert shadow is not None
+        take = (version_ids == route.production.ref.id) & np.isfinite(scores)
+        if shadow.bp < BASIS_POINTS:
+            take &= buckets("", None, x.shape[0]) < shadow.bp
+        rows = np.flatnonzero(take)
+        if rows.size:
+            self._shadow_scorer().submit_rows(
+                shadow, [pids[i] for i in rows.tolist()], x[rows], scores[rows].tolist()
+            )
 
     def _score_arms(
         self, x: np.ndarray, arms: list[tuple[Arm, np.ndarray | None]]

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from engine.store.replicas import ArtifactBytesRepo, ChangeFeed, Leadership, ReplicaRepo
     from engine.store.rollups import RollupRepo
     from engine.store.routes import RouteRepo
+    from engine.store.shadows import ShadowRepo
 
 
 class Tx(Protocol):
@@ -89,6 +90,11 @@ class Tx(Protocol):
     @property
     def routes(self) -> RouteRepo:
         """What the router serves on each deployed line."""
+        ...
+
+    @property
+    def shadows(self) -> ShadowRepo:
+        """Versions scored beside production without serving, and their scores."""
         ...
 
     @property

@@ -944,6 +944,7 @@ def _response_schemas() -> dict[str, Any]:
                 "lines": {"type": "array", "items": string},
                 "revisions": {"type": "object"},
                 "health": {"enum": ["healthy", "warning", "critical", "no data"]},
+                "shadows": {"type": "array", "items": {"type": "object"}},
             },
         },
         "Monitor": {
@@ -955,6 +956,7 @@ def _response_schemas() -> dict[str, Any]:
                 "versions": {"type": "array", "items": {"type": "object"}},
                 "alerts": {"type": "array", "items": {"type": "object"}},
                 "experiments": {"type": "array", "items": {"type": "object"}},
+                "shadows": {"type": "array", "items": {"type": "object"}},
             },
         },
         "Health": {

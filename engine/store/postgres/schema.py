@@ -582,4 +582,37 @@ CREATE TABLE rollouts (
 );
 """,
     ),
+    (
+        "0014_shadows",
+        f"""
+CREATE TABLE shadows (
+    id {_ID},
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    version_id BIGINT NOT NULL REFERENCES versions(id),
+    share_bp BIGINT NOT NULL CHECK (share_bp BETWEEN 1 AND 10000),
+    started_at TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    ended_at TEXT,
+    ended_by TEXT,
+    dropped BIGINT NOT NULL DEFAULT 0 CHECK (dropped >= 0),
+    CHECK ((ended_at IS NULL) = (ended_by IS NULL))
+);
+CREATE UNIQUE INDEX shadows_running ON shadows(line) WHERE ended_at IS NULL;
+
+CREATE TABLE shadow_scores (
+    shadow_id BIGINT NOT NULL REFERENCES shadows(id),
+    hi BIGINT NOT NULL,
+    lo BIGINT NOT NULL,
+    prefix TEXT CHECK (prefix IS NULL OR length(prefix) = 27),
+    row BIGINT CHECK ((prefix IS NULL) = (row IS NULL)),
+    control_id BIGINT NOT NULL REFERENCES versions(id),
+    control DOUBLE PRECISION NOT NULL,
+    score DOUBLE PRECISION,
+    error TEXT,
+    latency_us BIGINT NOT NULL CHECK (latency_us >= 0),
+    CHECK ((score IS NULL) = (error IS NOT NULL)),
+    PRIMARY KEY (shadow_id, hi, lo)
+);
+""",
+    ),
 ]

@@ -61,6 +61,8 @@ TABLES: tuple[str, ...] = (
     "experiments",
     "rollouts",
     "history",
+    "shadows",
+    "shadow_scores",
     "line_state",
     "predictions",
     "prediction_batches",
@@ -88,6 +90,7 @@ IDENTITY_TABLES = (
     "alerts",
     "jobs",
     "prediction_batches",
+    "shadows",
 )
 # Any of these in the target means it is not empty (or is another workspace's).
 BEAST_TABLES = (*TABLES, "workspace", "replicas", "artifact_bytes", LEDGER)

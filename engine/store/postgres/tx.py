@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from engine.store.postgres.rollups import PostgresRollups
     from engine.store.sql.baselines import SqlBaselines
     from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
+    from engine.store.sql.shadows import SqlShadows
 
 
 class PostgresTx:
@@ -56,6 +57,12 @@ class PostgresTx:
         return SqlAlerts(self.conn)
 
     # -- the prediction log, rollups, feedback and baselines (i16-h2) -------------------
+
+    @cached_property
+    def shadows(self) -> SqlShadows:
+        from engine.store.sql.shadows import SqlShadows  # on first use, as the others
+
+        return SqlShadows(self.conn)
 
     @cached_property
     def predictions(self) -> PostgresPredictionLog:

@@ -25,9 +25,10 @@ class SqlRoutes:
     def served_lines(self) -> list[ServedLine]:
         rows = self.conn.execute(
             "SELECT s.line, s.production_id, s.candidate_id, s.candidate_bp, e.name,"
-            " s.revision, m.feature_names, m.n_features FROM line_state s"
-            " JOIN model_lines m ON m.name = s.line"
+            " s.revision, m.feature_names, m.n_features, h.id, h.version_id, h.share_bp"
+            " FROM line_state s JOIN model_lines m ON m.name = s.line"
             " LEFT JOIN experiments e ON e.id = s.experiment_id"
+            " LEFT JOIN shadows h ON h.line = s.line AND h.ended_at IS NULL"
         ).fetchall()
         return [
             ServedLine(
@@ -39,6 +40,21 @@ class SqlRoutes:
                 revision,
                 tuple(json.loads(names)) if names else None,
                 width,
+                shadow_id or 0,
+                shadow_version or 0,
+                shadow_bp or 0,
             )
-            for line, production_id, candidate_id, bp, experiment, revision, names, width in rows
+            for (
+                line,
+                production_id,
+                candidate_id,
+                bp,
+                experiment,
+                revision,
+                names,
+                width,
+                shadow_id,
+                shadow_version,
+                shadow_bp,
+            ) in rows
         ]

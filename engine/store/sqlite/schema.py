@@ -718,6 +718,46 @@ CREATE TABLE rollouts (
 );
 """,
     ),
+    (
+        "0014_shadows",
+        """
+-- A shadow (`beast deploy … --shadow`): a version scored on `share_bp` of its line's production
+-- requests, never served. One running per line; an ended one keeps its scores. `dropped`
+-- counts the requests its scorer skipped (over the time budget, or its queue full).
+CREATE TABLE shadows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    line TEXT NOT NULL REFERENCES model_lines(name),
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    share_bp INTEGER NOT NULL CHECK (share_bp BETWEEN 1 AND 10000),
+    started_at TEXT NOT NULL,
+    started_by TEXT NOT NULL,
+    ended_at TEXT,
+    ended_by TEXT,
+    dropped INTEGER NOT NULL DEFAULT 0 CHECK (dropped >= 0),
+    CHECK ((ended_at IS NULL) = (ended_by IS NULL))
+);
+CREATE UNIQUE INDEX shadows_running ON shadows(line) WHERE ended_at IS NULL;
+
+-- A shadow's score of one logged prediction, keyed as the log keys it (engine.ids.key: hi, lo);
+-- a batch row also names its batch's prefix and row (the log keeps batches as one record).
+-- `control` is production's score of the same request (the pair's other half), `control_id`
+-- the production version that answered it.
+CREATE TABLE shadow_scores (
+    shadow_id INTEGER NOT NULL REFERENCES shadows(id),
+    hi INTEGER NOT NULL,
+    lo INTEGER NOT NULL,
+    prefix TEXT CHECK (prefix IS NULL OR length(prefix) = 27),
+    row INTEGER CHECK ((prefix IS NULL) = (row IS NULL)),
+    control_id INTEGER NOT NULL REFERENCES versions(id),
+    control REAL NOT NULL,
+    score REAL,
+    error TEXT,
+    latency_us INTEGER NOT NULL CHECK (latency_us >= 0),
+    CHECK ((score IS NULL) = (error IS NOT NULL)),
+    PRIMARY KEY (shadow_id, hi, lo)
+) WITHOUT ROWID;
+""",
+    ),
 ]
 
 MIGRATION_SET = "beast"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from engine.store.sql.feedback import SqlFeedback
     from engine.store.sql.jobs import SqlJobs, SqlRetrainInputs
     from engine.store.sql.replicas import SqlReplicas
+    from engine.store.sql.shadows import SqlShadows
     from engine.store.sqlite.artifacts import SqliteArtifactBytes
     from engine.store.sqlite.prediction_log import SqlitePredictionLog
     from engine.store.sqlite.routes import SqliteRoutes
@@ -84,6 +85,12 @@ class SqliteTx:
         from engine.store.sqlite.routes import SqliteRoutes  # on first use: see the top
 
         return SqliteRoutes(self.conn)
+
+    @cached_property
+    def shadows(self) -> SqlShadows:
+        from engine.store.sql.shadows import SqlShadows  # on first use: see the top
+
+        return SqlShadows(self.conn)
 
     @cached_property
     def predictions(self) -> SqlitePredictionLog:
