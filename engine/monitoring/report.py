@@ -30,9 +30,10 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence
+from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence, srm
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
+from engine.monitoring.srm import SrmCheck
 from engine.store.base import Store, Tx
 
 AUTO_PULL_ACTOR = "beast-engine (auto-pull)"
@@ -142,27 +143,6 @@ class IntervalPoint:
 
     def to_json(self) -> dict[str, Any]:
         return {"minute": self.minute, "diff": _r(self.diff), "lo": _r(self.lo), "hi": _r(self.hi)}
-
-
-@dataclass(frozen=True)
-class SrmCheck:
-    """A test's realized split against its configured one ([monitoring] srm_p)."""
-
-    p: float  # always-valid p (abstats.srm_p)
-    mismatch: bool  # p < srm_p
-    control: int  # predictions served per arm, over what was checked
-    candidate: int
-    share: float  # the candidate's configured share, 0–1
-    acknowledged: bool = False  # an srm alert of this test was acknowledged
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "p": _r(self.p),
-            "mismatch": self.mismatch,
-            "predictions": {"control": self.control, "candidate": self.candidate},
-            "share": self.share,
-            "acknowledged": self.acknowledged,
-        }
 
 
 @dataclass(frozen=True)
@@ -519,7 +499,8 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
-    return ExperimentReport(experiment, control, candidate, verdict, task)
+    split = srm.check(tx, config, experiment, served=(control.predictions, candidate.predictions))
+    return ExperimentReport(experiment, control, candidate, verdict, task, srm=split)
 
 
 def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
@@ -567,7 +548,8 @@ def sync_alerts(tx: Tx, versions: tuple[VersionReport, ...]) -> None:
         (a.line, a.version, a.metric): a.id
         for a in tx.alerts.firing()
         # The writer's alert and the artifact alert have lives of their own.
-        if (a.line, a.version, a.metric) != LOG_ALERT_KEY and a.metric != artifact_alerts.METRIC
+        if (a.line, a.version, a.metric) != LOG_ALERT_KEY
+        and a.metric not in (artifact_alerts.METRIC, srm.METRIC)
     }
     seen: set[tuple[str, str, str]] = set()
     for report_ in versions:
@@ -685,6 +667,7 @@ class Monitoring:
         with self.store.write() as tx:
             sync_alerts(tx, current.versions)
             artifact_alerts.sync(tx, self.models_dir, found)
+            srm.sync(tx, self.config, ((e.experiment, e.srm) for e in current.experiments))
             expire_log_alert(tx, self.config.log.loss_alert_minutes)
             alerts = tuple(_alerts(tx))
         return dataclasses.replace(current, alerts=alerts)
