@@ -226,7 +226,14 @@ class Engine:
         """The monitoring service over this workspace (reports, evaluations, loss alerts)."""
         from engine.monitoring.report import Monitoring  # numpy and scipy: only on this path
 
-        return Monitoring(self.store, self.config, self.workspace.models_dir, abort=self.abort)
+        return Monitoring(
+            self.store,
+            self.config,
+            self.workspace.models_dir,
+            abort=self.abort,
+            rollback=self.rollback,
+            rollback_target=self.rollback_target,
+        )
 
     def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
@@ -369,15 +376,27 @@ class Engine:
         model: str | None = None,
         note: str | None = None,
         expect: Expect | None = None,
+        actor: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> Change:
         """Back to the production before the newest change, or to a named version.
 
         The line's health, firing alerts, running test's verdict and drift (one monitoring
-        report, read first) are kept with the history row as its evidence.
+        report, read first) are kept with the history row as its evidence. `actor` names an
+        automatic caller (the automatic rollback), `evidence` the report it decided on.
         """
         _check_entry(note, expect, version=version)
+        if actor is not None:
+            acting = Engine(self.workspace, actor=actor)
+            try:
+                return acting.rollback(
+                    version, model=model, note=note, expect=expect, evidence=evidence
+                )
+            finally:
+                acting.close()
         line = self._line(model)
-        evidence = self._evidence(line)
+        if evidence is None:
+            evidence = self._evidence(line)
         return self._deploys().rollback(
             line, version, note=note, expect=expect, verdict=_verdict(evidence), evidence=evidence
         )

@@ -30,7 +30,15 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence, srm
+from engine.monitoring import (
+    abstats,
+    artifact_alerts,
+    auto_rollback,
+    baselines,
+    drift,
+    evidence,
+    srm,
+)
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.monitoring.srm import SrmCheck
@@ -604,11 +612,22 @@ class Monitoring:
     """The monitoring service: reports, evaluations (alerts synced, critical candidates
     pulled) and the prediction log's loss alert, over a workspace's store."""
 
-    def __init__(self, store: Store, config: Config, models_dir: Path, *, abort: Abort) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        models_dir: Path,
+        *,
+        abort: Abort,
+        rollback: auto_rollback.Rollback | None = None,
+        rollback_target: auto_rollback.Target | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.models_dir = models_dir
         self.abort = abort
+        self.rollback = rollback  # the automatic rollback's ([rollback] automatic); None: none
+        self.rollback_target = rollback_target
 
     def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
@@ -653,9 +672,28 @@ class Monitoring:
                     pulled=True,
                 )
                 actions.append(change.message)
+            actions += self._auto_rollback(current)
         if actions:  # what was pulled no longer serves: its alerts resolve now, not next time
             current = self._synced(self.report(window=window))
         return dataclasses.replace(current, actions=tuple(actions))
+
+    def _auto_rollback(self, current: MonitorReport) -> list[str]:
+        """Roll back lines whose production turned critical soon after a change (opt-in:
+        engine.monitoring.auto_rollback); what was done."""
+        if self.rollback is None or self.rollback_target is None:
+            return []
+
+        def judge(window: metrics.WindowMetrics, task: str) -> tuple[str, tuple[Finding, ...]]:
+            return assess(window, DriftSummary(None, None, None), self.config, task)
+
+        return auto_rollback.run(
+            self.store,
+            self.config,
+            current,
+            rollback=self.rollback,
+            target=self.rollback_target,
+            judge=judge,
+        )
 
     def _synced(self, current: MonitorReport) -> MonitorReport:
         # The served model files are hashed before the write lock is taken: a model at the
