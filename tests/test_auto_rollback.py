@@ -7,13 +7,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from engine import Engine
 from engine.monitoring import auto_rollback
 from engine.monitoring import report as monitoring
 from engine.monitoring.rollups import WindowMetrics
-from tests.helpers import production, set_config
+from tests.helpers import FEATURES, production, set_config
+from tests.serving_helpers import serving
 from tests.test_monitoring import feed
 
 
@@ -33,8 +35,26 @@ def auto(engine: Engine) -> Iterator[Engine]:
     on.close()
 
 
+def collapse(engine: Engine, n: int) -> None:
+    """n predictions served by the router (the real model of production) and labelled at
+    least 30 points off each score (within the label range): production's accuracy
+    collapses to 0."""
+    rng = np.random.default_rng(7)
+    with serving(engine.workspace) as (router, log):
+        assert log is not None
+        served = [
+            router.predict(dict(zip(FEATURES, rng.uniform(0, 1, 5).tolist(), strict=True)))
+            for _ in range(n)
+        ]
+        log.flush()
+    for p in served:
+        assert p.version == "v2.0" and p.score is not None
+        actual = min(max(p.score - 30 if p.score > 50 else p.score + 30, 0.0), 100.0)
+        assert engine.feedback(p.prediction_id, actual) == "recorded"
+
+
 def test_a_critical_production_is_rolled_back_once_with_its_evidence(auto: Engine) -> None:
-    feed(auto, "v2.0", 200, within=0.5)  # surely under the 0.75 alert line: critical
+    collapse(auto, 200)  # 200 labelled, none within tolerance: critical
 
     seen = auto.monitoring.evaluate()
 
