@@ -49,9 +49,9 @@ if TYPE_CHECKING:
         ExperimentReport,
         IntervalPoint,
         MonitorReport,
-        SrmCheck,
         VersionReport,
     )
+    from engine.monitoring.srm import SrmCheck
     from engine.monitoring.rollups import MinutePoint
 
 __all__ = [
@@ -95,7 +95,7 @@ _LAZY = {
     "BackgroundThread": "engine.core.background",
     "ExperimentReport": "engine.monitoring.report",
     "IntervalPoint": "engine.monitoring.report",
-    "SrmCheck": "engine.monitoring.report",
+    "SrmCheck": "engine.monitoring.srm",
     "MonitorReport": "engine.monitoring.report",
     "VersionReport": "engine.monitoring.report",
     "MinutePoint": "engine.monitoring.rollups",

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from engine.core import history_export as history
 from engine.core import tasks, text
+from engine.core.clock import utc_now
 from engine.core.config import STORE_URL_SCHEMES, Config, load_config
 from engine.core.engine_lock import running_pid
-from engine.core.errors import BeastError, NotFound
+from engine.core.errors import BeastError, Conflict, NotFound
 from engine.core.identity import current_actor
 from engine.core.records import (
+    Alert,
     Change,
     DoctorReport,
     Expect,
@@ -227,7 +229,14 @@ class Engine:
         """The monitoring service over this workspace (reports, evaluations, loss alerts)."""
         from engine.monitoring.report import Monitoring  # numpy and scipy: only on this path
 
-        return Monitoring(self.store, self.config, self.workspace.models_dir, abort=self.abort)
+        return Monitoring(
+            self.store,
+            self.config,
+            self.workspace.models_dir,
+            abort=self.abort,
+            rollback=self.rollback,
+            rollback_target=self.rollback_target,
+        )
 
     def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
@@ -345,6 +354,7 @@ class Engine:
         """
         _check_entry(note, expect, test=test)
         found = self.experiment(test)
+        self._require_srm_acknowledged(found)
         return self._deploys().promote(found, self._judge, force=force, note=note, expect=expect)
 
     def abort(
@@ -394,15 +404,27 @@ class Engine:
         model: str | None = None,
         note: str | None = None,
         expect: Expect | None = None,
+        actor: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> Change:
         """Back to the production before the newest change, or to a named version.
 
         The line's health, firing alerts, running test's verdict and drift (one monitoring
-        report, read first) are kept with the history row as its evidence.
+        report, read first) are kept with the history row as its evidence. `actor` names an
+        automatic caller (the automatic rollback), `evidence` the report it decided on.
         """
         _check_entry(note, expect, version=version)
+        if actor is not None:
+            acting = Engine(self.workspace, actor=actor)
+            try:
+                return acting.rollback(
+                    version, model=model, note=note, expect=expect, evidence=evidence
+                )
+            finally:
+                acting.close()
         line = self._line(model)
-        evidence = self._evidence(line)
+        if evidence is None:
+            evidence = self._evidence(line)
         return self._deploys().rollback(
             line, version, note=note, expect=expect, verdict=_verdict(evidence), evidence=evidence
         )
@@ -488,6 +510,42 @@ class Engine:
         if not found:
             raise NotFound(f"no registered version {version}" + (f" of {model}" if model else ""))
         raise BeastError(f"{version} is a version of {', '.join(found)}: pass --model NAME")
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def alerts(self, resolved: int = 20) -> list[Alert]:
+        """Every firing alert and the `resolved` newest resolved ones, newest first."""
+        with self.store.read() as tx:
+            return sorted(tx.alerts.recent(resolved), key=lambda a: -a.id)
+
+    def acknowledge_alert(self, alert_id: int, note: str | None = None) -> Alert:
+        """Record that `actor` saw alert `alert_id` (and why, `note`); the alert as stored.
+
+        An acknowledged `srm` alert no longer blocks its test's promotion. Acknowledging
+        again keeps the first acknowledgment (idempotent); an unknown id is NotFound.
+        """
+        text.check_optional("note", note, limit=text.MAX_NOTE_CHARS)
+        with self.store.write() as tx:
+            if tx.alerts.get(alert_id) is None:
+                raise NotFound(f"no alert {alert_id} (see `beast alerts`)")
+            tx.alerts.acknowledge(alert_id, at=utc_now(), by=self.actor, note=note)
+            found = tx.alerts.get(alert_id)
+        assert found is not None
+        return found
+
+    def _require_srm_acknowledged(self, found: Experiment) -> None:
+        """Refuse to promote a test with an unacknowledged srm alert (firing or resolved):
+        with a broken split every figure, the verdict included, is wrong — so --force does
+        not override it."""
+        from engine.monitoring import srm  # numpy: promote reads a report anyway
+
+        with self.store.read() as tx:
+            alert = srm.blocking(tx, found) if found.status == "running" else None
+        if alert is not None:
+            raise Conflict(
+                f"cannot promote {found.name}: sample-ratio mismatch alert {alert.id} is not "
+                f"acknowledged (check the split, then `beast alerts ack {alert.id}`)"
+            )
 
     # -- retraining -----------------------------------------------------------------------
 

@@ -104,8 +104,11 @@ def test_an_auto_pull_keeps_the_report_it_decided_on(deployed: Engine) -> None:
     candidate = next(v for v in evidence["versions"] if v["role"] == "candidate")
     assert candidate["health"] == "critical" and candidate["labelled"] == 200
     assert {f["metric"] for f in candidate["findings"]} == {"accuracy"}
-    # The alert it fired in the same evaluation, before the pull resolved it.
-    [alert] = evidence["alerts"]
+    # The alerts it fired in the same evaluation, before the pull resolved them: the
+    # candidate's accuracy, and its split (control served none of the test's predictions).
+    alerts = {a["metric"]: a for a in evidence["alerts"]}
+    assert set(alerts) == {"accuracy", "srm"}
+    alert = alerts["accuracy"]
     assert (alert["version"], alert["metric"], alert["severity"]) == (
         "v2.0",
         "accuracy",

@@ -42,7 +42,7 @@ def incident_ws(engine: Engine) -> Engine:
     rows = rng.normal(size=(700, 5)).astype(np.float32)
     rows[:, 0] += 0.4
     feed(engine, "v1.0", 700, within=0.78, experiment="t", rows=rows)
-    feed(engine, "v3.0", 160, within=0.9, experiment="t", arm="candidate")
+    feed(engine, "v3.0", 300, within=0.9, experiment="t", arm="candidate")  # its 30%
     engine.monitoring.evaluate(pull=False)
     return engine
 

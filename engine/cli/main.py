@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.cli import alerts as cli_alerts
 from engine.cli import console as cli_console
 from engine.cli import migrate as cli_migrate
 from engine.cli import mlflow as cli_mlflow
@@ -540,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_mlflow.add_parsers(add)
     cli_migrate.add_parsers(add)
     cli_console.add_parsers(add)
+    cli_alerts.add_parsers(add)
 
     _add_engine_parser(add)
 

@@ -367,6 +367,10 @@ class Alert:
     first_seen: str
     last_seen: str
     resolved_at: str | None
+    # Who saw it and when (`beast alerts ack ID`); an unacknowledged srm alert blocks promotion.
+    acknowledged_at: str | None = None
+    acknowledged_by: str | None = None
+    acknowledged_note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": "firing" if self.resolved_at is None else "resolved"}

@@ -32,9 +32,19 @@ from engine.core import tasks, text
 from engine.core.clock import utc_now
 from engine.core.config import Config
 from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
-from engine.monitoring import abstats, artifact_alerts, baselines, drift, evidence, shadow_report
+from engine.monitoring import (
+    abstats,
+    artifact_alerts,
+    auto_rollback,
+    baselines,
+    drift,
+    evidence,
+    shadow_report,
+    srm,
+)
 from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
+from engine.monitoring.srm import SrmCheck
 from engine.store.base import Store, Tx
 
 AUTO_PULL_ACTOR = "beast-engine (auto-pull)"
@@ -144,27 +154,6 @@ class IntervalPoint:
 
     def to_json(self) -> dict[str, Any]:
         return {"minute": self.minute, "diff": _r(self.diff), "lo": _r(self.lo), "hi": _r(self.hi)}
-
-
-@dataclass(frozen=True)
-class SrmCheck:
-    """A test's realized split against its configured one ([monitoring] srm_p)."""
-
-    p: float  # always-valid p (abstats.srm_p)
-    mismatch: bool  # p < srm_p
-    control: int  # predictions served per arm, over what was checked
-    candidate: int
-    share: float  # the candidate's configured share, 0–1
-    acknowledged: bool = False  # an srm alert of this test was acknowledged
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "p": _r(self.p),
-            "mismatch": self.mismatch,
-            "predictions": {"control": self.control, "candidate": self.candidate},
-            "share": self.share,
-            "acknowledged": self.acknowledged,
-        }
 
 
 @dataclass(frozen=True)
@@ -529,11 +518,12 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
     # A candidate that is also the line's shadow is judged on the same requests (paired); the
     # interval over time is the served arms' and would not be that verdict's, so it is left out.
+    split = srm.check(tx, config, experiment, served=(control.predictions, candidate.predictions))
     paired = shadow_report.experiment_verdict(tx, config, experiment)
     if paired is not None:
-        return ExperimentReport(experiment, control, candidate, paired, task)
+        return ExperimentReport(experiment, control, candidate, paired, task, srm=split)
     interval = interval_series(rollups[0], rollups[1], task, rules)
-    return ExperimentReport(experiment, control, candidate, verdict, task, interval)
+    return ExperimentReport(experiment, control, candidate, verdict, task, interval, split)
 
 
 # Points of a test's interval over time: its last two hours of minutes (what the console draws).
@@ -625,7 +615,8 @@ def sync_alerts(tx: Tx, versions: tuple[VersionReport, ...]) -> None:
         (a.line, a.version, a.metric): a.id
         for a in tx.alerts.firing()
         # The writer's alert and the artifact alert have lives of their own.
-        if (a.line, a.version, a.metric) != LOG_ALERT_KEY and a.metric != artifact_alerts.METRIC
+        if (a.line, a.version, a.metric) != LOG_ALERT_KEY
+        and a.metric not in (artifact_alerts.METRIC, srm.METRIC)
     }
     seen: set[tuple[str, str, str]] = set()
     for report_ in versions:
@@ -680,11 +671,22 @@ class Monitoring:
     """The monitoring service: reports, evaluations (alerts synced, critical candidates
     pulled) and the prediction log's loss alert, over a workspace's store."""
 
-    def __init__(self, store: Store, config: Config, models_dir: Path, *, abort: Abort) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        models_dir: Path,
+        *,
+        abort: Abort,
+        rollback: auto_rollback.Rollback | None = None,
+        rollback_target: auto_rollback.Target | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.models_dir = models_dir
         self.abort = abort
+        self.rollback = rollback  # the automatic rollback's ([rollback] automatic); None: none
+        self.rollback_target = rollback_target
 
     def report(self, *, window: str = "1h", model: str | None = None) -> MonitorReport:
         """Health, metrics, drift and alerts of every deployed version, and test verdicts."""
@@ -729,9 +731,28 @@ class Monitoring:
                     pulled=True,
                 )
                 actions.append(change.message)
+            actions += self._auto_rollback(current)
         if actions:  # what was pulled no longer serves: its alerts resolve now, not next time
             current = self._synced(self.report(window=window))
         return dataclasses.replace(current, actions=tuple(actions))
+
+    def _auto_rollback(self, current: MonitorReport) -> list[str]:
+        """Roll back lines whose production turned critical soon after a change (opt-in:
+        engine.monitoring.auto_rollback); what was done."""
+        if self.rollback is None or self.rollback_target is None:
+            return []
+
+        def judge(window: metrics.WindowMetrics, task: str) -> tuple[str, tuple[Finding, ...]]:
+            return assess(window, DriftSummary(None, None, None), self.config, task)
+
+        return auto_rollback.run(
+            self.store,
+            self.config,
+            current,
+            rollback=self.rollback,
+            target=self.rollback_target,
+            judge=judge,
+        )
 
     def _synced(self, current: MonitorReport) -> MonitorReport:
         # The served model files are hashed before the write lock is taken: a model at the
@@ -743,6 +764,7 @@ class Monitoring:
         with self.store.write() as tx:
             sync_alerts(tx, current.versions)
             artifact_alerts.sync(tx, self.models_dir, found)
+            srm.sync(tx, self.config, ((e.experiment, e.srm) for e in current.experiments))
             expire_log_alert(tx, self.config.log.loss_alert_minutes)
             alerts = tuple(_alerts(tx))
         return dataclasses.replace(current, alerts=alerts)

@@ -250,6 +250,15 @@ class VersionRollups:
                 mask |= self.hourly & (self.minutes + 60 > since_minute)
         return self._masked(mask)
 
+    def between(self, start: int, end: int) -> WindowMetrics:
+        """The figures of minutes [start, end): minute rows in it, and compacted hours that lie
+        wholly before `end` and end after `start` (none of a later minute is counted)."""
+        mask = (self.minutes >= start) & (self.minutes < end)
+        if self.hourly is not None:
+            hours = self.hourly & (self.minutes + 60 > start) & (self.minutes + 60 <= end)
+            mask = (mask & ~self.hourly) | hours
+        return self._masked(mask)
+
     def first_labelled(self, at_least: int) -> WindowMetrics | None:
         """The figures of the earliest rows holding `at_least` labelled predictions (whole
         rows: a few more when the last one holds several); None while there are fewer."""

@@ -18,6 +18,20 @@ class AlertRepo(Protocol):
         """The firing alert of (line, version, metric), or None."""
         ...
 
+    def get(self, alert_id: int) -> Alert | None:
+        """Alert `alert_id`, firing or resolved, or None."""
+        ...
+
+    def since(self, line: str, version: str, metric: str, first_seen: str) -> list[Alert]:
+        """The alerts of (line, version, metric), firing or resolved, first seen at or after
+        `first_seen` (an ISO time), oldest first."""
+        ...
+
+    def acknowledge(self, alert_id: int, *, at: str, by: str, note: str | None = None) -> None:
+        """`by` saw alert `alert_id` `at` (and says why, `note`): kept with it; the first
+        acknowledgment stays."""
+        ...
+
     def recent(self, resolved: int) -> list[Alert]:
         """Every firing alert and the `resolved` newest resolved ones (in no set order)."""
         ...

@@ -2,8 +2,8 @@
 
 Routes: `POST /v1/predict` (one row or a batch), `POST /v1/feedback` (one or a batch),
 `GET /v1/status`, `GET /v1/monitor`, `GET /healthz`, `GET /metrics`, `GET /openapi.json`, and
-the mutations `POST /v1/deploy|rollback|promote|abort`, which call the `Engine` facade with the
-CLI's arguments and need `Authorization: Bearer <token>`.
+the mutations `POST /v1/deploy|rollback|promote|abort` and `/v1/alerts/{id}/ack`, which
+call the `Engine` facade with the CLI's arguments and need `Authorization: Bearer <token>`.
 
 This module makes the application; each job has its module in engine/server/http/:
 api (the process's state: facade, router, log; start and stop), refresh (the refresh
@@ -81,6 +81,7 @@ def create_app(
         "rollback": control.rollback,
         "promote": control.promote,
         "abort": control.abort,
+        "ack": control.ack,
     }
     routes = [
         Route(op.path, wrap(api, op, handlers[op.name]), methods=[op.method])

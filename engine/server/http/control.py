@@ -1,4 +1,4 @@
-"""The mutations: POST /v1/deploy, /v1/rollback, /v1/promote, /v1/abort.
+"""The mutations: POST /v1/deploy, /v1/rollback, /v1/promote, /v1/abort, /v1/alerts/{id}/ack.
 
 Each calls the `Engine` facade with the CLI's arguments, as the actor the body names (or the
 client's address), and needs `Authorization: Bearer <token>` (engine.server.http.guard). A
@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.core import text
 from engine.core.errors import BeastError
 from engine.core.records import Change, Expect
 from engine.facade import Engine
@@ -94,6 +95,24 @@ class Control:
             lambda e: e.abort(name, note=note, expect=_expect(expect, revision)),
             self._actor(request, actor),
         )
+
+    async def ack(self, request: Request) -> Response:
+        """POST /v1/alerts/{id}/ack: as `beast alerts ack ID [--note TEXT]`."""
+        alert_id = _alert_id(request.path_params["id"])
+        note, actor = schema.ACK.parse(await self._body(request))
+        alert = await run_in_threadpool(
+            self.api.call_engine,
+            lambda e: e.acknowledge_alert(alert_id, note=note),
+            self._actor(request, actor),
+        )
+        return json_response(alert.to_json())
+
+
+def _alert_id(raw: str) -> int:
+    """The path's alert id: a positive integer (404 otherwise: no such alert)."""
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1 or len(raw) > 18:
+        raise ApiError(404, f"no alert {text.escape(raw[:40])} (an alert id is a positive integer)")
+    return int(raw)
 
 
 def _expect(production: str | None, revision: int | None) -> Expect | None:

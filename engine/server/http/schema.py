@@ -665,6 +665,11 @@ PROMOTE = Body(
 ABORT = Body(
     "AbortRequest", "abort", (("name", Name("The running A/B test.")), *EXPECT), required=("name",)
 )
+ACK = Body(
+    "AckRequest",
+    "alert acknowledgment",
+    (("note", Text("Why (kept with the alert).", limit=text.MAX_NOTE_CHARS)), ("actor", ACTOR)),
+)
 BODIES = (
     PREDICT,
     PREDICT_BATCH,
@@ -675,6 +680,7 @@ BODIES = (
     ROLLBACK,
     PROMOTE,
     ABORT,
+    ACK,
 )
 
 
@@ -826,6 +832,23 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "/v1/abort", "POST", "abort", "End a test: candidate to 0%.", (ABORT,), mutation=True
     ),
+    Operation(
+        "/v1/alerts/{id}/ack",
+        "POST",
+        "ack",
+        "Acknowledge an alert (an acknowledged srm alert no longer blocks promotion).",
+        (ACK,),
+        ok=(("200", ref("Alert"), "The alert as stored, with who acknowledged it and when."),),
+        mutation=True,
+        parameters=(
+            {
+                "name": "id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1},
+            },
+        ),
+    ),
 )
 _MUTATION_OK = (("200", _CHANGE, "Done (or nothing to do: changed=false)."),)
 _MUTATION_ERRORS = (400, 404, 409, 413, 415, 422, 503)
@@ -879,6 +902,10 @@ def _operation(op: Operation, ctx: Context) -> dict[str, Any]:
         }
     out["security"] = [{"bearer": []}] if secured else []
     return out
+
+
+_ALERT_TEXT = ("line", "version", "metric", "severity", "message", "first_seen", "last_seen")
+_ALERT_OPTIONAL = ("resolved_at", "acknowledged_at", "acknowledged_by", "acknowledged_note")
 
 
 def _response_schemas() -> dict[str, Any]:
@@ -986,6 +1013,19 @@ def _response_schemas() -> dict[str, Any]:
                     },
                 },
                 "serving": {"type": "object"},
+            },
+        },
+        "Alert": {
+            "type": "object",
+            "required": [*_ALERT_TEXT, *_ALERT_OPTIONAL, "id", "value", "threshold", "status"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "integer"},
+                **dict.fromkeys(_ALERT_TEXT, string),
+                **dict.fromkeys(_ALERT_OPTIONAL, optional),
+                "value": {"type": ["number", "null"]},
+                "threshold": {"type": ["number", "null"]},
+                "status": {"type": "string", "enum": ["firing", "resolved"]},
             },
         },
         "Change": {

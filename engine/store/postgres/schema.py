@@ -569,6 +569,7 @@ ALTER TABLE history ADD CONSTRAINT history_action_check CHECK (action IN (
 
 ALTER TABLE alerts ADD COLUMN acknowledged_at TEXT;
 ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+ALTER TABLE alerts ADD COLUMN acknowledged_note TEXT;
 
 CREATE TABLE rollouts (
     experiment_id BIGINT PRIMARY KEY REFERENCES experiments(id),

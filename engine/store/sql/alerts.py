@@ -9,7 +9,8 @@ from engine.store.sql.conn import Conn
 
 _COLUMNS = (
     "id, line, version, metric, severity, value, threshold, message, first_seen, last_seen,"
-    " resolved_at"
+    " resolved_at, acknowledged_at, acknowledged_by,"
+    " acknowledged_note"
 )
 
 
@@ -34,6 +35,27 @@ class SqlAlerts:
             (line, version, metric),
         ).fetchone()
         return _alert(row) if row else None
+
+    def get(self, alert_id: int) -> Alert | None:
+        row = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE id = ?", (alert_id,)
+        ).fetchone()
+        return _alert(row) if row else None
+
+    def since(self, line: str, version: str, metric: str, first_seen: str) -> list[Alert]:
+        rows = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM alerts WHERE line = ? AND version = ? AND metric = ?"
+            " AND first_seen >= ? ORDER BY id",
+            (line, version, metric, first_seen),
+        )
+        return [_alert(row) for row in rows]
+
+    def acknowledge(self, alert_id: int, *, at: str, by: str, note: str | None = None) -> None:
+        self.conn.execute(
+            "UPDATE alerts SET acknowledged_at = ?, acknowledged_by = ?, acknowledged_note = ?"
+            " WHERE id = ? AND acknowledged_at IS NULL",
+            (at, by, note, alert_id),
+        )
 
     def recent(self, resolved: int) -> list[Alert]:
         rows = self.conn.execute(

@@ -702,6 +702,7 @@ END;
 -- until it is acknowledged (`beast alerts ack ID`).
 ALTER TABLE alerts ADD COLUMN acknowledged_at TEXT;
 ALTER TABLE alerts ADD COLUMN acknowledged_by TEXT;
+ALTER TABLE alerts ADD COLUMN acknowledged_note TEXT;
 
 -- A progressive rollout (`beast deploy … --ab-test NAME --rollout 5,25,50,100`): the test's
 -- candidate share steps up through `steps` (basis points, rising; the last 10000 promotes),
