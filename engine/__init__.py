@@ -51,8 +51,8 @@ if TYPE_CHECKING:
         MonitorReport,
         VersionReport,
     )
-    from engine.monitoring.srm import SrmCheck
     from engine.monitoring.rollups import MinutePoint
+    from engine.monitoring.srm import SrmCheck
 
 __all__ = [
     "ArtifactRejected",
