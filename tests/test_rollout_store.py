@@ -165,3 +165,25 @@ def test_the_cli_starts_pauses_and_refuses_in_one_line(engine: Engine) -> None:
     assert again.returncode == 1 and "cannot pause" in again.stderr
     assert beast(ws, "rollout", "abort", "ro").returncode == 0
     assert engine.experiment("ro").ending == "aborted"
+
+
+def test_the_http_api_pauses_resumes_and_aborts_with_the_token(engine: Engine) -> None:
+    from tests.test_http_api import AUTH, client_for
+
+    _started(engine)
+    with client_for(engine.workspace) as client:
+        refused = client.post("/v1/rollout/pause", json={"name": "ro"})
+        assert refused.status_code == 401
+        paused = client.post("/v1/rollout/pause", json={"name": "ro", "note": "n"}, headers=AUTH)
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["history"]["action"] == "rollout_pause"
+        twice = client.post("/v1/rollout/pause", json={"name": "ro"}, headers=AUTH)
+        assert twice.status_code == 409 and "cannot pause" in twice.json()["error"]
+        resumed = client.post("/v1/rollout/resume", json={"name": "ro"}, headers=AUTH)
+        assert resumed.json()["history"]["action"] == "rollout_resume"
+        ended = client.post("/v1/rollout/abort", json={"name": "ro"}, headers=AUTH)
+        assert ended.json()["history"]["action"] == "abort"
+        unknown = client.post("/v1/rollout/abort", json={"name": "nope"}, headers=AUTH)
+        assert unknown.status_code == 404
+    rollout = engine.experiment("ro").rollout
+    assert rollout is not None and rollout.state == "aborted"

@@ -81,6 +81,9 @@ def create_app(
         "rollback": control.rollback,
         "promote": control.promote,
         "abort": control.abort,
+        "rollout_pause": control.rollout_pause,
+        "rollout_resume": control.rollout_resume,
+        "rollout_abort": control.rollout_abort,
     }
     routes = [
         Route(op.path, wrap(api, op, handlers[op.name]), methods=[op.method])

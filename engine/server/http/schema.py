@@ -665,6 +665,12 @@ PROMOTE = Body(
 ABORT = Body(
     "AbortRequest", "abort", (("name", Name("The running A/B test.")), *EXPECT), required=("name",)
 )
+ROLLOUT = Body(
+    "RolloutRequest",
+    "rollout",
+    (("name", Name("The A/B test of a progressive rollout.")), ("note", NOTE), ("actor", ACTOR)),
+    required=("name",),
+)
 BODIES = (
     PREDICT,
     PREDICT_BATCH,
@@ -675,6 +681,7 @@ BODIES = (
     ROLLBACK,
     PROMOTE,
     ABORT,
+    ROLLOUT,
 )
 
 
@@ -825,6 +832,21 @@ OPERATIONS: tuple[Operation, ...] = (
     ),
     Operation(
         "/v1/abort", "POST", "abort", "End a test: candidate to 0%.", (ABORT,), mutation=True
+    ),
+    *(
+        Operation(
+            f"/v1/rollout/{action}",
+            "POST",
+            f"rollout_{action}",
+            what,
+            (ROLLOUT,),
+            mutation=True,
+        )
+        for action, what in (
+            ("pause", "Hold a progressive rollout at its share."),
+            ("resume", "Resume a paused rollout: its step begins again."),
+            ("abort", "End a rollout and its test: candidate to 0%."),
+        )
     ),
 )
 _MUTATION_OK = (("200", _CHANGE, "Done (or nothing to do: changed=false)."),)
