@@ -187,3 +187,27 @@ def test_the_http_api_pauses_resumes_and_aborts_with_the_token(engine: Engine) -
         assert unknown.status_code == 404
     rollout = engine.experiment("ro").rollout
     assert rollout is not None and rollout.state == "aborted"
+
+
+def test_the_repository_keeps_one_rollout_per_test_read_with_the_test(engine: Engine) -> None:
+    from engine.core.errors import StoreError
+    from engine.core.records import Rollout
+
+    engine.deploy(version="v1.0")
+    engine.deploy(version="v2.0", traffic=10, ab_test="t")
+    first = Rollout((1_000, 2_500, 10_000), 0, "running", "a", "a")
+    moved = Rollout((1_000, 2_500, 10_000), 1, "paused", "b", "c")
+    with engine.store.write() as tx:
+        tx.rollouts.put("t", first)
+        assert tx.deployments.experiment("t").rollout == first  # type: ignore[union-attr]
+        tx.rollouts.put("t", moved)  # replaced, never a second row
+        tx.rollouts.move_share("t", 2_500)
+    with engine.store.read() as tx:
+        (found,) = tx.deployments.experiments()
+    assert found.rollout == moved and found.traffic_bp == 2_500
+    bad = Rollout((1_000, 10_000), 0, "sideways", "a", "a")  # type: ignore[arg-type]
+    with pytest.raises(StoreError), engine.store.write() as tx:
+        tx.rollouts.put("t", bad)
+    with engine.store.write() as tx:  # the share back where the line state has it
+        tx.rollouts.move_share("t", 1_000)
+    assert engine.experiment("t").rollout == moved
