@@ -211,3 +211,9 @@ def test_the_repository_keeps_one_rollout_per_test_read_with_the_test(engine: En
     with engine.store.write() as tx:  # the share back where the line state has it
         tx.rollouts.move_share("t", 1_000)
     assert engine.experiment("t").rollout == moved
+    # ... but not where the rollout's step has it: `beast doctor` says so.
+    assert any("rollout of t is at step 2" in p for p in engine.doctor().problems)
+    engine.abort("t")  # the rollout ends with its test
+    ended = engine.experiment("t").rollout
+    assert ended is not None and ended.state == "aborted"
+    assert engine.doctor().ok

@@ -194,7 +194,7 @@ def rollout_start_bp(steps: tuple[int, ...], traffic: float | None) -> int:
     """The candidate's first share: the rollout's first step. `--traffic`, if given too, must
     say the same (a script that always passes it keeps working; two different shares are a
     mistake)."""
-    if traffic is not None and round(traffic * 100) != steps[0]:
+    if traffic is not None and traffic_bp(traffic) != steps[0]:
         raise BeastError(
             f"--traffic {traffic:g} disagrees with the rollout's first step "
             f"({percent(steps[0]):g}%): drop --traffic, or make them equal"
