@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.core import text
 from engine.core.config import Config
-from engine.core.errors import BeastError
+from engine.core.errors import Conflict
 from engine.core.records import Experiment, Rollout
 from engine.deploy import rollout_gates as gates
 from engine.deploy.service import Deployments, Judged
@@ -55,7 +55,7 @@ class Rollouts:
                 continue
             try:
                 actions.append(self._apply(report, found, rollout, decision))
-            except BeastError as e:  # paused, aborted or moved meanwhile: judged next round
+            except Conflict as e:  # paused, ended or moved meanwhile: judged next round
                 log.warning("rollout %s: not applied: %s", found.experiment.name, e)
         return actions
 
