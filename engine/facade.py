@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -292,22 +292,32 @@ class Engine:
         note: str | None = None,
         expect: Expect | None = None,
         reference: str | Path | None = None,
+        rollout: Sequence[float] | None = None,
     ) -> Change:
         """Deploy to production at 100%, or, with traffic and a test name, as an A/B candidate.
 
         `reference`: a labelled file that becomes the version's baseline (see `register`):
         with a PATH, kept by its registration; with a registered version, in the deploy's
-        own transaction.
+        own transaction. `rollout`: a progressive rollout's steps in percent (rising, the
+        last 100; needs `ab_test`): the candidate starts at the first, the leader's
+        evaluator moves it up as the gates pass (`advance_rollouts`).
         """
         _check_entry(note, expect, version=version, model=model)
-        bp = deploy_service.traffic_for(traffic, ab_test)
+        steps = _rollout_steps(rollout, traffic, ab_test)
+        bp = deploy_service.traffic_for(traffic if steps is None else steps[0] / 100, ab_test)
         target, detail = self._deploy_target(path, version, model, reference)
         baseline = None
         if reference is not None and path is None:  # a registered version: kept with the deploy
             detail, baseline = self._registry().reference_writer(target, reference)
-        change = self._deploys().deploy(
-            target, bp=bp, ab_test=ab_test, note=note, expect=expect, also=baseline
-        )
+        if steps is not None:
+            assert ab_test is not None
+            change = self._deploys().start_rollout(
+                target, steps=steps, ab_test=ab_test, note=note, expect=expect, also=baseline
+            )
+        else:
+            change = self._deploys().deploy(
+                target, bp=bp, ab_test=ab_test, note=note, expect=expect, also=baseline
+            )
         if detail is None:
             return change
         return dataclasses.replace(change, message=f"{change.message}; baseline: {detail}")
@@ -396,6 +406,49 @@ class Engine:
             verdict=_verdict(evidence),
             evidence=evidence,
         )
+
+    def pause_rollout(self, test: str, *, note: str | None = None) -> Change:
+        """Hold a running rollout at its share: the evaluator leaves it until it is resumed
+        (the auto-pull still pulls a candidate whose health turns critical)."""
+        return self._hold_rollout(test, pause=True, note=note)
+
+    def resume_rollout(self, test: str, *, note: str | None = None) -> Change:
+        """Resume a paused rollout: its step begins again (samples and clock from now)."""
+        return self._hold_rollout(test, pause=False, note=note)
+
+    def abort_rollout(self, test: str, *, note: str | None = None) -> Change:
+        """End a rollout and its test: the candidate goes to 0% (the test and the rollout
+        end as aborted), with the line's figures as the evidence."""
+        _check_entry(note, None, test=test)
+        self._rollout_test(test)
+        return self.abort(test, note=note, reason="rollout aborted")
+
+    def advance_rollouts(self, report: MonitorReport | None = None) -> list[str]:
+        """Judge every running rollout's step (engine.deploy.rollout_gates) on `report` (or
+        one read now) and apply it: the next share, the promotion at 100%, or the auto-pull
+        of a failed gate. The leader's evaluator calls it after the auto-pull."""
+        from engine.deploy.rollouts import ROLLOUT_ACTOR, Rollouts  # numpy: the evaluator's
+
+        current = report if report is not None else self.report()
+        acting = deploy_service.Deployments(
+            self.store, self.workspace.models_dir, ROLLOUT_ACTOR, self._export_after_commit
+        )
+        return Rollouts(self.store, self.config, acting, self.abort).evaluate(current)
+
+    def _hold_rollout(self, test: str, *, pause: bool, note: str | None) -> Change:
+        _check_entry(note, None, test=test)
+        found = self._rollout_test(test)
+        evidence = self._evidence(found.line, found.name)
+        return self._deploys().rollout_hold(found, pause=pause, note=note, evidence=evidence)
+
+    def _rollout_test(self, test: str) -> Experiment:
+        """The test named `test`, refused unless it has a rollout still going."""
+        found = self.experiment(test)
+        if found.rollout is None:
+            raise BeastError(f"A/B test {test} has no rollout (it was started without --rollout)")
+        if found.rollout.state not in ("running", "paused"):
+            raise BeastError(f"the rollout of {test} is over ({found.rollout.state})")
+        return found
 
     def rollback(
         self,
@@ -765,6 +818,19 @@ def _check_names(**names: str | None) -> None:
     (`naming.check_name` is for names being created; whatever is stored passes both)."""
     for what, value in names.items():
         text.check_optional(what, value, limit=text.MAX_NAME_CHARS)
+
+
+def _rollout_steps(
+    rollout: Sequence[float] | None, traffic: float | None, ab_test: str | None
+) -> tuple[int, ...] | None:
+    """A deploy's rollout steps in basis points (None without `--rollout`)."""
+    if rollout is None:
+        return None
+    if ab_test is None:
+        raise BeastError("--rollout needs --ab-test NAME (a rollout is a test's candidate)")
+    steps = deploy_rules.rollout_steps(rollout)
+    deploy_rules.rollout_start_bp(steps, traffic)
+    return steps
 
 
 def _verdict(evidence: Mapping[str, Any]) -> str | None:

@@ -47,7 +47,7 @@ def _build(ws: Workspace) -> None:
         engine.deploy(version="v2.0")
         engine.deploy(version="v3.0", traffic=20, ab_test="first-test")
         engine.abort("first-test", note="not now")
-        engine.deploy(version="v4.0", traffic=10, ab_test="second-test")
+        engine.deploy(version="v4.0", ab_test="second-test", rollout=[10, 50, 100])
         engine.shadow(version="v3.0")  # its scores come with the traffic below
     finally:
         engine.close()

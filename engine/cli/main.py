@@ -21,6 +21,7 @@ from engine.cli import mlflow as cli_mlflow
 from engine.cli import render
 from engine.cli import replay as cli_replay
 from engine.cli import retrain as cli_retrain
+from engine.cli import rollout as cli_rollout
 from engine.cli import serving as cli_serving
 from engine.cli import simulate as cli_simulate
 from engine.core import text
@@ -178,6 +179,7 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
         note=args.note,
         expect=_expect(args),
         reference=args.reference,
+        rollout=args.rollout,
     )
     return cli_replay.report(change, args, checked)
 
@@ -370,6 +372,12 @@ def _add_deploy_parser(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--model", help="model line (default: from the file name, or the only one)")
     p.add_argument("--traffic", type=float, metavar="N", help="candidate share in percent, 1–99")
     p.add_argument("--ab-test", metavar="NAME", help="start A/B test NAME with this candidate")
+    p.add_argument(
+        "--rollout",
+        type=cli_rollout.rollout_percents,
+        metavar="STEPS",
+        help="with --ab-test: a progressive rollout, rising shares ending at 100 (5,25,50,100)",
+    )
     p.add_argument("--status", action="store_true", help="seed spelling of `beast status`")
     p.add_argument(
         "--rollback", nargs="?", const="", metavar="V", help="seed spelling of `beast rollback [V]`"
@@ -536,6 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_serving.add_parsers(add)
     cli_retrain.add_parsers(add)
+    cli_rollout.add_parsers(add)
     cli_simulate.add_parsers(add)
     cli_replay.add_parsers(add)
     cli_mlflow.add_parsers(add)

@@ -31,12 +31,36 @@ def check(tx: Tx, workspace: Workspace, *, hash_files: bool = True) -> DoctorRep
         by_line.setdefault(entry.line, []).append(entry)
 
     problems += _one_production(states, by_line)
-    problems += _tests(states, [t for t in tx.deployments.experiments() if t.status == "running"])
+    experiments = tx.deployments.experiments()
+    problems += _tests(states, [t for t in experiments if t.status == "running"])
+    problems += _rollouts(experiments)
     for line in sorted(set(states) | set(by_line)):
         problems += _history_replays(line, states.get(line), by_line.get(line, []))
     problems += _artifacts(tx, workspace.models_dir, states, hash_files)
     warnings += _export(workspace.history_export_path, tx.history.export_text(), all_entries)
     return DoctorReport(tuple(problems), tuple(warnings))
+
+
+def _rollouts(experiments: list[Experiment]) -> list[str]:
+    """A rollout goes on only with its running test, at its step's share (or the last step
+    reached, once its test was promoted); an ended test's rollout ended with it."""
+    out = []
+    for test in experiments:
+        rollout = test.rollout
+        if rollout is None:
+            continue
+        going = rollout.state in ("running", "paused")
+        if going != (test.status == "running"):
+            out.append(
+                f"invariant 2 broken: the rollout of {test.name} is {rollout.state} but the "
+                f"test is {test.status}"
+            )
+        elif going and rollout.steps[rollout.step] != test.traffic_bp:
+            out.append(
+                f"invariant 2 broken: the rollout of {test.name} is at step {rollout.step + 1} "
+                f"({rollout.steps[rollout.step]} bp) but its candidate has {test.traffic_bp} bp"
+            )
+    return out
 
 
 def _one_production(

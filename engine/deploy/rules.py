@@ -13,7 +13,9 @@ change that left that version, or, if it never served, is itself a forward chang
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,8 @@ from engine.core.records import (
     ExperimentStatus,
     HistoryEntry,
     LineState,
+    Rollout,
+    RolloutState,
     Shadow,
     VersionRef,
     percent,
@@ -231,6 +235,118 @@ def plan_abort(state: LineState, test: Experiment, reason: str, ending: Ending =
         history_experiment=test.name,
         end_test=(test.name, "aborted", reason),
         ending=ending,
+    )
+
+
+def rollout_steps(values: Sequence[float]) -> tuple[int, ...]:
+    """`--rollout 5,25,50,100` as basis points: rising shares, each 1–99% (two decimals at
+    most) but the last, which is 100 (reaching it promotes the candidate)."""
+    if len(values) < 2 or values[-1] != 100:
+        raise BeastError(
+            "--rollout needs rising percentages ending at 100 (reaching it promotes), "
+            f"e.g. 5,25,50,100; got {','.join(f'{v:g}' for v in values)}"
+        )
+    steps = (*(traffic_bp(v) for v in values[:-1]), BASIS_POINTS)
+    if any(a >= b for a, b in itertools.pairwise(steps)):
+        raise BeastError(
+            f"--rollout steps must rise: {','.join(f'{percent(bp):g}' for bp in steps)}"
+        )
+    return steps
+
+
+def rollout_start_bp(steps: tuple[int, ...], traffic: float | None) -> int:
+    """The candidate's first share: the rollout's first step. `--traffic`, if given too, must
+    say the same (a script that always passes it keeps working; two different shares are a
+    mistake)."""
+    if traffic is not None and traffic_bp(traffic) != steps[0]:
+        raise BeastError(
+            f"--traffic {traffic:g} disagrees with the rollout's first step "
+            f"({percent(steps[0]):g}%): drop --traffic, or make them equal"
+        )
+    return steps[0]
+
+
+# How a rollout ends with its test (the test's `Ending`).
+_ROLLOUT_END: dict[Ending, RolloutState] = {
+    "promoted on verdict": "completed",
+    "forced": "completed",
+    "auto-pulled": "rolled back",
+    "aborted": "aborted",
+}
+
+
+def rollout_ended(rollout: Rollout, ending: Ending, now: str) -> Rollout:
+    """The rollout of a test that ended with `ending` (one already over is left as it is)."""
+    if rollout.state not in ("running", "paused"):
+        return rollout
+    return dataclasses.replace(rollout, state=_ROLLOUT_END[ending], updated_at=now)
+
+
+def _rollout_of(state: LineState, test: Experiment) -> Rollout:
+    _running(state, test)
+    if test.rollout is None:
+        raise Conflict(f"A/B test {test.name} has no rollout (it was started without --rollout)")
+    return test.rollout
+
+
+def plan_rollout_step(state: LineState, test: Experiment, now: str) -> tuple[Plan, Rollout]:
+    """The candidate's share moves to the rollout's next step (the last, 100%, is a promotion:
+    `plan_promote`, on the rollout's verdict); the rollout as it stands after."""
+    rollout = _rollout_of(state, test)
+    if rollout.state != "running":
+        raise Conflict(f"the rollout of {test.name} is {rollout.state}: it does not advance")
+    following = rollout.step + 1
+    after = dataclasses.replace(rollout, step=following, step_since=now, updated_at=now)
+    if rollout.steps[following] == BASIS_POINTS:
+        done = dataclasses.replace(after, state="completed")
+        return plan_promote(state, test, forced=False), done
+    assert state.candidate is not None
+    bp = rollout.steps[following]
+    message = (
+        f"rollout {test.name}: candidate {state.candidate.name} "
+        f"{percent(state.candidate_bp):g}% → {percent(bp):g}% "
+        f"(step {following + 1} of {len(rollout.steps)})"
+    )
+    return _same_test(state, test, "rollout_step", bp, message), after
+
+
+def plan_rollout_hold(
+    state: LineState, test: Experiment, *, pause: bool, now: str
+) -> tuple[Plan, Rollout]:
+    """Pause a running rollout (it stays at its share; the evaluator leaves it) or resume a
+    paused one (its step begins again: samples and clock count from now)."""
+    rollout = _rollout_of(state, test)
+    wanted: RolloutState = "running" if pause else "paused"
+    if rollout.state != wanted:
+        verb = "pause" if pause else "resume"
+        raise Conflict(f"cannot {verb} the rollout of {test.name}: it is {rollout.state}")
+    assert state.candidate is not None
+    if pause:
+        after = dataclasses.replace(rollout, state="paused", updated_at=now)
+        what = "paused"
+    else:
+        after = dataclasses.replace(rollout, state="running", step_since=now, updated_at=now)
+        what = "resumed"
+    message = (
+        f"rollout {test.name} {what} at {percent(state.candidate_bp):g}% "
+        f"(step {rollout.step + 1} of {len(rollout.steps)})"
+    )
+    action: Action = "rollout_pause" if pause else "rollout_resume"
+    return _same_test(state, test, action, state.candidate_bp, message), after
+
+
+def _same_test(state: LineState, test: Experiment, action: Action, bp: int, message: str) -> Plan:
+    """A change within a running test: the same arms, the candidate at `bp`."""
+    assert state.candidate is not None
+    return Plan(
+        action,
+        state.production,
+        state.candidate,
+        bp,
+        test.name,
+        message,
+        version=state.candidate.name,
+        history_experiment=test.name,
     )
 
 

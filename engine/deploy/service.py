@@ -26,9 +26,11 @@ from engine.core.records import (
     Experiment,
     HistoryEntry,
     LineState,
+    Rollout,
     Snapshot,
     Status,
     VersionRef,
+    percent,
 )
 from engine.deploy import rules
 from engine.registry import catalog, fetch
@@ -170,6 +172,78 @@ class Deployments:
 
         return self.mutate(found.line, expect, note, planner)
 
+    def start_rollout(
+        self,
+        target: VersionRef,
+        *,
+        steps: tuple[int, ...],
+        ab_test: str,
+        note: str | None,
+        expect: Expect | None,
+        also: Callable[[Tx], None] | None = None,
+    ) -> Change:
+        """`target` as the candidate of test `ab_test` at the rollout's first step; the
+        rollout (`steps`, basis points) starts with the test, in its transaction."""
+
+        def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            if also is not None:
+                also(tx)
+            plan = rules.plan_ab_start(
+                state, target, steps[0], ab_test, tx.deployments.experiment(ab_test)
+            )
+            return dataclasses.replace(
+                plan, message=f"{plan.message}; rollout {_steps_text(steps)}"
+            )
+
+        def with_rollout(tx: Tx) -> None:
+            now = utc_now()
+            tx.rollouts.put(ab_test, Rollout(steps, 0, "running", now, now))
+
+        return self.mutate(target.line, expect, note, planner, after=with_rollout)
+
+    def rollout_step(
+        self, found: Experiment, judged: Judged, seen: Rollout, *, note: str | None
+    ) -> Change:
+        """The rollout of `found`, `seen` at the step whose gates passed, moves its candidate
+        to the next share, or, at the last (100%), promotes it on the verdict `judged` (the
+        rollout completes). The gates' figures are the history row's evidence. A rollout
+        paused, resumed or moved since it was judged is refused (StateChanged)."""
+
+        def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            current = _running_test(tx, found.name, state)
+            assert state is not None
+            if current.rollout != seen:
+                raise StateChanged(f"the rollout of {found.name} changed since it was judged")
+            plan, after = rules.plan_rollout_step(state, current, utc_now())
+            tx.rollouts.put(found.name, after)
+            if plan.action == "rollout_step":
+                tx.rollouts.move_share(found.name, plan.candidate_bp)
+                return dataclasses.replace(plan, evidence=judged.evidence)
+            why = f"rollout completed: gates passed (verdict: {judged.outcome}; {judged.reason})"
+            return dataclasses.replace(
+                plan,
+                end_test=(found.name, "promoted", why),
+                verdict=judged.outcome,
+                evidence=judged.evidence,
+            )
+
+        return self.mutate(found.line, None, note, planner)
+
+    def rollout_hold(
+        self, found: Experiment, *, pause: bool, note: str | None, evidence: Evidence | None
+    ) -> Change:
+        """Pause the rollout of `found` (it holds its share) or resume it (its step begins
+        again); the history row keeps `evidence`."""
+
+        def planner(tx: Tx, state: LineState | None) -> rules.Plan:
+            current = _running_test(tx, found.name, state)
+            assert state is not None
+            plan, after = rules.plan_rollout_hold(state, current, pause=pause, now=utc_now())
+            tx.rollouts.put(found.name, after)
+            return dataclasses.replace(plan, evidence=evidence)
+
+        return self.mutate(found.line, None, note, planner)
+
     def rollback(
         self,
         line: str,
@@ -229,9 +303,12 @@ class Deployments:
         expect: Expect | None,
         note: str | None,
         planner: Planner,
+        *,
         rerun: Rerun | None = None,
+        after: Callable[[Tx], None] | None = None,
     ) -> Change:
-        """Plan and apply one change of `line` in one write transaction, then export."""
+        """Plan and apply one change of `line` in one write transaction, then export;
+        `after` writes with it, once the change is applied (what refers to a test it starts)."""
         with self.store.write() as tx:
             state = tx.deployments.state(line)
             if rerun is not None:
@@ -243,6 +320,8 @@ class Deployments:
             plan = planner(tx, state)
             _require_newly_deployed_intact(tx, self.models_dir, state, plan)
             entry = apply(tx, line, state, plan, note, actor=self.actor, now=utc_now())
+            if after is not None:
+                after(tx)
         return Change(entry, plan.message + self.export())
 
 
@@ -261,6 +340,7 @@ def apply(
     (whose revision is that row)."""
     if plan.end_test is not None:
         name, status, reason = plan.end_test
+        _end_rollout(tx, name, plan.ending or "aborted", now)
         tx.deployments.end_experiment(
             name,
             status=status,
@@ -313,6 +393,13 @@ def apply(
     return entry
 
 
+def _end_rollout(tx: Tx, test: str, ending: Ending, now: str) -> None:
+    """A test's rollout ends with it: completed when promoted, rolled back when pulled."""
+    found = tx.deployments.experiment(test)
+    if found is not None and found.rollout is not None:
+        tx.rollouts.put(test, rules.rollout_ended(found.rollout, ending, now))
+
+
 def _next_state(
     line: str, state: LineState | None, plan: rules.Plan, revision: int, *, actor: str, now: str
 ) -> LineState:
@@ -335,10 +422,25 @@ def _next_state(
         candidate_bp=plan.candidate_bp,
         candidate_since=(kept.candidate_since if kept else now) if plan.candidate else None,
         candidate_by=(kept.candidate_by if kept else actor) if plan.candidate else None,
-        # The schema ties a candidate to its test: only a test's start leaves one, and a
-        # change that leaves what serves as it is (a shadow's start or end) keeps it.
+        # The schema ties a candidate to its test: a test's start or a change within it (a
+        # rollout's step, pause, resume) leaves one, and a change that leaves what serves as it
+        # is (a shadow's start or end) keeps it.
         experiment=plan.experiment,
     )
+
+
+def _running_test(tx: Tx, test: str, state: LineState | None) -> Experiment:
+    """The test named `test` as it stands in this transaction, on a line with a deployment."""
+    current = tx.deployments.experiment(test)
+    if current is None:
+        raise BeastError(f"no A/B test named {test}")
+    if state is None:
+        raise BeastError(f"nothing is deployed on {current.line}")
+    return current
+
+
+def _steps_text(steps: tuple[int, ...]) -> str:
+    return ",".join(f"{percent(bp):g}" for bp in steps) + "%"
 
 
 def _undo_stack(tx: Tx, line: str) -> list[HistoryEntry]:

@@ -235,9 +235,13 @@ class Evaluator(_Periodic):
     what = "monitoring evaluation"
 
     def tick(self, engine: Engine) -> None:
-        """One evaluation: a log line per action it took."""
-        for action in engine.monitoring.evaluate().actions:
+        """One evaluation: a log line per action it took. The rollouts are judged after the
+        auto-pull, on the report it left (a pulled candidate's test is over)."""
+        report = engine.monitoring.evaluate()
+        for action in report.actions:
             log.warning("monitoring: %s", action)
+        for action in engine.advance_rollouts(report):
+            log.warning("rollout: %s", action)
 
 
 class Scheduler(_Periodic):

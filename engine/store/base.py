@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from engine.store.prediction_log import PredictionLogRepo
     from engine.store.registry import RegistryRepo
     from engine.store.replicas import ArtifactBytesRepo, ChangeFeed, Leadership, ReplicaRepo
+    from engine.store.rollouts import RolloutRepo
     from engine.store.rollups import RollupRepo
     from engine.store.routes import RouteRepo
     from engine.store.shadows import ShadowRepo
@@ -50,6 +51,11 @@ class Tx(Protocol):
     @property
     def deployments(self) -> DeploymentRepo:
         """What serves on each line, and the A/B tests."""
+        ...
+
+    @property
+    def rollouts(self) -> RolloutRepo:
+        """Progressive rollouts of the A/B tests."""
         ...
 
     @property

@@ -82,6 +82,9 @@ def create_app(
         "promote": control.promote,
         "abort": control.abort,
         "ack": control.ack,
+        "rollout_pause": control.rollout_pause,
+        "rollout_resume": control.rollout_resume,
+        "rollout_abort": control.rollout_abort,
     }
     routes = [
         Route(op.path, wrap(api, op, handlers[op.name]), methods=[op.method])

@@ -1,4 +1,5 @@
-"""The mutations: POST /v1/deploy, /v1/rollback, /v1/promote, /v1/abort, /v1/alerts/{id}/ack.
+"""The mutations: POST /v1/deploy, /v1/rollback, /v1/promote, /v1/abort, a progressive
+rollout's /v1/rollout/pause, /v1/rollout/resume, /v1/rollout/abort, and /v1/alerts/{id}/ack.
 
 Each calls the `Engine` facade with the CLI's arguments, as the actor the body names (or the
 client's address), and needs `Authorization: Bearer <token>` (engine.server.http.guard). A
@@ -94,6 +95,27 @@ class Control:
         return await self._mutate(
             lambda e: e.abort(name, note=note, expect=_expect(expect, revision)),
             self._actor(request, actor),
+        )
+
+    async def rollout_pause(self, request: Request) -> Response:
+        """POST /v1/rollout/pause: as `beast rollout pause NAME`."""
+        name, note, actor = schema.ROLLOUT.parse(await self._body(request))
+        return await self._mutate(
+            lambda e: e.pause_rollout(name, note=note), self._actor(request, actor)
+        )
+
+    async def rollout_resume(self, request: Request) -> Response:
+        """POST /v1/rollout/resume: as `beast rollout resume NAME`."""
+        name, note, actor = schema.ROLLOUT.parse(await self._body(request))
+        return await self._mutate(
+            lambda e: e.resume_rollout(name, note=note), self._actor(request, actor)
+        )
+
+    async def rollout_abort(self, request: Request) -> Response:
+        """POST /v1/rollout/abort: as `beast rollout abort NAME`."""
+        name, note, actor = schema.ROLLOUT.parse(await self._body(request))
+        return await self._mutate(
+            lambda e: e.abort_rollout(name, note=note), self._actor(request, actor)
         )
 
     async def ack(self, request: Request) -> Response:

@@ -670,6 +670,12 @@ ACK = Body(
     "alert acknowledgment",
     (("note", Text("Why (kept with the alert).", limit=text.MAX_NOTE_CHARS)), ("actor", ACTOR)),
 )
+ROLLOUT = Body(
+    "RolloutRequest",
+    "rollout",
+    (("name", Name("The A/B test of a progressive rollout.")), ("note", NOTE), ("actor", ACTOR)),
+    required=("name",),
+)
 BODIES = (
     PREDICT,
     PREDICT_BATCH,
@@ -681,6 +687,7 @@ BODIES = (
     PROMOTE,
     ABORT,
     ACK,
+    ROLLOUT,
 )
 
 
@@ -848,6 +855,21 @@ OPERATIONS: tuple[Operation, ...] = (
                 "schema": {"type": "integer", "minimum": 1},
             },
         ),
+    ),
+    *(
+        Operation(
+            f"/v1/rollout/{action}",
+            "POST",
+            f"rollout_{action}",
+            what,
+            (ROLLOUT,),
+            mutation=True,
+        )
+        for action, what in (
+            ("pause", "Hold a progressive rollout at its share."),
+            ("resume", "Resume a paused rollout: its step begins again."),
+            ("abort", "End a rollout and its test: candidate to 0%."),
+        )
     ),
 )
 _MUTATION_OK = (("200", _CHANGE, "Done (or nothing to do: changed=false)."),)

@@ -18,6 +18,7 @@ from engine.store.sql.alerts import SqlAlerts
 from engine.store.sql.deployments import SqlDeployments
 from engine.store.sql.registry import SqlRegistry
 from engine.store.sql.replicas import SqlReplicas
+from engine.store.sql.rollouts import SqlRollouts
 from engine.store.sql.routes import SqlRoutes
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ class PostgresTx:
     @cached_property
     def deployments(self) -> SqlDeployments:
         return SqlDeployments(self.conn)
+
+    @cached_property
+    def rollouts(self) -> SqlRollouts:
+        return SqlRollouts(self.conn)
 
     @cached_property
     def history(self) -> PostgresHistory:

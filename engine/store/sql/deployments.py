@@ -7,11 +7,14 @@ from typing import Any
 from engine.core.records import Ending, Experiment, ExperimentStatus, LineState, VersionRef
 from engine.store.sql.conn import Conn
 from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.rollouts import COLUMNS as ROLLOUT_COLUMNS
+from engine.store.sql.rollouts import rollout_of
 
-_EXPERIMENT_SQL = """
-    SELECT e.*, c.name AS control_name, k.name AS candidate_name
+_EXPERIMENT_SQL = f"""
+    SELECT e.*, c.name AS control_name, k.name AS candidate_name, {ROLLOUT_COLUMNS}
     FROM experiments e JOIN versions c ON c.id = e.control_id
     JOIN versions k ON k.id = e.candidate_id
+    LEFT JOIN rollouts r ON r.experiment_id = e.id
 """
 
 
@@ -32,6 +35,7 @@ def _experiment(row: Any) -> Experiment:
         forced=bool(row["forced"]),
         verdict=row["verdict"],
         ending=row["ending"],
+        rollout=rollout_of(row),
     )
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from engine.store.sql.alerts import SqlAlerts
 from engine.store.sql.deployments import SqlDeployments
 from engine.store.sql.registry import SqlRegistry
+from engine.store.sql.rollouts import SqlRollouts
 from engine.store.sql.rollups import SqlRollups
 from engine.store.sqlite.history import SqliteHistory
 
@@ -42,6 +43,10 @@ class SqliteTx:
     @cached_property
     def deployments(self) -> SqlDeployments:
         return SqlDeployments(self.conn)
+
+    @cached_property
+    def rollouts(self) -> SqlRollouts:
+        return SqlRollouts(self.conn)
 
     @cached_property
     def history(self) -> SqliteHistory:

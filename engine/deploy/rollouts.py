@@ -1,0 +1,123 @@
+"""The rollout service: the leader's evaluator judges each running rollout's step and applies
+the decision — the next share (or, at the last, the promotion), or the auto-pull.
+
+It reads the step's figures from the test's own minute rollups since the step began (one
+read transaction), asks the pure gates (engine.deploy.rollout_gates), and applies the change
+through the deploy service (one write transaction with its history row and its evidence: the
+line's figures from the monitoring report the decision read, and every gate's outcome).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.core import text
+from engine.core.config import Config
+from engine.core.errors import Conflict
+from engine.core.records import Experiment, Rollout
+from engine.deploy import rollout_gates as gates
+from engine.deploy.service import Deployments, Judged
+from engine.monitoring import evidence as evidence_mod
+from engine.monitoring import rollups as metrics
+from engine.monitoring.report import Abort, ExperimentReport, MonitorReport, minute_of
+from engine.store.base import Store, Tx
+
+log = logging.getLogger("beast.rollout")
+
+ROLLOUT_ACTOR = "beast-engine (rollout)"
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """Judges and moves the running rollouts of one store."""
+
+    store: Store
+    config: Config
+    deployments: Deployments  # acting as ROLLOUT_ACTOR
+    abort: Abort
+
+    def evaluate(self, report: MonitorReport) -> list[str]:
+        """One evaluation of every running rollout in `report`: a message per change made."""
+        settings = gates.GateSettings.of(self.config)
+        actions = []
+        for found in report.experiments:
+            rollout = found.experiment.rollout
+            if rollout is None or rollout.state != "running":
+                continue
+            with self.store.read() as tx:
+                figures = step_figures(tx, found, rollout)
+            decision = gates.judge_step(figures, settings)
+            if decision.decision == "hold":
+                continue
+            try:
+                actions.append(self._apply(report, found, rollout, decision))
+            except Conflict as e:  # paused, ended or moved meanwhile: judged next round
+                log.warning("rollout %s: not applied: %s", found.experiment.name, e)
+        return actions
+
+    def _apply(
+        self,
+        report: MonitorReport,
+        found: ExperimentReport,
+        rollout: Rollout,
+        decision: gates.StepDecision,
+    ) -> str:
+        test = found.experiment
+        evidence = rollout_evidence(report, test, rollout, decision)
+        if decision.decision == "advance":
+            verdict = found.verdict
+            judged = Judged(verdict.outcome, verdict.reason, evidence)
+            return self.deployments.rollout_step(test, judged, rollout, note=None).message
+        note = text.escape(f"rollout gate failed: {decision.reason}")[: text.MAX_NOTE_CHARS]
+        return self.abort(
+            test.name,
+            note=note,
+            reason="auto-pulled: rollout gate failed",
+            actor=ROLLOUT_ACTOR,
+            evidence=evidence,
+            pulled=True,
+        ).message
+
+
+def step_figures(tx: Tx, found: ExperimentReport, rollout: Rollout) -> gates.StepFigures:
+    """The figures of the step `rollout` is at, from the test's own rollups since it began."""
+    test = found.experiment
+    began = minute_of(rollout.step_since)
+    # After a share changed, its first minute holds predictions at the old share too.
+    split_from = began if rollout.step == 0 else began + 1
+    arms = []
+    for name in (test.control, test.candidate):
+        version = tx.registry.get_version(test.line, name)
+        rollups = metrics.load(tx, version.id, since_minute=began, experiment=test.name)
+        arms.append((rollups.window(began), rollups.window(split_from)))
+    (control, control_split), (candidate, candidate_split) = arms
+    elapsed = datetime.now(UTC) - datetime.fromisoformat(rollout.step_since.replace("Z", "+00:00"))
+    return gates.StepFigures(
+        control=_arm(control),
+        candidate=_arm(candidate),
+        split_control=control_split.predictions,
+        split_candidate=candidate_split.predictions,
+        share_bp=rollout.steps[rollout.step],
+        minutes=elapsed.total_seconds() / 60,
+        verdict=found.verdict,
+    )
+
+
+def _arm(window: metrics.WindowMetrics) -> gates.ArmStep:
+    return gates.ArmStep(
+        window.predictions, window.errors, window.labelled, window.latency_ms()["p99"]
+    )
+
+
+def rollout_evidence(
+    report: MonitorReport, test: Experiment, rollout: Rollout, decision: gates.StepDecision
+) -> Mapping[str, Any]:
+    """The line's figures from `report` and the step's gates, kept with the history row."""
+    return {
+        **evidence_mod.evidence_of(report, test.line, test=test.name),
+        "rollout": {**rollout.to_json(), **evidence_mod.safe(decision.to_json())},
+    }
