@@ -92,7 +92,8 @@ def preflight(engine: Engine, args: argparse.Namespace) -> Checked:
         args.path,
         version=args.version,
         model=args.model,
-        traffic=args.traffic,
+        # A rollout starts at its first step: that is the share the checklist judges.
+        traffic=args.rollout[0] if args.rollout else args.traffic,
         ab_test=args.ab_test,
         reference=args.reference,
         replayed=replayed,
