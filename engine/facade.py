@@ -592,12 +592,24 @@ class Engine:
         not override it."""
         from engine.monitoring import srm  # numpy: promote reads a report anyway
 
+        if found.status != "running":
+            return
         with self.store.read() as tx:
-            alert = srm.blocking(tx, found) if found.status == "running" else None
+            alert = srm.blocking(tx, found)
+            # A split no evaluation has seen yet (no engine evaluating, no `beast monitor`
+            # since the traffic) has no alert to acknowledge: read it here too.
+            live = srm.check(tx, self.config, found) if alert is None else None
         if alert is not None:
             raise Conflict(
                 f"cannot promote {found.name}: sample-ratio mismatch alert {alert.id} is not "
                 f"acknowledged (check the split, then `beast alerts ack {alert.id}`)"
+            )
+        if live is not None and live.mismatch and not live.acknowledged:
+            raise Conflict(
+                f"cannot promote {found.name}: sample-ratio mismatch (predictions "
+                f"{live.control}/{live.candidate} against a {live.share:.0%} share, "
+                f"p = {live.p:.2g}); `beast monitor` raises its srm alert, then check the split "
+                "and `beast alerts ack ID`"
             )
 
     # -- retraining -----------------------------------------------------------------------

@@ -209,3 +209,18 @@ def test_the_repository_acknowledges_once(engine: Engine) -> None:
         assert tx.alerts.get(first.id + 2) is None
     with pytest.raises(NotFound, match="no alert"):
         engine.acknowledge_alert(first.id + 2)
+
+
+def test_a_skewed_split_no_evaluation_has_seen_yet_still_blocks_promotion(
+    testing: Engine,
+) -> None:
+    """The block reads the split itself, not only the alerts an evaluation fired: a promote
+    right after the traffic (no `beast monitor`, no engine evaluating) is refused too, and
+    the next evaluation raises the alert to acknowledge."""
+    skew(testing)
+    with pytest.raises(Conflict, match="sample-ratio mismatch .*600/400.*beast monitor"):
+        testing.promote(TEST, force=True)
+    assert testing.experiment(TEST).status == "running"
+    [alert] = srm_alerts(testing.monitoring.evaluate())
+    testing.acknowledge_alert(int(str(alert["id"])))
+    assert testing.promote(TEST).entry is not None
