@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.core import tasks
-from tests.helpers import FEATURES, beast_here
+from tests.helpers import FEATURES, assert_invariants, beast_here, copy_workspace
 from tests.serving_helpers import logged
 from tests.test_http_api import ApiClient, assert_error, client_for, flush
 
@@ -36,19 +36,32 @@ def train_classifier(path: Path, *, seed: int = 0, rounds: int = 8) -> Path:
     return path
 
 
-@pytest.fixture
-def binary_ws(workspace: Workspace) -> Workspace:
-    """A workspace whose revert-risk line is binary, a classifier deployed on it."""
-    with workspace.config_path.open("a", encoding="utf-8") as handle:
+@pytest.fixture(scope="module")
+def _binary_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Built once per module and copied for each test: registering the classifier validates it
+    in a child process that imports XGBoost (~16 s of each test's setup on loaded cores)."""
+    ws = Workspace(tmp_path_factory.mktemp("binary") / ".beast-mode")
+    engine, _ = Engine.init(ws)
+    engine.close()
+    with ws.config_path.open("a", encoding="utf-8") as handle:
         handle.write(f'\n[lines.{LINE}]\ntask = "binary"\nlabel = "reverted"\n')
-    engine = Engine(workspace, actor="tester")
+    engine = Engine(ws, actor="tester")
     try:
-        path = train_classifier(workspace.models_dir / f"{LINE}-v1.0.json")
+        path = train_classifier(ws.models_dir / f"{LINE}-v1.0.json")
         engine.register(path)
         engine.deploy(version="v1.0", model=LINE)
     finally:
         engine.close()
-    return workspace
+    return ws
+
+
+@pytest.fixture
+def binary_ws(_binary_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+    """A workspace whose revert-risk line is binary, a classifier deployed on it; its
+    invariants are checked after the test."""
+    ws = copy_workspace(_binary_template, tmp_path / ".beast-mode")
+    yield ws
+    assert_invariants(ws)
 
 
 @pytest.fixture
