@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xgboost as xgb
 
 from engine import Engine, Workspace
@@ -85,6 +86,25 @@ def beast(
         cwd=str(REPO),
         check=False,
     )
+
+
+def beast_here(
+    capsys: pytest.CaptureFixture[str], ws: Workspace | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`beast` run in this process (`engine.cli.main.main`, the console script's entry point),
+    for tests of what it prints and returns where the process boundary is not what they check:
+    a cold `beast` subprocess spends ~2 s importing numpy and XGBoost. Argparse's exits
+    (usage errors: 2, `--help`: 0) are returned as the process's would be."""
+    from engine.cli.main import main
+
+    argv = ["--workspace", str(ws.root), *args] if ws is not None else list(args)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["beast", *argv], code, out, err)
 
 
 def assert_invariants(ws: Workspace) -> None:

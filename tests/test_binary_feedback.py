@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.core import tasks
-from tests.helpers import FEATURES, beast
+from tests.helpers import FEATURES, assert_invariants, beast_here, copy_workspace
 from tests.serving_helpers import logged
 from tests.test_http_api import ApiClient, assert_error, client_for, flush
 
@@ -36,19 +36,32 @@ def train_classifier(path: Path, *, seed: int = 0, rounds: int = 8) -> Path:
     return path
 
 
-@pytest.fixture
-def binary_ws(workspace: Workspace) -> Workspace:
-    """A workspace whose revert-risk line is binary, a classifier deployed on it."""
-    with workspace.config_path.open("a", encoding="utf-8") as handle:
+@pytest.fixture(scope="module")
+def _binary_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """Built once per module and copied for each test: registering the classifier validates it
+    in a child process that imports XGBoost (~16 s of each test's setup on loaded cores)."""
+    ws = Workspace(tmp_path_factory.mktemp("binary") / ".beast-mode")
+    engine, _ = Engine.init(ws)
+    engine.close()
+    with ws.config_path.open("a", encoding="utf-8") as handle:
         handle.write(f'\n[lines.{LINE}]\ntask = "binary"\nlabel = "reverted"\n')
-    engine = Engine(workspace, actor="tester")
+    engine = Engine(ws, actor="tester")
     try:
-        path = train_classifier(workspace.models_dir / f"{LINE}-v1.0.json")
+        path = train_classifier(ws.models_dir / f"{LINE}-v1.0.json")
         engine.register(path)
         engine.deploy(version="v1.0", model=LINE)
     finally:
         engine.close()
-    return workspace
+    return ws
+
+
+@pytest.fixture
+def binary_ws(_binary_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+    """A workspace whose revert-risk line is binary, a classifier deployed on it; its
+    invariants are checked after the test."""
+    ws = copy_workspace(_binary_template, tmp_path / ".beast-mode")
+    yield ws
+    assert_invariants(ws)
 
 
 @pytest.fixture
@@ -86,29 +99,35 @@ def test_a_binary_line_takes_0_1_and_false_true_over_http(
     assert [actual[p] for p in [*pids, other]] == [1.0, 0.0, 1.0, 0.0, 1.0]
 
 
-def test_beast_feedback_refuses_a_non_binary_label_in_one_line(binary_ws: Workspace) -> None:
-    out = beast(binary_ws, "predict", json.dumps(ROW), "--model", LINE, "--json")
+def test_beast_feedback_refuses_a_non_binary_label_in_one_line(
+    binary_ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = beast_here(capsys, binary_ws, "predict", json.dumps(ROW), "--model", LINE, "--json")
     assert out.returncode == 0, out.stderr
     pid = json.loads(out.stdout)["prediction_id"]
-    refused = beast(binary_ws, "feedback", pid, "0.5")
+    refused = beast_here(capsys, binary_ws, "feedback", pid, "0.5")
     assert refused.returncode == 1
     [line] = refused.stderr.splitlines()
     assert "0 or 1" in line and LINE in line and "Traceback" not in refused.stderr
-    assert beast(binary_ws, "feedback", pid, "true").returncode == 0
+    assert beast_here(capsys, binary_ws, "feedback", pid, "true").returncode == 0
     assert [r["actual"] for r in logged(binary_ws) if r["pid"] == pid] == [1.0]
-    assert beast(binary_ws, "feedback", pid, "1").returncode == 0  # the same label: duplicate
+    assert (
+        beast_here(capsys, binary_ws, "feedback", pid, "1").returncode == 0
+    )  # the same label: duplicate
     second = json.loads(
-        beast(binary_ws, "predict", json.dumps(ROW), "--model", LINE, "--json").stdout
+        beast_here(capsys, binary_ws, "predict", json.dumps(ROW), "--model", LINE, "--json").stdout
     )
     labels = binary_ws.root / "labels.csv"
     labels.write_text(f"prediction_id,actual\n{second['prediction_id']},False\n")
-    assert beast(binary_ws, "feedback", "--file", str(labels)).returncode == 0
+    assert beast_here(capsys, binary_ws, "feedback", "--file", str(labels)).returncode == 0
     assert [r["actual"] for r in logged(binary_ws) if r["pid"] == second["prediction_id"]] == [0.0]
-    assert beast(binary_ws, "feedback", pid, "maybe").returncode == 2  # usage: not a label
+    assert (
+        beast_here(capsys, binary_ws, "feedback", pid, "maybe").returncode == 2
+    )  # usage: not a label
 
 
 def test_monitor_reports_a_binary_lines_metrics_by_their_keys(
-    client: ApiClient, binary_ws: Workspace
+    client: ApiClient, binary_ws: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rng = np.random.default_rng(3)
     rows = rng.random((300, len(FEATURES)))
@@ -130,13 +149,13 @@ def test_monitor_reports_a_binary_lines_metrics_by_their_keys(
     assert "mae" not in version and "rmse" not in version
     assert version["auc"] > 0.7  # the classifier learned the first feature
     assert version["baseline"]["source"] == "first_labelled"  # no reference, no lineage
-    cli = beast(binary_ws, "monitor", "--json", "--readonly")
+    cli = beast_here(capsys, binary_ws, "monitor", "--json", "--readonly")
     assert cli.returncode == 0, cli.stderr
     [same] = [v for v in json.loads(cli.stdout)["versions"] if v["line"] == LINE]
     assert {k: same[k] for k in tasks.METRICS[tasks.BINARY]} == {
         k: version[k] for k in tasks.METRICS[tasks.BINARY]
     }
-    text = beast(binary_ws, "monitor", "--readonly").stdout
+    text = beast_here(capsys, binary_ws, "monitor", "--readonly").stdout
     header = next(line for line in text.splitlines() if line.startswith("LINE"))
     assert header.split()[6:12] == ["AUC", "ACC", "LOGLOSS", "PREC", "RECALL", "BRIER"]
     assert "BASELINE" in header and "first_labelled" in text
@@ -146,10 +165,12 @@ def test_monitor_reports_a_binary_lines_metrics_by_their_keys(
     assert f'beast_version_rmse{{line="{LINE}"' not in scraped
 
 
-def test_without_a_binary_line_false_true_are_refused(registered: Workspace) -> None:
+def test_without_a_binary_line_false_true_are_refused(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A regression line refuses a boolean, alone (422) or in a batch (the whole body, as
     /openapi.json offers no boolean while no binary line is deployed)."""
-    assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
+    assert beast_here(capsys, registered, "deploy", "--version", "v1.0").returncode == 0
     with client_for(registered) as client:
         response = client.post("/v1/predict", json={"features": ROW})
         pid = response.json()["prediction_id"]

@@ -1,4 +1,10 @@
-"""The `beast` command's contract: exit codes, one-line refusals, JSON documents, seed spellings."""
+"""The `beast` command's contract: exit codes, one-line refusals, JSON documents, seed spellings.
+
+The tests of what a process does (a workspace it creates, BEAST_HOME, a missing workspace, a bad
+config, `--debug`'s traceback) run the real `beast` subprocess; those of what the command prints
+and returns run its entry point in this process (`beast_here`: ~2 s of imports saved per call,
+some 45 calls here).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine import Workspace
-from tests.helpers import beast
+from tests.helpers import beast, beast_here
 
 
 def one_line(text: str) -> str:
@@ -62,8 +68,10 @@ def test_bad_config_is_refused_naming_key_and_value(registered: Workspace) -> No
         ["history", "--limit", "many"],
     ],
 )
-def test_usage_errors_exit_2(registered: Workspace, args: list[str]) -> None:
-    out = beast(registered, *args)
+def test_usage_errors_exit_2(
+    registered: Workspace, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = beast_here(capsys, registered, *args)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr
 
@@ -76,15 +84,21 @@ def test_refusals_are_one_line_exit_1_and_debug_shows_traceback(registered: Work
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
-def test_seed_spellings_work(registered: Workspace) -> None:
+def test_seed_spellings_work(registered: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     models = registered.models_dir
     assert (
-        beast(
-            registered, "deploy", str(models / "quality-predictor-v1.0.json"), "--version", "v1.0"
+        beast_here(
+            capsys,
+            registered,
+            "deploy",
+            str(models / "quality-predictor-v1.0.json"),
+            "--version",
+            "v1.0",
         ).returncode
         == 0
     )
-    out = beast(
+    out = beast_here(
+        capsys,
         registered,
         "deploy",
         str(models / "quality-predictor-v3.0.json"),
@@ -96,21 +110,26 @@ def test_seed_spellings_work(registered: Workspace) -> None:
         "retrain-v3",
     )
     assert out.returncode == 0, out.stderr
-    status = beast(registered, "deploy", "--status")
+    status = beast_here(capsys, registered, "deploy", "--status")
     assert status.returncode == 0 and "retrain-v3" in status.stdout and "90%" in status.stdout
-    refused = beast(registered, "deploy", "--promote", "retrain-v3")
+    refused = beast_here(capsys, registered, "deploy", "--promote", "retrain-v3")
     assert refused.returncode == 1 and "--force" in one_line(refused.stderr)
-    assert beast(registered, "deploy", "--promote", "retrain-v3", "--force").returncode == 0
-    assert beast(registered, "deploy", "--rollback").returncode == 0
-    rolled = beast(registered, "deploy", "--rollback", "v3.0", "--json")
+    assert (
+        beast_here(capsys, registered, "deploy", "--promote", "retrain-v3", "--force").returncode
+        == 0
+    )
+    assert beast_here(capsys, registered, "deploy", "--rollback").returncode == 0
+    rolled = beast_here(capsys, registered, "deploy", "--rollback", "v3.0", "--json")
     assert rolled.returncode == 0, rolled.stderr
     assert json.loads(rolled.stdout)["history"]["to_state"]["production"] == "v3.0"
 
 
-def test_status_json_contract(registered: Workspace) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
-    beast(registered, "deploy", "--version", "v2.0", "--traffic", "20", "--ab-test", "exp")
-    doc = json.loads(beast(registered, "status", "--json").stdout)
+def test_status_json_contract(registered: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
+    beast_here(
+        capsys, registered, "deploy", "--version", "v2.0", "--traffic", "20", "--ab-test", "exp"
+    )
+    doc = json.loads(beast_here(capsys, registered, "status", "--json").stdout)
     rows = {d["version"]: d for d in doc["deployments"]}
     assert rows["v1.0"]["role"] == "production" and rows["v1.0"]["traffic"] == 80
     assert rows["v2.0"]["role"] == "candidate" and rows["v2.0"]["traffic"] == 20
@@ -126,64 +145,74 @@ def test_status_json_contract(registered: Workspace) -> None:
     assert "verdict" in exp and doc["health"] == "no data"
 
 
-def test_models_and_history_json_contracts(registered: Workspace) -> None:
-    beast(registered, "deploy", "--version", "v1.0", "--note", "first one")
-    models = json.loads(beast(registered, "models", "--json").stdout)["models"]
+def test_models_and_history_json_contracts(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0", "--note", "first one")
+    models = json.loads(beast_here(capsys, registered, "models", "--json").stdout)["models"]
     assert {m["version"] for m in models} == {"v1.0", "v2.0", "v3.0", "v4.0"}
     for m in models:
         assert m["status"] == "valid" and m["reason"] is None and m["n_features"] == 5
         assert len(m["sha256"]) == 64 and Path(m["path"]).is_file()
-    history = json.loads(beast(registered, "history", "--json").stdout)
+    history = json.loads(beast_here(capsys, registered, "history", "--json").stdout)
     assert [h["action"] for h in history] == ["deploy"]
     assert history[0]["note"] == "first one" and history[0]["actor"]
 
 
-def test_stale_expectation_is_refused_with_retry(registered: Workspace) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
-    beast(registered, "deploy", "--version", "v2.0")
-    out = beast(registered, "rollback", "--expect", "v1.0")
+def test_stale_expectation_is_refused_with_retry(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
+    beast_here(capsys, registered, "deploy", "--version", "v2.0")
+    out = beast_here(capsys, registered, "rollback", "--expect", "v1.0")
     assert out.returncode == 1
     assert "state changed since you looked, retry" in one_line(out.stderr)
 
 
-def test_doctor_names_a_broken_invariant(registered: Workspace) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
-    ok = beast(registered, "doctor")
+def test_doctor_names_a_broken_invariant(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
+    ok = beast_here(capsys, registered, "doctor")
     assert ok.returncode == 0 and "all invariants hold" in ok.stdout
     # Tamper with the deployed artifact's bytes: invariant 4 must be named.
     path = registered.models_dir / "quality-predictor-v1.0.json"
     original = path.read_bytes()
     path.write_bytes(original.replace(b'"num_trees"', b'"num_trees" ', 1))
-    broken = beast(registered, "doctor")
+    broken = beast_here(capsys, registered, "doctor")
     assert broken.returncode == 1
     assert "invariant 4 broken" in broken.stdout and "invariant 4" in one_line(broken.stderr)
     path.unlink()
-    missing = beast(registered, "doctor")
+    missing = beast_here(capsys, registered, "doctor")
     assert missing.returncode == 1 and "missing" in one_line(missing.stderr)
     path.write_bytes(original)
 
 
-def test_doctor_repairs_a_stale_export(registered: Workspace) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
+def test_doctor_repairs_a_stale_export(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
     registered.history_export_path.write_text("[]\n")
-    warned = beast(registered, "doctor")
+    warned = beast_here(capsys, registered, "doctor")
     assert warned.returncode == 0 and "behind" in warned.stdout
-    repaired = beast(registered, "doctor", "--repair")
+    repaired = beast_here(capsys, registered, "doctor", "--repair")
     assert repaired.returncode == 0 and "warning" not in repaired.stdout
 
 
-def test_backup_copies_and_never_overwrites(registered: Workspace, tmp_path: Path) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
+def test_backup_copies_and_never_overwrites(
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
     dest = tmp_path / "backup.db"
-    first = beast(registered, "backup", str(dest))
+    first = beast_here(capsys, registered, "backup", str(dest))
     assert first.returncode == 0, first.stderr
     assert dest.is_file()
-    again = beast(registered, "backup", str(dest))
+    again = beast_here(capsys, registered, "backup", str(dest))
     assert again.returncode == 1 and "already exists" in one_line(again.stderr)
 
 
-def test_every_help_page_renders(registered: Workspace) -> None:
-    top = beast(registered, "--help")
+def test_every_help_page_renders(registered: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
+    top = beast_here(capsys, registered, "--help")
     assert top.returncode == 0, top.stderr
     commands = [
         "init",
@@ -203,21 +232,23 @@ def test_every_help_page_renders(registered: Workspace) -> None:
         "feedback",
     ]
     for command in commands:
-        out = beast(registered, command, "--help")
+        out = beast_here(capsys, registered, command, "--help")
         assert out.returncode == 0 and "usage: beast" in out.stdout, (command, out.stderr)
         assert "%%" not in out.stdout
 
 
-def test_feedback_file_answers_each_line(registered: Workspace, tmp_path: Path) -> None:
-    beast(registered, "deploy", "--version", "v1.0")
-    out = beast(registered, "predict", "[0.5, 3, 1, 0.1, 0.2]", "--json")
+def test_feedback_file_answers_each_line(
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    beast_here(capsys, registered, "deploy", "--version", "v1.0")
+    out = beast_here(capsys, registered, "predict", "[0.5, 3, 1, 0.1, 0.2]", "--json")
     assert out.returncode == 0, out.stderr
     pid = json.loads(out.stdout)["prediction_id"]
     feedback = tmp_path / "actuals.csv"
     feedback.write_text(f"prediction_id,actual\n{pid},70\n{pid},70\n{'0' * 32},5\n")
-    done = beast(registered, "feedback", "--file", str(feedback), "--json")
+    done = beast_here(capsys, registered, "feedback", "--file", str(feedback), "--json")
     assert done.returncode == 1  # the unknown id is refused, the others answered
     statuses = [r["status"] for r in json.loads(done.stdout)]
     assert statuses == ["recorded", "duplicate", "not found"]
-    again = beast(registered, "feedback", pid, "71")
+    again = beast_here(capsys, registered, "feedback", pid, "71")
     assert again.returncode == 1 and "already has actual" in again.stderr

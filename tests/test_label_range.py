@@ -19,7 +19,7 @@ from engine.core.config import DEFAULT_CONFIG_TOML, Config, LineSettings, parse_
 from engine.core.errors import ConfigError
 from engine.monitoring import feedback as labels
 from engine.store.sqlite.connection import SqliteStore
-from tests.helpers import beast
+from tests.helpers import beast_here
 from tests.serving_helpers import logged
 
 LINE = "quality-predictor"
@@ -112,28 +112,28 @@ def test_api_settings_parse() -> None:
     assert config.api.require_token == "always"
 
 
-def served_pid(ws: Workspace) -> str:
-    out = beast(ws, "predict", "[0.5, 3, 1, 0.1, 0.2]", "--json")
+def served_pid(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> str:
+    out = beast_here(capsys, ws, "predict", "[0.5, 3, 1, 0.1, 0.2]", "--json")
     assert out.returncode == 0, out.stderr
     pid: str = json.loads(out.stdout)["prediction_id"]
     return pid
 
 
 def test_beast_feedback_refuses_an_actual_outside_the_range(
-    registered: Workspace, tmp_path: Path
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
-    pid = served_pid(registered)
+    assert beast_here(capsys, registered, "deploy", "--version", "v1.0").returncode == 0
+    pid = served_pid(registered, capsys)
     for actual in ("101", "-0.5", "1e30", "-1000000"):
-        out = beast(registered, "feedback", pid, actual)
+        out = beast_here(capsys, registered, "feedback", pid, actual)
         assert out.returncode == 1, out.stdout
         [line] = out.stderr.splitlines()
         assert "[0, 100]" in line and "Traceback" not in out.stderr
     assert [r["actual"] for r in logged(registered) if r["pid"] == pid] == [None]
     feedback = tmp_path / "actuals.csv"
-    other = served_pid(registered)
+    other = served_pid(registered, capsys)
     feedback.write_text(f"prediction_id,actual\n{pid},1e30\n{other},70\n{pid},100\n")
-    done = beast(registered, "feedback", "--file", str(feedback), "--json")
+    done = beast_here(capsys, registered, "feedback", "--file", str(feedback), "--json")
     assert done.returncode == 1  # the out-of-range line is refused, the others answered
     answers = json.loads(done.stdout)
     assert [a["status"] for a in answers] == ["invalid", "recorded", "recorded"]
@@ -142,13 +142,15 @@ def test_beast_feedback_refuses_an_actual_outside_the_range(
     assert (actual[pid], actual[other]) == (100, 70)
 
 
-def test_a_declared_range_is_the_lines_own(registered: Workspace) -> None:
+def test_a_declared_range_is_the_lines_own(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     with registered.config_path.open("a", encoding="utf-8") as handle:
         handle.write(f"\n[lines.{LINE}]\nlabel_range = [-50, 500]\n")
-    assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
-    pid = served_pid(registered)
-    assert beast(registered, "feedback", pid, "450").returncode == 0
-    refused = beast(registered, "feedback", served_pid(registered), "501")
+    assert beast_here(capsys, registered, "deploy", "--version", "v1.0").returncode == 0
+    pid = served_pid(registered, capsys)
+    assert beast_here(capsys, registered, "feedback", pid, "450").returncode == 0
+    refused = beast_here(capsys, registered, "feedback", served_pid(registered, capsys), "501")
     assert refused.returncode == 1 and "[-50, 500]" in refused.stderr and LINE in refused.stderr
 
 

@@ -25,7 +25,7 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 from engine import Engine, Workspace
 from engine.monitoring import baselines
 from engine.monitoring.baselines import VersionReference, write_sidecar
-from tests.helpers import FEATURES, REPO, beast, model_path, train_model
+from tests.helpers import FEATURES, REPO, beast, beast_here, model_path, train_model
 from tests.test_register_tasks import BINARY_LINE, train_classifier
 
 ROWS = 400
@@ -53,8 +53,8 @@ def baseline_of(ws: Workspace, line: str, version: str) -> baselines.VersionBase
         return baselines.for_version(tx, ref.id)
 
 
-def status_rows(ws: Workspace) -> list[dict[str, object]]:
-    out = beast(ws, "status", "--json")
+def status_rows(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    out = beast_here(capsys, ws, "status", "--json")
     assert out.returncode == 0, out.stderr
     rows: list[dict[str, object]] = json.loads(out.stdout)["deployments"]
     return rows
@@ -71,13 +71,13 @@ def binary_ws(registered: Workspace) -> Iterator[Workspace]:
 
 
 def test_register_with_a_csv_reference_keeps_its_metrics_and_drift_reference(
-    registered: Workspace, tmp_path: Path
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = train_model(model_path(registered, "v5.0"), seed=55)
     frame = reference_frame()
     csv = tmp_path / "holdout.csv"
     frame.to_csv(csv, index=False)
-    out = beast(registered, "register", str(model), "--reference", str(csv))
+    out = beast_here(capsys, registered, "register", str(model), "--reference", str(csv))
     assert out.returncode == 0, out.stderr
     assert "baseline from reference holdout.csv (400 rows)" in out.stdout
 
@@ -191,31 +191,37 @@ def _bad(case: str, tmp_path: Path) -> Path:
     ],
 )
 def test_a_bad_reference_is_refused_in_one_line_and_nothing_is_stored(
-    registered: Workspace, tmp_path: Path, case: str, needles: tuple[str, ...]
+    registered: Workspace,
+    tmp_path: Path,
+    case: str,
+    needles: tuple[str, ...],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     model = train_model(model_path(registered, "v5.0"), seed=55)
     bad = _bad(case, tmp_path)
-    out = beast(registered, "register", str(model), "--reference", str(bad))
+    out = beast_here(capsys, registered, "register", str(model), "--reference", str(bad))
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1, out.stderr
     for needle in needles:
         assert needle in out.stderr, out.stderr
-    listing = json.loads(beast(registered, "models", "--json").stdout)["models"]
+    listing = json.loads(beast_here(capsys, registered, "models", "--json").stdout)["models"]
     assert not any("v5.0" in m["versions"] for m in listing)  # the model was not registered
 
 
-def test_a_binary_label_that_is_not_0_or_1_is_refused(binary_ws: Workspace, tmp_path: Path) -> None:
+def test_a_binary_label_that_is_not_0_or_1_is_refused(
+    binary_ws: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = train_classifier(binary_ws.models_dir / "revert-risk-v1.json", seed=4)
     frame = reference_frame(rows=10).drop(columns=["score"])
     frame["reverted"] = [0.0, 1.0, 1.0, 2.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # written "1.0"
     csv = tmp_path / "labels.csv"
     frame.to_csv(csv, index=False)
-    out = beast(binary_ws, "register", str(model), "--reference", str(csv))
+    out = beast_here(capsys, binary_ws, "register", str(model), "--reference", str(csv))
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "label reverted row 4 is '2.0'" in out.stderr and "0 or 1" in out.stderr
     frame.loc[3, "reverted"] = 1.0
     frame.to_csv(csv, index=False)
-    out = beast(binary_ws, "register", str(model), "--reference", str(csv))
+    out = beast_here(capsys, binary_ws, "register", str(model), "--reference", str(csv))
     assert out.returncode == 0, out.stderr
 
 
@@ -223,49 +229,51 @@ def test_a_binary_label_that_is_not_0_or_1_is_refused(binary_ws: Workspace, tmp_
 
 
 def test_deploy_a_registered_version_with_a_reference_and_status_names_every_source(
-    registered: Workspace, tmp_path: Path
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert beast(registered, "deploy", "--version", "v1.0").returncode == 0
-    (row,) = status_rows(registered)
+    assert beast_here(capsys, registered, "deploy", "--version", "v1.0").returncode == 0
+    (row,) = status_rows(registered, capsys)
     assert row["baseline"] is None
-    human = beast(registered, "status").stdout
+    human = beast_here(capsys, registered, "status").stdout
     assert "none yet" in human and "no baseline yet: quality-predictor/v1.0 (" in human
 
     bad = _bad("no-label", tmp_path)
-    out = beast(
-        registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t",
+    out = beast_here(
+        capsys, registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t",
         "--reference", str(bad),
     )  # fmt: skip
     assert out.returncode == 1 and "no label column" in out.stderr
-    assert [r["version"] for r in status_rows(registered)] == ["v1.0"]  # nothing deployed
+    assert [r["version"] for r in status_rows(registered, capsys)] == ["v1.0"]  # nothing deployed
     assert baseline_of(registered, "quality-predictor", "v2.0") is None  # nothing stored
 
     csv = tmp_path / "ref.csv"
     reference_frame().to_csv(csv, index=False)
-    out = beast(
-        registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t",
+    out = beast_here(
+        capsys, registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t",
         "--reference", str(csv),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.rstrip().endswith("; baseline: ref.csv (400 rows)")
-    rows = {r["version"]: r["baseline"] for r in status_rows(registered)}
+    rows = {r["version"]: r["baseline"] for r in status_rows(registered, capsys)}
     assert rows == {"v1.0": None, "v2.0": "reference"}
     found = baseline_of(registered, "quality-predictor", "v2.0")
     assert found is not None and found.detail == "ref.csv (400 rows)"
-    human = beast(registered, "status").stdout
+    human = beast_here(capsys, registered, "status").stdout
     assert "reference" in human and "none yet" in human
 
 
 def test_deploy_a_path_with_a_reference_registers_both_at_once(
-    registered: Workspace, tmp_path: Path
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = train_model(model_path(registered, "v5.0"), seed=55)
     csv = tmp_path / "ref.csv"
     reference_frame().to_csv(csv, index=False)
-    out = beast(registered, "deploy", str(model), "--reference", str(csv))
+    out = beast_here(capsys, registered, "deploy", str(model), "--reference", str(csv))
     assert out.returncode == 0, out.stderr
     assert "baseline: ref.csv (400 rows)" in out.stdout
-    assert {r["version"]: r["baseline"] for r in status_rows(registered)} == {"v5.0": "reference"}
+    assert {r["version"]: r["baseline"] for r in status_rows(registered, capsys)} == {
+        "v5.0": "reference"
+    }
 
 
 def test_beast_status_reads_baselines_without_loading_numpy(registered: Workspace) -> None:
@@ -283,7 +291,7 @@ def test_beast_status_reads_baselines_without_loading_numpy(registered: Workspac
 
 
 def test_a_reference_is_not_replaced_once_live_rows_were_binned_by_it(
-    registered: Workspace, tmp_path: Path
+    registered: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.serving_helpers import count, serving
 
@@ -301,8 +309,13 @@ def test_a_reference_is_not_replaced_once_live_rows_were_binned_by_it(
         engine.register(model_path(registered, "v2.0"), reference=second)
     found = baseline_of(registered, "quality-predictor", "v2.0")
     assert found is not None and found.detail == "second.csv (400 rows)"
-    out = beast(
-        registered, "register", str(model_path(registered, "v1.0")), "--reference", str(second)
+    out = beast_here(
+        capsys,
+        registered,
+        "register",
+        str(model_path(registered, "v1.0")),
+        "--reference",
+        str(second),
     )
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "quality-predictor/v1.0 has served rows counted against its drift" in out.stderr

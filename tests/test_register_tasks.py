@@ -20,7 +20,7 @@ import xgboost as xgb
 
 from engine import ArtifactRejected, Engine, Workspace
 from engine.registry.warm_validator import WarmValidator
-from tests.helpers import FEATURES, beast, model_path
+from tests.helpers import FEATURES, beast_here, model_path
 
 BINARY_LINE = """
 [lines.revert-risk]
@@ -66,23 +66,23 @@ def binary_ws(registered: Workspace) -> Iterator[Workspace]:
     yield registered
 
 
-def models_json(ws: Workspace) -> list[dict[str, object]]:
-    out = beast(ws, "models", "--json")
+def models_json(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> list[dict[str, object]]:
+    out = beast_here(capsys, ws, "models", "--json")
     assert out.returncode == 0, out.stderr
     found: list[dict[str, object]] = json.loads(out.stdout)["models"]
     return found
 
 
-def valid_names(ws: Workspace) -> list[tuple[str, list[str]]]:
+def valid_names(ws: Workspace, capsys: pytest.CaptureFixture[str]) -> list[tuple[str, list[str]]]:
     return sorted(
         (str(m["sha256"]), list(m["versions"]))  # type: ignore[call-overload]
-        for m in models_json(ws)
+        for m in models_json(ws, capsys)
         if m["status"] == "valid"
     )
 
 
-def rejected_reason(ws: Workspace, name: str) -> str:
-    (found,) = [m for m in models_json(ws) if str(m["path"]).endswith(name)]
+def rejected_reason(ws: Workspace, name: str, capsys: pytest.CaptureFixture[str]) -> str:
+    (found,) = [m for m in models_json(ws, capsys) if str(m["path"]).endswith(name)]
     assert found["status"] == "rejected"
     return str(found["reason"])
 
@@ -91,52 +91,56 @@ def rejected_reason(ws: Workspace, name: str) -> str:
 
 
 def test_a_classifier_offered_to_a_regression_line_is_rejected_with_the_reason(
-    registered: Workspace,
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = train_classifier(model_path(registered, "v8.0"))
-    before = valid_names(registered)
-    out = beast(registered, "register", str(path))
+    before = valid_names(registered, capsys)
+    out = beast_here(capsys, registered, "register", str(path))
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1
     assert "binary:logistic" in out.stderr and "task is regression" in out.stderr
-    reason = rejected_reason(registered, path.name)
+    reason = rejected_reason(registered, path.name, capsys)
     assert "objective binary:logistic is a binary model" in reason
-    assert valid_names(registered) == before
+    assert valid_names(registered, capsys) == before
     # `beast deploy PATH` goes through the same registration: refused, nothing serves it.
-    out = beast(registered, "deploy", str(path))
+    out = beast_here(capsys, registered, "deploy", str(path))
     assert out.returncode == 1 and "binary:logistic" in out.stderr
 
 
 def test_a_regressor_offered_to_a_binary_line_is_rejected_with_the_reason(
-    binary_ws: Workspace,
+    binary_ws: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = train_regressor(binary_ws.models_dir / "revert-risk-v1.json")
     with closing(Engine(binary_ws)) as engine, pytest.raises(ArtifactRejected) as refused:
         engine.register(path)
     assert "objective reg:squarederror is a regression model" in str(refused.value)
     assert "task is binary" in str(refused.value)
-    assert "reg:squarederror" in rejected_reason(binary_ws, path.name)
-    assert "revert-risk" not in {m["line"] for m in models_json(binary_ws)}
+    assert "reg:squarederror" in rejected_reason(binary_ws, path.name, capsys)
+    assert "revert-risk" not in {m["line"] for m in models_json(binary_ws, capsys)}
 
 
-def test_a_classifier_joins_a_binary_line_and_its_objective_is_kept(binary_ws: Workspace) -> None:
+def test_a_classifier_joins_a_binary_line_and_its_objective_is_kept(
+    binary_ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = train_classifier(binary_ws.models_dir / "revert-risk-v1.json", seed=3)
-    out = beast(binary_ws, "register", str(path), "--json")
+    out = beast_here(capsys, binary_ws, "register", str(path), "--json")
     assert out.returncode == 0, out.stderr
-    (found,) = [m for m in models_json(binary_ws) if m["line"] == "revert-risk"]
+    (found,) = [m for m in models_json(binary_ws, capsys) if m["line"] == "revert-risk"]
     assert found["status"] == "valid" and found["objective"] == "binary:logistic"
-    (seed,) = [m for m in models_json(binary_ws) if m["versions"] == ["v1.0"]]
+    (seed,) = [m for m in models_json(binary_ws, capsys) if m["versions"] == ["v1.0"]]
     assert seed["objective"] == "reg:squarederror"
 
 
-def test_a_multi_class_model_is_refused_with_a_clear_message(binary_ws: Workspace) -> None:
+def test_a_multi_class_model_is_refused_with_a_clear_message(
+    binary_ws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = train_classifier(binary_ws.models_dir / "revert-risk-v2.json", classes=3)
     with closing(Engine(binary_ws)) as engine, pytest.raises(ArtifactRejected) as refused:
         engine.register(path)
     message = str(refused.value)
     assert "multi-class model (objective multi:softprob, 3 classes)" in message
     assert "regression and binary lines only" in message
-    assert "multi-class" in rejected_reason(binary_ws, path.name)
+    assert "multi-class" in rejected_reason(binary_ws, path.name, capsys)
 
 
 def test_the_watchers_warm_validator_refuses_the_same_way(registered: Workspace) -> None:
@@ -155,20 +159,20 @@ def test_the_watchers_warm_validator_refuses_the_same_way(registered: Workspace)
 
 
 def test_a_byte_identical_copy_under_a_versioned_name_is_the_same_artifact(
-    registered: Workspace,
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     original = model_path(registered, "v2.0")
     copy = model_path(registered, "v7.0")
     shutil.copyfile(original, copy)
-    before = valid_names(registered)
-    out = beast(registered, "register", str(copy), "--json")
+    before = valid_names(registered, capsys)
+    out = beast_here(capsys, registered, "register", str(copy), "--json")
     assert out.returncode == 0, out.stderr
     (answer,) = json.loads(out.stdout)
     assert answer["new"] is False and answer["version"] == "v2.0"
-    assert valid_names(registered) == before  # no v7.0
-    (shown,) = [m for m in models_json(registered) if "v2.0" in m["versions"]]  # type: ignore[operator]
+    assert valid_names(registered, capsys) == before  # no v7.0
+    (shown,) = [m for m in models_json(registered, capsys) if "v2.0" in m["versions"]]  # type: ignore[operator]
     assert shown["path"] == str(original)
     assert shown["paths"] == [str(original), str(copy)]
-    listing = beast(registered, "models")
+    listing = beast_here(capsys, registered, "models")
     assert "quality-predictor-v2.0.json, quality-predictor-v7.0.json" in listing.stdout
     assert "v7.0" not in listing.stdout.replace("quality-predictor-v7.0.json", "")

@@ -24,7 +24,7 @@ from engine.monitoring import scoring
 from engine.retrain import data as retrain_data
 from engine.retrain import jobs, triggers
 from engine.retrain import search as retrain
-from tests.helpers import assert_invariants, beast, copy_workspace
+from tests.helpers import assert_invariants, beast, beast_here, copy_workspace
 from tests.retrain_helpers import (
     LINE,
     build_template,
@@ -416,18 +416,18 @@ def test_the_scheduler_starts_a_due_job_once(
         engine.close()
 
 
-def test_cli_check_and_nothing_to_do(rws: Workspace) -> None:
+def test_cli_check_and_nothing_to_do(rws: Workspace, capsys: pytest.CaptureFixture[str]) -> None:
     _engine(rws, "v1.0").close()
-    check = beast(rws, "retrain", "--check", "--json")
+    check = beast_here(capsys, rws, "retrain", "--check", "--json")
     assert check.returncode == 0
     doc = json.loads(check.stdout)
     assert [t["name"] for t in doc["triggers"]] == ["time", "data", "health"]
     assert doc["fires"] is False
-    idle = beast(rws, "retrain")
+    idle = beast_here(capsys, rws, "retrain")
     assert idle.returncode == 0 and "nothing to do" in idle.stdout
-    assert json.loads(beast(rws, "jobs", "--json").stdout) == []
-    assert beast(rws, "jobs", "0").returncode == 2
-    assert beast(rws, "jobs", "7").returncode == 1
+    assert json.loads(beast_here(capsys, rws, "jobs", "--json").stdout) == []
+    assert beast_here(capsys, rws, "jobs", "0").returncode == 2
+    assert beast_here(capsys, rws, "jobs", "7").returncode == 1
 
 
 def test_parquet_data_files_are_read(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from engine.monitoring import feedback as labels
 from engine.server import daemon
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.tx import SqliteTx
-from tests.helpers import beast, history_of, model_path, train_model
+from tests.helpers import beast, beast_here, history_of, model_path, train_model
 from tests.serving_helpers import logged_count, serving
 
 ROW = [0.8, 0.3, 0.1, 0.05, 0.4]
@@ -228,7 +228,9 @@ def test_feedback_with_an_unsafe_id_is_a_clean_answer(ab: Workspace, bad: str) -
 
 
 @pytest.mark.parametrize("bad", ["two\nlines", "\x1b[2J"])
-def test_cli_mutations_refuse_an_unsafe_note_in_one_line(ab: Workspace, bad: str) -> None:
+def test_cli_mutations_refuse_an_unsafe_note_in_one_line(
+    ab: Workspace, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = history_of(ab)
     for args in (
         ["deploy", "--version", "v4.0"],
@@ -236,7 +238,7 @@ def test_cli_mutations_refuse_an_unsafe_note_in_one_line(ab: Workspace, bad: str
         ["promote", "t1", "--force"],
         ["abort", "t1"],
     ):
-        out = beast(ab, *args, "--note", bad)
+        out = beast_here(capsys, ab, *args, "--note", bad)
         assert out.returncode == 1, (args, out.stdout, out.stderr)
         line = one_line(out.stderr)
         assert line.startswith("beast: note: a control character"), line
@@ -253,14 +255,16 @@ def test_cli_predict_refuses_a_lone_surrogate_key(ab: Workspace) -> None:
     assert logged_count(ab) == before
 
 
-def test_cli_feedback_ids_are_refused_and_echoed_escaped(ab: Workspace, tmp_path: Path) -> None:
-    out = beast(ab, "feedback", "\x1b[2J", "50")
+def test_cli_feedback_ids_are_refused_and_echoed_escaped(
+    ab: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = beast_here(capsys, ab, "feedback", "\x1b[2J", "50")
     assert out.returncode == 1
     assert_printable(out.stdout + out.stderr)
     assert "\\x1b[2J" in out.stderr and "U+001B" in out.stderr
     feedback = tmp_path / "labels.csv"
     feedback.write_text("prediction_id,actual\nok\u202e,1\n\x1b[31mred,2\n", encoding="utf-8")
-    out = beast(ab, "feedback", "--file", str(feedback), "--json")
+    out = beast_here(capsys, ab, "feedback", "--file", str(feedback), "--json")
     assert out.returncode == 1
     assert_printable(out.stdout + out.stderr)
     answers = json.loads(out.stdout)
@@ -301,7 +305,9 @@ def rewrite_history_row(ws: Workspace, *, note: str, actor: str, entry: int = 1)
         engine.close()
 
 
-def test_history_and_status_print_old_rows_escaped(registered: Workspace) -> None:
+def test_history_and_status_print_old_rows_escaped(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     engine = Engine(registered, actor="setup")
     try:
         engine.deploy(version="v1.0", note="placeholder")
@@ -310,19 +316,19 @@ def test_history_and_status_print_old_rows_escaped(registered: Workspace) -> Non
     note, actor = "fine\n2  forged  root  deploy\x1b[2J", "eve\u202etoor"
     rewrite_history_row(registered, note=note, actor=actor)
 
-    out = beast(registered, "history")
+    out = beast_here(capsys, registered, "history")
     assert out.returncode == 0, out.stderr
     assert_printable(out.stdout)
     assert len(out.stdout.strip().splitlines()) == 2  # the header and the one row
     assert "fine\\n2  forged  root  deploy\\x1b[2J" in out.stdout
     assert "eve\\u202etoor" in out.stdout
 
-    out = beast(registered, "history", "--json")
+    out = beast_here(capsys, registered, "history", "--json")
     assert_printable(out.stdout)
     (row,) = json.loads(out.stdout)
     assert (row["note"], row["actor"]) == (note, actor)  # JSON escapes: nothing is lost
 
-    out = beast(registered, "status")
+    out = beast_here(capsys, registered, "status")
     assert out.returncode == 0, out.stderr
     assert_printable(out.stdout)
     assert "eve\\u202etoor" in out.stdout
@@ -339,9 +345,9 @@ def evil_files(registered: Workspace) -> list[Path]:
 
 
 def test_models_prints_evil_file_names_escaped_and_register_refuses_them(
-    registered: Workspace, evil_files: list[Path]
+    registered: Workspace, evil_files: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    out = beast(registered, "models")
+    out = beast_here(capsys, registered, "models")
     assert out.returncode == 0, out.stderr
     assert_printable(out.stdout)
     assert "evil\\nline-v9.0.json" in out.stdout
@@ -349,14 +355,16 @@ def test_models_prints_evil_file_names_escaped_and_register_refuses_them(
     assert "evil\\x1b[2J-v9.2.json" in out.stdout
     assert not any(line.startswith("line-v9.0") for line in out.stdout.splitlines())
 
-    out = beast(registered, "models", "--json")
+    out = beast_here(capsys, registered, "models", "--json")
     assert_printable(out.stdout)
     listed = {u["path"]: u["problem"] for u in json.loads(out.stdout)["unregistered"]}
     assert set(EVIL_NAMES) <= set(listed)
     assert all("file name" in (listed[name] or "") for name in EVIL_NAMES)
 
     for path in evil_files:
-        out = beast(registered, "register", str(path), "--model", "evil", "--version", "v9")
+        out = beast_here(
+            capsys, registered, "register", str(path), "--model", "evil", "--version", "v9"
+        )
         assert out.returncode == 1
         assert "file name: " in one_line(out.stderr)
         assert_printable(out.stdout + out.stderr)
@@ -367,15 +375,21 @@ def test_models_prints_evil_file_names_escaped_and_register_refuses_them(
         engine.close()
 
 
-def test_register_refuses_a_version_with_a_trailing_newline(registered: Workspace) -> None:
+def test_register_refuses_a_version_with_a_trailing_newline(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
     train_model(model_path(registered, "v5.0"), seed=55)
-    out = beast(registered, "register", str(model_path(registered, "v5.0")), "--version", "v5\n")
+    out = beast_here(
+        capsys, registered, "register", str(model_path(registered, "v5.0")), "--version", "v5\n"
+    )
     assert out.returncode == 1
     assert "invalid version name 'v5\\n'" in one_line(out.stderr)
 
 
-def test_refusals_quoting_a_path_are_escaped(registered: Workspace) -> None:
-    out = beast(registered, "register", "missing\x1b[2J\n.json")
+def test_refusals_quoting_a_path_are_escaped(
+    registered: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = beast_here(capsys, registered, "register", "missing\x1b[2J\n.json")
     assert out.returncode == 1
     assert "missing\\x1b[2J\\n.json" in out.stderr
     assert_printable(out.stderr)
