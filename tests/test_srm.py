@@ -218,7 +218,7 @@ def test_a_skewed_split_no_evaluation_has_seen_yet_still_blocks_promotion(
     right after the traffic (no `beast monitor`, no engine evaluating) is refused too, and
     the next evaluation raises the alert to acknowledge."""
     skew(testing)
-    with pytest.raises(Conflict, match="sample-ratio mismatch .*600/400.*beast monitor"):
+    with pytest.raises(Conflict, match=r"sample-ratio mismatch .*600/400.*beast monitor"):
         testing.promote(TEST, force=True)
     assert testing.experiment(TEST).status == "running"
     [alert] = srm_alerts(testing.monitoring.evaluate())
