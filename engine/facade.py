@@ -423,6 +423,17 @@ class Engine:
         self._rollout_test(test)
         return self.abort(test, note=note, reason="rollout aborted")
 
+    def evaluate(self, *, window: str = "1h") -> MonitorReport:
+        """One evaluation, as the leader's evaluator runs it: alerts synced, critical
+        candidates pulled, production rolled back when `[rollback] automatic` asks
+        (`Monitoring.evaluate`), then every running rollout judged on the report that left
+        (`advance_rollouts`). The report's `actions` say what was done, rollouts' included."""
+        report = self.monitoring.evaluate(window=window)
+        moved = self.advance_rollouts(report)
+        if not moved:
+            return report
+        return dataclasses.replace(report, actions=(*report.actions, *moved))
+
     def advance_rollouts(self, report: MonitorReport | None = None) -> list[str]:
         """Judge every running rollout's step (engine.deploy.rollout_gates) on `report` (or
         one read now) and apply it: the next share, the promotion at 100%, or the auto-pull

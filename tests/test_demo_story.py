@@ -67,7 +67,7 @@ def _run(ws: Workspace, seed: int) -> Story:
         # evaluates, what was served is logged. A simulated tick outruns it: flush first.
         transport.log.flush()
         before = {v.version: v for v in engine.monitoring.report().versions}
-        found = engine.monitoring.evaluate()
+        found = engine.evaluate()  # as `beast engine` evaluates: monitoring, then rollouts
         for v in before.values():
             if v.line != demo.LINE:
                 continue

@@ -77,7 +77,7 @@ def cmd_simulate(engine: Engine, args: argparse.Namespace) -> int:
 
 def _evaluator(engine: Engine) -> Any:
     def evaluate() -> list[str]:
-        found = engine.monitoring.evaluate()
+        found = engine.evaluate()  # as `beast engine` evaluates: rollouts too
         return [
             f"{a['severity']} {a['version']}: {a['message']}"
             for a in found.alerts

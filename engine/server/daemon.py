@@ -228,7 +228,8 @@ class _Periodic(BackgroundThread):
 
 
 class Evaluator(_Periodic):
-    """Runs `monitoring.evaluate` on a timer in a thread with its own engine connection."""
+    """Runs `Engine.evaluate` (monitoring, then rollouts) on a timer in a thread with its own
+    engine connection."""
 
     thread_name = "beast-monitor"
     actor = "beast-engine (monitor)"
@@ -237,11 +238,8 @@ class Evaluator(_Periodic):
     def tick(self, engine: Engine) -> None:
         """One evaluation: a log line per action it took. The rollouts are judged after the
         auto-pull, on the report it left (a pulled candidate's test is over)."""
-        report = engine.monitoring.evaluate()
-        for action in report.actions:
-            log.warning("monitoring: %s", action)
-        for action in engine.advance_rollouts(report):
-            log.warning("rollout: %s", action)
+        for action in engine.evaluate().actions:
+            log.warning("evaluation: %s", action)
 
 
 class Scheduler(_Periodic):
