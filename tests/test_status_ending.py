@@ -40,6 +40,9 @@ def test_a_promotion_on_a_winning_verdict(deployed: Engine) -> None:
 
 def test_a_forced_promotion_keeps_the_verdict_it_overrode(deployed: Engine) -> None:
     feed(deployed, "v1.0", 50, within=0.9, experiment="t")
+    # The candidate's half too: a 50/0 split of a 50% test is a sample-ratio mismatch, which
+    # --force does not override (tests/test_srm.py).
+    feed(deployed, "v2.0", 50, within=0.9, experiment="t", arm="candidate")
     deployed.promote("t", force=True)
     test, shown = status_of(deployed)
     assert (test["verdict"], test["ending"], test["forced"]) == ("not enough data", "forced", True)

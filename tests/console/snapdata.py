@@ -39,14 +39,16 @@ def freeze_engine_time(monkeypatch: pytest.MonkeyPatch, at: float = FROZEN) -> N
 def build(
     ws: Workspace, monkeypatch: pytest.MonkeyPatch, at: float = FROZEN, unlabelled_every: int = 0
 ) -> None:
-    """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 10%), 30 minutes of traffic, all
+    """v1.0 → v2.0 production, A/B test retrain-v3 (v3.0 at 18%), 30 minutes of traffic, all
     before `at` (FROZEN for pictures; now for a test that also asks the real CLI)."""
     for hours, step in ((3, "v1.0"), (2, "v2.0"), (1, "v3.0")):
         monkeypatch.setattr("engine.deploy.service.utc_now", lambda h=hours: iso(at - h * 3600))
         engine = Engine(ws, actor="ops")
         try:
             if step == "v3.0":
-                engine.deploy(version=step, traffic=10, ab_test="retrain-v3")
+                # 18%: the share the traffic below serves (8 of 44 a minute), so its split
+                # is what the test was configured with (no sample-ratio mismatch).
+                engine.deploy(version=step, traffic=18, ab_test="retrain-v3")
             else:
                 engine.deploy(version=step)
         finally:

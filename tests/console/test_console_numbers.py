@@ -97,7 +97,7 @@ def test_the_console_shows_beast_monitor_json_figures(
     assert values["second"].startswith(f"{sig(v2['mae'])} pts"), values
     assert values["p95"].startswith(f"{sig(v2['latency_ms']['p95'])} ms"), values
     assert values["errors"].startswith(f"{sig(v2['error_rate'])} (max"), values
-    assert values["traffic"] == f"{sig(v2['predictions'])} pred, {sig(v2['labelled'])} lab, 90%"
+    assert values["traffic"] == f"{sig(v2['predictions'])} pred, {sig(v2['labelled'])} lab, 82%"
     drift = v2["drift"]["model"]
     assert values["drift"].startswith(f"{sig(drift * 100)}% (max" if drift is not None else "-")
 
