@@ -36,8 +36,18 @@ async def settle(app: BeastConsole, pilot: Pilot[None]) -> None:
             break
     for _ in range(50):
         if not any(_measuring(t) for t in app.main_screen.query(DataTable)):
-            return
+            break
         await pilot.pause(0.01)
+    # A redraw that changes a widget's height can add or drop a scrollbar, which resizes the
+    # widget again (the A/B pane's evidence is drawn to its width): the picture is taken once
+    # two frames in a row are the same.
+    shown = screen_lines(app)
+    for _ in range(20):
+        await pilot.pause(0.01)
+        now = screen_lines(app)
+        if now == shown:
+            return
+        shown = now
 
 
 def _measuring(table: DataTable[Any]) -> bool:
