@@ -8,6 +8,7 @@ import json
 import pytest
 
 from engine import BeastError, Engine
+from engine.cli import render
 from engine.core.errors import StateChanged
 from engine.deploy import service as deploy_service
 from tests.conftest import BOTH_BACKENDS
@@ -57,7 +58,9 @@ def test_a_plain_test_has_no_rollout(engine: Engine) -> None:
 
 def test_steps_move_the_share_and_the_last_promotes(engine: Engine) -> None:
     _started(engine)
+    assert "10% [10]→50→100" in render.status(engine.status())
     assert "10% → 50%" in _step(engine, "first")
+    assert "50% 10→[50]→100" in render.status(engine.status())
     found = engine.experiment("ro")
     state = engine.status()
     assert found.traffic_bp == 5_000 and found.rollout is not None and found.rollout.step == 1
@@ -88,6 +91,7 @@ def test_pause_holds_resume_continues_each_with_its_evidence(engine: Engine) -> 
     assert "paused at 10%" in held.message
     found = engine.experiment("ro")
     assert found.rollout is not None and found.rollout.state == "paused"
+    assert "10% [10]→50→100 paused" in render.status(engine.status())
     with pytest.raises(BeastError, match="cannot pause"):
         engine.pause_rollout("ro")
     with pytest.raises(BeastError):  # a paused rollout does not advance

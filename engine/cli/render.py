@@ -103,7 +103,7 @@ def status(report: Status) -> str:
                         e.status + (" (forced)" if e.forced else ""),
                         e.control,
                         e.candidate,
-                        f"{percent(e.traffic_bp):g}%",
+                        _traffic_cell(e),
                         e.started_at,
                         e.ended_at or "-",
                         _verdict_cell(e),
@@ -123,6 +123,19 @@ def status(report: Status) -> str:
             )
         )
     return "\n".join(out)
+
+
+def _traffic_cell(e: Experiment) -> str:
+    """The candidate's share; with a rollout its steps, the current one bracketed, and the
+    rollout's state when it is not running: `10% 10→[50]→100 paused`."""
+    share = f"{percent(e.traffic_bp):g}%"
+    r = e.rollout
+    if r is None:
+        return share
+    steps = "→".join(
+        f"[{percent(bp):g}]" if i == r.step else f"{percent(bp):g}" for i, bp in enumerate(r.steps)
+    )
+    return f"{share} {steps}" + ("" if r.state == "running" else f" {r.state}")
 
 
 def _verdict_cell(e: Experiment) -> str:
