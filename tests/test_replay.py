@@ -102,13 +102,28 @@ def test_replay_slices_name_where_it_loses(live: Workspace) -> None:
     engine = Engine(live)
     try:
         found = engine.replay("v3.0")
+        with engine.store.read() as tx:
+            rows = [r for r in tx.predictions.logged_rows(LINE) if r.actual is not None]
+            schema = tx.registry.line_schema(LINE)
     finally:
         engine.close()
     assert found.slices, "v3.0 is not v2.0: it loses somewhere"
     worst = found.slices[0]
     assert worst.diff == min(s.diff for s in found.slices) < 0
     assert worst.n >= replay.MIN_SLICE_ROWS
-    assert 1 <= worst.quartile <= 4 and worst.lo <= worst.hi
+    # The worst slice, re-derived from the logged rows: those whose feature lies in its range
+    # are its n, and each model's accuracy over them is its figures.
+    x = np.frombuffer(b"".join(r.features or b"" for r in rows), dtype=np.float32).reshape(-1, 5)
+    assert schema is not None
+    names = schema.feature_names or tuple(f"f{i}" for i in range(schema.n_features))
+    column = x[:, list(names).index(worst.feature)]
+    inside = (column >= worst.lo) & (column <= worst.hi)
+    actual = np.array([r.actual for r in rows])[inside]
+    logged = np.array([r.score for r in rows])[inside]
+    assert int(inside.sum()) == worst.n
+    assert worst.production == pytest.approx(np.mean(np.abs(logged - actual) <= 5.0))
+    ours = _scores(live, "v3.0", x[inside])
+    assert worst.candidate == pytest.approx(np.mean(np.abs(ours - actual) <= 5.0))
     assert len(found.slices) <= replay.WORST_SLICES
     assert [s.diff for s in found.slices] == sorted(s.diff for s in found.slices)
 
