@@ -147,28 +147,10 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
     if args.promote is not None:
         args.name = args.promote
         return cmd_promote(engine, args)
-    if args.shadow_stop:
-        if args.path or args.shadow or args.version:
-            raise _Usage("--shadow-stop takes no PATH, --version or --shadow (use --model LINE)")
-        return _report(
-            engine.shadow_stop(model=args.model, note=args.note, expect=_expect(args)), args
-        )
+    if args.shadow_stop or args.shadow or args.shadow_traffic is not None:
+        return _deploy_shadow(engine, args)
     if args.path is None and args.version is None:
         raise _Usage("deploy needs a model file PATH (or --version V of a registered one)")
-    if args.shadow_traffic is not None and not args.shadow:
-        raise _Usage("--shadow-traffic needs --shadow")
-    if args.shadow:
-        if args.ab_test or args.traffic is not None or args.reference:
-            raise _Usage("--shadow takes no --ab-test, --traffic or --reference")
-        change = engine.shadow(
-            args.path,
-            version=args.version,
-            model=args.model,
-            traffic=args.shadow_traffic,
-            note=args.note,
-            expect=_expect(args),
-        )
-        return _report(change, args)
     checked = cli_replay.preflight(engine, args)
     change = engine.deploy(
         args.path,
@@ -182,6 +164,31 @@ def cmd_deploy(engine: Engine, args: argparse.Namespace) -> int:
         rollout=args.rollout,
     )
     return cli_replay.report(change, args, checked)
+
+
+def _deploy_shadow(engine: Engine, args: argparse.Namespace) -> int:
+    """`beast deploy … --shadow [--shadow-traffic P]` and `beast deploy --shadow-stop`."""
+    if args.shadow_stop:
+        if args.path or args.shadow or args.version:
+            raise _Usage("--shadow-stop takes no PATH, --version or --shadow (use --model LINE)")
+        return _report(
+            engine.shadow_stop(model=args.model, note=args.note, expect=_expect(args)), args
+        )
+    if args.path is None and args.version is None:
+        raise _Usage("deploy needs a model file PATH (or --version V of a registered one)")
+    if not args.shadow:
+        raise _Usage("--shadow-traffic needs --shadow")
+    if args.ab_test or args.traffic is not None or args.reference:
+        raise _Usage("--shadow takes no --ab-test, --traffic or --reference")
+    change = engine.shadow(
+        args.path,
+        version=args.version,
+        model=args.model,
+        traffic=args.shadow_traffic,
+        note=args.note,
+        expect=_expect(args),
+    )
+    return _report(change, args)
 
 
 def cmd_rollback(engine: Engine, args: argparse.Namespace) -> int:

@@ -83,19 +83,21 @@ def preflight(engine: Engine, args: argparse.Namespace) -> Checked:
     the checklist (text), and refuse — one line, nothing changed — when the replay is not
     non-inferior with enough pairs, or (strict) while an item is unchecked."""
     replayed = None
+    path, version, model, reference = args.path, args.version, args.model, args.reference
     if args.require_replay:
-        target, _ = engine.preflight(
-            args.path, version=args.version, model=args.model, reference=args.reference
-        )
+        target, _ = engine.preflight(path, version=version, model=model, reference=reference)
         replayed = engine.replay(target.name, model=target.line, window=args.replay_window)
+        # Registered now (with its reference): the checklist reads the version, not the
+        # file again — a second registration re-hashed the file and re-scored the reference.
+        path, version, model, reference = None, target.name, target.line, None
     _, checked = engine.preflight(
-        args.path,
-        version=args.version,
-        model=args.model,
+        path,
+        version=version,
+        model=model,
         # A rollout starts at its first step: that is the share the checklist judges.
         traffic=args.rollout[0] if args.rollout else args.traffic,
         ab_test=args.ab_test,
-        reference=args.reference,
+        reference=reference,
         replayed=replayed,
     )
     if not args.json:

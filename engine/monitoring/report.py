@@ -502,9 +502,14 @@ def _baseline_metrics(
     return found, BaselineSource("first_labelled", detail, drift_ref)
 
 
-def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> ExperimentReport:
+def experiment_report(
+    tx: Tx,
+    config: Config,
+    experiment: Experiment,
+    shadows: tuple[shadow_report.ShadowReport, ...] | None = None,
+) -> ExperimentReport:
     """Per-arm figures over the test's own predictions, the verdict, and its interval over
-    time (`interval_series`)."""
+    time (`interval_series`). `shadows`: the running shadows' reports when already read."""
     rollups = []
     for name in (experiment.control, experiment.candidate):
         version = tx.registry.get_version(experiment.line, name)
@@ -516,10 +521,10 @@ def experiment_report(tx: Tx, config: Config, experiment: Experiment) -> Experim
         verdict = abstats.auc_verdict(_auc_arm(control), _auc_arm(candidate), rules)
     else:
         verdict = abstats.verdict(_arm(control), _arm(candidate), rules)
+    split = srm.check(tx, config, experiment, served=(control.predictions, candidate.predictions))
     # A candidate that is also the line's shadow is judged on the same requests (paired); the
     # interval over time is the served arms' and would not be that verdict's, so it is left out.
-    split = srm.check(tx, config, experiment, served=(control.predictions, candidate.predictions))
-    paired = shadow_report.experiment_verdict(tx, config, experiment)
+    paired = shadow_report.experiment_verdict(tx, config, experiment, shadows)
     if paired is not None:
         return ExperimentReport(experiment, control, candidate, paired, task, srm=split)
     interval = interval_series(rollups[0], rollups[1], task, rules)
@@ -590,14 +595,14 @@ def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None
         versions.append(_version_report(tx, config, state, "production", window))
         if state.candidate is not None:
             versions.append(_version_report(tx, config, state, "candidate", window))
+    shadows = shadow_report.shadow_reports(tx, config, model)
     experiments = tuple(
-        experiment_report(tx, config, e)
+        experiment_report(tx, config, e, shadows)
         for e in tx.deployments.experiments()
         if e.status == "running" and (model is None or e.line == model)
     )
     alerts = tuple(_alerts(tx))
     pending, unmatched = labels.counts(tx)
-    shadows = shadow_report.shadow_reports(tx, config, model)
     return MonitorReport(
         window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched, shadows
     )

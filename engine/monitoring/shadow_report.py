@@ -13,6 +13,7 @@ the served arms (`experiment_verdict` returns None).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +76,28 @@ def shadow_reports(tx: Tx, config: Config, model: str | None = None) -> tuple[Sh
     return tuple(found)
 
 
-def experiment_verdict(tx: Tx, config: Config, experiment: Experiment) -> abstats.Verdict | None:
+def experiment_verdict(
+    tx: Tx,
+    config: Config,
+    experiment: Experiment,
+    shadows: Sequence[ShadowReport] | None = None,
+) -> abstats.Verdict | None:
     """The paired verdict of a running test whose candidate is also the line's shadow (its
     control is then the production the shadow scores beside); None when the test keeps its
-    served-arm verdict: no such shadow, or the line's prediction changes the outcome."""
+    served-arm verdict: no such shadow, or the line's prediction changes the outcome.
+    `shadows`: the running shadows' reports already read (`shadow_reports`), so their pairs
+    are not read twice; without them the line's shadow is read here."""
     if config.line(experiment.line).prediction_changes_outcome:
         return None
+    if shadows is not None:
+        return next(
+            (
+                s.verdict
+                for s in shadows
+                if s.shadow.line == experiment.line and s.shadow.version == experiment.candidate
+            ),
+            None,
+        )
     for shadow in tx.shadows.running(experiment.line):
         if shadow.version == experiment.candidate:
             control = tx.registry.get_version(experiment.line, experiment.control)
