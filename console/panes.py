@@ -504,7 +504,7 @@ def _srm(test: ExperimentReport) -> list[Text]:
     state = "acknowledged" if srm.acknowledged else "unacknowledged"
     return [
         Text(
-            f"SRM p={fmt.p_value(srm.p)} ({state}) · pred {sig(srm.control)} /"
+            f"SRM p={fmt.p_value(srm.p)} ({state}) · {srm.noun[:4]} {sig(srm.control)} /"
             f" {sig(srm.candidate)}, expected {fmt.percent(round(srm.share * 10_000))} candidate",
             style="yellow" if srm.acknowledged else "bold red",
         )

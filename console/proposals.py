@@ -117,7 +117,7 @@ def srm_block(data: ConsoleData, test: Experiment) -> str | None:
     ack = f"beast alerts ack {alert['id']}" if alert is not None else "beast alerts ack ID"
     return (
         f"promotion is blocked: sample-ratio mismatch (SRM p = {p_value(srm.p)}, "
-        f"{count(srm.control)} / {count(srm.candidate)} predictions) until `{ack}`"
+        f"{count(srm.control)} / {count(srm.candidate)} {srm.noun}) until `{ack}`"
     )
 
 

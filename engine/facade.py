@@ -617,7 +617,7 @@ class Engine:
             )
         if live is not None and live.mismatch and not live.acknowledged:
             raise Conflict(
-                f"cannot promote {found.name}: sample-ratio mismatch (predictions "
+                f"cannot promote {found.name}: sample-ratio mismatch ({live.noun} "
                 f"{live.control}/{live.candidate} against a {live.share:.0%} share, "
                 f"p = {live.p:.2g}); `beast monitor` raises its srm alert, then check the split "
                 "and `beast alerts ack ID`"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -33,10 +34,12 @@ def feed(
     arm: str = "production",
     minutes_ago: int = 0,
     rows: np.ndarray | None = None,
+    keys: Sequence[str | None] | None = None,
 ) -> None:
     """n predictions of `version` scored 50; a `within` share labelled within ±5 points.
 
-    Their features are zeros, or the float32 `rows` (n of them) when given."""
+    Their features are zeros, or the float32 `rows` (n of them) when given; their routing
+    keys none, or `keys` (n of them)."""
     with engine.store.read_sql() as conn:
         version_id = SqliteTx(conn).registry.get_version(LINE, version).id
     at_ms = int((time.time() - minutes_ago * 60) * 1000)
@@ -53,7 +56,7 @@ def feed(
                 version_id,
                 arm,
                 experiment,
-                None,
+                None if keys is None else keys[i],
                 np.zeros(5, np.float32).tobytes() if rows is None else rows[i].tobytes(),
                 None if failed else 50.0,
                 latency_us,

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engine.core.config import Config
 from engine.core.errors import BeastError, Conflict
 from engine.core.records import Experiment, LineState, Rollout, VersionRef
 from engine.deploy import rules
@@ -225,3 +226,28 @@ def test_a_key_keeps_the_candidate_as_the_share_grows(key: str, test: str) -> No
     assert b == bucket(test, key)
     for low, high in ((1_000, 5_000), (500, 2_500), (2_500, 10_000)):
         assert not (b < low) or b < high
+
+
+SLACK = dataclasses.replace(SETTINGS, latency_p99_slack_ms=5.0)
+
+
+@pytest.mark.parametrize(
+    ("p99", "status"),
+    [
+        ((2.29, 3.04), "pass"),  # the demo's deeper candidate: +0.75 ms, 1.33×
+        ((2.0, 7.0), "pass"),  # at the slack
+        ((2.0, 7.5), "fail"),  # beyond both
+        ((40.0, 50.0), "pass"),  # the ratio governs slow models
+        ((40.0, 50.5), "fail"),
+    ],
+)
+def test_the_latency_gate_is_the_ratio_or_the_slack_whichever_is_more(
+    p99: tuple[float, float], status: str
+) -> None:
+    [gate] = [g for g in judge_step(_figures(p99=p99), SLACK).gates if g.name == "latency_p99"]
+    assert gate.status == status
+    assert gate.limit == pytest.approx(max(p99[0] * 1.25, p99[0] + 5.0))
+
+
+def test_the_default_config_gives_the_latency_gate_its_slack() -> None:
+    assert GateSettings.of(Config()).latency_p99_slack_ms == 5.0

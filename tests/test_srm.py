@@ -61,10 +61,9 @@ def test_a_skewed_split_fires_srm_and_blocks_promotion_until_acknowledged(
     message = str(alert["message"])
     assert "control 600, candidate 400" in message and "expected candidate share 50%" in message
     assert f"p = {check.p:.2g}" in message
-    assert seen.to_json()["experiments"][0]["srm"]["predictions"] == {
-        "control": 600,
-        "candidate": 400,
-    }
+    shown = seen.to_json()["experiments"][0]["srm"]
+    assert shown["units"] == {"control": 600, "candidate": 400}
+    assert shown["unit"] == "prediction"  # no key among them: the request is the unit
 
     for force in (False, True):  # a broken split makes every figure wrong: --force too
         with pytest.raises(Conflict, match=f"alert {alert['id']} .*beast alerts ack {alert['id']}"):

@@ -93,9 +93,11 @@ min_samples = 200
 # a step still undecided after this many minutes fails its gate (the candidate is pulled)
 max_step_minutes = 60
 # the candidate's health gates: its error rate at most production's plus this, its p99
-# latency at most production's times this
+# latency at most production's times this, or plus latency_p99_slack_ms when that is more (a
+# model a few trees deeper is a millisecond slower, which at 2 ms is beyond any ratio)
 error_rate_margin = 0.01
 latency_p99_ratio = 1.25
+latency_p99_slack_ms = 5
 
 [rollback]
 # roll back to the previous production when production turns critical within watch_minutes
@@ -244,6 +246,7 @@ class RolloutSettings:
     max_step_minutes: float = 60.0
     error_rate_margin: float = 0.01
     latency_p99_ratio: float = 1.25
+    latency_p99_slack_ms: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -504,6 +507,11 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "rollout.max_step_minutes": ("max_step_minutes", _positive, "a positive number of minutes"),
     "rollout.error_rate_margin": ("error_rate_margin", _fraction, "a fraction between 0 and 1"),
     "rollout.latency_p99_ratio": ("latency_p99_ratio", _at_least_one, "a number ≥ 1"),
+    "rollout.latency_p99_slack_ms": (
+        "latency_p99_slack_ms",
+        _non_negative,
+        "a number of ms ≥ 0",
+    ),
     "rollback.automatic": ("automatic_rollback", _boolean, "true or false"),
     "rollback.watch_minutes": ("rollback_watch_minutes", _positive, "a positive number of minutes"),
     "shadow.budget_ms": ("shadow_budget_ms", _positive, "a positive number of ms"),

@@ -79,6 +79,20 @@ class LoggedRow(NamedTuple):
 
 
 @dataclass(frozen=True)
+class SplitUnits:
+    """The units an A/B test's split assigned to one arm since a time: each distinct routing
+    key once (a key keeps its arm, so the key is what was randomized), each request without
+    a key once (its arm was drawn for it alone)."""
+
+    keys: int
+    unkeyed: int
+
+    @property
+    def units(self) -> int:
+        return self.keys + self.unkeyed
+
+
+@dataclass(frozen=True)
 class Pruned:
     """One retention step: what it removed, and whether more is already due."""
 

@@ -23,6 +23,7 @@ from engine.deploy import rollout_gates as gates
 from engine.deploy.service import Deployments, Judged
 from engine.monitoring import evidence as evidence_mod
 from engine.monitoring import rollups as metrics
+from engine.monitoring import srm
 from engine.monitoring.report import Abort, ExperimentReport, MonitorReport, minute_of
 from engine.store.base import Store, Tx
 
@@ -49,7 +50,7 @@ class Rollouts:
             if rollout is None or rollout.state != "running":
                 continue
             with self.store.read() as tx:
-                figures = step_figures(tx, found, rollout)
+                figures = step_figures(tx, self.config, found, rollout)
             decision = gates.judge_step(figures, settings)
             if decision.decision == "hold":
                 continue
@@ -83,8 +84,11 @@ class Rollouts:
         ).message
 
 
-def step_figures(tx: Tx, found: ExperimentReport, rollout: Rollout) -> gates.StepFigures:
-    """The figures of the step `rollout` is at, from the test's own rollups since it began."""
+def step_figures(
+    tx: Tx, config: Config, found: ExperimentReport, rollout: Rollout
+) -> gates.StepFigures:
+    """The figures of the step `rollout` is at, from the test's own rollups since it began;
+    its split in the units it assigned when its requests look mismatched (engine.monitoring.srm)."""
     test = found.experiment
     began = minute_of(rollout.step_since)
     # After a share changed, its first minute holds predictions at the old share too.
@@ -96,12 +100,17 @@ def step_figures(tx: Tx, found: ExperimentReport, rollout: Rollout) -> gates.Ste
         arms.append((rollups.window(began), rollups.window(split_from)))
     (control, control_split), (candidate, candidate_split) = arms
     elapsed = datetime.now(UTC) - datetime.fromisoformat(rollout.step_since.replace("Z", "+00:00"))
+    share_bp = rollout.steps[rollout.step]
+    served = (control_split.predictions, candidate_split.predictions)
+    split = srm.check(tx, config, test, since_minute=split_from, share_bp=share_bp, served=served)
+    counted = served if split is None else (split.control, split.candidate)
     return gates.StepFigures(
         control=_arm(control),
         candidate=_arm(candidate),
-        split_control=control_split.predictions,
-        split_candidate=candidate_split.predictions,
-        share_bp=rollout.steps[rollout.step],
+        split_control=counted[0],
+        split_candidate=counted[1],
+        split_unit="prediction" if split is None else split.unit,
+        share_bp=share_bp,
         minutes=elapsed.total_seconds() / 60,
         verdict=found.verdict,
     )

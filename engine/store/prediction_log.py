@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
 from engine.core.config import LogSettings
-from engine.core.predictions import Chunk, LoggedRow, Pruned, Record
+from engine.core.predictions import Chunk, LoggedRow, Pruned, Record, SplitUnits
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,6 +72,12 @@ class PredictionLogRepo(Protocol):
         """The labelled, successful predictions `version_id` served from `since_ms` on (the
         most recent `limit`): (features as a float32 (n, width) matrix, the logged scores,
         actuals, at_ms), oldest first."""
+        ...
+
+    def split_units(self, experiment: str, since_ms: int) -> tuple[SplitUnits, SplitUnits]:
+        """The units test `experiment` assigned from `since_ms` on, per arm (production,
+        candidate): its distinct keys and its requests without one, single and batch rows
+        (a key seen in both counted once)."""
         ...
 
     def count(self) -> int:

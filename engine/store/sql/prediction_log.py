@@ -34,7 +34,16 @@ import numpy as np
 
 from engine.core import ids
 from engine.core.config import LogSettings
-from engine.core.predictions import ARM_NAMES, ARMS, DAY_MS, Chunk, LoggedRow, Pruned, Record
+from engine.core.predictions import (
+    ARM_NAMES,
+    ARMS,
+    DAY_MS,
+    Chunk,
+    LoggedRow,
+    Pruned,
+    Record,
+    SplitUnits,
+)
 from engine.store.sql.conn import Conn
 
 _INSERT_INTO = (
@@ -211,6 +220,50 @@ def count_logged(conn: Conn) -> int:
         " + (SELECT CAST(coalesce(sum(rows), 0) AS BIGINT) FROM prediction_batches)"
     ).fetchone()
     return int(found[0])
+
+
+def split_units(conn: Conn, experiment: str, since_ms: int) -> tuple[SplitUnits, SplitUnits]:
+    """Per arm (production, candidate): the distinct keys and the requests without a key
+    test `experiment` routed from `since_ms` on, single rows and batches' rows.
+
+    The single rows are counted in SQL, on the id's range from `since_ms` (the table is the
+    id's index, time first: one range scan). A batch's keys and arms are blobs, so they are
+    read here — batches in an A/B test are few, and only when one carries keys are the
+    single rows' keys themselves read, so a key in both is counted once.
+    """
+    test = experiment_ids(conn, [experiment]).get(experiment)
+    keys = [0, 0]
+    unkeyed = [0, 0]
+    if test is not None:
+        for arm, distinct, bare in conn.execute(
+            "SELECT arm, count(DISTINCT key), count(*) - count(key) FROM predictions"
+            " WHERE hi >= ? AND experiment_id = ? AND coalesce(at_ms, hi >> 16) >= ?"
+            " GROUP BY arm",
+            (since_ms << 16, test, since_ms),
+        ):
+            keys[int(arm)], unkeyed[int(arm)] = int(distinct), int(bare)
+    batch_keys: list[set[str]] = [set(), set()]
+    for arms, found in conn.execute(
+        "SELECT arms, keys FROM prediction_batches WHERE experiment = ? AND at_ms >= ?",
+        (experiment, since_ms),
+    ):
+        row_keys = json.loads(found) if found is not None else [None] * len(arms)
+        for arm, key in zip(bytes(arms), row_keys, strict=True):
+            if key is None:
+                unkeyed[arm] += 1
+            else:
+                batch_keys[arm].add(key)
+    if test is not None and any(batch_keys):
+        for arm, key in conn.execute(
+            "SELECT DISTINCT arm, key FROM predictions WHERE hi >= ? AND experiment_id = ?"
+            " AND coalesce(at_ms, hi >> 16) >= ? AND key IS NOT NULL",
+            (since_ms << 16, test, since_ms),
+        ):
+            batch_keys[int(arm)].add(key)
+        keys = [len(found) for found in batch_keys]
+    else:
+        keys = [keys[arm] + len(batch_keys[arm]) for arm in (0, 1)]
+    return SplitUnits(keys[0], unkeyed[0]), SplitUnits(keys[1], unkeyed[1])
 
 
 def logged_rows(conn: Conn, line: str | None = None) -> Iterator[LoggedRow]:
@@ -517,6 +570,9 @@ class SqlPredictionLog(ABC):
         self, version_id: int, width: int, since_ms: int, limit: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return served_rows(self.conn, version_id, width, since_ms, limit)
+
+    def split_units(self, experiment: str, since_ms: int) -> tuple[SplitUnits, SplitUnits]:
+        return split_units(self.conn, experiment, since_ms)
 
     def count(self) -> int:
         return count_logged(self.conn)
