@@ -425,10 +425,13 @@ class Engine:
 
     def evaluate(self, *, window: str = "1h") -> MonitorReport:
         """One evaluation, as the leader's evaluator runs it: alerts synced, critical
-        candidates pulled, production rolled back when `[rollback] automatic` asks
-        (`Monitoring.evaluate`), then every running rollout judged on the report that left
-        (`advance_rollouts`). The report's `actions` say what was done, rollouts' included."""
-        report = self.monitoring.evaluate(window=window)
+        candidates pulled (a running rollout's by its health gate), production rolled back
+        when `[rollback] automatic` asks (`Monitoring.evaluate`), then every running rollout
+        judged on the report that left (`advance_rollouts`). The report's `actions` say
+        what was done, rollouts' included."""
+        # A running rollout's candidate is pulled by its rollout's health gate, on this
+        # report: one decision-maker per test, its history row naming the gate.
+        report = self.monitoring.evaluate(window=window, rollouts_judge=True)
         moved = self.advance_rollouts(report)
         if not moved:
             return report

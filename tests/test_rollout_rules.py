@@ -158,7 +158,7 @@ def test_every_gate_passing_advances_the_step() -> None:
     decision = judge_step(_figures(), SETTINGS)
     assert decision.decision == "advance"
     assert {g.name: g.status for g in decision.gates} == dict.fromkeys(
-        ("samples", "srm", "error_rate", "latency_p99", "verdict"), "pass"
+        ("samples", "health", "srm", "error_rate", "latency_p99", "verdict"), "pass"
     )
 
 
@@ -251,3 +251,14 @@ def test_the_latency_gate_is_the_ratio_or_the_slack_whichever_is_more(
 
 def test_the_default_config_gives_the_latency_gate_its_slack() -> None:
     assert GateSettings.of(Config()).latency_p99_slack_ms == 5.0
+
+
+@given(n=st.integers(0, 600), minutes=st.floats(0, 59.9))
+def test_a_critical_candidate_fails_its_health_gate_at_once(n: int, minutes: float) -> None:
+    # Short of its samples or not: the auto-pull would pull it, and the rollout does.
+    critical = dataclasses.replace(
+        _figures(n, minutes=minutes), health="critical", critical="data drift PSI 0.31"
+    )
+    decision = judge_step(critical, SETTINGS)
+    assert decision.decision == "fail"
+    assert "health: candidate critical: data drift PSI 0.31" in decision.reason

@@ -7,6 +7,9 @@ passes, fails (the candidate is pulled) as soon as one fails, and holds while an
 undecided, up to `[rollout] max_step_minutes`, after which the undecided step fails too:
 
 - samples: each arm has `[rollout] min_samples` labelled predictions since the step began;
+- health: the candidate's health is not critical (the findings the auto-pull pulls on: its
+  data drift, accuracy, error rate, latency over the report's window) — judged at once, at
+  every evaluation, as the auto-pull would: a rollout's candidate is pulled by this gate;
 - srm: the step's realized split is the configured share (abstats.srm_p ≥ [monitoring] srm_p);
 - error_rate: the candidate's at most production's + `error_rate_margin`;
 - latency_p99: the candidate's p99 at most production's × `latency_p99_ratio`, or production's
@@ -14,8 +17,9 @@ undecided, up to `[rollout] max_step_minutes`, after which the undecided step fa
   millisecond slower: the demo's deeper candidate served 3.04 ms against 2.29);
 - verdict: non-inferior or better (`Verdict.non_inferior`); "control wins" fails at once.
 
-The health gates are judged once the samples gate passes: a handful of predictions says
-nothing about a rate (the auto-pull still pulls a candidate whose health turns critical).
+The error-rate and latency gates are judged once the samples gate passes: a handful of
+predictions says nothing about a rate (the health gate pulls a candidate whose health turns
+critical before).
 The verdict is always valid (engine.monitoring.abstats), so it may be read at every
 evaluation without inflating its error.
 """
@@ -61,6 +65,9 @@ class StepFigures:
     minutes: float  # since the step began
     verdict: abstats.Verdict
     split_unit: str = "prediction"  # or "key": distinct keys, and requests without one
+    # The candidate's health in the monitoring report judged on, and its critical findings.
+    health: str = "ok"
+    critical: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,7 +135,14 @@ def judge_step(f: StepFigures, s: GateSettings) -> StepDecision:
     """Advance, hold or fail the step whose figures are `f` (the module's docstring)."""
     samples = _samples(f, s)
     judged = samples.status == "pass"
-    gates = (samples, _srm(f, s), _error_rate(f, s, judged), _latency(f, s, judged), _verdict(f))
+    gates = (
+        samples,
+        _health(f),
+        _srm(f, s),
+        _error_rate(f, s, judged),
+        _latency(f, s, judged),
+        _verdict(f),
+    )
     failed = [g for g in gates if g.status == "fail"]
     if failed:
         return StepDecision("fail", "; ".join(f"{g.name}: {g.detail}" for g in failed), gates)
@@ -151,6 +165,12 @@ def _samples(f: StepFigures, s: GateSettings) -> Gate:
         f"of {s.min_samples} per arm"
     )
     return Gate("samples", status, detail, float(fewest), float(s.min_samples))
+
+
+def _health(f: StepFigures) -> Gate:
+    if f.health == "critical":
+        return Gate("health", "fail", f"candidate critical: {f.critical}")
+    return Gate("health", "pass", f"candidate {f.health}")
 
 
 def _srm(f: StepFigures, s: GateSettings) -> Gate:

@@ -9,6 +9,7 @@ line's figures from the monitoring report the decision read, and every gate's ou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class Rollouts:
                 continue
             with self.store.read() as tx:
                 figures = step_figures(tx, self.config, found, rollout)
+            figures = with_health(figures, report, found.experiment)
             decision = gates.judge_step(figures, settings)
             if decision.decision == "hold":
                 continue
@@ -114,6 +116,17 @@ def step_figures(
         minutes=elapsed.total_seconds() / 60,
         verdict=found.verdict,
     )
+
+
+def with_health(
+    figures: gates.StepFigures, report: MonitorReport, test: Experiment
+) -> gates.StepFigures:
+    """`figures` with the candidate's health from `report`, and what made it critical."""
+    for v in report.versions:
+        if v.line == test.line and v.version == test.candidate and v.role == "candidate":
+            why = "; ".join(f.message for f in v.findings if f.severity == "critical")
+            return dataclasses.replace(figures, health=v.health, critical=why)
+    return figures
 
 
 def _arm(window: metrics.WindowMetrics) -> gates.ArmStep:

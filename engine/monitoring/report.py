@@ -703,25 +703,32 @@ class Monitoring:
         with self.store.read() as tx:
             return experiment_report(tx, self.config, experiment)
 
-    def evaluate(self, *, window: str = "1h", pull: bool = True) -> MonitorReport:
-        """Report, sync alerts, and pull critical candidates (the daemon runs this on a timer)."""
+    def evaluate(
+        self, *, window: str = "1h", pull: bool = True, rollouts_judge: bool = False
+    ) -> MonitorReport:
+        """Report, sync alerts, and pull critical candidates (the daemon runs this on a timer).
+        `rollouts_judge`: a test whose rollout is running is left to its rollout's health gate
+        (the caller judges rollouts next, on this report: engine.deploy.rollouts)."""
         current = self._synced(self.report(window=window))
         actions = []
         if pull:
             for version in current.versions:
                 if version.role != "candidate" or version.health != "critical":
                     continue
-                test = next(
+                found = next(
                     (
-                        e.experiment.name
+                        e.experiment
                         for e in current.experiments
                         if e.experiment.candidate == version.version
                         and e.experiment.line == version.line
                     ),
                     None,
                 )
-                if test is None:
+                if found is None:
                     continue
+                if rollouts_judge and found.rollout and found.rollout.state == "running":
+                    continue
+                test = found.name
                 why = "; ".join(f.message for f in version.findings if f.severity == "critical")
                 # Findings quote feature names (from the model's training data): escaped and
                 # capped, so the note check never stands between a critical candidate and its pull.
