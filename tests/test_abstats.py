@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -194,3 +195,21 @@ def test_srm_p_edges() -> None:
 def test_srm_p_refuses_a_bad_share_or_count(control: int, candidate: int, share: float) -> None:
     with pytest.raises(ValueError, match="a split needs a share in"):
         abstats.srm_p(control, candidate, share)
+
+
+def test_exceedance_is_always_valid_and_finds_a_slow_candidate() -> None:
+    """Read after every 100 requests up to 3,000: with exactly 1% of requests slower than the
+    limit (the null's edge), ever failing stays under α; with 5%, it fails within 400."""
+    rng = np.random.default_rng(7)
+    false = sum(
+        any(abstats.exceedance_p(int(c[n - 1]), n, 0.01) < 0.05 for n in range(100, 3001, 100))
+        for c in (np.cumsum(rng.random(3000) < 0.01) for _ in range(300))
+    )
+    assert false / 300 <= 0.05 + 2 * (0.05 * 0.95 / 300) ** 0.5
+    found = sum(
+        any(abstats.exceedance_p(int(c[n - 1]), n, 0.01) < 0.05 for n in range(50, 401, 50))
+        for c in (np.cumsum(rng.random(400) < 0.05) for _ in range(100))
+    )
+    assert found >= 90
+    with pytest.raises(ValueError):
+        abstats.exceedance_p(5, 4, 0.01)

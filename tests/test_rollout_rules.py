@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,8 +13,15 @@ from engine.core.config import Config
 from engine.core.errors import BeastError, Conflict
 from engine.core.records import Experiment, LineState, Rollout, VersionRef
 from engine.deploy import rules
-from engine.deploy.rollout_gates import ArmStep, GateSettings, StepFigures, judge_step
+from engine.deploy.rollout_gates import (
+    ArmStep,
+    GateSettings,
+    StepFigures,
+    judge_step,
+    slower_than,
+)
 from engine.monitoring import abstats
+from engine.serving import latency
 from engine.serving.router import bucket
 
 PROD = VersionRef(1, "line", "v1", 1, "a" * 64)
@@ -262,3 +270,39 @@ def test_a_critical_candidate_fails_its_health_gate_at_once(n: int, minutes: flo
     decision = judge_step(critical, SETTINGS)
     assert decision.decision == "fail"
     assert "health: candidate critical: data drift PSI 0.31" in decision.reason
+
+
+def _hist(latencies_ms: list[float]) -> tuple[int, ...]:
+    return tuple(int(c) for c in latency.histogram(np.array(latencies_ms) * 1000.0))
+
+
+def _timed(candidate_ms: list[float]) -> StepFigures:
+    """A step whose production answered 2,000 requests in 2 ms (p99 2 ms: limit 7 ms with
+    the slack) and whose candidate answered `candidate_ms`."""
+    control = ArmStep(2000, 0, 2000, 2.0, _hist([2.0] * 2000))
+    hist = _hist(candidate_ms)
+    p99 = latency.percentile(np.array(hist), 99)
+    candidate = ArmStep(len(candidate_ms), 0, len(candidate_ms), p99, hist)
+    return dataclasses.replace(_figures(), control=control, candidate=candidate, share_bp=1000)
+
+
+def test_three_slow_requests_of_two_hundred_do_not_fail_the_latency_gate() -> None:
+    # Its p99 is its third slowest, 40 ms: far over the 7 ms limit, yet 1% of 200 is two.
+    figures = _timed([2.5] * 197 + [40.0] * 3)
+    assert figures.candidate.p99_ms is not None and figures.candidate.p99_ms > 30
+    [gate] = [g for g in judge_step(figures, SLACK).gates if g.name == "latency_p99"]
+    assert gate.status == "pass", gate.detail
+    assert "3 of 200 requests slower than the limit" in gate.detail
+
+
+def test_a_candidate_slow_on_many_requests_fails_the_latency_gate() -> None:
+    figures = _timed([2.5] * 180 + [40.0] * 20)  # 10% slower than the limit
+    [gate] = [g for g in judge_step(figures, SLACK).gates if g.name == "latency_p99"]
+    assert gate.status == "fail", gate.detail
+
+
+def test_slower_than_counts_only_buckets_wholly_above_the_limit() -> None:
+    hist = _hist([6.9, 7.0, 7.71, 8.0, 100.0])
+    above, n = slower_than(hist, 7.0)
+    assert n == 5 and above in (3, 4)  # 7.71 shares a bucket edge region; 8 and 100 are above
+    assert slower_than(hist, 200.0) == (0, 5)

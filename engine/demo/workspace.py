@@ -41,6 +41,10 @@ DEMO_ROWS = 6000
 DEMO_TEST = "retrain-v3"
 REVERT_LINE = sample_data.REVERT_LINE
 REVERT_TEST = "revert-v2"
+# The tests' progressive rollouts (README "Progressive rollouts"): the leader's evaluator
+# steps each candidate up as its gates pass, and pulls it when one fails.
+DEMO_ROLLOUT = (10, 25, 50, 100)
+REVERT_ROLLOUT = (20, 50, 100)
 REVERT_ROWS = 6000
 # The binary line's contract, appended to the workspace's config.toml (README "Model lines").
 REVERT_TABLE = f"""
@@ -204,18 +208,21 @@ def build(ws: Workspace) -> DemoResult:
         engine.deploy(
             version="v3-advanced",
             model=LINE,
-            traffic=10,
             ab_test=DEMO_TEST,
-            note="demo: advanced model on 10% of traffic",
+            rollout=DEMO_ROLLOUT,
+            note="demo: advanced model, rolled out from 10% of traffic",
         )
         engine.deploy(version="v1.0", model=REVERT_LINE, note="demo: revert risk baseline")
         engine.deploy(
             version="v2.0",
             model=REVERT_LINE,
-            traffic=20,
             ab_test=REVERT_TEST,
-            note="demo: deeper revert-risk model on 20% of traffic",
+            rollout=REVERT_ROLLOUT,
+            note="demo: deeper revert-risk model, rolled out from 20% of traffic",
         )
+        # Also scored on every production request: its verdict is paired (the same requests,
+        # both models), so the rollout's gates decide on hundreds of labels, not thousands.
+        engine.shadow(version="v2.0", model=REVERT_LINE, note="demo: v2.0 scored beside production")
     finally:
         engine.close()
     _write_marker(ws)

@@ -12,9 +12,14 @@ undecided, up to `[rollout] max_step_minutes`, after which the undecided step fa
   every evaluation, as the auto-pull would: a rollout's candidate is pulled by this gate;
 - srm: the step's realized split is the configured share (abstats.srm_p ≥ [monitoring] srm_p);
 - error_rate: the candidate's at most production's + `error_rate_margin`;
-- latency_p99: the candidate's p99 at most production's × `latency_p99_ratio`, or production's
-  + `latency_p99_slack_ms` where that is more (at a 2 ms p99 a ratio fails a model one
-  millisecond slower: the demo's deeper candidate served 3.04 ms against 2.29);
+- latency_p99: the candidate's p99 at most the limit: production's p99 × `latency_p99_ratio`,
+  or production's + `latency_p99_slack_ms` where that is more (at a 2 ms p99 a ratio fails a
+  model one millisecond slower: the demo's deeper candidate served 3.04 ms against 2.29). A
+  p99 of the candidate's 200 requests is its second slowest — under load a coin flip (the
+  demo pulled a candidate at 9.56 ms against production's 4.46, both arms equally contended)
+  — so the gate asks what p99 ≤ limit means: at most 1% of its requests slower than the
+  limit, failing only when significantly more are (`abstats.exceedance_p` < `ab_alpha`,
+  always valid, counted from the latency histogram's buckets wholly above the limit);
 - verdict: non-inferior or better (`Verdict.non_inferior`); "control wins" fails at once.
 
 The error-rate and latency gates are judged once the samples gate passes: a handful of
@@ -32,6 +37,7 @@ from typing import Any, Literal
 
 from engine.core.config import Config
 from engine.monitoring import abstats
+from engine.serving import latency
 
 GateStatus = Literal["pass", "fail", "waiting"]
 Decision = Literal["advance", "hold", "fail"]
@@ -45,6 +51,8 @@ class ArmStep:
     errors: int
     labelled: int
     p99_ms: float | None
+    # The step's latency histogram (engine.serving.latency's buckets); () when not read.
+    latency_hist: tuple[int, ...] = ()
 
     @property
     def error_rate(self) -> float | None:
@@ -80,6 +88,7 @@ class GateSettings:
     latency_p99_ratio: float
     srm_p: float
     latency_p99_slack_ms: float = 0.0
+    alpha: float = 0.05  # [monitoring] ab_alpha: the latency gate's always-valid level
 
     @classmethod
     def of(cls, config: Config) -> GateSettings:
@@ -92,6 +101,7 @@ class GateSettings:
             r.latency_p99_ratio,
             config.monitoring.srm_p,
             r.latency_p99_slack_ms,
+            config.monitoring.ab_alpha,
         )
 
 
@@ -197,8 +207,29 @@ def _latency(f: StepFigures, s: GateSettings, judged: bool) -> Gate:
     if not judged or ours is None or theirs is None:
         return Gate("latency_p99", "waiting", "judged once the step has its samples")
     limit = max(theirs * s.latency_p99_ratio, theirs + s.latency_p99_slack_ms)
-    detail = f"candidate p99 {ours:.3g} ms vs production {theirs:.3g} ms (at most {limit:.3g})"
-    return Gate("latency_p99", "pass" if ours <= limit else "fail", detail, ours, limit)
+    shown = f"candidate p99 {ours:.3g} ms vs production {theirs:.3g} ms (limit {limit:.3g})"
+    if not f.candidate.latency_hist:  # no histogram: the p99 itself
+        return Gate("latency_p99", "pass" if ours <= limit else "fail", shown, ours, limit)
+    above, n = slower_than(f.candidate.latency_hist, limit)
+    p = abstats.exceedance_p(above, n, SLOW_SHARE)
+    detail = (
+        f"{shown}: {above} of {n} requests slower than the limit, "
+        f"p={p:.3g} that at most {SLOW_SHARE:.0%} are (fails below {s.alpha:g})"
+    )
+    return Gate("latency_p99", "fail" if p < s.alpha else "pass", detail, ours, limit)
+
+
+SLOW_SHARE = 0.01  # a p99: at most 1% of requests slower
+
+
+def slower_than(hist: tuple[int, ...], limit_ms: float) -> tuple[int, int]:
+    """(requests surely slower than `limit_ms`, all requests) of a latency histogram: only
+    buckets whose lower edge is at or above the limit count (a bucket spans 10%)."""
+    limit_us = limit_ms * 1000.0
+    above = sum(
+        count for i, count in enumerate(hist) if i > 0 and latency.upper_us(i - 1) >= limit_us
+    )
+    return above, sum(hist)
 
 
 def _verdict(f: StepFigures) -> Gate:

@@ -131,7 +131,11 @@ def with_health(
 
 def _arm(window: metrics.WindowMetrics) -> gates.ArmStep:
     return gates.ArmStep(
-        window.predictions, window.errors, window.labelled, window.latency_ms()["p99"]
+        window.predictions,
+        window.errors,
+        window.labelled,
+        window.latency_ms()["p99"],
+        tuple(int(c) for c in window.latency_hist),
     )
 
 
