@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.core import text
+from engine.core.clock import ms_of
 from engine.core.config import Config
 from engine.core.errors import Conflict
 from engine.core.records import Experiment, Rollout
@@ -89,8 +90,9 @@ class Rollouts:
 def step_figures(
     tx: Tx, config: Config, found: ExperimentReport, rollout: Rollout
 ) -> gates.StepFigures:
-    """The figures of the step `rollout` is at, from the test's own rollups since it began;
-    its split in the units it assigned when its requests look mismatched (engine.monitoring.srm)."""
+    """The figures of the step `rollout` is at: its labelled samples from the log since it
+    began, its health from the test's own rollups since that minute, its split in the units
+    it assigned when its requests look mismatched (engine.monitoring.srm)."""
     test = found.experiment
     began = minute_of(rollout.step_since)
     # After a share changed, its first minute holds predictions at the old share too.
@@ -101,14 +103,19 @@ def step_figures(
         rollups = metrics.load(tx, version.id, since_minute=began, experiment=test.name)
         arms.append((rollups.window(began), rollups.window(split_from)))
     (control, control_split), (candidate, candidate_split) = arms
+    # A step's samples are its own: labelled predictions served since it began, to the
+    # millisecond. The minute rollups would count the minute's earlier rows at the old share
+    # too — 50 requests a second put a step's 200 labels in that one minute, and the demo's
+    # rollout passed two steps on the same rows.
+    labelled = tx.predictions.labelled_since(test.name, ms_of(rollout.step_since))
     elapsed = datetime.now(UTC) - datetime.fromisoformat(rollout.step_since.replace("Z", "+00:00"))
     share_bp = rollout.steps[rollout.step]
     served = (control_split.predictions, candidate_split.predictions)
     split = srm.check(tx, config, test, since_minute=split_from, share_bp=share_bp, served=served)
     counted = served if split is None else (split.control, split.candidate)
     return gates.StepFigures(
-        control=_arm(control),
-        candidate=_arm(candidate),
+        control=_arm(control, labelled[0]),
+        candidate=_arm(candidate, labelled[1]),
         split_control=counted[0],
         split_candidate=counted[1],
         split_unit="prediction" if split is None else split.unit,
@@ -129,11 +136,11 @@ def with_health(
     return figures
 
 
-def _arm(window: metrics.WindowMetrics) -> gates.ArmStep:
+def _arm(window: metrics.WindowMetrics, labelled: int) -> gates.ArmStep:
     return gates.ArmStep(
         window.predictions,
         window.errors,
-        window.labelled,
+        labelled,
         window.latency_ms()["p99"],
         tuple(int(c) for c in window.latency_hist),
     )

@@ -80,6 +80,11 @@ class PredictionLogRepo(Protocol):
         (a key seen in both counted once)."""
         ...
 
+    def labelled_since(self, experiment: str, since_ms: int) -> tuple[int, int]:
+        """Per arm (production, candidate): the predictions test `experiment` served from
+        `since_ms` on (to the millisecond) that are labelled by now."""
+        ...
+
     def count(self) -> int:
         """How many predictions the log holds: single ones plus every batch's rows."""
         ...

@@ -266,6 +266,28 @@ def split_units(conn: Conn, experiment: str, since_ms: int) -> tuple[SplitUnits,
     return SplitUnits(keys[0], unkeyed[0]), SplitUnits(keys[1], unkeyed[1])
 
 
+def labelled_since(conn: Conn, experiment: str, since_ms: int) -> tuple[int, int]:
+    """Per arm (production, candidate): the predictions test `experiment` served from
+    `since_ms` on that are labelled by now, single rows and batches' rows — exact to the
+    millisecond, where the minute rollups would count the minute's earlier rows too."""
+    test = experiment_ids(conn, [experiment]).get(experiment)
+    out = [0, 0]
+    if test is not None:
+        for arm, n in conn.execute(
+            "SELECT arm, count(actual) FROM predictions WHERE hi >= ? AND experiment_id = ?"
+            " AND coalesce(at_ms, hi >> 16) >= ? GROUP BY arm",
+            (since_ms << 16, test, since_ms),
+        ):
+            out[int(arm)] += int(n)
+    for arms, row in conn.execute(
+        "SELECT b.arms, l.row FROM batch_labels l JOIN prediction_batches b ON b.id = l.batch_id"
+        " WHERE b.experiment = ? AND b.at_ms >= ?",
+        (experiment, since_ms),
+    ):
+        out[bytes(arms)[int(row)]] += 1
+    return out[0], out[1]
+
+
 def logged_rows(conn: Conn, line: str | None = None) -> Iterator[LoggedRow]:
     """Every logged prediction (of `line`, or all), singles first (by id: by time), then
     batches' rows (in the order they were logged)."""
@@ -573,6 +595,9 @@ class SqlPredictionLog(ABC):
 
     def split_units(self, experiment: str, since_ms: int) -> tuple[SplitUnits, SplitUnits]:
         return split_units(self.conn, experiment, since_ms)
+
+    def labelled_since(self, experiment: str, since_ms: int) -> tuple[int, int]:
+        return labelled_since(self.conn, experiment, since_ms)
 
     def count(self) -> int:
         return count_logged(self.conn)
