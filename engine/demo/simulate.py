@@ -28,8 +28,9 @@ What it sends, on a schedule in simulated seconds (the real clock unless a test 
 With the defaults on the demo workspace (tests/test_demo_story.py: seeds 0–4 on a simulated
 clock, evaluating every 5 s as `make demo`'s engine does): production's data drift warns
 50–55 s in; the candidate (10% of the traffic) warns 45–70 s in (data drift, or accuracy under
-0.80 once 200 labels are in); its drift turns critical and the engine pulls it to 0% 75–100 s
-in — on data drift, never on a handful of labels. `max_drift` is 0.5: at 0.25 the PSI of the
+0.80 once 200 labels are in); its drift turns critical and its rollout's health gate pulls it
+to 0% 75–100 s in — on data drift, never on a handful of labels — while revert-v2's rollout
+steps from 20% to 50% 65–95 s in. `max_drift` is 0.5: at 0.25 the PSI of the
 candidate's window crept up to 0.25 only after 135 s to more than 4 minutes.
 
 It stops by itself after `duration_s` (or on `stop`), sending no further feedback; the
