@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -17,7 +19,7 @@ from engine.monitoring import feedback as labels
 from engine.monitoring import report as monitoring
 from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
-from tests.helpers import beast
+from tests.helpers import REPO, beast
 
 LINE = "quality-predictor"
 
@@ -308,6 +310,54 @@ def test_monitor_json_contract(deployed: Engine) -> None:
     assert v["predictions"] == 100 and v["traffic"] == 90
     assert doc["experiments"][0]["verdict"] == "not enough data"
     assert "alerts" in doc
+
+
+# `beast monitor` cold is measured against `beast status` (tests/bench/test_bench_status.py,
+# target: within 50 ms): numpy does its arithmetic, and nothing it does not need loads.
+# numpy.ma (≈ 15 ms: a plain np.unique asks it whether its input is masked), the label write
+# path (feedback) and what only an opt-in automatic rollback or a running shadow uses are
+# kept out of its imports.
+MONITOR_MODULES = {
+    "engine.monitoring",
+    "engine.monitoring.abstats",
+    "engine.monitoring.artifact_alerts",
+    "engine.monitoring.baselines",
+    "engine.monitoring.drift",
+    "engine.monitoring.evidence",
+    "engine.monitoring.report",
+    "engine.monitoring.rollups",
+    "engine.monitoring.shadow_report",
+    "engine.monitoring.srm",
+}
+NOT_NEEDED = ("scipy", "pandas", "sklearn", "xgboost", "sqlite_utils", "psycopg", "textual")
+
+
+def _loaded(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "print(' '.join(sorted(sys.modules)))\n"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    return set(out.stdout.split())
+
+
+def test_beast_monitor_cold_imports_only_what_it_uses(deployed: Engine) -> None:
+    deployed.deploy(version="v2.0", traffic=10, ab_test="t")
+    feed(deployed, "v1.0", 100, within=0.9, experiment="t")
+    feed(deployed, "v2.0", 20, within=0.8, experiment="t", arm="candidate")
+    ws = str(deployed.workspace.root)
+    loaded = _loaded(
+        "import sys\n"
+        "from engine.cli.main import main\n"
+        f"assert main(['--workspace', {ws!r}, 'monitor', '--json']) == 0\n"
+    )
+    monitoring = {m for m in loaded if m.startswith("engine.monitoring")}
+    assert monitoring == MONITOR_MODULES, "a new import on every cold `beast monitor`: lazy?"
+    numpy_itself = {m for m in _loaded("import sys, numpy\n") if m.split(".")[0] == "numpy"}
+    assert {m for m in loaded if m.split(".")[0] == "numpy"} - numpy_itself == set()
+    assert {m.split(".")[0] for m in loaded} & set(NOT_NEEDED) == set()
 
 
 def test_dropped_log_rows_fire_an_alert_that_outlives_recovery(deployed: Engine) -> None:

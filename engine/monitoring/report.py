@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -35,17 +35,18 @@ from engine.core.records import BASIS_POINTS, Change, Experiment, LineState
 from engine.monitoring import (
     abstats,
     artifact_alerts,
-    auto_rollback,
     baselines,
     drift,
     evidence,
     shadow_report,
     srm,
 )
-from engine.monitoring import feedback as labels
 from engine.monitoring import rollups as metrics
 from engine.monitoring.srm import SrmCheck
 from engine.store.base import Store, Tx
+
+if TYPE_CHECKING:
+    from engine.monitoring import auto_rollback
 
 AUTO_PULL_ACTOR = "beast-engine (auto-pull)"
 # A version without baseline metrics (no reference file, no training lineage) is measured
@@ -548,7 +549,7 @@ def interval_series(
     the interval exists (below `ab_min_samples` per arm) have no point. A label counts at its
     prediction's minute (where the rollups keep it), so a late label still moves its minute's
     point: the series is the evidence as it stands now, minute by minute."""
-    ends = np.unique(np.concatenate((control.row_ends(), candidate.row_ends())))
+    ends = _distinct(np.concatenate((control.row_ends(), candidate.row_ends())))
     cutoffs = ends[-INTERVAL_POINTS:]
     (c_sums, c_aucs), (t_sums, t_aucs) = (r.until(cutoffs, task) for r in (control, candidate))
     out = []
@@ -562,6 +563,16 @@ def interval_series(
         if not math.isnan(found.lo):
             out.append(IntervalPoint(int(minute), found.diff, found.lo, found.hi))
     return tuple(out)
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """`np.unique(values)` (sorted, each value once) without importing numpy.ma: a plain
+    np.unique asks it whether `values` is masked: 46M instructions (≈ 15 ms), a tenth of what
+    a cold `beast monitor` spent above `beast status`."""
+    ordered = np.sort(values)
+    return (
+        ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if values.size else ordered
+    )
 
 
 def _arm(window: metrics.WindowMetrics) -> abstats.Arm:
@@ -602,7 +613,9 @@ def read(tx: Tx, config: Config, *, window: str = "1h", model: str | None = None
         if e.status == "running" and (model is None or e.line == model)
     )
     alerts = tuple(_alerts(tx))
-    pending, unmatched = labels.counts(tx)
+    # The store's, not engine.monitoring.feedback's (the label write path: a few ms to import on
+    # every cold `beast monitor`; tests/test_monitoring.py pins its imports).
+    pending, unmatched = tx.feedback.counts()
     return MonitorReport(
         window, utc_now(), tuple(versions), alerts, experiments, (), pending, unmatched, shadows
     )
@@ -753,6 +766,9 @@ class Monitoring:
         engine.monitoring.auto_rollback); what was done."""
         if self.rollback is None or self.rollback_target is None:
             return []
+        if not self.config.rollback.automatic_rollback:
+            return []  # opt-in: a cold `beast monitor` does not import what it would not run
+        from engine.monitoring import auto_rollback  # a few ms: only where it is switched on
 
         def judge(window: metrics.WindowMetrics, task: str) -> tuple[str, tuple[Finding, ...]]:
             return assess(window, DriftSummary(None, None, None), self.config, task)

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.core.config import Config
 from engine.core.records import Experiment, Shadow, percent
-from engine.monitoring import abstats, paired
+from engine.monitoring import abstats
 from engine.store.base import Tx
+
+if TYPE_CHECKING:
+    from engine.monitoring import paired
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,10 @@ def experiment_verdict(
 
 
 def _compare(tx: Tx, config: Config, shadow: Shadow, control_id: int) -> paired.Comparison:
+    # Here, not at import: every `beast monitor` asks for the running shadows, and a cold one
+    # without any need not import the pairs' arithmetic (tests/test_monitoring.py pins it).
+    from engine.monitoring import paired
+
     settings = config.line(shadow.line)
     candidate, control, actual = tx.shadows.pairs(shadow.id, control_id)
     return paired.compare(
