@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -141,6 +142,63 @@ def row(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> list[flo
         return fast
     nullable = schema.nullable
     return [_value(v, name, name in nullable) for v, name in zip(values, schema.names, strict=True)]
+
+
+class _Buffers(threading.local):
+    """This thread's one-row float32 buffers, by width (see `row_buffer`)."""
+
+    def __init__(self) -> None:
+        self.by_width: dict[int, np.ndarray] = {}
+
+
+_BUFFERS = _Buffers()
+
+
+def row_buffer(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> np.ndarray:
+    """One validated row in the model's feature order, written into this thread's
+    preallocated (1, width) float32 buffer, which is returned: it holds the row until this
+    thread's next call, so copy whatever must outlive that.
+
+    The common case — an object with exactly the model's names, or a list of its width, of
+    plain in-range floats and ints — is checked in a few C calls (the schema's itemgetter in
+    the model's order, the set of value types, min, max and a sum that is NaN when any value
+    is); anything else goes through `row`, which names the field at fault.
+    """
+    width = schema.width
+    buffers = _BUFFERS.by_width
+    x = buffers.get(width)
+    if x is None:
+        x = buffers[width] = np.empty((1, width), dtype=np.float32)
+    values = _plain(schema, features)
+    x[0] = values if values is not None else row(schema, features)
+    return x
+
+
+def _plain(schema: Schema, features: Any) -> Sequence[float] | None:
+    """The values in the model's order when all are plain in-range numbers (ints as floats:
+    numpy would refuse an int past 64 bits that a float32 holds); None for the careful path."""
+    t, width = type(features), schema.width
+    values: Sequence[Any]
+    if t is dict and len(features) == width and width > 1:
+        try:
+            values = schema.values_of(features)  # every name found: exactly the model's
+        except KeyError:
+            return None
+    elif t is list and len(features) == width and width > 0:
+        values = features
+    else:
+        return None
+    types = set(map(type, values))
+    if not types <= _PLAIN:
+        return None
+    try:
+        total = sum(values)
+    except OverflowError:  # an int past float's range
+        return None
+    # NaN anywhere makes the sum NaN (min and max may skip it); ±inf fails the range.
+    if total - total != 0 or not (min(values) > -FLOAT32_EDGE and max(values) < FLOAT32_EDGE):
+        return None
+    return values if int not in types else [float(v) for v in values]
 
 
 def matrix(schema: Schema, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
