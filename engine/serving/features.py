@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -144,14 +145,30 @@ def row(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> list[flo
     return [_value(v, name, name in nullable) for v, name in zip(values, schema.names, strict=True)]
 
 
+class _Buffer(NamedTuple):
+    """One preallocated row: its bytes, the float32 (1, width) array over them, and the
+    packer that writes `width` floats into them (refusing any past float32's range)."""
+
+    raw: bytearray
+    x: np.ndarray
+    pack_into: Callable[..., None]
+
+
 class _Buffers(threading.local):
-    """This thread's one-row float32 buffers, by width (see `row_buffer`)."""
+    """This thread's one-row buffers, by width (see `row_buffer`)."""
 
     def __init__(self) -> None:
-        self.by_width: dict[int, np.ndarray] = {}
+        self.by_width: dict[int, _Buffer] = {}
 
 
 _BUFFERS = _Buffers()
+
+
+def _buffer(width: int) -> _Buffer:
+    raw = bytearray(4 * width)
+    x = np.frombuffer(raw, dtype=np.float32).reshape(1, width)
+    made = _BUFFERS.by_width[width] = _Buffer(raw, x, struct.Struct(f"={width}f").pack_into)
+    return made
 
 
 def row_buffer(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> np.ndarray:
@@ -160,23 +177,29 @@ def row_buffer(schema: Schema, features: Mapping[str, Any] | Sequence[Any]) -> n
     thread's next call, so copy whatever must outlive that.
 
     The common case — an object with exactly the model's names, or a list of its width, of
-    plain in-range floats and ints — is checked in a few C calls (the schema's itemgetter in
-    the model's order, the set of value types, min, max and a sum that is NaN when any value
-    is); anything else goes through `row`, which names the field at fault.
+    plain finite floats and ints within float32's range — takes four C calls: the schema's
+    itemgetter (the model's order), the set of the values' types, `math.hypot` (finite only
+    when every value is) and a struct packing them as float32 into the buffer (which refuses
+    a value past float32's range; the same rounding as numpy's cast). ~3.5 µs against ~8 µs
+    for `row` and a new array (timeit, 20 features). Anything else goes through `row`, which
+    names the field at fault.
     """
     width = schema.width
-    buffers = _BUFFERS.by_width
-    x = buffers.get(width)
-    if x is None:
-        x = buffers[width] = np.empty((1, width), dtype=np.float32)
+    buffer = _BUFFERS.by_width.get(width) or _buffer(width)
     values = _plain(schema, features)
-    x[0] = values if values is not None else row(schema, features)
-    return x
+    if values is not None:
+        try:
+            buffer.pack_into(buffer.raw, 0, *values)
+            return buffer.x
+        except (OverflowError, struct.error):  # past float32's range: refused by name below
+            pass
+    buffer.x[0] = row(schema, features)
+    return buffer.x
 
 
 def _plain(schema: Schema, features: Any) -> Sequence[float] | None:
-    """The values in the model's order when all are plain in-range numbers (ints as floats:
-    numpy would refuse an int past 64 bits that a float32 holds); None for the careful path."""
+    """The values in the model's order when all are plain finite floats and ints; None for
+    the careful path."""
     t, width = type(features), schema.width
     values: Sequence[Any]
     if t is dict and len(features) == width and width > 1:
@@ -188,17 +211,13 @@ def _plain(schema: Schema, features: Any) -> Sequence[float] | None:
         values = features
     else:
         return None
-    types = set(map(type, values))
-    if not types <= _PLAIN:
+    if not set(map(type, values)) <= _PLAIN:
         return None
     try:
-        total = sum(values)
+        norm = math.hypot(*values)  # NaN or ±inf anywhere: not finite
     except OverflowError:  # an int past float's range
         return None
-    # NaN anywhere makes the sum NaN (min and max may skip it); ±inf fails the range.
-    if total - total != 0 or not (min(values) > -FLOAT32_EDGE and max(values) < FLOAT32_EDGE):
-        return None
-    return values if int not in types else [float(v) for v in values]
+    return values if norm < math.inf else None
 
 
 def matrix(schema: Schema, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
