@@ -6,7 +6,8 @@ real numbers: no strings, booleans, nulls or nested lists; finite after the cast
 reads NaN as "missing", which is only right where missing is expected).
 
 The common case (a list or an object of plain floats and ints, all in range) takes a fast
-path: one type check and one range comparison per value, or a vectorised check for a batch.
+path: a few C calls into a preallocated float32 buffer for a served row (`row_buffer`), one
+type check and one range comparison per value for `row`, or a vectorised check for a batch.
 Anything else goes through the careful path, which names the row and the field at fault.
 """
 
