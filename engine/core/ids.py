@@ -23,21 +23,23 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _MS_MASK = (1 << 48) - 1
-_LOW62 = (1 << 62) - 1
-_VERSION = 0x7 << 76
-_VARIANT = 0b10 << 62  # RFC 9562 variant, on top of the low 64 bits
-_POOL_BYTES = 4096
+_TAILS = 512  # ids' random parts made per refill: one 5 KiB read of OS randomness
+# The random part's first and third bytes with the version (7) and the RFC 9562 variant (0b10)
+# set in their top bits, applied to a whole refill in one C call each (bytes.translate).
+_WITH_VERSION = bytes(0x70 | (b & 0x0F) for b in range(256))
+_WITH_VARIANT = bytes(0x80 | (b & 0x3F) for b in range(256))
 
 
 class _Pool(threading.local):
-    """Per-thread OS randomness, read 4 KiB at a time (one syscall per ~400 ids)."""
+    """Per-thread ready-made random parts of ids (version 7 | rand_a 12 bits | variant |
+    rand_b 62 bits: 20 hex characters), `_TAILS` at a time from one `os.urandom` read."""
 
     def __init__(self) -> None:
-        self.buf = b""
-        self.pos = 0
+        self.take: Callable[[], str] = iter(()).__next__
         self.generation = -1
 
 
@@ -52,21 +54,33 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _random80() -> int:
-    pool = _POOL
-    pos = pool.pos
-    if pos + 10 > len(pool.buf) or pool.generation != _FORKS[0]:
-        pool.buf, pos, pool.generation = os.urandom(_POOL_BYTES), 0, _FORKS[0]
-    pool.pos = pos + 10
-    return int.from_bytes(pool.buf[pos : pos + 10], "big")
+def _refill(pool: _Pool) -> None:
+    raw = bytearray(os.urandom(10 * _TAILS))
+    raw[0::10] = raw[0::10].translate(_WITH_VERSION)
+    raw[2::10] = raw[2::10].translate(_WITH_VARIANT)
+    text = raw.hex()
+    pool.take = iter([text[i : i + 20] for i in range(0, 20 * _TAILS, 20)]).__next__
+    pool.generation = _FORKS[0]
 
 
 def new_id(now_ms: int | None = None) -> str:
+    """A new id issued at `now_ms` (default: now).
+
+    ~1 µs: the random part comes ready-made (see `_Pool`), so an id is one format of the
+    48-bit time and a string from the pool — a third of the cost of assembling 128 bits as
+    an integer per id (timeit), on a path that runs once a served row.
+    """
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    rand = _random80()  # 74 of its 80 bits are used
+    pool = _POOL
+    if pool.generation != _FORKS[0]:
+        _refill(pool)
+    try:
+        tail = pool.take()
+    except StopIteration:
+        _refill(pool)
+        tail = pool.take()
     # time (48 bits) | version 7 | rand_a (12 bits) | variant | rand_b (62 bits)
-    value = (ms & _MS_MASK) << 80 | _VERSION | (rand >> 68) << 64 | _VARIANT | (rand & _LOW62)
-    return value.to_bytes(16, "big").hex()
+    return f"{ms & _MS_MASK:012x}{tail}"
 
 
 PREFIX_CHARS = 27  # a batch's shared part; the remaining 5 hex digits number its rows

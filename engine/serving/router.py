@@ -350,7 +350,9 @@ class Router:
         """One prediction: validated, routed, scored, logged."""
         start = time.perf_counter_ns()
         route = self._route(model)
-        x = np.array((features.row(route.schema, values),), dtype=np.float32)
+        # This thread's preallocated row: scored and copied into the log record below, and
+        # copied for the shadow, whose thread scores it later.
+        x = features.row_buffer(route.schema, values)
         if key is not None:
             key = check_key(key)
         arm = route.pick(key)
@@ -398,7 +400,7 @@ class Router:
                 and arm is route.production
                 and (shadow.bp >= BASIS_POINTS or random.randrange(BASIS_POINTS) < shadow.bp)
             ):
-                self._shadow_scorer().submit(shadow, pid, x, score)
+                self._shadow_scorer().submit(shadow, pid, x.copy(), score)
         return _new_prediction(
             (pid, score, ref.name, route.line, experiment, arm.name, latency_us / 1000, error)
         )

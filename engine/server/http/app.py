@@ -21,7 +21,9 @@ Decisions:
   from the bodies' declarations instead.
 - One Router and one PredictionLog per process, made in the lifespan; shutting the lifespan
   down flushes the log, so every acknowledged prediction is stored.
-- A single-row prediction runs on the event loop (engine.server.http.predict says why).
+- A single-row prediction runs on the event loop (engine.server.http.predict says why), and
+  `POST /v1/predict` is answered by a bare ASGI handler before Starlette's middleware and
+  routing (`BeastApp`; the same door, limits and refusals, measured in predict's note).
   Everything that can wait on SQLite, a child process or a big body (batches, feedback,
   status, monitor, metrics, mutations) runs in the thread pool.
 - Every refusal is a JSON `{"error": "one line"}` with a 4xx (BeastError.http_status); client
@@ -33,12 +35,14 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from engine.core.workspace import Workspace
 from engine.server.http import schema
@@ -47,11 +51,35 @@ from engine.server.http.api import Api
 from engine.server.http.control import Control
 from engine.server.http.feedback import Feedback
 from engine.server.http.middleware import Handler, wrap
+from engine.server.http.predict import PATH as PREDICT_PATH
 from engine.server.http.predict import Predictions
 from engine.server.http.reads import Reads
 from engine.server.http.schema import ApiError
 from engine.server.http.settings import SETTINGS_ENV, ApiSettings
 from engine.server.http.token import configured_token
+
+
+class BeastApp(Starlette):
+    """Starlette, with `POST /v1/predict` handed to its bare ASGI handler first.
+
+    Every other request — and this one when the app is mounted under a root path, where the
+    path differs — goes through Starlette's middleware and routes as declared.
+    """
+
+    def __init__(self, *args: Any, predictions: Predictions, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._predict = predictions.asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["path"] == PREDICT_PATH
+            and scope["method"] == "POST"
+            and not scope.get("root_path")
+        ):
+            await self._predict(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -116,7 +144,12 @@ def create_app(
         finally:
             api.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: unmatched})
+    app = BeastApp(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: unmatched},
+        predictions=predictions,
+    )
     app.state.api = api
     return app
 
@@ -138,6 +171,7 @@ __all__ = [
     "SETTINGS_ENV",
     "Api",
     "ApiSettings",
+    "BeastApp",
     "app_from_env",
     "create_app",
     "error_response",

@@ -16,6 +16,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from engine.core.errors import BeastError
 from engine.server.http import schema
@@ -43,27 +44,38 @@ def wrap(api: Api, op: schema.Operation, handler: Handler) -> Handler:
         try:
             door.admit(request.scope["headers"], post=post, mutation=mutation)
             response = await handler(request)
-        except ApiError as exc:
-            response = error_response(exc.status, exc.message, headers=exc.headers, extra=exc.extra)
-        except BeastError as exc:
-            response = error_response(exc.http_status, str(exc))
-        except ClientDisconnect:
-            # Nobody is left to answer; one line, no traceback (it is not our fault).
-            log.info("client disconnected during %s %s", request.method, request.url.path)
-            response = Response(status_code=CLIENT_GONE)
-        except Exception:
-            # Never a traceback to the client; the log keeps it (no body, no token).
-            log.exception("internal error in %s %s", request.method, route)
-            response = error_response(500, "internal error (see the engine's log)")
+        except Exception as exc:
+            response = refusal(exc, route, request.method, request.url.path)
         metrics.request(route, request.method, response.status_code, time.perf_counter() - start)
         return response
 
     return endpoint
 
 
+def refusal(exc: Exception, route: str, method: str, path: str) -> Response:
+    """The answer to a handler's exception (call it while the exception is being handled:
+    an unexpected one is logged with its traceback)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.message, headers=exc.headers, extra=exc.extra)
+    if isinstance(exc, BeastError):
+        return error_response(exc.http_status, str(exc))
+    if isinstance(exc, ClientDisconnect):
+        # Nobody is left to answer; one line, no traceback (it is not our fault).
+        log.info("client disconnected during %s %s", method, path)
+        return Response(status_code=CLIENT_GONE)
+    # Never a traceback to the client; the log keeps it (no body, no token).
+    log.exception("internal error in %s %s", method, route)
+    return error_response(500, "internal error (see the engine's log)")
+
+
 async def body(request: Request, limit: int) -> bytes:
     """The body, read against the size cap before anything parses it (413 past it)."""
-    declared = request.headers.get("content-length")
+    return await read_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def read_body(receive: Receive, declared: str | bytes | None, limit: int) -> bytes:
+    """The body from ASGI `receive`, against the size cap: a declared Content-Length past it
+    is refused before a byte is read, and reading stops at the first byte past it (413)."""
     if declared is not None:
         try:
             size = int(declared)
@@ -73,17 +85,26 @@ async def body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"body of {size} bytes is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client hung up
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
             raise ApiError(413, f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def json_object(request: Request, limit: int) -> dict[str, Any]:
     """The body as a JSON object (422 for anything else), parsed off the loop when big."""
-    raw = await body(request, limit)
+    return await parsed_object(await body(request, limit))
+
+
+async def parsed_object(raw: bytes) -> dict[str, Any]:
+    """A read body as a JSON object (422 for anything else), parsed off the loop when big."""
     if len(raw) > PARSE_INLINE_BYTES:
         document = await run_in_threadpool(parse_json, raw)
     else:
