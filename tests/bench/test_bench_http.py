@@ -499,20 +499,39 @@ class Run:
 
 def _runs(
     served: dict[str, Served], plan: list[tuple[str, int]], scripts: Path
-) -> dict[tuple[str, int], list[Run]]:
+) -> tuple[dict[tuple[str, int], list[Run]], dict[str, str]]:
     """ROUNDS rounds of every (server, clients) in `plan`, RUN_S s each; the order alternates
-    (forward, backward, …) so that a trend in the machine's load falls on every server alike."""
+    (forward, backward, …) so that a trend in the machine's load falls on every server alike.
+    A peer that fails under load leaves the plan (its runs with it) and says why; the rest go
+    on."""
     runs: dict[tuple[str, int], list[Run]] = {step: [] for step in plan}
+    lost: dict[str, str] = {}
     for name in dict.fromkeys(name for name, _ in plan):
-        run_load(served[name].port, 8, WARMUP_S, served[name].target, scripts)
+        _load_unless_lost(name, served[name], 8, WARMUP_S, scripts, lost=lost)
     for r in range(ROUNDS):
         for name, clients in plan if r % 2 == 0 else plan[::-1]:
             s = served[name]
             cpu = group_cpu_s(s.pgid)
-            load = run_load(s.port, clients, RUN_S, s.target, scripts)
-            cpu = group_cpu_s(s.pgid) - cpu
-            runs[name, clients].append(Run(load, cpu * 1e3 / max(load.requests, 1)))
-    return runs
+            load = _load_unless_lost(name, s, clients, RUN_S, scripts, lost=lost)
+            if load is not None:
+                cpu = group_cpu_s(s.pgid) - cpu
+                runs[name, clients].append(Run(load, cpu * 1e3 / max(load.requests, 1)))
+    return {step: each for step, each in runs.items() if step[0] not in lost}, lost
+
+
+def _load_unless_lost(
+    name: str, s: Served, clients: int, seconds: float, scripts: Path, *, lost: dict[str, str]
+) -> Load | None:
+    """One run; None (and why, in `lost`) when a peer has failed, now or before."""
+    if name in lost:
+        return None
+    try:
+        return run_load(s.port, clients, seconds, s.target, scripts)
+    except (subprocess.SubprocessError, ValueError) as exc:  # the load generator's exit, JSON
+        if not name.startswith("mlflow"):
+            raise
+        lost[name] = f"{s.label} failed under load: {str(exc)[:300]}"
+        return None
 
 
 def _median(values: list[float]) -> float:
@@ -575,6 +594,7 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
     library, compiled_why = workload.compiled_library(seed=1)
     PHASES["tl2cgen library (cached by sha256)"] = time.perf_counter() - started
     mlflow_models, mlflow_why = _mlflow_models(tmp_path)
+    not_run = dict.fromkeys(("mlflow", "mlflow-sig"), mlflow_why)  # a peer → why it did not
     beast = str(Path(sys.executable).parent / "beast")
 
     def uvicorn(app: str, port: int) -> list[str]:
@@ -629,20 +649,20 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
                 if not name.startswith("mlflow"):
                     raise
                 tail = (tmp_path / f"{name}.log").read_text(errors="replace").strip()
-                mlflow_why = f"mlflow models serve did not run: {exc} {tail[-300:]}"
+                not_run[name] = f"{LABELS[name]} did not run: {exc} {tail[-300:]}"
                 continue
             served[name] = Served(LABELS[name], ports[name], load_target, proc.pid)
         plan = [(name, 1) for name in ("floor", "beast")] + [
             (name, 8) for name in LABELS if name in served
         ]
-        runs = _runs(served, plan, scripts)
+        runs, lost = _runs(served, plan, scripts)
     logged = {root: _logged(root.db_path) for root in (ws, ws2)}
     _report(
         runs,
         served,
         logged=logged[ws] + logged[ws2],
         compiled_why=compiled_why,
-        mlflow_why=mlflow_why,
+        peers_why={**not_run, **lost},
     )
 
     for (name, _), each in runs.items():
@@ -661,7 +681,7 @@ def _report(
     *,
     logged: int,
     compiled_why: str,
-    mlflow_why: str,
+    peers_why: dict[str, str],
 ) -> None:
     print(f"\n[bench http] {machine()} · {workload.load_average()}")
     print(
@@ -704,7 +724,7 @@ def _report(
         need = MLFLOW_RATIOS[name]
         peer = runs.get((name, 8))
         if peer is None or any(r.load.errors for r in peer):
-            why = f"{LABELS[name]} answered errors: {_describe(peer)}" if peer else mlflow_why
+            why = f"{LABELS[name]} answered errors: {_describe(peer)}" if peer else peers_why[name]
             print(verdict(key, f"not measured — {why}", "", None))
             continue
         ratio, rounds = _ratios(eight, peer)
