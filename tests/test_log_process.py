@@ -13,7 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -25,9 +27,9 @@ from engine.serving.log_process import (
     REPLAY,
     ROWS,
     ProcessLog,
-    _frame,
     _frames,
     open_prediction_log,
+    rows_frame,
 )
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
@@ -35,6 +37,14 @@ from engine.store.opening import open_store
 from tests.conftest import BOTH_BACKENDS
 from tests.helpers import set_config
 from tests.serving_helpers import LINE, count, deploy_changes, logged, version_id
+from tests.test_engine_process import (
+    Tally,
+    check_log_matches,
+    metric_value,
+    running_engine,
+    start_load,
+    wait_for,
+)
 
 pytestmark = BOTH_BACKENDS
 TOLERANCE = 5.0
@@ -144,10 +154,12 @@ def test_a_new_writer_skips_the_rows_a_dead_one_wrote_before_it_could_say_so(
         for _ in range(50)
     ]
     first = _writer(ab_ws)
-    out, _ = first.communicate(_frame(ROWS, rows[:30]))
+    out, _ = first.communicate(rows_frame(ROWS, ([], rows[:30])))
     assert pickle.loads(_frames(bytearray(out))[-1][1])[0] == 30
     second = _writer(ab_ws)  # sent the first 30 again (replayed), then 20 new ones
-    out, _ = second.communicate(_frame(REPLAY, rows[:30]) + _frame(ROWS, rows[30:]))
+    out, _ = second.communicate(
+        rows_frame(REPLAY, ([], rows[:30])) + rows_frame(ROWS, ([], rows[30:]))
+    )
     resolved, stats = pickle.loads(_frames(bytearray(out))[-1][1])
     assert (resolved, stats.written, stats.dropped, stats.quarantined) == (50, 50, 0, 0)
     assert sorted(r["pid"] for r in logged(ab_ws)) == sorted(r.pid for r in rows)
@@ -196,3 +208,59 @@ def test_the_config_chooses_the_writer(ab_ws: Workspace) -> None:
         kinds[writer] = type(plog)
         plog.close()
     assert kinds == {"thread": PredictionLog, "process": ProcessLog}
+
+
+def _writers(parent: int) -> list[int]:
+    """The pids of the prediction log writer processes `parent` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == parent and b"engine.serving.log_process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_beast_engine_with_a_writer_process_survives_its_death_and_sigterm(
+    ab_ws: Workspace, tmp_path: Path
+) -> None:
+    """RELIABILITY.md "SIGTERM under load", with the writer in a process of its own: it is
+    killed under load (counted on /healthz and /metrics, restarted), then the engine and the
+    writer both get SIGTERM (as a process group does): every 200 is logged once."""
+    ws = ab_ws
+    set_config(ws, writer='"process"')
+    with running_engine(ws, tmp_path) as (proc, port, log):
+        base = f"http://127.0.0.1:{port}"
+        tally = Tally()
+        stop, threads = start_load(port, tally, clients=4)
+        wait_for(tally, 800, proc, seconds=60)
+        (first,) = _writers(proc.pid)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (health := httpx.get(f"{base}/healthz").json())["log"]["log_writer_restarts"] < 1:
+            assert time.monotonic() < deadline, health
+            time.sleep(0.05)
+        wait_for(tally, len(tally.served) + 800, proc, seconds=60)
+        metrics = httpx.get(f"{base}/metrics").text
+        assert metric_value(metrics, "beast_log_writer_restarts_total", "") == 1
+        (second,) = _writers(proc.pid)
+        assert second != first
+        os.kill(second, signal.SIGTERM)  # ignored: it ends when the engine closes its input
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    text = log.read_text()
+    assert "Traceback" not in text, text
+    assert not tally.other, f"non-200 answers: {dict(tally.other)}"
+    assert not tally.crashes, tally.crashes
+    assert not _writers(proc.pid) and not Path(f"/proc/{second}").exists()
+    check_log_matches(ws, tally)
