@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,7 +47,6 @@ from tests.test_engine_process import (
     wait_for,
 )
 
-pytestmark = BOTH_BACKENDS
 TOLERANCE = 5.0
 
 
@@ -82,6 +82,7 @@ def _sent_not_acknowledged(plog: ProcessLog) -> None:
     assert plog.stats().queued > 0
 
 
+@BOTH_BACKENDS
 def test_a_killed_writer_is_counted_restarted_and_loses_no_acknowledged_row(
     ab_ws: Workspace,
 ) -> None:
@@ -129,6 +130,7 @@ def _writer(ws: Workspace) -> subprocess.Popen[bytes]:
     )
 
 
+@BOTH_BACKENDS
 def test_a_new_writer_skips_the_rows_a_dead_one_wrote_before_it_could_say_so(
     ab_ws: Workspace,
 ) -> None:
@@ -160,7 +162,7 @@ def test_a_new_writer_skips_the_rows_a_dead_one_wrote_before_it_could_say_so(
     out, _ = second.communicate(
         rows_frame(REPLAY, ([], rows[:30])) + rows_frame(ROWS, ([], rows[30:]))
     )
-    resolved, stats = pickle.loads(_frames(bytearray(out))[-1][1])
+    resolved, stats, _ = pickle.loads(_frames(bytearray(out))[-1][1])
     assert (resolved, stats.written, stats.dropped, stats.quarantined) == (50, 50, 0, 0)
     assert sorted(r["pid"] for r in logged(ab_ws)) == sorted(r.pid for r in rows)
     assert count(ab_ws, "SELECT sum(n) FROM rollups") == 50
@@ -169,6 +171,7 @@ def test_a_new_writer_skips_the_rows_a_dead_one_wrote_before_it_could_say_so(
 POISON_KEY = "\ud800"  # a lone surrogate: legal JSON, not encodable
 
 
+@BOTH_BACKENDS
 def test_a_bad_row_is_quarantined_in_the_writer_process_and_its_neighbours_written(
     ab_ws: Workspace,
 ) -> None:
@@ -200,6 +203,7 @@ def test_a_bad_row_is_quarantined_in_the_writer_process_and_its_neighbours_writt
         store.close()
 
 
+@BOTH_BACKENDS
 def test_the_config_chooses_the_writer(ab_ws: Workspace) -> None:
     kinds = {}
     for writer in ("thread", "process"):
@@ -227,6 +231,7 @@ def _writers(parent: int) -> list[int]:
     return found
 
 
+@BOTH_BACKENDS
 @pytest.mark.slow
 def test_beast_engine_with_a_writer_process_survives_its_death_and_sigterm(
     ab_ws: Workspace, tmp_path: Path
@@ -264,3 +269,33 @@ def test_beast_engine_with_a_writer_process_survives_its_death_and_sigterm(
     assert not tally.crashes, tally.crashes
     assert not _writers(proc.pid) and not Path(f"/proc/{second}").exists()
     check_log_matches(ws, tally)
+
+
+def test_a_busy_store_keeps_the_rows_and_flush_says_so(
+    ab_ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the thread writer's (test_predlog): busy loses nothing, and `flush` returns once
+    the writer tried (rows kept, the error said) instead of waiting for the lock."""
+    monkeypatch.setenv("BEAST_BUSY_TIMEOUT_S", "0.2")
+    engine = Engine(ab_ws, actor="tester")
+    plog = ProcessLog(ab_ws.db_path, tolerance=TOLERANCE, interval=3600).start()
+    router = Router(engine, log=plog)
+    try:
+        router.predict_batch(np.random.default_rng(3).random((300, 5)).tolist())
+        holder = sqlite3.connect(ab_ws.db_path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            assert plog.flush() == 0
+            stats = plog.stats()
+            assert (stats.queued, stats.written, stats.dropped) == (300, 0, 0)
+            assert "busy" in str(stats.last_error)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert plog.flush() == 300
+    finally:
+        plog.close()
+        router.close()
+        engine.close()
+    assert plog.stats().dropped == 0
+    assert len(logged(ab_ws)) == 300

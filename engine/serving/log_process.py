@@ -52,6 +52,7 @@ log = logging.getLogger("beast.predlog")
 SETTINGS_ENV = "BEAST_LOG_WRITER_SETTINGS"  # the writer's [log] settings, as JSON
 ROWS = b"R"
 REPLAY = b"P"
+FLUSH = b"F"  # write what you hold now (`flush`, its number), not at your next interval
 ACK = b"A"
 HEADER = struct.Struct("<Ic")
 FRAME_UNITS = 5000  # at most this many records or chunks a frame (the pickle holds the GIL)
@@ -190,6 +191,9 @@ class ProcessLog(PredictionLog):
         self.restarts = 0
         self._last_start = -1e9
         self._acked = threading.Condition()
+        self._flush_asked = 0  # `flush` calls, numbered
+        self._flush_sent = 0  # the last one the current writer was sent
+        self._flush_done = 0  # the last one the current writer answered
 
     # -- the writer process --------------------------------------------------------------
 
@@ -238,6 +242,10 @@ class ProcessLog(PredictionLog):
         """Read the writer's acknowledgements, send what waits; restart a dead writer."""
         if not self._read_acks() or not self._send_waiting():
             self._restart()
+        elif self._flush_asked > self._flush_sent:
+            self._flush_sent = asked = self._flush_asked
+            if not self._put(_frame(FLUSH, asked)):
+                self._restart()
 
     def _send_waiting(self) -> bool:
         """Send the queued rows, a frame at a time; False if the writer is gone."""
@@ -260,11 +268,14 @@ class ProcessLog(PredictionLog):
         return chunks, records
 
     def _send(self, kind: bytes, units: _Units) -> bool:
+        return self._put(rows_frame(kind, units))
+
+    def _put(self, frame: bytes) -> bool:
         child = self._child
         if child is None or child.stdin is None or child.poll() is not None:
             return False
         try:
-            _write_all(child.stdin.fileno(), rows_frame(kind, units))
+            _write_all(child.stdin.fileno(), frame)
         except OSError:  # a broken pipe: the writer died
             return False
         return True
@@ -282,16 +293,20 @@ class ProcessLog(PredictionLog):
             if not data:
                 return False
             self._acks += data
+        self._take_acks()
+        return child.poll() is None
+
+    def _take_acks(self) -> None:
         for _kind, payload in _frames(self._acks):
-            resolved, stats = pickle.loads(payload)
+            resolved, stats, flushed = pickle.loads(payload)
             with self._count_lock:
                 self._sent.ack(resolved)
                 self._current = stats
+                self._flush_done = max(self._flush_done, flushed)
                 if stats.batches and stats.last_error is None:
                     self._own_error = None
-            with self._acked:
-                self._acked.notify_all()
-        return child.poll() is None
+        with self._acked:
+            self._acked.notify_all()
 
     def _restart(self) -> None:
         """The writer died: count it, start another, send it everything unacknowledged."""
@@ -303,6 +318,7 @@ class ProcessLog(PredictionLog):
             self._base = _add(self._base, self._current)
             self._current = ZERO
             self._own_error = f"the log writer process exited ({code}); restarted"
+            self._flush_sent = self._flush_done  # a flush asked of it: asked again
         log.warning(
             "prediction log writer exited (%s); restarting it, %d rows to send again",
             code,
@@ -322,11 +338,7 @@ class ProcessLog(PredictionLog):
         with contextlib.suppress(OSError):
             while data := os.read(child.stdout.fileno(), 1 << 16):
                 self._acks += data
-        for _kind, payload in _frames(self._acks):
-            resolved, stats = pickle.loads(payload)
-            with self._count_lock:
-                self._sent.ack(resolved)
-                self._current = stats
+        self._take_acks()
 
     def _close_pipes(self) -> None:
         child = self._child
@@ -359,11 +371,16 @@ class ProcessLog(PredictionLog):
         """Hand everything queued to the writer and wait (up to FLUSH_WAIT_S) until it is
         resolved; the rows written meanwhile."""
         before = self.stats().written
+        with self._acked:
+            self._flush_asked += 1
+            asked = self._flush_asked
         deadline = time.monotonic() + FLUSH_WAIT_S
         while self._queued and time.monotonic() < deadline and self._thread is not None:
             self._wake.set()
             with self._acked:
-                self._acked.wait(self.interval)
+                if self._flush_done >= asked:  # it flushed: what is left waits (busy)
+                    break
+                self._acked.wait(min(self.interval, 0.05))
         return self.stats().written - before
 
     def close(self) -> None:
@@ -432,7 +449,10 @@ class _Writer:
         self.fd_in = fd_in
         self.fd_out = fd_out
         self.received = 0  # units taken off the pipe (records and chunks)
-        self.said: tuple[int, LogStats] | None = None
+        self.said: tuple[int, LogStats, int] | None = None
+        self.flush_asked = 0  # the last `flush` the serving process asked for
+        self.flushed = 0  # the last one done
+        self.resolved: tuple[int, LogStats] = (0, ZERO)  # at the last time nothing waited
 
     def run(self) -> None:
         plog, buffer, ended = self.plog, bytearray(), False
@@ -444,9 +464,15 @@ class _Writer:
                 ended = not data
                 buffer += data
                 for kind, payload in _frames(buffer):
-                    self.take(kind, read_rows(payload))
-            if ended or time.monotonic() >= next_flush or plog._queued >= plog.batch:
+                    if kind == FLUSH:
+                        self.flush_asked = pickle.loads(payload)
+                    else:
+                        self.take(kind, read_rows(payload))
+            due = ended or self.flush_asked > self.flushed or time.monotonic() >= next_flush
+            if due or plog._queued >= plog.batch:
+                asked = self.flush_asked
                 plog.flush()
+                self.flushed = asked
                 next_flush = time.monotonic() + plog.interval
                 if time.monotonic() >= plog._next_prune:
                     plog.prune()
@@ -489,10 +515,18 @@ class _Writer:
         return chunks, records
 
     def say(self) -> None:
-        """Acknowledge what is resolved (everything received, once nothing waits)."""
+        """Acknowledge what is resolved: everything received, once nothing waits here.
+
+        While rows wait (a busy store), the counters stay those of the last acknowledgement,
+        so that the serving process, which still counts those rows as queued, never counts
+        one twice (written + dropped + queued = submitted); only the error is news.
+        """
         plog = self.plog
-        resolved = self.received if not plog._queued else (self.said or (0, ZERO))[0]
-        now = (resolved, plog.stats())
+        stats = plog.stats()
+        if not plog._queued:
+            self.resolved = (self.received, stats)
+        resolved, counted = self.resolved
+        now = (resolved, replace(counted, last_error=stats.last_error), self.flushed)
         if now != self.said:
             _write_all(self.fd_out, _frame(ACK, now))
             self.said = now
