@@ -208,6 +208,9 @@ class ProcessLog(PredictionLog):
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, SETTINGS_ENV: json.dumps(asdict(self.settings))},
+            # Out of the server's process group: a Ctrl-C or a signal to the group (before
+            # it ignores them, while it imports) reaches the server, which closes it in order.
+            start_new_session=True,
         )
         assert child.stdin is not None and child.stdout is not None
         _widen(child.stdin.fileno())
