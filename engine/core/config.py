@@ -164,6 +164,9 @@ labelled_retention_days = 90
 # the critical prediction_log alert (acknowledged predictions that did not reach the log)
 # stays firing this many minutes after the last loss
 loss_alert_minutes = 10
+# where `beast engine` writes the log: "thread" (a thread of each server process) or
+# "process" (a writer process of its own per server process, off the serving GIL)
+writer = "thread"
 """
 
 # The seed's column names in data files: the label to learn and the time of each row.
@@ -329,6 +332,7 @@ class LogSettings:
     retention_days: float = 30.0
     labelled_retention_days: float = 90.0
     loss_alert_minutes: float = 10.0
+    writer: str = "thread"  # where rows are written: "thread" (of the server) or "process"
 
 
 @dataclass(frozen=True)
@@ -435,6 +439,10 @@ def _hosts(value: Any) -> bool:
     )
 
 
+def _log_writer(value: Any) -> bool:
+    return value in ("thread", "process")
+
+
 def _token_policy(value: Any) -> bool:
     return value in TOKEN_POLICIES
 
@@ -533,6 +541,7 @@ _RULES: dict[str, tuple[str, Check, str]] = {
         "a number of days ≥ 0 (0: keep all)",
     ),
     "log.loss_alert_minutes": ("loss_alert_minutes", _positive, "a positive number of minutes"),
+    "log.writer": ("writer", _log_writer, '"thread" or "process"'),
     "api.allowed_hosts": (
         "allowed_hosts",
         _hosts,

@@ -125,6 +125,12 @@ class ApiMetrics:
             "Prediction rows the batched writer could not store (disk full, queue full).",
             registry=reg,
         )
+        self.log_writer_restarts = Counter(
+            "beast_log_writer_restarts",
+            "Prediction log writer processes that died and were restarted "
+            '([log] writer = "process"; none with the thread writer).',
+            registry=reg,
+        )
         self.log_queued = Gauge(
             "beast_prediction_log_queued_rows",
             "Prediction rows waiting in the writer's buffer.",
@@ -136,6 +142,7 @@ class ApiMetrics:
         self._routes: dict[tuple[str, str, int], Any] = {}
         self._route_seconds: dict[str, Any] = {}
         self._log_seen = (0, 0)
+        self._restarts_seen = 0
         self._sync_lock = threading.Lock()
 
     # -- the serving path ------------------------------------------------------------------
@@ -181,6 +188,9 @@ class ApiMetrics:
             if stats.dropped > dropped:
                 self.log_dropped.inc(stats.dropped - dropped)
             self._log_seen = (max(written, stats.written), max(dropped, stats.dropped))
+            if stats.restarts > self._restarts_seen:
+                self.log_writer_restarts.inc(stats.restarts - self._restarts_seen)
+                self._restarts_seen = stats.restarts
             self.log_queued.set(stats.queued)
 
     def process_exit(self) -> None:

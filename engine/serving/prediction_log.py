@@ -84,6 +84,7 @@ class LogStats:
     last_drop: str | None = None  # why rows were last dropped (kept after writes resume)
     quarantined: int = 0  # of `dropped`: rows set aside because they could not be written
     pruned: int = 0  # rows retention removed from the log
+    restarts: int = 0  # writer processes that died and were replaced (`[log] writer`)
 
 
 class _RowFault(Exception):

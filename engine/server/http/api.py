@@ -25,6 +25,7 @@ from engine.server.http.refresh import Refresher
 from engine.server.http.schema import ApiError
 from engine.server.http.settings import ApiSettings
 from engine.server.http.token import token_path
+from engine.serving.log_process import open_prediction_log
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
 from engine.store.base import Store
@@ -84,11 +85,11 @@ class Api:
             config = engine.config
             self.tolerance = config.thresholds.tolerance_points
             self.contracts = labels.Contracts.of_config(config)
-            plog = PredictionLog(
+            plog = open_prediction_log(
                 self.workspace.db_path,
                 tolerance=self.tolerance,
                 interval=self.settings.log_interval_s,
-            ).start()
+            )
         except BaseException:
             engine.close()
             raise

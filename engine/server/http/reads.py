@@ -86,6 +86,7 @@ class Reads:
                     "written": stats.written,
                     "dropped": stats.dropped,
                     "last_error": stats.last_error,
+                    "log_writer_restarts": stats.restarts,
                 },
                 "serving": {
                     r.line: {

@@ -1032,6 +1032,11 @@ def _response_schemas() -> dict[str, Any]:
                         "written": {"type": "integer"},
                         "dropped": {"type": "integer"},
                         "last_error": optional,
+                        "log_writer_restarts": {
+                            "type": "integer",
+                            "description": "Prediction log writer processes that died and "
+                            'were restarted (`[log] writer = "process"`; 0 with a thread).',
+                        },
                     },
                 },
                 "serving": {"type": "object"},
