@@ -7,6 +7,7 @@ import hashlib
 import json
 import time
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +26,48 @@ from tests.serving_helpers import serving
 OBJECTIVES = ("reg:squarederror", "binary:logistic", "reg:logistic", "count:poisson")
 
 
-def _train(
-    path: Path, seed: int, width: int, depth: int, rounds: int, objective: str, base: float | None
-) -> xgb.Booster:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 3, (300, width)).astype(np.float32)
+@dataclass(frozen=True)
+class Spec:
+    """A small random model: its training data's seed, shape, objective and base score."""
+
+    seed: int
+    width: int
+    depth: int
+    rounds: int
+    objective: str
+    base: float | None
+
+
+SPECS = st.builds(
+    Spec,
+    seed=st.integers(0, 2**32 - 1),
+    width=st.integers(1, 8),
+    depth=st.integers(1, 6),
+    rounds=st.integers(1, 30),
+    objective=st.sampled_from(OBJECTIVES),
+    base=st.one_of(st.none(), st.floats(0.05, 0.95)),
+)
+
+
+def _train(path: Path, spec: Spec) -> xgb.Booster:
+    rng = np.random.default_rng(spec.seed)
+    x = rng.normal(0, 3, (300, spec.width)).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = np.nan  # trees learn default directions
     signal = np.nansum(x[:, :2], axis=1) + rng.normal(0, 0.5, 300)
-    if objective in ("binary:logistic", "reg:logistic"):
+    if spec.objective in ("binary:logistic", "reg:logistic"):
         y = (signal > 0).astype(np.float32)
-    elif objective == "count:poisson":
+    elif spec.objective == "count:poisson":
         y = rng.poisson(np.exp(np.clip(signal, -2, 2))).astype(np.float32)
     else:
         y = 40 + 10 * signal
-    params: dict[str, object] = {"objective": objective, "max_depth": depth, "nthread": 1}
-    if base is not None:
-        params["base_score"] = base
-    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+    params: dict[str, object] = {
+        "objective": spec.objective,
+        "max_depth": spec.depth,
+        "nthread": 1,
+    }
+    if spec.base is not None:
+        params["base_score"] = spec.base
+    booster = xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=spec.rounds)
     booster.save_model(str(path))
     return booster
 
@@ -70,28 +96,14 @@ def _row_scorer(booster: xgb.Booster, path: Path, cache: Path) -> RowScorer:
 @settings(
     max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    width=st.integers(1, 8),
-    depth=st.integers(1, 6),
-    rounds=st.integers(1, 30),
-    objective=st.sampled_from(OBJECTIVES),
-    base=st.one_of(st.none(), st.floats(0.05, 0.95)),
-    data=st.data(),
-)
+@given(spec=SPECS, data=st.data())
 def test_compiled_scores_agree_with_xgboost_on_random_rows(
-    tmp_path_factory: pytest.TempPathFactory,
-    seed: int,
-    width: int,
-    depth: int,
-    rounds: int,
-    objective: str,
-    base: float | None,
-    data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory, spec: Spec, data: st.DataObject
 ) -> None:
     where = tmp_path_factory.mktemp("model")
     path = where / "m.json"
-    booster = _train(path, seed, width, depth, rounds, objective, base)
+    booster = _train(path, spec)
+    width = spec.width
     verdict = _build(path, where / "cache")
     assert verdict.scorer == "compiled", verdict.reason
     assert verdict.max_error is not None and verdict.max_error <= compiled.TOLERANCE * 100

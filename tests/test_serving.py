@@ -274,10 +274,11 @@ def test_features_by_name_in_any_order_score_as_the_list_in_model_order(
             assert router.predict(shuffled).score == by_list
             assert router.predict(tuple(values)).score == by_list
             assert router.predict(np.array(values)).score == by_list  # type: ignore[arg-type]
-        # ... and the batch path agrees with the single path.
+        # ... and the batch path agrees with the single path (within the 1e-4 its compiled
+        # trees are verified to, once they serve single rows: engine.registry.compiled).
         rows = (rng.random((50, len(FEATURES))) * 50).tolist()
         named_rows = [dict(reversed(list(_named(r).items()))) for r in rows]
-        singles = [router.predict(r).score for r in rows]
+        singles = pytest.approx([router.predict(r).score for r in rows], rel=1e-4, abs=1e-4)
         assert [p.score for p in router.predict_batch(rows)] == singles
         assert [p.score for p in router.predict_batch(named_rows)] == singles
         assert [p.score for p in router.predict_batch(np.array(rows))] == singles
@@ -484,6 +485,9 @@ def test_concurrent_threads_get_their_own_scores_and_every_row_is_logged(
 
         with ThreadPoolExecutor(8) as pool:
             parts = list(pool.map(work, range(8)))
-    for part, got in enumerate(parts):
-        assert got == expected[part::8]
+    for part, got in enumerate(parts):  # single rows may be scored by compiled trees: 1e-4
+        assert [v for v, _ in got] == [v for v, _ in expected[part::8]]
+        assert [s for _, s in got] == pytest.approx(
+            [s for _, s in expected[part::8]], rel=1e-4, abs=1e-4
+        )
     assert log is not None and log.stats().written == 8000 and log.stats().dropped == 0
