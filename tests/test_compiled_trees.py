@@ -300,3 +300,20 @@ def test_a_row_of_another_width_goes_to_xgboost(
     assert scorer.scorer == "compiled"
     with pytest.raises(xgb.core.XGBoostError):
         scorer(np.zeros((1, 3), dtype=np.float32))  # XGBoost's refusal, not a wild read
+
+
+def test_a_workspace_where_nothing_can_be_compiled_registers_and_serves(
+    workspace: Workspace,
+) -> None:
+    compiled.cache_dir(workspace.models_dir).write_text("not a directory")
+    path = train_model(model_path(workspace, "v1.0"), seed=6, rounds=4)
+    with closing(Engine(workspace, actor="tester")) as engine:
+        engine.register(path)
+        engine.deploy(version="v1.0")
+    with serving(workspace) as (router, _):
+        served = router.predict(dict.fromkeys(FEATURES, 0.5))
+        row = np.full((1, len(FEATURES)), 0.5, dtype=np.float32)
+        assert served.score == _booster(path).inplace_predict(row).item(0)
+        assert router.route().production.score.scorer == "xgboost"  # type: ignore[attr-defined]
+    shown = json.loads(beast(workspace, "models", "--json").stdout)["models"]
+    assert [m["scorer"] for m in shown] == ["xgboost"]

@@ -20,7 +20,6 @@ the library, both atomically; `<sha256>.lock` is held while one is being built.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import json
@@ -135,11 +134,18 @@ def read_verdict(cache: Path, sha256: str) -> Verdict | None:
 
 
 def building(cache: Path, sha256: str) -> bool:
-    """Whether a process holds the build lock of this artifact now."""
-    fd = _try_lock(cache, sha256)
-    if fd is None:
+    """Whether a process holds the build lock of this artifact now (creating nothing: a
+    reading command asks)."""
+    try:
+        fd = os.open(cache / f"{sha256}.lock", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # never built here (or unreadable: then no verdict is either)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    os.close(fd)
+    finally:
+        os.close(fd)
     return False
 
 
@@ -168,13 +174,21 @@ def _try_lock(cache: Path, sha256: str) -> int | None:
 def compile_in_background(raw: bytes, sha256: str, cache: Path, booster: Any = None) -> bool:
     """Build and verify an artifact's compiled form in a detached grandchild of this process
     (the validator child: XGBoost is imported and the model loaded already). Returns at
-    once; False when a verdict exists or another process is building it."""
+    once; False when a verdict exists, another process is building it, or it cannot start
+    (an unwritable workspace: XGBoost serves, as without compiled trees)."""
     if read_verdict(cache, sha256) is not None:
         return False
-    lock = _try_lock(cache, sha256)
+    try:
+        lock = _try_lock(cache, sha256)
+    except OSError:
+        return False
     if lock is None:
         return False
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(lock)
+        return False
     if pid == 0:  # the child: a session of its own, no inherited pipes, then a grandchild
         code = 0
         try:
@@ -201,14 +215,17 @@ def request(path: Path, sha256: str, cache: Path) -> bool:
 
     command, env = artifacts.child_command()
     command[-1] = "engine.registry.compiled"
-    subprocess.Popen(
-        [*command, str(path), sha256, str(cache)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
+    try:
+        subprocess.Popen(
+            [*command, str(path), sha256, str(cache)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    except OSError:  # no process to spare: XGBoost serves, as without compiled trees
+        return False
     return True
 
 
@@ -351,6 +368,8 @@ def _compile(model: Any, compiler: str, width: int, cache: Path, sha256: str) ->
 
 def score_rows_with_library(library: Path, rows: Any) -> Any:
     """Scores of float32 rows through a built library's `beast_score_rows`."""
+    import ctypes  # here: `beast models` and `beast status` import this module cold
+
     import numpy as np
 
     rows = np.ascontiguousarray(rows, dtype=np.float32)
