@@ -208,7 +208,12 @@ def test_a_registration_that_meets_a_busy_store_is_retried_and_validated_once(
     real = artifacts.validate_in_child
 
     def validate_then_lock(
-        path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+        path: Path,
+        fmt: str,
+        timeout_s: float,
+        *,
+        expected_sha256: str | None = None,
+        compile_into: Path | None = None,
     ) -> artifacts.Validation:
         validated.append(path)
         verdict = real(path, fmt, timeout_s, expected_sha256=expected_sha256)

@@ -32,6 +32,12 @@ ROW = [0.8, 12.0, 0.3, 0.05, 40.0]
 N_SPLIT = 100_000
 
 
+def _same(scores: object) -> Any:
+    """A single row's score as served: its compiled trees (once verified, which may happen
+    mid-test) score within 1e-4 of XGBoost, which scores batches (engine.registry.compiled)."""
+    return pytest.approx(scores, rel=1e-4, abs=1e-4)
+
+
 def _interval(n: int, share: float) -> tuple[float, float]:
     low, high = stats.binom.interval(0.999, n, share)
     return float(low), float(high)
@@ -227,7 +233,7 @@ def test_nan_is_accepted_only_where_declared_nullable(nullable_ws: Workspace) ->
         missing = [math.nan, *ROW[1:]]
         got = router.predict(missing)
         assert got.error is None and got.score is not None and math.isfinite(got.score)
-        assert router.predict(_named(missing)).score == got.score
+        assert router.predict(_named(missing)).score == _same(got.score)
         batch = router.predict_batch([missing, ROW])
         assert batch[0].score == pytest.approx(got.score)
         with pytest.raises(features.InvalidFeatures, match="feature complexity: NaN"):
@@ -270,14 +276,15 @@ def test_features_by_name_in_any_order_score_as_the_list_in_model_order(
             order = rng.permutation(len(FEATURES))
             shuffled = {FEATURES[i]: values[i] for i in order}
             assert list(shuffled) != list(FEATURES) or True
-            by_list = router.predict(values).score
+            by_list = _same(router.predict(values).score)
             assert router.predict(shuffled).score == by_list
             assert router.predict(tuple(values)).score == by_list
             assert router.predict(np.array(values)).score == by_list  # type: ignore[arg-type]
-        # ... and the batch path agrees with the single path.
+        # ... and the batch path agrees with the single path (within the 1e-4 its compiled
+        # trees are verified to, once they serve single rows: engine.registry.compiled).
         rows = (rng.random((50, len(FEATURES))) * 50).tolist()
         named_rows = [dict(reversed(list(_named(r).items()))) for r in rows]
-        singles = [router.predict(r).score for r in rows]
+        singles = _same([router.predict(r).score for r in rows])
         assert [p.score for p in router.predict_batch(rows)] == singles
         assert [p.score for p in router.predict_batch(named_rows)] == singles
         assert [p.score for p in router.predict_batch(np.array(rows))] == singles
@@ -353,7 +360,7 @@ def test_a_deleted_artifact_keeps_serving_from_memory(registered: Workspace) -> 
     original = artifact.read_bytes()
     try:
         with serving(registered, log=False, refresh_s=0.05) as (router, _):
-            before = router.predict(ROW).score
+            before = _same(router.predict(ROW).score)
             artifact.unlink()
             assert router.predict(ROW).score == before
             # A deployment change that keeps v1.0 serving reloads the routes: from memory.
@@ -484,6 +491,7 @@ def test_concurrent_threads_get_their_own_scores_and_every_row_is_logged(
 
         with ThreadPoolExecutor(8) as pool:
             parts = list(pool.map(work, range(8)))
-    for part, got in enumerate(parts):
-        assert got == expected[part::8]
+    for part, got in enumerate(parts):  # single rows may be scored by compiled trees: 1e-4
+        assert [v for v, _ in got] == [v for v, _ in expected[part::8]]
+        assert [s for _, s in got] == _same([s for _, s in expected[part::8]])
     assert log is not None and log.stats().written == 8000 and log.stats().dropped == 0

@@ -231,6 +231,8 @@ def cmd_models(engine: Engine, args: argparse.Namespace) -> int:
                             for v in a.versions
                             if f"{a.line}/{v}" in report.serving
                         ],
+                        scorer=report.scorers.get(a.sha256, (None, None))[0],
+                        scorer_reason=report.scorers.get(a.sha256, (None, None))[1],
                     )
                     for a in report.artifacts
                 ],

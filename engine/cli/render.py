@@ -196,6 +196,7 @@ def models(report: ModelsReport) -> str:
                     a.line or "-",
                     a.status if a.present else f"{a.status} (file missing)",
                     ", ".join(roles) or "-",
+                    report.scorers.get(a.sha256, ("-", ""))[0],
                     a.n_features or "-",
                     a.xgboost_version or "-",
                     a.sha256[:12],
@@ -210,6 +211,7 @@ def models(report: ModelsReport) -> str:
                     "LINE",
                     "STATUS",
                     "SERVING",
+                    "SCORER",
                     "FEATURES",
                     "XGBOOST",
                     "SHA256",
@@ -220,6 +222,15 @@ def models(report: ModelsReport) -> str:
                 indent="",
             )
         )
+        why = [
+            f"  {', '.join(a.versions) or a.sha256[:12]}: {report.scorers[a.sha256][0]} — "
+            f"{report.scorers[a.sha256][1]}"
+            for a in report.artifacts
+            if a.sha256 in report.scorers
+        ]
+        if why:
+            out.append("\nsingle rows scored by (batches: XGBoost):")
+            out.extend(text.escape(line) for line in why)
     else:
         out.append("no registered models")
     if report.unregistered:

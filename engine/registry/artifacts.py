@@ -114,10 +114,20 @@ def validated_bytes(path: Path, sha256: str) -> bytes:
 
 
 class Validator(Protocol):
-    """How `Engine.register` judges a file: `validate_in_child`, or a warm child's pool."""
+    """How `Engine.register` judges a file: `validate_in_child`, or a warm child's pool.
+
+    `compile_into`: where the child compiles a valid model's trees, after its verdict and
+    without being waited for (engine.registry.compiled); None: not compiled.
+    """
 
     def __call__(
-        self, path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+        self,
+        path: Path,
+        fmt: str,
+        timeout_s: float,
+        *,
+        expected_sha256: str | None = None,
+        compile_into: Path | None = None,
     ) -> Validation: ...
 
 
@@ -145,14 +155,19 @@ def start_child(
 
 
 def validate_in_child(
-    path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+    path: Path,
+    fmt: str,
+    timeout_s: float,
+    *,
+    expected_sha256: str | None = None,
+    compile_into: Path | None = None,
 ) -> Validation:
     """Load the model and predict two rows in a child process; never raises for bad files.
 
     With `expected_sha256` (the digest the caller recorded), a file whose bytes changed
     between hashing and validation is refused: the verdict must be about the hashed bytes.
     """
-    proc = start_child(str(path), fmt)
+    proc = start_child(str(path), fmt, *([str(compile_into)] if compile_into else []))
     return judge_child(proc, timeout_s, expected_sha256=expected_sha256)
 
 

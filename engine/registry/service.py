@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +17,7 @@ from engine.core import tasks
 from engine.core.config import LineSettings, RegistrySettings
 from engine.core.errors import ArtifactRejected, BeastError
 from engine.core.records import Artifact, Lineage, VersionRef
-from engine.registry import artifacts, catalog
+from engine.registry import artifacts, catalog, compiled
 from engine.store.base import Store, Tx
 
 if TYPE_CHECKING:  # pandas and XGBoost: loaded only where a reference file is given
@@ -29,6 +29,9 @@ class ModelsReport:
     artifacts: tuple[Artifact, ...]
     unregistered: tuple[tuple[str, str | None], ...]
     serving: dict[str, str]  # version name -> role
+    # A valid artifact's sha256 -> which scorer its single rows use and why
+    # ("compiled" | "gtil" | "xgboost": engine.registry.compiled).
+    scorers: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Registry:
             checked.format,
             self.get_settings().validation_timeout_s,
             expected_sha256=sha,
+            # Compiled by the child after its verdict: serving waits for nothing.
+            compile_into=compiled.cache_dir(self.models_dir),
         )
 
     def reference_writer(
@@ -172,7 +177,9 @@ class Registry:
                 serving[f"{state.line}/{state.production.name}"] = "production"
                 if state.candidate is not None:
                     serving[f"{state.line}/{state.candidate.name}"] = "candidate"
-        return ModelsReport(tuple(found), tuple(loose), serving)
+        cache = compiled.cache_dir(self.models_dir)
+        scorers = {a.sha256: compiled.status(cache, a.sha256) for a in found if a.status == "valid"}
+        return ModelsReport(tuple(found), tuple(loose), serving, scorers)
 
     def lineage(self, line: str, version: str) -> Lineage:
         """A version's artifact and the facts of its `<model>.lineage` sidecar, if it has one."""

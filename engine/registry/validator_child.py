@@ -1,10 +1,13 @@
-"""The validator's child process: `python -m engine.registry.validator_child PATH FORMAT`
-(or `--serve`).
+"""The validator's child process: `python -m engine.registry.validator_child PATH FORMAT
+[COMPILE_INTO]` (or `--serve`).
 
 Untrusted model bytes are parsed and run here, never in the engine's or console's process:
 XGBoost can crash the process on a hand-edited model. The parent reads one JSON line from
 stdout; a crash or a hang is the parent's to report. Pickle is never loaded: only JSON or
 UBJSON is parsed, and XGBoost's own loader reads only those formats.
+
+Given a cache directory, a valid model is also compiled there (engine.registry.compiled) by a
+detached grandchild forked once the verdict is made: the parent never waits for it.
 """
 
 from __future__ import annotations
@@ -264,6 +267,12 @@ def _limit_memory(file_size: int) -> None:
 
 
 def validate(raw: bytes, fmt: str) -> dict[str, Any]:
+    """The verdict on a model's bytes (Invalid when refused)."""
+    return _validate(raw, fmt)[0]
+
+
+def _validate(raw: bytes, fmt: str) -> tuple[dict[str, Any], Any]:
+    """The verdict on a model's bytes and the XGBoost booster they loaded into."""
     _limit_memory(len(raw))
     doc = _parse(raw, fmt)
     saved = _saved_version(doc)
@@ -320,7 +329,7 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
         raise Invalid(f"the test prediction gave {len(values)} values for {len(rows)} rows")
     if not all(math.isfinite(v) for v in values):
         raise Invalid(f"test prediction is not a finite number: {values[:2]}")
-    return {
+    verdict = {
         "ok": True,
         "n_features": n_features,
         "feature_names": names,
@@ -328,26 +337,34 @@ def validate(raw: bytes, fmt: str) -> dict[str, Any]:
         "format": fmt,
         "objective": objective,
     }
+    return verdict, booster
 
 
-def judge(path: Path, fmt: str) -> dict[str, Any]:
-    """The verdict on one file, with the sha256 of the bytes judged."""
+def judge(path: Path, fmt: str, compile_into: Path | None = None) -> dict[str, Any]:
+    """The verdict on one file, with the sha256 of the bytes judged; a valid model is then
+    compiled into `compile_into` in the background (never waited for)."""
     raw = path.read_bytes()
+    booster = None
     try:
-        result = validate(raw, fmt)
+        result, booster = _validate(raw, fmt)
     except Invalid as exc:
         result = {"ok": False, "reason": str(exc)}
     except MemoryError:
         result = {"ok": False, "reason": "out of memory while loading"}
     # The bytes judged here, so the parent can tell whether they are the bytes it hashed.
     result["sha256"] = hashlib.sha256(raw).hexdigest()
+    if booster is not None and compile_into is not None:
+        from engine.registry import compiled  # only for a model that will serve
+
+        compiled.compile_in_background(raw, result["sha256"], compile_into, booster)
     return result
 
 
 def serve() -> int:
     """A fork server: import what validation needs once, then fork a child per request.
 
-    Requests are `PATH\tFORMAT` lines on stdin; each answer is one JSON line on stdout. The
+    Requests are `PATH\0FORMAT\0COMPILE_INTO` lines on stdin (COMPILE_INTO may be empty);
+    each answer is one JSON line on stdout. The
     forked child judges one file and exits, so a model that crashes XGBoost or corrupts
     memory takes only that child with it (reported as `{"signal": N}`); this process never
     parses a model. End of input (the parent closed or died) ends it.
@@ -356,13 +373,13 @@ def serve() -> int:
     import xgboost  # noqa: F401
 
     while line := sys.stdin.buffer.readline():
-        path, _, fmt = line.decode("utf-8", "surrogateescape").rstrip("\n").rpartition("\t")
-        sys.stdout.write(json.dumps(_forked(Path(path), fmt)) + "\n")
+        path, fmt, into = line.decode("utf-8", "surrogateescape").rstrip("\n").split("\0")
+        sys.stdout.write(json.dumps(_forked(Path(path), fmt, Path(into) if into else None)) + "\n")
         sys.stdout.flush()
     return 0
 
 
-def _forked(path: Path, fmt: str) -> dict[str, Any]:
+def _forked(path: Path, fmt: str, compile_into: Path | None) -> dict[str, Any]:
     """Judge in a forked child; its answer comes back through a pipe of its own."""
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -370,7 +387,7 @@ def _forked(path: Path, fmt: str) -> dict[str, Any]:
         os.close(read_end)
         code = 0
         try:
-            answer = judge(path, fmt)
+            answer = judge(path, fmt, compile_into)
         except BaseException as exc:  # reported to the parent, then exit 1
             answer, code = {"ok": False, "exit": 1, "error": f"{type(exc).__name__}: {exc}"}, 1
         with os.fdopen(write_end, "wb") as out:
@@ -392,7 +409,8 @@ def _forked(path: Path, fmt: str) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--serve"]:
         return serve()
-    sys.stdout.write(json.dumps(judge(Path(argv[0]), argv[1])) + "\n")
+    into = Path(argv[2]) if len(argv) > 2 else None
+    sys.stdout.write(json.dumps(judge(Path(argv[0]), argv[1], into)) + "\n")
     sys.stdout.flush()
     return 0
 

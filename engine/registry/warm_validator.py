@@ -36,9 +36,16 @@ class WarmValidator:
         return self
 
     def __call__(
-        self, path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+        self,
+        path: Path,
+        fmt: str,
+        timeout_s: float,
+        *,
+        expected_sha256: str | None = None,
+        compile_into: Path | None = None,
     ) -> artifacts.Validation:
-        request = f"{path}\t{fmt}\n".encode("utf-8", "surrogateescape")
+        into = str(compile_into) if compile_into is not None else ""
+        request = f"{path}\0{fmt}\0{into}\n".encode("utf-8", "surrogateescape")
         with self._lock:  # one request at a time: answers come back in order
             server = self._running()
             try:

@@ -537,11 +537,16 @@ def register_model(job: RunningJob, model: Path, version: str) -> None:
     verdicts: dict[str | None, artifacts.Validation] = {}
 
     def validate_once(
-        path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+        path: Path,
+        fmt: str,
+        timeout_s: float,
+        *,
+        expected_sha256: str | None = None,
+        compile_into: Path | None = None,
     ) -> artifacts.Validation:
         if expected_sha256 is None or expected_sha256 not in verdicts:
             verdicts[expected_sha256] = artifacts.validate_in_child(
-                path, fmt, timeout_s, expected_sha256=expected_sha256
+                path, fmt, timeout_s, expected_sha256=expected_sha256, compile_into=compile_into
             )
         return verdicts[expected_sha256]
 

@@ -317,12 +317,20 @@ class ModelWatcher(BackgroundThread):
         self._decided[path] = fingerprint
 
     def _validate(
-        self, path: Path, fmt: str, timeout_s: float, *, expected_sha256: str | None = None
+        self,
+        path: Path,
+        fmt: str,
+        timeout_s: float,
+        *,
+        expected_sha256: str | None = None,
+        compile_into: Path | None = None,
     ) -> artifacts.Validation:
         """The warm child's verdict; an invalid one only once the file has been quiet."""
         verdict = self._invalid.get(expected_sha256 or "")
         if verdict is None:
-            verdict = self._validator(path, fmt, timeout_s, expected_sha256=expected_sha256)
+            verdict = self._validator(
+                path, fmt, timeout_s, expected_sha256=expected_sha256, compile_into=compile_into
+            )
         if verdict.ok:
             return verdict
         if expected_sha256 is not None and verdict.sha256 == expected_sha256:

@@ -41,8 +41,9 @@ from engine.core.config import Config
 from engine.core.errors import BeastError, NotFound, StoreError
 from engine.core.records import BASIS_POINTS, ServedLine, VersionRef
 from engine.core.workspace import Workspace
-from engine.registry import artifacts, fetch
+from engine.registry import artifacts, compiled, fetch
 from engine.serving import features
+from engine.serving.compiled_scorer import RowScorer
 from engine.serving.prediction_log import Chunk, PredictionLog, Record
 from engine.serving.shadow import ShadowArm, ShadowScorer
 from engine.store.base import Store, Tx
@@ -189,7 +190,7 @@ class Router:
         self._store: Store = open_store(served.workspace.db_path)
         self._routes: dict[str, Route] = {}
         self._broken: dict[str, str] = {}  # line -> why its deployment could not be loaded
-        self._boosters: dict[int, tuple[Any, Callable[[np.ndarray], np.ndarray]]] = {}
+        self._boosters: dict[int, tuple[Any, RowScorer]] = {}
         self._checked = -math.inf
         self._data_version: int | None = None
         self._refreshing = threading.Lock()
@@ -223,6 +224,8 @@ class Router:
             return  # another thread is refreshing; serve from the current snapshot
         try:
             self._checked = time.monotonic()
+            for _, row_scorer in list(self._boosters.values()):
+                row_scorer.poll()  # a compiled form verified since: its single rows use it
             with self._store.read() as tx:
                 version = tx.routes.change_counter()
             if not force and version == self._data_version and not self._broken:
@@ -306,7 +309,18 @@ class Router:
                     f"cannot copy {relative} from the state store: {exc.strerror or exc}"
                 ) from None
             booster = load_booster(path, ref.sha256)
-            loaded = (booster, scorer(booster, width))
+            cache = compiled.cache_dir(self.workspace.models_dir)
+            loaded = (
+                booster,
+                RowScorer(
+                    scorer(booster, width),
+                    booster,
+                    width=width,
+                    path=path,
+                    sha256=ref.sha256,
+                    cache=cache,
+                ),
+            )
             self._boosters[ref.artifact_id] = loaded
         return Arm(role, ref, *loaded)
 
