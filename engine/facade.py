@@ -227,7 +227,7 @@ class Engine:
     @property
     def monitoring(self) -> Monitoring:
         """The monitoring service over this workspace (reports, evaluations, loss alerts)."""
-        from engine.monitoring.report import Monitoring  # numpy and scipy: only on this path
+        from engine.monitoring.report import Monitoring  # numpy: only on this path
 
         return Monitoring(
             self.store,
