@@ -17,21 +17,16 @@ from engine.core import tasks
 from engine.demo import sample_data
 from engine.retrain import data as retrain_data
 from tests.helpers import assert_invariants, beast, copy_workspace
-from tests.retrain_helpers import LINE, build_template, model_files, version_names
+from tests.retrain_helpers import LINE, model_files, version_names
 from tests.serving_helpers import serving
 
 BINARY_LINE = "revert-risk"
 
 
-@pytest.fixture(scope="session")
-def _template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return build_template(tmp_path_factory.mktemp("retrain-data") / ".beast-mode")
-
-
 @pytest.fixture
-def rws(_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+def rws(retrain_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
     """v1.0 (weak) and v2.0 (strong) registered, v1.0 in production; 300 rows in data/."""
-    ws = copy_workspace(_template, tmp_path / ".beast-mode")
+    ws = copy_workspace(retrain_template, tmp_path / ".beast-mode")
     engine = Engine(ws, actor="tester")
     try:
         engine.deploy(version="v1.0", model=LINE)
