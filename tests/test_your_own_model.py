@@ -7,10 +7,13 @@ runs once per module.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -132,6 +135,18 @@ class Walkthrough:
         return Workspace(self.project)
 
 
+def _snapshot(project: Path, command: str) -> Any:
+    """`command`'s JSON, by `beast`'s entry point in this process on the walkthrough's workspace:
+    the state between README steps, not a step (a cold `beast` process is ~2 s)."""
+    from engine.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--workspace", str(project), *shlex.split(command)[1:]])
+    assert code == 0, f"{command!r} exited {code}"
+    return json.loads(out.getvalue())
+
+
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
     root = tmp_path_factory.mktemp("own-model")
@@ -178,16 +193,7 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
             )
             ran.append(Ran(command, done.returncode, done.stdout, done.stderr))
             if command in SNAPSHOTS:
-                taken = subprocess.run(
-                    ["bash", "-c", SNAPSHOTS[command]],
-                    cwd=cwd,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    check=True,
-                )
-                snapshots[command] = json.loads(taken.stdout)
+                snapshots[command] = _snapshot(project, SNAPSHOTS[command])
     return Walkthrough(project, tuple(ran), snapshots)
 
 
