@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import re
 import shutil
@@ -9,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,6 +109,19 @@ def beast_here(
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["beast", *argv], code, out, err)
+
+
+def beast_json_here(ws: Workspace, *args: str) -> Any:
+    """The JSON `beast --workspace WS ARGS` prints (ARGS with --json), by the console script's
+    entry point in this process: for reading state between the steps a test runs as real
+    processes (a cold `beast` process is ~2 s of imports). Fails on a non-zero exit."""
+    from engine.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--workspace", str(ws.root), *args])
+    assert code == 0, f"beast {' '.join(args)} exited {code}"
+    return json.loads(out.getvalue())
 
 
 def assert_invariants(ws: Workspace) -> None:

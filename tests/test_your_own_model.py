@@ -7,9 +7,7 @@ runs once per module.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 import re
@@ -26,7 +24,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.demo import sample_data
-from tests.helpers import REPO, assert_invariants
+from tests.helpers import REPO, assert_invariants, beast_json_here
 
 SECTION = "## Your own model"
 LINE = "revert-risk"
@@ -135,18 +133,6 @@ class Walkthrough:
         return Workspace(self.project)
 
 
-def _snapshot(project: Path, command: str) -> Any:
-    """`command`'s JSON, by `beast`'s entry point in this process on the walkthrough's workspace:
-    the state between README steps, not a step (a cold `beast` process is ~2 s)."""
-    from engine.cli.main import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(["--workspace", str(project), *shlex.split(command)[1:]])
-    assert code == 0, f"{command!r} exited {code}"
-    return json.loads(out.getvalue())
-
-
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
     root = tmp_path_factory.mktemp("own-model")
@@ -193,7 +179,10 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
             )
             ran.append(Ran(command, done.returncode, done.stdout, done.stderr))
             if command in SNAPSHOTS:
-                snapshots[command] = _snapshot(project, SNAPSHOTS[command])
+                # Between README steps, not a step: read in this process.
+                snapshots[command] = beast_json_here(
+                    Workspace(project), *shlex.split(SNAPSHOTS[command])[1:]
+                )
     return Walkthrough(project, tuple(ran), snapshots)
 
 
