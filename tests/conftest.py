@@ -9,7 +9,6 @@ workspace fixtures pointing the engine at a database of the test's own (`BEAST_S
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -21,7 +20,13 @@ import pytest
 
 from engine import Engine, Workspace
 from engine.demo import workspace as demo
-from tests.helpers import assert_invariants, copy_workspace, model_path, train_model
+from tests.helpers import (
+    assert_invariants,
+    copy_workspace,
+    model_path,
+    once_per_run,
+    train_model,
+)
 from tests.pg import STORE_URL_ENV, PgServer, database, start_server
 
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
@@ -96,23 +101,11 @@ def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
 def built_once(
     factory: pytest.TempPathFactory, name: str, build: Callable[[Workspace], object]
 ) -> Workspace:
-    """A workspace `build` fills once per run: under xdist the workers of one run share it
-    (each building its own cost each worker the training and validation again); the first to
-    take the lock builds it. Tests copy it (copy_workspace), never change it."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run is None:
-        ws = Workspace(factory.mktemp(name) / ".beast-mode")
-        build(ws)
-        return ws
-    shared = factory.getbasetemp().parent / f"beast-{name}-{run}"
-    shared.mkdir(exist_ok=True)
-    with (shared / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        ws = Workspace(shared / ".beast-mode")
-        if not (shared / "ready").exists():
-            build(ws)
-            (shared / "ready").touch()
-    return ws
+    """A workspace `build` fills once per run, shared by the xdist workers (each building its
+    own cost each worker the training and validation again). Tests copy it (copy_workspace),
+    never change it."""
+    done = once_per_run(factory, name, lambda shared: build(Workspace(shared / ".beast-mode")))
+    return Workspace(done / ".beast-mode")
 
 
 def _registered(ws: Workspace) -> Workspace:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,28 @@ def copy_workspace(src: Workspace, dst_root: Path) -> Workspace:
     source.close()
     target.close()
     return Workspace(dst_root)
+
+
+def once_per_run(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """A directory `build` fills once per test run. Under xdist the workers of one run share
+    it: the first to take its lock builds it, the others wait and read it (a module- or
+    session-scoped fixture is set up again in every worker that runs one of its tests, and
+    worksteal splits modules across workers). Its users must not change what is in it."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        own = factory.mktemp(name)
+        build(own)
+        return own
+    shared = factory.getbasetemp().parent / f"beast-{name}-{run}"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "ready").exists():
+            build(shared)
+            (shared / "ready").touch()
+    return shared
 
 
 def beast(

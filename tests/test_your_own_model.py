@@ -14,7 +14,7 @@ import re
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.demo import sample_data
-from tests.helpers import REPO, assert_invariants, beast_json_here
+from tests.helpers import REPO, assert_invariants, beast_json_here, once_per_run
 
 SECTION = "## Your own model"
 LINE = "revert-risk"
@@ -135,7 +135,15 @@ class Walkthrough:
 
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
-    root = tmp_path_factory.mktemp("own-model")
+    """The walkthrough, run once per test run (both xdist workers read the one run)."""
+    root = once_per_run(tmp_path_factory, "own-model", _walk)
+    doc = json.loads((root / "walkthrough.json").read_text(encoding="utf-8"))
+    ran = tuple(Ran(**r) for r in doc["ran"])
+    return Walkthrough(Path(doc["project"]), ran, doc["snapshots"])
+
+
+def _walk(root: Path) -> None:
+    """Run the README's blocks in `root`; what each printed, into root/walkthrough.json."""
     home = root / "home"
     home.mkdir()
     _write_changes(home / "changes.csv", 4000, seed=21)
@@ -183,7 +191,8 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
                 snapshots[command] = beast_json_here(
                     Workspace(project), *shlex.split(SNAPSHOTS[command])[1:]
                 )
-    return Walkthrough(project, tuple(ran), snapshots)
+    doc = {"project": str(project), "ran": [asdict(r) for r in ran], "snapshots": snapshots}
+    (root / "walkthrough.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
 def test_the_readme_holds_the_walkthroughs_commands_as_the_issue_names_them() -> None:
