@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,9 +22,9 @@ from engine import Engine, Workspace
 from engine.demo import workspace as demo
 from tests.helpers import (
     assert_invariants,
+    built_once,
     copy_workspace,
     model_path,
-    once_per_run,
     train_model,
 )
 from tests.pg import STORE_URL_ENV, PgServer, database, start_server
@@ -96,16 +96,6 @@ def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
     engine.close()
     yield ws
     assert_invariants(ws)
-
-
-def built_once(
-    factory: pytest.TempPathFactory, name: str, build: Callable[[Workspace], object]
-) -> Workspace:
-    """A workspace `build` fills once per run, shared by the xdist workers (each building its
-    own cost each worker the training and validation again). Tests copy it (copy_workspace),
-    never change it."""
-    done = once_per_run(factory, name, lambda shared: build(Workspace(shared / ".beast-mode")))
-    return Workspace(done / ".beast-mode")
 
 
 def _registered(ws: Workspace) -> Workspace:

@@ -89,6 +89,16 @@ def once_per_run(
     return shared
 
 
+def built_once(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Workspace], object]
+) -> Workspace:
+    """A workspace `build` fills once per run, shared by the xdist workers (each building its
+    own cost each worker the training and validation again). Tests copy it (copy_workspace),
+    never change it."""
+    done = once_per_run(factory, name, lambda shared: build(Workspace(shared / ".beast-mode")))
+    return Workspace(done / ".beast-mode")
+
+
 def beast(
     ws: Workspace | None,
     *args: str,
