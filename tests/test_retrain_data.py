@@ -16,7 +16,7 @@ from engine import Engine, Workspace
 from engine.core import tasks
 from engine.demo import sample_data
 from engine.retrain import data as retrain_data
-from tests.helpers import assert_invariants, beast, copy_workspace
+from tests.helpers import assert_invariants, beast, beast_here, copy_workspace
 from tests.retrain_helpers import LINE, model_files, version_names
 from tests.serving_helpers import serving
 
@@ -231,7 +231,11 @@ def test_a_binary_line_retrains_binary_logistic_gated_on_auc(bws: Workspace) -> 
 # -- predict --csv on a training CSV -------------------------------------------------------
 
 
-def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
+def test_predict_csv_scores_a_training_csv_as_is(
+    rws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What `beast predict --csv` prints and returns, by its entry point in this process (three
+    # cold processes cost ~6 s; the CLI's process path is test_retrain_data's others').
     _declare(rws, LINE, label="quality", time="at")
     samples = rws.data_dir / "samples.csv"
     _rename_columns(samples, "quality", "at")
@@ -242,14 +246,14 @@ def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
         + "\n",
         encoding="utf-8",
     )
-    result = beast(rws, "predict", "--csv", str(training), "--json")
+    result = beast_here(capsys, rws, "predict", "--csv", str(training), "--json")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 300
     assert result.stderr == (
         f"beast: ignored 3 columns that are no feature of {LINE}: "
         "quality (label), at (time), note\n"
     )
-    shown = beast(rws, "predict", "--csv", str(training))
+    shown = beast_here(capsys, rws, "predict", "--csv", str(training))
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 300
     assert "quality (label), at (time), note" in shown.stderr
 
@@ -263,7 +267,7 @@ def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
         + "\n",
         encoding="utf-8",
     )
-    missing = beast(rws, "predict", "--csv", str(partial))
+    missing = beast_here(capsys, rws, "predict", "--csv", str(partial))
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr == (
         f"beast: {partial}: missing feature columns of {LINE}: "
