@@ -9,7 +9,7 @@ workspace fixtures pointing the engine at a database of the test's own (`BEAST_S
 
 from __future__ import annotations
 
-import fcntl
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Workspace
-from tests.helpers import assert_invariants, copy_workspace, model_path, train_model
+from engine.demo import workspace as demo
+from tests.helpers import (
+    assert_invariants,
+    built_once,
+    copy_workspace,
+    model_path,
+    train_model,
+)
 from tests.pg import STORE_URL_ENV, PgServer, database, start_server
 
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
@@ -118,20 +125,7 @@ class _Templates:
     def _build(self, backend: str) -> tuple[Workspace, str | None]:
         if backend == "postgresql":
             return self._copied_to_postgresql(self.get("sqlite")[0])
-        run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-        if run is None:
-            return _registered(Workspace(self.factory.mktemp("template") / ".beast-mode")), None
-        # Under xdist the workers of one run share one template (each built its own: ~10 s
-        # of training and validation apiece); the first to take the lock builds it.
-        shared = self.factory.getbasetemp().parent / f"beast-template-{run}"
-        shared.mkdir(exist_ok=True)
-        with (shared / "lock").open("w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            ws = Workspace(shared / ".beast-mode")
-            if not (shared / "ready").exists():
-                _registered(ws)
-                (shared / "ready").touch()
-        return ws, None
+        return built_once(self.factory, "template", _registered), None
 
     def _copied_to_postgresql(self, source: Workspace) -> tuple[Workspace, str]:
         """SQLite's template moved by `beast migrate --to`'s copy (each worker registering the
@@ -188,3 +182,49 @@ def engine(registered: Workspace) -> Iterator[Engine]:
     eng = Engine(registered, actor="tester")
     yield eng
     eng.close()
+
+
+def _demo_built(ws: Workspace) -> None:
+    """`beast init --demo`'s workspace, with what `build` returned beside it (the workers that
+    did not build it read it there)."""
+    result = demo.build(ws)
+    fields = {
+        "workspace": str(result.workspace),
+        "data": str(result.data),
+        "models": [str(p) for p in result.models],
+        "revert_data": None if result.revert_data is None else str(result.revert_data),
+    }
+    (ws.root.parent / "demo-result.json").write_text(json.dumps(fields), encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def demo_built(tmp_path_factory: pytest.TempPathFactory) -> demo.DemoResult:
+    """The demo workspace `demo.build` made once per run (its data, five trained and validated
+    versions of two lines, both A/B tests: ~20 s a build) and what it returned. Copy it
+    (`demo_ws`) to change it."""
+    ws = built_once(tmp_path_factory, "demo", _demo_built)
+    fields = json.loads((ws.root.parent / "demo-result.json").read_text(encoding="utf-8"))
+    revert = fields["revert_data"]
+    return demo.DemoResult(
+        Path(fields["workspace"]),
+        Path(fields["data"]),
+        tuple(Path(p) for p in fields["models"]),
+        None if revert is None else Path(revert),
+    )
+
+
+@pytest.fixture
+def demo_ws(demo_built: demo.DemoResult, tmp_path: Path) -> Iterator[Workspace]:
+    """A copy of the built demo workspace; its invariants are checked after the test."""
+    ws = copy_workspace(Workspace(demo_built.workspace), tmp_path / "demo" / ".beast-mode")
+    yield ws
+    assert_invariants(ws)
+
+
+@pytest.fixture(scope="session")
+def retrain_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """tests/retrain_helpers.build_template's workspace, built once per run (test_retrain,
+    test_retrain_data and test_busy each built their own in each worker). Copy it to use it."""
+    from tests.retrain_helpers import build_template
+
+    return built_once(tmp_path_factory, "retrain", lambda ws: build_template(ws.root))

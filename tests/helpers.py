@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import json
 import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,6 +67,38 @@ def copy_workspace(src: Workspace, dst_root: Path) -> Workspace:
     return Workspace(dst_root)
 
 
+def once_per_run(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]
+) -> Path:
+    """A directory `build` fills once per test run. Under xdist the workers of one run share
+    it: the first to take its lock builds it, the others wait and read it (a module- or
+    session-scoped fixture is set up again in every worker that runs one of its tests, and
+    worksteal splits modules across workers). Its users must not change what is in it."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        own = factory.mktemp(name)
+        build(own)
+        return own
+    shared = factory.getbasetemp().parent / f"beast-{name}-{run}"
+    shared.mkdir(exist_ok=True)
+    with (shared / "lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (shared / "ready").exists():
+            build(shared)
+            (shared / "ready").touch()
+    return shared
+
+
+def built_once(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Workspace], object]
+) -> Workspace:
+    """A workspace `build` fills once per run, shared by the xdist workers (each building its
+    own cost each worker the training and validation again). Tests copy it (copy_workspace),
+    never change it."""
+    done = once_per_run(factory, name, lambda shared: build(Workspace(shared / ".beast-mode")))
+    return Workspace(done / ".beast-mode")
+
+
 def beast(
     ws: Workspace | None,
     *args: str,
@@ -105,6 +143,19 @@ def beast_here(
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(["beast", *argv], code, out, err)
+
+
+def beast_json_here(ws: Workspace, *args: str) -> Any:
+    """The JSON `beast --workspace WS ARGS` prints (ARGS with --json), by the console script's
+    entry point in this process: for reading state between the steps a test runs as real
+    processes (a cold `beast` process is ~2 s of imports). Fails on a non-zero exit."""
+    from engine.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--workspace", str(ws.root), *args])
+    assert code == 0, f"beast {' '.join(args)} exited {code}"
+    return json.loads(out.getvalue())
 
 
 def assert_invariants(ws: Workspace) -> None:

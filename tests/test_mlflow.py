@@ -26,7 +26,7 @@ from engine.cli.main import main
 from engine.core.config import Config, load_config, parse_config
 from engine.core.errors import BeastError, ConfigError
 from engine.retrain import mlflow_tracking
-from tests.helpers import REPO, model_path, set_config, train_model
+from tests.helpers import REPO, built_once, model_path, set_config, train_model
 
 # mlflow 3.17's own use of SQLAlchemy 2.1, not ours (matched by text: sqlalchemy is optional).
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -45,8 +45,9 @@ def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A new, migrated MLflow store to copy: MLflow's seconds of migrations paid once."""
     # `make venv` installs the mlflow extra: without it the tracking is untested, a failure.
     assert mlflow_tracking.available(), "mlflow is not installed (make venv installs .[mlflow])"
-    ws = Workspace(tmp_path_factory.mktemp("mlflow-store") / ".beast-mode")
-    mlflow_tracking.prepare_store(ws, Config())
+    ws = built_once(
+        tmp_path_factory, "mlflow-store", lambda ws: mlflow_tracking.prepare_store(ws, Config())
+    )
     return ws.root / mlflow_tracking.STORE_FILENAME
 
 

@@ -27,7 +27,6 @@ from engine.retrain import search as retrain
 from tests.helpers import assert_invariants, beast, beast_here, copy_workspace
 from tests.retrain_helpers import (
     LINE,
-    build_template,
     model_files,
     queue_job,
     run_job,
@@ -40,15 +39,10 @@ from tests.retrain_helpers import (
 from tests.serving_helpers import serving
 
 
-@pytest.fixture(scope="session")
-def _retrain_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return build_template(tmp_path_factory.mktemp("retrain") / ".beast-mode")
-
-
 @pytest.fixture
-def rws(_retrain_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+def rws(retrain_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
     """A workspace with v1.0 (weak) and v2.0 (strong) registered, nothing deployed."""
-    ws = copy_workspace(_retrain_template, tmp_path / ".beast-mode")
+    ws = copy_workspace(retrain_template, tmp_path / ".beast-mode")
     yield ws
     assert_invariants(ws)
 

@@ -16,22 +16,17 @@ from engine import Engine, Workspace
 from engine.core import tasks
 from engine.demo import sample_data
 from engine.retrain import data as retrain_data
-from tests.helpers import assert_invariants, beast, copy_workspace
-from tests.retrain_helpers import LINE, build_template, model_files, version_names
+from tests.helpers import assert_invariants, beast, beast_here, copy_workspace
+from tests.retrain_helpers import LINE, model_files, version_names
 from tests.serving_helpers import serving
 
 BINARY_LINE = "revert-risk"
 
 
-@pytest.fixture(scope="session")
-def _template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return build_template(tmp_path_factory.mktemp("retrain-data") / ".beast-mode")
-
-
 @pytest.fixture
-def rws(_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
+def rws(retrain_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
     """v1.0 (weak) and v2.0 (strong) registered, v1.0 in production; 300 rows in data/."""
-    ws = copy_workspace(_template, tmp_path / ".beast-mode")
+    ws = copy_workspace(retrain_template, tmp_path / ".beast-mode")
     engine = Engine(ws, actor="tester")
     try:
         engine.deploy(version="v1.0", model=LINE)
@@ -236,7 +231,11 @@ def test_a_binary_line_retrains_binary_logistic_gated_on_auc(bws: Workspace) -> 
 # -- predict --csv on a training CSV -------------------------------------------------------
 
 
-def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
+def test_predict_csv_scores_a_training_csv_as_is(
+    rws: Workspace, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What `beast predict --csv` prints and returns, by its entry point in this process (three
+    # cold processes cost ~6 s; the CLI's process path is test_retrain_data's others').
     _declare(rws, LINE, label="quality", time="at")
     samples = rws.data_dir / "samples.csv"
     _rename_columns(samples, "quality", "at")
@@ -247,14 +246,14 @@ def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
         + "\n",
         encoding="utf-8",
     )
-    result = beast(rws, "predict", "--csv", str(training), "--json")
+    result = beast_here(capsys, rws, "predict", "--csv", str(training), "--json")
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 300
     assert result.stderr == (
         f"beast: ignored 3 columns that are no feature of {LINE}: "
         "quality (label), at (time), note\n"
     )
-    shown = beast(rws, "predict", "--csv", str(training))
+    shown = beast_here(capsys, rws, "predict", "--csv", str(training))
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 300
     assert "quality (label), at (time), note" in shown.stderr
 
@@ -268,7 +267,7 @@ def test_predict_csv_scores_a_training_csv_as_is(rws: Workspace) -> None:
         + "\n",
         encoding="utf-8",
     )
-    missing = beast(rws, "predict", "--csv", str(partial))
+    missing = beast_here(capsys, rws, "predict", "--csv", str(partial))
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr == (
         f"beast: {partial}: missing feature columns of {LINE}: "

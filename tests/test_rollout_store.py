@@ -4,6 +4,7 @@ on both backends: each change one transaction with its history row and its evide
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -12,7 +13,7 @@ from engine.cli import render
 from engine.core.errors import StateChanged
 from engine.deploy import service as deploy_service
 from tests.conftest import BOTH_BACKENDS
-from tests.helpers import beast
+from tests.helpers import beast, beast_here
 
 pytestmark = BOTH_BACKENDS
 
@@ -146,28 +147,36 @@ def test_a_rollback_during_a_rollout_aborts_it(engine: Engine) -> None:
     assert rollout is not None and rollout.state == "aborted"
 
 
-def test_the_cli_starts_pauses_and_refuses_in_one_line(engine: Engine) -> None:
+def test_the_cli_starts_pauses_and_refuses_in_one_line(
+    engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the commands print and return, by `beast`'s entry point in this process; the one
+    # that starts the rollout is a real process (each cold one is ~2 s, on both backends).
     ws = engine.workspace
+
+    def beast_in(*args: str) -> subprocess.CompletedProcess[str]:
+        return beast_here(capsys, ws, *args)
+
     engine.deploy(version="v1.0")
-    bad = beast(ws, "deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "50,10,100")
+    bad = beast_in("deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "50,10,100")
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "rise" in bad.stderr
-    bad = beast(ws, "deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "5,50")
+    bad = beast_in("deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "5,50")
     assert bad.returncode == 1 and "ending at 100" in bad.stderr
-    bad = beast(
-        ws, "deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "5,100", "--traffic", "9"
+    bad = beast_in(
+        "deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "5,100", "--traffic", "9"
     )
     assert bad.returncode == 1 and "first step" in bad.stderr
     ok = beast(ws, "deploy", "--version", "v2.0", "--ab-test", "ro", "--rollout", "5,25,100")
     assert ok.returncode == 0, ok.stderr
-    paused = beast(ws, "rollout", "pause", "ro", "--json")
+    paused = beast_in("rollout", "pause", "ro", "--json")
     assert paused.returncode == 0, paused.stderr
     assert json.loads(paused.stdout)["history"]["action"] == "rollout_pause"
-    status = json.loads(beast(ws, "status", "--json").stdout)
+    status = json.loads(beast_in("status", "--json").stdout)
     rollout = status["experiments"][0]["rollout"]
     assert (rollout["steps"], rollout["step"], rollout["state"]) == ([5, 25, 100], 0, "paused")
-    again = beast(ws, "rollout", "pause", "ro")
+    again = beast_in("rollout", "pause", "ro")
     assert again.returncode == 1 and "cannot pause" in again.stderr
-    assert beast(ws, "rollout", "abort", "ro").returncode == 0
+    assert beast_in("rollout", "abort", "ro").returncode == 0
     assert engine.experiment("ro").ending == "aborted"
 
 

@@ -39,7 +39,7 @@ from engine.demo.simulate import (
 from engine.demo.transport import InProcess
 from engine.monitoring import baselines, scoring
 from engine.store.sql.prediction_log import count_logged
-from tests.helpers import REPO, assert_invariants, beast, copy_workspace
+from tests.helpers import REPO, assert_invariants, beast, built_once, copy_workspace
 from tests.serving_helpers import logged
 
 DEMO_ROWS = 3000
@@ -98,7 +98,10 @@ def _train_binary(ws: Workspace, version: str, depth: int, rounds: int) -> Path:
 def _demo_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The demo's shape, smaller: production v1-enhanced, v3-advanced on 10% in retrain-v3;
     revert-risk v1.0 in production, v2.0 on 20% in revert-v2."""
-    ws = Workspace(tmp_path_factory.mktemp("demo") / ".beast-mode")
+    return built_once(tmp_path_factory, "small-demo", _build_small_demo)
+
+
+def _build_small_demo(ws: Workspace) -> None:
     engine, _ = Engine.init(ws)
     engine.close()
     demo.declare_revert_line(ws)
@@ -114,7 +117,6 @@ def _demo_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
         engine.deploy(version="v2.0", model=demo.REVERT_LINE, traffic=20, ab_test=demo.REVERT_TEST)
     finally:
         engine.close()
-    return ws
 
 
 @pytest.fixture

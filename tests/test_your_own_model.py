@@ -11,9 +11,10 @@ import csv
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import xgboost as xgb
 
 from engine import Engine, Workspace
 from engine.demo import sample_data
-from tests.helpers import REPO, assert_invariants
+from tests.helpers import REPO, assert_invariants, beast_json_here, once_per_run
 
 SECTION = "## Your own model"
 LINE = "revert-risk"
@@ -134,7 +135,15 @@ class Walkthrough:
 
 @pytest.fixture(scope="module")
 def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
-    root = tmp_path_factory.mktemp("own-model")
+    """The walkthrough, run once per test run (both xdist workers read the one run)."""
+    root = once_per_run(tmp_path_factory, "own-model", _walk)
+    doc = json.loads((root / "walkthrough.json").read_text(encoding="utf-8"))
+    ran = tuple(Ran(**r) for r in doc["ran"])
+    return Walkthrough(Path(doc["project"]), ran, doc["snapshots"])
+
+
+def _walk(root: Path) -> None:
+    """Run the README's blocks in `root`; what each printed, into root/walkthrough.json."""
     home = root / "home"
     home.mkdir()
     _write_changes(home / "changes.csv", 4000, seed=21)
@@ -178,17 +187,12 @@ def walkthrough(tmp_path_factory: pytest.TempPathFactory) -> Walkthrough:
             )
             ran.append(Ran(command, done.returncode, done.stdout, done.stderr))
             if command in SNAPSHOTS:
-                taken = subprocess.run(
-                    ["bash", "-c", SNAPSHOTS[command]],
-                    cwd=cwd,
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    check=True,
+                # Between README steps, not a step: read in this process.
+                snapshots[command] = beast_json_here(
+                    Workspace(project), *shlex.split(SNAPSHOTS[command])[1:]
                 )
-                snapshots[command] = json.loads(taken.stdout)
-    return Walkthrough(project, tuple(ran), snapshots)
+    doc = {"project": str(project), "ran": [asdict(r) for r in ran], "snapshots": snapshots}
+    (root / "walkthrough.json").write_text(json.dumps(doc), encoding="utf-8")
 
 
 def test_the_readme_holds_the_walkthroughs_commands_as_the_issue_names_them() -> None:
