@@ -12,9 +12,7 @@ labelled rows — not before 60 s and within 4 minutes; and the other line's rol
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +22,6 @@ from engine.demo.simulate import SimOptions, SimulatedClock, Simulation, with_li
 from engine.demo.transport import InProcess
 from engine.deploy.rollouts import ROLLOUT_ACTOR
 from engine.monitoring.report import AUTO_PULL_ACTOR
-from tests.helpers import assert_invariants, copy_workspace
 
 EVALUATE_EVERY_S = 5.0  # engine.demo.live.EVALUATE_EVERY_S: what `make demo` runs
 STORY_S = 240.0  # the pull comes within 4 minutes
@@ -39,20 +36,6 @@ class Story:
     labelled_judged: list[int] = field(default_factory=list)  # n of each primary finding
     pulls: list[tuple[float, str, str, str]] = field(default_factory=list)  # t, test, by, note
     steps: list[tuple[float, str, str]] = field(default_factory=list)  # t, test, action
-
-
-@pytest.fixture(scope="module")
-def _demo_template(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    ws = Workspace(tmp_path_factory.mktemp("story") / ".beast-mode")
-    demo.build(ws)
-    return ws
-
-
-@pytest.fixture
-def demo_ws(_demo_template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
-    ws = copy_workspace(_demo_template, tmp_path / ".beast-mode")
-    yield ws
-    assert_invariants(ws)
 
 
 def _run(ws: Workspace, seed: int) -> Story:
