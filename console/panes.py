@@ -436,21 +436,24 @@ class ABEvidence(Static):
 
     def show(self, tests: tuple[ExperimentReport, ...], *, ascii_only: bool = False) -> None:
         self.tests, self.ascii_only = tests, ascii_only
-        self._redraw()
+        text = self._text()
+        if (text.plain, tuple(text.spans)) != self._drawn:
+            self.refresh(layout=True)
 
-    def on_resize(self) -> None:
-        self._redraw()
+    def render(self) -> Text:
+        # Drawn here, to the width it is rendered at: a resize re-renders it. Drawn from
+        # `show` and `on_resize` instead, the maximized pane (`z`) kept, about half the time,
+        # the evidence drawn to the narrower pane before it (no Resize reached it).
+        text = self._text()
+        self._drawn = (text.plain, tuple(text.spans))
+        return text
 
-    def _redraw(self) -> None:
+    def _text(self) -> Text:
         width = self.content_region.width
         lines = [
             line for t in self.tests for line in evidence(t, width, ascii_only=self.ascii_only)
         ]
-        text = Text("\n").join(lines) if lines else Text("no running A/B test")
-        drawn = (text.plain, tuple(text.spans))
-        if drawn != self._drawn:
-            self._drawn = drawn
-            self.update(text)
+        return Text("\n").join(lines) if lines else Text("no running A/B test")
 
 
 def evidence(test: ExperimentReport, width: int, *, ascii_only: bool = False) -> list[Text]:

@@ -53,7 +53,7 @@ Screen.-narrow Pane DataTable { height: auto; max-height: 8; }
 .metric-value { width: 34; padding-left: 1; }
 #metrics-empty { height: 1; color: $text-muted; }
 
-#ab-verdict { height: auto; padding: 0 1; }
+#ab-verdict { width: 1fr; height: auto; padding: 0 1; }
 
 #actions {
     border: round $primary-darken-2;

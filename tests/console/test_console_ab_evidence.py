@@ -232,9 +232,16 @@ def test_the_ab_pane_fits_80x24_with_every_part_of_the_evidence(frozen: Workspac
         assert shown.size.height == 6  # verdict, its interval, hi, lo, SRM, rollout
         assert pane.region.height <= 12 and shown.region.bottom <= pane.content_region.bottom
         seen["pane"] = screen_lines(app)[pane.region.y : pane.region.bottom]
-        before = shown.render()
+        refreshed: list[object] = []
+        real = shown.refresh
+        shown.refresh = lambda *a, **k: refreshed.append(a) or real(*a, **k)  # type: ignore[method-assign]
         pane.draw(data)
-        assert shown.render() is before  # in place: the same figures draw nothing
+        assert refreshed == []  # in place: the same figures draw nothing
+        other = _with_evidence(app.data, interval=_series(-0.2, 30), srm=srm, rollout=rollout)
+        pane.draw(other)
+        assert refreshed  # and new figures are drawn
+        pane.draw(data)
+        shown.refresh = real  # type: ignore[method-assign]
         await press(app, pilot, "z")
         seen["zoomed"] = screen_lines(app)
 
