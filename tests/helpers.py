@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,22 @@ def production_of(ws: Workspace) -> str | None:
         return production(engine)
     finally:
         engine.close()
+
+
+def settle_compiled(ws: Workspace, timeout_s: float = 300.0) -> None:
+    """Wait until every registered version of a SQLite workspace has its compiled trees'
+    verdict (engine.registry.compiled: built in the background after registration), so the
+    copies of a template carry them: without it each copy's router asked for the builds
+    again, a compiler run per version per test."""
+    from engine.registry import compiled
+
+    with sqlite3.connect(ws.db_path) as conn:
+        shas = [row[0] for row in conn.execute("SELECT sha256 FROM artifacts")]
+    conn.close()
+    cache = compiled.cache_dir(ws.models_dir)
+    deadline = time.monotonic() + timeout_s
+    waiting = list(shas)
+    while waiting and time.monotonic() < deadline:
+        waiting = [s for s in waiting if compiled.read_verdict(cache, s) is None]
+        time.sleep(0.1)
+    assert not waiting, f"no compiled-trees verdict after {timeout_s:g} s for {waiting}"
