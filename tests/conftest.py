@@ -25,6 +25,7 @@ from tests.helpers import (
     built_once,
     copy_workspace,
     model_path,
+    set_config,
     settle_compiled,
     train_model,
 )
@@ -100,13 +101,16 @@ def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
 
 
 def _registered(ws: Workspace) -> Workspace:
-    """`ws` initialised, with v1.0–v4.0 trained and registered."""
+    """`ws` initialised, with v1.0–v4.0 trained and registered. Its config turns compiled
+    trees off: every registration of the suite's hundreds built them in the background (a
+    second of CPU each, +100–170 s on `make test`); tests/test_compiled_trees.py and the
+    demo's tests serve compiled trees, on workspaces of their own."""
     engine, _ = Engine.init(ws)
+    set_config(ws, compiled_trees="false")
     for seed, version in enumerate(VERSIONS, start=1):
         path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
         engine.register(path)
     engine.close()
-    settle_compiled(ws)  # copies carry the compiled trees, not a build each
     return ws
 
 

@@ -20,7 +20,7 @@ from engine import Engine, Workspace
 from engine.registry import compiled
 from engine.registry.warm_validator import WarmValidator
 from engine.serving.compiled_scorer import RowScorer
-from tests.helpers import FEATURES, beast, model_path, train_model
+from tests.helpers import FEATURES, beast, model_path, set_config, train_model
 from tests.serving_helpers import serving
 
 OBJECTIVES = ("reg:squarederror", "binary:logistic", "reg:logistic", "count:poisson")
@@ -317,3 +317,22 @@ def test_a_workspace_where_nothing_can_be_compiled_registers_and_serves(
         assert router.route().production.score.scorer == "xgboost"  # type: ignore[attr-defined]
     shown = json.loads(beast(workspace, "models", "--json").stdout)["models"]
     assert [m["scorer"] for m in shown] == ["xgboost"]
+
+
+def test_compiled_trees_off_builds_nothing_and_serves_xgboost(workspace: Workspace) -> None:
+    set_config(workspace, compiled_trees="false")
+    path = train_model(model_path(workspace, "v1.0"), seed=3, rounds=5)
+    with closing(Engine(workspace, actor="tester")) as engine:
+        engine.register(path)
+        engine.deploy(version="v1.0")
+    cache = compiled.cache_dir(workspace.models_dir)
+    with serving(workspace, refresh_s=0) as (router, _):
+        scorer = router.route().production.score
+        assert isinstance(scorer, RowScorer)
+        assert (scorer.scorer, scorer.settled) == ("xgboost", True)
+        assert "compiled trees are off" in scorer.reason
+    # The validator child takes a build's lock before registration returns: none was taken.
+    assert not cache.exists() or list(cache.iterdir()) == []
+    shown = json.loads(beast(workspace, "models", "--json").stdout)["models"]
+    assert [m["scorer"] for m in shown] == ["xgboost"]
+    assert "compiled trees are off" in shown[0]["scorer_reason"]

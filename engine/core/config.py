@@ -115,6 +115,9 @@ budget_ms = 50
 max_artifact_mb = 512
 # a model file is validated in a child process; it is killed after this long
 validation_timeout_s = 60
+# compile each valid version's trees for single rows (treelite + tl2cgen, verified against
+# XGBoost within 1e-4, in the background); false: XGBoost scores every row, nothing is built
+compiled_trees = true
 
 [mlflow]
 # with the mlflow extra installed (pip install 'beast-mode[mlflow]'), log each training run
@@ -205,6 +208,7 @@ class RetrainSettings:
 class RegistrySettings:
     max_artifact_mb: float = 512.0
     validation_timeout_s: float = 60.0
+    compiled_trees: bool = True
 
     @property
     def max_artifact_bytes(self) -> int:
@@ -525,6 +529,7 @@ _RULES: dict[str, tuple[str, Check, str]] = {
     "shadow.budget_ms": ("shadow_budget_ms", _positive, "a positive number of ms"),
     "registry.max_artifact_mb": ("max_artifact_mb", _positive, "a positive number of MiB"),
     "registry.validation_timeout_s": ("validation_timeout_s", _positive, "a positive number"),
+    "registry.compiled_trees": ("compiled_trees", _boolean, "true or false"),
     "mlflow.enabled": ("tracking_enabled", _boolean, "true or false"),
     "mlflow.tracking_uri": (
         "tracking_uri",

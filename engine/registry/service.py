@@ -131,6 +131,7 @@ class Registry:
         validator: artifacts.Validator | None,
     ) -> artifacts.Validation:
         """The registered verdict on known bytes, else the validator child's."""
+        settings = self.get_settings()
         if known is not None:
             return artifacts.Validation(
                 True,
@@ -142,10 +143,10 @@ class Registry:
         return (validator or artifacts.validate_in_child)(
             checked.path,
             checked.format,
-            self.get_settings().validation_timeout_s,
+            settings.validation_timeout_s,
             expected_sha256=sha,
             # Compiled by the child after its verdict: serving waits for nothing.
-            compile_into=compiled.cache_dir(self.models_dir),
+            compile_into=compiled.cache_dir(self.models_dir) if settings.compiled_trees else None,
         )
 
     def reference_writer(
@@ -178,7 +179,13 @@ class Registry:
                 if state.candidate is not None:
                     serving[f"{state.line}/{state.candidate.name}"] = "candidate"
         cache = compiled.cache_dir(self.models_dir)
-        scorers = {a.sha256: compiled.status(cache, a.sha256) for a in found if a.status == "valid"}
+        off = ("xgboost", "compiled trees are off ([registry] compiled_trees)")
+        on = self.get_settings().compiled_trees
+        scorers = {
+            a.sha256: compiled.status(cache, a.sha256) if on else off
+            for a in found
+            if a.status == "valid"
+        }
         return ModelsReport(tuple(found), tuple(loose), serving, scorers)
 
     def lineage(self, line: str, version: str) -> Lineage:

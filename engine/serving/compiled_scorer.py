@@ -46,6 +46,7 @@ class RowScorer:
         sha256: str,
         cache: Path,
         build: bool = True,
+        enabled: bool = True,
     ) -> None:
         self._xgboost = xgboost
         self._booster = booster
@@ -58,6 +59,9 @@ class RowScorer:
         self.scorer = "xgboost"
         self.reason = "compiling: XGBoost serves until the compiled trees are verified"
         self.settled = False
+        if not enabled:  # [registry] compiled_trees = false
+            self.settled, self.reason = True, "compiled trees are off ([registry] compiled_trees)"
+            return
         if not self.poll() and build:
             compiled.request(path, sha256, cache)
 

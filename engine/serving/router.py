@@ -195,6 +195,7 @@ class Router:
         self._data_version: int | None = None
         self._refreshing = threading.Lock()
         self.nullable = frozenset(served.config.serving.nullable_features)
+        self.compiled_trees = served.config.registry.compiled_trees
         # Shadow scores pair with logged predictions: without a log there is nothing to pair.
         self.shadows = (
             ShadowScorer(served.workspace.db_path, budget_ms=served.config.shadow.shadow_budget_ms)
@@ -319,6 +320,7 @@ class Router:
                     path=path,
                     sha256=ref.sha256,
                     cache=cache,
+                    enabled=self.compiled_trees,
                 ),
             )
             self._boosters[ref.artifact_id] = loaded
