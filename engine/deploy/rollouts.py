@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.core import text
@@ -26,7 +26,7 @@ from engine.deploy.service import Deployments, Judged
 from engine.monitoring import evidence as evidence_mod
 from engine.monitoring import rollups as metrics
 from engine.monitoring import srm
-from engine.monitoring.report import Abort, ExperimentReport, MonitorReport, minute_of
+from engine.monitoring.report import Abort, ExperimentReport, MonitorReport
 from engine.store.base import Store, Tx
 
 log = logging.getLogger("beast.rollout")
@@ -94,7 +94,8 @@ def step_figures(
     began, its health from the test's own rollups since that minute, its split in the units
     it assigned when its requests look mismatched (engine.monitoring.srm)."""
     test = found.experiment
-    began = minute_of(rollout.step_since)
+    began_ms = ms_of(rollout.step_since)
+    began = began_ms // 60_000
     # After a share changed, its first minute holds predictions at the old share too.
     split_from = began if rollout.step == 0 else began + 1
     arms = []
@@ -107,8 +108,7 @@ def step_figures(
     # millisecond. The minute rollups would count the minute's earlier rows at the old share
     # too — 50 requests a second put a step's 200 labels in that one minute, and the demo's
     # rollout passed two steps on the same rows.
-    labelled = tx.predictions.labelled_since(test.name, ms_of(rollout.step_since))
-    elapsed = datetime.now(UTC) - datetime.fromisoformat(rollout.step_since.replace("Z", "+00:00"))
+    labelled = tx.predictions.labelled_since(test.name, began_ms)
     share_bp = rollout.steps[rollout.step]
     served = (control_split.predictions, candidate_split.predictions)
     split = srm.check(tx, config, test, since_minute=split_from, share_bp=share_bp, served=served)
@@ -120,7 +120,7 @@ def step_figures(
         split_candidate=counted[1],
         split_unit="prediction" if split is None else split.unit,
         share_bp=share_bp,
-        minutes=elapsed.total_seconds() / 60,
+        minutes=(time.time() * 1000 - began_ms) / 60_000,
         verdict=found.verdict,
     )
 
