@@ -167,8 +167,13 @@ class BeastConsole(App[None]):
     @property
     def main_screen(self) -> Screen[Any]:
         """The panes' screen. `App.query_one` searches the screen on top (a dialog, the help)
-        and would not find the panes while one is open; timers and polls go on meanwhile."""
-        return self.screen_stack[0]
+        and would not find the panes while one is open; timers and polls go on meanwhile.
+        At exit the stack empties before the last timer stops: `NoMatches`, which every draw
+        (`_while_mounted`) takes as "the panes are gone"."""
+        stack = self.screen_stack
+        if not stack:
+            raise NoMatches("the main screen is gone (the app is exiting)")
+        return stack[0]
 
     def on_mount(self) -> None:
         self.ascii_only = self.no_color or os.environ.get("TERM", "") in ("dumb", "linux")

@@ -50,6 +50,22 @@ async def settle(app: BeastConsole, pilot: Pilot[None]) -> None:
         shown = now
 
 
+async def steady(app: BeastConsole, pilot: Pilot[None]) -> None:
+    """Before a picture: the screen, styles included, the same in three frames in a row
+    (60 ms). `settle`'s text-only check let a style or a late `call_after_refresh` layout
+    (a dialog fitting its body to the terminal) land between it and the picture. Raises
+    when the screen never holds still for 3 s: a picture of a moving screen is no test."""
+    shown, same = screen_lines(app, styles=True), 0
+    for _ in range(100):
+        await pilot.pause(0.03)
+        now = screen_lines(app, styles=True)
+        same = same + 1 if now == shown else 0
+        if same == 2:
+            return
+        shown = now
+    raise AssertionError("the screen kept changing for 3 s: nothing steady to picture")
+
+
 def _measuring(table: DataTable[Any]) -> bool:
     """Cells updated whose column widths the table has not measured yet (Textual 8 does it
     on idle: `_on_idle`)."""
@@ -94,22 +110,23 @@ def action_log(app: BeastConsole) -> str:
     return "\n".join(app.query_one("#actions", Log).lines)
 
 
-def screen_lines(app: BeastConsole) -> list[str]:
+def screen_lines(app: BeastConsole, *, styles: bool = False) -> list[str]:
     """The screen as text, a line per terminal row: what an operator reads (the way
-    `App.export_screenshot` renders it, without the colours)."""
+    `App.export_screenshot` renders it, without the colours; with `styles`, each line with
+    its ANSI styles)."""
     width, height = app.size
     console = Console(
         width=width,
         height=height,
         file=io.StringIO(),
         force_terminal=True,
-        color_system=None,
+        color_system="truecolor" if styles else None,
         record=True,
         legacy_windows=False,
         safe_box=False,
     )
     console.print(app.screen._compositor.render_update(full=True))
-    lines = console.export_text().split("\n")
+    lines = console.export_text(styles=styles).split("\n")
     return [line.rstrip() for line in lines[:height]]
 
 

@@ -6,7 +6,10 @@ Compared as text; a missing or different SVG fails and the new one is written be
 
 from __future__ import annotations
 
+import difflib
+import html
 import os
+import re
 from pathlib import Path
 
 from console.app import BeastConsole
@@ -30,5 +33,19 @@ def assert_snapshot(app: BeastConsole, name: str) -> None:
     fresh.write_text(svg, encoding="utf-8")
     raise AssertionError(
         f"snapshot {name} differs from {expected.name} (new picture: {fresh}); "
-        "if the change is meant, rerun with BEAST_UPDATE_SNAPSHOTS=1"
+        "if the change is meant, rerun with BEAST_UPDATE_SNAPSHOTS=1\n" + _diff(expected, svg)
     )
+
+
+def _diff(expected: Path, svg: str) -> str:
+    """What moved, as text (a CI log keeps no `.new.svg`): the pictures' text runs, diffed;
+    empty when only colours differ."""
+    old = _runs(expected.read_text(encoding="utf-8")) if expected.is_file() else []
+    new = _runs(svg)
+    lines = difflib.unified_diff(old, new, "expected", "now", n=1, lineterm="")
+    return "\n".join(lines) or "(the same text: only styles differ)"
+
+
+def _runs(svg: str) -> list[str]:
+    texts = re.findall(r"<text[^>]*>(.*?)</text>", svg)
+    return [html.unescape(t).replace("\xa0", " ") for t in texts if t.strip()]

@@ -15,7 +15,7 @@ from console.app import BeastConsole
 from console.gateway import Gateway
 from engine import Engine, Workspace
 from tests.console import snapdata
-from tests.console.pilot import drive, make_app, press
+from tests.console.pilot import drive, make_app, press, steady
 from tests.console.snapshots import assert_snapshot
 from tests.console.test_console_history import EVIDENCE, append_with_evidence
 
@@ -75,6 +75,7 @@ def _picture(
         joined = re.sub(r"\s+", " ", " ".join(_inside(line) for line in lines))
         for phrase in whole:
             assert phrase in joined, (phrase, "\n".join(lines))
+        await steady(app, pilot)
         assert_snapshot(app, f"{name}-{size[0]}x{size[1]}")
 
     drive(app, scenario, size=size)

@@ -93,6 +93,22 @@ def test_refreshes_go_on_while_a_dialog_or_screen_is_open(gateway: Gateway) -> N
     drive(app, scenario)
 
 
+def test_a_tick_or_a_poll_landing_after_exit_draws_nothing(gateway: Gateway) -> None:
+    # CI: the clock's timer fired while the app tore its screens down, and the header's draw
+    # read `screen_stack[0]` of an empty stack (IndexError out of the event loop).
+    app = make_app(gateway)
+
+    async def scenario(app: BeastConsole, pilot: Pilot[None]) -> None:
+        await press(app, pilot)
+
+    drive(app, scenario)
+    assert not app.screen_stack
+    app.on_clock_tick()
+    app.log_action("a late result")
+    app._draw()
+    app._draw_metrics()
+
+
 def test_lineage_reads_the_sidecar_facts_without_the_reference(serving: Workspace) -> None:
     engine = Engine(serving)
     try:

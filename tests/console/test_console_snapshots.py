@@ -11,7 +11,7 @@ from console.app import BeastConsole
 from console.gateway import Gateway
 from engine import Workspace
 from tests.console import snapdata
-from tests.console.pilot import drive, make_app, press, screen_lines
+from tests.console.pilot import drive, make_app, press, screen_lines, steady
 from tests.console.snapshots import assert_snapshot
 
 
@@ -51,6 +51,7 @@ def _picture(
         await press(app, pilot, *keys)
         classes.update(app.screen.classes)
         lines.extend(screen_lines(app))
+        await steady(app, pilot)
         assert_snapshot(app, name)
 
     drive(app, scenario, size=size)
