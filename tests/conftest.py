@@ -19,17 +19,23 @@ from pathlib import Path
 import pytest
 
 from engine import Engine, Workspace
+from engine.core.config import COMPILED_TREES_ENV, load_config
 from engine.demo import workspace as demo
 from tests.helpers import (
     assert_invariants,
     built_once,
     copy_workspace,
     model_path,
-    set_config,
     settle_compiled,
     train_model,
 )
 from tests.pg import STORE_URL_ENV, PgServer, database, start_server
+
+# Compiled trees off for the whole run, subprocesses included, unless the caller set it: the
+# suite's thousands of registrations each built them in the background (3,776 compiler runs,
+# make test 618 → … s); tests/test_compiled_trees.py turns them on for itself.
+# `BEAST_COMPILED_TREES=true make test` runs every test on them.
+os.environ.setdefault(COMPILED_TREES_ENV, "false")
 
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
 BACKENDS = ("sqlite", "postgresql")
@@ -101,12 +107,8 @@ def workspace(tmp_path: Path, store_url: str | None) -> Iterator[Workspace]:
 
 
 def _registered(ws: Workspace) -> Workspace:
-    """`ws` initialised, with v1.0–v4.0 trained and registered. Its config turns compiled
-    trees off: every registration of the suite's hundreds built them in the background (a
-    second of CPU each, +100–170 s on `make test`); tests/test_compiled_trees.py and the
-    demo's tests serve compiled trees, on workspaces of their own."""
+    """`ws` initialised, with v1.0–v4.0 trained and registered."""
     engine, _ = Engine.init(ws)
-    set_config(ws, compiled_trees="false")
     for seed, version in enumerate(VERSIONS, start=1):
         path = train_model(model_path(ws, version), seed=seed, rounds=3 + seed)
         engine.register(path)
@@ -194,7 +196,8 @@ def _demo_built(ws: Workspace) -> None:
     """`beast init --demo`'s workspace, with what `build` returned beside it (the workers that
     did not build it read it there)."""
     result = demo.build(ws)
-    settle_compiled(ws)  # copies carry the compiled trees, not five builds each
+    if load_config(ws.config_path).registry.compiled_trees:
+        settle_compiled(ws)  # copies carry the compiled trees, not five builds each
     fields = {
         "workspace": str(result.workspace),
         "data": str(result.data),

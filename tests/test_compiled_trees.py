@@ -17,11 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import Engine, Workspace
+from engine.core.config import COMPILED_TREES_ENV
 from engine.registry import compiled
 from engine.registry.warm_validator import WarmValidator
 from engine.serving.compiled_scorer import RowScorer
 from tests.helpers import FEATURES, beast, model_path, set_config, train_model
 from tests.serving_helpers import serving
+
+
+@pytest.fixture(autouse=True)
+def _compiled_trees_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite turns compiled trees off (tests/conftest.py); here they are the subject."""
+    monkeypatch.delenv(COMPILED_TREES_ENV, raising=False)
+
 
 OBJECTIVES = ("reg:squarederror", "binary:logistic", "reg:logistic", "count:poisson")
 
@@ -336,3 +344,20 @@ def test_compiled_trees_off_builds_nothing_and_serves_xgboost(workspace: Workspa
     shown = json.loads(beast(workspace, "models", "--json").stdout)["models"]
     assert [m["scorer"] for m in shown] == ["xgboost"]
     assert "compiled trees are off" in shown[0]["scorer_reason"]
+
+
+def test_the_environment_switch_overrides_the_config(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # config.toml says true (beast init's default); BEAST_COMPILED_TREES=false wins.
+    monkeypatch.setenv(COMPILED_TREES_ENV, "false")
+    path = train_model(model_path(workspace, "v1.0"), seed=7, rounds=5)
+    with closing(Engine(workspace, actor="tester")) as engine:
+        engine.register(path)
+    cache = compiled.cache_dir(workspace.models_dir)
+    assert not cache.exists() or list(cache.iterdir()) == []
+    shown = json.loads(beast(workspace, "models", "--json").stdout)["models"]
+    assert "compiled trees are off" in shown[0]["scorer_reason"]
+    refused = beast(workspace, "models", env={COMPILED_TREES_ENV: "maybe"})
+    assert refused.returncode != 0
+    assert "BEAST_COMPILED_TREES='maybe': must be true or false" in refused.stderr

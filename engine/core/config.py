@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable
@@ -116,7 +117,8 @@ max_artifact_mb = 512
 # a model file is validated in a child process; it is killed after this long
 validation_timeout_s = 60
 # compile each valid version's trees for single rows (treelite + tl2cgen, verified against
-# XGBoost within 1e-4, in the background); false: XGBoost scores every row, nothing is built
+# XGBoost within 1e-4, in the background); false: XGBoost scores every row, nothing is built.
+# BEAST_COMPILED_TREES=false in the environment overrides it (every process that inherits it)
 compiled_trees = true
 
 [mlflow]
@@ -734,12 +736,30 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
+COMPILED_TREES_ENV = "BEAST_COMPILED_TREES"
+_SWITCH = {"1": True, "true": True, "on": True, "0": False, "false": False, "off": False}
+
+
 def load_config(path: Path) -> Config:
-    """Load config.toml; a missing file means the seed's defaults."""
+    """Load config.toml; a missing file means the seed's defaults. `BEAST_COMPILED_TREES`
+    (true/false), when set, overrides `[registry] compiled_trees`: the switch for a host, or
+    a fleet's environment, without editing each workspace's file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return Config()
+        config = Config()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
-    return parse_config(text, source=str(path))
+    else:
+        config = parse_config(text, source=str(path))
+    return _compiled_trees_from_env(config)
+
+
+def _compiled_trees_from_env(config: Config) -> Config:
+    raw = os.environ.get(COMPILED_TREES_ENV, "").strip().lower()
+    if not raw:
+        return config
+    if raw not in _SWITCH:
+        raise ConfigError(f"{COMPILED_TREES_ENV}={raw!r}: must be true or false")
+    registry = dataclasses.replace(config.registry, compiled_trees=_SWITCH[raw])
+    return dataclasses.replace(config, registry=registry)

@@ -54,6 +54,7 @@ from pathlib import Path
 from engine.store.sql.prediction_log import count_logged
 from tests.bench import workload
 from tests.bench.conftest import machine, verdict
+from tests.helpers import set_config
 
 HOST = "127.0.0.1"
 RUN_S = 10
@@ -567,6 +568,7 @@ LABELS = {
     "compiled": "floor: bare ASGI + tl2cgen-compiled trees",
     "beast": "beast engine, 1 worker",
     "beast2": "beast engine, 2 workers",
+    "beastp": "beast engine, 1 worker, writer process",
     "mlflow": "peer: mlflow models serve, no signature",
     "mlflow-sig": "peer: mlflow models serve, with a signature",
 }
@@ -580,6 +582,11 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
     engine = workload.workspace(tmp_path / "two", candidate_traffic=10)  # one engine per workspace
     ws2 = engine.workspace
     engine.close()
+    # The same engine with `[log] writer = "process"`: the numbers that choose the default.
+    engine = workload.workspace(tmp_path / "proc", candidate_traffic=10)
+    wsp = engine.workspace
+    engine.close()
+    set_config(wsp, writer='"process"')
     PHASES["workspaces built"] = time.perf_counter() - started
     scripts, target, peer = _scripts(tmp_path)
     env = dict(os.environ)
@@ -622,6 +629,7 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
         "floor": (uvicorn("floor_app:app", ports["floor"]), floor_env, "/healthz", target),
         "beast": (engine_cmd(ws.root, ports["beast"], 1), env, "/healthz", target),
         "beast2": (engine_cmd(ws2.root, ports["beast2"], 2), env, "/healthz", target),
+        "beastp": (engine_cmd(wsp.root, ports["beastp"], 1), env, "/healthz", target),
     }
     if library is not None:
         compiled_env = {**floor_env, "FLOOR_LIBRARY": str(library)}
@@ -652,15 +660,15 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
                 not_run[name] = f"{LABELS[name]} did not run: {exc} {tail[-300:]}"
                 continue
             served[name] = Served(LABELS[name], ports[name], load_target, proc.pid)
-        plan = [(name, 1) for name in ("floor", "beast")] + [
+        plan = [(name, 1) for name in ("floor", "beast", "beastp")] + [
             (name, 8) for name in LABELS if name in served
         ]
         runs, lost = _runs(served, plan, scripts)
-    logged = {root: _logged(root.db_path) for root in (ws, ws2)}
+    logged = {root: _logged(root.db_path) for root in (ws, ws2, wsp)}
     _report(
         runs,
         served,
-        logged=logged[ws] + logged[ws2],
+        logged=sum(logged.values()),
         compiled_why=compiled_why,
         peers_why={**not_run, **lost},
     )
@@ -668,7 +676,7 @@ def test_http_predict_one_row_loopback(tmp_path: Path) -> None:
     for (name, _), each in runs.items():
         if not name.startswith("mlflow"):
             assert all(run.load.errors == 0 for run in each), name
-    for name, root in (("beast", ws), ("beast2", ws2)):
+    for name, root in (("beast", ws), ("beast2", ws2), ("beastp", wsp)):
         answered = sum(
             run.load.requests for (n, _), each in runs.items() if n == name for run in each
         )
@@ -697,7 +705,7 @@ def _report(
     if "compiled" not in served:
         print(f"  floor: bare ASGI + tl2cgen-compiled trees: not run — {compiled_why}")
     print("  phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in PHASES.items()))
-    print(f"  logged {logged:,} predictions in both engines' beast.db, warm-ups included")
+    print(f"  logged {logged:,} predictions in the three engines' beast.db, warm-ups included")
 
     one, floor_one = runs["beast", 1], runs["floor", 1]
     eight, floor_eight = runs["beast", 8], runs["floor", 8]
@@ -756,3 +764,17 @@ def _report(
     ]
     for label, ok in design:
         print(f"  DESIGN.md §8 target {label}: {'met' if ok else 'MISSED'}")
+    _writers(runs)
+
+
+def _writers(runs: dict[tuple[str, int], list[Run]]) -> None:
+    """`[log] writer`: the process writer against the thread, in the same rounds (the numbers
+    that choose the default)."""
+    p99, p99_rounds = _ratios(runs["beastp", 1], runs["beast", 1], lambda r: r.load.p99_ms)
+    rate, rate_rounds = _ratios(runs["beastp", 8], runs["beast", 8])
+    print(
+        f'  [log] writer = "process" against "thread": one client p99 '
+        f"{_median([r.load.p99_ms for r in runs['beastp', 1]]):.2f} ms, {p99:.2f}× "
+        f"(rounds {p99_rounds}); 8 clients {_median([r.rps for r in runs['beastp', 8]]):,.0f} "
+        f"req/s, {rate:.2f}× (rounds {rate_rounds})"
+    )
