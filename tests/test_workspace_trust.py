@@ -12,6 +12,7 @@ import json
 import shutil
 import socket
 import sqlite3
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,10 +27,11 @@ from engine.serving.prediction_log import PredictionLog
 from engine.store.sqlite.backup import backup
 from engine.store.sqlite.connection import SqliteStore
 from engine.store.sqlite.schema import MIGRATIONS
-from tests.helpers import beast, copy_workspace
+from tests.helpers import beast, beast_here, copy_workspace
 from tests.test_engine_process import free_port
 
 PID = "01a2177b36277940841fc56b65b2ac0f"
+Capture = pytest.CaptureFixture[str]
 
 
 def one_line(text: str) -> str:
@@ -39,25 +41,37 @@ def one_line(text: str) -> str:
     return lines[0]
 
 
-def ok(ws: Workspace, *args: str) -> str:
-    out = beast(ws, *args)
+# Would serve or draw for good if their refusal regressed: real processes, with a timeout.
+LONG_RUNNING = ("console", "mlflow", "engine")
+
+
+def run(capsys: Capture, ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    """`beast` by its entry point in this process (a cold one is a second of imports, and
+    this module ran 149 of them), except the LONG_RUNNING commands."""
+    if args and args[0] in LONG_RUNNING:
+        return beast(ws, *args)
+    return beast_here(capsys, ws, *args)
+
+
+def ok(capsys: Capture, ws: Workspace, *args: str) -> str:
+    out = run(capsys, ws, *args)
     assert out.returncode == 0, (args, out.stderr)
     return out.stdout
 
 
-def status(ws: Workspace) -> dict[str, object]:
-    document = json.loads(ok(ws, "status", "--json"))
+def status(capsys: Capture, ws: Workspace) -> dict[str, object]:
+    document = json.loads(ok(capsys, ws, "status", "--json"))
     assert isinstance(document, dict)
     return document
 
 
 @pytest.fixture
-def used(registered: Workspace, tmp_path: Path) -> tuple[Workspace, Path]:
+def used(registered: Workspace, tmp_path: Path, capsys: Capture) -> tuple[Workspace, Path]:
     """Two changes through `beast`, then a `beast backup` of that state."""
-    ok(registered, "deploy", "--version", "v1.0")
-    ok(registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t")
+    ok(capsys, registered, "deploy", "--version", "v1.0")
+    ok(capsys, registered, "deploy", "--version", "v2.0", "--traffic", "10", "--ab-test", "t")
     dest = tmp_path / "backup.db"
-    ok(registered, "backup", str(dest))
+    ok(capsys, registered, "backup", str(dest))
     return registered, dest
 
 
@@ -101,15 +115,15 @@ def _commands(ws: Workspace, tmp_path: Path) -> list[tuple[str, ...]]:
 
 @pytest.mark.parametrize("how", list(WIPES))
 def test_a_wiped_database_is_refused_by_every_command_and_restore_brings_it_back(
-    used: tuple[Workspace, Path], tmp_path: Path, how: str
+    used: tuple[Workspace, Path], tmp_path: Path, how: str, capsys: Capture
 ) -> None:
     ws, saved = used
-    before = status(ws)
+    before = status(capsys, ws)
     export = ws.history_export_path.read_bytes()
     _wipe(ws, how)
     said = "is empty (0 bytes)" if how == "empty" else "is missing"
     for args in _commands(ws, tmp_path):
-        out = beast(ws, *args)
+        out = run(capsys, ws, *args)
         assert out.returncode == 1, (args, out.stdout, out.stderr)
         message = one_line(out.stderr)
         assert message.startswith(f"beast: {ws.db_path} {said}, but this workspace was in use ("), (
@@ -125,16 +139,16 @@ def test_a_wiped_database_is_refused_by_every_command_and_restore_brings_it_back
         assert not (tmp_path / "from-a-wiped-db.db").exists()
         assert not (ws.root / "mlflow.db").exists()
 
-    restored = beast(ws, "restore", str(saved))
+    restored = run(capsys, ws, "restore", str(saved))
     assert restored.returncode == 0, restored.stderr
     assert f"restored {saved} as {ws.db_path}" in restored.stdout
     assert "beast doctor:" not in restored.stdout
-    assert status(ws) == before
+    assert status(capsys, ws) == before
     assert ws.history_export_path.read_bytes() == export
 
 
 def test_the_engine_refuses_a_wiped_database_before_binding_or_locking(
-    used: tuple[Workspace, Path],
+    used: tuple[Workspace, Path], capsys: Capture
 ) -> None:
     ws, saved = used
     _wipe(ws, "empty")
@@ -145,11 +159,11 @@ def test_the_engine_refuses_a_wiped_database_before_binding_or_locking(
     assert not (ws.root / ".engine.lock").exists() and not (ws.root / "api-token").exists()
     with socket.socket() as probe:  # nothing listens there: it never bound
         probe.bind(("127.0.0.1", port))
-    ok(ws, "restore", str(saved))
+    ok(capsys, ws, "restore", str(saved))
 
 
 def test_every_door_to_the_store_refuses_a_wiped_database(
-    used: tuple[Workspace, Path], tmp_path: Path
+    used: tuple[Workspace, Path], tmp_path: Path, capsys: Capture
 ) -> None:
     from console.gateway import Gateway
 
@@ -168,12 +182,14 @@ def test_every_door_to_the_store_refuses_a_wiped_database(
         with pytest.raises(WorkspaceLost, match="is empty \\(0 bytes\\), but this workspace"):
             call()
         assert ws.db_path.stat().st_size == 0, door
-    ok(ws, "restore", str(saved))
+    ok(capsys, ws, "restore", str(saved))
 
 
-def test_init_creates_a_workspace_whose_marker_is_its_databases_id(tmp_path: Path) -> None:
+def test_init_creates_a_workspace_whose_marker_is_its_databases_id(
+    tmp_path: Path, capsys: Capture
+) -> None:
     ws = Workspace(tmp_path / "new")
-    out = ok(ws, "init")
+    out = ok(capsys, ws, "init")
     assert f"created {ws.marker_path}" in out and f"created {ws.db_path}" in out
     store = SqliteStore(ws.db_path)
     try:
@@ -181,32 +197,34 @@ def test_init_creates_a_workspace_whose_marker_is_its_databases_id(tmp_path: Pat
         assert store.identity() == (ws.marker(), 0)
     finally:
         store.close()
-    assert "already initialised" in ok(ws, "init")
+    assert "already initialised" in ok(capsys, ws, "init")
 
 
-def test_a_missing_database_without_evidence_of_use_is_a_new_workspace(tmp_path: Path) -> None:
+def test_a_missing_database_without_evidence_of_use_is_a_new_workspace(
+    tmp_path: Path, capsys: Capture
+) -> None:
     ws = Workspace(tmp_path / "w")
     ws.create()
     ws.models_dir.joinpath("quality-predictor-v1.0.json").write_text("{}")  # copied in first
     ws.history_export_path.write_text("[]\n")
     assert ws.evidence_of_use() == []
-    assert status(ws)["deployments"] == []
+    assert status(capsys, ws)["deployments"] == []
     assert ws.db_path.is_file() and ws.marker() is not None
 
 
 @pytest.mark.parametrize("evidence", ["api-token", "beast.db-wal"])
-def test_other_evidence_of_use_is_enough(tmp_path: Path, evidence: str) -> None:
+def test_other_evidence_of_use_is_enough(tmp_path: Path, evidence: str, capsys: Capture) -> None:
     ws = Workspace(tmp_path / "w")
     ws.create()
     (ws.root / evidence).write_text("x")
-    out = beast(ws, "status")
+    out = run(capsys, ws, "status")
     assert out.returncode == 1
     assert f"in use ({evidence}" in one_line(out.stderr)
     assert not ws.db_path.exists()
 
 
 def test_a_workspace_from_before_ids_adopts_its_databases_id(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Capture
 ) -> None:
     ws = Workspace(tmp_path / "old")
     ws.create()
@@ -219,7 +237,7 @@ def test_a_workspace_from_before_ids_adopts_its_databases_id(
     store.close()
     assert ws.marker() is None  # the release before: no id anywhere
     monkeypatch.undo()
-    assert status(ws)["deployments"] == []
+    assert status(capsys, ws)["deployments"] == []
     store = SqliteStore(ws.db_path)
     try:
         store.migrate()
@@ -233,25 +251,25 @@ def test_a_workspace_from_before_ids_adopts_its_databases_id(
 
 
 def test_another_workspaces_database_is_refused_and_restore_force_adopts_it(
-    used: tuple[Workspace, Path], tmp_path: Path
+    used: tuple[Workspace, Path], tmp_path: Path, capsys: Capture
 ) -> None:
     ws, _saved = used
     other = Workspace(tmp_path / "other")
-    ok(other, "init")
-    ok(other, "backup", str(tmp_path / "other.db"))
+    ok(capsys, other, "init")
+    ok(capsys, other, "backup", str(tmp_path / "other.db"))
     mine = ws.marker()
     ws.db_path.unlink()
     shutil.copyfile(tmp_path / "other.db", ws.db_path)  # a copy put in place by hand
-    out = beast(ws, "status")
+    out = run(capsys, ws, "status")
     assert out.returncode == 1
     message = one_line(out.stderr)
     assert f"is another workspace's database (id {other.marker()[:12]})" in message  # type: ignore[index]
     assert f"workspace-id {mine[:12]}" in message  # type: ignore[index]
 
-    refused = beast(ws, "restore", str(tmp_path / "other.db"))
+    refused = run(capsys, ws, "restore", str(tmp_path / "other.db"))
     assert refused.returncode == 1 and "pass --force" in one_line(refused.stderr)
     assert ws.marker() == mine
-    adopted = beast(ws, "restore", str(tmp_path / "other.db"), "--force")
+    adopted = run(capsys, ws, "restore", str(tmp_path / "other.db"), "--force")
     assert adopted.returncode == 0, adopted.stderr
     assert "adopted from another workspace" in adopted.stdout
     assert ws.marker() == other.marker()
@@ -259,51 +277,53 @@ def test_another_workspaces_database_is_refused_and_restore_force_adopts_it(
     (kept,) = ws.deployments_dir.glob("history.json.before-restore-*")
     assert len(json.loads(kept.read_text())) == 2
     assert json.loads(ws.history_export_path.read_text()) == []
-    assert status(ws)["deployments"] == []
+    assert status(capsys, ws)["deployments"] == []
 
 
-def test_an_older_copy_put_in_place_is_refused(used: tuple[Workspace, Path]) -> None:
+def test_an_older_copy_put_in_place_is_refused(
+    used: tuple[Workspace, Path], capsys: Capture
+) -> None:
     ws, saved = used
-    ok(ws, "promote", "t", "--force")
+    ok(capsys, ws, "promote", "t", "--force")
     ws.db_path.unlink()
     for companion in ws.root.glob("beast.db-*"):
         companion.unlink()
     shutil.copyfile(saved, ws.db_path)  # yesterday's backup, copied over by hand
-    out = beast(ws, "status")
+    out = run(capsys, ws, "status")
     assert out.returncode == 1
     message = one_line(out.stderr)
     assert "holds only up to #2, but" in message and "records changes up to #3" in message
     assert "`beast restore BACKUP`" in message
-    ok(ws, "restore", str(saved))  # the way back from it, too
+    ok(capsys, ws, "restore", str(saved))  # the way back from it, too
 
 
 # -- restore ----------------------------------------------------------------------------------
 
 
-def test_restore_keeps_what_it_replaces(used: tuple[Workspace, Path]) -> None:
+def test_restore_keeps_what_it_replaces(used: tuple[Workspace, Path], capsys: Capture) -> None:
     ws, saved = used
-    ok(ws, "promote", "t", "--force")
+    ok(capsys, ws, "promote", "t", "--force")
     newer = ws.history_export_path.read_text()
-    out = ok(ws, "restore", str(saved))
+    out = ok(capsys, ws, "restore", str(saved))
     assert "history.json held 1 changes the backup lacks" in out
     (kept_db,) = ws.root.glob("beast.db.before-restore-*")
     (kept_history,) = ws.deployments_dir.glob("history.json.before-restore-*")
     assert kept_history.read_text() == newer
     assert [row["id"] for row in json.loads(ws.history_export_path.read_text())] == [1, 2]
-    assert [d["role"] for d in status(ws)["deployments"]] == ["production", "candidate"]  # type: ignore[index]
+    assert [d["role"] for d in status(capsys, ws)["deployments"]] == ["production", "candidate"]  # type: ignore[index]
     with sqlite3.connect(kept_db) as conn:  # the replaced database, whole, with the promote
         assert conn.execute("SELECT max(id) FROM history").fetchone()[0] == 3
     conn.close()
 
 
 def test_restore_refuses_while_an_engine_serves_the_workspace(
-    used: tuple[Workspace, Path],
+    used: tuple[Workspace, Path], capsys: Capture
 ) -> None:
     ws, saved = used
     before = ws.db_path.read_bytes()
     lock = EngineLock(ws).acquire()  # what a running `beast engine` holds
     try:
-        out = beast(ws, "restore", str(saved))
+        out = run(capsys, ws, "restore", str(saved))
     finally:
         lock.release()
     assert out.returncode == 1
@@ -346,32 +366,35 @@ def test_restore_refuses_a_file_that_is_not_a_whole_beast_mode_database(
     tmp_path: Path,
     make: Callable[[Path], Path],
     why: str,
+    capsys: Capture,
 ) -> None:
     ws, _saved = used
     source = make(tmp_path)
     before = ws.db_path.read_bytes(), ws.history_export_path.read_bytes()
-    out = beast(ws, "restore", str(source))
+    out = run(capsys, ws, "restore", str(source))
     assert out.returncode == 1
     assert one_line(out.stderr).startswith(f"beast: {source} cannot be restored: {why}")
     assert (ws.db_path.read_bytes(), ws.history_export_path.read_bytes()) == before
     assert sorted(p.name for p in ws.root.glob("*beast.db*")) == ["beast.db"]
 
 
-def test_restore_refuses_the_workspaces_own_database(used: tuple[Workspace, Path]) -> None:
+def test_restore_refuses_the_workspaces_own_database(
+    used: tuple[Workspace, Path], capsys: Capture
+) -> None:
     ws, _saved = used
-    out = beast(ws, "restore", str(ws.db_path))
+    out = run(capsys, ws, "restore", str(ws.db_path))
     assert out.returncode == 1 and "own database, not a backup" in one_line(out.stderr)
 
 
 def test_restore_builds_a_workspace_on_a_new_machine(
-    used: tuple[Workspace, Path], tmp_path: Path
+    used: tuple[Workspace, Path], tmp_path: Path, capsys: Capture
 ) -> None:
     ws, saved = used
     fresh = Workspace(tmp_path / "elsewhere")
     shutil.copytree(ws.models_dir, fresh.models_dir)
-    ok(fresh, "restore", str(saved))
+    ok(capsys, fresh, "restore", str(saved))
     assert fresh.marker() == ws.marker()
-    assert status(fresh)["deployments"] == status(ws)["deployments"]
+    assert status(capsys, fresh)["deployments"] == status(capsys, ws)["deployments"]
 
 
 # -- history.json never shrinks -----------------------------------------------------------------
@@ -424,14 +447,16 @@ def test_an_unreadable_export_is_kept_aside_not_overwritten(tmp_path: Path) -> N
     assert kept.read_text() == "[{half a file" and path.read_text() == _rows(1)
 
 
-def test_doctor_repair_never_empties_the_export(used: tuple[Workspace, Path]) -> None:
+def test_doctor_repair_never_empties_the_export(
+    used: tuple[Workspace, Path], capsys: Capture
+) -> None:
     ws, saved = used
     export = ws.history_export_path.read_bytes()
     _wipe(ws, "empty")
-    out = beast(ws, "doctor", "--repair")
+    out = run(capsys, ws, "doctor", "--repair")
     assert out.returncode == 1 and "in use" in one_line(out.stderr)
     assert ws.history_export_path.read_bytes() == export
-    ok(ws, "restore", str(saved))
+    ok(capsys, ws, "restore", str(saved))
 
 
 # -- doctor on a damaged file -------------------------------------------------------------------
@@ -452,12 +477,12 @@ def _zero_cell_count(db: Path, table: str) -> None:
 
 @pytest.mark.parametrize("table", ["experiments", "versions", "artifacts", "history"])
 def test_doctor_names_the_damage_of_a_corrupted_database(
-    used: tuple[Workspace, Path], tmp_path: Path, table: str
+    used: tuple[Workspace, Path], tmp_path: Path, table: str, capsys: Capture
 ) -> None:
     ws, _saved = used
     damaged = copy_workspace(ws, tmp_path / "damaged" / ".beast-mode")
     _zero_cell_count(damaged.db_path, table)
-    out = beast(damaged, "doctor")
+    out = run(capsys, damaged, "doctor")
     assert out.returncode == 1
     message = one_line(out.stderr)
     assert message.startswith(f"beast: database integrity: {damaged.db_path} is damaged ")
@@ -467,7 +492,7 @@ def test_doctor_names_the_damage_of_a_corrupted_database(
 
 
 def test_doctor_names_sqlites_error_for_pages_of_garbage(
-    used: tuple[Workspace, Path], tmp_path: Path
+    used: tuple[Workspace, Path], tmp_path: Path, capsys: Capture
 ) -> None:
     ws, _saved = used
     damaged = copy_workspace(ws, tmp_path / "damaged" / ".beast-mode")
@@ -475,7 +500,7 @@ def test_doctor_names_sqlites_error_for_pages_of_garbage(
     middle = len(data) // 2
     data[middle : middle + 3 * 16384] = bytes(range(256)) * (3 * 16384 // 256)
     damaged.db_path.write_bytes(bytes(data))
-    out = beast(damaged, "doctor")
+    out = run(capsys, damaged, "doctor")
     assert out.returncode == 1
     message = one_line(out.stderr)
     assert str(damaged.db_path) in message
@@ -510,7 +535,9 @@ def test_readiness_says_why_not_ready(registered: Workspace, tmp_path: Path) -> 
         engine.close()
 
 
-def test_readiness_names_a_store_it_cannot_open(used: tuple[Workspace, Path]) -> None:
+def test_readiness_names_a_store_it_cannot_open(
+    used: tuple[Workspace, Path], capsys: Capture
+) -> None:
     ws, saved = used
     _wipe(ws, "empty")
     engine = Engine(ws)
@@ -521,7 +548,7 @@ def test_readiness_names_a_store_it_cannot_open(used: tuple[Workspace, Path]) ->
     assert problem is not None and "but this workspace was in use" in problem
     with pytest.raises(WorkspaceLost):
         Engine(ws).status()
-    ok(ws, "restore", str(saved))
+    ok(capsys, ws, "restore", str(saved))
 
 
 def test_readiness_sees_a_database_emptied_under_it(registered: Workspace, tmp_path: Path) -> None:
@@ -535,11 +562,13 @@ def test_readiness_sees_a_database_emptied_under_it(registered: Workspace, tmp_p
         engine.close()
 
 
-def test_a_refusal_is_a_beast_error_with_one_line(used: tuple[Workspace, Path]) -> None:
+def test_a_refusal_is_a_beast_error_with_one_line(
+    used: tuple[Workspace, Path], capsys: Capture
+) -> None:
     ws, saved = used
     _wipe(ws, "deleted")
     with pytest.raises(BeastError) as info:
         Engine.init(ws)
     assert "\n" not in str(info.value) and "is missing" in str(info.value)
     assert not ws.db_path.exists()
-    ok(ws, "restore", str(saved))
+    ok(capsys, ws, "restore", str(saved))
