@@ -29,10 +29,14 @@ async def settle(app: BeastConsole, pilot: Pilot[None]) -> None:
     """Wait until every worker (poll, action, details) has finished and its result drawn,
     column widths included: a DataTable measures updated cells when its message queue is
     idle, and a key pressed before that (a dialog over the table) pictured `100` for `100%`."""
-    for _ in range(5):
+    # A worker's result can start the next one (an action's end asks for a poll; a poll
+    # asked for while one ran starts when it ends): pending counts as well as running — a
+    # poll still pending when the next key opened a dialog was drawn under it, where the
+    # table never measured its columns (`100` for `100%` in confirm-deploy-200x50 on CI).
+    for _ in range(20):
         await app.workers.wait_for_complete()
         await pilot.pause()
-        if not any(w.is_running for w in app.workers):
+        if all(w.is_finished for w in app.workers):
             break
     for _ in range(50):
         if not any(_measuring(t) for t in app.main_screen.query(DataTable)):
