@@ -32,9 +32,11 @@ from tests.helpers import (
 from tests.pg import STORE_URL_ENV, PgServer, database, start_server
 
 # Compiled trees off for the whole run, subprocesses included, unless the caller set it: the
-# suite's thousands of registrations each built them in the background (3,776 compiler runs,
-# make test 618 → … s); tests/test_compiled_trees.py turns them on for itself.
+# suite's registrations and routers built them in the background (3,776 compiler runs in one
+# make test, a core busy with them for minutes); tests/test_compiled_trees.py turns them on for
+# itself, tests/bench measures the product's default (on), and
 # `BEAST_COMPILED_TREES=true make test` runs every test on them.
+COMPILED_TREES_CHOSEN = COMPILED_TREES_ENV in os.environ  # the caller's, kept (tests/bench too)
 os.environ.setdefault(COMPILED_TREES_ENV, "false")
 
 VERSIONS = ("v1.0", "v2.0", "v3.0", "v4.0")
