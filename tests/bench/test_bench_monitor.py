@@ -248,6 +248,7 @@ def test_monitor_over_a_million_logged_predictions(
         path, classifier, cut = _classifier(ws)
         eng.register(path)
         eng.deploy(version="v1.0", model=BINARY_LINE)
+        workload.settle_compiled(eng)
     log = PredictionLog(ws.db_path, tolerance=TOLERANCE, batch=CHUNK)
     log.store.migrate()
     n_labelled, log_s, label_s = _build(eng, log)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,8 @@ def compiled_scorer(lib: Path) -> Callable[[np.ndarray], float]:
 
 
 def workspace(root: Path, *, candidate_traffic: float | None = None) -> Engine:
-    """A workspace with v1.0 in production and, optionally, v2.0 in an A/B test."""
+    """A workspace with v1.0 in production and, optionally, v2.0 in an A/B test; returned
+    once its versions' compiled trees are built (`settle_compiled`)."""
     ws = Workspace(root / ".beast-mode")
     engine, _ = Engine.init(ws)
     engine.register(model_file(ws, "v1.0", seed=1))
@@ -198,7 +200,21 @@ def workspace(root: Path, *, candidate_traffic: float | None = None) -> Engine:
     if candidate_traffic is not None:
         engine.register(model_file(ws, "v2.0", seed=2))
         engine.deploy(version="v2.0", model=LINE, traffic=candidate_traffic, ab_test="bench")
+    settle_compiled(engine)
     return engine
+
+
+def settle_compiled(engine: Engine, timeout_s: float = 600.0) -> None:
+    """Wait until no version of the workspace is still compiling its trees. Registration
+    starts the build in the background (a 200-tree model: ~20 s of a C compiler at full
+    tilt); measured beside it, one routed row's p99 was 4.7 ms and batches 55k rows/s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        scorers = engine.models().scorers.values()
+        if not any(reason.startswith("compiling") for _scorer, reason in scorers):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"compiled trees still building after {timeout_s:g} s")
 
 
 def load_average() -> str:
