@@ -38,8 +38,8 @@ def assert_snapshot(app: BeastConsole, name: str) -> None:
 
 
 def _diff(expected: Path, svg: str) -> str:
-    """What moved, as text (a CI log keeps no `.new.svg`): the pictures' text runs, diffed;
-    empty when only colours differ."""
+    """What moved, as text (a CI log keeps no `.new.svg`): the pictures' text runs, diffed,
+    or a line saying only the styles differ."""
     old = _runs(expected.read_text(encoding="utf-8")) if expected.is_file() else []
     new = _runs(svg)
     lines = difflib.unified_diff(old, new, "expected", "now", n=1, lineterm="")
