@@ -13,13 +13,13 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 
 from engine import Engine, Workspace
-from engine.core.config import COMPILED_TREES_ENV, load_config
+from engine.core.config import COMPILED_TREES_ENV
 from engine.demo import workspace as demo
 from tests.helpers import (
     assert_invariants,
@@ -198,8 +198,8 @@ def _demo_built(ws: Workspace) -> None:
     """`beast init --demo`'s workspace, with what `build` returned beside it (the workers that
     did not build it read it there)."""
     result = demo.build(ws)
-    if load_config(ws.config_path).registry.compiled_trees:
-        settle_compiled(ws)  # copies carry the compiled trees, not five builds each
+    with closing(Engine(ws)) as engine:
+        settle_compiled(engine)  # copies carry the compiled trees, not five builds each
     fields = {
         "workspace": str(result.workspace),
         "data": str(result.data),

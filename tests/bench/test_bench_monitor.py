@@ -49,6 +49,7 @@ from engine.serving.prediction_log import PredictionLog, Record
 from engine.store.sqlite.tx import SqliteTx
 from tests.bench import workload
 from tests.bench.conftest import machine, summary, verdict
+from tests.helpers import settle_compiled
 
 PREDICTIONS = 1_000_000
 MINUTES = 24 * 60
@@ -248,7 +249,7 @@ def test_monitor_over_a_million_logged_predictions(
         path, classifier, cut = _classifier(ws)
         eng.register(path)
         eng.deploy(version="v1.0", model=BINARY_LINE)
-        workload.settle_compiled(eng)
+        settle_compiled(eng)
     log = PredictionLog(ws.db_path, tolerance=TOLERANCE, batch=CHUNK)
     log.store.migrate()
     n_labelled, log_s, label_s = _build(eng, log)

@@ -40,10 +40,9 @@ from engine import Engine, Workspace
 from engine.demo import sample_data
 from engine.serving.prediction_log import PredictionLog
 from engine.serving.router import Router
-from tests.bench import workload
 from tests.bench.conftest import machine
 from tests.bench.workload import load_average
-from tests.helpers import REPO
+from tests.helpers import REPO, settle_compiled
 from tests.retrain_helpers import LINE, train_on_samples
 
 ROWS = 100_000
@@ -65,7 +64,7 @@ def _workspace(root: Path) -> Workspace:
         path = ws.models_dir / f"{LINE}-v1.0.json"
         engine.register(train_on_samples(path, rows=5000, depth=5, rounds=100, seed=1))
         engine.deploy(version="v1.0", model=LINE)
-        workload.settle_compiled(engine)
+        settle_compiled(engine)
     finally:
         engine.close()
     return ws
@@ -124,7 +123,7 @@ def _round(engine: Engine, router: Router, row: list[float]) -> tuple[float, flo
     idle += _serve(router, row, IDLE_CALLS)
     # The new version's trees compile in the background after the job: measured into the next
     # round, they doubled its job's time (23.9 s median against 8.7 s) — the job is timed alone.
-    workload.settle_compiled(engine)
+    settle_compiled(engine)
     return seconds, _p99(idle), _p99(busy)
 
 

@@ -26,6 +26,7 @@ from engine.serving.router import Router
 from tests.bench import workload
 from tests.bench.conftest import machine
 from tests.bench.test_bench_serving import line, pct
+from tests.helpers import settle_compiled
 
 TARGET_P99_RATIO = 1.1
 WARMUP = 300
@@ -66,7 +67,7 @@ def _pair_ratio(rounds: list[list[float]]) -> float:
 def test_production_p99_with_a_100pct_shadow(tmp_path: Path) -> None:
     engine = workload.workspace(tmp_path)
     engine.register(workload.model_file(engine.workspace, "v2.0", seed=2))
-    workload.settle_compiled(engine)
+    settle_compiled(engine)
     log = PredictionLog(
         engine.workspace.db_path, tolerance=engine.config.thresholds.tolerance_points
     ).start()

@@ -15,7 +15,6 @@ import functools
 import hashlib
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import xgboost as xgb
 from engine import Engine, Workspace
 from engine.demo import sample_data
 from engine.monitoring import baselines
+from tests.helpers import settle_compiled
 
 LINE = "quality-predictor"
 EXTRA: tuple[str, ...] = (
@@ -202,19 +202,6 @@ def workspace(root: Path, *, candidate_traffic: float | None = None) -> Engine:
         engine.deploy(version="v2.0", model=LINE, traffic=candidate_traffic, ab_test="bench")
     settle_compiled(engine)
     return engine
-
-
-def settle_compiled(engine: Engine, timeout_s: float = 600.0) -> None:
-    """Wait until no version of the workspace is still compiling its trees. Registration
-    starts the build in the background (a 200-tree model: ~20 s of a C compiler at full
-    tilt); measured beside it, one routed row's p99 was 4.7 ms and batches 55k rows/s."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        scorers = engine.models().scorers.values()
-        if not any(reason.startswith("compiling") for _scorer, reason in scorers):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"compiled trees still building after {timeout_s:g} s")
 
 
 def load_average() -> str:
